@@ -1,0 +1,205 @@
+// bench/prepare_bench: `prepare` of a model against a plain copy of the same bytes, in the
+// same run, on the same (page-cached) source.
+//
+// Baselines: `cp -r` of the checkpoint directory (coreutils uses copy_file_range, an
+// in-kernel copy) and a read+write loop with 1 MiB buffers. Each is timed durable (prepare
+// fsyncs every file before the rename; the copies fsync every file they wrote) and, as a
+// second view, without durability (prepare with fsync off, the copies without fsync). The
+// runs alternate and the medians are compared; a `sync` between runs, outside the timing,
+// keeps one run's writeback from landing in the next.
+//
+// Prints a table, then one JSON line with every figure.
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "modelcast/common/args.h"
+#include "modelcast/common/file_util.h"
+#include "modelcast/common/logging.h"
+#include "modelcast/common/units.h"
+#include "modelcast/model/checkpoint.h"
+#include "modelcast/model/prepare.h"
+#include "modelcast/model/synth.h"
+
+namespace fs = std::filesystem;
+using namespace modelcast;
+
+namespace {
+
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+[[noreturn]] void Die(const Status& s) {
+  std::fprintf(stderr, "prepare_bench: %s\n", s.message().c_str());
+  std::exit(1);
+}
+
+void Check(const Status& s) {
+  if (!s.ok()) Die(s);
+}
+
+Status RunCommand(const std::vector<std::string>& argv) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return Internal("command failed: " + argv[0]);
+  return Status::Ok();
+}
+
+Status FsyncTree(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    MC_ASSIGN_OR_RETURN(File f, File::OpenRead(e.path()));
+    MC_RETURN_IF_ERROR(f.Sync());
+  }
+  return FsyncDirectory(dir);
+}
+
+// Copies every file of src into dst with read() and write() through one 1 MiB buffer.
+Status CopyLoop(const fs::path& src, const fs::path& dst, bool durable) {
+  fs::create_directory(dst);
+  AlignedBuffer buf(1 << 20);
+  for (const auto& e : fs::directory_iterator(src)) {
+    MC_ASSIGN_OR_RETURN(File in, File::OpenRead(e.path()));
+    MC_ASSIGN_OR_RETURN(File out, File::Create(dst / e.path().filename()));
+    for (;;) {
+      ssize_t n = ::read(in.fd(), buf.data(), buf.size());
+      if (n < 0) return IOError("read " + e.path().string(), errno);
+      if (n == 0) break;
+      if (::write(out.fd(), buf.data(), static_cast<size_t>(n)) != n) return IOError("write", errno);
+    }
+    if (durable) MC_RETURN_IF_ERROR(out.Sync());
+  }
+  return durable ? FsyncDirectory(dst) : Status::Ok();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  InitLogging(argv[0], 1);
+  std::string preset = "medium", work, model_dir;
+  int64_t reps = 5, blocks = 8;
+  double slice_mib = 16;
+  ArgParser p("prepare_bench", "prepare of a model against cp and a read+write loop of the same bytes, same run.");
+  p.Flag("preset", &preset, "model to synthesize when --model is not given [medium]");
+  p.Flag("model", &model_dir, "an existing HF checkpoint to prepare instead");
+  p.Flag("work", &work, "scratch directory on the disk under test [build/bench-work]");
+  p.Flag("reps", &reps, "repetitions of each method [5]");
+  p.Flag("blocks", &blocks, "blocks for prepare [8]");
+  p.Flag("slice-mib", &slice_mib, "slice size for prepare [16]");
+  Check(p.Parse(argc, argv));
+  if (p.help_requested()) {
+    std::fputs(p.Usage().c_str(), stdout);
+    return 0;
+  }
+  if (work.empty()) work = "bench-work";
+  fs::create_directories(work);
+  const fs::path w = fs::absolute(work);
+  fs::path src = model_dir;
+  if (src.empty()) {
+    src = w / ("synth-" + preset);
+    if (!fs::exists(src / "config.json")) {
+      model::SynthOptions o;
+      o.preset = preset;
+      std::printf("synthesizing the %s model into %s ...\n", preset.c_str(), src.c_str());
+      Check(model::Synthesize(o, src));
+    }
+  }
+  auto ck = model::HfCheckpoint::Open(src);
+  if (!ck.ok()) Die(ck.status());
+  uint64_t src_bytes = 0;
+  for (const auto& e : fs::directory_iterator(src)) src_bytes += fs::file_size(e.path());
+  const uint64_t tensor_bytes = ck->TensorBytes();
+  // Warm the page cache: every method reads a cached source.
+  Check(RunCommand({"sh", "-c", "cat '" + src.string() + "'/* > /dev/null"}));
+
+  using Method = std::function<Status(const fs::path& dst)>;
+  auto prepare = [&](bool durable) -> Method {
+    return [&, durable](const fs::path& dst) -> Status {
+      model::PrepareOptions o;
+      o.blocks = blocks;
+      o.slice_bytes = static_cast<uint64_t>(slice_mib * 1048576);
+      o.fsync = durable;
+      return model::Prepare(src, dst, o).status();
+    };
+  };
+  auto cp = [&](bool durable) -> Method {
+    return [&, durable](const fs::path& dst) -> Status {
+      MC_RETURN_IF_ERROR(RunCommand({"cp", "-r", src.string(), dst.string()}));
+      return durable ? FsyncTree(dst) : Status::Ok();
+    };
+  };
+  auto loop = [&](bool durable) -> Method {
+    return [&, durable](const fs::path& dst) { return CopyLoop(src, dst, durable); };
+  };
+  const std::vector<std::pair<std::string, Method>> methods = {
+      {"prepare (fsync)", prepare(true)},     {"cp -r + fsync", cp(true)}, {"read/write + fsync", loop(true)},
+      {"prepare (no fsync)", prepare(false)}, {"cp -r", cp(false)},        {"read/write", loop(false)},
+  };
+  std::map<std::string, std::vector<double>> secs;
+  for (int64_t r = 0; r < reps; ++r) {
+    for (size_t i = 0; i < methods.size(); ++i) {
+      // Rotate the order each repetition so no method always runs first.
+      const auto& [name, run] = methods[(i + static_cast<size_t>(r)) % methods.size()];
+      const fs::path dst = w / "out";
+      fs::remove_all(dst);
+      ::sync();
+      const double t0 = Now();
+      Check(run(dst));
+      secs[name].push_back(Now() - t0);
+      fs::remove_all(dst);
+      ::sync();
+    }
+  }
+  nlohmann::json j;
+  j["bench"] = "prepare_bench";
+  j["model"] = src.filename().string();
+  j["tensor_bytes"] = tensor_bytes;
+  j["source_bytes"] = src_bytes;
+  j["reps"] = reps;
+  std::printf("\nprepare_bench: %s, %s of tensors (%s on disk), %lld reps, medians\n", src.filename().c_str(),
+              FormatBytes(tensor_bytes).c_str(), FormatBytes(src_bytes).c_str(), (long long)reps);
+  std::printf("  %-20s %9s %11s\n", "method", "seconds", "GB/s");
+  for (const auto& [name, _] : methods) {
+    const double m = Median(secs[name]);
+    const double bytes = name.rfind("prepare", 0) == 0 ? tensor_bytes : src_bytes;
+    std::printf("  %-20s %9.3f %11.2f\n", name.c_str(), m, bytes / m / 1e9);
+    j["seconds"][name] = m;
+    j["gbps"][name] = bytes / m / 1e9;
+  }
+  auto rate = [&](const std::string& n) { return j["gbps"][n].get<double>(); };
+  const double durable_vs_cp = rate("prepare (fsync)") / rate("cp -r + fsync");
+  const double durable_vs_loop = rate("prepare (fsync)") / rate("read/write + fsync");
+  const double fast_vs_cp = rate("prepare (no fsync)") / rate("cp -r");
+  const double fast_vs_loop = rate("prepare (no fsync)") / rate("read/write");
+  std::printf("  ratio prepare/cp (durable)        %.2f\n", durable_vs_cp);
+  std::printf("  ratio prepare/read-write (durable) %.2f\n", durable_vs_loop);
+  std::printf("  ratio prepare/cp (no fsync)       %.2f\n", fast_vs_cp);
+  std::printf("  ratio prepare/read-write (no fsync) %.2f\n", fast_vs_loop);
+  j["ratio_vs_cp_durable"] = durable_vs_cp;
+  j["ratio_vs_loop_durable"] = durable_vs_loop;
+  j["ratio_vs_cp_nofsync"] = fast_vs_cp;
+  j["ratio_vs_loop_nofsync"] = fast_vs_loop;
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# modelcast developer entry point.
+#
+#   scripts/dev.sh demo          install what is missing, build, run the demo
+#   scripts/dev.sh test          install what is missing, build, run every test (ctest + fuzz smoke)
+#   scripts/dev.sh build         install what is missing and build (build/)
+#   scripts/dev.sh deps          install the Debian packages modelcast needs (apt)
+#   scripts/dev.sh bench [NAME]  build and run the benchmarks (or one of them)
+#   scripts/dev.sh fuzz [SECS]   build the libFuzzer targets with clang and run each for SECS seconds
+#   scripts/dev.sh format        clang-format every C++ source in place
+#
+# Everything modelcast needs comes from Debian's archive; CUDA and NCCL are used when
+# /usr/local/cuda has them. Environment: MODELCAST_BUILD_DIR (default build), MODELCAST_JOBS.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${MODELCAST_BUILD_DIR:-$ROOT/build}"
+FUZZ_BUILD="$ROOT/build-fuzz"
+JOBS="${MODELCAST_JOBS:-$(nproc)}"
+
+PACKAGES=(
+  cmake ninja-build g++ pkg-config git
+  libucx-dev libibverbs-dev librdmacm-dev
+  libthrift-dev thrift-compiler libboost-dev libevent-dev
+  libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
+  liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev
+  clang libclang-rt-14-dev
+)
+
+log() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }
+die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
+
+deps() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing from Debian's archive: ${missing[*]}"
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "not root and no sudo: install ${missing[*]} with apt first"
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+build() {
+  deps
+  if [ ! -f "$BUILD/build.ninja" ]; then
+    log "configuring $BUILD"
+    cmake --preset default -B "$BUILD" >/dev/null
+  fi
+  log "building ($JOBS jobs)"
+  cmake --build "$BUILD" -j "$JOBS"
+}
+
+fuzz_build() {
+  if [ ! -f "$FUZZ_BUILD/build.ninja" ]; then
+    log "configuring $FUZZ_BUILD (clang, ASan+UBSan, libFuzzer)"
+    cmake --preset fuzz -B "$FUZZ_BUILD" >/dev/null
+  fi
+  cmake --build "$FUZZ_BUILD" -j "$JOBS"
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  deps) deps ;;
+  build) build ;;
+  demo)
+    build
+    exec "$ROOT/scripts/demo.sh" "$BUILD"
+    ;;
+  test)
+    build
+    log "running the test suite"
+    ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS" --timeout 600
+    log "fuzz smoke tests (20 s per target)"
+    fuzz_build
+    ctest --test-dir "$FUZZ_BUILD" --output-on-failure -L fuzz
+    ;;
+  bench)
+    build
+    if [ $# -gt 0 ]; then
+      "$BUILD/bench/$1" "${@:2}"
+    else
+      "$BUILD/bench/prepare_bench" --work "$BUILD/bench-work"
+    fi
+    ;;
+  fuzz)
+    deps
+    fuzz_build
+    secs="${1:-600}"
+    for t in safetensors manifest; do
+      log "fuzzing $t for $secs s"
+      "$FUZZ_BUILD/tests/fuzz/${t}_fuzz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$FUZZ_BUILD/tests/fuzz/artifacts/$t/" \
+        "$FUZZ_BUILD/tests/fuzz/corpus/$t" "$ROOT/tests/fuzz/corpus/$t"
+    done
+    ;;
+  format)
+    find "$ROOT" -path "$ROOT/build*" -prune -o \( -name '*.cc' -o -name '*.h' \) -print | xargs clang-format -i
+    ;;
+  *)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    [ -z "$cmd" ] && exit 2
+    die "unknown command '$cmd'"
+    ;;
+esac

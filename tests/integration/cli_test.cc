@@ -1,0 +1,135 @@
+// The real `modelcast` binary: the model-package path end to end, and every bad input
+// refused with one line naming the problem, a non-zero exit, and nothing half-written.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+namespace modelcast {
+namespace {
+namespace fs = std::filesystem;
+using testing::ListDir;
+using testing::RunProcess;
+
+testing::ProcessResult Modelcast(std::vector<std::string> args) {
+  args.insert(args.begin(), testing::ToolPath("modelcast"));
+  return RunProcess(args);
+}
+
+// One line on stderr, starting "modelcast <command>: ", containing `needle`.
+void ExpectOneLineError(const testing::ProcessResult& r, const std::string& command, const std::string& needle,
+                        int exit_code = 1) {
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, exit_code) << r.err;
+  EXPECT_EQ(r.err.rfind("modelcast " + command + ": ", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "'" << needle << "' not in: " << r.err;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto r = Modelcast({"synth", "--preset", "tiny", "--seed", "3", "--out", (dir_ / "hf").string()});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(CliTest, SynthPrepareVerifyInspect) {
+  auto r =
+      Modelcast({"prepare", (dir_ / "hf").string(), (dir_ / "pkg").string(), "--blocks", "2", "--slice-mib", "0.0625"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("prepared 'hf'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 blocks"), std::string::npos) << r.out;
+  r = Modelcast({"verify", (dir_ / "pkg").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("all checksums match"), std::string::npos);
+  r = Modelcast({"inspect", (dir_ / "pkg").string(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["kind"], "package");
+  EXPECT_EQ(j["blocks"], 2);
+  EXPECT_EQ(j["layers"], 4);
+  r = Modelcast({"inspect", (dir_ / "hf").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Hugging Face"), std::string::npos);
+  r = Modelcast({"inspect", (dir_ / "pkg").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("embeddings + layers 0-1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("layers 2-3 + norm, lm_head"), std::string::npos) << r.out;
+}
+
+TEST_F(CliTest, VerifyNamesTheFirstBadSlice) {
+  ASSERT_EQ(
+      Modelcast({"prepare", (dir_ / "hf").string(), (dir_ / "pkg").string(), "--blocks", "2", "--slice-mib", "0.0625"})
+          .exit_code,
+      0);
+  testing::FlipByte(dir_ / "pkg/block-0001.bin", 3 * 65536 + 9);
+  testing::FlipByte(dir_ / "pkg/block-0001.bin", 4 * 65536 + 9);
+  auto r = Modelcast({"verify", (dir_ / "pkg").string()});
+  ExpectOneLineError(r, "verify", "block 1 slice 3");
+  EXPECT_NE(r.err.find("block-0001.bin"), std::string::npos);
+  EXPECT_NE(r.err.find("(2 bad slices in all)"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, PrepareBadInputLeavesNothing) {
+  const std::string hf = (dir_ / "hf").string(), pkg = (dir_ / "pkg").string();
+  ExpectOneLineError(Modelcast({"prepare", hf, pkg, "--blocks", "9"}), "prepare", "more than the model's 4 layers");
+  ExpectOneLineError(Modelcast({"prepare", hf, pkg, "--blocks", "0"}), "prepare", "--blocks must be at least 1");
+  ExpectOneLineError(Modelcast({"prepare", hf, pkg, "--slice-mib", "0.001"}), "prepare", "multiple of 4 KiB");
+  ExpectOneLineError(Modelcast({"prepare", (dir_ / "nope").string(), pkg}), "prepare", "nope is not a directory");
+  ExpectOneLineError(Modelcast({"prepare", hf, (dir_ / "no/such/parent/pkg").string()}), "prepare", "does not exist");
+  ExpectOneLineError(Modelcast({"prepare", hf, pkg, "--blocks", "two"}), "prepare", "--blocks expects an integer", 2);
+  ExpectOneLineError(Modelcast({"prepare", hf}), "prepare", "missing argument DST", 2);
+  ExpectOneLineError(Modelcast({"prepare", hf, pkg, "--frobnicate"}), "prepare", "unknown flag --frobnicate", 2);
+  // A truncated safetensors file is named.
+  fs::resize_file(dir_ / "hf/model.safetensors", fs::file_size(dir_ / "hf/model.safetensors") / 2);
+  auto r = Modelcast({"prepare", hf, pkg});
+  ExpectOneLineError(r, "prepare", (dir_ / "hf/model.safetensors").string());
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+  EXPECT_EQ(ListDir(dir_.path()), std::vector<std::string>{"hf"});
+}
+
+TEST_F(CliTest, PrepareRefusesToOverwriteWithoutForce) {
+  const std::string hf = (dir_ / "hf").string(), pkg = (dir_ / "pkg").string();
+  ASSERT_EQ(Modelcast({"prepare", hf, pkg}).exit_code, 0);
+  ExpectOneLineError(Modelcast({"prepare", hf, pkg}), "prepare", "already exists (pass --force to replace it)");
+  EXPECT_EQ(Modelcast({"prepare", hf, pkg, "--force", "--blocks", "1"}).exit_code, 0);
+  EXPECT_EQ(ListDir(dir_.path()), (std::vector<std::string>{"hf", "pkg"}));
+}
+
+TEST_F(CliTest, OtherCommandsRefuseBadInput) {
+  ExpectOneLineError(Modelcast({"synth", "--preset", "huge", "--out", (dir_ / "x").string()}), "synth",
+                     "unknown preset 'huge'");
+  ExpectOneLineError(Modelcast({"synth", "--dtype", "int8", "--out", (dir_ / "x").string()}), "synth",
+                     "unsupported model dtype 'int8'");
+  ExpectOneLineError(Modelcast({"synth", "--preset", "tiny"}), "synth", "--out is required");
+  ExpectOneLineError(Modelcast({"synth", "--out", (dir_ / "hf").string()}), "synth", "already exists");
+  ExpectOneLineError(Modelcast({"verify", (dir_ / "hf").string()}), "verify", "manifest.json does not exist");
+  ExpectOneLineError(Modelcast({"inspect", dir_.path().string()}), "inspect", "neither a package");
+  testing::WriteAll(dir_ / "hf/config.json", "{\"model_type\": \"llama\"");
+  ExpectOneLineError(Modelcast({"inspect", (dir_ / "hf").string()}), "inspect", "config.json: invalid JSON");
+  auto r = Modelcast({"frobnicate"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown command 'frobnicate'"), std::string::npos);
+  EXPECT_EQ(ListDir(dir_.path()), std::vector<std::string>{"hf"});
+}
+
+TEST_F(CliTest, ShardedSynthAndVersion) {
+  auto r = Modelcast({"synth", "--preset", "tiny", "--dtype", "fp32", "--shard-mib", "1", "--layers", "6", "--out",
+                      (dir_ / "sharded").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "sharded/model.safetensors.index.json"));
+  r = Modelcast({"prepare", (dir_ / "sharded").string(), (dir_ / "pkg").string(), "--blocks", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Modelcast({"verify", (dir_ / "pkg").string()}).exit_code, 0);
+  r = Modelcast({"version"});
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("modelcast 0."), std::string::npos);
+  EXPECT_NE(r.out.find("GPUs"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace modelcast

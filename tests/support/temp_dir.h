@@ -1,0 +1,33 @@
+// A fresh directory for one test, removed with its contents when the test ends.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace modelcast::testing {
+
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Reads a whole file into bytes (test helper: aborts the test on failure via gtest).
+std::string ReadAll(const std::filesystem::path& path);
+void WriteAll(const std::filesystem::path& path, const std::string& data);
+// Flips one bit of the byte at `offset`.
+void FlipByte(const std::filesystem::path& path, uint64_t offset);
+// Names of the entries of `dir`, sorted.
+std::vector<std::string> ListDir(const std::filesystem::path& dir);
+
+}  // namespace modelcast::testing

@@ -1,0 +1,36 @@
+// The `modelcast` command line: each subcommand is a function from its arguments to an exit
+// code. Errors are printed as one line, "modelcast <command>: <what is wrong>".
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "modelcast/common/args.h"
+#include "modelcast/common/status.h"
+
+namespace modelcast::cli {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(const std::vector<std::string>& args);
+};
+
+// Exit codes.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // the command ran and failed (bad input, I/O, corruption)
+inline constexpr int kExitUsage = 2;    // the command line itself is wrong
+
+// Prints "modelcast <command>: <message>" to stderr and returns kExitFailure.
+int Fail(const char* command, const Status& status);
+// Parses args; on a usage error prints it and returns kExitUsage; on --help prints usage and
+// returns kExitOk; otherwise returns -1 (go on).
+int ParseOrExit(const char* command, ArgParser& parser, const std::vector<std::string>& args);
+
+int RunSynth(const std::vector<std::string>& args);
+int RunPrepare(const std::vector<std::string>& args);
+int RunInspect(const std::vector<std::string>& args);
+int RunVerify(const std::vector<std::string>& args);
+int RunVersion(const std::vector<std::string>& args);
+
+}  // namespace modelcast::cli
