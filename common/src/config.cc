@@ -162,6 +162,20 @@ Result<double> ConfigNode::AsBitRate() const {
   return *r;
 }
 
+Result<double> ConfigNode::AsByteRate() const {
+  MC_ASSIGN_OR_RETURN(std::string s, Scalar("a data rate"));
+  auto r = ParseByteRate(s);
+  if (!r.ok()) return Error(r.status().message());
+  return *r;
+}
+
+Result<double> ConfigNode::AsDuration() const {
+  MC_ASSIGN_OR_RETURN(std::string s, Scalar("a duration"));
+  auto r = ParseDuration(s);
+  if (!r.ok()) return Error(r.status().message());
+  return *r;
+}
+
 #define MC_CONFIG_GETTERS(Name, Type)                                          \
   Result<Type> ConfigNode::Get##Name(std::string_view key) const {             \
     MC_ASSIGN_OR_RETURN(ConfigNode c, Child(key));                             \
@@ -180,6 +194,8 @@ MC_CONFIG_GETTERS(Double, double)
 MC_CONFIG_GETTERS(Bool, bool)
 MC_CONFIG_GETTERS(Bytes, uint64_t)
 MC_CONFIG_GETTERS(BitRate, double)
+MC_CONFIG_GETTERS(ByteRate, double)
+MC_CONFIG_GETTERS(Duration, double)
 #undef MC_CONFIG_GETTERS
 
 }  // namespace modelcast

@@ -124,4 +124,43 @@ Result<double> ParseBitRate(std::string_view text) {
   return n * mult;
 }
 
+Result<double> ParseByteRate(std::string_view text) {
+  double n;
+  std::string unit;
+  if (!SplitNumberUnit(text, &n, &unit)) {
+    return InvalidArgument("'" + std::string(text) + "' is not a data rate (e.g. 32GB/s, 25GiB/s)");
+  }
+  const std::string_view u(unit);
+  if (u.size() < 2 || u.substr(u.size() - 2) != "/s") {
+    return InvalidArgument("'" + std::string(text) + "': a data rate needs a per-second unit (e.g. GB/s)");
+  }
+  auto bytes = ParseByteSize("1" + std::string(u.substr(0, u.size() - 2)));
+  if (!bytes.ok()) return InvalidArgument("'" + std::string(text) + "': unknown data-rate unit '" + unit + "'");
+  return n * static_cast<double>(*bytes);
+}
+
+Result<double> ParseDuration(std::string_view text) {
+  double n;
+  std::string unit;
+  if (!SplitNumberUnit(text, &n, &unit)) {
+    return InvalidArgument("'" + std::string(text) + "' is not a duration (e.g. 5us, 1.5ms, 2s)");
+  }
+  if (unit == "s" || (unit.empty() && n == 0)) return n;
+  if (unit == "ms") return n * 1e-3;
+  if (unit == "us") return n * 1e-6;
+  if (unit == "ns") return n * 1e-9;
+  return InvalidArgument("'" + std::string(text) + "': unknown duration unit '" + unit + "' (use s, ms, us, ns)");
+}
+
+std::string FormatSeconds(double s) {
+  char buf[32];
+  if (s >= 1)
+    std::snprintf(buf, sizeof(buf), "%.3f s", s);
+  else if (s >= 1e-3)
+    std::snprintf(buf, sizeof(buf), "%.2f ms", s * 1e3);
+  else
+    std::snprintf(buf, sizeof(buf), "%.1f us", s * 1e6);
+  return buf;
+}
+
 }  // namespace modelcast

@@ -30,6 +30,21 @@ TEST(UnitsTest, ParseBitRate) {
   EXPECT_FALSE(ParseBitRate("10 Xbit").ok());
 }
 
+TEST(UnitsTest, ParseByteRateAndDuration) {
+  EXPECT_DOUBLE_EQ(*ParseByteRate("32GB/s"), 32e9);
+  EXPECT_DOUBLE_EQ(*ParseByteRate("25GiB/s"), 25.0 * (1ull << 30));
+  EXPECT_DOUBLE_EQ(*ParseByteRate("3.5 GB/s"), 3.5e9);
+  EXPECT_FALSE(ParseByteRate("32GB").ok());
+  EXPECT_FALSE(ParseByteRate("fast/s").ok());
+  EXPECT_DOUBLE_EQ(*ParseDuration("5us"), 5e-6);
+  EXPECT_DOUBLE_EQ(*ParseDuration("1.5ms"), 1.5e-3);
+  EXPECT_DOUBLE_EQ(*ParseDuration("2s"), 2.0);
+  EXPECT_DOUBLE_EQ(*ParseDuration("0"), 0.0);
+  EXPECT_FALSE(ParseDuration("5").ok());
+  EXPECT_FALSE(ParseDuration("5 fortnights").ok());
+  EXPECT_EQ(FormatSeconds(0.0123), "12.30 ms");
+}
+
 TEST(UnitsTest, Format) {
   EXPECT_EQ(FormatBytes(512), "512 B");
   EXPECT_EQ(FormatBytes(4096), "4.00 KiB");

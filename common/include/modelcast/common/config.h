@@ -52,8 +52,10 @@ class ConfigNode {
   Result<int64_t> AsInt() const;
   Result<double> AsDouble() const;
   Result<bool> AsBool() const;
-  Result<uint64_t> AsBytes() const;  // "80GiB", "4096"
-  Result<double> AsBitRate() const;  // "400Gbit" -> bits per second
+  Result<uint64_t> AsBytes() const;   // "80GiB", "4096"
+  Result<double> AsBitRate() const;   // "400Gbit" -> bits per second
+  Result<double> AsByteRate() const;  // "32GB/s" -> bytes per second
+  Result<double> AsDuration() const;  // "5us" -> seconds
 
   // Required and defaulted lookups of a child scalar.
   Result<std::string> GetString(std::string_view key) const;
@@ -68,6 +70,10 @@ class ConfigNode {
   Result<uint64_t> GetBytes(std::string_view key, uint64_t def) const;
   Result<double> GetBitRate(std::string_view key) const;
   Result<double> GetBitRate(std::string_view key, double def) const;
+  Result<double> GetByteRate(std::string_view key) const;
+  Result<double> GetByteRate(std::string_view key, double def) const;
+  Result<double> GetDuration(std::string_view key) const;
+  Result<double> GetDuration(std::string_view key, double def) const;
 
  private:
   ConfigNode(YAML::Node node, std::shared_ptr<const std::string> source, std::string path, int line)
