@@ -7,7 +7,7 @@
 # this once the coordinator and agents exist.)
 set -euo pipefail
 BUILD="${1:?usage: demo.sh BUILD_DIR}"
-MC="$BUILD/tools/modelcast"
+MC="$BUILD/bin/modelcast"
 WORK="$BUILD/demo"
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -24,8 +24,9 @@ ls -l "$WORK/small-pkg"
 step "5. verify every slice checksum" "$MC" verify "$WORK/small-pkg"
 
 cp -r "$WORK/small-pkg" "$WORK/damaged-pkg"
-# Flip one byte inside block 2, slice 3 of that block: offset 3 * 4 MiB + 12345.
-printf '\xff' | dd of="$WORK/damaged-pkg/block-0002.bin" bs=1 seek=$((3 * 4194304 + 12345)) conv=notrunc status=none
+# Flip one byte in the middle of block 2's file.
+size=$(stat -c %s "$WORK/damaged-pkg/block-0002.bin")
+printf '\xff' | dd of="$WORK/damaged-pkg/block-0002.bin" bs=1 seek=$((size / 2 + 12345)) conv=notrunc status=none
 printf '\n\033[1m== 6. a copy with one flipped byte: verify names the slice and fails\033[0m\n$ %s\n' "$MC verify $WORK/damaged-pkg"
 if "$MC" verify "$WORK/damaged-pkg"; then
   echo "demo: verify did not catch the flipped byte" >&2

@@ -84,9 +84,10 @@ case "$cmd" in
   bench)
     build
     if [ $# -gt 0 ]; then
-      "$BUILD/bench/$1" "${@:2}"
+      "$BUILD/bin/$1" "${@:2}"
     else
-      "$BUILD/bench/prepare_bench" --work "$BUILD/bench-work"
+      "$BUILD/bin/prepare_bench" --work "$BUILD/bench-work"
+      "$BUILD/bin/planner_bench"
     fi
     ;;
   fuzz)
@@ -95,7 +96,7 @@ case "$cmd" in
     secs="${1:-600}"
     for t in safetensors manifest; do
       log "fuzzing $t for $secs s"
-      "$FUZZ_BUILD/tests/fuzz/${t}_fuzz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+      "$FUZZ_BUILD/bin/${t}_fuzz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$FUZZ_BUILD/tests/fuzz/artifacts/$t/" \
         "$FUZZ_BUILD/tests/fuzz/corpus/$t" "$ROOT/tests/fuzz/corpus/$t"
     done

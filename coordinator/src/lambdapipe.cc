@@ -94,11 +94,15 @@ Split ChooseSplit(const PlanRequest& req) {
   return split;
 }
 
-// Where group g starts in the slice order: the block boundary nearest g * s / k, so that in
-// the first s/k ticks each group receives a different, block-aligned part of the model.
-std::vector<uint32_t> RotationStarts(const ModelShape& m, size_t k) {
-  std::vector<uint32_t> starts(k, 0);
+// The slice order of each group: group g starts at the block boundary nearest g * s / k, so
+// that in the first s/k ticks the groups receive different, block-aligned parts of the model.
+// Within each chunk slices go largest first: the shorter last slice of every block then
+// travels in rounds of short slices at the end, instead of each round being as long as a
+// full slice while carrying a short one (the order within a chunk does not matter to
+// pipelines: a group serves its chunk only once it holds all of it).
+std::vector<std::vector<uint32_t>> SliceOrders(const ModelShape& m, size_t k) {
   const uint32_t s = m.num_slices();
+  std::vector<uint32_t> starts(k + 1, 0);
   for (size_t g = 1; g < k; ++g) {
     const double want = static_cast<double>(g) * s / static_cast<double>(k);
     uint32_t best = 0;
@@ -107,7 +111,21 @@ std::vector<uint32_t> RotationStarts(const ModelShape& m, size_t k) {
     }
     starts[g] = std::max(best, starts[g - 1]);
   }
-  return starts;
+  starts[k] = s;
+  std::vector<std::vector<uint32_t>> chunks(k);
+  for (size_t g = 0; g < k; ++g) {
+    for (uint32_t x = starts[g]; x < starts[g + 1]; ++x) chunks[g].push_back(x);
+    std::stable_sort(chunks[g].begin(), chunks[g].end(),
+                     [&](uint32_t a, uint32_t b) { return m.slice_bytes[a] > m.slice_bytes[b]; });
+  }
+  std::vector<std::vector<uint32_t>> orders(k);
+  for (size_t g = 0; g < k; ++g) {
+    for (size_t j = 0; j < k; ++j) {
+      const auto& c = chunks[(g + j) % k];
+      orders[g].insert(orders[g].end(), c.begin(), c.end());
+    }
+  }
+  return orders;
 }
 
 }  // namespace
@@ -125,7 +143,7 @@ Result<Plan> PlanLambdaPipe(const PlanRequest& req, const std::vector<SliceSet>*
   const size_t k = std::min(req.sources.size(), split.core.size());
   if (k > 0) {
     const auto groups = RoundRobin(split.core, k);
-    const auto starts = RotationStarts(req.model, k);
+    const auto orders = SliceOrders(req.model, k);
     std::map<uint32_t, std::unique_ptr<CirculantSchedule>> schedules;  // by group size
     for (size_t g = 0; g < k; ++g) {
       std::vector<int32_t> procs = {req.sources[g]};
@@ -135,7 +153,7 @@ Result<Plan> PlanLambdaPipe(const PlanRequest& req, const std::vector<SliceSet>*
       if (!sched) sched = std::make_unique<CirculantSchedule>(p);
       const Tier source_tier = req.nodes[req.sources[g]].holds;
       sched->ForEachTransfer(s, [&](uint32_t round, uint32_t from, uint32_t to, uint32_t block) {
-        const uint32_t slice = (starts[g] + block) % s;
+        const uint32_t slice = orders[g][block];
         const int32_t dst = procs[to];
         if (b.Arrival(dst, slice) == 0) return;  // held before the plan starts (replan)
         b.Add(procs[from], dst, slice, round, from == 0 ? source_tier : Tier::kGpu);

@@ -19,24 +19,26 @@ class PipelineSearch {
         blocks_(model.num_blocks()),
         by_block_(blocks_),
         used_(nodes.size(), false) {
+    // Each node's runs of consecutive blocks, bucketed by where they end; filling the
+    // per-block lists from the furthest-reaching bucket down leaves each list ordered by
+    // reach, longest first (ties in node order), without a sort.
+    struct Run {
+      uint32_t begin, end, index;
+    };
+    std::vector<std::vector<Run>> by_end(blocks_ + 1);
     for (uint32_t i = 0; i < nodes_.size(); ++i) {
       const SliceSet& held = nodes_[i].blocks;
-      uint32_t b = 0;
-      while (b < blocks_) {
-        if (!held.Has(b)) {
-          ++b;
-          continue;
-        }
+      for (uint32_t b = held.Next(0); b < blocks_;) {
         uint32_t end = b;
         while (end < blocks_ && held.Has(end)) ++end;
-        for (uint32_t x = b; x < end; ++x) by_block_[x].push_back({end, i});
-        b = end;
+        by_end[end].push_back({b, end, i});
+        b = held.Next(end);
       }
     }
-    for (auto& list : by_block_) {
-      std::sort(list.begin(), list.end(), [&](const Candidate& a, const Candidate& c) {
-        return a.run_end != c.run_end ? a.run_end > c.run_end : nodes_[a.index].node < nodes_[c.index].node;
-      });
+    for (uint32_t end = blocks_; end > 0; --end) {
+      for (const Run& r : by_end[end]) {
+        for (uint32_t x = r.begin; x < r.end; ++x) by_block_[x].push_back({r.end, r.index});
+      }
     }
   }
 

@@ -68,11 +68,12 @@ void PlanBuilder::Book(std::vector<float>& v, uint32_t tick, uint32_t duration, 
 
 void PlanBuilder::Add(int32_t src, int32_t dst, uint32_t slice, uint32_t tick, Tier tier) {
   const uint32_t d = Duration(src, dst, slice);
+  const double rate = static_cast<double>(request_.model.slice_bytes[slice]) / (d * plan_.tick_seconds);
   if (src == dst) {
-    Book(usage_[src].local, tick, d, SendShare(src, dst, slice));
+    Book(usage_[src].local, tick, d, rate / request_.nodes[src].local_rate);
   } else {
-    Book(usage_[src].send, tick, d, SendShare(src, dst, slice));
-    Book(usage_[dst].recv, tick, d, RecvShare(src, dst, slice));
+    Book(usage_[src].send, tick, d, rate / request_.nodes[src].nic);
+    Book(usage_[dst].recv, tick, d, rate / request_.nodes[dst].nic);
   }
   plan_.transfers.push_back({tick, src, dst, slice, tier, d});
   arrival_[dst][slice] = std::min(arrival_[dst][slice], tick + d);
@@ -108,18 +109,64 @@ Plan PlanBuilder::Finish() {
 
   int max_stages = request_.max_pipeline_stages;
   if (max_stages <= 0) max_stages = std::max<int>(4, static_cast<int>(request_.sources.size()));
-  std::vector<Pipeline> previous;
-  for (uint32_t tick : events) {
-    std::vector<NodeBlocks> partial;
-    for (int32_t n : request_.targets) {
-      if (plan_.full_at[n] >= 0 && static_cast<uint32_t>(plan_.full_at[n]) <= tick) continue;  // a full instance
-      NodeBlocks nb{n, SliceSet(blocks)};
-      for (uint32_t b = 0; b < blocks; ++b) {
-        if (block_done[n][b] <= tick) nb.blocks.Set(b);
-      }
-      if (!nb.blocks.Empty()) partial.push_back(std::move(nb));
+  // How many partial (not yet full) targets hold each block: no pipeline can form while some
+  // block is held by none, which spares the search at most ticks of a large plan.
+  struct Event {
+    uint32_t tick;
+    int32_t node;
+    int32_t block;  // -1: the node becomes full
+  };
+  std::vector<Event> changes;
+  for (int32_t n : request_.targets) {
+    for (uint32_t b = 0; b < blocks; ++b) {
+      if (block_done[n][b] != kNever) changes.push_back({block_done[n][b], n, static_cast<int32_t>(b)});
     }
-    std::vector<Pipeline> now = FormPipelines(model, partial, max_stages);
+    if (plan_.full_at[n] >= 0) changes.push_back({static_cast<uint32_t>(plan_.full_at[n]), n, -1});
+  }
+  std::sort(changes.begin(), changes.end(), [](const Event& a, const Event& b) {
+    return a.tick != b.tick ? a.tick < b.tick : a.block > b.block;  // blocks before "full" at one tick
+  });
+  std::vector<uint32_t> holders(blocks, 0);
+  uint32_t uncovered = blocks;
+  std::vector<Pipeline> previous;
+  size_t i = 0;
+  // The first pipeline's tick is searched for exactly; after it, pipelines are reshaped at
+  // most every `stride` ticks and whenever a target becomes a full instance (the
+  // coordinator forms the real pipelines from actual holdings; the plan's are a forecast).
+  const uint32_t stride = std::max<uint32_t>(1, plan_.num_ticks / 128);
+  std::vector<bool> full_tick(plan_.num_ticks + 1, false);
+  for (int32_t f : plan_.full_at) {
+    if (f >= 0) full_tick[f] = true;
+  }
+  bool formed = false;
+  uint32_t last_search = 0;
+  for (uint32_t tick : events) {
+    for (; i < changes.size() && changes[i].tick <= tick; ++i) {
+      const Event& e = changes[i];
+      if (e.block >= 0) {
+        if (holders[e.block]++ == 0) --uncovered;
+      } else {
+        for (uint32_t b = 0; b < blocks; ++b) {
+          if (--holders[b] == 0) ++uncovered;
+        }
+      }
+    }
+    if (formed && tick - last_search < stride && !full_tick[tick]) continue;
+    std::vector<Pipeline> now;
+    if (uncovered == 0) {
+      last_search = tick;
+      std::vector<NodeBlocks> partial;
+      for (int32_t n : request_.targets) {
+        if (plan_.full_at[n] >= 0 && static_cast<uint32_t>(plan_.full_at[n]) <= tick) continue;  // a full instance
+        NodeBlocks nb{n, SliceSet(blocks)};
+        for (uint32_t b = 0; b < blocks; ++b) {
+          if (block_done[n][b] <= tick) nb.blocks.Set(b);
+        }
+        if (!nb.blocks.Empty()) partial.push_back(std::move(nb));
+      }
+      now = FormPipelines(model, partial, max_stages);
+      formed = formed || !now.empty();
+    }
     const bool same =
         now.size() == previous.size() &&
         std::equal(now.begin(), now.end(), previous.begin(), [](const Pipeline& a, const Pipeline& b) {

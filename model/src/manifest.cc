@@ -157,6 +157,7 @@ Result<Manifest> Manifest::Parse(std::string_view text, const std::string& sourc
     MC_ASSIGN_OR_RETURN(e.file_bytes, b.U64("file_bytes"));
     MC_ASSIGN_OR_RETURN(e.first_slice, U32(b, "first_slice"));
     MC_ASSIGN_OR_RETURN(e.num_slices, U32(b, "num_slices"));
+    MC_ASSIGN_OR_RETURN(e.slice_bytes, b.U64("slice_bytes"));
     m.blocks.push_back(std::move(e));
   }
   MC_ASSIGN_OR_RETURN(auto slices, r.Array("slices", 1u << 24));
@@ -245,7 +246,12 @@ Status Manifest::Validate(const std::string& source) const {
       return bad(where + "file_bytes " + std::to_string(b.file_bytes) + " is not bytes rounded up to " +
                  std::to_string(kFileAlignment));
     }
-    const uint64_t want_slices = (b.bytes + slice_bytes - 1) / slice_bytes;
+    const uint64_t want_stride = BlockSliceBytes(b.bytes, slice_bytes);
+    if (b.slice_bytes != want_stride) {
+      return bad(where + "slice_bytes " + std::to_string(b.slice_bytes) + " should be " + std::to_string(want_stride) +
+                 " (the equal cut of " + std::to_string(b.bytes) + " bytes under " + std::to_string(slice_bytes) + ")");
+    }
+    const uint64_t want_slices = (b.bytes + want_stride - 1) / want_stride;
     if (b.first_slice != next_slice || b.num_slices != want_slices) {
       return bad(where + "slices [" + std::to_string(b.first_slice) + ", +" + std::to_string(b.num_slices) +
                  ") should be [" + std::to_string(next_slice) + ", +" + std::to_string(want_slices) + ")");
@@ -260,8 +266,8 @@ Status Manifest::Validate(const std::string& source) const {
   for (const BlockEntry& b : blocks) {
     for (uint32_t k = 0; k < b.num_slices; ++k) {
       const SliceEntry& s = slices[b.first_slice + k];
-      const uint64_t off = static_cast<uint64_t>(k) * slice_bytes;
-      const uint64_t len = std::min(slice_bytes, b.bytes - off);
+      const uint64_t off = static_cast<uint64_t>(k) * b.slice_bytes;
+      const uint64_t len = std::min(b.slice_bytes, b.bytes - off);
       if (s.index != b.first_slice + k || s.block != b.index || s.offset != off || s.length != len) {
         return bad("slices[" + std::to_string(b.first_slice + k) + "]: expected index " +
                    std::to_string(b.first_slice + k) + ", block " + std::to_string(b.index) + ", offset " +
@@ -336,7 +342,8 @@ std::string Manifest::Serialize() const {
                   {"bytes", b.bytes},
                   {"file_bytes", b.file_bytes},
                   {"first_slice", b.first_slice},
-                  {"num_slices", b.num_slices}});
+                  {"num_slices", b.num_slices},
+                  {"slice_bytes", b.slice_bytes}});
   }
   j["blocks"] = std::move(jb);
   json js = json::array();
@@ -359,6 +366,12 @@ std::string Manifest::Serialize() const {
   j["tensors"] = std::move(jt);
   if (!skipped_tensors.empty()) j["skipped_tensors"] = skipped_tensors;
   return j.dump(1) + "\n";
+}
+
+uint64_t BlockSliceBytes(uint64_t bytes, uint64_t max_slice_bytes) {
+  if (bytes == 0 || max_slice_bytes == 0) return max_slice_bytes;
+  const uint64_t count = (bytes + max_slice_bytes - 1) / max_slice_bytes;
+  return std::min(max_slice_bytes, AlignUp((bytes + count - 1) / count, kFileAlignment));
 }
 
 Result<std::vector<std::pair<int64_t, int64_t>>> PartitionLayers(int64_t num_layers, int64_t num_blocks) {
@@ -421,13 +434,14 @@ Result<Manifest> PlanPackageLayout(const LlamaConfig& config, const json& hf_con
     b.bytes = cursor[b.index];
     b.file_bytes = AlignUp(b.bytes, kFileAlignment);
     b.first_slice = next_slice;
-    b.num_slices = static_cast<uint32_t>((b.bytes + slice_bytes - 1) / slice_bytes);
+    b.slice_bytes = BlockSliceBytes(b.bytes, slice_bytes);
+    b.num_slices = static_cast<uint32_t>((b.bytes + b.slice_bytes - 1) / b.slice_bytes);
     for (uint32_t k = 0; k < b.num_slices; ++k) {
       SliceEntry s;
       s.index = next_slice + k;
       s.block = b.index;
-      s.offset = static_cast<uint64_t>(k) * slice_bytes;
-      s.length = std::min(slice_bytes, b.bytes - s.offset);
+      s.offset = static_cast<uint64_t>(k) * b.slice_bytes;
+      s.length = std::min(b.slice_bytes, b.bytes - s.offset);
       m.slices.push_back(s);
     }
     next_slice += b.num_slices;

@@ -197,8 +197,8 @@ Result<PrepareReport> Prepare(const fs::path& src, const fs::path& dst, const Pr
       if (!read_status.ok()) break;
       // Slices cover [0, bytes); the zero tail after `bytes` belongs to no slice.
       for (uint64_t p = off; p < std::min(off + len, b.bytes);) {
-        const uint64_t k = p / m.slice_bytes;
-        const uint64_t slice_end = std::min((k + 1) * m.slice_bytes, b.bytes);
+        const uint64_t k = p / b.slice_bytes;
+        const uint64_t slice_end = std::min((k + 1) * b.slice_bytes, b.bytes);
         const uint64_t to = std::min(slice_end, off + len);
         hasher.Update((*buf)->data() + (p - off), to - p);
         if (to == slice_end) {

@@ -66,8 +66,10 @@ TEST_F(CliTest, VerifyNamesTheFirstBadSlice) {
       Modelcast({"prepare", (dir_ / "hf").string(), (dir_ / "pkg").string(), "--blocks", "2", "--slice-mib", "0.0625"})
           .exit_code,
       0);
-  testing::FlipByte(dir_ / "pkg/block-0001.bin", 3 * 65536 + 9);
-  testing::FlipByte(dir_ / "pkg/block-0001.bin", 4 * 65536 + 9);
+  const auto manifest = nlohmann::json::parse(testing::ReadAll(dir_ / "pkg/manifest.json"));
+  const uint64_t first = manifest["blocks"][1]["first_slice"].get<uint64_t>();
+  testing::FlipByte(dir_ / "pkg/block-0001.bin", manifest["slices"][first + 3]["offset"].get<uint64_t>() + 9);
+  testing::FlipByte(dir_ / "pkg/block-0001.bin", manifest["slices"][first + 4]["offset"].get<uint64_t>() + 9);
   auto r = Modelcast({"verify", (dir_ / "pkg").string()});
   ExpectOneLineError(r, "verify", "block 1 slice 3");
   EXPECT_NE(r.err.find("block-0001.bin"), std::string::npos);
@@ -129,6 +131,54 @@ TEST_F(CliTest, ShardedSynthAndVersion) {
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("modelcast 0."), std::string::npos);
   EXPECT_NE(r.out.find("GPUs"), std::string::npos);
+}
+
+TEST(PlanCliTest, PlansSimulatesAndDraws) {
+  testing::TempDir dir;
+  const std::string cluster = testing::SourcePath("cluster-configs/lambdascale-testbed.yaml");
+  auto r = Modelcast({"plan", "--cluster", cluster, "--model", "synth-small", "--targets", "7", "--sources", "2",
+                      "--svg", (dir / "plan.svg").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("plan validated"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("k-way"), std::string::npos);
+  const std::string svg = testing::ReadAll(dir / "plan.svg");
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u);
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+  r = Modelcast({"plan", "--cluster", cluster, "--model", "synth-tiny", "--targets", "3", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["algorithm"], "lambdapipe");
+  EXPECT_EQ(j["full_at"].size(), 12u);
+
+  auto sim =
+      RunProcess({testing::ToolPath("modelcast-sim"), "--cluster", cluster, "--model", "llama-2-13b", "--algo", "all"});
+  ASSERT_EQ(sim.exit_code, 0) << sim.err;
+  const std::string trimmed = sim.out.substr(0, sim.out.find_last_not_of('\n') + 1);
+  const std::string last = trimmed.substr(trimmed.rfind('\n') + 1);  // the JSON line
+  auto js = nlohmann::json::parse(last);
+  EXPECT_EQ(js["results"].size(), 6u);
+  EXPECT_LT(js["results"]["lambdapipe"]["ratio_to_ideal"].get<double>(), 1.1);
+}
+
+TEST(PlanCliTest, BadClusterAndModelInputs) {
+  testing::TempDir dir;
+  testing::WriteAll(dir / "bad.yaml", "name: x\nnode_groups:\n  - prefix: n\n    count: 2\n    nicc: 1Gbit\n");
+  auto r = Modelcast({"plan", "--cluster", (dir / "bad.yaml").string(), "--model", "synth-tiny"});
+  ExpectOneLineError(r, "plan", "bad.yaml:5: node_groups[0].nicc: unknown key");
+  r = Modelcast({"plan", "--cluster", testing::SourcePath("cluster-configs/local.yaml"), "--model", "gpt-5"});
+  ExpectOneLineError(r, "plan", "unknown model 'gpt-5'");
+  r = Modelcast({"plan", "--cluster", testing::SourcePath("cluster-configs/local.yaml"), "--model", "synth-tiny",
+                 "--targets", "9"});
+  ExpectOneLineError(r, "plan", "cluster 'local' has 4");
+  r = Modelcast({"plan", "--cluster", testing::SourcePath("cluster-configs/local.yaml"), "--model", "synth-tiny",
+                 "--algo", "magic"});
+  ExpectOneLineError(r, "plan", "unknown planning algorithm 'magic'");
+  r = Modelcast({"plan", "--cluster", (dir / "missing.yaml").string(), "--model", "synth-tiny"});
+  ExpectOneLineError(r, "plan", "missing.yaml");
+  auto sim = RunProcess({testing::ToolPath("modelcast-sim"), "--cluster",
+                         testing::SourcePath("cluster-configs/local.yaml"), "--model", "synth-tiny", "--blocks", "9"});
+  EXPECT_EQ(sim.exit_code, 1);
+  EXPECT_NE(sim.err.find("more than the model's 4 layers"), std::string::npos) << sim.err;
 }
 
 }  // namespace

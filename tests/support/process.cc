@@ -49,7 +49,12 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::mill
 
 std::string ToolPath(const std::string& name) {
   const char* dir = std::getenv("MODELCAST_BIN_DIR");
-  return std::string(dir && *dir ? dir : "tools") + "/" + name;
+  return std::string(dir && *dir ? dir : MODELCAST_TEST_BIN_DIR) + "/" + name;
+}
+
+std::string SourcePath(const std::string& relative) {
+  const char* dir = std::getenv("MODELCAST_SOURCE_DIR");
+  return std::string(dir && *dir ? dir : MODELCAST_TEST_SOURCE_DIR) + "/" + relative;
 }
 
 }  // namespace modelcast::testing

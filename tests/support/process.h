@@ -18,7 +18,9 @@ struct ProcessResult {
 ProcessResult RunProcess(const std::vector<std::string>& argv,
                          std::chrono::milliseconds deadline = std::chrono::seconds(60));
 
-// The path of a modelcast binary (the build's tools directory, from MODELCAST_BIN_DIR).
+// The path of a modelcast binary (the build's bin directory, from MODELCAST_BIN_DIR).
 std::string ToolPath(const std::string& name);
+// A path inside the source tree (from MODELCAST_SOURCE_DIR), e.g. "cluster-configs/local.yaml".
+std::string SourcePath(const std::string& relative);
 
 }  // namespace modelcast::testing

@@ -143,7 +143,7 @@ TEST(PrepareTest, VerifyNamesTheFlippedSlice) {
   // Flip a byte in block 1, slice 2 of that block.
   const auto& b1 = m.blocks[1];
   ASSERT_GE(b1.num_slices, 3u);
-  testing::FlipByte(dir / "pkg" / b1.file, 2 * 65536 + 123);
+  testing::FlipByte(dir / "pkg" / b1.file, m.slices[b1.first_slice + 2].offset + 123);
   auto report = pkg->Verify();
   ASSERT_TRUE(report.ok());
   ASSERT_EQ(report->bad.size(), 1u);

@@ -31,6 +31,7 @@ constexpr Command kCommands[] = {
     {"prepare", "re-lay an HF checkpoint out into a loading-optimised package", RunPrepare},
     {"inspect", "summarise a package or an HF checkpoint", RunInspect},
     {"verify", "re-check every slice checksum of a package", RunVerify},
+    {"plan", "show the planner's plan for a scale-out on a cluster (text, JSON or SVG)", RunPlan},
     {"version", "print the version, the backends built in and the GPUs found", RunVersion},
 };
 

@@ -2,7 +2,10 @@
 //
 // A package is the model re-laid-out for loading: one contiguous file per block (a group of
 // consecutive layers; block 0 also holds the embeddings, the last block the final norm and
-// LM head), each cut into fixed-size slices (the unit of transfer, checksum and storage I/O).
+// LM head), each cut into slices of equal size (the unit of transfer, checksum and storage
+// I/O): a block of B bytes is cut into ceil(B / max) slices of ceil(B / count) bytes rounded
+// up to 4 KiB, so that no slice is much shorter than the others (a multicast round lasts as
+// long as its largest slice).
 // The manifest says where every tensor and slice lives and what every slice's XXH3 is.
 #pragma once
 
@@ -29,7 +32,7 @@ inline constexpr uint64_t kMaxSliceBytes = 1ull << 30;
 struct SliceEntry {
   uint32_t index = 0;  // global, 0..num_slices-1, in block order
   uint32_t block = 0;
-  uint64_t offset = 0;  // within the block file; a multiple of slice_bytes
+  uint64_t offset = 0;  // within the block file; a multiple of the block's slice_bytes
   uint64_t length = 0;
   uint64_t xxh3 = 0;
 };
@@ -54,14 +57,19 @@ struct BlockEntry {
   uint64_t file_bytes = 0;  // bytes rounded up to kFileAlignment (zero-filled tail)
   uint32_t first_slice = 0;
   uint32_t num_slices = 0;
+  uint64_t slice_bytes = 0;  // this block's slice size: every slice but the last has it
 };
+
+// The slice size for a block of `bytes` bytes under a maximum of `max_slice_bytes`: the
+// equal cut, rounded up to 4 KiB.
+uint64_t BlockSliceBytes(uint64_t bytes, uint64_t max_slice_bytes);
 
 struct Manifest {
   std::string name;
   DType dtype = DType::kBF16;
   LlamaConfig config;
   nlohmann::json hf_config;  // config.json as the source checkpoint had it
-  uint64_t slice_bytes = 0;
+  uint64_t slice_bytes = 0;  // the maximum slice size (blocks cut theirs equally below it)
   std::vector<BlockEntry> blocks;
   std::vector<SliceEntry> slices;
   std::vector<TensorEntry> tensors;

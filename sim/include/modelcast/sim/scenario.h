@@ -1,0 +1,50 @@
+// A scale-out scenario: a cluster, a model, which nodes already run it (sources) and which
+// must receive it (targets), and which targets hold a local copy. Builds the planner's
+// request; shared by modelcast-sim, `modelcast plan` and the benchmarks.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "modelcast/common/status.h"
+#include "modelcast/coord/cluster.h"
+#include "modelcast/coord/model_shape.h"
+#include "modelcast/coord/plan.h"
+#include "modelcast/model/llama_config.h"
+
+namespace modelcast::sim {
+
+struct ModelSpec {
+  std::string name;
+  model::LlamaConfig config;
+  DType dtype = DType::kBF16;
+  coord::ModelShape shape;
+  uint64_t bytes = 0;
+};
+
+// `spec` is a known model name (coord::KnownModelNames), an HF checkpoint directory or
+// config.json, or a prepared package directory (whose manifest fixes the slices and
+// blocks). For the first two, `blocks` (0: min(layers, 32)) and `slice_bytes` (0: about 512
+// slices, a multiple of 4 KiB between 4 MiB and 256 MiB) shape the package.
+Result<ModelSpec> LoadModelSpec(const std::string& spec, int64_t blocks, uint64_t slice_bytes);
+
+struct ScenarioOptions {
+  int64_t sources = 1;                          // the first `sources` nodes run the model (GPU copies)
+  int64_t targets = 0;                          // the next `targets` nodes receive it; 0: all the others
+  coord::Tier local_tier = coord::Tier::kNone;  // targets' own copy (host or ssd), if any
+  int64_t local_count = -1;                     // how many targets hold it; -1: all
+  bool locality = true;
+};
+
+struct Scenario {
+  coord::ClusterConfig cluster;
+  ModelSpec model;
+  coord::PlanRequest request;
+  int64_t gpus_per_instance = 1;  // GPUs one instance of the model needs
+};
+
+Result<Scenario> BuildScenario(const coord::ClusterConfig& cluster, const ModelSpec& model,
+                               const ScenarioOptions& options);
+
+}  // namespace modelcast::sim

@@ -1,0 +1,146 @@
+// modelcast plan: the planner's plan for a scale-out on a cluster, as text, JSON or SVG.
+#include <cstdio>
+#include <fstream>
+#include <map>
+
+#include "command.h"
+#include "modelcast/common/units.h"
+#include "modelcast/coord/plan_svg.h"
+#include "modelcast/coord/planner.h"
+#include "modelcast/sim/scenario.h"
+
+namespace modelcast::cli {
+namespace {
+
+void PrintPlan(const coord::Plan& plan, int64_t show_ticks) {
+  const auto& names = plan.node_names;
+  std::printf("\n%6s  %s\n", "tick", "transfers (source -> receiver: slice; [local] = own copy)");
+  size_t i = 0;
+  for (uint32_t tick = 0; tick < plan.num_ticks && tick < show_ticks; ++tick) {
+    std::string line;
+    int shown = 0, more = 0;
+    for (; i < plan.transfers.size() && plan.transfers[i].tick == tick; ++i) {
+      const auto& t = plan.transfers[i];
+      if (shown < 8) {
+        line += (shown ? "  " : "") +
+                (t.local() ? "[local] -> " + names[t.dst] : names[t.src] + " -> " + names[t.dst]) + ": " +
+                std::to_string(t.slice);
+        ++shown;
+      } else {
+        ++more;
+      }
+    }
+    if (more) line += "  (+" + std::to_string(more) + " more)";
+    std::printf("%6u  %s\n", tick, line.empty() ? "-" : line.c_str());
+  }
+  if (static_cast<int64_t>(plan.num_ticks) > show_ticks) {
+    std::printf("   ...  (%lld more ticks; --ticks N shows more)\n",
+                static_cast<long long>(plan.num_ticks - show_ticks));
+  }
+  std::printf("\npipelines (each: node[blocks] | ...):\n");
+  int printed = 0;
+  for (const auto& set : plan.pipelines) {
+    if (printed++ == 12) {
+      std::printf("  ... (%zu more changes)\n", plan.pipelines.size() - 12);
+      break;
+    }
+    std::string line;
+    for (size_t p = 0; p < set.pipelines.size() && p < 3; ++p) {
+      line += p ? "   " : "";
+      for (size_t s = 0; s < set.pipelines[p].stages.size(); ++s) {
+        const auto& st = set.pipelines[p].stages[s];
+        line += (s ? " | " : "") + names[st.node] + "[" + std::to_string(st.first_block) + "-" +
+                std::to_string(st.end_block - 1) + "]";
+      }
+    }
+    if (set.pipelines.size() > 3) line += "   (+" + std::to_string(set.pipelines.size() - 3) + " more)";
+    std::printf("  tick %5u: %2zu  %s\n", set.tick, set.pipelines.size(), line.c_str());
+  }
+  if (plan.pipelines.empty()) std::printf("  none form before the targets are complete\n");
+  std::map<int32_t, std::vector<std::string>> by_tick;
+  for (size_t n = 0; n < plan.full_at.size(); ++n) {
+    if (plan.full_at[n] >= 0) by_tick[plan.full_at[n]].push_back(names[n]);
+  }
+  std::printf("\nfull instances:\n");
+  for (const auto& [tick, list] : by_tick) {
+    std::string line;
+    for (size_t k = 0; k < list.size() && k < 8; ++k) line += (k ? ", " : "") + list[k];
+    if (list.size() > 8) line += " (+" + std::to_string(list.size() - 8) + " more)";
+    std::printf("  tick %5d: %s\n", tick, line.c_str());
+  }
+  for (const auto& note : plan.notes) std::printf("note: %s\n", note.c_str());
+}
+
+}  // namespace
+
+int RunPlan(const std::vector<std::string>& args) {
+  std::string cluster_path, model, algo = "lambdapipe", svg, local_tier;
+  int64_t targets = 0, sources = 1, blocks = 0, ticks = 30;
+  std::optional<int64_t> local_count;
+  double slice_mib = 0;
+  bool json = false, no_locality = false;
+  ArgParser p("modelcast plan",
+              "Plans a scale-out of a model on a cluster and shows who sends which slice to whom at each\n"
+              "tick, when pipelines of partial receivers can serve, and when each target is a full instance.");
+  p.Flag("cluster", &cluster_path, "cluster YAML (cluster-configs/)");
+  p.Flag("model", &model, "a known model name, an HF config.json or checkpoint, or a prepared package");
+  p.Flag("targets", &targets, "nodes to scale out to [all but the sources]");
+  p.Flag("sources", &sources, "nodes already running the model (the first ones) [1]");
+  p.Flag("algo", &algo, "lambdapipe, unicast, binary-tree, binomial-whole, chain or local [lambdapipe]");
+  p.Flag("slice-mib", &slice_mib, "slice size in MiB [about 2048 slices]");
+  p.Flag("blocks", &blocks, "blocks of layers [min(layers, 32)]");
+  p.Flag("local-tier", &local_tier, "targets hold their own copy in this tier: ssd or host");
+  p.Flag("local-count", &local_count, "how many targets hold a local copy [all]");
+  p.Flag("no-locality", &no_locality, "ignore local copies (lambdapipe)");
+  p.Flag("ticks", &ticks, "ticks to print [30]");
+  p.Flag("svg", &svg, "also draw the plan as an SVG timeline into this file");
+  p.Flag("json", &json, "print the whole plan as JSON instead of text");
+  if (int rc = ParseOrExit("plan", p, args); rc >= 0) return rc;
+  if (cluster_path.empty() || model.empty()) return Fail("plan", InvalidArgument("--cluster and --model are required"));
+  if (slice_mib < 0) return Fail("plan", InvalidArgument("--slice-mib must be positive"));
+  auto cluster = coord::ClusterConfig::Load(cluster_path);
+  if (!cluster.ok()) return Fail("plan", cluster.status());
+  auto spec = sim::LoadModelSpec(model, blocks, static_cast<uint64_t>(slice_mib * 1048576.0) / 4096 * 4096);
+  if (!spec.ok()) return Fail("plan", spec.status());
+  sim::ScenarioOptions so;
+  so.sources = sources;
+  so.targets = targets;
+  so.locality = !no_locality;
+  if (!local_tier.empty()) {
+    auto tier = coord::ParseTier(local_tier);
+    if (!tier.ok() || (*tier != coord::Tier::kSsd && *tier != coord::Tier::kHost)) {
+      return Fail("plan", InvalidArgument("--local-tier must be ssd or host, not '" + local_tier + "'"));
+    }
+    so.local_tier = *tier;
+  }
+  if (local_count) so.local_count = *local_count;
+  auto sc = sim::BuildScenario(*cluster, *spec, so);
+  if (!sc.ok()) return Fail("plan", sc.status());
+  auto plan = coord::MakePlan(sc->request, algo);
+  if (!plan.ok()) return Fail("plan", plan.status());
+  Status valid = coord::ValidatePlan(sc->request, *plan);
+  if (!valid.ok()) return Fail("plan", Internal("the planner produced an invalid plan: " + valid.message()));
+  if (!svg.empty()) {
+    std::ofstream out(svg);
+    out << coord::RenderPlanSvg(*plan);
+    if (!out.good()) return Fail("plan", IOError("cannot write " + svg));
+  }
+  if (json) {
+    std::printf("%s\n", plan->ToJson().dump().c_str());
+    return kExitOk;
+  }
+  const auto& req = sc->request;
+  std::printf("%s plan: %s (%s) from %zu source(s) to %zu target(s) on %s; %u slices of %s in %u blocks\n",
+              plan->algorithm.c_str(), spec->name.c_str(), FormatBytes(spec->bytes).c_str(), req.sources.size(),
+              req.targets.size(), cluster->name.c_str(), plan->num_slices,
+              FormatBytes(req.model.MaxSliceBytes()).c_str(), plan->num_blocks);
+  std::printf("%u ticks of %s = %s; first pipeline at tick %lld, first full instance at tick %lld (plan validated)\n",
+              plan->num_ticks, FormatSeconds(plan->tick_seconds).c_str(),
+              FormatSeconds(plan->num_ticks * plan->tick_seconds).c_str(),
+              static_cast<long long>(plan->FirstPipelineTick()), static_cast<long long>(plan->FirstFullTick()));
+  PrintPlan(*plan, ticks);
+  if (!svg.empty()) std::printf("\nSVG timeline written to %s\n", svg.c_str());
+  return kExitOk;
+}
+
+}  // namespace modelcast::cli
