@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
               "completion time, time to first pipeline and first full instance, serving capacity over time.");
   p.Flag("cluster", &cluster_path, "cluster YAML (cluster-configs/)");
   p.Flag("model", &model,
-         "llama-2-7b|llama-2-13b|llama-2-70b|llama-3-8b|llama-3-70b|synth-*, a config.json, or a package");
+         "llama-2-7b|13b|70b, llama-3-8b|70b, synth-*, a size (140GB, 13e9-params), a config.json, or a package");
   p.Flag("targets", &targets, "nodes to scale out to [all but the sources]");
   p.Flag("sources", &sources, "nodes already running the model (the first ones) [1]");
   p.Flag("algo", &algo,

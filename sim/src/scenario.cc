@@ -2,13 +2,42 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
+#include "modelcast/common/units.h"
 #include "modelcast/model/checkpoint.h"
 #include "modelcast/model/package.h"
 
 namespace modelcast::sim {
 namespace fs = std::filesystem;
+
+namespace {
+
+// A Llama of about `params` parameters with Llama-2's proportions: hidden 4096 / 5120 / 8192
+// for up to 10 B / 30 B / more, MLP 2.7x hidden, 128-wide heads (grouped 8:1 past 30 B), a
+// 32,000-token vocabulary, and as many layers as the parameter count allows.
+Result<model::LlamaConfig> LlamaOfSize(double params, const std::string& spec) {
+  model::LlamaConfig c;
+  c.hidden_size = params > 30e9 ? 8192 : params > 10e9 ? 5120 : 4096;
+  c.intermediate_size = c.hidden_size * 27 / 10 / 256 * 256;
+  c.num_attention_heads = c.hidden_size / 128;
+  c.num_key_value_heads = params > 30e9 ? c.num_attention_heads / 8 : c.num_attention_heads;
+  c.head_dim = 128;
+  c.vocab_size = 32000;
+  c.rms_norm_eps = 1e-5;
+  const double h = static_cast<double>(c.hidden_size);
+  const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
+  const double per_layer = 2 * h * h + 2 * h * kv + 3 * h * static_cast<double>(c.intermediate_size) + 2 * h;
+  const double layers = std::round((params - 2 * static_cast<double>(c.vocab_size) * h) / per_layer);
+  if (layers < 1) return InvalidArgument("model size '" + spec + "' is too small for a Llama layer");
+  c.num_hidden_layers = static_cast<int64_t>(layers);
+  c.torch_dtype = DType::kBF16;
+  MC_RETURN_IF_ERROR(c.Validate(spec));
+  return c;
+}
+
+}  // namespace
 
 Result<ModelSpec> LoadModelSpec(const std::string& spec, int64_t blocks, uint64_t slice_bytes) {
   ModelSpec m;
@@ -27,9 +56,20 @@ Result<ModelSpec> LoadModelSpec(const std::string& spec, int64_t blocks, uint64_
     const fs::path config = fs::is_directory(path, ec) ? path / "config.json" : path;
     MC_ASSIGN_OR_RETURN(m.config, model::LlamaConfig::FromFile(config));
     m.name = fs::absolute(config).parent_path().filename().string();
-  } else {
-    MC_ASSIGN_OR_RETURN(m.config, coord::KnownModelConfig(spec));
+  } else if (auto known = coord::KnownModelConfig(spec); known.ok()) {
+    m.config = *known;
     m.name = spec;
+  } else if (spec.size() > 7 && spec.ends_with("-params")) {  // "13e9-params"
+    char* end = nullptr;
+    const double params = std::strtod(spec.c_str(), &end);
+    if (end != spec.c_str() + spec.size() - 7 || !(params > 0)) return InvalidArgument("bad model size '" + spec + "'");
+    MC_ASSIGN_OR_RETURN(m.config, LlamaOfSize(params, spec));
+    m.name = spec;
+  } else if (auto bytes = ParseByteSize(spec); bytes.ok() && *bytes > 0) {  // "140GB": bf16 weights
+    MC_ASSIGN_OR_RETURN(m.config, LlamaOfSize(static_cast<double>(*bytes) / 2, spec));
+    m.name = spec;
+  } else {
+    return known.status();
   }
   m.dtype = m.config.torch_dtype;
   m.bytes = m.config.ParameterCount() * DTypeSize(m.dtype);

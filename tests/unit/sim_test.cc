@@ -127,6 +127,14 @@ TEST(SimulatorTest, ScenarioErrors) {
   EXPECT_GT(spec->shape.num_slices(), 1000u);
   EXPECT_EQ(spec->shape.num_blocks(), 32u);
   EXPECT_FALSE(LoadModelSpec("llama-2-7b", 64, 0).ok());  // more blocks than its 32 layers
+  // By size: within a few percent of what was asked.
+  auto by_bytes = LoadModelSpec("140GB", 0, 0);
+  ASSERT_TRUE(by_bytes.ok()) << by_bytes.status().ToString();
+  EXPECT_NEAR(static_cast<double>(by_bytes->bytes), 140e9, 0.05 * 140e9);
+  auto by_params = LoadModelSpec("13e9-params", 0, 0);
+  ASSERT_TRUE(by_params.ok()) << by_params.status().ToString();
+  EXPECT_NEAR(static_cast<double>(by_params->config.ParameterCount()), 13e9, 0.05 * 13e9);
+  EXPECT_FALSE(LoadModelSpec("1MB", 0, 0).ok());
 }
 
 }  // namespace

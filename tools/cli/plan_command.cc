@@ -83,7 +83,8 @@ int RunPlan(const std::vector<std::string>& args) {
               "Plans a scale-out of a model on a cluster and shows who sends which slice to whom at each\n"
               "tick, when pipelines of partial receivers can serve, and when each target is a full instance.");
   p.Flag("cluster", &cluster_path, "cluster YAML (cluster-configs/)");
-  p.Flag("model", &model, "a known model name, an HF config.json or checkpoint, or a prepared package");
+  p.Flag("model", &model,
+         "a known model name, a size (140GB, 13e9-params), an HF config.json or checkpoint, or a package");
   p.Flag("targets", &targets, "nodes to scale out to [all but the sources]");
   p.Flag("sources", &sources, "nodes already running the model (the first ones) [1]");
   p.Flag("algo", &algo, "lambdapipe, unicast, binary-tree, binomial-whole, chain or local [lambdapipe]");

@@ -23,7 +23,8 @@ struct ModelSpec {
   uint64_t bytes = 0;
 };
 
-// `spec` is a known model name (coord::KnownModelNames), an HF checkpoint directory or
+// `spec` is a known model name (coord::KnownModelNames), a size ("140GB" of bf16 weights, or
+// "13e9-params": a Llama with Llama-2's proportions), an HF checkpoint directory or
 // config.json, or a prepared package directory (whose manifest fixes the slices and
 // blocks). For the first two, `blocks` (0: min(layers, 32)) and `slice_bytes` (0: about 512
 // slices, a multiple of 4 KiB between 4 MiB and 256 MiB) shape the package.
