@@ -1,0 +1,99 @@
+// The plan executor on an agent: runs this node's part of a multicast plan with a transport.
+//
+// It sends each slice to its next receiver as soon as it holds it (cut-through: a slice is
+// forwarded the moment it has arrived and passed its checksum, not once a whole block has),
+// keeps a window of slices in flight per peer in plan order, verifies every received slice's
+// XXH3 before forwarding or reporting it, asks the sender again for a corrupt one, and emits
+// a progress event per slice. A dead peer, an unexpected or malformed slice, or the deadline
+// ends the run with an error naming the peer and the slices.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "modelcast/common/status.h"
+#include "modelcast/coord/plan.h"
+#include "modelcast/fabric/transport.h"
+#include "modelcast/model/manifest.h"
+
+namespace modelcast::fabric {
+
+// Where each slice lives in a node's model buffer (blocks placed one after another at their
+// file sizes, so 4 KiB-aligned), and what its checksum is.
+struct SliceInfo {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint64_t xxh3 = 0;
+  uint32_t block = 0;
+};
+
+struct ModelLayout {
+  std::string model;
+  uint64_t buffer_bytes = 0;
+  std::vector<uint64_t> block_offsets;
+  std::vector<SliceInfo> slices;
+
+  static ModelLayout FromManifest(const model::Manifest& manifest);
+};
+
+struct FragmentStep {
+  uint32_t tick = 0;
+  std::string peer;
+  uint32_t slice = 0;
+};
+
+// One node's share of a plan: its network sends and receives, by tick.
+struct PlanFragment {
+  std::string node;
+  std::vector<FragmentStep> sends;
+  std::vector<FragmentStep> receives;
+
+  // Local loads are not the fabric's (the tiered store runs them).
+  static Result<PlanFragment> FromPlan(const coord::Plan& plan, const std::string& node);
+  // Peers this node exchanges slices with.
+  std::vector<std::string> Peers() const;
+  // Checks the fragment against the model: every slice known, no slice received twice.
+  Status Validate(const ModelLayout& layout) const;
+};
+
+struct SliceEvent {
+  std::string model;
+  uint32_t slice = 0;
+  std::string source;  // the peer it came from
+  uint64_t bytes = 0;
+  double started = 0;   // seconds since the run began: the payload was accepted
+  double finished = 0;  // it landed and its checksum matched
+};
+
+struct ExecutorOptions {
+  size_t window = 4;                                // slices in flight to one peer
+  int max_retries = 3;                              // re-requests of one corrupt slice before giving up
+  double deadline = 60;                             // seconds for the whole fragment
+  std::function<void(const SliceEvent&)> on_slice;  // runs on the transport's thread
+};
+
+struct ExecutorReport {
+  uint64_t bytes_received = 0;
+  uint64_t bytes_sent = 0;
+  uint32_t slices_received = 0;
+  uint32_t slices_sent = 0;
+  uint32_t corrupt = 0;  // received slices that failed their checksum and were sent again
+  double seconds = 0;
+};
+
+// `buffer` holds the model per `layout`: filled where `held` says so (a source holds it all),
+// written by receives elsewhere. The transport must be started and connected to the peers.
+Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& layout, uint8_t* buffer,
+                                       const std::vector<bool>& held, const PlanFragment& fragment,
+                                       const ExecutorOptions& options);
+
+// Message types the executor puts on the wire.
+inline constexpr uint16_t kSliceMessage = 1;     // header: slice (u32); payload: the slice
+inline constexpr uint16_t kResendMessage = 2;    // header: slice (u32)
+inline constexpr uint16_t kFinishedMessage = 3;  // header: slices verified from the sender (u32)
+
+}  // namespace modelcast::fabric

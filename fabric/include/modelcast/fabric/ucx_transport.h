@@ -1,0 +1,26 @@
+// The UCX backend (the default). UCX picks RDMA verbs, shared memory or TCP by itself; the
+// settings that matter are given here, from the agent's config, not users' shells.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "modelcast/fabric/transport.h"
+
+namespace modelcast::fabric {
+
+struct UcxOptions {
+  std::string name;                            // this node's name
+  std::string listen_address = "127.0.0.1:0";  // ip:port; port 0 picks a free one
+  std::string tls;                             // UCX_TLS, e.g. "tcp" inside network namespaces
+  std::string net_devices;                     // UCX_NET_DEVICES, e.g. "eth0"
+  std::string tcp_seg_size = "256k";           // UCX_TCP_TX_SEG_SIZE and UCX_TCP_RX_SEG_SIZE
+  double connect_timeout = 10;                 // seconds for a peer to answer Connect
+  double keepalive_interval = 1;               // seconds: how soon a silent peer counts as dead
+  std::map<std::string, std::string> extra;    // any other UCX setting, without "UCX_"
+};
+
+Result<std::unique_ptr<Transport>> MakeUcxTransport(const UcxOptions& options);
+
+}  // namespace modelcast::fabric
