@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include "support/temp_dir.h"
@@ -44,6 +45,63 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::mill
   if (!r.timed_out && WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
   r.out = ReadAll(out_path);
   r.err = ReadAll(err_path);
+  return r;
+}
+
+Child::Child(const std::vector<std::string>& argv) {
+  char templ[] = "/tmp/modelcast-child-XXXXXX";
+  dir_ = ::mkdtemp(templ);
+  out_path_ = dir_ + "/stdout";
+  err_path_ = dir_ + "/stderr";
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    int out = ::open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = ::open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+}
+
+Child::~Child() {
+  if (pid_ > 0 && !reaped_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status_, 0);
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+bool Child::Running() {
+  if (reaped_) return false;
+  if (::waitpid(pid_, &status_, WNOHANG) == pid_) reaped_ = true;
+  return !reaped_;
+}
+
+void Child::Kill(int signal) {
+  if (!reaped_) ::kill(pid_, signal);
+}
+
+ProcessResult Child::Wait(std::chrono::milliseconds deadline) {
+  ProcessResult r;
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (Running()) {
+    if (std::chrono::steady_clock::now() > until) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status_, 0);
+      reaped_ = true;
+      r.timed_out = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!r.timed_out && WIFEXITED(status_)) r.exit_code = WEXITSTATUS(status_);
+  r.out = ReadAll(out_path_);
+  r.err = ReadAll(err_path_);
   return r;
 }
 

@@ -18,6 +18,29 @@ struct ProcessResult {
 ProcessResult RunProcess(const std::vector<std::string>& argv,
                          std::chrono::milliseconds deadline = std::chrono::seconds(60));
 
+// A process started in the background; killed (by its PID, SIGKILL) if still running when
+// destroyed.
+class Child {
+ public:
+  explicit Child(const std::vector<std::string>& argv);
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  int pid() const { return pid_; }
+  bool Running();
+  void Kill(int signal);
+  // Waits for the process to exit, at most `deadline`; kills it when it does not.
+  ProcessResult Wait(std::chrono::milliseconds deadline);
+
+ private:
+  int pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
+  std::string out_path_, err_path_;
+  std::string dir_;
+};
+
 // The path of a modelcast binary (the build's bin directory, from MODELCAST_BIN_DIR).
 std::string ToolPath(const std::string& name);
 // A path inside the source tree (from MODELCAST_SOURCE_DIR), e.g. "cluster-configs/local.yaml".

@@ -76,7 +76,7 @@ Status ConnectWithRetry(fabric::Transport& t, const std::string& peer, const std
 int main(int argc, char** argv) {
   InitLogging(argv[0], 1);
   std::string name, listen = "127.0.0.1:0", cluster_path, rendezvous, plan_path, package, out, tls, devices,
-                    seg = "256k", fault, report_path;
+                    seg = "256k", fault, report_path, progress_path;
   bool source = false, verbose = false;
   int64_t window = 4;
   double deadline = 60;
@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
   p.Flag("deadline", &deadline, "seconds for the whole run [60]");
   p.Flag("fault", &fault, "inject faults: corrupt=N,..;drop=N,..;delay=10ms;fail=PEER@BYTES");
   p.Flag("report", &report_path, "also write the JSON report to this file");
+  p.Flag("progress", &progress_path, "append a line to this file as each slice arrives");
   p.Flag("verbose", &verbose, "log at INFO (and VLOG per GLOG_v)");
   Status s = p.Parse(argc, argv);
   if (!s.ok()) {
@@ -182,7 +183,12 @@ int main(int argc, char** argv) {
   eo.window = static_cast<size_t>(window);
   eo.deadline = deadline;
   uint64_t events = 0;
-  eo.on_slice = [&](const fabric::SliceEvent&) { ++events; };
+  std::unique_ptr<std::ofstream> progress;
+  if (!progress_path.empty()) progress = std::make_unique<std::ofstream>(progress_path, std::ios::app);
+  eo.on_slice = [&](const fabric::SliceEvent& e) {
+    ++events;
+    if (progress) *progress << "slice " << e.slice << " from " << e.source << " at " << e.finished << std::endl;
+  };
   auto result = fabric::ExecuteFragment(*transport, layout, buffer.data(), held, *fragment, eo);
   const fabric::TransportStats stats = transport->stats();
   region->reset();
