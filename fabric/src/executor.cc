@@ -10,6 +10,8 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
+#include <utility>
 
 #include "modelcast/common/checksum.h"
 
@@ -69,7 +71,29 @@ Status PlanFragment::Validate(const ModelLayout& layout) const {
   return Status::Ok();
 }
 
+Result<SliceMethod> ParseSliceMethod(const std::string& name) {
+  if (name == "auto") return SliceMethod::kAuto;
+  if (name == "messages") return SliceMethod::kMessages;
+  if (name == "writes") return SliceMethod::kWrites;
+  return InvalidArgument("slice method '" + name + "' is not one of auto, messages, writes");
+}
+
+const char* SliceMethodName(SliceMethod m) {
+  switch (m) {
+    case SliceMethod::kAuto:
+      return "auto";
+    case SliceMethod::kMessages:
+      return "messages";
+    case SliceMethod::kWrites:
+      return "writes";
+  }
+  return "?";
+}
+
 namespace {
+
+// The largest remote-region offer accepted (a packed key is a few hundred bytes).
+constexpr uint64_t kMaxOffer = 64 << 10;
 
 std::vector<uint8_t> U32(uint32_t v) {
   return {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v >> 16),
@@ -85,15 +109,31 @@ bool ReadU32(const std::vector<uint8_t>& h, uint32_t* v) {
 class Run {
  public:
   Run(Transport& t, const ModelLayout& layout, uint8_t* buffer, const std::vector<bool>& held, const PlanFragment& f,
-      const ExecutorOptions& o)
-      : t_(t), layout_(layout), buffer_(buffer), held_(held), f_(f), o_(o), start_(std::chrono::steady_clock::now()) {
+      const ExecutorOptions& o, bool writes)
+      : t_(t),
+        layout_(layout),
+        buffer_(buffer),
+        held_(held),
+        f_(f),
+        o_(o),
+        writes_(writes),
+        start_(std::chrono::steady_clock::now()) {
+    if (writes_) region_text_ = o_.region->remote().Serialize();
     held_.resize(layout.slices.size(), false);
-    for (const auto& s : f.sends) queues_[s.peer].push_back(s.slice);
+    // Sends go in plan order (by tick) across all peers, as the simulator replays them: the
+    // node's uplink carries the slices the plan needs first, first.
+    std::vector<FragmentStep> sends = f.sends;
+    std::stable_sort(sends.begin(), sends.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
+    order_.assign(sends.begin(), sends.end());
+    for (const auto& s : sends) receivers_.insert(s.peer);
     for (const auto& r : f.receives) {
       expected_[r.slice] = {r.peer, 0, false};
       ++expected_from_[r.peer];
     }
-    for (const auto& [peer, _] : queues_) unfinished_receivers_.insert(peer);
+    unfinished_receivers_ = receivers_;
+    std::vector<FragmentStep> receives = f.receives;
+    std::stable_sort(receives.begin(), receives.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
+    for (const auto& r : receives) admit_order_.push_back(r.slice);
   }
 
   Result<ExecutorReport> Go() {
@@ -102,7 +142,11 @@ class Run {
     {
       std::lock_guard lock(mu_);
       for (auto& [peer, n] : expected_from_) {
-        if (n == 0) FinishedWith(peer);
+        if (n == 0) {
+          FinishedWith(peer);
+        } else {
+          Offer(peer);
+        }
       }
       Pump();
     }
@@ -112,6 +156,7 @@ class Run {
     // Stop taking callbacks that touch this object.
     t_.SetMessageHandler(nullptr);
     t_.SetPeerFailureHandler(nullptr);
+    DropWaiting();
     if (!error_.ok()) return error_;
     if (!finished) return DeadlineExceeded(Missing("after " + std::to_string(o_.deadline) + " s"));
     report_.seconds = Now();
@@ -122,7 +167,12 @@ class Run {
   // has been drained; the caller keeps it alive until then.
   bool Drain() {
     std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(5), [&] { return outstanding_ == 0; });
+    if (!cv_.wait_for(lock, std::chrono::seconds(5), [&] { return outstanding_ == 0; })) return false;
+    stop_verifier_ = true;
+    verify_cv_.notify_all();
+    lock.unlock();
+    if (verifier_.joinable()) verifier_.join();
+    return true;
   }
 
  private:
@@ -130,6 +180,24 @@ class Run {
     std::string peer;
     int retries = 0;
     bool verified = false;
+  };
+  struct Waiting {  // a slice message whose payload has not been let in yet
+    std::string peer;
+    AcceptPayload accept;
+  };
+  struct Flushing {
+    bool busy = false;                // a flush is in flight
+    std::vector<uint32_t> unflushed;  // slices written since it started
+  };
+  struct ToVerify {
+    uint32_t slice;
+    std::string peer;
+    double started;
+  };
+  // What a receiver offered: writes into `region`, or messages.
+  struct Offered {
+    bool writes = false;
+    RemoteRegion region;
   };
 
   double Now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
@@ -156,37 +224,136 @@ class Run {
     cv_.notify_all();
   }
 
-  // Starts every send whose slice is held, in plan order per peer, within the window.
+  // Starts sends in plan order, within the node's window: among the next `lookahead` sends,
+  // those whose slice is held (and whose receiver has said how it takes slices). The
+  // lookahead keeps the link busy when a slice arrives later than the plan expected.
   void Pump() {
-    for (auto& [peer, queue] : queues_) {
-      while (!queue.empty() && in_flight_[peer] < o_.window && held_[queue.front()]) {
-        const uint32_t slice = queue.front();
-        queue.pop_front();
-        SendSlice(peer, slice);
+    for (size_t i = 0; i < order_.size() && i < o_.lookahead && in_flight_total_ < o_.window;) {
+      const FragmentStep next = order_[i];
+      if (!held_[next.slice] || !offers_.count(next.peer)) {
+        ++i;
+        continue;
       }
+      order_.erase(order_.begin() + static_cast<std::ptrdiff_t>(i));
+      SendSlice(next.peer, next.slice);
     }
   }
 
   void SendSlice(const std::string& peer, uint32_t slice) {
     const SliceInfo& s = layout_.slices[slice];
-    VLOG(1) << f_.node << ": send slice " << slice << " to " << peer;
-    ++in_flight_[peer];
+    const Offered& offer = offers_.at(peer);
+    const bool write = writes_ && offer.writes;
+    VLOG(1) << f_.node << ": " << (write ? "write" : "send") << " slice " << slice << " to " << peer;
+    if (report_.first_send < 0) report_.first_send = Now();
     ++in_flight_total_;
     ++outstanding_;
-    t_.Send(peer, kSliceMessage, U32(slice), {buffer_ + s.offset, s.length}, [this, peer, slice](Status st) {
+    if (!write) {
+      t_.Send(peer, kSliceMessage, U32(slice), {buffer_ + s.offset, s.length},
+              [this, peer, slice](Status st) { Sent(peer, slice, false, st); });
+      return;
+    }
+    // Write; a flush (every earlier write to the peer has landed) then says so, for every
+    // slice written before it. One flush at a time per peer: a flush waits for all writes
+    // in flight, so one per slice would only make the notifications come in bursts.
+    ++outstanding_;
+    t_.Write(peer, *o_.region, s.offset, offer.region, s.offset, s.length, [this, peer, slice](Status st) {
       std::lock_guard lock(mu_);
       --outstanding_;
-      --in_flight_[peer];
-      --in_flight_total_;
-      if (!st.ok()) {
-        Fail(
-            st.WithContext("sending slice " + std::to_string(slice) + " of '" + layout_.model + "' to '" + peer + "'"));
-      } else {
-        report_.bytes_sent += layout_.slices[slice].length;
-        ++report_.slices_sent;
-        Pump();
+      if (!st.ok()) Fail(st.WithContext(What("writing", slice, peer)));
+      cv_.notify_all();
+    });
+    Flushing& f = flushing_[peer];
+    f.unflushed.push_back(slice);
+    if (!f.busy) StartFlush(peer);
+  }
+
+  void StartFlush(const std::string& peer) {
+    Flushing& f = flushing_[peer];
+    f.busy = true;
+    t_.Flush(peer, [this, peer, batch = std::exchange(f.unflushed, {})](Status st) {
+      std::lock_guard lock(mu_);
+      Flushing& f = flushing_[peer];
+      f.busy = false;
+      for (uint32_t slice : batch) {
+        if (!st.ok()) {
+          --outstanding_;
+          Fail(st.WithContext(What("flushing", slice, peer)));
+          continue;
+        }
+        t_.Send(peer, kLandedMessage, U32(slice), {}, [this, peer, slice](Status st) { Sent(peer, slice, true, st); });
       }
       cv_.notify_all();
+      if (st.ok() && !f.unflushed.empty()) StartFlush(peer);
+    });
+  }
+
+  std::string What(const char* verb, uint32_t slice, const std::string& peer) const {
+    return std::string(verb) + " slice " + std::to_string(slice) + " of '" + layout_.model + "' to '" + peer + "'";
+  }
+
+  // A slice has gone to `peer` (for a write: landed there, and the peer told).
+  void Sent(const std::string& peer, uint32_t slice, bool written, const Status& st) {
+    std::lock_guard lock(mu_);
+    VLOG(1) << f_.node << ": sent slice " << slice << " to " << peer << ": " << st.ToString();
+    --outstanding_;
+    --in_flight_total_;
+    if (!st.ok()) {
+      Fail(st.WithContext(What("sending", slice, peer)));
+    } else {
+      report_.bytes_sent += layout_.slices[slice].length;
+      ++report_.slices_sent;
+      if (written) ++report_.slices_written;
+      Pump();
+    }
+    cv_.notify_all();
+  }
+
+  // Tells `sender` how this node takes its slices.
+  void Offer(const std::string& sender) {
+    ++outstanding_;
+    std::span<const uint8_t> payload;
+    if (writes_) payload = {reinterpret_cast<const uint8_t*>(region_text_.data()), region_text_.size()};
+    t_.Send(sender, kOfferMessage, U32(writes_ ? 1 : 0), payload, [this, sender](Status st) {
+      std::lock_guard lock(mu_);
+      --outstanding_;
+      if (!st.ok()) Fail(st.WithContext("telling '" + sender + "' how to send its slices"));
+      cv_.notify_all();
+    });
+  }
+
+  // A receiver's offer (OnMessage holds the lock).
+  void OnOffer(const IncomingMessage& m, uint32_t writes, AcceptPayload accept) {
+    if (!receivers_.count(m.peer) || offers_.count(m.peer)) {
+      accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("'" + m.peer + "' offered to take slices from node '" + f_.node +
+                                  "', which has none for it in its plan fragment (or it offered twice)"));
+    }
+    if (writes == 0) {
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      offers_[m.peer] = {};
+      return Pump();
+    }
+    if (m.payload_size == 0 || m.payload_size > kMaxOffer) {
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("'" + m.peer + "' sent a remote region of " + std::to_string(m.payload_size) +
+                                  " bytes (at most " + std::to_string(kMaxOffer) + ")"));
+    }
+    auto text = std::make_shared<std::string>(m.payload_size, '\0');
+    ++outstanding_;
+    accept(reinterpret_cast<uint8_t*>(text->data()), [this, text, peer = m.peer](Status st) {
+      std::lock_guard lock(mu_);
+      --outstanding_;
+      cv_.notify_all();
+      if (!st.ok()) return Fail(st.WithContext("receiving the remote region of '" + peer + "'"));
+      auto region = RemoteRegion::Parse(*text);
+      if (!region.ok()) return Fail(region.status().WithContext("remote region of '" + peer + "'"));
+      if (region->length < layout_.buffer_bytes) {
+        return Fail(InvalidArgument("'" + peer + "' offered a " + std::to_string(region->length) +
+                                    "-byte region for model '" + layout_.model + "', whose buffer needs " +
+                                    std::to_string(layout_.buffer_bytes) + " bytes"));
+      }
+      offers_[peer] = {true, *region};
+      Pump();
     });
   }
 
@@ -223,16 +390,26 @@ class Run {
       cv_.notify_all();
       return;
     }
-    if (m.type != kSliceMessage) {
+    if (m.type == kOfferMessage) return OnOffer(m, value, std::move(accept));
+    if (m.type != kSliceMessage && m.type != kLandedMessage) {
       accept(nullptr, [](Status) {});
       return Fail(InvalidArgument("unknown message type " + std::to_string(m.type) + " from '" + m.peer + "'"));
     }
     // A slice: it must be one we expect from this peer, of exactly its length, not yet held.
     auto it = expected_.find(value);
     if (it == expected_.end() || it->second.peer != m.peer || it->second.verified || value >= layout_.slices.size()) {
-      accept(nullptr, [](Status) {});
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
       return Fail(InvalidArgument("unexpected slice " + std::to_string(value) + " of '" + layout_.model + "' from '" +
                                   m.peer + "' at node '" + f_.node + "' (not in its plan fragment)"));
+    }
+    if (m.type == kLandedMessage) {  // written into our buffer and flushed by the sender
+      if (!writes_ || m.payload_size > 0) {
+        if (m.payload_size > 0) accept(nullptr, [](Status) {});
+        return Fail(InvalidArgument("'" + m.peer + "' says it wrote slice " + std::to_string(value) + " into node '" +
+                                    f_.node + "', which offered no region"));
+      }
+      const auto last = last_landed_.find(m.peer);
+      return LandedLocked(value, m.peer, last == last_landed_.end() ? 0 : last->second, Status::Ok());
     }
     const SliceInfo& s = layout_.slices[value];
     if (m.payload_size != s.length) {
@@ -241,20 +418,92 @@ class Run {
                                   std::to_string(m.payload_size) + " bytes, the layout says " +
                                   std::to_string(s.length)));
     }
-    const double started = Now();
-    ++outstanding_;
-    accept(buffer_ + s.offset, [this, value, started, peer = m.peer](Status st) { Landed(value, peer, started, st); });
+    if (waiting_.count(value)) {
+      accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("'" + m.peer + "' sent slice " + std::to_string(value) + " twice"));
+    }
+    waiting_.emplace(value, Waiting{m.peer, std::move(accept)});
+    Admit();
+  }
+
+  // Lets the waiting slices land, at most recv_window at a time, in plan order among the next
+  // `lookahead`: a node takes its slices about in the order the plan has them arrive, so that
+  // early senders do not crowd its link and delay the slices it must forward first. (Only
+  // messages wait: their payload moves when accepted. A slice sent again after a bad checksum
+  // lands at once.)
+  void Admit() {
+    auto take = [&](uint32_t slice) {
+      auto w = waiting_.extract(slice);
+      const double started = Now();
+      ++outstanding_;
+      ++landing_;
+      w.mapped().accept(buffer_ + layout_.slices[slice].offset, [this, slice, started, peer = w.mapped().peer](
+                                                                    Status st) { Landed(slice, peer, started, st); });
+    };
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      const uint32_t slice = (it++)->first;
+      if (admitted_.count(slice)) take(slice);
+    }
+    for (size_t i = 0; i < admit_order_.size() && i < o_.lookahead && landing_ < o_.recv_window;) {
+      const uint32_t slice = admit_order_[i];
+      if (expected_[slice].verified || waiting_.count(slice)) {
+        admit_order_.erase(admit_order_.begin() + static_cast<std::ptrdiff_t>(i));
+        if (expected_[slice].verified) continue;  // it was written into the buffer
+        admitted_.insert(slice);
+        take(slice);
+      } else {
+        ++i;
+      }
+    }
+  }
+
+  // Discards what still waits (the run is over).
+  void DropWaiting() {
+    for (auto& [slice, w] : waiting_) w.accept(nullptr, [](Status) {});
+    waiting_.clear();
   }
 
   void Landed(uint32_t slice, const std::string& peer, double started, const Status& st) {
     std::lock_guard lock(mu_);
-    VLOG(1) << f_.node << ": slice " << slice << " from " << peer << " landed: " << st.ToString();
     --outstanding_;
+    --landing_;
+    LandedLocked(slice, peer, started, st);
+    if (error_.ok()) Admit();
+  }
+
+  // A slice is in the buffer: the verifier thread checks it (off the transport's thread, which
+  // goes on moving bytes meanwhile).
+  void LandedLocked(uint32_t slice, const std::string& peer, double started, const Status& st) {
+    VLOG(1) << f_.node << ": slice " << slice << " from " << peer << " landed: " << st.ToString();
     cv_.notify_all();
     if (!st.ok()) return Fail(st.WithContext("receiving slice " + std::to_string(slice) + " from '" + peer + "'"));
+    ++outstanding_;
+    to_verify_.push_back({slice, peer, started});
+    if (!verifier_.joinable()) verifier_ = std::thread([this] { Verifier(); });
+    verify_cv_.notify_one();
+  }
+
+  void Verifier() {
+    std::unique_lock lock(mu_);
+    while (true) {
+      verify_cv_.wait(lock, [&] { return stop_verifier_ || !to_verify_.empty(); });
+      if (to_verify_.empty()) return;
+      const ToVerify v = to_verify_.front();
+      to_verify_.pop_front();
+      const SliceInfo& s = layout_.slices[v.slice];
+      lock.unlock();
+      const bool good = Xxh3(buffer_ + s.offset, s.length) == s.xxh3;
+      lock.lock();
+      --outstanding_;
+      cv_.notify_all();
+      if (error_.ok()) Verified(v.slice, v.peer, v.started, good);
+    }
+  }
+
+  void Verified(uint32_t slice, const std::string& peer, double started, bool good) {
     const SliceInfo& s = layout_.slices[slice];
     Expected& e = expected_[slice];
-    if (Xxh3(buffer_ + s.offset, s.length) != s.xxh3) {
+    if (!good) {
       ++report_.corrupt;
       LOG(WARNING) << "fabric: node " << f_.node << ": slice " << slice << " of " << layout_.model << " from " << peer
                    << " failed its checksum; asking again (" << e.retries + 1 << "/" << o_.max_retries << ")";
@@ -268,11 +517,13 @@ class Run {
     e.verified = true;
     held_[slice] = true;
     ++verified_;
+    report_.last_receive = last_landed_[peer] = Now();
     report_.bytes_received += s.length;
     ++report_.slices_received;
     if (--expected_from_[peer] == 0) FinishedWith(peer);
-    if (o_.on_slice) o_.on_slice({layout_.model, slice, peer, s.length, started, Now()});
+    if (o_.on_slice) o_.on_slice({layout_.model, slice, peer, s.length, started, report_.last_receive});
     Pump();
+    Admit();
   }
 
   void OnPeerFailure(const std::string& peer, const Status& cause) {
@@ -288,12 +539,25 @@ class Run {
   std::vector<bool> held_;
   const PlanFragment& f_;
   const ExecutorOptions& o_;
+  const bool writes_;  // this node takes slices by write and sends them by write where offered
   const std::chrono::steady_clock::time_point start_;
+  std::string region_text_;  // this node's remote region, as offered
+  std::map<std::string, Offered> offers_;
+  std::map<std::string, double> last_landed_;
+  std::map<std::string, Flushing> flushing_;
+  std::deque<ToVerify> to_verify_;
+  std::condition_variable verify_cv_;
+  bool stop_verifier_ = false;
+  std::thread verifier_;  // started with the first slice to check
   std::mutex mu_;
   std::condition_variable cv_;
   Status error_;
-  std::map<std::string, std::deque<uint32_t>> queues_;
-  std::map<std::string, size_t> in_flight_;
+  std::deque<FragmentStep> order_;    // sends not yet started, in plan order
+  std::deque<uint32_t> admit_order_;  // receives not yet let in, in plan order
+  std::set<uint32_t> admitted_;       // receives let in once (a resend lands at once)
+  std::map<uint32_t, Waiting> waiting_;
+  size_t landing_ = 0;  // receives let in and not yet landed
+  std::set<std::string> receivers_;
   size_t in_flight_total_ = 0;
   size_t outstanding_ = 0;  // transport callbacks not yet run
   std::map<uint32_t, Expected> expected_;
@@ -319,7 +583,27 @@ Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& 
                              " to '" + s.peer + "' but neither holds nor receives it");
     }
   }
-  auto run = std::make_unique<Run>(transport, layout, buffer, held, fragment, options);
+  bool writes = false;
+  switch (options.method) {
+    case SliceMethod::kMessages:
+      break;
+    case SliceMethod::kAuto:
+      writes = options.region != nullptr && transport.capabilities().write_notify;
+      break;
+    case SliceMethod::kWrites:
+      if (options.region == nullptr) return InvalidArgument("executor: slices by write need the registered buffer");
+      if (!transport.capabilities().one_sided_write) {
+        return FailedPrecondition("executor: transport '" + transport.capabilities().backend +
+                                  "' cannot write one-sided; use messages");
+      }
+      writes = true;
+      break;
+  }
+  if (writes && (options.region->data() != buffer || options.region->size() < layout.buffer_bytes)) {
+    return InvalidArgument("executor: the registered region is not the " + std::to_string(layout.buffer_bytes) +
+                           "-byte model buffer");
+  }
+  auto run = std::make_unique<Run>(transport, layout, buffer, held, fragment, options, writes);
   auto result = run->Go();
   if (!run->Drain()) {
     // A transport callback is still due: keep its target alive rather than risk a dangling

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <sstream>
 
 #include "event_loop.h"
+#include "modelcast/common/file_util.h"
 #include "modelcast/common/units.h"
 
 namespace modelcast::fabric {
@@ -31,8 +33,12 @@ class FaultTransport final : public Transport {
     return inner_->Start();
   }
   void Stop() override {
-    inner_->Stop();
     loop_.Stop();
+    {
+      std::lock_guard lock(mu_);
+      keep_.clear();  // unregistered while the inner transport still runs
+    }
+    inner_->Stop();
   }
   void Connect(const std::string& peer, const std::string& address, Done done) override {
     inner_->Connect(peer, address, std::move(done));
@@ -43,9 +49,37 @@ class FaultTransport final : public Transport {
   void Write(const std::string& peer, const MemoryRegion& local, uint64_t local_offset, const RemoteRegion& remote,
              uint64_t remote_offset, uint64_t length, Done done) override {
     if (Failed(peer, length)) return Later(std::move(done), Injected(peer));
-    inner_->Write(peer, local, local_offset, remote, remote_offset, length, std::move(done));
+    const uint64_t n = ++payload_transfers_;
+    if (Has(o_.drop, n)) {
+      LOG(WARNING) << "fault injection: " << name() << " drops payload transfer " << n << " (a write) to " << peer;
+      return Later(std::move(done), Status::Ok());
+    }
+    if (Has(o_.corrupt, n) && local_offset <= local.size() && length <= local.size() - local_offset && length > 0) {
+      LOG(WARNING) << "fault injection: " << name() << " corrupts payload transfer " << n << " (a write) to " << peer;
+      // Write a corrupted copy from a registered buffer of its own, kept until Stop.
+      auto copy = std::make_shared<AlignedBuffer>(length);
+      std::memcpy(copy->data(), local.data() + local_offset, length);
+      copy->data()[length / 2] ^= 0x5a;
+      auto region = inner_->Register(copy->data(), length, MemoryKind::kHost);
+      if (!region.ok()) return Later(std::move(done), region.status());
+      std::shared_ptr<MemoryRegion> r = std::move(*region);
+      {
+        std::lock_guard lock(mu_);
+        keep_.emplace_back(copy, r);
+      }
+      Dispatch([this, peer, r, remote, remote_offset, length, done = std::move(done)]() mutable {
+        inner_->Write(peer, *r, 0, remote, remote_offset, length, std::move(done));
+      });
+      return;
+    }
+    Dispatch([this, peer, &local, local_offset, remote, remote_offset, length, done = std::move(done)]() mutable {
+      inner_->Write(peer, local, local_offset, remote, remote_offset, length, std::move(done));
+    });
   }
-  void Flush(const std::string& peer, Done done) override { inner_->Flush(peer, std::move(done)); }
+  void Flush(const std::string& peer, Done done) override {
+    // Delayed like the writes it follows, so that it still follows them.
+    Dispatch([this, peer, done = std::move(done)]() mutable { inner_->Flush(peer, std::move(done)); });
+  }
   void SetMessageHandler(MessageHandler handler) override { inner_->SetMessageHandler(std::move(handler)); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override {
     {
@@ -60,15 +94,14 @@ class FaultTransport final : public Transport {
             Done done) override {
     if (Failed(peer, payload.size())) return Later(std::move(done), Injected(peer));
     uint64_t n = 0;
-    if (!payload.empty()) n = ++payload_messages_;
-    auto has = [&](const std::vector<uint64_t>& v) { return n > 0 && std::find(v.begin(), v.end(), n) != v.end(); };
-    if (has(o_.drop)) {
-      LOG(WARNING) << "fault injection: " << name() << " drops payload message " << n << " to " << peer;
+    if (!payload.empty()) n = ++payload_transfers_;
+    if (Has(o_.drop, n)) {
+      LOG(WARNING) << "fault injection: " << name() << " drops payload transfer " << n << " to " << peer;
       return Later(std::move(done), Status::Ok());
     }
     std::vector<uint8_t> h(header.begin(), header.end());
-    if (has(o_.corrupt)) {
-      LOG(WARNING) << "fault injection: " << name() << " corrupts payload message " << n << " to " << peer;
+    if (Has(o_.corrupt, n)) {
+      LOG(WARNING) << "fault injection: " << name() << " corrupts payload transfer " << n << " to " << peer;
       auto copy = std::make_shared<std::vector<uint8_t>>(payload.begin(), payload.end());
       (*copy)[copy->size() / 2] ^= 0x5a;
       Dispatch([this, peer, type, h = std::move(h), copy, done = std::move(done)]() mutable {
@@ -82,6 +115,9 @@ class FaultTransport final : public Transport {
   }
 
  private:
+  static bool Has(const std::vector<uint64_t>& v, uint64_t n) {
+    return n > 0 && std::find(v.begin(), v.end(), n) != v.end();
+  }
   static Status Injected(const std::string& peer) { return Unavailable("fault injection: peer '" + peer + "' failed"); }
 
   // Runs `fn` after the configured delay (or at once).
@@ -119,11 +155,12 @@ class FaultTransport final : public Transport {
   FaultOptions o_;
   Capabilities caps_;
   EventLoop loop_;
-  std::atomic<uint64_t> payload_messages_{0};
+  std::atomic<uint64_t> payload_transfers_{0};  // sends with a payload and writes, counted together
   std::mutex mu_;
   PeerFailureHandler failure_handler_;
   uint64_t sent_to_fail_peer_ = 0;
   bool failed_ = false;
+  std::vector<std::pair<std::shared_ptr<AlignedBuffer>, std::shared_ptr<MemoryRegion>>> keep_;
 };
 
 Status ParseList(const std::string& v, std::vector<uint64_t>* out) {

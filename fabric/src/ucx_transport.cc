@@ -171,6 +171,10 @@ class UcxTransport final : public Transport {
                Done done);
   Endpoint* FindPeer(const std::string& peer);
   void Fail(Endpoint* e, const Status& cause);
+  // Reports `s` to `done` from the progress thread (never inside the caller's call).
+  void FailLater(Done done, Status s) {
+    loop_.Post([done = std::move(done), s = std::move(s)] { done(s); });
+  }
   void Teardown();
   template <typename F>
   void Complete(ucs_status_ptr_t r, SendContext* ctx, F&& what);
@@ -707,14 +711,14 @@ void UcxTransport::Unmap(ucp_mem_h memh) {
 void UcxTransport::Write(const std::string& peer, const MemoryRegion& local, uint64_t local_offset,
                          const RemoteRegion& remote, uint64_t remote_offset, uint64_t length, Done done) {
   if (local_offset > local.size() || length > local.size() - local_offset) {
-    done(OutOfRange("write to '" + peer + "': local range [" + std::to_string(local_offset) + ", +" +
-                    std::to_string(length) + ") is outside the registered region"));
+    FailLater(std::move(done), OutOfRange("write to '" + peer + "': local range [" + std::to_string(local_offset) +
+                                          ", +" + std::to_string(length) + ") is outside the registered region"));
     return;
   }
   if (remote_offset > remote.length || length > remote.length - remote_offset) {
-    done(OutOfRange("write to '" + peer + "': remote range [" + std::to_string(remote_offset) + ", +" +
-                    std::to_string(length) + ") is outside the peer's " + std::to_string(remote.length) +
-                    "-byte region"));
+    FailLater(std::move(done), OutOfRange("write to '" + peer + "': remote range [" + std::to_string(remote_offset) +
+                                          ", +" + std::to_string(length) + ") is outside the peer's " +
+                                          std::to_string(remote.length) + "-byte region"));
     return;
   }
   const uint8_t* src = local.data() + local_offset;

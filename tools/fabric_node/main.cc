@@ -13,6 +13,7 @@
 #include <future>
 #include <thread>
 
+#include <glog/logging.h>
 #include <nlohmann/json.hpp>
 
 #include "modelcast/common/args.h"
@@ -75,11 +76,11 @@ Status ConnectWithRetry(fabric::Transport& t, const std::string& peer, const std
 
 int main(int argc, char** argv) {
   InitLogging(argv[0], 1);
-  std::string name, listen = "127.0.0.1:0", cluster_path, rendezvous, plan_path, package, out, tls, devices,
-                    seg = "256k", fault, report_path, progress_path;
+  std::string name, listen = "127.0.0.1:0", cluster_path, rendezvous, plan_path, package, out, tls, devices, seg = "1m",
+                    fault, report_path, progress_path, method = "auto";
   bool source = false, verbose = false;
-  int64_t window = 4;
-  double deadline = 60;
+  int64_t window = 4, recv_window = 2, lookahead = 8;
+  double deadline = 60, start_at = 0;
   ArgParser p("modelcast-fabric-node", "Runs one node's share of a multicast plan over UCX (see the file's header).");
   p.Flag("name", &name, "this node's name in the plan");
   p.Flag("listen", &listen, "ip:port to listen on [127.0.0.1:0; with --cluster: the node's address and port]");
@@ -91,9 +92,15 @@ int main(int argc, char** argv) {
   p.Flag("out", &out, "write the received model out as a package here");
   p.Flag("tls", &tls, "UCX transports (UCX_TLS), e.g. tcp");
   p.Flag("net-devices", &devices, "UCX network devices (UCX_NET_DEVICES), e.g. eth0");
-  p.Flag("seg-size", &seg, "UCX TCP segment size [256k]");
-  p.Flag("window", &window, "slices in flight per peer [4]");
+  p.Flag("seg-size", &seg, "UCX TCP segment size [1m]");
+  p.Flag("method", &method,
+         "how slices travel: auto (writes where each write's arrival can be told, else messages), messages, writes "
+         "[auto]");
+  p.Flag("window", &window, "slices in flight from this node, started in plan order [4]");
+  p.Flag("recv-window", &recv_window, "slices landing here at once, let in in plan order [2]");
+  p.Flag("lookahead", &lookahead, "how far down its plan order a node goes for a ready send or receive [8]");
   p.Flag("deadline", &deadline, "seconds for the whole run [60]");
+  p.Flag("start-at", &start_at, "once connected, wait until this Unix time (seconds) to start: a common start for benchmarks");
   p.Flag("fault", &fault, "inject faults: corrupt=N,..;drop=N,..;delay=10ms;fail=PEER@BYTES");
   p.Flag("report", &report_path, "also write the JSON report to this file");
   p.Flag("progress", &progress_path, "append a line to this file as each slice arrives");
@@ -123,6 +130,8 @@ int main(int argc, char** argv) {
       listen = *a;
     }
   }
+  auto slice_method = fabric::ParseSliceMethod(method);
+  if (!slice_method.ok()) return Fail(slice_method.status());
   auto pkg = model::Package::Open(package);
   if (!pkg.ok()) return Fail(pkg.status());
   const fabric::ModelLayout layout = fabric::ModelLayout::FromManifest(pkg->manifest());
@@ -179,8 +188,22 @@ int main(int argc, char** argv) {
     s = ConnectWithRetry(*transport, peer, *addr, std::min(deadline, 30.0));
     if (!s.ok()) return Fail(s);
   }
+  if (start_at > 0) {
+    const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    if (now > start_at) {
+      LOG(WARNING) << "fabric node " << name << ": connected " << now - start_at << " s after --start-at";
+    } else {
+      std::this_thread::sleep_for(std::chrono::duration<double>(start_at - now));
+    }
+  }
   fabric::ExecutorOptions eo;
+  if (window < 1 || recv_window < 1 || lookahead < 1)
+    return Fail(InvalidArgument("--window, --recv-window and --lookahead must be at least 1"));
   eo.window = static_cast<size_t>(window);
+  eo.recv_window = static_cast<size_t>(recv_window);
+  eo.lookahead = static_cast<size_t>(lookahead);
+  eo.method = *slice_method;
+  eo.region = region->get();
   eo.deadline = deadline;
   uint64_t events = 0;
   std::unique_ptr<std::ofstream> progress;
@@ -189,6 +212,8 @@ int main(int argc, char** argv) {
     ++events;
     if (progress) *progress << "slice " << e.slice << " from " << e.source << " at " << e.finished << std::endl;
   };
+  const double started_unix =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   auto result = fabric::ExecuteFragment(*transport, layout, buffer.data(), held, *fragment, eo);
   const fabric::TransportStats stats = transport->stats();
   region->reset();
@@ -214,6 +239,10 @@ int main(int argc, char** argv) {
                       {"ok", true},
                       {"backend", transport->capabilities().backend},
                       {"seconds", result->seconds},
+                      {"started_unix", started_unix},
+                      {"first_send_unix", result->first_send < 0 ? 0.0 : started_unix + result->first_send},
+                      {"last_receive_unix", result->last_receive < 0 ? 0.0 : started_unix + result->last_receive},
+                      {"slices_written", result->slices_written},
                       {"bytes_received", result->bytes_received},
                       {"bytes_sent", result->bytes_sent},
                       {"slices_received", result->slices_received},

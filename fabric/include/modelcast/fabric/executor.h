@@ -2,7 +2,7 @@
 //
 // It sends each slice to its next receiver as soon as it holds it (cut-through: a slice is
 // forwarded the moment it has arrived and passed its checksum, not once a whole block has),
-// keeps a window of slices in flight per peer in plan order, verifies every received slice's
+// starts its sends in plan order with a window of slices in flight, verifies every received slice's
 // XXH3 before forwarding or reporting it, asks the sender again for a corrupt one, and emits
 // a progress event per slice. A dead peer, an unexpected or malformed slice, or the deadline
 // ends the run with an error naming the peer and the slices.
@@ -65,15 +65,34 @@ struct SliceEvent {
   uint32_t slice = 0;
   std::string source;  // the peer it came from
   uint64_t bytes = 0;
-  double started = 0;   // seconds since the run began: the payload was accepted
+  double started = 0;   // seconds since the run began: the payload was accepted (for a
+                        // write: the previous slice from that peer landed, or the run began)
   double finished = 0;  // it landed and its checksum matched
 };
 
+// How slices travel to a receiver. Each receiver announces, before anything moves, whether
+// its senders may write into its registered buffer (it then sends its remote descriptor);
+// a sender writes where the receiver offers it and its own method allows it, and sends
+// messages otherwise. A write is followed by a flush and a "landed" notification.
+enum class SliceMethod {
+  kAuto,      // writes where the transport tells each write's arrival (write_notify) and
+              // `region` is given; messages otherwise (UCX over TCP: bench/fabric_p2p)
+  kMessages,  // active messages: the receiver lands each payload where it belongs
+  kWrites,    // one-sided writes into the receiver's registered buffer (needs `region`)
+};
+
+Result<SliceMethod> ParseSliceMethod(const std::string& name);  // "auto", "messages", "writes"
+const char* SliceMethodName(SliceMethod m);
+
 struct ExecutorOptions {
-  size_t window = 4;                                // slices in flight to one peer
-  int max_retries = 3;                              // re-requests of one corrupt slice before giving up
-  double deadline = 60;                             // seconds for the whole fragment
-  std::function<void(const SliceEvent&)> on_slice;  // runs on the transport's thread
+  SliceMethod method = SliceMethod::kAuto;
+  const MemoryRegion* region = nullptr;  // the model buffer, registered with the transport
+  size_t window = 4;                     // slices in flight from this node (to all peers), started in plan order
+  size_t recv_window = 2;                // slices landing at once, let in in plan order (messages only)
+  size_t lookahead = 8;                  // how far down its plan order a node goes for a send or receive that is ready
+  int max_retries = 3;                   // re-requests of one corrupt slice before giving up
+  double deadline = 60;                  // seconds for the whole fragment
+  std::function<void(const SliceEvent&)> on_slice;  // runs on the executor's checking thread; must not block
 };
 
 struct ExecutorReport {
@@ -81,8 +100,11 @@ struct ExecutorReport {
   uint64_t bytes_sent = 0;
   uint32_t slices_received = 0;
   uint32_t slices_sent = 0;
-  uint32_t corrupt = 0;  // received slices that failed their checksum and were sent again
+  uint32_t corrupt = 0;         // received slices that failed their checksum and were sent again
+  uint32_t slices_written = 0;  // of slices_sent, those sent by one-sided write
   double seconds = 0;
+  double first_send = -1;    // seconds since the run began; -1: none
+  double last_receive = -1;  // when the last slice landed and passed its checksum; -1: none
 };
 
 // `buffer` holds the model per `layout`: filled where `held` says so (a source holds it all),
@@ -95,5 +117,7 @@ Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& 
 inline constexpr uint16_t kSliceMessage = 1;     // header: slice (u32); payload: the slice
 inline constexpr uint16_t kResendMessage = 2;    // header: slice (u32)
 inline constexpr uint16_t kFinishedMessage = 3;  // header: slices verified from the sender (u32)
+inline constexpr uint16_t kOfferMessage = 4;     // header: 1 if a remote region follows as payload, else 0
+inline constexpr uint16_t kLandedMessage = 5;    // header: slice (u32), written and flushed by the sender
 
 }  // namespace modelcast::fabric

@@ -12,12 +12,13 @@
 namespace modelcast::fabric {
 
 struct FaultOptions {
-  // 1-based positions, among the messages this node sends that carry a payload, of those to
-  // alter: corrupted messages arrive with one byte of the payload flipped (the sender's
-  // buffer is untouched); dropped ones are reported sent and never arrive.
+  // 1-based positions, among the payload transfers this node starts (messages that carry a
+  // payload, and one-sided writes, counted together), of those to alter: corrupted ones
+  // arrive with one byte of the payload flipped (the sender's buffer is untouched); dropped
+  // ones are reported done and never arrive.
   std::vector<uint64_t> corrupt;
   std::vector<uint64_t> drop;
-  double delay = 0;       // seconds every message waits before it is sent
+  double delay = 0;       // seconds every message, write and flush waits before it starts
   std::string fail_peer;  // after fail_after_bytes of payload to this peer, it "fails"
   uint64_t fail_after_bytes = 0;
 

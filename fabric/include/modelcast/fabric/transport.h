@@ -26,6 +26,10 @@ struct Capabilities {
   std::string backend;  // "ucx", "verbs", "fault(ucx)"
   bool one_sided_write = false;
   bool one_sided_read = false;
+  // Every write's arrival can be told to the receiver on its own, promptly (RDMA WRITE WITH
+  // IMM). Without it a write is confirmed by a flush, and UCX's TCP flush waits for every
+  // write in flight to the peer, so confirmations come in bursts and relays forward late.
+  bool write_notify = false;
   bool gpu_memory = false;         // registers and moves GPU memory directly
   uint64_t max_message = 0;        // largest payload of one Send or Write
   double estimated_bandwidth = 0;  // bytes/s to one peer; 0 when unknown

@@ -15,7 +15,7 @@ struct UcxOptions {
   std::string listen_address = "127.0.0.1:0";  // ip:port; port 0 picks a free one
   std::string tls;                             // UCX_TLS, e.g. "tcp" inside network namespaces
   std::string net_devices;                     // UCX_NET_DEVICES, e.g. "eth0"
-  std::string tcp_seg_size = "256k";           // UCX_TCP_TX_SEG_SIZE and UCX_TCP_RX_SEG_SIZE
+  std::string tcp_seg_size = "1m";             // UCX_TCP_TX_SEG_SIZE and UCX_TCP_RX_SEG_SIZE (bench/fabric_p2p)
   double connect_timeout = 10;                 // seconds for a peer to answer Connect
   double keepalive_interval = 1;               // seconds: how soon a silent peer counts as dead
   std::map<std::string, std::string> extra;    // any other UCX setting, without "UCX_"

@@ -1,0 +1,217 @@
+// The plan executor between two real UCX transports in one process: slices by message and
+// by one-sided write, every byte checked, and bad input from a peer refused with an error
+// naming it.
+#include <gtest/gtest.h>
+
+#include <future>
+#include <random>
+#include <thread>
+
+#include "modelcast/common/checksum.h"
+#include "modelcast/common/file_util.h"
+#include "modelcast/fabric/executor.h"
+#include "modelcast/fabric/ucx_transport.h"
+
+namespace modelcast::fabric {
+namespace {
+
+std::unique_ptr<Transport> Make(const std::string& name) {
+  UcxOptions o;
+  o.name = name;
+  o.tls = "tcp";
+  auto t = MakeUcxTransport(o);
+  EXPECT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_TRUE((*t)->Start().ok());
+  return std::move(*t);
+}
+
+Status Wait(std::function<void(Done)> op, double seconds = 10) {
+  auto p = std::make_shared<std::promise<Status>>();
+  auto f = p->get_future();
+  op([p](Status s) { p->set_value(s); });
+  if (f.wait_for(std::chrono::duration<double>(seconds)) != std::future_status::ready)
+    return DeadlineExceeded("test wait");
+  return f.get();
+}
+
+// A model of `slices` slices of `slice_bytes` in 4 blocks, with random contents in `source`.
+struct Model {
+  ModelLayout layout;
+  AlignedBuffer source;
+
+  Model(uint32_t slices, uint64_t slice_bytes) : source(slices * slice_bytes) {
+    std::mt19937_64 rng(7);
+    for (uint64_t i = 0; i < source.size() / 8; ++i) reinterpret_cast<uint64_t*>(source.data())[i] = rng();
+    layout.model = "m";
+    layout.buffer_bytes = source.size();
+    for (uint32_t b = 0; b < 4; ++b) layout.block_offsets.push_back(b * (slices / 4) * slice_bytes);
+    for (uint32_t i = 0; i < slices; ++i) {
+      layout.slices.push_back(
+          {i * slice_bytes, slice_bytes, Xxh3(source.data() + i * slice_bytes, slice_bytes), i / (slices / 4)});
+    }
+  }
+};
+
+// "a" sends every slice to "b".
+std::pair<PlanFragment, PlanFragment> OneHop(uint32_t slices) {
+  PlanFragment a{"a", {}, {}}, b{"b", {}, {}};
+  for (uint32_t i = 0; i < slices; ++i) {
+    a.sends.push_back({i, "b", i});
+    b.receives.push_back({i, "a", i});
+  }
+  return {a, b};
+}
+
+class ExecutorTest : public ::testing::TestWithParam<SliceMethod> {};
+
+TEST_P(ExecutorTest, EverySliceArrivesIntact) {
+  Model m(32, 256 << 10);
+  auto a = Make("a"), b = Make("b");
+  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+  AlignedBuffer target(m.layout.buffer_bytes);
+  std::memset(target.data(), 0, target.size());
+  auto ra = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
+  auto rb = b->Register(target.data(), target.size(), MemoryKind::kHost);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  auto [fa, fb] = OneHop(32);
+  std::vector<SliceEvent> events;
+  ExecutorOptions oa, ob;
+  oa.method = ob.method = GetParam();
+  oa.region = ra->get();
+  ob.region = rb->get();
+  ob.on_slice = [&](const SliceEvent& e) { events.push_back(e); };
+  auto sender = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(32, true), fa, oa);
+  });
+  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(32, false), fb, ob);
+  auto sent = sender.get();
+  ASSERT_TRUE(received.ok()) << received.status().ToString();
+  ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+  EXPECT_EQ(std::memcmp(target.data(), m.source.data(), target.size()), 0);
+  EXPECT_EQ(received->slices_received, 32u);
+  EXPECT_EQ(received->bytes_received, m.layout.buffer_bytes);
+  EXPECT_EQ(sent->slices_sent, 32u);
+  EXPECT_EQ(sent->slices_written, GetParam() == SliceMethod::kMessages ? 0u : 32u);
+  EXPECT_GE(sent->first_send, 0);
+  EXPECT_GT(received->last_receive, 0);
+  ASSERT_EQ(events.size(), 32u);
+  for (const auto& e : events) {
+    EXPECT_EQ(e.source, "a");
+    EXPECT_EQ(e.bytes, 256u << 10);
+    EXPECT_LE(e.started, e.finished);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, ExecutorTest, ::testing::Values(SliceMethod::kMessages, SliceMethod::kWrites),
+                         [](const auto& info) { return std::string(SliceMethodName(info.param)); });
+
+TEST(ExecutorBadInput, RefusedBeforeAnythingMoves) {
+  Model m(8, 4096);
+  auto a = Make("a");
+  auto [fa, fb] = OneHop(8);
+  const std::vector<bool> all(8, true);
+  ExecutorOptions o;
+  o.method = SliceMethod::kWrites;
+  auto r = ExecuteFragment(*a, m.layout, m.source.data(), all, fa, o);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("registered buffer"), std::string::npos) << r.status().message();
+  // A registered region that is not the model buffer.
+  AlignedBuffer other(4096);
+  auto region = a->Register(other.data(), other.size(), MemoryKind::kHost);
+  ASSERT_TRUE(region.ok());
+  o.region = region->get();
+  r = ExecuteFragment(*a, m.layout, m.source.data(), all, fa, o);
+  EXPECT_NE(r.status().message().find("not the 32768-byte model buffer"), std::string::npos) << r.status().message();
+  // A slice the model does not have; a slice received twice; a slice sent but never held.
+  PlanFragment bad = fa;
+  bad.sends.push_back({9, "b", 8});
+  r = ExecuteFragment(*a, m.layout, m.source.data(), all, bad, {});
+  EXPECT_NE(r.status().message().find("names slice 8 (peer 'b'), but model 'm' has 8"), std::string::npos)
+      << r.status().message();
+  bad = fb;
+  bad.receives.push_back({9, "a", 3});
+  r = ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(8, false), bad, {});
+  EXPECT_NE(r.status().message().find("receives slice 3 twice"), std::string::npos) << r.status().message();
+  r = ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(8, false), fa, {});
+  EXPECT_NE(r.status().message().find("neither holds nor receives it"), std::string::npos) << r.status().message();
+}
+
+TEST(ExecutorBadInput, UnreachablePeerIsNamed) {
+  Model m(8, 4096);
+  auto b = Make("b");
+  auto [fa, fb] = OneHop(8);
+  ExecutorOptions o;
+  o.deadline = 10;
+  // "b" expects slices from "a", to which it has no connection: it cannot even say how it
+  // takes them.
+  auto r = ExecuteFragment(*b, m.layout, m.source.data(), std::vector<bool>(8, false), fb, o);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("no connection to peer 'a' from b"), std::string::npos) << r.status().message();
+}
+
+// A peer that speaks the executor's protocol badly, by hand.
+class Misbehaving : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    a_ = Make("a");
+    b_ = Make("b");
+    b_->SetMessageHandler([](const IncomingMessage&, AcceptPayload accept) { accept(nullptr, [](Status) {}); });
+    ASSERT_TRUE(Wait([&](Done d) { b_->Connect("a", a_->address(), d); }).ok());
+  }
+
+  // Runs "a"'s part (sending 8 slices to "b") while `act` plays "b".
+  Status RunSender(const std::function<void()>& act) {
+    auto region = a_->Register(model_.source.data(), model_.source.size(), MemoryKind::kHost);
+    EXPECT_TRUE(region.ok());
+    ExecutorOptions o;
+    o.region = region->get();
+    o.deadline = 10;
+    auto [fa, fb] = OneHop(8);
+    auto run = std::async(std::launch::async, [&] {
+      return ExecuteFragment(*a_, model_.layout, model_.source.data(), std::vector<bool>(8, true), fa, o);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    act();
+    return run.get().status();
+  }
+
+  Status Offer(const std::string& text) {
+    const std::vector<uint8_t> one = {1, 0, 0, 0};
+    return Wait([&](Done d) {
+      b_->Send("a", kOfferMessage, one, {reinterpret_cast<const uint8_t*>(text.data()), text.size()}, d);
+    });
+  }
+
+  Model model_{8, 4096};
+  std::unique_ptr<Transport> a_, b_;
+};
+
+TEST_F(Misbehaving, RegionTooSmallIsRefused) {
+  AlignedBuffer small(4096);
+  auto region = b_->Register(small.data(), small.size(), MemoryKind::kHost);
+  ASSERT_TRUE(region.ok());
+  Status s = RunSender([&] { ASSERT_TRUE(Offer((*region)->remote().Serialize()).ok()); });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'b' offered a 4096-byte region for model 'm', whose buffer needs 32768 bytes"),
+            std::string::npos)
+      << s.message();
+}
+
+TEST_F(Misbehaving, GarbledRegionIsRefused) {
+  Status s = RunSender([&] { ASSERT_TRUE(Offer("not a region").ok()); });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("remote region of 'b'"), std::string::npos) << s.message();
+}
+
+TEST_F(Misbehaving, SlicesNotInThePlanAreRefused) {
+  // "b" claims to have written a slice into "a", which expects nothing from it.
+  Status s = RunSender([&] {
+    const std::vector<uint8_t> slice = {3, 0, 0, 0};
+    ASSERT_TRUE(Wait([&](Done d) { b_->Send("a", kLandedMessage, slice, {}, d); }).ok());
+  });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("unexpected slice 3 of 'm' from 'b'"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace modelcast::fabric
