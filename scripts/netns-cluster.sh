@@ -4,10 +4,14 @@
 # with tc: tbf for egress, ifb + tbf for ingress. Link bandwidth, not memory bandwidth, is
 # then the constraint, as in a real cluster.
 #
-#   scripts/netns-cluster.sh up N [--rate 1gbit] [--prefix mc]   (re)create nodes 1..N
+#   scripts/netns-cluster.sh up N [--rate 1gbit] [--queue 50ms] [--prefix mc]
+#                                                                (re)create nodes 1..N
 #   scripts/netns-cluster.sh down [--prefix mc]                  remove everything it made
 #   scripts/netns-cluster.sh status [--prefix mc]
 #   scripts/netns-cluster.sh exec I CMD... [--prefix mc]         run CMD in node I
+#
+# --queue is how long a packet may wait in a shaper's queue (tbf latency): shallow queues drop
+# packets when several senders converge on one node, and TCP's recovery then dominates.
 #
 # Node I is namespace <prefix>-nI with eth0 = 10.77.0.(10+I)/24 (so N <= 200). Processes
 # inside must use UCX_TLS=tcp and UCX_NET_DEVICES=eth0: otherwise UCX takes shared memory,
@@ -16,10 +20,12 @@ set -euo pipefail
 
 prefix=mc
 rate=""
+queue=50ms
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) rate="$2"; shift 2 ;;
+    --queue) queue="$2"; shift 2 ;;
     --prefix) prefix="$2"; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
@@ -53,12 +59,12 @@ burst_for() {
 shape() {
   local ns="$1" r="$2" burst
   burst=$(burst_for "$r")
-  tc -n "$ns" qdisc add dev eth0 root tbf rate "$r" burst "$burst" latency 50ms
+  tc -n "$ns" qdisc add dev eth0 root tbf rate "$r" burst "$burst" latency "$queue"
   ip -n "$ns" link add ifb0 type ifb
   ip -n "$ns" link set ifb0 up
   tc -n "$ns" qdisc add dev eth0 handle ffff: ingress
   tc -n "$ns" filter add dev eth0 parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev ifb0
-  tc -n "$ns" qdisc add dev ifb0 root tbf rate "$r" burst "$burst" latency 50ms
+  tc -n "$ns" qdisc add dev ifb0 root tbf rate "$r" burst "$burst" latency "$queue"
 }
 
 up() {
