@@ -14,6 +14,7 @@
 #include <set>
 
 #include "event_loop.h"
+#include "transport_common.h"
 
 namespace modelcast::fabric {
 namespace {
@@ -22,31 +23,6 @@ constexpr unsigned kAmId = 1;
 enum class Kind : uint8_t { kHello = 0, kHelloAck = 1, kUser = 2, kBye = 3 };
 
 Status FromUcs(ucs_status_t s, const std::string& what) { return Unavailable(what + ": " + ucs_status_string(s)); }
-
-Result<sockaddr_in> ParseAddress(const std::string& text) {
-  const auto colon = text.rfind(':');
-  if (colon == std::string::npos) return InvalidArgument("address '" + text + "' is not ip:port");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  const std::string host = text.substr(0, colon);
-  if (::inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1)
-    return InvalidArgument("address '" + text + "': bad IPv4 address");
-  const long port = std::strtol(text.c_str() + colon + 1, nullptr, 10);
-  if (port < 0 || port > 65535) return InvalidArgument("address '" + text + "': bad port");
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  return a;
-}
-
-std::string FormatAddress(const sockaddr_storage& s) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  uint16_t port = 0;
-  if (s.ss_family == AF_INET) {
-    const auto* a = reinterpret_cast<const sockaddr_in*>(&s);
-    ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-    port = ntohs(a->sin_port);
-  }
-  return std::string(host) + ":" + std::to_string(port);
-}
 
 class UcxTransport;
 
@@ -115,45 +91,9 @@ class UcxTransport final : public Transport {
   void Write(const std::string& peer, const MemoryRegion& local, uint64_t local_offset, const RemoteRegion& remote,
              uint64_t remote_offset, uint64_t length, Done done) override;
   void Flush(const std::string& peer, Done done) override;
-  // Messages that arrive while no handler is set wait (up to kMaxHeld) and are delivered, in
-  // order, to the next handler set: a peer may start sending before this node's executor runs.
-  void SetMessageHandler(MessageHandler handler) override {
-    std::lock_guard lock(handlers_mu_);
-    message_handler_ = std::move(handler);
-    if (message_handler_ && !held_.empty()) {
-      loop_.Post([this] {
-        std::deque<std::pair<IncomingMessage, AcceptPayload>> batch;
-        MessageHandler h;
-        {
-          std::lock_guard lock(handlers_mu_);
-          batch.swap(held_);
-          h = message_handler_;
-        }
-        for (auto& [m, accept] : batch) {
-          if (h) {
-            h(m, std::move(accept));
-          } else {
-            accept(nullptr, [](Status) {});
-          }
-        }
-      });
-    }
-  }
-  void SetPeerFailureHandler(PeerFailureHandler handler) override {
-    std::lock_guard lock(handlers_mu_);
-    failure_handler_ = std::move(handler);
-  }
-  TransportStats stats() const override {
-    TransportStats s;
-    s.bytes_sent = bytes_sent_;
-    s.bytes_received = bytes_received_;
-    s.messages_sent = messages_sent_;
-    s.messages_received = messages_received_;
-    s.writes = writes_;
-    s.peer_failures = peer_failures_;
-    s.gpu_staged = gpu_staged_;
-    return s;
-  }
+  void SetMessageHandler(MessageHandler handler) override { handlers_.SetMessageHandler(std::move(handler), loop_); }
+  void SetPeerFailureHandler(PeerFailureHandler handler) override { handlers_.SetFailureHandler(std::move(handler)); }
+  TransportStats stats() const override { return counters_.Snapshot(); }
 
   // Called on the loop thread by UCX.
   static void OnConnRequest(ucp_conn_request_h request, void* arg);
@@ -192,13 +132,8 @@ class UcxTransport final : public Transport {
   std::map<std::string, Endpoint*> peers_;
   std::map<ucp_ep_h, std::string> early_hellos_;
   std::map<std::pair<std::string, std::string>, ucp_rkey_h> rkeys_;
-  static constexpr size_t kMaxHeld = 4096;
-  std::mutex handlers_mu_;
-  MessageHandler message_handler_;
-  std::deque<std::pair<IncomingMessage, AcceptPayload>> held_;
-  PeerFailureHandler failure_handler_;
-  std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0}, messages_sent_{0}, messages_received_{0}, writes_{0},
-      peer_failures_{0}, gpu_staged_{0};
+  Handlers handlers_;
+  Counters counters_;
   bool warned_gpu_ = false;
   bool stopped_ = false;
 };
@@ -282,7 +217,7 @@ Status UcxTransport::Start() {
   if (s != UCS_OK) return FromUcs(s, "ucx: listening on " + options_.listen_address);
   ucp_listener_attr_t la{};
   la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-  if (ucp_listener_query(listener_, &la) == UCS_OK) address_ = FormatAddress(la.sockaddr);
+  if (ucp_listener_query(listener_, &la) == UCS_OK) address_ = FormatAddress(reinterpret_cast<const sockaddr*>(&la.sockaddr));
   EventLoop::Hooks hooks;
   hooks.event_fd = efd_;
   hooks.progress = [this] { return ucp_worker_progress(worker_) != 0; };
@@ -396,7 +331,7 @@ void UcxTransport::Connect(const std::string& peer, const std::string& address, 
 void UcxTransport::Fail(Endpoint* e, const Status& cause) {
   if (e->failed) return;
   e->failed = true;
-  ++peer_failures_;
+  ++counters_.peer_failures;
   if (e->timer) loop_.Cancel(e->timer);
   if (!e->peer.empty()) {
     auto it = peers_.find(e->peer);
@@ -411,16 +346,11 @@ void UcxTransport::Fail(Endpoint* e, const Status& cause) {
     // but still reported, since whoever waits on it must stop waiting.
     const Status reported = e->departed ? Unavailable("peer '" + e->peer + "' left (closed its transport)") : cause;
     if (e->departed) {
-      --peer_failures_;
+      --counters_.peer_failures;
     } else {
       LOG(WARNING) << "fabric: " << options_.name << ": " << cause.message();
     }
-    PeerFailureHandler handler;
-    {
-      std::lock_guard lock(handlers_mu_);
-      handler = failure_handler_;
-    }
-    if (handler) handler(e->peer, reported);
+    handlers_.ReportFailure(e->peer, reported);
   }
   // Close it; in-flight requests complete with errors first. The record moves out of the
   // live set (UCX reuses endpoint addresses: a stale handle must never match a new one) and is
@@ -449,7 +379,7 @@ void UcxTransport::OnConnRequest(ucp_conn_request_h request, void* arg) {
   auto* e = new Endpoint{t, nullptr, "", ""};
   ucp_conn_request_attr_t ca{};
   ca.field_mask = UCP_CONN_REQUEST_ATTR_FIELD_CLIENT_ADDR;
-  if (ucp_conn_request_query(request, &ca) == UCS_OK) e->address = FormatAddress(ca.client_address);
+  if (ucp_conn_request_query(request, &ca) == UCS_OK) e->address = FormatAddress(reinterpret_cast<const sockaddr*>(&ca.client_address));
   ucp_ep_params_t ep{};
   ep.field_mask =
       UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
@@ -507,8 +437,8 @@ void UcxTransport::SendRaw(Endpoint* e, Kind kind, uint16_t type, std::span<cons
   p.flags = UCP_AM_SEND_FLAG_REPLY;
   p.cb.send = &UcxTransport::OnSendDone;
   p.user_data = ctx;
-  ++messages_sent_;
-  bytes_sent_ += payload.size();
+  ++counters_.messages_sent;
+  counters_.bytes_sent += payload.size();
   ucs_status_ptr_t r = ucp_am_send_nbx(e->ep, kAmId, ctx->header.data(), ctx->header.size(),
                                        payload.empty() ? nullptr : payload.data(), payload.size(), &p);
   Complete(r, ctx, [&] { return "send to peer '" + e->peer + "'"; });
@@ -579,8 +509,8 @@ ucs_status_t UcxTransport::OnAm(void* arg, const void* header, size_t header_len
     }
     return UCS_OK;
   }
-  ++t->messages_received_;
-  t->bytes_received_ += length;
+  ++t->counters_.messages_received;
+  t->counters_.bytes_received += length;
   IncomingMessage m;
   m.peer = sender;
   m.type = type;
@@ -632,22 +562,7 @@ ucs_status_t UcxTransport::OnAm(void* arg, const void* header, size_t header_len
       t->Complete(r, ctx, [] { return std::string("receive"); });
     });
   };
-  MessageHandler handler;
-  {
-    std::lock_guard lock(t->handlers_mu_);
-    handler = t->message_handler_;
-    if (!handler && t->held_.size() < kMaxHeld) {
-      t->held_.emplace_back(std::move(m), std::move(accept));
-      return persistent ? UCS_INPROGRESS : UCS_OK;
-    }
-  }
-  if (handler) {
-    handler(m, std::move(accept));
-  } else {
-    LOG(WARNING) << "fabric: " << t->options_.name << ": no handler and " << kMaxHeld
-                 << " messages waiting; dropped one from " << m.peer;
-    accept(nullptr, [](Status) {});
-  }
+  t->handlers_.Deliver(std::move(m), std::move(accept), t->options_.name);
   return persistent ? UCS_INPROGRESS : UCS_OK;
 }
 
@@ -661,7 +576,7 @@ void UcxTransport::OnRecvDone(void* request, ucs_status_t status, size_t, void* 
 
 Result<std::unique_ptr<MemoryRegion>> UcxTransport::Register(void* data, uint64_t size, MemoryKind kind) {
   if (kind == MemoryKind::kGpu && !caps_.gpu_memory) {
-    ++gpu_staged_;
+    ++counters_.gpu_staged;
     if (!warned_gpu_) {
       warned_gpu_ = true;
       LOG(WARNING) << "fabric: this UCX was built without CUDA support: GPU-bound slices are staged through pinned "
@@ -710,15 +625,8 @@ void UcxTransport::Unmap(ucp_mem_h memh) {
 
 void UcxTransport::Write(const std::string& peer, const MemoryRegion& local, uint64_t local_offset,
                          const RemoteRegion& remote, uint64_t remote_offset, uint64_t length, Done done) {
-  if (local_offset > local.size() || length > local.size() - local_offset) {
-    FailLater(std::move(done), OutOfRange("write to '" + peer + "': local range [" + std::to_string(local_offset) +
-                                          ", +" + std::to_string(length) + ") is outside the registered region"));
-    return;
-  }
-  if (remote_offset > remote.length || length > remote.length - remote_offset) {
-    FailLater(std::move(done), OutOfRange("write to '" + peer + "': remote range [" + std::to_string(remote_offset) +
-                                          ", +" + std::to_string(length) + ") is outside the peer's " +
-                                          std::to_string(remote.length) + "-byte region"));
+  if (Status bad = CheckWriteRanges(peer, local, local_offset, remote, remote_offset, length); !bad.ok()) {
+    FailLater(std::move(done), std::move(bad));
     return;
   }
   const uint8_t* src = local.data() + local_offset;
@@ -742,8 +650,8 @@ void UcxTransport::Write(const std::string& peer, const MemoryRegion& local, uin
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
     p.cb.send = &UcxTransport::OnSendDone;
     p.user_data = ctx;
-    ++writes_;
-    bytes_sent_ += length;
+    ++counters_.writes;
+    counters_.bytes_sent += length;
     ucs_status_ptr_t r = ucp_put_nbx(e->ep, src, length, remote.address + remote_offset, rkey, &p);
     Complete(r, ctx, [&] { return "write to peer '" + peer + "'"; });
   });

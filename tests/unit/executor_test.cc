@@ -1,4 +1,4 @@
-// The plan executor between two real UCX transports in one process: slices by message and
+// The plan executor between two real transports in one process (UCX, or verbs in verbs_test): slices by message and
 // by one-sided write, every byte checked, and bad input from a peer refused with an error
 // naming it.
 #include <gtest/gtest.h>
@@ -10,29 +10,13 @@
 #include "modelcast/common/checksum.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/fabric/executor.h"
-#include "modelcast/fabric/ucx_transport.h"
+#include "support/transports.h"
 
 namespace modelcast::fabric {
 namespace {
 
-std::unique_ptr<Transport> Make(const std::string& name) {
-  UcxOptions o;
-  o.name = name;
-  o.tls = "tcp";
-  auto t = MakeUcxTransport(o);
-  EXPECT_TRUE(t.ok()) << t.status().ToString();
-  EXPECT_TRUE((*t)->Start().ok());
-  return std::move(*t);
-}
-
-Status Wait(std::function<void(Done)> op, double seconds = 10) {
-  auto p = std::make_shared<std::promise<Status>>();
-  auto f = p->get_future();
-  op([p](Status s) { p->set_value(s); });
-  if (f.wait_for(std::chrono::duration<double>(seconds)) != std::future_status::ready)
-    return DeadlineExceeded("test wait");
-  return f.get();
-}
+using testing::Make;
+using testing::Wait;
 
 // A model of `slices` slices of `slice_bytes` in 4 blocks, with random contents in `source`.
 struct Model {
@@ -62,7 +46,10 @@ std::pair<PlanFragment, PlanFragment> OneHop(uint32_t slices) {
   return {a, b};
 }
 
-class ExecutorTest : public ::testing::TestWithParam<SliceMethod> {};
+class ExecutorTest : public ::testing::TestWithParam<SliceMethod> {
+ protected:
+  void SetUp() override { MODELCAST_SKIP_WITHOUT_BACKEND(); }
+};
 
 TEST_P(ExecutorTest, EverySliceArrivesIntact) {
   Model m(32, 256 << 10);
@@ -106,6 +93,7 @@ INSTANTIATE_TEST_SUITE_P(Methods, ExecutorTest, ::testing::Values(SliceMethod::k
                          [](const auto& info) { return std::string(SliceMethodName(info.param)); });
 
 TEST(ExecutorBadInput, RefusedBeforeAnythingMoves) {
+  MODELCAST_SKIP_WITHOUT_BACKEND();
   Model m(8, 4096);
   auto a = Make("a");
   auto [fa, fb] = OneHop(8);
@@ -137,6 +125,7 @@ TEST(ExecutorBadInput, RefusedBeforeAnythingMoves) {
 }
 
 TEST(ExecutorBadInput, UnreachablePeerIsNamed) {
+  MODELCAST_SKIP_WITHOUT_BACKEND();
   Model m(8, 4096);
   auto b = Make("b");
   auto [fa, fb] = OneHop(8);
@@ -153,6 +142,7 @@ TEST(ExecutorBadInput, UnreachablePeerIsNamed) {
 class Misbehaving : public ::testing::Test {
  protected:
   void SetUp() override {
+    MODELCAST_SKIP_WITHOUT_BACKEND();
     a_ = Make("a");
     b_ = Make("b");
     b_->SetMessageHandler([](const IncomingMessage&, AcceptPayload accept) { accept(nullptr, [](Status) {}); });

@@ -23,6 +23,7 @@
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/ucx_transport.h"
+#include "modelcast/fabric/verbs_transport.h"
 #include "modelcast/model/package.h"
 
 using namespace modelcast;
@@ -77,11 +78,11 @@ Status ConnectWithRetry(fabric::Transport& t, const std::string& peer, const std
 int main(int argc, char** argv) {
   InitLogging(argv[0], 1);
   std::string name, listen = "127.0.0.1:0", cluster_path, rendezvous, plan_path, package, out, tls, devices, seg = "1m",
-                    fault, report_path, progress_path, method = "auto";
+                    fault, report_path, progress_path, method = "auto", transport_name = "auto";
   bool source = false, verbose = false;
   int64_t window = 4, recv_window = 2, lookahead = 8;
   double deadline = 60, start_at = 0;
-  ArgParser p("modelcast-fabric-node", "Runs one node's share of a multicast plan over UCX (see the file's header).");
+  ArgParser p("modelcast-fabric-node", "Runs one node's share of a multicast plan over UCX or raw verbs (see the file's header).");
   p.Flag("name", &name, "this node's name in the plan");
   p.Flag("listen", &listen, "ip:port to listen on [127.0.0.1:0; with --cluster: the node's address and port]");
   p.Flag("cluster", &cluster_path, "cluster YAML giving every node's address and port");
@@ -90,6 +91,8 @@ int main(int argc, char** argv) {
   p.Flag("package", &package, "the prepared package: its manifest gives the layout; a source also loads its blocks");
   p.Flag("source", &source, "this node holds the whole model at the start");
   p.Flag("out", &out, "write the received model out as a package here");
+  p.Flag("transport", &transport_name,
+         "auto (raw verbs where an RDMA device is behind --listen, else UCX), ucx or verbs [auto]");
   p.Flag("tls", &tls, "UCX transports (UCX_TLS), e.g. tcp");
   p.Flag("net-devices", &devices, "UCX network devices (UCX_NET_DEVICES), e.g. eth0");
   p.Flag("seg-size", &seg, "UCX TCP segment size [1m]");
@@ -166,9 +169,9 @@ int main(int argc, char** argv) {
   uo.tls = tls;
   uo.net_devices = devices;
   uo.tcp_seg_size = seg;
-  auto ucx = fabric::MakeUcxTransport(uo);
-  if (!ucx.ok()) return Fail(ucx.status());
-  std::unique_ptr<fabric::Transport> transport = std::move(*ucx);
+  auto made = fabric::MakeTransport(transport_name, uo);
+  if (!made.ok()) return Fail(made.status());
+  std::unique_ptr<fabric::Transport> transport = std::move(*made);
   if (!fault.empty()) {
     auto fo = fabric::FaultOptions::Parse(fault);
     if (!fo.ok()) return Fail(fo.status());

@@ -1,35 +1,29 @@
-// Two real UCX transports in one process, over TCP on loopback.
+// Two real transports in one process. Built twice from this file: as part of fabric_test for
+// UCX (TCP on loopback), and as verbs_test (ctest label rdma) for the raw verbs backend, which
+// runs on the first RDMA device's address and skips, saying so, on machines without one.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <future>
 #include <random>
 
-#include "modelcast/fabric/ucx_transport.h"
+#include "support/transports.h"
 
 namespace modelcast::fabric {
 namespace {
 
-std::unique_ptr<Transport> Make(const std::string& name) {
-  UcxOptions o;
-  o.name = name;
-  o.tls = "tcp";
-  auto t = MakeUcxTransport(o);
-  EXPECT_TRUE(t.ok()) << t.status().ToString();
-  EXPECT_TRUE((*t)->Start().ok());
-  return std::move(*t);
-}
+using testing::Host;
+using testing::Make;
+using testing::Wait;
 
-Status Wait(std::function<void(Done)> op, double seconds = 10) {
-  auto p = std::make_shared<std::promise<Status>>();
-  auto f = p->get_future();
-  op([p](Status s) { p->set_value(s); });
-  if (f.wait_for(std::chrono::duration<double>(seconds)) != std::future_status::ready)
-    return DeadlineExceeded("test wait");
-  return f.get();
-}
+class TransportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MODELCAST_SKIP_WITHOUT_BACKEND();
+  }
+};
 
-TEST(UcxTransportTest, MessagesWithPayloadLandWhereAccepted) {
+TEST_F(TransportTest, MessagesWithPayloadLandWhereAccepted) {
   auto a = Make("a"), b = Make("b");
   ASSERT_FALSE(b->address().empty());
   std::vector<uint8_t> inbox(3 << 20, 0);
@@ -56,7 +50,7 @@ TEST(UcxTransportTest, MessagesWithPayloadLandWhereAccepted) {
   EXPECT_EQ(b->stats().bytes_received, payload.size());
 }
 
-TEST(UcxTransportTest, SmallMessagesAndDiscardedPayloads) {
+TEST_F(TransportTest, SmallMessagesAndDiscardedPayloads) {
   auto a = Make("a"), b = Make("b");
   std::atomic<int> seen{0};
   b->SetMessageHandler([&](const IncomingMessage& m, AcceptPayload accept) {
@@ -74,7 +68,7 @@ TEST(UcxTransportTest, SmallMessagesAndDiscardedPayloads) {
   EXPECT_EQ(seen, 20);
 }
 
-TEST(UcxTransportTest, OneSidedWriteAndFlush) {
+TEST_F(TransportTest, OneSidedWriteAndFlush) {
   auto a = Make("a"), b = Make("b");
   std::vector<uint8_t> target(1 << 20, 0), source(1 << 20);
   for (size_t i = 0; i < source.size(); ++i) source[i] = static_cast<uint8_t>(i * 13);
@@ -100,22 +94,22 @@ TEST(UcxTransportTest, OneSidedWriteAndFlush) {
   remote->reset();
 }
 
-TEST(UcxTransportTest, GpuMemoryIsRefusedWithoutCudaSupport) {
+TEST_F(TransportTest, GpuMemoryIsRefusedWithoutSupport) {
   auto a = Make("a");
-  if (a->capabilities().gpu_memory) GTEST_SKIP() << "this UCX supports CUDA memory";
+  if (a->capabilities().gpu_memory) GTEST_SKIP() << "this transport registers GPU memory";
   std::vector<uint8_t> buf(4096);
   auto r = a->Register(buf.data(), buf.size(), MemoryKind::kGpu);
   EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(a->stats().gpu_staged, 1u);
 }
 
-TEST(UcxTransportTest, UnknownAndDeadPeersAreErrors) {
+TEST_F(TransportTest, UnknownAndDeadPeersAreErrors) {
   auto a = Make("a");
   Status s = Wait([&](Done d) { a->Send("nobody", 1, {}, {}, d); });
   EXPECT_EQ(s.code(), StatusCode::kUnavailable);
   EXPECT_NE(s.message().find("nobody"), std::string::npos);
   // A port nobody listens on.
-  s = Wait([&](Done d) { a->Connect("ghost", "127.0.0.1:1", d); }, 20);
+  s = Wait([&](Done d) { a->Connect("ghost", Host() + ":1", d); }, 20);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("ghost"), std::string::npos) << s.message();
   // A peer that goes away: the survivor hears of it, naming it; a peer that closed its
@@ -132,6 +126,29 @@ TEST(UcxTransportTest, UnknownAndDeadPeersAreErrors) {
   EXPECT_EQ(peer, "b");
   EXPECT_NE(why.message().find("left"), std::string::npos) << why.message();
   EXPECT_EQ(a->stats().peer_failures, failures_before);
+}
+
+// Which backend an agent gets: "auto" takes verbs only where an RDMA device sits behind the
+// listen address, and says why not otherwise; an unknown name is refused, naming it.
+TEST(TransportFactoryTest, AutoFallsBackToUcxAndBadNamesAreRefused) {
+  UcxOptions o;
+  o.name = "f";
+  o.tls = "tcp";
+  o.listen_address = "127.0.0.1:0";
+  auto t = MakeTransport("auto", o);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ((*t)->capabilities().backend, "ucx");  // no RDMA device behind loopback
+  auto bad = MakeTransport("carrier-pigeon", o);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("carrier-pigeon"), std::string::npos);
+  auto verbs = MakeTransport("verbs", o);
+  EXPECT_FALSE(verbs.ok());  // no device, no verbs build, or loopback is not an RDMA address
+  if (!verbs.ok()) {
+    const std::string m = verbs.status().message();
+    EXPECT_TRUE(m.find("no RDMA device") != std::string::npos || m.find("no verbs backend") != std::string::npos ||
+                m.find("not the address of an RDMA device") != std::string::npos)
+        << m;
+  }
 }
 
 }  // namespace
