@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
   p.Flag("start-at", &start_at, "once connected, wait until this Unix time (seconds) to start: a common start for benchmarks");
   p.Flag("fault", &fault, "inject faults: corrupt=N,..;drop=N,..;delay=10ms;fail=PEER@BYTES");
   p.Flag("report", &report_path, "also write the JSON report to this file");
-  p.Flag("progress", &progress_path, "append a line to this file as each slice arrives");
+  p.Flag("progress", &progress_path, "append a JSON line to this file as each slice arrives (model, slice, source, bytes, started, finished)");
   p.Flag("verbose", &verbose, "log at INFO (and VLOG per GLOG_v)");
   Status s = p.Parse(argc, argv);
   if (!s.ok()) {
@@ -213,7 +213,11 @@ int main(int argc, char** argv) {
   if (!progress_path.empty()) progress = std::make_unique<std::ofstream>(progress_path, std::ios::app);
   eo.on_slice = [&](const fabric::SliceEvent& e) {
     ++events;
-    if (progress) *progress << "slice " << e.slice << " from " << e.source << " at " << e.finished << std::endl;
+    if (!progress) return;
+    // One JSON object per line; times in seconds since the run began.
+    nlohmann::json line = {{"model", e.model},     {"slice", e.slice},       {"source", e.source},
+                           {"bytes", e.bytes},     {"started", e.started}, {"finished", e.finished}};
+    *progress << line.dump() << std::endl;
   };
   const double started_unix =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
