@@ -32,6 +32,7 @@
 #include "modelcast/common/units.h"
 #include "modelcast/coord/planner.h"
 #include "modelcast/model/package.h"
+#include "bench_util.h"
 #include "modelcast/model/prepare.h"
 #include "modelcast/model/synth.h"
 #include "modelcast/sim/simulator.h"
@@ -55,16 +56,6 @@ T Must(Result<T> r) {
 
 double UnixNow() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
-std::string Shell(const std::string& cmd) {
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (f == nullptr) Die("cannot run " + cmd);
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof(buf), f)) out.append(buf, n);
-  ::pclose(f);
-  return out;
-}
-
 // The cluster, up for the benchmark's lifetime.
 struct Cluster {
   std::string script, prefix;
@@ -83,14 +74,7 @@ struct Cluster {
 
 // iperf3 goodput from node 1 to node 2, bytes/s.
 double Iperf3(const Cluster& c) {
-  const std::string server = "ip netns exec " + c.Ns(2) + " iperf3 -s -1 -p 15202 >/dev/null 2>&1 &";
-  if (std::system(server.c_str()) != 0) Die("cannot start iperf3 -s");
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const std::string out =
-      Shell("ip netns exec " + c.Ns(1) + " iperf3 -c " + Cluster::Ip(2) + " -p 15202 -t 4 -J 2>/dev/null");
-  auto j = nlohmann::json::parse(out, nullptr, false);
-  if (j.is_discarded() || !j.contains("end")) Die("iperf3 gave no result (is it installed?)");
-  return j["end"]["sum_received"]["bits_per_second"].get<double>() / 8;
+  return Must(bench::Iperf3("ip netns exec " + c.Ns(2), "ip netns exec " + c.Ns(1), Cluster::Ip(2), 15202, ""));
 }
 
 struct Proc {
@@ -144,13 +128,6 @@ std::string ClusterYaml(int nodes, double bytes_per_s) {
   for (int i = 1; i <= nodes; ++i) y << "  - {name: node-" << i << ", address: " << Cluster::Ip(i) << "}\n";
   y << "network:\n  per_transfer_overhead: 100us\n";
   return y.str();
-}
-
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string x; std::getline(ss, x, ',');) out.push_back(x);
-  return out;
 }
 
 }  // namespace
@@ -211,7 +188,7 @@ int main(int argc, char** argv) {
   const auto opened = Must(model::Package::Open(pkg));
   uint64_t model_bytes = 0;
   for (const auto& sl : opened.manifest().slices) model_bytes += sl.length;
-  const auto counts = Split(receivers);
+  const auto counts = bench::SplitCommas(receivers);
   int most = 0;
   for (const auto& c : counts) most = std::max(most, std::stoi(c));
 
@@ -244,7 +221,7 @@ int main(int argc, char** argv) {
     so.sources = 1;
     so.targets = n;
     const auto scenario = Must(sim::BuildScenario(config, spec, so));
-    for (const auto& algo : Split(algorithms)) {
+    for (const auto& algo : bench::SplitCommas(algorithms)) {
       const auto plan = Must(coord::MakePlan(scenario.request, algo));
       const auto predicted = Must(sim::Simulate(scenario, plan, {}));
       const fs::path rdir = dir / ("run-" + std::to_string(++run));

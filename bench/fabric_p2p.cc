@@ -33,6 +33,7 @@
 #include "modelcast/common/units.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/ucx_transport.h"
+#include "bench_util.h"
 
 extern char** environ;
 using namespace modelcast;
@@ -297,28 +298,10 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
   return std::chrono::duration<double>(end - start).count();
 }
 
-double Iperf3() {
-  const int port = 15201;
-  const std::string server = "iperf3 -s -1 -p " + std::to_string(port) + " >/dev/null 2>&1 &";
-  if (std::system(server.c_str()) != 0) Die("cannot start iperf3 -s");
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let the server listen
-  const std::string client = "iperf3 -c 127.0.0.1 -p " + std::to_string(port) + " -l 1M -t 4 -J";
-  FILE* f = ::popen(client.c_str(), "r");
-  if (f == nullptr) Die("cannot run iperf3 -c");
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof(buf), f)) out.append(buf, n);
-  ::pclose(f);
-  auto j = nlohmann::json::parse(out, nullptr, false);
-  if (j.is_discarded() || !j.contains("end")) Die("iperf3 gave no result (is it installed?)");
-  return j["end"]["sum_received"]["bits_per_second"].get<double>() / 8;
-}
-
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string x; std::getline(ss, x, ',');) out.push_back(x);
-  return out;
+double Iperf3Loopback() {
+  auto b = bench::Iperf3("", "", "127.0.0.1", 15201, "-l 1M");
+  if (!b.ok()) Die(b.status().message());
+  return *b;
 }
 
 }  // namespace
@@ -351,7 +334,7 @@ int main(int argc, char** argv) {
     return Send(connect, mode, seg, static_cast<uint64_t>(bytes), static_cast<uint64_t>(slice), window);
 
   std::vector<double> iperf;
-  for (int i = 0; i < baseline_runs; ++i) iperf.push_back(Iperf3());
+  for (int i = 0; i < baseline_runs; ++i) iperf.push_back(Iperf3Loopback());
   std::sort(iperf.begin(), iperf.end());
   const double baseline = iperf.empty() ? 1.0 : iperf[iperf.size() / 2];
   std::printf("iperf3 -l 1M, one stream, loopback (median of 3): %s\n\n", FormatRate(baseline).c_str());
@@ -362,9 +345,9 @@ int main(int argc, char** argv) {
   out["iperf3_bytes_per_s"] = baseline;
   double best = 0, best_exec = 0;
   std::string best_name, best_exec_name;
-  for (const auto& m : Split(modes)) {
-    for (const auto& g : Split(segs)) {
-      for (const auto& sl : Split(slices)) {
+  for (const auto& m : bench::SplitCommas(modes)) {
+    for (const auto& g : bench::SplitCommas(segs)) {
+      for (const auto& sl : bench::SplitCommas(slices)) {
         const uint64_t slice_bytes = static_cast<uint64_t>(std::stod(sl) * 1048576);
         double fastest = 1e9;
         for (int r = 0; r < reps; ++r) {

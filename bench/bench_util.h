@@ -1,0 +1,53 @@
+// Small helpers the benchmarks share: comma lists, running a shell command, and the iperf3
+// baseline every network benchmark measures in the same run.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "modelcast/common/status.h"
+
+namespace modelcast::bench {
+
+inline std::vector<std::string> SplitCommas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');) out.push_back(x);
+  return out;
+}
+
+// Runs `cmd` with the shell and returns what it wrote to stdout.
+inline Result<std::string> Shell(const std::string& cmd) {
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (f == nullptr) return Unavailable("cannot run " + cmd);
+  std::string out;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), f)) out.append(buf, n);
+  ::pclose(f);
+  return out;
+}
+
+// One iperf3 measurement: a one-shot server (`iperf3 -s -1`, exits after its client) started
+// behind `server_prefix` (e.g. "ip netns exec ns2"), then 4 s of one TCP stream from a client
+// behind `client_prefix` to host:port with `client_flags`. Returns the goodput in bytes/s.
+inline Result<double> Iperf3(const std::string& server_prefix, const std::string& client_prefix,
+                             const std::string& host, int port, const std::string& client_flags) {
+  const std::string p = std::to_string(port);
+  const std::string server = server_prefix + " iperf3 -s -1 -p " + p + " >/dev/null 2>&1 &";
+  if (std::system(server.c_str()) != 0) return Unavailable("cannot start iperf3 -s");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the server listen
+  MC_ASSIGN_OR_RETURN(std::string out, Shell(client_prefix + " iperf3 -c " + host + " -p " + p + " " + client_flags +
+                                             " -t 4 -J 2>/dev/null"));
+  auto j = nlohmann::json::parse(out, nullptr, false);
+  if (j.is_discarded() || !j.contains("end")) return Unavailable("iperf3 gave no result (is it installed?)");
+  return j["end"]["sum_received"]["bits_per_second"].get<double>() / 8;
+}
+
+}  // namespace modelcast::bench
