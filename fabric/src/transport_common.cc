@@ -103,6 +103,16 @@ void Handlers::ReportFailure(const std::string& peer, const Status& cause) {
   if (handler) handler(peer, cause);
 }
 
+bool Handlers::PeerGone(const std::string& node, const std::string& peer, bool departed, const Status& cause) {
+  if (departed) {
+    ReportFailure(peer, Unavailable("peer '" + peer + "' left (closed its transport)"));
+    return false;
+  }
+  LOG(WARNING) << "fabric: " << node << ": " << cause.message();
+  ReportFailure(peer, cause);
+  return true;
+}
+
 TransportStats Counters::Snapshot() const {
   TransportStats s;
   s.bytes_sent = bytes_sent;

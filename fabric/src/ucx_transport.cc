@@ -342,15 +342,7 @@ void UcxTransport::Fail(Endpoint* e, const Status& cause) {
     e->on_connected = nullptr;
     done(cause);
   } else if (!e->peer.empty()) {
-    // A peer that said goodbye left rather than failed: not counted or logged as a failure,
-    // but still reported, since whoever waits on it must stop waiting.
-    const Status reported = e->departed ? Unavailable("peer '" + e->peer + "' left (closed its transport)") : cause;
-    if (e->departed) {
-      --counters_.peer_failures;
-    } else {
-      LOG(WARNING) << "fabric: " << options_.name << ": " << cause.message();
-    }
-    handlers_.ReportFailure(e->peer, reported);
+    if (!handlers_.PeerGone(options_.name, e->peer, e->departed, cause)) --counters_.peer_failures;
   }
   // Close it; in-flight requests complete with errors first. The record moves out of the
   // live set (UCX reuses endpoint addresses: a stale handle must never match a new one) and is

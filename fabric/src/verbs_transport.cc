@@ -646,15 +646,7 @@ void VerbsTransport::Fail(Peer* p, const Status& cause) {
     p->on_connected = nullptr;
     done(cause);
   } else if (p->connected) {
-    ++counters_.peer_failures;
-    Status reported = cause;
-    if (p->departed) {
-      --counters_.peer_failures;
-      reported = Unavailable("peer '" + p->name + "' left (closed its transport)");
-    } else {
-      LOG(WARNING) << "fabric: " << options_.name << ": " << cause.message();
-    }
-    handlers_.ReportFailure(p->name, reported);
+    if (handlers_.PeerGone(options_.name, p->name, p->departed, cause)) ++counters_.peer_failures;
   }
   std::deque<Op> backlog;
   backlog.swap(p->backlog);
