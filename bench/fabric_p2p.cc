@@ -102,11 +102,15 @@ struct Exec {
 
 bool IsExec(const std::string& mode) { return mode.rfind("exec-", 0) == 0; }
 
+// The receiving executor's --recv-window (slices landing at once), set once from the flags.
+size_t g_recv_window = 2;
+
 ExecutorOptions ExecOptions(const std::string& mode, const MemoryRegion* region, size_t window) {
   ExecutorOptions o;
   o.method = mode == "exec-writes" ? SliceMethod::kWrites : SliceMethod::kMessages;
   o.region = region;
   o.window = window;
+  o.recv_window = g_recv_window;
   o.deadline = 120;
   return o;
 }
@@ -310,7 +314,8 @@ int main(int argc, char** argv) {
   InitLogging(argv[0], getenv("P2P_VERBOSE") ? 0 : 2);
   std::string role = "receive", connect, mode = "am", seg = "256k", modes = "am,put,exec-messages,exec-writes",
               segs = "64k,256k,1m", slices = "4,16,64";
-  int64_t bytes = 1ll << 30, slice = 16 << 20, window = 4, reps = 2, baseline_runs = 3;
+  int64_t bytes = 1ll << 30, slice = 16 << 20, window = 4, recv_window = 2, reps = 2,
+          baseline_runs = 3;
   ArgParser p("fabric_p2p", "UCX between two processes on loopback against iperf3 (see the file's header).");
   p.Flag("role", &role, "receive (the benchmark) or send (started by it)");
   p.Flag("connect", &connect, "sender: the receiver's address");
@@ -319,6 +324,7 @@ int main(int argc, char** argv) {
   p.Flag("bytes", &bytes, "bytes to move [1 GiB]");
   p.Flag("slice", &slice, "sender: slice bytes");
   p.Flag("window", &window, "slices in flight [4]");
+  p.Flag("recv-window", &recv_window, "the receiving executor's slices landing at once [2]");
   p.Flag("modes", &modes, "modes to measure [am,put,exec-messages,exec-writes]");
   p.Flag("segs", &segs, "UCX TCP segment sizes to try [64k,256k,1m]");
   p.Flag("slices", &slices, "slice sizes in MiB to try [4,16,64]");
@@ -330,6 +336,8 @@ int main(int argc, char** argv) {
     std::fputs(p.Usage().c_str(), stdout);
     return 0;
   }
+  if (recv_window < 1) Die("--recv-window must be at least 1");
+  g_recv_window = static_cast<size_t>(recv_window);
   if (role == "send")
     return Send(connect, mode, seg, static_cast<uint64_t>(bytes), static_cast<uint64_t>(slice), window);
 
