@@ -35,26 +35,16 @@ std::vector<std::string> SplitAlgorithms(const std::string& list) {
 
 int main(int argc, char** argv) {
   InitLogging(argv[0], 1);
-  std::string cluster_path, model, algo = "lambdapipe", local_tier, overhead;
-  int64_t targets = 0, sources = 1, blocks = 0, batch = 16;
-  std::optional<int64_t> local_count;
-  double slice_mib = 0;
-  bool no_locality = false, json_only = false, timeline = false;
+  sim::ScenarioFlags flags;
+  std::string algo = "lambdapipe", overhead;
+  int64_t batch = 16;
+  bool json_only = false, timeline = false;
   ArgParser p("modelcast-sim",
               "Plans a scale-out with modelcast's planner and replays it on a simulated cluster:\n"
               "completion time, time to first pipeline and first full instance, serving capacity over time.");
-  p.Flag("cluster", &cluster_path, "cluster YAML (cluster-configs/)");
-  p.Flag("model", &model,
-         "llama-2-7b|13b|70b, llama-3-8b|70b, synth-*, a size (140GB, 13e9-params), a config.json, or a package");
-  p.Flag("targets", &targets, "nodes to scale out to [all but the sources]");
-  p.Flag("sources", &sources, "nodes already running the model (the first ones) [1]");
+  flags.Declare(p);
   p.Flag("algo", &algo,
          "lambdapipe, unicast, binary-tree, binomial-whole, chain, local, a comma list, or all [lambdapipe]");
-  p.Flag("slice-mib", &slice_mib, "slice size in MiB [about 2048 slices]");
-  p.Flag("blocks", &blocks, "blocks of layers [min(layers, 32)]");
-  p.Flag("local-tier", &local_tier, "targets hold their own copy in this tier: ssd or host");
-  p.Flag("local-count", &local_count, "how many targets hold a local copy [all]");
-  p.Flag("no-locality", &no_locality, "lambdapipe ignores local copies");
   p.Flag("batch", &batch, "decode batch per serving unit, for capacity [16]");
   p.Flag("overhead", &overhead, "coordination time per slice transfer, e.g. 20us [the cluster's]");
   p.Flag("timeline", &timeline, "print the capacity timeline of each algorithm");
@@ -68,26 +58,10 @@ int main(int argc, char** argv) {
     std::fputs(p.Usage().c_str(), stdout);
     return 0;
   }
-  if (cluster_path.empty() || model.empty()) return Fail(InvalidArgument("--cluster and --model are required"));
-  auto cluster = coord::ClusterConfig::Load(cluster_path);
-  if (!cluster.ok()) return Fail(cluster.status());
-  if (slice_mib < 0) return Fail(InvalidArgument("--slice-mib must be positive"));
-  auto spec = sim::LoadModelSpec(model, blocks, static_cast<uint64_t>(slice_mib * 1048576.0) / 4096 * 4096);
-  if (!spec.ok()) return Fail(spec.status());
-  sim::ScenarioOptions so;
-  so.sources = sources;
-  so.targets = targets;
-  so.locality = !no_locality;
-  if (!local_tier.empty()) {
-    auto tier = coord::ParseTier(local_tier);
-    if (!tier.ok() || (*tier != coord::Tier::kSsd && *tier != coord::Tier::kHost)) {
-      return Fail(InvalidArgument("--local-tier must be ssd or host, not '" + local_tier + "'"));
-    }
-    so.local_tier = *tier;
-  }
-  if (local_count) so.local_count = *local_count;
-  auto sc = sim::BuildScenario(*cluster, *spec, so);
+  auto sc = sim::BuildScenario(flags);
   if (!sc.ok()) return Fail(sc.status());
+  const coord::ClusterConfig* cluster = &sc->cluster;
+  const sim::ModelSpec* spec = &sc->model;
   sim::SimOptions opts;
   opts.batch = batch;
   if (!overhead.empty()) {

@@ -133,4 +133,39 @@ Result<Scenario> BuildScenario(const coord::ClusterConfig& cluster, const ModelS
   return sc;
 }
 
+void ScenarioFlags::Declare(ArgParser& p) {
+  p.Flag("cluster", &cluster_path, "cluster YAML (cluster-configs/)");
+  p.Flag("model", &model,
+         "llama-2-7b|13b|70b, llama-3-8b|70b, synth-*, a size (140GB, 13e9-params), an HF config.json or "
+         "checkpoint, or a package");
+  p.Flag("targets", &targets, "nodes to scale out to [all but the sources]");
+  p.Flag("sources", &sources, "nodes already running the model (the first ones) [1]");
+  p.Flag("slice-mib", &slice_mib, "slice size in MiB [about 2048 slices]");
+  p.Flag("blocks", &blocks, "blocks of layers [min(layers, 32)]");
+  p.Flag("local-tier", &local_tier, "targets hold their own copy in this tier: ssd or host");
+  p.Flag("local-count", &local_count, "how many targets hold a local copy [all]");
+  p.Flag("no-locality", &no_locality, "lambdapipe ignores local copies");
+}
+
+Result<Scenario> BuildScenario(const ScenarioFlags& f) {
+  if (f.cluster_path.empty() || f.model.empty()) return InvalidArgument("--cluster and --model are required");
+  if (f.slice_mib < 0) return InvalidArgument("--slice-mib must be positive");
+  MC_ASSIGN_OR_RETURN(auto cluster, coord::ClusterConfig::Load(f.cluster_path));
+  MC_ASSIGN_OR_RETURN(auto spec,
+                      LoadModelSpec(f.model, f.blocks, static_cast<uint64_t>(f.slice_mib * 1048576.0) / 4096 * 4096));
+  ScenarioOptions so;
+  so.sources = f.sources;
+  so.targets = f.targets;
+  so.locality = !f.no_locality;
+  if (!f.local_tier.empty()) {
+    auto tier = coord::ParseTier(f.local_tier);
+    if (!tier.ok() || (*tier != coord::Tier::kSsd && *tier != coord::Tier::kHost)) {
+      return InvalidArgument("--local-tier must be ssd or host, not '" + f.local_tier + "'");
+    }
+    so.local_tier = *tier;
+  }
+  if (f.local_count) so.local_count = *f.local_count;
+  return BuildScenario(cluster, spec, so);
+}
+
 }  // namespace modelcast::sim

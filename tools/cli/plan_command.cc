@@ -74,49 +74,23 @@ void PrintPlan(const coord::Plan& plan, int64_t show_ticks) {
 }  // namespace
 
 int RunPlan(const std::vector<std::string>& args) {
-  std::string cluster_path, model, algo = "lambdapipe", svg, local_tier;
-  int64_t targets = 0, sources = 1, blocks = 0, ticks = 30;
-  std::optional<int64_t> local_count;
-  double slice_mib = 0;
-  bool json = false, no_locality = false;
+  sim::ScenarioFlags flags;
+  std::string algo = "lambdapipe", svg;
+  int64_t ticks = 30;
+  bool json = false;
   ArgParser p("modelcast plan",
               "Plans a scale-out of a model on a cluster and shows who sends which slice to whom at each\n"
               "tick, when pipelines of partial receivers can serve, and when each target is a full instance.");
-  p.Flag("cluster", &cluster_path, "cluster YAML (cluster-configs/)");
-  p.Flag("model", &model,
-         "a known model name, a size (140GB, 13e9-params), an HF config.json or checkpoint, or a package");
-  p.Flag("targets", &targets, "nodes to scale out to [all but the sources]");
-  p.Flag("sources", &sources, "nodes already running the model (the first ones) [1]");
+  flags.Declare(p);
   p.Flag("algo", &algo, "lambdapipe, unicast, binary-tree, binomial-whole, chain or local [lambdapipe]");
-  p.Flag("slice-mib", &slice_mib, "slice size in MiB [about 2048 slices]");
-  p.Flag("blocks", &blocks, "blocks of layers [min(layers, 32)]");
-  p.Flag("local-tier", &local_tier, "targets hold their own copy in this tier: ssd or host");
-  p.Flag("local-count", &local_count, "how many targets hold a local copy [all]");
-  p.Flag("no-locality", &no_locality, "ignore local copies (lambdapipe)");
   p.Flag("ticks", &ticks, "ticks to print [30]");
   p.Flag("svg", &svg, "also draw the plan as an SVG timeline into this file");
   p.Flag("json", &json, "print the whole plan as JSON instead of text");
   if (int rc = ParseOrExit("plan", p, args); rc >= 0) return rc;
-  if (cluster_path.empty() || model.empty()) return Fail("plan", InvalidArgument("--cluster and --model are required"));
-  if (slice_mib < 0) return Fail("plan", InvalidArgument("--slice-mib must be positive"));
-  auto cluster = coord::ClusterConfig::Load(cluster_path);
-  if (!cluster.ok()) return Fail("plan", cluster.status());
-  auto spec = sim::LoadModelSpec(model, blocks, static_cast<uint64_t>(slice_mib * 1048576.0) / 4096 * 4096);
-  if (!spec.ok()) return Fail("plan", spec.status());
-  sim::ScenarioOptions so;
-  so.sources = sources;
-  so.targets = targets;
-  so.locality = !no_locality;
-  if (!local_tier.empty()) {
-    auto tier = coord::ParseTier(local_tier);
-    if (!tier.ok() || (*tier != coord::Tier::kSsd && *tier != coord::Tier::kHost)) {
-      return Fail("plan", InvalidArgument("--local-tier must be ssd or host, not '" + local_tier + "'"));
-    }
-    so.local_tier = *tier;
-  }
-  if (local_count) so.local_count = *local_count;
-  auto sc = sim::BuildScenario(*cluster, *spec, so);
+  auto sc = sim::BuildScenario(flags);
   if (!sc.ok()) return Fail("plan", sc.status());
+  const coord::ClusterConfig* cluster = &sc->cluster;
+  const sim::ModelSpec* spec = &sc->model;
   auto plan = coord::MakePlan(sc->request, algo);
   if (!plan.ok()) return Fail("plan", plan.status());
   Status valid = coord::ValidatePlan(sc->request, *plan);

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "modelcast/common/args.h"
 #include "modelcast/common/status.h"
 #include "modelcast/coord/cluster.h"
 #include "modelcast/coord/model_shape.h"
@@ -47,5 +49,21 @@ struct Scenario {
 
 Result<Scenario> BuildScenario(const coord::ClusterConfig& cluster, const ModelSpec& model,
                                const ScenarioOptions& options);
+
+// A scenario as `modelcast plan` and `modelcast-sim` take it on their command lines.
+struct ScenarioFlags {
+  std::string cluster_path, model, local_tier;
+  int64_t targets = 0, sources = 1, blocks = 0;
+  std::optional<int64_t> local_count;
+  double slice_mib = 0;
+  bool no_locality = false;
+
+  // Declares --cluster, --model, --targets, --sources, --slice-mib, --blocks, --local-tier,
+  // --local-count and --no-locality.
+  void Declare(ArgParser& p);
+};
+
+// Loads the cluster and the model the flags name and builds the scenario; errors name the flag.
+Result<Scenario> BuildScenario(const ScenarioFlags& flags);
 
 }  // namespace modelcast::sim
