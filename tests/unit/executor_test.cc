@@ -160,7 +160,7 @@ class Misbehaving : public ::testing::Test {
     auto run = std::async(std::launch::async, [&] {
       return ExecuteFragment(*a_, model_.layout, model_.source.data(), std::vector<bool>(8, true), fa, o);
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // No wait needed: what `act` sends before the executor listens is held by the transport.
     act();
     return run.get().status();
   }
