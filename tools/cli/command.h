@@ -33,5 +33,6 @@ int RunInspect(const std::vector<std::string>& args);
 int RunVerify(const std::vector<std::string>& args);
 int RunVersion(const std::vector<std::string>& args);
 int RunPlan(const std::vector<std::string>& args);
+int RunStore(const std::vector<std::string>& args);
 
 }  // namespace modelcast::cli

@@ -32,6 +32,7 @@ constexpr Command kCommands[] = {
     {"inspect", "summarise a package or an HF checkpoint", RunInspect},
     {"verify", "re-check every slice checksum of a package", RunVerify},
     {"plan", "show the planner's plan for a scale-out on a cluster (text, JSON or SVG)", RunPlan},
+    {"store", "a node's tiered store: inventory, import, load, remove", RunStore},
     {"version", "print the version, the backends built in and the GPUs found", RunVersion},
 };
 

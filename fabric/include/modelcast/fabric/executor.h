@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "modelcast/common/slice_event.h"
 #include "modelcast/common/status.h"
 #include "modelcast/coord/plan.h"
 #include "modelcast/fabric/transport.h"
@@ -60,15 +61,8 @@ struct PlanFragment {
   Status Validate(const ModelLayout& layout) const;
 };
 
-struct SliceEvent {
-  std::string model;
-  uint32_t slice = 0;
-  std::string source;  // the peer it came from
-  uint64_t bytes = 0;
-  double started = 0;   // seconds since the run began: the payload was accepted (for a
-                        // write: the previous slice from that peer landed, or the run began)
-  double finished = 0;  // it landed and its checksum matched
-};
+// The per-slice progress event (shared with the tiered store).
+using SliceEvent = ::modelcast::SliceEvent;
 
 // How slices travel to a receiver. Each receiver announces, before anything moves, whether
 // its senders may write into its registered buffer (it then sends its remote descriptor);
