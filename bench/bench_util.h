@@ -2,6 +2,7 @@
 // baseline every network benchmark measures in the same run.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,15 @@
 #include "modelcast/common/status.h"
 
 namespace modelcast::bench {
+
+// Seconds on the steady clock.
+inline double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+inline double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
 
 inline std::vector<std::string> SplitCommas(const std::string& s) {
   std::vector<std::string> out;

@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "modelcast/common/args.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
@@ -37,8 +38,8 @@ namespace fs = std::filesystem;
 using namespace modelcast;
 
 namespace {
-
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+using bench::Median;
+using bench::Now;
 
 [[noreturn]] void Die(const Status& s) {
   std::fprintf(stderr, "prepare_bench: %s\n", s.message().c_str());
@@ -88,11 +89,6 @@ Status CopyLoop(const fs::path& src, const fs::path& dst, bool durable) {
     if (durable) MC_RETURN_IF_ERROR(out.Sync());
   }
   return durable ? FsyncDirectory(dst) : Status::Ok();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <glog/logging.h>
+
 #include "modelcast/common/file_util.h"
 #include "modelcast/tiers/gpu.h"
 
@@ -14,7 +16,7 @@ namespace {
 constexpr uint64_t kHugePage = 2ull << 20;
 }
 
-Result<std::unique_ptr<HostPool>> HostPool::Create(uint64_t capacity, bool pin) {
+Result<std::unique_ptr<HostPool>> HostPool::Create(uint64_t capacity, bool pin, bool populate) {
   if (capacity == 0) return InvalidArgument("host tier: capacity must be more than 0 bytes");
   capacity = AlignUp(capacity, 4096);
   std::unique_ptr<HostPool> pool(new HostPool());
@@ -31,6 +33,10 @@ Result<std::unique_ptr<HostPool>> HostPool::Create(uint64_t capacity, bool pin) 
   pool->base_ = reinterpret_cast<uint8_t*>(AlignUp(reinterpret_cast<uintptr_t>(p), kHugePage));
   pool->capacity_ = capacity;
   ::madvise(pool->base_, capacity, MADV_HUGEPAGE);  // advisory: ignored where THP is off
+  if (populate && !pin && ::madvise(pool->base_, capacity, MADV_POPULATE_WRITE) != 0) {
+    // Older kernels (before 5.14) lack it: the pages then fault in as they are first used.
+    VLOG(1) << "host pool: MADV_POPULATE_WRITE: " << strerror(errno);
+  }
   if (pin) {
     MC_RETURN_IF_ERROR(gpu::HostRegister(pool->base_, capacity).WithContext("host tier: pinning the pool"));
     pool->pinned_ = true;

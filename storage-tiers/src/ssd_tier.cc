@@ -1,6 +1,7 @@
 #include "ssd_tier.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,6 +59,23 @@ Status VerifyBlock(const model::Manifest& m, uint32_t block, const fs::path& pat
     }
   }
   return Status::Ok();
+}
+
+// The fraction of the file's pages in the page cache (mincore over a mapping; no I/O).
+double CachedFraction(const File& f, uint64_t size) {
+  if (size == 0) return 0;
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, f.fd(), 0);
+  if (p == MAP_FAILED) return 0;
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> vec((size + page - 1) / page);
+  double fraction = 0;
+  if (::mincore(p, size, vec.data()) == 0) {
+    uint64_t in = 0;
+    for (unsigned char v : vec) in += v & 1;
+    fraction = static_cast<double>(in) / static_cast<double>(vec.size());
+  }
+  ::munmap(p, size);
+  return fraction;
 }
 
 uint64_t ManifestId(const model::Manifest& m) {
@@ -227,6 +245,8 @@ Result<std::shared_ptr<BlockFiles>> SsdTier::OpenBlock(const std::string& model,
     }
   }
   MC_ASSIGN_OR_RETURN(files->buffered, File::OpenRead(path));
+  MC_ASSIGN_OR_RETURN(uint64_t size, files->buffered.Size());
+  files->cached = CachedFraction(files->buffered, size) >= 0.9;
   return files;
 }
 

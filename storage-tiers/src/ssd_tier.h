@@ -31,7 +31,10 @@ struct BlockFiles {
   File direct;
   File buffered;
   std::string path;
-  int direct_fd() const { return direct.is_open() ? direct.fd() : buffered.fd(); }
+  // Most of the file is in the page cache (just written, or read by someone else): copying it
+  // from there beats reading the device again, so reads go through the buffered descriptor.
+  bool cached = false;
+  int read_fd() const { return direct.is_open() && !cached ? direct.fd() : buffered.fd(); }
 };
 
 class SsdTier {

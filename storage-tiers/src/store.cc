@@ -147,7 +147,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
 
   SsdTier::OpenReport report;
   MC_ASSIGN_OR_RETURN(impl->ssd, SsdTier::Open(options.ssd_dir, options.ssd_capacity, &report));
-  MC_ASSIGN_OR_RETURN(impl->host, HostPool::Create(options.host_capacity, gpu_present));
+  MC_ASSIGN_OR_RETURN(impl->host, HostPool::Create(options.host_capacity, gpu_present, options.populate_host));
   impl->host_alloc = std::make_unique<RangeAllocator>(impl->host->capacity());
   if (gpu_present && options.gpu_capacity > 0) {
     MC_ASSIGN_OR_RETURN(impl->gpu_mem, gpu::DeviceMemory::Allocate(options.gpu_device, options.gpu_capacity));

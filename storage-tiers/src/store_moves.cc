@@ -383,7 +383,7 @@ Result<std::shared_ptr<Request>> Store::Promote(const std::string& model, std::v
       const auto& se = job->manifest->slices[s];
       job->started[s - job->manifest->blocks[job->block].first_slice] = Since(req->start_time());
       ReadOp op;
-      op.fd = job->files->direct_fd();
+      op.fd = job->files->read_fd();
       op.buffered_fd = job->files->buffered.fd();
       op.path = job->files->path;
       op.offset = se.offset;

@@ -14,9 +14,10 @@ namespace modelcast::tiers {
 
 class HostPool {
  public:
-  // `pin`: page-lock it for the GPU (only when gpu::Probe() found a device). A capacity of zero
-  // is an error.
-  static Result<std::unique_ptr<HostPool>> Create(uint64_t capacity, bool pin);
+  // `pin`: page-lock it for the GPU (only when gpu::Probe() found a device). `populate`: fault
+  // every page in now (pinning does that anyway), so that loads do not pay for zeroing fresh
+  // pages as they first touch them. A capacity of zero is an error.
+  static Result<std::unique_ptr<HostPool>> Create(uint64_t capacity, bool pin, bool populate = true);
   ~HostPool();
   HostPool(const HostPool&) = delete;
   HostPool& operator=(const HostPool&) = delete;

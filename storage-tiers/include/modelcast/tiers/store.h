@@ -39,6 +39,7 @@ struct StoreOptions {
   std::filesystem::path ssd_dir;
   uint64_t ssd_capacity = 0;   // bytes of block files
   uint64_t host_capacity = 0;  // bytes of the host pool
+  bool populate_host = true;   // fault the pool in at start (as pinning does), not on first use
   uint64_t gpu_capacity = 0;   // bytes of the device arena (0: no GPU tier even with a GPU)
   int gpu_device = 0;
   double keep_alive = 300;     // seconds a block stays in its tier after last use before it is
