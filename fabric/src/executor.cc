@@ -18,14 +18,21 @@
 namespace modelcast::fabric {
 
 ModelLayout ModelLayout::FromManifest(const model::Manifest& m) {
-  ModelLayout l;
-  l.model = m.name;
+  std::vector<uint64_t> offsets;
   uint64_t offset = 0;
   for (const auto& b : m.blocks) {
-    l.block_offsets.push_back(offset);
+    offsets.push_back(offset);
     offset += b.file_bytes;
   }
-  l.buffer_bytes = offset;
+  return FromManifest(m, std::move(offsets), offset);
+}
+
+ModelLayout ModelLayout::FromManifest(const model::Manifest& m, std::vector<uint64_t> block_offsets,
+                                      uint64_t buffer_bytes) {
+  ModelLayout l;
+  l.model = m.name;
+  l.block_offsets = std::move(block_offsets);
+  l.buffer_bytes = buffer_bytes;
   for (const auto& s : m.slices) l.slices.push_back({l.block_offsets[s.block] + s.offset, s.length, s.xxh3, s.block});
   return l;
 }

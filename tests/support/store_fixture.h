@@ -21,6 +21,7 @@ inline void MakePackage(const std::filesystem::path& work, const std::filesystem
                         uint64_t seed = 0, int64_t blocks = 4, uint64_t slice_bytes = 64 << 10) {
   const auto src = work / (".src-" + name + "-" + std::to_string(seed));
   if (!std::filesystem::exists(src)) Synth(Tiny(DType::kBF16, seed), src);
+  std::filesystem::create_directories(dst.parent_path());
   model::PrepareOptions o;
   o.blocks = blocks;
   o.slice_bytes = slice_bytes;

@@ -39,6 +39,10 @@ struct ModelLayout {
   std::vector<SliceInfo> slices;
 
   static ModelLayout FromManifest(const model::Manifest& manifest);
+  // Blocks wherever they are in a larger buffer of `buffer_bytes` (the tiered store's host
+  // pool: block_offsets[b] = the pool offset of block b's buffer).
+  static ModelLayout FromManifest(const model::Manifest& manifest, std::vector<uint64_t> block_offsets,
+                                  uint64_t buffer_bytes);
 };
 
 struct FragmentStep {
