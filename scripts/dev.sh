@@ -89,6 +89,7 @@ case "$cmd" in
     else
       "$BUILD/bin/prepare_bench" --work "$BUILD/bench-work"
       "$BUILD/bin/planner_bench"
+      "$BUILD/bin/tier_bench" --work "$BUILD/bench-work"
     fi
     ;;
   fuzz)

@@ -33,6 +33,17 @@ Result<Package> Package::Open(const fs::path& dir) {
 
 fs::path Package::BlockPath(uint32_t block) const { return dir_ / manifest_.blocks.at(block).file; }
 
+std::string ChecksumMismatch(uint64_t expected, uint64_t got) {
+  return "checksum mismatch (expected " + ChecksumToHex(expected) + ", got " + ChecksumToHex(got) + ")";
+}
+
+std::string DescribeSlice(const Manifest& m, uint32_t slice, const std::string& path, const std::string& problem) {
+  const SliceEntry& s = m.slices.at(slice);
+  return "model '" + m.name + "': block " + std::to_string(s.block) + " slice " +
+         std::to_string(slice - m.blocks.at(s.block).first_slice) + " (slice " + std::to_string(slice) +
+         " of the model) in " + path + " at offset " + std::to_string(s.offset) + ": " + problem;
+}
+
 std::string Package::Describe(const BadSlice& bad) const {
   return "model '" + manifest_.name + "': block " + std::to_string(bad.block) + " slice " +
          std::to_string(bad.slice_in_block) + " (slice " + std::to_string(bad.slice) + " of the model) in " + bad.path +
@@ -52,7 +63,7 @@ Status Package::CheckSlice(uint32_t slice, std::span<const uint8_t> bytes) const
   }
   const uint64_t got = Xxh3(bytes.data(), bytes.size());
   if (got != s.xxh3) {
-    bad.problem = "checksum mismatch (expected " + ChecksumToHex(s.xxh3) + ", got " + ChecksumToHex(got) + ")";
+    bad.problem = ChecksumMismatch(s.xxh3, got);
     return Corruption(Describe(bad));
   }
   return Status::Ok();
@@ -94,7 +105,7 @@ Result<VerifyReport> Package::Verify(const std::function<void(uint64_t)>& progre
       if (got != s.xxh3) {
         report.bad.push_back(
             {idx, b.index, k, BlockPath(b.index).string(), s.offset,
-             "checksum mismatch (expected " + ChecksumToHex(s.xxh3) + ", got " + ChecksumToHex(got) + ")"});
+             ChecksumMismatch(s.xxh3, got)});
       }
       ++report.slices_checked;
       report.bytes_checked += s.length;

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "modelcast/common/checksum.h"
+#include "modelcast/model/package.h"
 
 namespace modelcast::tiers {
 namespace fs = std::filesystem;
@@ -51,12 +52,7 @@ Status VerifyBlock(const model::Manifest& m, uint32_t block, const fs::path& pat
     const auto& slice = m.slices[s];
     MC_RETURN_IF_ERROR(f.PReadFull(slice.offset, buf.span().subspan(0, slice.length)));
     const uint64_t got = Xxh3(buf.data(), slice.length);
-    if (got != slice.xxh3) {
-      return Corruption("model '" + m.name + "' block " + std::to_string(block) + " slice " +
-                        std::to_string(s - b.first_slice) + " (slice " + std::to_string(s) + " of the model) in " +
-                        path.string() + " at offset " + std::to_string(slice.offset) + ": checksum mismatch (expected " +
-                        ChecksumToHex(slice.xxh3) + ", got " + ChecksumToHex(got) + ")");
-    }
+    if (got != slice.xxh3) return Corruption(model::DescribeSlice(m, s, path.string(), model::ChecksumMismatch(slice.xxh3, got)));
   }
   return Status::Ok();
 }

@@ -361,14 +361,18 @@ Result<Lease> Store::Acquire(const std::string& model, uint32_t block, Tier tier
   }
   c.pins++;
   bs->last_use = impl_->Now();
+  return MakeLease(model, block, tier, c.offset, impl_->models[model].manifest->blocks[block].file_bytes);
+}
+
+Lease Store::MakeLease(const std::string& model, uint32_t block, Tier tier, uint64_t offset, uint64_t size) {
   Lease lease;
   lease.store_ = this;
   lease.model_ = model;
   lease.block_ = block;
   lease.tier_ = tier;
-  lease.pool_offset_ = c.offset;
-  lease.data_ = impl_->Address(tier, c.offset);
-  lease.size_ = impl_->models[model].manifest->blocks[block].file_bytes;
+  lease.pool_offset_ = offset;
+  lease.data_ = impl_->Address(tier, offset);
+  lease.size_ = size;
   return lease;
 }
 
@@ -389,15 +393,7 @@ Result<Lease> Store::AcquireSlice(const std::string& model, uint32_t slice, Tier
   }
   c.pins++;
   bs.last_use = impl_->Now();
-  Lease lease;
-  lease.store_ = this;
-  lease.model_ = model;
-  lease.block_ = block;
-  lease.tier_ = tier;
-  lease.pool_offset_ = c.offset;
-  lease.data_ = impl_->Address(tier, c.offset);
-  lease.size_ = ms->manifest->blocks[block].file_bytes;
-  return lease;
+  return MakeLease(model, block, tier, c.offset, ms->manifest->blocks[block].file_bytes);
 }
 
 void Store::ReleaseLease(const std::string& model, uint32_t block, Tier tier) {

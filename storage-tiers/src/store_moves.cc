@@ -6,6 +6,7 @@
 #include <glog/logging.h>
 
 #include "modelcast/common/checksum.h"
+#include "modelcast/model/package.h"
 #include "store_impl.h"
 
 namespace modelcast::tiers {
@@ -232,11 +233,7 @@ void SliceRead(const std::shared_ptr<Job>& job, uint32_t slice, Status status) {
   if (status.ok()) {
     const uint64_t got = Xxh3(job->impl->Address(Tier::kHost, job->host_offset + se.offset), se.length);
     if (got != se.xxh3) {
-      status = Corruption("model '" + job->model + "' block " + std::to_string(job->block) + " slice " +
-                          std::to_string(slice - be.first_slice) + " (slice " + std::to_string(slice) +
-                          " of the model) in " + job->files->path + " at offset " + std::to_string(se.offset) +
-                          ": checksum mismatch (expected " + ChecksumToHex(se.xxh3) + ", got " + ChecksumToHex(got) +
-                          ")");
+      status = Corruption(model::DescribeSlice(*job->manifest, slice, job->files->path, model::ChecksumMismatch(se.xxh3, got)));
       std::lock_guard lock(job->impl->mu);
       job->impl->counters.corrupt_slices++;
     }
@@ -468,15 +465,7 @@ Result<Lease> Store::ReserveForReceive(const std::string& model, uint32_t block)
   Copy& h = bs->copy[int(Tier::kHost)];
   h.pins++;
   bs->last_use = impl_->Now();
-  Lease lease;
-  lease.store_ = this;
-  lease.model_ = model;
-  lease.block_ = block;
-  lease.tier_ = Tier::kHost;
-  lease.pool_offset_ = h.offset;
-  lease.data_ = impl_->Address(Tier::kHost, h.offset);
-  lease.size_ = impl_->models.at(model).manifest->blocks[block].file_bytes;
-  return lease;
+  return MakeLease(model, block, Tier::kHost, h.offset, impl_->models.at(model).manifest->blocks[block].file_bytes);
 }
 
 Status Store::Landed(const std::string& model, uint32_t slice) {

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "modelcast/tiers/range_allocator.h"
+#include "support/process.h"
 #include "support/store_fixture.h"
 #include "support/temp_dir.h"
 
@@ -124,7 +125,7 @@ TEST_F(StoreTest, CorruptSliceOnDiskIsCaughtOnRead) {
   testing::FlipByte(ssd_ / "m" / manifest_.blocks[2].file, victim.offset + 100);
   Status st = Run(store->Promote("m", {2}, Tier::kHost));
   ASSERT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
-  EXPECT_NE(st.message().find("model 'm' block 2 slice 1 (slice " + std::to_string(victim.index) + " of the model)"),
+  EXPECT_NE(st.message().find("model 'm': block 2 slice 1 (slice " + std::to_string(victim.index) + " of the model)"),
             std::string::npos)
       << st.message();
   EXPECT_NE(st.message().find((ssd_ / "m" / manifest_.blocks[2].file).string()), std::string::npos) << st.message();
@@ -341,6 +342,15 @@ TEST_F(StoreTest, BadInputGetsClearErrors) {
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   EXPECT_EQ(parsed->keep_alive, 90);
   EXPECT_EQ(parsed->host_capacity, 1ull << 30);
+  // The documented example parses.
+  auto example = ConfigNode::ParseFile(testing::SourcePath("cluster-configs/node-store.yaml"));
+  ASSERT_TRUE(example.ok()) << example.status().ToString();
+  auto section = example->Child("store");
+  ASSERT_TRUE(section.ok());
+  auto ex = StoreOptions::FromConfig(*section);
+  ASSERT_TRUE(ex.ok()) << ex.status().ToString();
+  EXPECT_EQ(ex->gpu_capacity, 70ull << 30);
+  EXPECT_EQ(ex->keep_alive, 300);
 }
 
 // Random promote / demote / acquire / release / time steps against a model of what must hold:

@@ -211,6 +211,8 @@ class Store {
   explicit Store(std::unique_ptr<Impl> impl);
   friend class Lease;
   void ReleaseLease(const std::string& model, uint32_t block, Tier tier);
+  // A lease on a block whose copy in `tier` (at `offset` in its pool) the caller has just pinned.
+  Lease MakeLease(const std::string& model, uint32_t block, Tier tier, uint64_t offset, uint64_t size);
   std::unique_ptr<Impl> impl_;
 };
 
