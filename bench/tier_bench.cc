@@ -13,10 +13,10 @@
 
 #include <cstdio>
 #include <cstring>
-#include <functional>
-#include <optional>
 #include <filesystem>
+#include <functional>
 #include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -136,7 +136,8 @@ int main(int argc, char** argv) {
   std::string preset = "medium", work = "bench-work", model_dir;
   int64_t reps = 7, blocks = 8, queue_depth = 32;
   double slice_mib = 16;
-  ArgParser p("tier_bench", "the tiered store's SSD -> host (and GPU) loads against fio / pread / cudaMemcpy, same run");
+  ArgParser p("tier_bench",
+              "the tiered store's SSD -> host (and GPU) loads against fio / pread / cudaMemcpy, same run");
   p.Flag("preset", &preset, "model to synthesize when --model is not given [medium]");
   p.Flag("model", &model_dir, "an existing HF checkpoint to prepare instead");
   p.Flag("work", &work, "scratch directory on the disk under test [bench-work]");
@@ -199,14 +200,19 @@ int main(int argc, char** argv) {
   for (int64_t r = 0; r < reps; ++r) {
     // Cold: each measurement starts with the page cache dropped; the order rotates.
     const std::vector<std::function<void()>> cold = {
-        [&] { DropData(files); gbps["fio O_DIRECT QD32"].push_back(FioGBps(files, "")); },
+        [&] {
+          DropData(files);
+          gbps["fio O_DIRECT QD32"].push_back(FioGBps(files, ""));
+        },
         [&] {
           DropData(files);
           gbps["fio + fixedbufs, batched"].push_back(
               FioGBps(files, "--fixedbufs=1 --iodepth_batch_submit=8 --iodepth_batch_complete_min=1"));
         },
         [&] { gbps["store (io_uring)"].push_back(gb(TimedPromote(opts(true), name, tiers::Tier::kHost, {}, drop))); },
-        [&] { gbps["store (pread threads)"].push_back(gb(TimedPromote(opts(false), name, tiers::Tier::kHost, {}, drop))); },
+        [&] {
+          gbps["store (pread threads)"].push_back(gb(TimedPromote(opts(false), name, tiers::Tier::kHost, {}, drop)));
+        },
     };
     for (size_t i = 0; i < cold.size(); ++i) cold[(i + static_cast<size_t>(r)) % cold.size()]();
     // Warm: the files in the page cache.

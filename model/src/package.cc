@@ -103,9 +103,7 @@ Result<VerifyReport> Package::Verify(const std::function<void(uint64_t)>& progre
       MC_RETURN_IF_ERROR(f.PReadFull(s.offset, dst));
       const uint64_t got = Xxh3(dst.data(), dst.size());
       if (got != s.xxh3) {
-        report.bad.push_back(
-            {idx, b.index, k, BlockPath(b.index).string(), s.offset,
-             ChecksumMismatch(s.xxh3, got)});
+        report.bad.push_back({idx, b.index, k, BlockPath(b.index).string(), s.offset, ChecksumMismatch(s.xxh3, got)});
       }
       ++report.slices_checked;
       report.bytes_checked += s.length;

@@ -134,7 +134,8 @@ void CopyEngine::Run(Lane* lane) {
       std::lock_guard lock(mu_);
       lane->queued_bytes -= job.bytes;
     }
-    job.done(err == cudaSuccess ? Status::Ok() : CudaError("cudaMemcpyAsync of " + std::to_string(job.bytes) + " bytes", err));
+    job.done(err == cudaSuccess ? Status::Ok()
+                                : CudaError("cudaMemcpyAsync of " + std::to_string(job.bytes) + " bytes", err));
   }
 }
 

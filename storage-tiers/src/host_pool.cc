@@ -23,8 +23,8 @@ Result<std::unique_ptr<HostPool>> HostPool::Create(uint64_t capacity, bool pin, 
   // Reserve a huge page more than asked, so the pool can start on a 2 MiB boundary. The pages
   // are committed as they are first written (MAP_NORESERVE), or all at once when pinned.
   pool->mapping_bytes_ = capacity + kHugePage;
-  void* p = ::mmap(nullptr, pool->mapping_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  void* p =
+      ::mmap(nullptr, pool->mapping_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     return ResourceExhausted("host tier: cannot reserve " + std::to_string(capacity) +
                              " bytes of address space: " + std::string(strerror(errno)));

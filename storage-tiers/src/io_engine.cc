@@ -122,7 +122,8 @@ Status IoEngine::ReadBuffered(const ReadOp& op, uint64_t offset, uint8_t* dst, u
   while (done < length) {
     const ssize_t n = ::pread(fd, dst + done, length - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EINVAL && !direct_refused) return ReadBuffered(op, offset + done, dst + done, length - done, true);
+    if (n < 0 && errno == EINVAL && !direct_refused)
+      return ReadBuffered(op, offset + done, dst + done, length - done, true);
     if (n < 0) return IOError("read " + op.path + " at offset " + std::to_string(offset + done), errno);
     if (n == 0) {
       return OutOfRange(op.path + ": file ends before offset " + std::to_string(offset + length) + " (read " +

@@ -6,7 +6,8 @@
 
 namespace modelcast::tiers {
 
-RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t granule) : capacity_(capacity / granule * granule), granule_(granule) {
+RangeAllocator::RangeAllocator(uint64_t capacity, uint64_t granule)
+    : capacity_(capacity / granule * granule), granule_(granule) {
   CHECK(granule != 0 && (granule & (granule - 1)) == 0) << "granule must be a power of two";
   if (capacity_ > 0) free_.emplace(0, capacity_);
 }

@@ -52,7 +52,8 @@ Status VerifyBlock(const model::Manifest& m, uint32_t block, const fs::path& pat
     const auto& slice = m.slices[s];
     MC_RETURN_IF_ERROR(f.PReadFull(slice.offset, buf.span().subspan(0, slice.length)));
     const uint64_t got = Xxh3(buf.data(), slice.length);
-    if (got != slice.xxh3) return Corruption(model::DescribeSlice(m, s, path.string(), model::ChecksumMismatch(slice.xxh3, got)));
+    if (got != slice.xxh3)
+      return Corruption(model::DescribeSlice(m, s, path.string(), model::ChecksumMismatch(slice.xxh3, got)));
   }
   return Status::Ok();
 }
@@ -131,8 +132,8 @@ Status SsdTier::Scan(OpenReport* report) {
     const fs::path mpath = entry.path() / model::kManifestFile;
     if (!fs::exists(mpath)) continue;
     auto text = ReadFileToString(mpath, 512ull << 20);
-    Result<model::Manifest> parsed = text.ok() ? model::Manifest::Parse(*text, mpath.string())
-                                               : Result<model::Manifest>(text.status());
+    Result<model::Manifest> parsed =
+        text.ok() ? model::Manifest::Parse(*text, mpath.string()) : Result<model::Manifest>(text.status());
     if (!parsed.ok()) {
       report->problems.push_back(parsed.status().message());
       LOG(WARNING) << "ssd tier: set aside " << entry.path() << ": " << parsed.status().message();
@@ -157,7 +158,8 @@ Status SsdTier::Scan(OpenReport* report) {
       if (j.is_object() && j.value("manifest_xxh3", "") == ChecksumToHex(ManifestId(*manifest)) &&
           j.contains("blocks") && j["blocks"].is_object()) {
         for (auto& [file, v] : j["blocks"].items()) {
-          if (v.is_array() && v.size() == 3) trusted[file] = {v[0].get<uint64_t>(), v[1].get<uint64_t>(), v[2].get<uint64_t>()};
+          if (v.is_array() && v.size() == 3)
+            trusted[file] = {v[0].get<uint64_t>(), v[1].get<uint64_t>(), v[2].get<uint64_t>()};
         }
       }
     }

@@ -46,7 +46,7 @@ class SsdTier {
   struct OpenReport {
     std::map<std::string, Found> models;
     uint64_t leftovers_removed = 0;
-    uint64_t blocks_verified = 0;  // re-verified on open (not trusted)
+    uint64_t blocks_verified = 0;       // re-verified on open (not trusted)
     std::vector<std::string> problems;  // what was set aside, one line each
   };
 
@@ -98,6 +98,7 @@ class SsdTier {
 
 // Writes the trust file of a package directory: the identity (size, mtime, inode) of each block
 // file in `blocks`, which the caller has just written or verified.
-Status WriteTrustFile(const std::filesystem::path& dir, const model::Manifest& manifest, const std::vector<bool>& blocks);
+Status WriteTrustFile(const std::filesystem::path& dir, const model::Manifest& manifest,
+                      const std::vector<bool>& blocks);
 
 }  // namespace modelcast::tiers

@@ -58,9 +58,11 @@ Result<StoreOptions> StoreOptions::FromConfig(const ConfigNode& node) {
   if (node.Has("keep_alive")) MC_RETURN_IF_ERROR(check(o.keep_alive >= 0, "keep_alive", "must not be negative"));
   if (node.Has("queue_depth")) MC_RETURN_IF_ERROR(check(qd >= 1 && qd <= 4096, "queue_depth", "must be 1 to 4096"));
   if (node.Has("io_chunk")) {
-    MC_RETURN_IF_ERROR(check(o.io_chunk > 0 && o.io_chunk % 4096 == 0, "io_chunk", "must be a positive multiple of 4KiB"));
+    MC_RETURN_IF_ERROR(
+        check(o.io_chunk > 0 && o.io_chunk % 4096 == 0, "io_chunk", "must be a positive multiple of 4KiB"));
   }
-  if (node.Has("copy_streams")) MC_RETURN_IF_ERROR(check(streams >= 1 && streams <= 64, "copy_streams", "must be 1 to 64"));
+  if (node.Has("copy_streams"))
+    MC_RETURN_IF_ERROR(check(streams >= 1 && streams <= 64, "copy_streams", "must be 1 to 64"));
   o.gpu_device = static_cast<int>(device);
   o.queue_depth = static_cast<unsigned>(qd);
   o.copy_streams = static_cast<int>(streams);
@@ -172,7 +174,8 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
     ms.ssd_committed = true;
     for (uint32_t b = 0; b < ms.blocks.size(); ++b) {
       ms.blocks[b].on_ssd = found.blocks[b];
-      for (Tier t : {Tier::kHost, Tier::kGpu}) ms.blocks[b].copy[int(t)].slices.assign(found.manifest->blocks[b].num_slices, false);
+      for (Tier t : {Tier::kHost, Tier::kGpu})
+        ms.blocks[b].copy[int(t)].slices.assign(found.manifest->blocks[b].num_slices, false);
     }
     impl->models.emplace(name, std::move(ms));
   }
@@ -233,11 +236,11 @@ Inventory Store::GetInventory() const {
   Inventory inv;
   std::lock_guard lock(impl_->mu);
   inv.tiers.push_back({Tier::kSsd, impl_->ssd->capacity(), impl_->ssd->used(), 0});
-  inv.tiers.push_back({Tier::kHost, impl_->host_alloc->capacity(), impl_->host_alloc->used(),
-                       impl_->PinnedBytesLocked(Tier::kHost)});
+  inv.tiers.push_back(
+      {Tier::kHost, impl_->host_alloc->capacity(), impl_->host_alloc->used(), impl_->PinnedBytesLocked(Tier::kHost)});
   if (impl_->HasGpu()) {
-    inv.tiers.push_back({Tier::kGpu, impl_->gpu_alloc->capacity(), impl_->gpu_alloc->used(),
-                         impl_->PinnedBytesLocked(Tier::kGpu)});
+    inv.tiers.push_back(
+        {Tier::kGpu, impl_->gpu_alloc->capacity(), impl_->gpu_alloc->used(), impl_->PinnedBytesLocked(Tier::kGpu)});
   }
   for (const auto& [name, ms] : impl_->models) {
     ModelHoldings h;
@@ -314,7 +317,8 @@ Status Store::AddModel(const model::Manifest& manifest, bool replace) {
   ms.keep_alive = impl_->opt.keep_alive;
   ms.blocks.resize(shared->blocks.size());
   for (uint32_t b = 0; b < ms.blocks.size(); ++b) {
-    for (Tier t : {Tier::kHost, Tier::kGpu}) ms.blocks[b].copy[int(t)].slices.assign(shared->blocks[b].num_slices, false);
+    for (Tier t : {Tier::kHost, Tier::kGpu})
+      ms.blocks[b].copy[int(t)].slices.assign(shared->blocks[b].num_slices, false);
   }
   impl_->models.emplace(manifest.name, std::move(ms));
   return Status::Ok();

@@ -18,7 +18,7 @@ namespace modelcast::tiers {
 // One block's copy in host memory or on the GPU.
 struct Copy {
   bool allocated = false;
-  uint64_t offset = 0;  // in the host pool or the device arena
+  uint64_t offset = 0;       // in the host pool or the device arena
   std::vector<bool> slices;  // by slice within the block
   uint32_t count = 0;
   int pins = 0;  // leases

@@ -83,12 +83,11 @@ Status Store::Impl::AllocateLocked(Tier tier, const std::string& model, uint32_t
       return Status::Ok();
     }
     if (!EvictOneLocked(tier, model, block, lock)) {
-      return ResourceExhausted(std::string(TierName(tier)) + " tier: no room for " + BlockName(model, block) + " (" +
-                               std::to_string(be.file_bytes) + " bytes): capacity " + std::to_string(alloc->capacity()) +
-                               ", in use " + std::to_string(alloc->used()) + ", of which " +
-                               std::to_string(PinnedBytesLocked(tier)) +
-                               " cannot be evicted (in use, or the only copy); largest free range " +
-                               std::to_string(alloc->largest_free()));
+      return ResourceExhausted(
+          std::string(TierName(tier)) + " tier: no room for " + BlockName(model, block) + " (" +
+          std::to_string(be.file_bytes) + " bytes): capacity " + std::to_string(alloc->capacity()) + ", in use " +
+          std::to_string(alloc->used()) + ", of which " + std::to_string(PinnedBytesLocked(tier)) +
+          " cannot be evicted (in use, or the only copy); largest free range " + std::to_string(alloc->largest_free()));
     }
   }
 }
@@ -165,7 +164,8 @@ Status Store::Impl::DemoteGpuLocked(const std::string& model, uint32_t block, st
     if (!st.ok() && !bs.on_ssd) {
       return st.WithContext("cannot demote " + BlockName(model, block) + " to host memory, and SSD has no copy");
     }
-    if (!st.ok()) LOG(WARNING) << "dropping the GPU copy of " << BlockName(model, block) << " (SSD has it): " << st.message();
+    if (!st.ok())
+      LOG(WARNING) << "dropping the GPU copy of " << BlockName(model, block) << " (SSD has it): " << st.message();
   }
   FreeLocked(Tier::kGpu, ms, block);
   return Status::Ok();
@@ -233,7 +233,8 @@ void SliceRead(const std::shared_ptr<Job>& job, uint32_t slice, Status status) {
   if (status.ok()) {
     const uint64_t got = Xxh3(job->impl->Address(Tier::kHost, job->host_offset + se.offset), se.length);
     if (got != se.xxh3) {
-      status = Corruption(model::DescribeSlice(*job->manifest, slice, job->files->path, model::ChecksumMismatch(se.xxh3, got)));
+      status = Corruption(
+          model::DescribeSlice(*job->manifest, slice, job->files->path, model::ChecksumMismatch(se.xxh3, got)));
       std::lock_guard lock(job->impl->mu);
       job->impl->counters.corrupt_slices++;
     }
@@ -256,7 +257,8 @@ void SliceRead(const std::shared_ptr<Job>& job, uint32_t slice, Status status) {
 
 Result<std::shared_ptr<Request>> Store::Promote(const std::string& model, std::vector<uint32_t> blocks, Tier to,
                                                 MoveOptions options) {
-  if (to == Tier::kSsd) return InvalidArgument("promote moves blocks up to host or GPU memory; to write to SSD, demote");
+  if (to == Tier::kSsd)
+    return InvalidArgument("promote moves blocks up to host or GPU memory; to write to SSD, demote");
   auto req = std::make_shared<Request>();
   req->on_slice = std::move(options.on_slice);
   struct Action {
@@ -446,8 +448,8 @@ Result<std::shared_ptr<Request>> Store::Demote(const std::string& model, std::ve
       if (manifest) {
         const auto& be = manifest->blocks[b];
         for (uint32_t i = 0; i < be.num_slices; ++i) {
-          req->SliceDone(SliceEvent{model, be.first_slice + i, "demote", manifest->slices[be.first_slice + i].length,
-                                    0, Since(req->start_time())});
+          req->SliceDone(SliceEvent{model, be.first_slice + i, "demote", manifest->slices[be.first_slice + i].length, 0,
+                                    Since(req->start_time())});
         }
       }
     }
@@ -471,7 +473,8 @@ Result<Lease> Store::ReserveForReceive(const std::string& model, uint32_t block)
 Status Store::Landed(const std::string& model, uint32_t slice) {
   std::lock_guard lock(impl_->mu);
   MC_ASSIGN_OR_RETURN(ModelState * ms, impl_->FindModel(model));
-  if (slice >= ms->manifest->slices.size()) return OutOfRange("model '" + model + "' has no slice " + std::to_string(slice));
+  if (slice >= ms->manifest->slices.size())
+    return OutOfRange("model '" + model + "' has no slice " + std::to_string(slice));
   const uint32_t b = ms->manifest->slices[slice].block;
   BlockState& bs = ms->blocks[b];
   Copy& h = bs.copy[int(Tier::kHost)];

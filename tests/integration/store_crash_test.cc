@@ -48,8 +48,8 @@ TEST(StoreCrashTest, SigkillDuringWriteBehindLeavesTheOldCopyOrTheNew) {
   ASSERT_NE(old_m, new_m);
   const std::string ssd = (dir / "ssd").string();
   auto import = [&](const std::string& pkg) {
-    return std::vector<std::string>{ToolPath("modelcast"), "store", "import", pkg, "--ssd-dir", ssd,
-                                    "--host-capacity", "48MiB", "--replace"};
+    return std::vector<std::string>{ToolPath("modelcast"), "store", "import",   pkg, "--ssd-dir", ssd,
+                                    "--host-capacity",     "48MiB", "--replace"};
   };
   const auto t0 = std::chrono::steady_clock::now();
   auto first = testing::RunProcess(import((dir / "v0").string()), 120s);
@@ -124,9 +124,8 @@ TEST(StoreCrashTest, FullDiskMidWriteKeepsThePreviousCopy) {
   // Room for one copy and a half: the second copy runs out of space while it is staged.
   TmpfsMount mount(dir / "ssd", "size=" + std::to_string(total * 3 / 2 + 64 * 1024));
   if (!mount.ok()) GTEST_SKIP() << mount.why();
-  auto put = testing::RunProcess({ToolPath("modelcast"), "store", "import", (dir / "v0").string(), "--ssd-dir",
-                                  (dir / "ssd").string()},
-                                 60s);
+  auto put = testing::RunProcess(
+      {ToolPath("modelcast"), "store", "import", (dir / "v0").string(), "--ssd-dir", (dir / "ssd").string()}, 60s);
   ASSERT_EQ(put.exit_code, 0) << put.err;
 
   auto v1 = model::Package::Open(dir / "v1");

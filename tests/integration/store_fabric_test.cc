@@ -85,7 +85,8 @@ TEST_P(StoreFabricTest, ReceivesIntoTheHostPoolAndWritesBehind) {
   dst_leases.clear();
 
   ASSERT_TRUE(dst.FlushWriteBehind("m", 30s).ok());
-  const auto* h = dst.GetInventory().Find("m");
+  const auto inventory = dst.GetInventory();
+  const auto* h = inventory.Find("m");
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->slices[int(Tier::kHost)].size(), nslices);
   EXPECT_EQ(h->slices[int(Tier::kSsd)].size(), nslices);

@@ -165,7 +165,8 @@ TEST_F(StoreTest, PackageWhoseFilesDisagreeIsSetAside) {
   fs::resize_file(ssd_ / "m" / manifest_.blocks[3].file, manifest_.blocks[3].file_bytes - 4096);
   auto store = Open(16 << 20);
   ASSERT_TRUE(store);
-  const auto* h = store->GetInventory().Find("m");
+  const auto inventory = store->GetInventory();
+  const auto* h = inventory.Find("m");
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->slices[int(Tier::kSsd)].size(), manifest_.slices.size() - manifest_.blocks[3].num_slices);
   Status st = Run(store->Promote("m", {3}, Tier::kHost));
@@ -215,7 +216,7 @@ TEST_F(StoreTest, BlocksPastTheirKeepAliveAreEvictedFirst) {
   ASSERT_TRUE(store);
   store->SetKeepAlive("m", 100);
   store->SetKeepAlive("other", 1);
-  ASSERT_TRUE(Run(store->Promote("m", {1}, Tier::kHost)).ok());      // used at 0, kept until 100
+  ASSERT_TRUE(Run(store->Promote("m", {1}, Tier::kHost)).ok());  // used at 0, kept until 100
   now = 5;
   ASSERT_TRUE(Run(store->Promote("other", {1}, Tier::kHost)).ok());  // used at 5, kept until 6
   now = 10;
@@ -249,7 +250,8 @@ TEST_F(StoreTest, ReceivedBlocksAreWrittenBehindAndFoundAfterRestart) {
       }
     }
     ASSERT_TRUE(store->FlushWriteBehind("fresh", 30s).ok());
-    const auto* h = store->GetInventory().Find("fresh");
+    const auto inventory = store->GetInventory();
+    const auto* h = inventory.Find("fresh");
     EXPECT_TRUE(h->ssd_complete);
     EXPECT_EQ(h->slices[int(Tier::kSsd)].size(), m.slices.size());
     EXPECT_EQ(store->counters().bytes_written_ssd, [&] {
@@ -333,7 +335,8 @@ TEST_F(StoreTest, BadInputGetsClearErrors) {
   auto cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 0\nhost_capacity: 1GiB\n", "node.yaml");
   ASSERT_TRUE(cfg.ok());
   EXPECT_EQ(StoreOptions::FromConfig(*cfg).status().message(), "node.yaml:2: ssd_capacity: must be more than 0 bytes");
-  cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 1TiB\nhost_capacity: 1GiB\nhost_capacty: 2GiB\n", "node.yaml");
+  cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 1TiB\nhost_capacity: 1GiB\nhost_capacty: 2GiB\n",
+                                "node.yaml");
   ASSERT_TRUE(cfg.ok());
   EXPECT_NE(StoreOptions::FromConfig(*cfg).status().message().find("host_capacty"), std::string::npos);
   cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 1TiB\nhost_capacity: 1GiB\nkeep_alive: 90s\n", "node.yaml");

@@ -40,11 +40,13 @@ struct StoreFlags {
 nlohmann::json InventoryJson(const tiers::Inventory& inv) {
   nlohmann::json j;
   for (const auto& t : inv.tiers) {
-    j["tiers"].push_back({{"tier", tiers::TierName(t.tier)}, {"capacity", t.capacity}, {"used", t.used}, {"pinned", t.pinned}});
+    j["tiers"].push_back(
+        {{"tier", tiers::TierName(t.tier)}, {"capacity", t.capacity}, {"used", t.used}, {"pinned", t.pinned}});
   }
   j["models"] = nlohmann::json::array();
   for (const auto& m : inv.models) {
-    nlohmann::json mj{{"model", m.model}, {"bytes", m.bytes}, {"slices", m.num_slices}, {"ssd_complete", m.ssd_complete}};
+    nlohmann::json mj{
+        {"model", m.model}, {"bytes", m.bytes}, {"slices", m.num_slices}, {"ssd_complete", m.ssd_complete}};
     for (int t = 0; t < tiers::kNumTiers; ++t) mj[tiers::TierName(tiers::Tier(t))] = m.slices[t].size();
     j["models"].push_back(std::move(mj));
   }
@@ -53,8 +55,9 @@ nlohmann::json InventoryJson(const tiers::Inventory& inv) {
 
 int Inventory(const std::vector<std::string>& args) {
   StoreFlags f;
-  ArgParser p("modelcast store inventory", "Open the store (cleaning up interrupted writes, re-verifying what it did "
-                                           "not write) and list what each tier holds.");
+  ArgParser p("modelcast store inventory",
+              "Open the store (cleaning up interrupted writes, re-verifying what it did "
+              "not write) and list what each tier holds.");
   f.Declare(p);
   if (int rc = ParseOrExit("store inventory", p, args); rc >= 0) return rc;
   auto store = f.Open();
@@ -104,7 +107,8 @@ int Import(const std::vector<std::string>& args) {
     if (!lease.ok()) return Fail("store import", lease.status());
     for (uint32_t i = b.first_slice; i < b.first_slice + b.num_slices; ++i) {
       const auto& se = m.slices[i];
-      if (Status st = pkg->ReadSlice(i, {lease->data() + se.offset, se.length}); !st.ok()) return Fail("store import", st);
+      if (Status st = pkg->ReadSlice(i, {lease->data() + se.offset, se.length}); !st.ok())
+        return Fail("store import", st);
       if (Status st = s.Landed(m.name, i); !st.ok()) return Fail("store import", st);
     }
     std::printf("received block %u\n", b.index);
@@ -135,8 +139,12 @@ int Load(const std::vector<std::string>& args) {
   const auto manifest = (*store)->FindModel(model);
   const double gbps = manifest->TotalBytes() / secs / 1e9;
   if (f.json) {
-    std::printf("%s\n", nlohmann::json{{"model", model}, {"to", to}, {"bytes", manifest->TotalBytes()},
-                                       {"seconds", secs}, {"gb_per_s", gbps}}.dump().c_str());
+    std::printf(
+        "%s\n",
+        nlohmann::json{
+            {"model", model}, {"to", to}, {"bytes", manifest->TotalBytes()}, {"seconds", secs}, {"gb_per_s", gbps}}
+            .dump()
+            .c_str());
   } else {
     std::printf("loaded '%s' to %s: %s in %.3f s (%.2f GB/s)\n", model.c_str(), to.c_str(),
                 FormatBytes(manifest->TotalBytes()).c_str(), secs, gbps);

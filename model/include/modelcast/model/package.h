@@ -33,7 +33,8 @@ struct VerifyReport {
 
 // "model 'tiny': block 2 slice 5 (slice 17 of the model) in PATH at offset N: PROBLEM": how
 // every bad slice is named, wherever it was found (a package, the tiered store).
-std::string DescribeSlice(const Manifest& manifest, uint32_t slice, const std::string& path, const std::string& problem);
+std::string DescribeSlice(const Manifest& manifest, uint32_t slice, const std::string& path,
+                          const std::string& problem);
 // The problem part for a slice whose bytes hash to `got`: "checksum mismatch (expected .., got ..)".
 std::string ChecksumMismatch(uint64_t expected, uint64_t got);
 

@@ -32,17 +32,17 @@ struct ReadOp {
 };
 
 struct IoEngineOptions {
-  unsigned queue_depth = 32;         // chunks in flight
+  unsigned queue_depth = 32;          // chunks in flight
   uint64_t chunk_bytes = 1ull << 20;  // the unit of one read request
-  bool io_uring = true;              // false: pread threads (what the fallback uses)
+  bool io_uring = true;               // false: pread threads (what the fallback uses)
 };
 
 struct IoCounters {
   std::atomic<uint64_t> bytes{0};
   std::atomic<uint64_t> requests{0};
-  std::atomic<uint64_t> uring_refused{0};      // 1 when the engine runs on pread threads
-  std::atomic<uint64_t> fixed_refused{0};      // 1 when registering the buffers failed
-  std::atomic<uint64_t> direct_refused{0};     // reads retried through the page cache
+  std::atomic<uint64_t> uring_refused{0};   // 1 when the engine runs on pread threads
+  std::atomic<uint64_t> fixed_refused{0};   // 1 when registering the buffers failed
+  std::atomic<uint64_t> direct_refused{0};  // reads retried through the page cache
 };
 
 class IoEngine {

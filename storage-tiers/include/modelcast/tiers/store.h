@@ -32,7 +32,7 @@ namespace modelcast::tiers {
 
 enum class Tier : int { kSsd = 0, kHost = 1, kGpu = 2 };
 inline constexpr int kNumTiers = 3;
-const char* TierName(Tier tier);             // "ssd", "host", "gpu"
+const char* TierName(Tier tier);  // "ssd", "host", "gpu"
 Result<Tier> ParseTier(const std::string& name);
 
 struct StoreOptions {
@@ -42,14 +42,14 @@ struct StoreOptions {
   bool populate_host = true;   // fault the pool in at start (as pinning does), not on first use
   uint64_t gpu_capacity = 0;   // bytes of the device arena (0: no GPU tier even with a GPU)
   int gpu_device = 0;
-  double keep_alive = 300;     // seconds a block stays in its tier after last use before it is
-                               // demoted (GPU -> host) or first in line for eviction
-  unsigned queue_depth = 32;   // SSD reads in flight
+  double keep_alive = 300;    // seconds a block stays in its tier after last use before it is
+                              // demoted (GPU -> host) or first in line for eviction
+  unsigned queue_depth = 32;  // SSD reads in flight
   uint64_t io_chunk = 1ull << 20;
-  bool io_uring = true;        // false: pread threads (for comparison; the fallback uses them)
-  int copy_streams = 4;        // CUDA streams for host <-> GPU copies
-  unsigned workers = 0;        // checksum and completion threads (0: one per core, at most 4)
-  double maintain_interval = 1;  // seconds between keep-alive sweeps (0: only when Maintain() is called)
+  bool io_uring = true;           // false: pread threads (for comparison; the fallback uses them)
+  int copy_streams = 4;           // CUDA streams for host <-> GPU copies
+  unsigned workers = 0;           // checksum and completion threads (0: one per core, at most 4)
+  double maintain_interval = 1;   // seconds between keep-alive sweeps (0: only when Maintain() is called)
   std::function<double()> clock;  // seconds; steady_clock when empty (tests pass their own)
 
   // The `store` section of a node config:
@@ -70,7 +70,7 @@ struct ModelHoldings {
   uint64_t bytes = 0;  // the model's total (manifest)
   uint32_t num_slices = 0;
   std::vector<uint32_t> slices[kNumTiers];  // sorted slice indices held in each tier
-  bool ssd_complete = false;               // a committed package on SSD
+  bool ssd_complete = false;                // a committed package on SSD
 };
 
 struct Inventory {
@@ -84,8 +84,8 @@ struct StoreCounters {
   uint64_t bytes_to_gpu = 0;
   uint64_t bytes_written_ssd = 0;
   uint64_t evictions[kNumTiers] = {0, 0, 0};
-  uint64_t demotions = 0;        // GPU -> host copies (keep-alive expiry or eviction)
-  uint64_t corrupt_slices = 0;   // read from SSD and failed their checksum
+  uint64_t demotions = 0;       // GPU -> host copies (keep-alive expiry or eviction)
+  uint64_t corrupt_slices = 0;  // read from SSD and failed their checksum
   uint64_t uring_refused = 0, direct_refused = 0;
 };
 
@@ -101,8 +101,8 @@ class Lease {
   Lease(const Lease&) = delete;
   Lease& operator=(const Lease&) = delete;
 
-  uint8_t* data() const { return data_; }  // the block's buffer (host or device address)
-  uint64_t size() const { return size_; }   // the block's file_bytes
+  uint8_t* data() const { return data_; }                // the block's buffer (host or device address)
+  uint64_t size() const { return size_; }                // the block's file_bytes
   uint64_t pool_offset() const { return pool_offset_; }  // within the host pool or device arena
   Tier tier() const { return tier_; }
   uint32_t block() const { return block_; }
