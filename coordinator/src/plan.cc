@@ -6,27 +6,6 @@ namespace modelcast::coord {
 
 using nlohmann::json;
 
-std::string_view TierName(Tier t) {
-  switch (t) {
-    case Tier::kNone:
-      return "none";
-    case Tier::kSsd:
-      return "ssd";
-    case Tier::kHost:
-      return "host";
-    case Tier::kGpu:
-      return "gpu";
-  }
-  return "none";
-}
-
-Result<Tier> ParseTier(std::string_view name) {
-  for (Tier t : {Tier::kNone, Tier::kSsd, Tier::kHost, Tier::kGpu}) {
-    if (TierName(t) == name) return t;
-  }
-  return InvalidArgument("unknown tier '" + std::string(name) + "' (expected gpu, host, ssd or none)");
-}
-
 int64_t Plan::FirstPipelineTick() const {
   for (const auto& set : pipelines) {
     if (!set.pipelines.empty()) return set.tick;

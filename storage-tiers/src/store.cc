@@ -9,25 +9,6 @@
 
 namespace modelcast::tiers {
 
-const char* TierName(Tier tier) {
-  switch (tier) {
-    case Tier::kSsd:
-      return "ssd";
-    case Tier::kHost:
-      return "host";
-    case Tier::kGpu:
-      return "gpu";
-  }
-  return "?";
-}
-
-Result<Tier> ParseTier(const std::string& name) {
-  if (name == "ssd") return Tier::kSsd;
-  if (name == "host") return Tier::kHost;
-  if (name == "gpu") return Tier::kGpu;
-  return InvalidArgument("unknown tier '" + name + "' (expected ssd, host or gpu)");
-}
-
 std::string BlockName(const std::string& model, uint32_t block) {
   return "block " + std::to_string(block) + " of model '" + model + "'";
 }
@@ -72,6 +53,13 @@ Result<StoreOptions> StoreOptions::FromConfig(const ConfigNode& node) {
 const ModelHoldings* Inventory::Find(const std::string& model) const {
   for (const auto& m : models) {
     if (m.model == model) return &m;
+  }
+  return nullptr;
+}
+
+const TierUsage* Inventory::Usage(Tier tier) const {
+  for (const auto& t : tiers) {
+    if (t.tier == tier) return &t;
   }
   return nullptr;
 }
@@ -300,7 +288,7 @@ Status Store::AddModel(const model::Manifest& manifest, bool replace) {
         const Copy& c = it->second.blocks[b].copy[int(t)];
         if (c.pins > 0 || c.busy > 0) {
           return FailedPrecondition("cannot replace model '" + manifest.name + "': " + BlockName(manifest.name, b) +
-                                    " is in use in " + TierName(t));
+                                    " is in use in " + std::string(TierName(t)));
         }
       }
       if (it->second.blocks[b].write_queued) {
@@ -354,12 +342,13 @@ Status Store::RemoveModel(const std::string& model) {
 // ---- Leases ----
 
 Result<Lease> Store::Acquire(const std::string& model, uint32_t block, Tier tier) {
-  if (tier == Tier::kSsd) return InvalidArgument("blocks are acquired in host or GPU memory, not on SSD");
+  if (tier != Tier::kHost && tier != Tier::kGpu)
+    return InvalidArgument("blocks are acquired in host or GPU memory, not in " + std::string(TierName(tier)));
   std::lock_guard lock(impl_->mu);
   MC_ASSIGN_OR_RETURN(BlockState * bs, impl_->FindBlock(model, block));
   Copy& c = bs->copy[int(tier)];
   if (!c.complete()) {
-    return FailedPrecondition(BlockName(model, block) + " is not resident in " + TierName(tier) + " (" +
+    return FailedPrecondition(BlockName(model, block) + " is not resident in " + std::string(TierName(tier)) + " (" +
                               std::to_string(c.allocated ? c.count : 0) + " of " + std::to_string(c.slices.size()) +
                               " slices)");
   }
@@ -381,7 +370,8 @@ Lease Store::MakeLease(const std::string& model, uint32_t block, Tier tier, uint
 }
 
 Result<Lease> Store::AcquireSlice(const std::string& model, uint32_t slice, Tier tier) {
-  if (tier == Tier::kSsd) return InvalidArgument("slices are acquired in host or GPU memory, not on SSD");
+  if (tier != Tier::kHost && tier != Tier::kGpu)
+    return InvalidArgument("slices are acquired in host or GPU memory, not in " + std::string(TierName(tier)));
   std::lock_guard lock(impl_->mu);
   MC_ASSIGN_OR_RETURN(ModelState * ms, impl_->FindModel(model));
   if (slice >= ms->manifest->slices.size()) {
@@ -393,7 +383,7 @@ Result<Lease> Store::AcquireSlice(const std::string& model, uint32_t slice, Tier
   const uint32_t i = slice - ms->manifest->blocks[block].first_slice;
   if (!c.allocated || !c.slices[i]) {
     return FailedPrecondition("slice " + std::to_string(slice) + " of model '" + model + "' is not resident in " +
-                              TierName(tier));
+                              std::string(TierName(tier)));
   }
   c.pins++;
   bs.last_use = impl_->Now();

@@ -257,8 +257,10 @@ void SliceRead(const std::shared_ptr<Job>& job, uint32_t slice, Status status) {
 
 Result<std::shared_ptr<Request>> Store::Promote(const std::string& model, std::vector<uint32_t> blocks, Tier to,
                                                 MoveOptions options) {
-  if (to == Tier::kSsd)
-    return InvalidArgument("promote moves blocks up to host or GPU memory; to write to SSD, demote");
+  if (to != Tier::kHost && to != Tier::kGpu) {
+    return InvalidArgument("promote moves blocks up to host or GPU memory, not to " + std::string(TierName(to)) +
+                           " (to write to SSD, demote)");
+  }
   auto req = std::make_shared<Request>();
   req->on_slice = std::move(options.on_slice);
   struct Action {
@@ -402,7 +404,8 @@ Result<std::shared_ptr<Request>> Store::Promote(const std::string& model, std::v
 // ---- Demote ----
 
 Result<std::shared_ptr<Request>> Store::Demote(const std::string& model, std::vector<uint32_t> blocks, Tier to) {
-  if (to == Tier::kGpu) return InvalidArgument("demote moves blocks down to host memory or SSD, not to the GPU");
+  if (to != Tier::kHost && to != Tier::kSsd)
+    return InvalidArgument("demote moves blocks down to host memory or SSD, not to " + std::string(TierName(to)));
   auto req = std::make_shared<Request>();
   {
     std::lock_guard lock(impl_->mu);

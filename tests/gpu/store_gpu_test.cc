@@ -88,8 +88,8 @@ TEST_F(StoreGpuTest, GpuEvictionDemotesToHostAndNeverTouchesPinnedBlocks) {
     ASSERT_TRUE((*req)->Wait(30s).ok()) << "block " << b;
   }
   const auto inv = (*store)->GetInventory();
-  ASSERT_EQ(inv.tiers.size(), 3u);
-  EXPECT_LE(inv.tiers[int(Tier::kGpu)].used, inv.tiers[int(Tier::kGpu)].capacity);
+  ASSERT_NE(inv.Usage(Tier::kGpu), nullptr);
+  EXPECT_LE(inv.Usage(Tier::kGpu)->used, inv.Usage(Tier::kGpu)->capacity);
   EXPECT_GT((*store)->counters().evictions[int(Tier::kGpu)], 0u);
   auto last = (*store)->Acquire("m", static_cast<uint32_t>(manifest_.blocks.size() - 1), Tier::kGpu);
   ASSERT_TRUE(last.ok());

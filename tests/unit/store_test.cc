@@ -320,6 +320,10 @@ TEST_F(StoreTest, BadInputGetsClearErrors) {
   EXPECT_EQ(store->Promote("nope", {}, Tier::kHost).status().message(), "the store has no model 'nope'");
   EXPECT_EQ(store->Promote("m", {9}, Tier::kHost).status().message(), "model 'm' has no block 9 (it has 4)");
   EXPECT_EQ(store->Promote("m", {0}, Tier::kSsd).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->Promote("m", {0}, Tier::kNone).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->Demote("m", {0}, Tier::kGpu).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store->Acquire("m", 0, Tier::kNone).status().message(),
+            "blocks are acquired in host or GPU memory, not in none");
   EXPECT_EQ(store->Promote("m", {0}, Tier::kGpu).status().code(),
             store->has_gpu() ? StatusCode::kOk : StatusCode::kFailedPrecondition);
   EXPECT_EQ(store->Acquire("m", 0, Tier::kHost).status().message(),
@@ -451,7 +455,7 @@ TEST_F(StoreTest, RandomOperationsKeepTheInvariants) {
         now += static_cast<double>(rng() % 4);
       }
       const auto inv = store->GetInventory();
-      ASSERT_LE(inv.tiers[int(Tier::kHost)].used, inv.tiers[int(Tier::kHost)].capacity);
+      ASSERT_LE(inv.Usage(Tier::kHost)->used, inv.Usage(Tier::kHost)->capacity);
       for (auto& [pb, l] : leases) ASSERT_TRUE(BlockIntact(manifest_, pb, l.data())) << "step " << step;
     }
   }
@@ -468,7 +472,7 @@ TEST_F(StoreTest, CapacityHoldsUnderConcurrentAcquires) {
   std::thread monitor([&] {
     while (!stop) {
       const auto inv = store->GetInventory();
-      uint64_t used = inv.tiers[int(Tier::kHost)].used;
+      uint64_t used = inv.Usage(Tier::kHost)->used;
       uint64_t prev = max_used.load();
       while (used > prev && !max_used.compare_exchange_weak(prev, used)) {
       }

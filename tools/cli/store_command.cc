@@ -41,13 +41,13 @@ nlohmann::json InventoryJson(const tiers::Inventory& inv) {
   nlohmann::json j;
   for (const auto& t : inv.tiers) {
     j["tiers"].push_back(
-        {{"tier", tiers::TierName(t.tier)}, {"capacity", t.capacity}, {"used", t.used}, {"pinned", t.pinned}});
+        {{"tier", std::string(TierName(t.tier))}, {"capacity", t.capacity}, {"used", t.used}, {"pinned", t.pinned}});
   }
   j["models"] = nlohmann::json::array();
   for (const auto& m : inv.models) {
     nlohmann::json mj{
         {"model", m.model}, {"bytes", m.bytes}, {"slices", m.num_slices}, {"ssd_complete", m.ssd_complete}};
-    for (int t = 0; t < tiers::kNumTiers; ++t) mj[tiers::TierName(tiers::Tier(t))] = m.slices[t].size();
+    for (Tier t : {Tier::kSsd, Tier::kHost, Tier::kGpu}) mj[std::string(TierName(t))] = m.slices[int(t)].size();
     j["models"].push_back(std::move(mj));
   }
   return j;
@@ -68,13 +68,13 @@ int Inventory(const std::vector<std::string>& args) {
     return kExitOk;
   }
   for (const auto& t : inv.tiers) {
-    std::printf("%-5s %s of %s used\n", tiers::TierName(t.tier), FormatBytes(t.used).c_str(),
+    std::printf("%-5s %s of %s used\n", std::string(TierName(t.tier)).c_str(), FormatBytes(t.used).c_str(),
                 FormatBytes(t.capacity).c_str());
   }
   for (const auto& m : inv.models) {
     std::printf("%s: %s, %u slices; on ssd %zu%s, host %zu, gpu %zu\n", m.model.c_str(), FormatBytes(m.bytes).c_str(),
-                m.num_slices, m.slices[0].size(), m.ssd_complete ? " (complete)" : "", m.slices[1].size(),
-                m.slices[2].size());
+                m.num_slices, m.slices[int(Tier::kSsd)].size(), m.ssd_complete ? " (complete)" : "",
+                m.slices[int(Tier::kHost)].size(), m.slices[int(Tier::kGpu)].size());
   }
   return kExitOk;
 }

@@ -16,15 +16,16 @@
 #include <nlohmann/json.hpp>
 
 #include "modelcast/common/status.h"
+#include "modelcast/common/tier.h"
 #include "modelcast/coord/model_shape.h"
 #include "modelcast/coord/slice_set.h"
 
 namespace modelcast::coord {
 
 // Where a copy of the model (or a slice) lives on a node, slowest to fastest.
-enum class Tier : uint8_t { kNone = 0, kSsd = 1, kHost = 2, kGpu = 3 };
-std::string_view TierName(Tier t);
-Result<Tier> ParseTier(std::string_view name);
+using ::modelcast::ParseTier;
+using ::modelcast::Tier;
+using ::modelcast::TierName;
 
 // A node as the planner sees it.
 struct PlanNode {

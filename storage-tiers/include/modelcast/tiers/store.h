@@ -25,15 +25,17 @@
 #include "modelcast/common/config.h"
 #include "modelcast/common/slice_event.h"
 #include "modelcast/common/status.h"
+#include "modelcast/common/tier.h"
 #include "modelcast/model/manifest.h"
 #include "modelcast/tiers/io_engine.h"
 
 namespace modelcast::tiers {
 
-enum class Tier : int { kSsd = 0, kHost = 1, kGpu = 2 };
-inline constexpr int kNumTiers = 3;
-const char* TierName(Tier tier);  // "ssd", "host", "gpu"
-Result<Tier> ParseTier(const std::string& name);
+using ::modelcast::ParseTier;
+using ::modelcast::Tier;
+using ::modelcast::TierName;
+// Arrays by tier are indexed by the Tier's value (kNone's slot stays empty).
+inline constexpr int kNumTiers = 4;
 
 struct StoreOptions {
   std::filesystem::path ssd_dir;
@@ -77,13 +79,14 @@ struct Inventory {
   std::vector<TierUsage> tiers;  // the tiers this node has
   std::vector<ModelHoldings> models;
   const ModelHoldings* Find(const std::string& model) const;
+  const TierUsage* Usage(Tier tier) const;  // nullptr for a tier this node lacks
 };
 
 struct StoreCounters {
   uint64_t bytes_read_ssd = 0;
   uint64_t bytes_to_gpu = 0;
   uint64_t bytes_written_ssd = 0;
-  uint64_t evictions[kNumTiers] = {0, 0, 0};
+  uint64_t evictions[kNumTiers] = {0, 0, 0, 0};
   uint64_t demotions = 0;       // GPU -> host copies (keep-alive expiry or eviction)
   uint64_t corrupt_slices = 0;  // read from SSD and failed their checksum
   uint64_t uring_refused = 0, direct_refused = 0;
