@@ -17,8 +17,26 @@
 
 namespace modelcast::bench {
 
+// The benchmark's name for its error lines; main sets it first.
+inline std::string& ProgramName() {
+  static std::string name = "bench";
+  return name;
+}
+
+// Prints "<program>: <message>" and exits with status 1.
+[[noreturn]] inline void Die(const Status& s) {
+  std::fprintf(stderr, "%s: %s\n", ProgramName().c_str(), s.message().c_str());
+  std::exit(1);
+}
+
+inline void Check(const Status& s) {
+  if (!s.ok()) Die(s);
+}
+
 // Seconds on the steady clock.
-inline double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+inline double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 inline double Median(std::vector<double> v) {
   if (v.empty()) return 0;

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "modelcast/common/args.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
@@ -27,11 +28,7 @@ using namespace modelcast;
 namespace fs = std::filesystem;
 
 namespace {
-
-[[noreturn]] void Die(const Status& s) {
-  std::fprintf(stderr, "planner_bench: %s\n", s.message().c_str());
-  std::exit(1);
-}
+using modelcast::bench::Die;
 
 template <typename T>
 T Must(Result<T> r) {
@@ -67,6 +64,7 @@ sim::Scenario MakeScenario(const coord::ClusterConfig& c, const std::string& mod
 }  // namespace
 
 int main(int argc, char** argv) {
+  modelcast::bench::ProgramName() = "planner_bench";
   InitLogging(argv[0], 1);
   std::string configs = MODELCAST_SOURCE_DIR "/cluster-configs";
   int64_t reps = 9;

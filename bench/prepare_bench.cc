@@ -38,17 +38,10 @@ namespace fs = std::filesystem;
 using namespace modelcast;
 
 namespace {
+using bench::Check;
+using bench::Die;
 using bench::Median;
 using bench::Now;
-
-[[noreturn]] void Die(const Status& s) {
-  std::fprintf(stderr, "prepare_bench: %s\n", s.message().c_str());
-  std::exit(1);
-}
-
-void Check(const Status& s) {
-  if (!s.ok()) Die(s);
-}
 
 Status RunCommand(const std::vector<std::string>& argv) {
   const pid_t pid = ::fork();
@@ -94,6 +87,7 @@ Status CopyLoop(const fs::path& src, const fs::path& dst, bool durable) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  modelcast::bench::ProgramName() = "prepare_bench";
   InitLogging(argv[0], 1);
   std::string preset = "medium", work, model_dir;
   int64_t reps = 11, blocks = 8;

@@ -35,16 +35,10 @@
 namespace modelcast {
 namespace {
 namespace fs = std::filesystem;
+using bench::Check;
+using bench::Die;
 using bench::Median;
 using bench::Now;
-
-[[noreturn]] void Die(const Status& s) {
-  std::fprintf(stderr, "tier_bench: %s\n", s.message().c_str());
-  std::exit(1);
-}
-void Check(const Status& s) {
-  if (!s.ok()) Die(s);
-}
 
 bool DropCaches() {
   ::sync();
@@ -131,6 +125,7 @@ double TimedPromote(const tiers::StoreOptions& o, const std::string& model, tier
 }  // namespace modelcast
 
 int main(int argc, char** argv) {
+  modelcast::bench::ProgramName() = "tier_bench";
   using namespace modelcast;
   InitLogging(argv[0], 1);
   std::string preset = "medium", work = "bench-work", model_dir;
