@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -51,18 +50,18 @@ TEST(StoreCrashTest, SigkillDuringWriteBehindLeavesTheOldCopyOrTheNew) {
     return std::vector<std::string>{ToolPath("modelcast"), "store", "import",   pkg, "--ssd-dir", ssd,
                                     "--host-capacity",     "48MiB", "--replace"};
   };
-  const auto t0 = std::chrono::steady_clock::now();
   auto first = testing::RunProcess(import((dir / "v0").string()), 120s);
   ASSERT_EQ(first.exit_code, 0) << first.err;
-  const auto full = std::chrono::steady_clock::now() - t0;
 
+  // Kill points: after the importer has received (and queued for write-behind) block k, and
+  // once after it has finished. Before its last block is written, only the old copy may show.
   int saw_old = 0, saw_new = 0;
-  for (double fraction : {0.1, 0.3, 0.5, 0.7, 0.9, 1.2}) {
-    SCOPED_TRACE("killed after " + std::to_string(fraction) + " of an import");
-    // Which version is on disk before this round (the previous round may have finished).
+  for (const std::string kill_after :
+       {"received block 0", "received block 3", "received block 6", "received block 7", "imported model"}) {
+    SCOPED_TRACE("killed after '" + kill_after + "'");
     {
-      testing::Child child(import((dir / (saw_new ? "v0" : "v1")).string()));
-      std::this_thread::sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(full * fraction));
+      testing::Child child(import((dir / "v1").string()));
+      ASSERT_TRUE(child.WaitForOutput(kill_after, 120s));
       child.Kill(SIGKILL);
       child.Wait(30s);
     }
@@ -79,18 +78,24 @@ TEST(StoreCrashTest, SigkillDuringWriteBehindLeavesTheOldCopyOrTheNew) {
     ASSERT_TRUE(pkg.ok()) << pkg.status().ToString();
     const std::string on_disk = pkg->manifest().Serialize();
     ASSERT_TRUE(on_disk == old_m || on_disk == new_m);
+    if (kill_after != "received block 7" && kill_after != "imported model") {
+      EXPECT_EQ(on_disk, old_m) << "a copy missing its last block cannot have replaced the old one";
+    }
+    if (kill_after == "imported model") {
+      EXPECT_EQ(on_disk, new_m);
+    }
     (on_disk == old_m ? saw_old : saw_new)++;
     auto report = pkg->Verify();
     ASSERT_TRUE(report.ok());
     EXPECT_TRUE(report->ok()) << pkg->Describe(report->bad.front());
-    // Alternate: the next round replaces whichever version is there now.
+    // Put the old version back for the next round.
     if (on_disk == new_m) {
       auto back = testing::RunProcess(import((dir / "v0").string()), 120s);
       ASSERT_EQ(back.exit_code, 0) << back.err;
-      saw_new = 0;
     }
   }
-  EXPECT_GT(saw_old, 0);  // at least one kill landed before the new copy was complete
+  EXPECT_GE(saw_old, 3);
+  EXPECT_GE(saw_new, 1);
 }
 
 // A tmpfs mounted for one test, unmounted after it.

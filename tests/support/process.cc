@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <fstream>
 
 #include <cstdlib>
 #include <filesystem>
@@ -84,6 +85,17 @@ bool Child::Running() {
 
 void Child::Kill(int signal) {
   if (!reaped_) ::kill(pid_, signal);
+}
+
+bool Child::WaitForOutput(const std::string& text, std::chrono::milliseconds deadline) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  for (;;) {
+    std::ifstream in(out_path_);
+    const std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (out.find(text) != std::string::npos) return true;
+    if (!Running() || std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 ProcessResult Child::Wait(std::chrono::milliseconds deadline) {

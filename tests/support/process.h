@@ -30,6 +30,9 @@ class Child {
   int pid() const { return pid_; }
   bool Running();
   void Kill(int signal);
+  // Waits until the process has written `text` to its stdout (true), or has exited or
+  // `deadline` passed without it (false).
+  bool WaitForOutput(const std::string& text, std::chrono::milliseconds deadline);
   // Waits for the process to exit, at most `deadline`; kills it when it does not.
   ProcessResult Wait(std::chrono::milliseconds deadline);
 
