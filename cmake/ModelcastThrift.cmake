@@ -1,5 +1,8 @@
 # modelcast_thrift_library(<target> IDL <file.thrift>...)
 #
+# Also generates the Python bindings into <binary dir>/gen-py (target <target>_py, built by
+# default), for Python clients such as an autoscaler: Debian's python3-thrift runs them.
+#
 # Generates C++ from each IDL with the thrift compiler at build time (re-run when the IDL
 # changes) and compiles it into a static library whose users include "<name>_types.h" and
 # "<Service>.h". The generated file list is derived from the IDL: <name>_types, plus
@@ -36,6 +39,23 @@ function(modelcast_thrift_library target)
       endif()
     endforeach()
   endforeach()
+  set(py_dir ${CMAKE_CURRENT_BINARY_DIR}/gen-py)
+  set(py_stamps)
+  foreach(idl IN LISTS ARG_IDL)
+    get_filename_component(idl_abs ${idl} ABSOLUTE)
+    get_filename_component(name ${idl} NAME_WE)
+    set(stamp ${py_dir}/.${name}.stamp)
+    add_custom_command(
+      OUTPUT ${stamp}
+      COMMAND ${CMAKE_COMMAND} -E make_directory ${py_dir}
+      COMMAND ${THRIFT_COMPILER} --gen py -I ${CMAKE_CURRENT_SOURCE_DIR} -out ${py_dir} ${idl_abs}
+      COMMAND ${CMAKE_COMMAND} -E touch ${stamp}
+      DEPENDS ${idl_abs}
+      COMMENT "thrift: generating Python for ${name}.thrift"
+      VERBATIM)
+    list(APPEND py_stamps ${stamp})
+  endforeach()
+  add_custom_target(${target}_py ALL DEPENDS ${py_stamps})
   add_library(${target} STATIC ${sources})
   target_include_directories(${target} SYSTEM PUBLIC ${out_dir})
   # Thrift's headers need Boost; its nonblocking server needs libthriftnb, linked before libevent.

@@ -1,6 +1,10 @@
-// The types shared by every modelcast RPC. Bulk bytes never travel through Thrift: it
-// carries plans, descriptors, inventories and progress. Services are added by the issues
-// that implement them (coordinator, agent, router).
+// Every modelcast RPC. Bulk bytes never travel through Thrift: it carries requests, plan
+// fragments, inventories and progress. Three services:
+//   Coordinator  on the cluster head, for autoscalers and the `modelcast` CLI;
+//   Membership   on the cluster head, for node agents (join, heartbeat, progress);
+//   Agent        on every node, for the coordinator (plan fragments, tier moves, serving).
+// Every call takes a RequestHeader first (credentials, caller, idempotency key) and every
+// failure is a typed exception with a message that names what is wrong.
 
 namespace cpp modelcast.rpc
 namespace py modelcast_rpc
@@ -45,4 +49,313 @@ struct ModelSummary {
   6: i64 slice_bytes,
   7: i64 total_bytes,
   8: i64 parameters,
+}
+
+// The caller's credentials could not be checked: no token, a wrong one, or no client
+// certificate where mutual TLS is required. Nothing was changed.
+exception NotAuthorized {
+  1: string message,
+}
+
+// Sent first in every request.
+struct RequestHeader {
+  1: optional string token,       // the shared secret, where mutual TLS is not configured
+  2: optional string caller,      // for logs: "autoscaler", "cli", a node's name
+  3: optional string request_id,  // idempotency key: a retried scaleOut with the same id returns the same operation
+}
+
+// ---- What nodes hold ----
+
+// Slices first .. first + count - 1.
+struct SliceRun {
+  1: i32 first,
+  2: i32 count,
+}
+
+struct TierUsage {
+  1: string tier,   // "ssd", "host", "gpu"
+  2: i64 capacity,
+  3: i64 used,
+  4: i64 pinned,    // cannot be evicted now
+}
+
+struct GpuInfo {
+  1: i32 index,
+  2: string name,
+  3: i64 memory_bytes,
+  4: i64 free_bytes,
+}
+
+// One model on one node: which slices each tier holds.
+struct ModelHolding {
+  1: string model,
+  2: string manifest_xxh3,  // which version (XXH3 of the manifest as serialized)
+  3: list<SliceRun> ssd,
+  4: list<SliceRun> host,
+  5: list<SliceRun> gpu,
+  6: bool ssd_complete,
+}
+
+struct NodeInventory {
+  1: list<TierUsage> tiers,
+  2: list<GpuInfo> gpus,
+  3: list<ModelHolding> models,
+}
+
+// ---- Coordinator: for autoscalers ----
+
+struct ModelInfo {
+  1: ModelSummary summary,
+  2: double keep_alive_s,
+  3: i32 instances,        // full local instances serving
+  4: i32 loading,          // replicas being loaded (serving as pipelines or not yet)
+  5: list<string> gpu_holders,
+  6: list<string> host_holders,
+  7: list<string> ssd_holders,
+}
+
+struct RegisterModelRequest {
+  1: RequestHeader header,
+  2: string name,
+  3: string manifest_json,       // the package's manifest.json
+  4: optional double keep_alive_s,
+}
+
+struct ScaleOptions {
+  1: optional string algorithm,       // "lambdapipe" (default), "binomial", "binary-tree", "chain", "unicast"
+  2: optional list<string> targets,   // only these nodes may receive
+  3: optional double deadline_s,      // the whole operation (default: from the cluster config)
+  4: optional bool dry_run,           // plan and report, move nothing
+}
+
+struct ScaleOutRequest {
+  1: RequestHeader header,
+  2: string model,
+  3: i32 replicas,                    // new replicas wanted (>= 1)
+  4: optional ScaleOptions options,
+}
+
+struct ScaleOutResponse {
+  1: string operation_id,
+  2: list<string> targets,
+  3: list<string> sources,
+  4: optional string plan_json,        // with dry_run
+}
+
+struct ScaleInRequest {
+  1: RequestHeader header,
+  2: string model,
+  3: i32 replicas,                     // replicas to release (>= 1)
+  4: optional list<string> nodes,      // which ones (default: the coordinator chooses)
+}
+
+enum OperationKind {
+  SCALE_OUT = 1,
+  SCALE_IN = 2,
+}
+
+enum OperationState {
+  PENDING = 1,
+  RUNNING = 2,
+  SUCCEEDED = 3,
+  FAILED = 4,
+  CANCELLED = 5,
+}
+
+struct NodeProgress {
+  1: string node,
+  2: string role,                      // "source", "target"
+  3: i32 slices_received,
+  4: i32 slices_total,
+  5: i64 bytes_received,
+  6: double rate_bytes_per_s,
+  7: string state,                     // "waiting", "receiving", "complete", "failed", "lost"
+  8: optional string error,
+}
+
+struct OperationStatus {
+  1: string id,
+  2: OperationKind kind,
+  3: string model,
+  4: i32 replicas,
+  5: OperationState state,
+  6: double created_unix,
+  7: optional double started_unix,
+  8: optional double finished_unix,
+  9: list<NodeProgress> nodes,
+  10: optional string error,
+  11: i32 replans,                     // times the plan was redone (a node died)
+  12: optional double first_pipeline_s, // since start: the first time a group of targets could serve
+}
+
+struct NodeStatus {
+  1: string name,
+  2: string rpc_address,
+  3: bool alive,
+  4: double last_heartbeat_unix,
+  5: NodeInventory inventory,
+}
+
+enum InstanceState {
+  LOADING = 1,                         // receiving, cannot serve yet
+  PIPELINE = 2,                        // serving as a stage of a cross-node pipeline
+  LOCAL = 3,                           // a full local instance
+  DRAINING = 4,                        // released, finishing its requests
+}
+
+struct Instance {
+  1: string model,
+  2: string node,
+  3: InstanceState state,
+  4: optional string pipeline_id,
+  5: double since_unix,
+}
+
+struct ClusterStatus {
+  1: string cluster,
+  2: list<NodeStatus> nodes,
+  3: list<ModelInfo> models,
+  4: list<OperationStatus> active_operations,
+}
+
+service Coordinator {
+  ModelInfo registerModel(1: RegisterModelRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  list<ModelInfo> listModels(1: RequestHeader header)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  ScaleOutResponse scaleOut(1: ScaleOutRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  string scaleIn(1: ScaleInRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  OperationStatus getOperation(1: RequestHeader header, 2: string operation_id)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  ClusterStatus getClusterStatus(1: RequestHeader header)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  list<Instance> listInstances(1: RequestHeader header, 2: string model)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+}
+
+// ---- Membership: for node agents ----
+
+struct JoinRequest {
+  1: RequestHeader header,
+  2: string node,
+  3: string rpc_address,               // host:port of its Agent service
+  4: string fabric_address,            // host:port its transport listens on
+  5: NodeInventory inventory,
+  6: double nic_bytes_per_s,
+  7: string version,
+}
+
+struct JoinResponse {
+  1: string cluster,
+  2: i64 epoch,                        // the coordinator's incarnation: a new one asks agents to rejoin
+  3: i32 heartbeat_interval_ms,
+  4: i32 heartbeat_deadline_ms,        // a node silent this long is taken as dead
+}
+
+struct HeartbeatRequest {
+  1: RequestHeader header,
+  2: string node,
+  3: i64 epoch,
+  4: optional NodeInventory inventory, // when it changed
+}
+
+struct HeartbeatResponse {
+  1: bool rejoin,                      // the coordinator does not know this node (it restarted)
+}
+
+struct SliceProgress {
+  1: i32 slice,
+  2: string source,                    // a peer, or the tier it came from
+  3: i64 bytes,
+  4: double started,                   // seconds since the fragment began
+  5: double finished,
+}
+
+struct ProgressReport {
+  1: RequestHeader header,
+  2: string node,
+  3: string operation_id,
+  4: list<SliceProgress> slices,       // since the last report
+  5: bool done,
+  6: optional string error,            // the fragment failed: why, naming peer and slices
+}
+
+service Membership {
+  JoinResponse join(1: JoinRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  HeartbeatResponse heartbeat(1: HeartbeatRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  void reportProgress(1: ProgressReport report)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+}
+
+// ---- Agent: for the coordinator ----
+
+struct FragmentStep {
+  1: i32 tick,
+  2: string peer,
+  3: i32 slice,
+}
+
+struct PeerAddress {
+  1: string node,
+  2: string fabric_address,
+}
+
+struct RunFragmentRequest {
+  1: RequestHeader header,
+  2: string operation_id,
+  3: string model,
+  4: string manifest_json,
+  5: list<FragmentStep> sends,
+  6: list<FragmentStep> receives,
+  7: list<i32> local_loads,            // slices this node loads from its own tiers
+  8: list<PeerAddress> peers,
+  9: double deadline_s,
+  10: string method,                   // "auto", "messages", "writes"
+}
+
+struct MoveRequest {
+  1: RequestHeader header,
+  2: string model,
+  3: list<i32> blocks,                 // empty: all
+  4: string tier,                      // load: "host" or "gpu"; demote: "host" or "ssd"
+}
+
+struct ServeRequest {
+  1: RequestHeader header,
+  2: string model,
+  3: optional string pipeline_id,      // absent: a full local instance
+  4: i32 first_block,
+  5: i32 end_block,
+  6: optional string next_stage,       // the node that takes this stage's activations
+}
+
+struct AgentStatus {
+  1: string node,
+  2: NodeInventory inventory,
+  3: list<string> running_operations,
+  4: list<Instance> serving,
+}
+
+service Agent {
+  // Accepted once validated; it runs in the background and reports through Membership.reportProgress.
+  void runFragment(1: RunFragmentRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  void cancelOperation(1: RequestHeader header, 2: string operation_id)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  void load(1: MoveRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  void demote(1: MoveRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  void evict(1: MoveRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  void startServing(1: ServeRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  void stopServing(1: ServeRequest req)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  AgentStatus getStatus(1: RequestHeader header)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
 }
