@@ -25,7 +25,7 @@ PACKAGES=(
   libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev
   clang libclang-rt-14-dev
-  iproute2 iputils-ping iperf3 fio
+  iproute2 iputils-ping iperf3 fio openssl
 )
 
 log() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }

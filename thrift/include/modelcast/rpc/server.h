@@ -1,0 +1,53 @@
+// A Thrift server and client connections with modelcast's security: binary protocol over
+// buffered sockets, mutual TLS when configured. The server binds only to the address it is
+// given and serves each connection on its own thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <thrift/TProcessor.h>
+#include <thrift/protocol/TProtocol.h>
+#include <thrift/transport/TTransport.h>
+
+#include "modelcast/common/status.h"
+#include "modelcast/rpc/security.h"
+
+namespace apache::thrift::server {
+class TThreadedServer;
+}
+
+namespace modelcast::rpc {
+
+class RpcServer {
+ public:
+  // Listens on address:port (port 0: any free port; port() tells which) and serves in the
+  // background. A bad address, a port in use or unreadable TLS files are errors.
+  static Result<std::unique_ptr<RpcServer>> Start(std::shared_ptr<apache::thrift::TProcessor> processor,
+                                                  const std::string& address, int port, const SecurityConfig& security);
+  ~RpcServer();  // stops serving and joins its threads
+  RpcServer(const RpcServer&) = delete;
+  RpcServer& operator=(const RpcServer&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  RpcServer() = default;
+  std::shared_ptr<apache::thrift::server::TThreadedServer> server_;
+  std::thread thread_;
+  int port_ = 0;
+};
+
+// An open connection to a server: `protocol` is what generated clients take.
+struct RpcConnection {
+  std::shared_ptr<apache::thrift::transport::TTransport> transport;
+  std::shared_ptr<apache::thrift::protocol::TProtocol> protocol;
+  ~RpcConnection();
+};
+
+// Connects to address:port within `timeout_ms` (also each call's send/receive timeout).
+Result<std::unique_ptr<RpcConnection>> Connect(const std::string& address, int port, const SecurityConfig& security,
+                                               int timeout_ms = 5000);
+
+}  // namespace modelcast::rpc
