@@ -76,7 +76,9 @@ Result<ClusterConfig> ClusterConfig::Load(const std::filesystem::path& path) {
 }
 
 Result<ClusterConfig> ClusterConfig::Parse(const ConfigNode& root) {
-  MC_RETURN_IF_ERROR(root.CheckKeys({"name", "description", "defaults", "node_groups", "nodes", "network"}));
+  // `coordinator` (the daemon's own settings) is read by CoordinatorConfig, not here.
+  MC_RETURN_IF_ERROR(
+      root.CheckKeys({"name", "description", "defaults", "node_groups", "nodes", "network", "coordinator"}));
   ClusterConfig c;
   MC_ASSIGN_OR_RETURN(c.name, root.GetString("name"));
   MC_ASSIGN_OR_RETURN(c.description, root.GetString("description", ""));

@@ -87,12 +87,15 @@ void Child::Kill(int signal) {
   if (!reaped_) ::kill(pid_, signal);
 }
 
+std::string Child::Stdout() const {
+  std::ifstream in(out_path_);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 bool Child::WaitForOutput(const std::string& text, std::chrono::milliseconds deadline) {
   const auto until = std::chrono::steady_clock::now() + deadline;
   for (;;) {
-    std::ifstream in(out_path_);
-    const std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (out.find(text) != std::string::npos) return true;
+    if (Stdout().find(text) != std::string::npos) return true;
     if (!Running() || std::chrono::steady_clock::now() > until) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }

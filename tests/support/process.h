@@ -33,6 +33,8 @@ class Child {
   // Waits until the process has written `text` to its stdout (true), or has exited or
   // `deadline` passed without it (false).
   bool WaitForOutput(const std::string& text, std::chrono::milliseconds deadline);
+  // What the process has written to stdout so far.
+  std::string Stdout() const;
   // Waits for the process to exit, at most `deadline`; kills it when it does not.
   ProcessResult Wait(std::chrono::milliseconds deadline);
 

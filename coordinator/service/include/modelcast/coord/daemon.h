@@ -1,0 +1,110 @@
+// The coordinator daemon (`modelcast-coordinator --config cluster.yaml`): the cluster's state
+// (nodes and their heartbeats, registered models), kept across restarts in an append-only
+// journal, served over Thrift to autoscalers (Coordinator) and node agents (Membership).
+//
+// Built so far: model registration and listing, agent membership (join, heartbeat with a
+// deadline, inventories), cluster status, security on every call, restart from the journal.
+// Not yet: scale-out and scale-in operations (planning, dispatch, progress), instances.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "modelcast/common/config.h"
+#include "modelcast/common/journal.h"
+#include "modelcast/coord/cluster.h"
+#include "modelcast/model/manifest.h"
+#include "modelcast/rpc/security.h"
+#include "modelcast/rpc/server.h"
+#include "modelcast_types.h"
+
+namespace modelcast::coord {
+
+// The `coordinator` section of the cluster YAML.
+//   coordinator: {address: 10.0.0.1, port: 7300, state_dir: /var/lib/modelcast/coordinator,
+//                 heartbeat_interval: 1s, heartbeat_deadline: 5s,
+//                 security: {token_file: /etc/modelcast/token}}
+struct CoordinatorConfig {
+  std::string address = "127.0.0.1";
+  int port = 7300;
+  std::filesystem::path state_dir;
+  double heartbeat_interval = 1;
+  double heartbeat_deadline = 5;
+  rpc::SecurityConfig security;
+
+  static Result<CoordinatorConfig> FromConfig(const ConfigNode& node);
+};
+
+// What the coordinator knows. Thread-safe; every change to models is journaled before it is
+// visible.
+class ClusterState {
+ public:
+  static Result<std::unique_ptr<ClusterState>> Open(const ClusterConfig& cluster, const CoordinatorConfig& config);
+
+  int64_t epoch() const { return epoch_; }
+  const std::string& cluster_name() const { return cluster_.name; }
+
+  Result<rpc::ModelInfo> RegisterModel(const std::string& name, const std::string& manifest_json,
+                                       std::optional<double> keep_alive);
+  std::vector<rpc::ModelInfo> ListModels() const;
+  bool HasModel(const std::string& name) const;
+
+  // Membership. A node must be in the cluster config; joining replaces what it said before.
+  Status Join(const rpc::JoinRequest& req);
+  // false: the node has not joined this epoch of the coordinator (it must rejoin).
+  Result<bool> Heartbeat(const rpc::HeartbeatRequest& req);
+
+  rpc::ClusterStatus GetStatus() const;
+
+ private:
+  struct Node {
+    NodeConfig config;
+    bool joined = false;
+    std::string rpc_address, fabric_address;
+    std::chrono::steady_clock::time_point last_heartbeat;
+    double last_heartbeat_unix = 0;
+    rpc::NodeInventory inventory;
+  };
+  struct Model {
+    std::shared_ptr<const model::Manifest> manifest;
+    std::string manifest_json;
+    double keep_alive = 300;
+  };
+  ClusterState(ClusterConfig cluster, CoordinatorConfig config)
+      : cluster_(std::move(cluster)), config_(std::move(config)) {}
+  Status Replay(const nlohmann::json& record);
+  rpc::ModelInfo InfoLocked(const std::string& name, const Model& m) const;
+  bool AliveLocked(const Node& n) const;
+
+  ClusterConfig cluster_;
+  CoordinatorConfig config_;
+  int64_t epoch_ = 0;
+  std::unique_ptr<Journal> journal_;
+  mutable std::mutex mu_;
+  std::map<std::string, Node> nodes_;
+  std::map<std::string, Model> models_;
+};
+
+// The running daemon: state plus its Thrift server (Coordinator and Membership multiplexed).
+class CoordinatorDaemon {
+ public:
+  static Result<std::unique_ptr<CoordinatorDaemon>> Start(const ClusterConfig& cluster,
+                                                          const CoordinatorConfig& config);
+  int port() const { return server_->port(); }
+  ClusterState& state() { return *state_; }
+
+ private:
+  std::unique_ptr<ClusterState> state_;
+  std::unique_ptr<rpc::RpcServer> server_;
+};
+
+// Service names on the multiplexed server.
+inline constexpr const char* kCoordinatorService = "Coordinator";
+inline constexpr const char* kMembershipService = "Membership";
+
+}  // namespace modelcast::coord

@@ -1,0 +1,173 @@
+// The coordinator's Thrift services: every call checks the caller first, turns the request into
+// a call on ClusterState, and turns a failed Status into the IDL's typed exception.
+#include <thrift/processor/TMultiplexedProcessor.h>
+
+#include <glog/logging.h>
+
+#include "Coordinator.h"
+#include "Membership.h"
+#include "modelcast/coord/daemon.h"
+
+namespace modelcast::coord {
+namespace {
+
+rpc::ErrorCode::type ToErrorCode(StatusCode c) {
+  switch (c) {
+    case StatusCode::kNotFound:
+      return rpc::ErrorCode::NOT_FOUND;
+    case StatusCode::kAlreadyExists:
+      return rpc::ErrorCode::ALREADY_EXISTS;
+    case StatusCode::kCorruption:
+      return rpc::ErrorCode::CORRUPTION;
+    case StatusCode::kIOError:
+      return rpc::ErrorCode::IO_ERROR;
+    case StatusCode::kOutOfRange:
+      return rpc::ErrorCode::OUT_OF_RANGE;
+    case StatusCode::kResourceExhausted:
+      return rpc::ErrorCode::RESOURCE_EXHAUSTED;
+    case StatusCode::kFailedPrecondition:
+      return rpc::ErrorCode::FAILED_PRECONDITION;
+    case StatusCode::kDeadlineExceeded:
+      return rpc::ErrorCode::DEADLINE_EXCEEDED;
+    case StatusCode::kCancelled:
+      return rpc::ErrorCode::CANCELLED;
+    case StatusCode::kUnimplemented:
+      return rpc::ErrorCode::UNIMPLEMENTED;
+    case StatusCode::kInternal:
+      return rpc::ErrorCode::INTERNAL;
+    default:
+      return rpc::ErrorCode::INVALID_ARGUMENT;
+  }
+}
+
+// Throws the exception the IDL declares for a failed Status.
+[[noreturn]] void Throw(const Status& st) {
+  if (st.code() == StatusCode::kPermissionDenied) {
+    rpc::NotAuthorized e;
+    e.message = st.message();
+    throw e;
+  }
+  if (st.code() == StatusCode::kUnavailable) {
+    rpc::Unavailable e;
+    e.message = st.message();
+    e.retry_after_ms = 1000;
+    throw e;
+  }
+  rpc::InvalidRequest e;
+  e.code = ToErrorCode(st.code());
+  e.message = st.message();
+  throw e;
+}
+
+void Check(const Status& st) {
+  if (!st.ok()) Throw(st);
+}
+
+class CoordinatorHandler : public rpc::CoordinatorIf {
+ public:
+  CoordinatorHandler(ClusterState* state, const rpc::SecurityConfig& security) : state_(state), security_(security) {}
+
+  void registerModel(rpc::ModelInfo& out, const rpc::RegisterModelRequest& req) override {
+    Check(rpc::CheckCaller(security_, req.header, "registerModel"));
+    auto info = state_->RegisterModel(
+        req.name, req.manifest_json, req.__isset.keep_alive_s ? std::optional<double>(req.keep_alive_s) : std::nullopt);
+    Check(info.status());
+    out = std::move(*info);
+  }
+  void listModels(std::vector<rpc::ModelInfo>& out, const rpc::RequestHeader& header) override {
+    Check(rpc::CheckCaller(security_, header, "listModels"));
+    out = state_->ListModels();
+  }
+  void scaleOut(rpc::ScaleOutResponse&, const rpc::ScaleOutRequest& req) override {
+    Check(rpc::CheckCaller(security_, req.header, "scaleOut"));
+    Check(CheckScale("scaleOut", req.model, req.replicas));
+    Throw(
+        Unimplemented("scaleOut: scale-out operations are not built yet (the coordinator registers models and "
+                      "tracks nodes so far)"));
+  }
+  void scaleIn(std::string&, const rpc::ScaleInRequest& req) override {
+    Check(rpc::CheckCaller(security_, req.header, "scaleIn"));
+    Check(CheckScale("scaleIn", req.model, req.replicas));
+    Throw(Unimplemented("scaleIn: scale-in operations are not built yet"));
+  }
+  void getOperation(rpc::OperationStatus&, const rpc::RequestHeader& header, const std::string& id) override {
+    Check(rpc::CheckCaller(security_, header, "getOperation"));
+    Throw(NotFound("getOperation: no operation '" + id + "'"));
+  }
+  void getClusterStatus(rpc::ClusterStatus& out, const rpc::RequestHeader& header) override {
+    Check(rpc::CheckCaller(security_, header, "getClusterStatus"));
+    out = state_->GetStatus();
+  }
+  void listInstances(std::vector<rpc::Instance>& out, const rpc::RequestHeader& header,
+                     const std::string& model) override {
+    Check(rpc::CheckCaller(security_, header, "listInstances"));
+    if (!state_->HasModel(model)) Throw(NotFound("listInstances: unknown model '" + model + "'"));
+    out.clear();  // no instances until scale-out operations exist
+  }
+
+ private:
+  Status CheckScale(const char* method, const std::string& model, int32_t replicas) {
+    if (!state_->HasModel(model)) return NotFound(std::string(method) + ": unknown model '" + model + "'");
+    if (replicas < 1) {
+      return InvalidArgument(std::string(method) + ": replicas must be at least 1, got " + std::to_string(replicas));
+    }
+    const size_t nodes = state_->GetStatus().nodes.size();
+    if (static_cast<size_t>(replicas) > nodes) {
+      return ResourceExhausted(std::string(method) + ": " + std::to_string(replicas) + " replicas, but cluster '" +
+                               state_->cluster_name() + "' has " + std::to_string(nodes) + " nodes");
+    }
+    return Status::Ok();
+  }
+  ClusterState* state_;
+  rpc::SecurityConfig security_;
+};
+
+class MembershipHandler : public rpc::MembershipIf {
+ public:
+  MembershipHandler(ClusterState* state, const rpc::SecurityConfig& security, const CoordinatorConfig& config)
+      : state_(state), security_(security), config_(config) {}
+
+  void join(rpc::JoinResponse& out, const rpc::JoinRequest& req) override {
+    Check(rpc::CheckCaller(security_, req.header, "join"));
+    Check(state_->Join(req));
+    out.cluster = state_->cluster_name();
+    out.epoch = state_->epoch();
+    out.heartbeat_interval_ms = static_cast<int32_t>(config_.heartbeat_interval * 1000);
+    out.heartbeat_deadline_ms = static_cast<int32_t>(config_.heartbeat_deadline * 1000);
+  }
+  void heartbeat(rpc::HeartbeatResponse& out, const rpc::HeartbeatRequest& req) override {
+    Check(rpc::CheckCaller(security_, req.header, "heartbeat"));
+    auto known = state_->Heartbeat(req);
+    Check(known.status());
+    out.rejoin = !*known;
+  }
+  void reportProgress(const rpc::ProgressReport& report) override {
+    Check(rpc::CheckCaller(security_, report.header, "reportProgress"));
+    Throw(NotFound("reportProgress: no operation '" + report.operation_id + "'"));
+  }
+
+ private:
+  ClusterState* state_;
+  rpc::SecurityConfig security_;
+  CoordinatorConfig config_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const ClusterConfig& cluster,
+                                                                    const CoordinatorConfig& config) {
+  auto d = std::make_unique<CoordinatorDaemon>();
+  MC_ASSIGN_OR_RETURN(d->state_, ClusterState::Open(cluster, config));
+  auto mux = std::make_shared<apache::thrift::TMultiplexedProcessor>();
+  mux->registerProcessor(kCoordinatorService,
+                         std::make_shared<rpc::CoordinatorProcessor>(
+                             std::make_shared<CoordinatorHandler>(d->state_.get(), config.security)));
+  mux->registerProcessor(kMembershipService,
+                         std::make_shared<rpc::MembershipProcessor>(
+                             std::make_shared<MembershipHandler>(d->state_.get(), config.security, config)));
+  MC_ASSIGN_OR_RETURN(d->server_, rpc::RpcServer::Start(mux, config.address, config.port, config.security));
+  LOG(INFO) << "coordinator for cluster '" << cluster.name << "' listening on " << config.address << ":" << d->port();
+  return d;
+}
+
+}  // namespace modelcast::coord

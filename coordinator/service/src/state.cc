@@ -1,0 +1,197 @@
+#include <glog/logging.h>
+
+#include "modelcast/common/checksum.h"
+#include "modelcast/coord/daemon.h"
+
+namespace modelcast::coord {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+double UnixNow() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+std::vector<std::string> Holders(const std::map<std::string, rpc::NodeInventory>& inv, const std::string& model,
+                                 int tier) {
+  std::vector<std::string> out;
+  for (const auto& [node, i] : inv) {
+    for (const auto& h : i.models) {
+      if (h.model != model) continue;
+      const auto& runs = tier == 0 ? h.ssd : tier == 1 ? h.host : h.gpu;
+      if (!runs.empty()) out.push_back(node);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) {
+  MC_RETURN_IF_ERROR(
+      node.CheckKeys({"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "security"}));
+  CoordinatorConfig c;
+  MC_ASSIGN_OR_RETURN(c.address, node.GetString("address", c.address));
+  MC_ASSIGN_OR_RETURN(int64_t port, node.GetInt("port", c.port));
+  if (port < 0 || port > 65535) return node.Child("port")->Error("must be between 0 and 65535");
+  c.port = static_cast<int>(port);
+  MC_ASSIGN_OR_RETURN(std::string dir, node.GetString("state_dir"));
+  c.state_dir = dir;
+  MC_ASSIGN_OR_RETURN(c.heartbeat_interval, node.GetDuration("heartbeat_interval", c.heartbeat_interval));
+  MC_ASSIGN_OR_RETURN(c.heartbeat_deadline, node.GetDuration("heartbeat_deadline", c.heartbeat_deadline));
+  if (!(c.heartbeat_interval > 0)) return node.Child("heartbeat_interval")->Error("must be more than 0");
+  if (!(c.heartbeat_deadline > c.heartbeat_interval)) {
+    return node.Child("heartbeat_deadline")->Error("must be longer than heartbeat_interval");
+  }
+  MC_ASSIGN_OR_RETURN(ConfigNode sec, node.Child("security"));
+  MC_ASSIGN_OR_RETURN(c.security, rpc::SecurityConfig::FromConfig(sec));
+  return c;
+}
+
+Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cluster,
+                                                         const CoordinatorConfig& config) {
+  std::unique_ptr<ClusterState> s(new ClusterState(cluster, config));
+  for (const auto& n : cluster.nodes) s->nodes_[n.name].config = n;
+  std::error_code ec;
+  fs::create_directories(config.state_dir, ec);
+  if (ec) return IOError("coordinator: cannot create state_dir " + config.state_dir.string() + ": " + ec.message());
+  JournalOpenReport report;
+  MC_ASSIGN_OR_RETURN(s->journal_, Journal::Open(
+                                       config.state_dir / "coordinator.journal",
+                                       [&](const json& r) { return s->Replay(r); }, {}, &report));
+  s->epoch_++;
+  MC_RETURN_IF_ERROR(s->journal_->Append({{"op", "epoch"}, {"epoch", s->epoch_}}));
+  LOG(INFO) << "coordinator: epoch " << s->epoch_ << ", " << s->models_.size() << " model(s) from " << report.records
+            << " journal record(s)";
+  return s;
+}
+
+Status ClusterState::Replay(const json& r) {
+  const std::string op = r.value("op", "");
+  if (op == "epoch") {
+    epoch_ = std::max<int64_t>(epoch_, r.at("epoch").get<int64_t>());
+  } else if (op == "register_model") {
+    const std::string text = r.at("manifest").get<std::string>();
+    MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(text, "journaled manifest"));
+    models_[r.at("name").get<std::string>()] =
+        Model{std::make_shared<const model::Manifest>(std::move(m)), text, r.at("keep_alive").get<double>()};
+  } else {
+    return InvalidArgument("unknown journal record '" + op + "'");
+  }
+  return Status::Ok();
+}
+
+rpc::ModelInfo ClusterState::InfoLocked(const std::string& name, const Model& m) const {
+  rpc::ModelInfo info;
+  const auto& man = *m.manifest;
+  info.summary.name = name;
+  info.summary.dtype = std::string(DTypeShortName(man.dtype));
+  info.summary.num_layers = man.config.num_hidden_layers;
+  info.summary.num_blocks = static_cast<int32_t>(man.blocks.size());
+  info.summary.num_slices = static_cast<int32_t>(man.slices.size());
+  info.summary.slice_bytes = static_cast<int64_t>(man.slice_bytes);
+  info.summary.total_bytes = static_cast<int64_t>(man.TotalBytes());
+  info.summary.parameters = man.config.ParameterCount();
+  info.keep_alive_s = m.keep_alive;
+  info.instances = 0;
+  info.loading = 0;
+  std::map<std::string, rpc::NodeInventory> inv;
+  for (const auto& [n, node] : nodes_) {
+    if (AliveLocked(node)) inv[n] = node.inventory;
+  }
+  info.ssd_holders = Holders(inv, name, 0);
+  info.host_holders = Holders(inv, name, 1);
+  info.gpu_holders = Holders(inv, name, 2);
+  return info;
+}
+
+Result<rpc::ModelInfo> ClusterState::RegisterModel(const std::string& name, const std::string& manifest_json,
+                                                   std::optional<double> keep_alive) {
+  if (name.empty()) return InvalidArgument("registerModel: the model name is empty");
+  MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(manifest_json, "model '" + name + "' manifest"));
+  if (m.name != name) {
+    return InvalidArgument("registerModel: the manifest is of model '" + m.name + "', not '" + name + "'");
+  }
+  if (keep_alive && !(*keep_alive >= 0)) return InvalidArgument("registerModel: keep_alive_s must not be negative");
+  const double ka = keep_alive.value_or(300);
+  std::lock_guard lock(mu_);
+  auto it = models_.find(name);
+  if (it != models_.end()) {
+    if (it->second.manifest->Serialize() == m.Serialize() && it->second.keep_alive == ka) {
+      return InfoLocked(name, it->second);  // the same registration again: nothing to do
+    }
+    return AlreadyExists("model '" + name + "' is already registered with a different manifest or keep-alive");
+  }
+  MC_RETURN_IF_ERROR(
+      journal_->Append({{"op", "register_model"}, {"name", name}, {"manifest", manifest_json}, {"keep_alive", ka}}));
+  auto& entry = models_[name];
+  entry = Model{std::make_shared<const model::Manifest>(std::move(m)), manifest_json, ka};
+  LOG(INFO) << "coordinator: registered model '" << name << "'";
+  return InfoLocked(name, entry);
+}
+
+std::vector<rpc::ModelInfo> ClusterState::ListModels() const {
+  std::lock_guard lock(mu_);
+  std::vector<rpc::ModelInfo> out;
+  for (const auto& [name, m] : models_) out.push_back(InfoLocked(name, m));
+  return out;
+}
+
+bool ClusterState::HasModel(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  return models_.count(name) > 0;
+}
+
+bool ClusterState::AliveLocked(const Node& n) const {
+  return n.joined && std::chrono::duration<double>(std::chrono::steady_clock::now() - n.last_heartbeat).count() <=
+                         config_.heartbeat_deadline;
+}
+
+Status ClusterState::Join(const rpc::JoinRequest& req) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(req.node);
+  if (it == nodes_.end()) {
+    return NotFound("node '" + req.node + "' is not in cluster '" + cluster_.name + "' (" +
+                    std::to_string(nodes_.size()) + " nodes in its config)");
+  }
+  if (req.rpc_address.empty()) return InvalidArgument("join: node '" + req.node + "' gave no rpc_address");
+  Node& n = it->second;
+  n.joined = true;
+  n.rpc_address = req.rpc_address;
+  n.fabric_address = req.fabric_address;
+  n.inventory = req.inventory;
+  n.last_heartbeat = std::chrono::steady_clock::now();
+  n.last_heartbeat_unix = UnixNow();
+  LOG(INFO) << "coordinator: node '" << req.node << "' joined from " << req.rpc_address;
+  return Status::Ok();
+}
+
+Result<bool> ClusterState::Heartbeat(const rpc::HeartbeatRequest& req) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(req.node);
+  if (it == nodes_.end()) return NotFound("node '" + req.node + "' is not in cluster '" + cluster_.name + "'");
+  Node& n = it->second;
+  if (!n.joined || req.epoch != epoch_) return false;
+  n.last_heartbeat = std::chrono::steady_clock::now();
+  n.last_heartbeat_unix = UnixNow();
+  if (req.__isset.inventory) n.inventory = req.inventory;
+  return true;
+}
+
+rpc::ClusterStatus ClusterState::GetStatus() const {
+  std::lock_guard lock(mu_);
+  rpc::ClusterStatus s;
+  s.cluster = cluster_.name;
+  for (const auto& [name, n] : nodes_) {
+    rpc::NodeStatus ns;
+    ns.name = name;
+    ns.rpc_address = n.rpc_address;
+    ns.alive = AliveLocked(n);
+    ns.last_heartbeat_unix = n.last_heartbeat_unix;
+    ns.inventory = n.inventory;
+    s.nodes.push_back(std::move(ns));
+  }
+  for (const auto& [name, m] : models_) s.models.push_back(InfoLocked(name, m));
+  return s;
+}
+
+}  // namespace modelcast::coord
