@@ -3,7 +3,10 @@
 #include <arpa/inet.h>
 #include <glog/logging.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <future>
+#include <thread>
 
 namespace modelcast::fabric {
 
@@ -123,6 +126,21 @@ TransportStats Counters::Snapshot() const {
   s.peer_failures = peer_failures;
   s.gpu_staged = gpu_staged;
   return s;
+}
+
+Status ConnectWithRetry(Transport& t, const std::string& peer, const std::string& address, double deadline) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(deadline);
+  Status last;
+  while (std::chrono::steady_clock::now() < until) {
+    auto p = std::make_shared<std::promise<Status>>();
+    auto f = p->get_future();
+    t.Connect(peer, address, [p](Status s) { p->set_value(s); });
+    if (f.wait_for(std::chrono::duration<double>(deadline)) != std::future_status::ready) break;
+    last = f.get();
+    if (last.ok()) return last;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return last.ok() ? DeadlineExceeded("connecting to '" + peer + "' at " + address) : last;
 }
 
 }  // namespace modelcast::fabric

@@ -57,22 +57,6 @@ Result<std::string> PeerAddress(const std::string& peer, const coord::ClusterCon
                           std::to_string(deadline) + " s");
 }
 
-// Connects to a peer, retrying while it starts up.
-Status ConnectWithRetry(fabric::Transport& t, const std::string& peer, const std::string& address, double deadline) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(deadline);
-  Status last;
-  while (std::chrono::steady_clock::now() < until) {
-    auto p = std::make_shared<std::promise<Status>>();
-    auto f = p->get_future();
-    t.Connect(peer, address, [p](Status s) { p->set_value(s); });
-    if (f.wait_for(std::chrono::duration<double>(deadline)) != std::future_status::ready) break;
-    last = f.get();
-    if (last.ok()) return last;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return last.ok() ? DeadlineExceeded("connecting to '" + peer + "' at " + address) : last;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -82,7 +66,8 @@ int main(int argc, char** argv) {
   bool source = false, verbose = false;
   int64_t window = 4, recv_window = 2, lookahead = 8;
   double deadline = 60, start_at = 0;
-  ArgParser p("modelcast-fabric-node", "Runs one node's share of a multicast plan over UCX or raw verbs (see the file's header).");
+  ArgParser p("modelcast-fabric-node",
+              "Runs one node's share of a multicast plan over UCX or raw verbs (see the file's header).");
   p.Flag("name", &name, "this node's name in the plan");
   p.Flag("listen", &listen, "ip:port to listen on [127.0.0.1:0; with --cluster: the node's address and port]");
   p.Flag("cluster", &cluster_path, "cluster YAML giving every node's address and port");
@@ -103,10 +88,12 @@ int main(int argc, char** argv) {
   p.Flag("recv-window", &recv_window, "slices landing here at once, let in in plan order [2]");
   p.Flag("lookahead", &lookahead, "how far down its plan order a node goes for a ready send or receive [8]");
   p.Flag("deadline", &deadline, "seconds for the whole run [60]");
-  p.Flag("start-at", &start_at, "once connected, wait until this Unix time (seconds) to start: a common start for benchmarks");
+  p.Flag("start-at", &start_at,
+         "once connected, wait until this Unix time (seconds) to start: a common start for benchmarks");
   p.Flag("fault", &fault, "inject faults: corrupt=N,..;drop=N,..;delay=10ms;fail=PEER@BYTES");
   p.Flag("report", &report_path, "also write the JSON report to this file");
-  p.Flag("progress", &progress_path, "append a JSON line to this file as each slice arrives (model, slice, source, bytes, started, finished)");
+  p.Flag("progress", &progress_path,
+         "append a JSON line to this file as each slice arrives (model, slice, source, bytes, started, finished)");
   p.Flag("verbose", &verbose, "log at INFO (and VLOG per GLOG_v)");
   Status s = p.Parse(argc, argv);
   if (!s.ok()) {
@@ -188,7 +175,7 @@ int main(int argc, char** argv) {
   for (const auto& peer : fragment->Peers()) {
     auto addr = PeerAddress(peer, cluster.get(), rendezvous, deadline);
     if (!addr.ok()) return Fail(addr.status());
-    s = ConnectWithRetry(*transport, peer, *addr, std::min(deadline, 30.0));
+    s = fabric::ConnectWithRetry(*transport, peer, *addr, std::min(deadline, 30.0));
     if (!s.ok()) return Fail(s);
   }
   if (start_at > 0) {
@@ -215,8 +202,8 @@ int main(int argc, char** argv) {
     ++events;
     if (!progress) return;
     // One JSON object per line; times in seconds since the run began.
-    nlohmann::json line = {{"model", e.model},     {"slice", e.slice},       {"source", e.source},
-                           {"bytes", e.bytes},     {"started", e.started}, {"finished", e.finished}};
+    nlohmann::json line = {{"model", e.model}, {"slice", e.slice},     {"source", e.source},
+                           {"bytes", e.bytes}, {"started", e.started}, {"finished", e.finished}};
     *progress << line.dump() << std::endl;
   };
   const double started_unix =

@@ -78,21 +78,23 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
     Check(rpc::CheckCaller(security_, header, "listModels"));
     out = state_->ListModels();
   }
-  void scaleOut(rpc::ScaleOutResponse&, const rpc::ScaleOutRequest& req) override {
+  void scaleOut(rpc::ScaleOutResponse& out, const rpc::ScaleOutRequest& req) override {
     Check(rpc::CheckCaller(security_, req.header, "scaleOut"));
     Check(CheckScale("scaleOut", req.model, req.replicas));
-    Throw(
-        Unimplemented("scaleOut: scale-out operations are not built yet (the coordinator registers models and "
-                      "tracks nodes so far)"));
+    auto resp = state_->ScaleOut(req);
+    Check(resp.status());
+    out = std::move(*resp);
   }
   void scaleIn(std::string&, const rpc::ScaleInRequest& req) override {
     Check(rpc::CheckCaller(security_, req.header, "scaleIn"));
     Check(CheckScale("scaleIn", req.model, req.replicas));
     Throw(Unimplemented("scaleIn: scale-in operations are not built yet"));
   }
-  void getOperation(rpc::OperationStatus&, const rpc::RequestHeader& header, const std::string& id) override {
+  void getOperation(rpc::OperationStatus& out, const rpc::RequestHeader& header, const std::string& id) override {
     Check(rpc::CheckCaller(security_, header, "getOperation"));
-    Throw(NotFound("getOperation: no operation '" + id + "'"));
+    auto op = state_->GetOperation(id);
+    Check(op.status());
+    out = std::move(*op);
   }
   void getClusterStatus(rpc::ClusterStatus& out, const rpc::RequestHeader& header) override {
     Check(rpc::CheckCaller(security_, header, "getClusterStatus"));
@@ -143,7 +145,7 @@ class MembershipHandler : public rpc::MembershipIf {
   }
   void reportProgress(const rpc::ProgressReport& report) override {
     Check(rpc::CheckCaller(security_, report.header, "reportProgress"));
-    Throw(NotFound("reportProgress: no operation '" + report.operation_id + "'"));
+    Check(state_->Progress(report));
   }
 
  private:

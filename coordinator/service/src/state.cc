@@ -60,6 +60,11 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
                                        [&](const json& r) { return s->Replay(r); }, {}, &report));
   s->epoch_++;
   MC_RETURN_IF_ERROR(s->journal_->Append({{"op", "epoch"}, {"epoch", s->epoch_}}));
+  // Operations that were running when the previous coordinator stopped end here, reported
+  // failed, so that none is left orphaned; the autoscaler retries what it still needs.
+  for (auto& [id, op] : s->operations_) {
+    MC_RETURN_IF_ERROR(s->FinishLocked(op, rpc::OperationState::FAILED, "the coordinator restarted mid-operation"));
+  }
   LOG(INFO) << "coordinator: epoch " << s->epoch_ << ", " << s->models_.size() << " model(s) from " << report.records
             << " journal record(s)";
   return s;
@@ -74,6 +79,21 @@ Status ClusterState::Replay(const json& r) {
     MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(text, "journaled manifest"));
     models_[r.at("name").get<std::string>()] =
         Model{std::make_shared<const model::Manifest>(std::move(m)), text, r.at("keep_alive").get<double>()};
+  } else if (op == "operation") {
+    Operation o;
+    o.status.id = r.at("id").get<std::string>();
+    o.status.kind = rpc::OperationKind::SCALE_OUT;
+    o.status.model = r.at("model").get<std::string>();
+    o.status.replicas = r.at("replicas").get<int32_t>();
+    o.status.state = rpc::OperationState::RUNNING;
+    o.status.created_unix = r.at("created").get<double>();
+    operations_[o.status.id] = std::move(o);
+  } else if (op == "finish") {
+    auto it = operations_.find(r.at("id").get<std::string>());
+    if (it == operations_.end()) return InvalidArgument("journal finishes unknown operation " + r.at("id").dump());
+    it->second.status.state = static_cast<rpc::OperationState::type>(r.at("state").get<int>());
+    it->second.status.__set_finished_unix(r.at("finished").get<double>());
+    if (!r.at("error").get<std::string>().empty()) it->second.status.__set_error(r.at("error").get<std::string>());
   } else {
     return InvalidArgument("unknown journal record '" + op + "'");
   }

@@ -131,4 +131,7 @@ class Transport {
   virtual TransportStats stats() const = 0;
 };
 
+// Connects to `peer` at `address`, retrying while it starts up, for at most `deadline` seconds.
+Status ConnectWithRetry(Transport& transport, const std::string& peer, const std::string& address, double deadline);
+
 }  // namespace modelcast::fabric

@@ -3,8 +3,10 @@
 // journal, served over Thrift to autoscalers (Coordinator) and node agents (Membership).
 //
 // Built so far: model registration and listing, agent membership (join, heartbeat with a
-// deadline, inventories), cluster status, security on every call, restart from the journal.
-// Not yet: scale-out and scale-in operations (planning, dispatch, progress), instances.
+// deadline, inventories), scale-out operations (sources and targets chosen from what alive
+// nodes hold, planned with the planner, fragments dispatched to the agents, progress tracked,
+// operations journaled), cluster status, security on every call, restart from the journal.
+// Not yet: replanning when a node dies mid-operation, scale-in, instances.
 #pragma once
 
 #include <chrono>
@@ -12,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -61,6 +64,12 @@ class ClusterState {
 
   rpc::ClusterStatus GetStatus() const;
 
+  // Scale-out: picks sources and targets, plans, journals the operation and sends every node
+  // its plan fragment. The operation then runs on the agents; progress arrives by Progress().
+  Result<rpc::ScaleOutResponse> ScaleOut(const rpc::ScaleOutRequest& req);
+  Status Progress(const rpc::ProgressReport& report);
+  Result<rpc::OperationStatus> GetOperation(const std::string& id) const;
+
  private:
   struct Node {
     NodeConfig config;
@@ -75,8 +84,16 @@ class ClusterState {
     std::string manifest_json;
     double keep_alive = 300;
   };
+  struct Operation {
+    rpc::OperationStatus status;
+    std::map<std::string, size_t> node_index;  // into status.nodes
+    std::map<std::string, std::set<int32_t>> received;
+    std::set<std::string> pending;  // nodes not done yet
+    std::chrono::steady_clock::time_point start;
+  };
   ClusterState(ClusterConfig cluster, CoordinatorConfig config)
       : cluster_(std::move(cluster)), config_(std::move(config)) {}
+  Status FinishLocked(Operation& op, rpc::OperationState::type state, const std::string& error);
   Status Replay(const nlohmann::json& record);
   rpc::ModelInfo InfoLocked(const std::string& name, const Model& m) const;
   bool AliveLocked(const Node& n) const;
@@ -88,6 +105,8 @@ class ClusterState {
   mutable std::mutex mu_;
   std::map<std::string, Node> nodes_;
   std::map<std::string, Model> models_;
+  std::map<std::string, Operation> operations_;
+  uint64_t next_operation_ = 1;
 };
 
 // The running daemon: state plus its Thrift server (Coordinator and Membership multiplexed).

@@ -1,0 +1,68 @@
+// The node agent (`modelcast-agent --config node.yaml`): the node's tiered store and fabric
+// transport behind the Agent Thrift service. It joins the coordinator, heartbeats with its
+// inventory, runs plan fragments (slices received straight into the store's host pool, sent
+// from it, written behind to SSD) and reports their progress.
+//
+//   node: node-1
+//   address: 127.0.0.1          # the Agent service binds here
+//   port: 7401
+//   coordinator: {address: 127.0.0.1, port: 7300}
+//   fabric: {listen: 127.0.0.1:7501, transport: auto, tls: tcp, net_devices: eth0}
+//   store: {...}                # cluster-configs/node-store.yaml
+//   security: {...}             # as the coordinator's
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "modelcast/common/config.h"
+#include "modelcast/fabric/transport.h"
+#include "modelcast/fabric/ucx_transport.h"
+#include "modelcast/rpc/security.h"
+#include "modelcast/rpc/server.h"
+#include "modelcast/tiers/store.h"
+#include "modelcast_types.h"
+
+namespace modelcast::agent {
+
+struct AgentConfig {
+  std::string node;
+  std::string address = "127.0.0.1";
+  int port = 0;
+  std::string coordinator_address;
+  int coordinator_port = 0;
+  std::string transport = "auto";
+  fabric::UcxOptions fabric;
+  tiers::StoreOptions store;
+  rpc::SecurityConfig security;
+
+  static Result<AgentConfig> FromConfig(const ConfigNode& root);
+};
+
+// The store's inventory as the RPC describes it (slice runs per tier).
+rpc::NodeInventory ToRpcInventory(const tiers::Inventory& inventory);
+
+class AgentDaemon {
+ public:
+  static Result<std::unique_ptr<AgentDaemon>> Start(const AgentConfig& config);
+  ~AgentDaemon();
+
+  int port() const { return server_->port(); }
+  tiers::Store& store() { return *store_; }
+
+  struct Impl;  // the Agent service's state (agent_impl.h)
+
+ private:
+  AgentDaemon() = default;
+  std::shared_ptr<Impl> impl_;
+  std::unique_ptr<tiers::Store> store_;
+  std::unique_ptr<rpc::RpcServer> server_;
+};
+
+}  // namespace modelcast::agent

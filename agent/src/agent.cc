@@ -1,0 +1,461 @@
+#include "modelcast/agent/agent.h"
+
+#include <thrift/protocol/TMultiplexedProtocol.h>
+
+#include <chrono>
+#include <set>
+
+#include <glog/logging.h>
+
+#include "Agent.h"
+#include "Membership.h"
+#include "modelcast/common/checksum.h"
+#include "modelcast/fabric/executor.h"
+#include "modelcast/fabric/verbs_transport.h"
+
+namespace modelcast::agent {
+namespace {
+
+using apache::thrift::TException;
+using namespace std::chrono_literals;
+
+std::vector<rpc::SliceRun> Runs(const std::vector<uint32_t>& sorted) {
+  std::vector<rpc::SliceRun> runs;
+  for (uint32_t s : sorted) {
+    if (!runs.empty() && static_cast<uint32_t>(runs.back().first + runs.back().count) == s) {
+      runs.back().count++;
+    } else {
+      rpc::SliceRun r;
+      r.first = static_cast<int32_t>(s);
+      r.count = 1;
+      runs.push_back(r);
+    }
+  }
+  return runs;
+}
+
+[[noreturn]] void Throw(const Status& st) {
+  if (st.code() == StatusCode::kPermissionDenied) {
+    rpc::NotAuthorized e;
+    e.message = st.message();
+    throw e;
+  }
+  rpc::InvalidRequest e;
+  e.code = st.code() == StatusCode::kNotFound             ? rpc::ErrorCode::NOT_FOUND
+           : st.code() == StatusCode::kUnimplemented      ? rpc::ErrorCode::UNIMPLEMENTED
+           : st.code() == StatusCode::kResourceExhausted  ? rpc::ErrorCode::RESOURCE_EXHAUSTED
+           : st.code() == StatusCode::kFailedPrecondition ? rpc::ErrorCode::FAILED_PRECONDITION
+                                                          : rpc::ErrorCode::INVALID_ARGUMENT;
+  e.message = st.message();
+  throw e;
+}
+
+void Check(const Status& st) {
+  if (!st.ok()) Throw(st);
+}
+
+}  // namespace
+
+rpc::NodeInventory ToRpcInventory(const tiers::Inventory& inv) {
+  rpc::NodeInventory out;
+  for (const auto& t : inv.tiers) {
+    rpc::TierUsage u;
+    u.tier = std::string(TierName(t.tier));
+    u.capacity = static_cast<int64_t>(t.capacity);
+    u.used = static_cast<int64_t>(t.used);
+    u.pinned = static_cast<int64_t>(t.pinned);
+    out.tiers.push_back(u);
+  }
+  for (const auto& m : inv.models) {
+    rpc::ModelHolding h;
+    h.model = m.model;
+    h.ssd = Runs(m.slices[int(Tier::kSsd)]);
+    h.host = Runs(m.slices[int(Tier::kHost)]);
+    h.gpu = Runs(m.slices[int(Tier::kGpu)]);
+    h.ssd_complete = m.ssd_complete;
+    out.models.push_back(std::move(h));
+  }
+  return out;
+}
+
+Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
+  MC_RETURN_IF_ERROR(root.CheckKeys({"node", "address", "port", "coordinator", "fabric", "store", "security"}));
+  AgentConfig c;
+  MC_ASSIGN_OR_RETURN(c.node, root.GetString("node"));
+  MC_ASSIGN_OR_RETURN(c.address, root.GetString("address", c.address));
+  MC_ASSIGN_OR_RETURN(int64_t port, root.GetInt("port", 0));
+  if (port < 0 || port > 65535) return root.Child("port")->Error("must be between 0 and 65535");
+  c.port = static_cast<int>(port);
+  MC_ASSIGN_OR_RETURN(ConfigNode coord, root.Child("coordinator"));
+  MC_RETURN_IF_ERROR(coord.CheckKeys({"address", "port"}));
+  MC_ASSIGN_OR_RETURN(c.coordinator_address, coord.GetString("address"));
+  MC_ASSIGN_OR_RETURN(int64_t cport, coord.GetInt("port"));
+  if (cport < 1 || cport > 65535) return coord.Child("port")->Error("must be between 1 and 65535");
+  c.coordinator_port = static_cast<int>(cport);
+  c.fabric.name = c.node;
+  if (auto f = root.OptionalChild("fabric")) {
+    MC_RETURN_IF_ERROR(f->CheckKeys({"listen", "transport", "tls", "net_devices"}));
+    MC_ASSIGN_OR_RETURN(c.fabric.listen_address, f->GetString("listen", c.fabric.listen_address));
+    MC_ASSIGN_OR_RETURN(c.transport, f->GetString("transport", c.transport));
+    MC_ASSIGN_OR_RETURN(c.fabric.tls, f->GetString("tls", ""));
+    MC_ASSIGN_OR_RETURN(c.fabric.net_devices, f->GetString("net_devices", ""));
+  }
+  MC_ASSIGN_OR_RETURN(ConfigNode store, root.Child("store"));
+  MC_ASSIGN_OR_RETURN(c.store, tiers::StoreOptions::FromConfig(store));
+  MC_ASSIGN_OR_RETURN(ConfigNode sec, root.Child("security"));
+  MC_ASSIGN_OR_RETURN(c.security, rpc::SecurityConfig::FromConfig(sec));
+  return c;
+}
+
+struct AgentDaemon::Impl {
+  AgentConfig config;
+  tiers::Store* store = nullptr;
+  std::unique_ptr<fabric::Transport> transport;
+  std::unique_ptr<fabric::MemoryRegion> region;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopping = false;
+  int64_t epoch = 0;
+  int heartbeat_ms = 1000;
+  std::map<std::string, std::thread> fragments;
+  std::set<std::string> running;
+  std::thread membership;
+
+  // One connection to the coordinator's Membership service, shared under a lock.
+  std::mutex conn_mu;
+  std::unique_ptr<rpc::RpcConnection> conn;
+  std::unique_ptr<rpc::MembershipClient> client;
+
+  rpc::RequestHeader Header() const { return rpc::MakeHeader(config.security, config.node); }
+
+  // Runs `call` on the coordinator's Membership client, reconnecting once when the connection broke.
+  Status WithCoordinator(const std::function<void(rpc::MembershipClient&)>& call) {
+    std::lock_guard lock(conn_mu);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (!client) {
+        auto c = rpc::Connect(config.coordinator_address, config.coordinator_port, config.security, 5000);
+        if (!c.ok()) return c.status();
+        conn = std::move(*c);
+        client = std::make_unique<rpc::MembershipClient>(
+            std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(conn->protocol, "Membership"));
+      }
+      try {
+        call(*client);
+        return Status::Ok();
+      } catch (const rpc::InvalidRequest& e) {
+        return InvalidArgument(e.message);
+      } catch (const rpc::NotAuthorized& e) {
+        return PermissionDenied(e.message);
+      } catch (const TException& e) {
+        client.reset();
+        conn.reset();
+        if (attempt == 1) return Unavailable(std::string("coordinator: ") + e.what());
+      }
+    }
+    return Unavailable("coordinator unreachable");
+  }
+
+  rpc::NodeInventory Inventory() const { return ToRpcInventory(store->GetInventory()); }
+
+  Status Join() {
+    rpc::JoinRequest req;
+    req.header = Header();
+    req.node = config.node;
+    req.rpc_address = config.address + ":" + std::to_string(rpc_port);
+    req.fabric_address = transport->address();
+    req.inventory = Inventory();
+    req.version = "modelcast agent";
+    rpc::JoinResponse resp;
+    MC_RETURN_IF_ERROR(WithCoordinator([&](rpc::MembershipClient& c) { c.join(resp, req); }));
+    std::lock_guard lock(mu);
+    epoch = resp.epoch;
+    heartbeat_ms = std::max(10, resp.heartbeat_interval_ms);
+    LOG(INFO) << "agent " << config.node << ": joined cluster '" << resp.cluster << "' (epoch " << resp.epoch << ")";
+    return Status::Ok();
+  }
+
+  void MembershipLoop() {
+    bool joined = false;
+    std::unique_lock lock(mu);
+    while (!stopping) {
+      lock.unlock();
+      Status st;
+      if (!joined) {
+        st = Join();
+        joined = st.ok();
+        if (!st.ok()) {
+          LOG_EVERY_N(WARNING, 20) << "agent " << config.node << ": cannot join: " << st.message();
+        }
+      } else {
+        rpc::HeartbeatRequest req;
+        req.header = Header();
+        req.node = config.node;
+        {
+          std::lock_guard l(mu);
+          req.epoch = epoch;
+        }
+        req.__set_inventory(Inventory());
+        rpc::HeartbeatResponse resp;
+        st = WithCoordinator([&](rpc::MembershipClient& c) { c.heartbeat(resp, req); });
+        if (!st.ok() || resp.rejoin) joined = false;
+      }
+      lock.lock();
+      cv.wait_for(lock, std::chrono::milliseconds(joined ? heartbeat_ms : 200), [&] { return stopping; });
+    }
+  }
+
+  void Report(const std::string& operation, std::vector<rpc::SliceProgress> slices, bool done, const Status& error) {
+    rpc::ProgressReport r;
+    r.header = Header();
+    r.node = config.node;
+    r.operation_id = operation;
+    r.slices = std::move(slices);
+    r.done = done;
+    if (!error.ok()) r.__set_error(error.message());
+    Status st = WithCoordinator([&](rpc::MembershipClient& c) { c.reportProgress(r); });
+    if (!st.ok()) LOG(WARNING) << "agent " << config.node << ": progress of " << operation << ": " << st.message();
+  }
+
+  Status RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> manifest,
+                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending);
+
+  int rpc_port = 0;
+};
+
+Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> m,
+                                      std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending) {
+  const auto& model = req.model;
+  const auto deadline = std::chrono::milliseconds(static_cast<int64_t>(req.deadline_s * 1000));
+  std::set<uint32_t> received;
+  for (const auto& r : req.receives) received.insert(static_cast<uint32_t>(r.slice));
+  // Blocks this node supplies itself (to send, or loaded locally) come up to host memory first.
+  std::set<uint32_t> own_blocks;
+  for (const auto& s : req.sends) {
+    if (!received.count(static_cast<uint32_t>(s.slice))) own_blocks.insert(m->slices[s.slice].block);
+  }
+  for (int32_t s : req.local_loads) own_blocks.insert(m->slices[s].block);
+  if (!own_blocks.empty()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    MC_ASSIGN_OR_RETURN(auto up, store->Promote(model, {own_blocks.begin(), own_blocks.end()}, Tier::kHost));
+    MC_RETURN_IF_ERROR(up->Wait(deadline).WithContext("loading model '" + model + "' from this node's tiers"));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::lock_guard lock(pending_mu);
+    for (int32_t s : req.local_loads) {
+      rpc::SliceProgress p;
+      p.slice = s;
+      p.source = "local";
+      p.bytes = static_cast<int64_t>(m->slices[s].length);
+      p.started = 0;
+      p.finished = secs;
+      pending.push_back(p);
+    }
+  }
+  // Every block gets its host buffer, pinned for the run: held ones as they are, the others
+  // reserved for what arrives.
+  std::vector<tiers::Lease> leases;
+  std::vector<uint64_t> offsets;
+  for (const auto& b : m->blocks) {
+    auto lease = store->Acquire(model, b.index, Tier::kHost);
+    if (!lease.ok()) lease = store->ReserveForReceive(model, b.index);
+    if (!lease.ok()) return lease.status();
+    offsets.push_back(lease->pool_offset());
+    leases.push_back(std::move(*lease));
+  }
+  std::vector<bool> held(m->slices.size(), false);
+  const auto inventory = store->GetInventory();
+  if (const auto* h = inventory.Find(model)) {
+    for (uint32_t s : h->slices[int(Tier::kHost)]) held[s] = !received.count(s);
+  }
+  fabric::PlanFragment fragment;
+  fragment.node = config.node;
+  for (const auto& s : req.sends) fragment.sends.push_back({uint32_t(s.tick), s.peer, uint32_t(s.slice)});
+  for (const auto& r : req.receives) fragment.receives.push_back({uint32_t(r.tick), r.peer, uint32_t(r.slice)});
+  std::map<std::string, std::string> addresses;
+  for (const auto& p : req.peers) addresses[p.node] = p.fabric_address;
+  for (const auto& peer : fragment.Peers()) {
+    auto it = addresses.find(peer);
+    if (it == addresses.end()) return InvalidArgument("runFragment: no fabric address for peer '" + peer + "'");
+    MC_RETURN_IF_ERROR(fabric::ConnectWithRetry(*transport, peer, it->second, std::min(req.deadline_s, 30.0)));
+  }
+  const auto layout = fabric::ModelLayout::FromManifest(*m, offsets, store->host_pool_size());
+  MC_RETURN_IF_ERROR(fragment.Validate(layout));
+  fabric::ExecutorOptions opts;
+  MC_ASSIGN_OR_RETURN(opts.method, fabric::ParseSliceMethod(req.method.empty() ? "auto" : req.method));
+  opts.region = region.get();
+  opts.deadline = req.deadline_s;
+  opts.on_slice = [&](const SliceEvent& e) {
+    Status st = store->Landed(e.model, e.slice);
+    if (!st.ok()) LOG(WARNING) << st.message();
+    rpc::SliceProgress p;
+    p.slice = static_cast<int32_t>(e.slice);
+    p.source = e.source;
+    p.bytes = static_cast<int64_t>(e.bytes);
+    p.started = e.started;
+    p.finished = e.finished;
+    std::lock_guard lock(pending_mu);
+    pending.push_back(p);
+  };
+  MC_ASSIGN_OR_RETURN(auto report,
+                      fabric::ExecuteFragment(*transport, layout, store->host_pool_base(), held, fragment, opts));
+  LOG(INFO) << "agent " << config.node << ": operation " << req.operation_id << " done: " << report.slices_received
+            << " slices in, " << report.slices_sent << " out, " << report.seconds << " s";
+  return Status::Ok();
+}
+
+namespace {
+
+class AgentHandler : public rpc::AgentIf {
+ public:
+  explicit AgentHandler(std::shared_ptr<AgentDaemon::Impl> impl) : impl_(std::move(impl)) {}
+
+  void runFragment(const rpc::RunFragmentRequest& req) override {
+    Check(rpc::CheckCaller(impl_->config.security, req.header, "runFragment"));
+    auto parsed = model::Manifest::Parse(req.manifest_json, "runFragment: model '" + req.model + "' manifest");
+    Check(parsed.status());
+    if (parsed->name != req.model)
+      Throw(InvalidArgument("runFragment: the manifest is not of model '" + req.model + "'"));
+    const int32_t n = static_cast<int32_t>(parsed->slices.size());
+    for (const auto* steps : {&req.sends, &req.receives}) {
+      for (const auto& s : *steps) {
+        if (s.slice < 0 || s.slice >= n) {
+          Throw(InvalidArgument("runFragment: slice " + std::to_string(s.slice) + " is not in model '" + req.model +
+                                "' (" + std::to_string(n) + " slices)"));
+        }
+      }
+    }
+    for (int32_t s : req.local_loads) {
+      if (s < 0 || s >= n) Throw(InvalidArgument("runFragment: local slice " + std::to_string(s) + " out of range"));
+    }
+    if (!(req.deadline_s > 0)) Throw(InvalidArgument("runFragment: deadline_s must be positive"));
+    Check(impl_->store->AddModel(*parsed));
+    auto manifest = impl_->store->FindModel(req.model);
+    std::lock_guard lock(impl_->mu);
+    if (impl_->stopping) Throw(Unavailable("the agent is stopping"));
+    if (impl_->running.count(req.operation_id)) {
+      Throw(AlreadyExists("runFragment: operation '" + req.operation_id + "' is already running here"));
+    }
+    auto old = impl_->fragments.find(req.operation_id);
+    if (old != impl_->fragments.end()) {
+      old->second.join();
+      impl_->fragments.erase(old);
+    }
+    impl_->running.insert(req.operation_id);
+    impl_->fragments[req.operation_id] = std::thread([impl = impl_, req, manifest] {
+      std::mutex pending_mu;
+      std::vector<rpc::SliceProgress> pending;
+      std::atomic<bool> finished{false};
+      // Progress goes to the coordinator in batches while the fragment runs.
+      std::thread reporter([&] {
+        while (!finished) {
+          std::this_thread::sleep_for(200ms);
+          std::vector<rpc::SliceProgress> batch;
+          {
+            std::lock_guard l(pending_mu);
+            batch.swap(pending);
+          }
+          if (!batch.empty()) impl->Report(req.operation_id, std::move(batch), false, Status::Ok());
+        }
+      });
+      Status st = impl->RunFragment(req, manifest, pending_mu, pending);
+      finished = true;
+      reporter.join();
+      if (!st.ok())
+        LOG(WARNING) << "agent " << impl->config.node << ": operation " << req.operation_id << ": " << st.message();
+      std::vector<rpc::SliceProgress> rest;
+      {
+        std::lock_guard l(pending_mu);
+        rest.swap(pending);
+      }
+      impl->Report(req.operation_id, std::move(rest), true, st);
+      std::lock_guard l(impl->mu);
+      impl->running.erase(req.operation_id);
+    });
+  }
+  void cancelOperation(const rpc::RequestHeader& header, const std::string& id) override {
+    Check(rpc::CheckCaller(impl_->config.security, header, "cancelOperation"));
+    std::lock_guard lock(impl_->mu);
+    if (!impl_->running.count(id)) Throw(NotFound("cancelOperation: operation '" + id + "' is not running here"));
+    Throw(Unimplemented("cancelOperation: a running fragment runs to its deadline"));
+  }
+  void load(const rpc::MoveRequest& req) override { Move("load", req, true); }
+  void demote(const rpc::MoveRequest& req) override { Move("demote", req, false); }
+  void evict(const rpc::MoveRequest& req) override {
+    Check(rpc::CheckCaller(impl_->config.security, req.header, "evict"));
+    Check(impl_->store->RemoveModel(req.model));
+  }
+  void startServing(const rpc::ServeRequest& req) override {
+    Check(rpc::CheckCaller(impl_->config.security, req.header, "startServing"));
+    Throw(Unimplemented("startServing: the pipeline runtime is not built yet"));
+  }
+  void stopServing(const rpc::ServeRequest& req) override {
+    Check(rpc::CheckCaller(impl_->config.security, req.header, "stopServing"));
+    Throw(Unimplemented("stopServing: the pipeline runtime is not built yet"));
+  }
+  void getStatus(rpc::AgentStatus& out, const rpc::RequestHeader& header) override {
+    Check(rpc::CheckCaller(impl_->config.security, header, "getStatus"));
+    out.node = impl_->config.node;
+    out.inventory = impl_->Inventory();
+    std::lock_guard lock(impl_->mu);
+    out.running_operations.assign(impl_->running.begin(), impl_->running.end());
+  }
+
+ private:
+  void Move(const char* method, const rpc::MoveRequest& req, bool up) {
+    Check(rpc::CheckCaller(impl_->config.security, req.header, method));
+    auto tier = ParseTier(req.tier);
+    Check(tier.status());
+    std::vector<uint32_t> blocks(req.blocks.begin(), req.blocks.end());
+    auto r = up ? impl_->store->Promote(req.model, blocks, *tier) : impl_->store->Demote(req.model, blocks, *tier);
+    Check(r.status());
+    Check((*r)->Wait(std::chrono::minutes(10)));
+  }
+  std::shared_ptr<AgentDaemon::Impl> impl_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& config) {
+  std::unique_ptr<AgentDaemon> d(new AgentDaemon());
+  d->impl_ = std::make_shared<Impl>();
+  Impl& impl = *d->impl_;
+  impl.config = config;
+  MC_ASSIGN_OR_RETURN(d->store_, tiers::Store::Open(config.store));
+  impl.store = d->store_.get();
+  MC_ASSIGN_OR_RETURN(impl.transport, fabric::MakeTransport(config.transport, config.fabric));
+  MC_RETURN_IF_ERROR(impl.transport->Start());
+  MC_ASSIGN_OR_RETURN(impl.region, impl.transport->Register(d->store_->host_pool_base(), d->store_->host_pool_size(),
+                                                            fabric::MemoryKind::kHost));
+  MC_ASSIGN_OR_RETURN(
+      d->server_, rpc::RpcServer::Start(std::make_shared<rpc::AgentProcessor>(std::make_shared<AgentHandler>(d->impl_)),
+                                        config.address, config.port, config.security));
+  impl.rpc_port = d->server_->port();
+  impl.membership = std::thread([i = d->impl_] { i->MembershipLoop(); });
+  LOG(INFO) << "agent " << config.node << ": serving on " << config.address << ":" << impl.rpc_port << ", fabric at "
+            << impl.transport->address();
+  return d;
+}
+
+AgentDaemon::~AgentDaemon() {
+  if (impl_) {
+    {
+      std::lock_guard lock(impl_->mu);
+      impl_->stopping = true;
+    }
+    impl_->cv.notify_all();
+    if (impl_->membership.joinable()) impl_->membership.join();
+  }
+  server_.reset();
+  if (impl_) {
+    std::map<std::string, std::thread> fragments;
+    {
+      std::lock_guard lock(impl_->mu);
+      fragments.swap(impl_->fragments);
+    }
+    for (auto& [id, t] : fragments) t.join();
+    impl_->region.reset();
+    impl_->transport.reset();
+  }
+}
+
+}  // namespace modelcast::agent

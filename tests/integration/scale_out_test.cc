@@ -1,0 +1,151 @@
+// A real scale-out on loopback: a coordinator and three agents as processes, the model on one
+// agent's SSD; scaleOut(model, 2) plans, dispatches, moves every slice over UCX into the
+// targets' stores, and the operation reports success with every target's slices counted.
+#include <gtest/gtest.h>
+#include <thrift/protocol/TMultiplexedProtocol.h>
+
+#include <thread>
+
+#include "Coordinator.h"
+#include "modelcast/rpc/server.h"
+#include "support/process.h"
+#include "support/store_fixture.h"
+#include "support/temp_dir.h"
+
+namespace modelcast {
+namespace {
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::ToolPath;
+
+constexpr const char* kToken = "scale-out-test-token-0123456789";
+constexpr int kNodes = 3;
+
+uint32_t Count(const std::vector<rpc::SliceRun>& runs) {
+  uint32_t n = 0;
+  for (const auto& r : runs) n += static_cast<uint32_t>(r.count);
+  return n;
+}
+
+TEST(ScaleOutTest, OneToThreeOnLoopback) {
+  testing::TempDir dir;
+  const std::string defaults =
+      "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
+      "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
+  std::string cluster = "name: loop\n" + defaults + "nodes:\n";
+  for (int i = 0; i < kNodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
+  cluster += "coordinator:\n  address: 127.0.0.1\n  port: 0\n  state_dir: " + (dir / "coord").string() +
+             "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 2s\n  security: {token: " + kToken + "}\n";
+  testing::WriteAll(dir / "cluster.yaml", cluster);
+  testing::Child coordinator({ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()});
+  ASSERT_TRUE(coordinator.WaitForOutput("listening on", 30s)) << coordinator.Wait(1s).err;
+  const std::string out = coordinator.Stdout();
+  const int port = std::stoi(out.substr(out.rfind(':') + 1));
+
+  // The model, on node-0's SSD only (imported the way received slices are written).
+  testing::MakePackage(dir.path(), dir / "pkg", "tiny-llm", 0, 4, 32 << 10);
+  auto import = testing::RunProcess(
+      {ToolPath("modelcast"), "store", "import", (dir / "pkg").string(), "--ssd-dir", (dir / "node-0").string()}, 60s);
+  ASSERT_EQ(import.exit_code, 0) << import.err;
+  std::vector<std::unique_ptr<testing::Child>> agents;
+  for (int i = 0; i < kNodes; ++i) {
+    const std::string n = "node-" + std::to_string(i);
+    testing::WriteAll(dir / (n + ".yaml"), "node: " + n +
+                                               "\naddress: 127.0.0.1\nport: 0\n"
+                                               "coordinator: {address: 127.0.0.1, port: " +
+                                               std::to_string(port) +
+                                               "}\n"
+                                               "fabric: {listen: '127.0.0.1:0', transport: ucx}\n"
+                                               "store: {ssd_dir: " +
+                                               (dir / n).string() +
+                                               ", ssd_capacity: 1GiB, host_capacity: 64MiB}\n"
+                                               "security: {token: " +
+                                               kToken + "}\n");
+    agents.push_back(std::make_unique<testing::Child>(
+        std::vector<std::string>{ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()}));
+    ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
+  }
+  rpc::SecurityConfig security;
+  security.token = kToken;
+  auto conn = rpc::Connect("127.0.0.1", port, security);
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  rpc::CoordinatorClient client(
+      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*conn)->protocol, "Coordinator"));
+  const auto header = rpc::MakeHeader(security, "test");
+  rpc::RegisterModelRequest reg;
+  reg.header = header;
+  reg.name = "tiny-llm";
+  reg.manifest_json = testing::ReadAll(dir / "pkg" / "manifest.json");
+  rpc::ModelInfo info;
+  client.registerModel(info, reg);
+  const uint32_t nslices = static_cast<uint32_t>(info.summary.num_slices);
+
+  // Wait (with a deadline) until every agent has joined and node-0's copy is known.
+  auto ready = [&] {
+    rpc::ClusterStatus s;
+    client.getClusterStatus(s, header);
+    int alive = 0;
+    for (const auto& n : s.nodes) alive += n.alive;
+    std::vector<rpc::ModelInfo> models;
+    client.listModels(models, header);
+    return alive == kNodes && !models.empty() && models[0].ssd_holders == std::vector<std::string>{"node-0"};
+  };
+  const auto join_by = std::chrono::steady_clock::now() + 30s;
+  while (!ready() && std::chrono::steady_clock::now() < join_by) std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(ready());
+
+  rpc::ScaleOutRequest so;
+  so.header = header;
+  so.model = "tiny-llm";
+  so.replicas = 2;
+  rpc::ScaleOutResponse resp;
+  client.scaleOut(resp, so);
+  EXPECT_EQ(resp.sources, std::vector<std::string>{"node-0"});
+  EXPECT_EQ(resp.targets, (std::vector<std::string>{"node-1", "node-2"}));
+  rpc::OperationStatus op;
+  const auto done_by = std::chrono::steady_clock::now() + 60s;
+  do {
+    std::this_thread::sleep_for(50ms);
+    client.getOperation(op, header, resp.operation_id);
+  } while (op.state == rpc::OperationState::RUNNING && std::chrono::steady_clock::now() < done_by);
+  if (op.state != rpc::OperationState::SUCCEEDED) {
+    for (auto& a : agents) a->Kill(SIGTERM);
+    for (auto& a : agents) std::fprintf(stderr, "agent log:\n%s\n", a->Wait(30s).err.c_str());
+  }
+  ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
+  for (const auto& np : op.nodes) {
+    if (np.role != "target") continue;
+    EXPECT_EQ(np.slices_received, static_cast<int32_t>(nslices)) << np.node;
+    EXPECT_EQ(np.state, "complete") << np.node;
+    EXPECT_GT(np.bytes_received, 0) << np.node;
+  }
+  // Every target holds the whole model in host memory, and writes it behind to its SSD.
+  const auto synced_by = std::chrono::steady_clock::now() + 30s;
+  for (const std::string n : {"node-1", "node-2"}) {
+    while (!model::Package::Open(dir / n / "tiny-llm").ok() && std::chrono::steady_clock::now() < synced_by) {
+      std::this_thread::sleep_for(50ms);
+    }
+    auto pkg = model::Package::Open(dir / n / "tiny-llm");
+    ASSERT_TRUE(pkg.ok()) << n << ": " << pkg.status().ToString();
+    auto report = pkg->Verify();
+    ASSERT_TRUE(report.ok());
+    EXPECT_TRUE(report->ok()) << n;
+  }
+  rpc::ClusterStatus status;
+  client.getClusterStatus(status, header);
+  for (const auto& node : status.nodes) {
+    if (node.name == "node-0") continue;
+    bool holds = false;
+    for (const auto& h : node.inventory.models) holds |= h.model == "tiny-llm" && Count(h.host) == nslices;
+    EXPECT_TRUE(holds) << node.name << " does not report the model in host memory (yet)";
+  }
+  for (auto& a : agents) {
+    a->Kill(SIGTERM);
+    EXPECT_EQ(a->Wait(30s).exit_code, 0);
+  }
+  coordinator.Kill(SIGTERM);
+  EXPECT_EQ(coordinator.Wait(30s).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace modelcast
