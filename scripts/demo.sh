@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The modelcast demo, run by `scripts/dev.sh demo` after the build.
 #
-# Today it runs the model-package path end to end: synthesize a Llama model in the Hugging
-# Face format, prepare it into a loading-optimised package, verify every slice, inspect it,
-# and show that a flipped byte is caught and named. (The cluster scale-out demo replaces
-# this once the coordinator and agents exist.)
+# The model-package path (synthesize a Llama model in the Hugging Face format, prepare it,
+# verify every slice, show that a flipped byte is caught and named), then a scale-out on a
+# cluster in this machine: a coordinator and four agents on loopback (no root needed), the
+# model on agent-0's SSD, scaled from 1 copy to 4, with the operation's timeline.
 set -euo pipefail
 BUILD="${1:?usage: demo.sh BUILD_DIR}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 MC="$BUILD/bin/modelcast"
 WORK="$BUILD/demo"
 rm -rf "$WORK"
@@ -32,4 +33,34 @@ if "$MC" verify "$WORK/damaged-pkg"; then
   echo "demo: verify did not catch the flipped byte" >&2
   exit 1
 fi
-printf '\n\033[1mdemo done.\033[0m Files are in %s\n' "$WORK"
+
+# ---- the cluster: cluster-configs/local.yaml (a coordinator and agent-0..3 on 127.0.0.1) ----
+CLUSTER="$WORK/cluster"
+mkdir -p "$CLUSTER"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$CLUSTER/token"
+export MODELCAST_TOKEN_FILE="$CLUSTER/token" MODELCAST_COORDINATOR=127.0.0.1:7300
+sed -e "s|/tmp/modelcast-local/coordinator|$CLUSTER/coordinator|; s|/tmp/modelcast-local/token|$CLUSTER/token|" \
+  "$ROOT/cluster-configs/local.yaml" > "$CLUSTER/cluster.yaml"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+"$BUILD/bin/modelcast-coordinator" --config "$CLUSTER/cluster.yaml" > "$CLUSTER/coordinator.out" 2> "$CLUSTER/coordinator.log" &
+PIDS+=($!)
+step "7. put the model on agent-0's SSD (through its store: host pool, checked, written behind)" \
+  "$MC" store import "$WORK/small-pkg" --ssd-dir "$CLUSTER/agent-0"
+for i in 0 1 2 3; do
+  sed -e "s|@NODE@|agent-$i|; s|@PORT@|$((7400 + i))|; s|@SSD@|$CLUSTER/agent-$i|; s|@TOKEN_FILE@|$CLUSTER/token|" \
+    "$ROOT/cluster-configs/local-agent.yaml.in" > "$CLUSTER/agent-$i.yaml"
+  "$BUILD/bin/modelcast-agent" --config "$CLUSTER/agent-$i.yaml" > "$CLUSTER/agent-$i.out" 2> "$CLUSTER/agent-$i.log" &
+  PIDS+=($!)
+done
+for _ in $(seq 100); do
+  "$MC" cluster status --json 2>/dev/null | grep -q '"alive":true.*"alive":true.*"alive":true.*"alive":true' && break
+  sleep 0.1
+done
+step "8. register the model with the coordinator" "$MC" models --register "$WORK/small-pkg"
+step "9. the cluster: four agents up, the model on agent-0's SSD" "$MC" cluster status
+step "10. scale llama-small from 1 copy to 4 (agent-0 sends, agents 1-3 receive and forward)" \
+  "$MC" scale-out llama-small -n 3 --wait --json
+step "11. every agent now holds it" "$MC" models
+printf '\n\033[1mdemo done.\033[0m Files are in %s (logs in %s)\n' "$WORK" "$CLUSTER"

@@ -34,5 +34,8 @@ int RunVerify(const std::vector<std::string>& args);
 int RunVersion(const std::vector<std::string>& args);
 int RunPlan(const std::vector<std::string>& args);
 int RunStore(const std::vector<std::string>& args);
+int RunCluster(const std::vector<std::string>& args);
+int RunModels(const std::vector<std::string>& args);
+int RunScaleOut(const std::vector<std::string>& args);
 
 }  // namespace modelcast::cli

@@ -32,6 +32,9 @@ constexpr Command kCommands[] = {
     {"inspect", "summarise a package or an HF checkpoint", RunInspect},
     {"verify", "re-check every slice checksum of a package", RunVerify},
     {"plan", "show the planner's plan for a scale-out on a cluster (text, JSON or SVG)", RunPlan},
+    {"cluster", "the coordinator's view of the cluster (cluster status)", RunCluster},
+    {"models", "registered models and where their copies are; --register PKG", RunModels},
+    {"scale-out", "ask the coordinator for more replicas of a model (--wait follows it)", RunScaleOut},
     {"store", "a node's tiered store: inventory, import, load, remove", RunStore},
     {"version", "print the version, the backends built in and the GPUs found", RunVersion},
 };

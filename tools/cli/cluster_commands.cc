@@ -1,0 +1,259 @@
+// The commands that talk to a running coordinator: cluster status, models, register,
+// scale-out (with a live progress display), operation.
+#include <thrift/protocol/TMultiplexedProtocol.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "Coordinator.h"
+#include "command.h"
+#include "modelcast/common/file_util.h"
+#include "modelcast/common/units.h"
+#include "modelcast/rpc/server.h"
+
+namespace modelcast::cli {
+namespace {
+
+using apache::thrift::TException;
+
+struct CoordinatorFlags {
+  std::string coordinator, token_file, tls_cert, tls_key, tls_ca;
+  bool insecure = false, json = false;
+
+  void Declare(ArgParser& p) {
+    p.Flag("coordinator", &coordinator, "HOST:PORT of the coordinator [$MODELCAST_COORDINATOR or 127.0.0.1:7300]");
+    p.Flag("token-file", &token_file, "file holding the shared token [$MODELCAST_TOKEN_FILE]");
+    p.Flag("tls-cert", &tls_cert, "client certificate (PEM), for mutual TLS");
+    p.Flag("tls-key", &tls_key, "client key (PEM)");
+    p.Flag("tls-ca", &tls_ca, "CA certificate (PEM)");
+    p.Flag("insecure", &insecure, "plaintext without credentials");
+    p.Flag("json", &json, "print JSON");
+  }
+
+  struct Client {
+    std::unique_ptr<rpc::RpcConnection> conn;
+    std::unique_ptr<rpc::CoordinatorClient> client;
+    rpc::RequestHeader header;
+  };
+
+  Result<Client> Connect() const {
+    std::string addr = coordinator;
+    if (addr.empty()) addr = std::getenv("MODELCAST_COORDINATOR") ? std::getenv("MODELCAST_COORDINATOR") : "127.0.0.1:7300";
+    const auto colon = addr.rfind(':');
+    if (colon == std::string::npos) return InvalidArgument("--coordinator " + addr + " has no port");
+    rpc::SecurityConfig s;
+    s.insecure = insecure;
+    s.tls_cert = tls_cert;
+    s.tls_key = tls_key;
+    s.tls_ca = tls_ca;
+    std::string tf = token_file;
+    if (tf.empty() && std::getenv("MODELCAST_TOKEN_FILE")) tf = std::getenv("MODELCAST_TOKEN_FILE");
+    if (!tf.empty()) {
+      MC_ASSIGN_OR_RETURN(s.token, ReadFileToString(tf, 4096));
+      while (!s.token.empty() && (s.token.back() == '\n' || s.token.back() == '\r')) s.token.pop_back();
+    }
+    MC_RETURN_IF_ERROR(s.Validate());
+    Client c;
+    MC_ASSIGN_OR_RETURN(c.conn, rpc::Connect(addr.substr(0, colon), std::stoi(addr.substr(colon + 1)), s));
+    c.client = std::make_unique<rpc::CoordinatorClient>(
+        std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(c.conn->protocol, "Coordinator"));
+    c.header = rpc::MakeHeader(s, "cli");
+    return c;
+  }
+};
+
+// Runs an RPC, turning its exceptions into a Status.
+Status Call(const std::function<void()>& f) {
+  try {
+    f();
+    return Status::Ok();
+  } catch (const rpc::InvalidRequest& e) {
+    return InvalidArgument(e.message);
+  } catch (const rpc::NotAuthorized& e) {
+    return PermissionDenied("not authorized: " + e.message);
+  } catch (const rpc::Unavailable& e) {
+    return Unavailable(e.message);
+  } catch (const TException& e) {
+    return Unavailable(std::string("coordinator: ") + e.what());
+  }
+}
+
+nlohmann::json OperationJson(const rpc::OperationStatus& op) {
+  nlohmann::json j{{"id", op.id},
+                   {"model", op.model},
+                   {"replicas", op.replicas},
+                   {"state", rpc::to_string(op.state)},
+                   {"created_unix", op.created_unix}};
+  if (op.__isset.finished_unix) j["seconds"] = op.finished_unix - op.created_unix;
+  if (op.__isset.error) j["error"] = op.error;
+  for (const auto& n : op.nodes) {
+    j["nodes"].push_back({{"node", n.node},
+                          {"role", n.role},
+                          {"state", n.state},
+                          {"slices_received", n.slices_received},
+                          {"slices_total", n.slices_total},
+                          {"bytes_received", n.bytes_received},
+                          {"rate_bytes_per_s", n.rate_bytes_per_s}});
+  }
+  return j;
+}
+
+void PrintProgress(const rpc::OperationStatus& op, bool tty) {
+  if (tty) std::printf("\033[H\033[J");
+  std::printf("%s: scale-out of %s, %s\n", op.id.c_str(), op.model.c_str(), rpc::to_string(op.state).c_str());
+  for (const auto& n : op.nodes) {
+    if (n.role != "target") continue;
+    std::printf("  %-16s %-10s %5d / %-5d slices  %10s/s\n", n.node.c_str(), n.state.c_str(), n.slices_received,
+                n.slices_total, FormatBytes(static_cast<uint64_t>(n.rate_bytes_per_s)).c_str());
+  }
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int RunCluster(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] != "status") {
+    std::fprintf(stderr, "usage: modelcast cluster status [--coordinator HOST:PORT] [--json]\n");
+    return args.size() == 1 && args[0] == "--help" ? kExitOk : kExitUsage;
+  }
+  CoordinatorFlags f;
+  ArgParser p("modelcast cluster status", "The coordinator's view: nodes (alive, tiers), models and their holders.");
+  f.Declare(p);
+  if (int rc = ParseOrExit("cluster status", p, {args.begin() + 1, args.end()}); rc >= 0) return rc;
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("cluster status", c.status());
+  rpc::ClusterStatus s;
+  if (Status st = Call([&] { c->client->getClusterStatus(s, c->header); }); !st.ok()) return Fail("cluster status", st);
+  if (f.json) {
+    nlohmann::json j{{"cluster", s.cluster}};
+    for (const auto& n : s.nodes) {
+      nlohmann::json nj{{"name", n.name}, {"alive", n.alive}, {"rpc_address", n.rpc_address}};
+      for (const auto& t : n.inventory.tiers) nj["tiers"][t.tier] = {{"capacity", t.capacity}, {"used", t.used}};
+      j["nodes"].push_back(nj);
+    }
+    for (const auto& m : s.models) j["models"].push_back(m.summary.name);
+    std::printf("%s\n", j.dump().c_str());
+    return kExitOk;
+  }
+  std::printf("cluster %s: %zu node(s), %zu model(s)\n", s.cluster.c_str(), s.nodes.size(), s.models.size());
+  for (const auto& n : s.nodes) {
+    std::printf("  %-16s %-5s %s", n.name.c_str(), n.alive ? "up" : "down", n.rpc_address.c_str());
+    for (const auto& t : n.inventory.tiers) {
+      std::printf("  %s %s/%s", t.tier.c_str(), FormatBytes(static_cast<uint64_t>(t.used)).c_str(),
+                  FormatBytes(static_cast<uint64_t>(t.capacity)).c_str());
+    }
+    std::printf("\n");
+  }
+  return kExitOk;
+}
+
+int RunModels(const std::vector<std::string>& args) {
+  CoordinatorFlags f;
+  std::string register_pkg;
+  ArgParser p("modelcast models", "The registered models and where copies are; --register adds one from a package.");
+  f.Declare(p);
+  p.Flag("register", &register_pkg, "register the prepared package in this directory");
+  if (int rc = ParseOrExit("models", p, args); rc >= 0) return rc;
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("models", c.status());
+  if (!register_pkg.empty()) {
+    auto text = ReadFileToString(std::filesystem::path(register_pkg) / "manifest.json", 512ull << 20);
+    if (!text.ok()) return Fail("models", text.status());
+    auto name = nlohmann::json::parse(*text, nullptr, false);
+    if (name.is_discarded() || !name.contains("name")) return Fail("models", InvalidArgument(register_pkg + ": bad manifest"));
+    rpc::RegisterModelRequest req;
+    req.header = c->header;
+    req.name = name["name"].get<std::string>();
+    req.manifest_json = *text;
+    rpc::ModelInfo info;
+    if (Status st = Call([&] { c->client->registerModel(info, req); }); !st.ok()) return Fail("models", st);
+  }
+  std::vector<rpc::ModelInfo> models;
+  if (Status st = Call([&] { c->client->listModels(models, c->header); }); !st.ok()) return Fail("models", st);
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& m : models) {
+    if (f.json) {
+      j.push_back({{"name", m.summary.name},
+                   {"bytes", m.summary.total_bytes},
+                   {"slices", m.summary.num_slices},
+                   {"gpu", m.gpu_holders},
+                   {"host", m.host_holders},
+                   {"ssd", m.ssd_holders}});
+    } else {
+      std::printf("%-24s %10s %6d slices  gpu %zu  host %zu  ssd %zu\n", m.summary.name.c_str(),
+                  FormatBytes(static_cast<uint64_t>(m.summary.total_bytes)).c_str(), m.summary.num_slices,
+                  m.gpu_holders.size(), m.host_holders.size(), m.ssd_holders.size());
+    }
+  }
+  if (f.json) std::printf("%s\n", j.dump().c_str());
+  return kExitOk;
+}
+
+int RunScaleOut(const std::vector<std::string>& args) {
+  CoordinatorFlags f;
+  std::string model, algorithm = "lambdapipe";
+  int64_t replicas = 1;
+  bool wait = false, dry_run = false;
+  double timeout = 600;
+  ArgParser p("modelcast scale-out", "Ask the coordinator for N more replicas of a model.");
+  f.Declare(p);
+  p.Positional("model", &model, "the registered model");
+  p.Flag("replicas", &replicas, "new replicas; -n N says the same [1]");
+  p.Flag("algorithm", &algorithm, "planner algorithm [lambdapipe]");
+  p.Flag("wait", &wait, "follow the operation to its end, showing each target's progress");
+  p.Flag("dry-run", &dry_run, "plan and print, move nothing");
+  p.Flag("timeout", &timeout, "seconds to wait with --wait [600]");
+  std::vector<std::string> spelled = args;
+  for (auto& a : spelled) {
+    if (a == "-n") a = "--replicas";
+  }
+  if (int rc = ParseOrExit("scale-out", p, spelled); rc >= 0) return rc;
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("scale-out", c.status());
+  rpc::ScaleOutRequest req;
+  req.header = c->header;
+  req.model = model;
+  req.replicas = static_cast<int32_t>(replicas);
+  req.options.__set_algorithm(algorithm);
+  req.options.__set_dry_run(dry_run);
+  req.__isset.options = true;
+  rpc::ScaleOutResponse resp;
+  if (Status st = Call([&] { c->client->scaleOut(resp, req); }); !st.ok()) return Fail("scale-out", st);
+  if (dry_run) {
+    std::printf("%s\n", resp.plan_json.c_str());
+    return kExitOk;
+  }
+  if (!wait) {
+    std::printf(f.json ? "{\"operation\": \"%s\"}\n" : "%s\n", resp.operation_id.c_str());
+    return kExitOk;
+  }
+  const bool tty = !f.json && isatty(fileno(stdout));
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout);
+  rpc::OperationStatus op;
+  for (;;) {
+    if (Status st = Call([&] { c->client->getOperation(op, c->header, resp.operation_id); }); !st.ok()) {
+      return Fail("scale-out", st);
+    }
+    if (tty) PrintProgress(op, true);
+    if (op.state != rpc::OperationState::RUNNING && op.state != rpc::OperationState::PENDING) break;
+    if (std::chrono::steady_clock::now() > until) {
+      return Fail("scale-out", DeadlineExceeded(op.id + " still running after " + std::to_string(timeout) + " s"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (f.json) {
+    std::printf("%s\n", OperationJson(op).dump().c_str());
+  } else if (!tty) {
+    PrintProgress(op, false);
+  }
+  if (op.state != rpc::OperationState::SUCCEEDED) {
+    return Fail("scale-out", Internal(op.id + " " + rpc::to_string(op.state) + (op.__isset.error ? ": " + op.error : "")));
+  }
+  return kExitOk;
+}
+
+}  // namespace modelcast::cli
