@@ -139,6 +139,25 @@ TEST(ScaleOutTest, OneToThreeOnLoopback) {
     for (const auto& h : node.inventory.models) holds |= h.model == "tiny-llm" && Count(h.host) == nslices;
     EXPECT_TRUE(holds) << node.name << " does not report the model in host memory (yet)";
   }
+  // The example autoscaler (Python) sees 3 replicas, wants 5 for 9 req/s, and is told that no
+  // node is left to take one.
+  testing::WriteAll(dir / "token", kToken);
+  testing::WriteAll(dir / "rate", "9\n");
+  setenv("PYTHONPATH", MODELCAST_TEST_GEN_PY, 1);
+  auto py = testing::RunProcess({"/usr/bin/python3", testing::SourcePath("examples/autoscaler.py"), "--coordinator",
+                                 "127.0.0.1:" + std::to_string(port), "--token-file", (dir / "token").string(),
+                                 "--model", "tiny-llm", "--rate-file", (dir / "rate").string(), "--window", "0.1",
+                                 "--once"},
+                                60s);
+  unsetenv("PYTHONPATH");
+  if (py.err.find("No module named 'thrift'") == std::string::npos) {
+    EXPECT_EQ(py.exit_code, 0) << py.err;
+    EXPECT_NE(py.out.find("rate=   9.00 req/s  replicas 3 -> 5"), std::string::npos) << py.out;
+    EXPECT_NE(py.out.find("refused: RESOURCE_EXHAUSTED: scaleOut: 2 new replicas of model 'tiny-llm' asked, but only "
+                          "0 live node(s) can take one"),
+              std::string::npos)
+        << py.out;
+  }
   for (auto& a : agents) {
     a->Kill(SIGTERM);
     EXPECT_EQ(a->Wait(30s).exit_code, 0);

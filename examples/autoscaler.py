@@ -1,0 +1,123 @@
+#!/usr/bin/python3
+"""An example autoscaler for modelcast, in Python through the generated Thrift bindings.
+
+It watches a request rate and keeps enough replicas of a model for it: replicas wanted =
+ceil(rate / per_replica_rps), at least --min. When more are wanted than exist, it calls
+scaleOut and follows the operation; when fewer, scaleIn. The rate comes from an LLM request
+trace replayed in accelerated time (the Azure conversation trace's CSV: TIMESTAMP first), or
+from a file holding the current requests/s that the serving layer updates.
+
+  PYTHONPATH=build/thrift/gen-py /usr/bin/python3 examples/autoscaler.py \\
+      --coordinator 127.0.0.1:7300 --token-file /tmp/modelcast-local/token --model llama-small \\
+      --trace ../shared/traces/AzureLLMInferenceTrace_conv_2023.csv --speedup 60 --per-replica-rps 2
+
+Needs Debian's python3-thrift; the bindings are generated into build/thrift/gen-py.
+"""
+import argparse
+import csv
+import datetime
+import math
+import sys
+import time
+
+from thrift.protocol import TBinaryProtocol, TMultiplexedProtocol
+from thrift.transport import TSocket, TTransport
+
+from modelcast_rpc import Coordinator, ttypes
+
+
+def trace_rates(path, window_s, speedup):
+    """Yields (trace time, requests/s over the last window) every window, in accelerated time."""
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        times = [datetime.datetime.fromisoformat(r[0][:26]).timestamp() for r in rows]
+    start, end, i = times[0], times[-1], 0
+    t = start + window_s
+    while t <= end:
+        j = i
+        while j < len(times) and times[j] < t:
+            j += 1
+        yield t - start, (j - i) / window_s
+        i = j
+        time.sleep(window_s / speedup)
+        t += window_s
+
+
+def file_rates(path, window_s):
+    while True:
+        with open(path) as f:
+            yield time.time(), float(f.read().strip() or 0)
+        time.sleep(window_s)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--coordinator", default="127.0.0.1:7300")
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--trace", help="a request trace CSV (TIMESTAMP first) to replay")
+    p.add_argument("--rate-file", help="a file holding the current requests/s")
+    p.add_argument("--speedup", type=float, default=60, help="trace seconds per wall second")
+    p.add_argument("--window", type=float, default=60, help="seconds of trace per rate sample")
+    p.add_argument("--per-replica-rps", type=float, default=2.0)
+    p.add_argument("--min", type=int, default=1)
+    p.add_argument("--max", type=int, default=64)
+    p.add_argument("--dry-run", action="store_true", help="print decisions, call nothing that changes the cluster")
+    p.add_argument("--once", action="store_true", help="one rate sample, then exit")
+    a = p.parse_args()
+    if bool(a.trace) == bool(a.rate_file):
+        p.error("give --trace or --rate-file")
+
+    host, port = a.coordinator.rsplit(":", 1)
+    transport = TTransport.TBufferedTransport(TSocket.TSocket(host, int(port)))
+    client = Coordinator.Client(TMultiplexedProtocol.TMultiplexedProtocol(
+        TBinaryProtocol.TBinaryProtocol(transport), "Coordinator"))
+    transport.open()
+    with open(a.token_file) as f:
+        header = ttypes.RequestHeader(token=f.read().strip(), caller="autoscaler-example")
+
+    def replicas():
+        info = [m for m in client.listModels(header) if m.summary.name == a.model]
+        if not info:
+            sys.exit(f"autoscaler: the coordinator has no model '{a.model}'")
+        return len(set(info[0].gpu_holders) | set(info[0].host_holders)) or 1
+
+    act = act_factory(client, header, a.model)
+    rates = trace_rates(a.trace, a.window, a.speedup) if a.trace else file_rates(a.rate_file, a.window)
+    for t, rate in rates:
+        have = replicas()
+        want = max(a.min, min(a.max, math.ceil(rate / a.per_replica_rps)))
+        print(f"t={t:8.0f}s  rate={rate:7.2f} req/s  replicas {have} -> {want}", flush=True)
+        if want != have and not a.dry_run:
+            act(have, want)
+        if a.once:
+            break
+
+    transport.close()
+
+
+def act_factory(client, header, model):
+    def act(have, want):
+        try:
+            if want > have:
+                op = client.scaleOut(ttypes.ScaleOutRequest(header=header, model=model, replicas=want - have))
+                while True:
+                    status = client.getOperation(header, op.operation_id)
+                    if status.state not in (ttypes.OperationState.PENDING, ttypes.OperationState.RUNNING):
+                        break
+                    time.sleep(0.1)
+                print(f"  {op.operation_id}: {ttypes.OperationState._VALUES_TO_NAMES[status.state]}"
+                      f"{' (' + status.error + ')' if status.error else ''}", flush=True)
+            else:
+                client.scaleIn(ttypes.ScaleInRequest(header=header, model=model, replicas=have - want))
+        except ttypes.InvalidRequest as e:
+            print(f"  refused: {ttypes.ErrorCode._VALUES_TO_NAMES[e.code]}: {e.message}", flush=True)
+        except ttypes.Unavailable as e:
+            print(f"  coordinator unavailable: {e.message}", flush=True)
+
+    return act
+
+
+if __name__ == "__main__":
+    main()
