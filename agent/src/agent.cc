@@ -11,6 +11,7 @@
 #include "Membership.h"
 #include "modelcast/common/checksum.h"
 #include "modelcast/fabric/executor.h"
+#include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/verbs_transport.h"
 
 namespace modelcast::agent {
@@ -94,7 +95,12 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
   c.coordinator_port = static_cast<int>(cport);
   c.fabric.name = c.node;
   if (auto f = root.OptionalChild("fabric")) {
-    MC_RETURN_IF_ERROR(f->CheckKeys({"listen", "transport", "tls", "net_devices"}));
+    MC_RETURN_IF_ERROR(f->CheckKeys({"listen", "transport", "tls", "net_devices", "fault"}));
+    MC_ASSIGN_OR_RETURN(c.fault, f->GetString("fault", ""));
+    if (!c.fault.empty()) {
+      auto parsed = fabric::FaultOptions::Parse(c.fault);
+      if (!parsed.ok()) return f->Child("fault")->Error(parsed.status().message());
+    }
     MC_ASSIGN_OR_RETURN(c.fabric.listen_address, f->GetString("listen", c.fabric.listen_address));
     MC_ASSIGN_OR_RETURN(c.transport, f->GetString("transport", c.transport));
     MC_ASSIGN_OR_RETURN(c.fabric.tls, f->GetString("tls", ""));
@@ -423,6 +429,11 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
   MC_ASSIGN_OR_RETURN(d->store_, tiers::Store::Open(config.store));
   impl.store = d->store_.get();
   MC_ASSIGN_OR_RETURN(impl.transport, fabric::MakeTransport(config.transport, config.fabric));
+  if (!config.fault.empty()) {
+    MC_ASSIGN_OR_RETURN(auto faults, fabric::FaultOptions::Parse(config.fault));
+    LOG(WARNING) << "agent " << config.node << ": the fabric injects faults: " << config.fault;
+    impl.transport = fabric::MakeFaultTransport(std::move(impl.transport), faults);
+  }
   MC_RETURN_IF_ERROR(impl.transport->Start());
   MC_ASSIGN_OR_RETURN(impl.region, impl.transport->Register(d->store_->host_pool_base(), d->store_->host_pool_size(),
                                                             fabric::MemoryKind::kHost));

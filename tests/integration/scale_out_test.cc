@@ -27,91 +27,114 @@ uint32_t Count(const std::vector<rpc::SliceRun>& runs) {
   return n;
 }
 
-TEST(ScaleOutTest, OneToThreeOnLoopback) {
-  testing::TempDir dir;
-  const std::string defaults =
-      "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
-      "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
-  std::string cluster = "name: loop\n" + defaults + "nodes:\n";
-  for (int i = 0; i < kNodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
-  cluster += "coordinator:\n  address: 127.0.0.1\n  port: 0\n  state_dir: " + (dir / "coord").string() +
-             "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 2s\n  security: {token: " + kToken + "}\n";
-  testing::WriteAll(dir / "cluster.yaml", cluster);
-  testing::Child coordinator({ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()});
-  ASSERT_TRUE(coordinator.WaitForOutput("listening on", 30s)) << coordinator.Wait(1s).err;
-  const std::string out = coordinator.Stdout();
-  const int port = std::stoi(out.substr(out.rfind(':') + 1));
+// A coordinator and kNodes agents as processes on loopback, the model on node-0's SSD.
+class ScaleOutTest : public ::testing::Test {
+ protected:
+  void StartCluster(const std::string& fault = "") {
+    const std::string defaults =
+        "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
+        "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
+    std::string cluster = "name: loop\n" + defaults + "nodes:\n";
+    for (int i = 0; i < kNodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
+    cluster += "coordinator:\n  address: 127.0.0.1\n  port: 0\n  state_dir: " + (dir / "coord").string() +
+               "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken + "}\n";
+    testing::WriteAll(dir / "cluster.yaml", cluster);
+    coordinator = std::make_unique<testing::Child>(
+        std::vector<std::string>{ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()});
+    ASSERT_TRUE(coordinator->WaitForOutput("listening on", 30s)) << coordinator->Wait(1s).err;
+    const std::string out = coordinator->Stdout();
+    port = std::stoi(out.substr(out.rfind(':') + 1));
 
-  // The model, on node-0's SSD only (imported the way received slices are written).
-  testing::MakePackage(dir.path(), dir / "pkg", "tiny-llm", 0, 4, 32 << 10);
-  auto import = testing::RunProcess(
-      {ToolPath("modelcast"), "store", "import", (dir / "pkg").string(), "--ssd-dir", (dir / "node-0").string()}, 60s);
-  ASSERT_EQ(import.exit_code, 0) << import.err;
-  std::vector<std::unique_ptr<testing::Child>> agents;
-  for (int i = 0; i < kNodes; ++i) {
-    const std::string n = "node-" + std::to_string(i);
-    testing::WriteAll(dir / (n + ".yaml"), "node: " + n +
-                                               "\naddress: 127.0.0.1\nport: 0\n"
-                                               "coordinator: {address: 127.0.0.1, port: " +
-                                               std::to_string(port) +
-                                               "}\n"
-                                               "fabric: {listen: '127.0.0.1:0', transport: ucx}\n"
-                                               "store: {ssd_dir: " +
-                                               (dir / n).string() +
-                                               ", ssd_capacity: 1GiB, host_capacity: 64MiB}\n"
-                                               "security: {token: " +
-                                               kToken + "}\n");
-    agents.push_back(std::make_unique<testing::Child>(
-        std::vector<std::string>{ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()}));
-    ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
+    // The model, on node-0's SSD only (imported the way received slices are written).
+    testing::MakePackage(dir.path(), dir / "pkg", "tiny-llm", 0, 4, 32 << 10);
+    auto import = testing::RunProcess(
+        {ToolPath("modelcast"), "store", "import", (dir / "pkg").string(), "--ssd-dir", (dir / "node-0").string()},
+        60s);
+    ASSERT_EQ(import.exit_code, 0) << import.err;
+    for (int i = 0; i < kNodes; ++i) {
+      const std::string n = "node-" + std::to_string(i);
+      testing::WriteAll(dir / (n + ".yaml"),
+                        "node: " + n + "\naddress: 127.0.0.1\nport: 0\n" + "coordinator: {address: 127.0.0.1, port: " +
+                            std::to_string(port) + "}\nfabric: {listen: '127.0.0.1:0', transport: ucx" +
+                            (fault.empty() ? "" : ", fault: '" + fault + "'") + "}\n" +
+                            "store: {ssd_dir: " + (dir / n).string() + ", ssd_capacity: 1GiB, host_capacity: 64MiB}\n" +
+                            "security: {token: " + kToken + "}\n");
+      agents.push_back(std::make_unique<testing::Child>(
+          std::vector<std::string>{ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()}));
+      ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
+    }
+    security.token = kToken;
+    auto c = rpc::Connect("127.0.0.1", port, security);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    conn = std::move(*c);
+    client = std::make_unique<rpc::CoordinatorClient>(
+        std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(conn->protocol, "Coordinator"));
+    header = rpc::MakeHeader(security, "test");
+    rpc::RegisterModelRequest reg;
+    reg.header = header;
+    reg.name = "tiny-llm";
+    reg.manifest_json = testing::ReadAll(dir / "pkg" / "manifest.json");
+    rpc::ModelInfo info;
+    client->registerModel(info, reg);
+    nslices = static_cast<uint32_t>(info.summary.num_slices);
+    // Wait (with a deadline) until every agent has joined and node-0's copy is known.
+    auto ready = [&] {
+      rpc::ClusterStatus st;
+      client->getClusterStatus(st, header);
+      int alive = 0;
+      for (const auto& n : st.nodes) alive += n.alive;
+      std::vector<rpc::ModelInfo> models;
+      client->listModels(models, header);
+      return alive == kNodes && !models.empty() && models[0].ssd_holders == std::vector<std::string>{"node-0"};
+    };
+    const auto join_by = std::chrono::steady_clock::now() + 30s;
+    while (!ready() && std::chrono::steady_clock::now() < join_by) std::this_thread::sleep_for(50ms);
+    ASSERT_TRUE(ready());
   }
+  void TearDown() override {
+    client.reset();
+    conn.reset();
+    for (auto& a : agents) {
+      if (a->Running()) a->Kill(SIGTERM);
+      a->Wait(30s);
+    }
+    if (coordinator) {
+      coordinator->Kill(SIGTERM);
+      EXPECT_EQ(coordinator->Wait(30s).exit_code, 0);
+    }
+  }
+  rpc::OperationStatus WaitForEnd(const std::string& id) {
+    rpc::OperationStatus op;
+    const auto done_by = std::chrono::steady_clock::now() + 60s;
+    do {
+      std::this_thread::sleep_for(50ms);
+      client->getOperation(op, header, id);
+    } while (op.state == rpc::OperationState::RUNNING && std::chrono::steady_clock::now() < done_by);
+    return op;
+  }
+
+  testing::TempDir dir;
+  std::unique_ptr<testing::Child> coordinator;
+  std::vector<std::unique_ptr<testing::Child>> agents;
+  int port = 0;
   rpc::SecurityConfig security;
-  security.token = kToken;
-  auto conn = rpc::Connect("127.0.0.1", port, security);
-  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
-  rpc::CoordinatorClient client(
-      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*conn)->protocol, "Coordinator"));
-  const auto header = rpc::MakeHeader(security, "test");
-  rpc::RegisterModelRequest reg;
-  reg.header = header;
-  reg.name = "tiny-llm";
-  reg.manifest_json = testing::ReadAll(dir / "pkg" / "manifest.json");
-  rpc::ModelInfo info;
-  client.registerModel(info, reg);
-  const uint32_t nslices = static_cast<uint32_t>(info.summary.num_slices);
+  std::unique_ptr<rpc::RpcConnection> conn;
+  std::unique_ptr<rpc::CoordinatorClient> client;
+  rpc::RequestHeader header;
+  uint32_t nslices = 0;
+};
 
-  // Wait (with a deadline) until every agent has joined and node-0's copy is known.
-  auto ready = [&] {
-    rpc::ClusterStatus s;
-    client.getClusterStatus(s, header);
-    int alive = 0;
-    for (const auto& n : s.nodes) alive += n.alive;
-    std::vector<rpc::ModelInfo> models;
-    client.listModels(models, header);
-    return alive == kNodes && !models.empty() && models[0].ssd_holders == std::vector<std::string>{"node-0"};
-  };
-  const auto join_by = std::chrono::steady_clock::now() + 30s;
-  while (!ready() && std::chrono::steady_clock::now() < join_by) std::this_thread::sleep_for(50ms);
-  ASSERT_TRUE(ready());
-
+TEST_F(ScaleOutTest, OneToThreeOnLoopback) {
+  StartCluster();
   rpc::ScaleOutRequest so;
   so.header = header;
   so.model = "tiny-llm";
   so.replicas = 2;
   rpc::ScaleOutResponse resp;
-  client.scaleOut(resp, so);
+  client->scaleOut(resp, so);
   EXPECT_EQ(resp.sources, std::vector<std::string>{"node-0"});
   EXPECT_EQ(resp.targets, (std::vector<std::string>{"node-1", "node-2"}));
-  rpc::OperationStatus op;
-  const auto done_by = std::chrono::steady_clock::now() + 60s;
-  do {
-    std::this_thread::sleep_for(50ms);
-    client.getOperation(op, header, resp.operation_id);
-  } while (op.state == rpc::OperationState::RUNNING && std::chrono::steady_clock::now() < done_by);
-  if (op.state != rpc::OperationState::SUCCEEDED) {
-    for (auto& a : agents) a->Kill(SIGTERM);
-    for (auto& a : agents) std::fprintf(stderr, "agent log:\n%s\n", a->Wait(30s).err.c_str());
-  }
+  const rpc::OperationStatus op = WaitForEnd(resp.operation_id);
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   for (const auto& np : op.nodes) {
     if (np.role != "target") continue;
@@ -132,7 +155,7 @@ TEST(ScaleOutTest, OneToThreeOnLoopback) {
     EXPECT_TRUE(report->ok()) << n;
   }
   rpc::ClusterStatus status;
-  client.getClusterStatus(status, header);
+  client->getClusterStatus(status, header);
   for (const auto& node : status.nodes) {
     if (node.name == "node-0") continue;
     bool holds = false;
@@ -144,11 +167,11 @@ TEST(ScaleOutTest, OneToThreeOnLoopback) {
   testing::WriteAll(dir / "token", kToken);
   testing::WriteAll(dir / "rate", "9\n");
   setenv("PYTHONPATH", MODELCAST_TEST_GEN_PY, 1);
-  auto py = testing::RunProcess({"/usr/bin/python3", testing::SourcePath("examples/autoscaler.py"), "--coordinator",
-                                 "127.0.0.1:" + std::to_string(port), "--token-file", (dir / "token").string(),
-                                 "--model", "tiny-llm", "--rate-file", (dir / "rate").string(), "--window", "0.1",
-                                 "--once"},
-                                60s);
+  auto py =
+      testing::RunProcess({"/usr/bin/python3", testing::SourcePath("examples/autoscaler.py"), "--coordinator",
+                           "127.0.0.1:" + std::to_string(port), "--token-file", (dir / "token").string(), "--model",
+                           "tiny-llm", "--rate-file", (dir / "rate").string(), "--window", "0.1", "--once"},
+                          60s);
   unsetenv("PYTHONPATH");
   if (py.err.find("No module named 'thrift'") == std::string::npos) {
     EXPECT_EQ(py.exit_code, 0) << py.err;
@@ -158,12 +181,48 @@ TEST(ScaleOutTest, OneToThreeOnLoopback) {
               std::string::npos)
         << py.out;
   }
-  for (auto& a : agents) {
-    a->Kill(SIGTERM);
-    EXPECT_EQ(a->Wait(30s).exit_code, 0);
+}
+
+// A target killed mid-operation: the operation ends failed and names it, within the heartbeat
+// deadline; the coordinator and the other agents stay up. (Replanning the rest is not built.)
+TEST_F(ScaleOutTest, AKilledTargetIsReported) {
+  StartCluster("delay=30ms");  // every payload transfer waits 30 ms: the scale-out lasts seconds
+  rpc::ScaleOutRequest so;
+  so.header = header;
+  so.model = "tiny-llm";
+  so.replicas = 2;
+  rpc::ScaleOutResponse resp;
+  client->scaleOut(resp, so);
+  rpc::OperationStatus op;
+  const auto started_by = std::chrono::steady_clock::now() + 30s;
+  auto receiving = [&] {
+    client->getOperation(op, header, resp.operation_id);
+    for (const auto& n : op.nodes) {
+      if (n.node == "node-1" && n.slices_received > 0) return true;
+    }
+    return false;
+  };
+  while (!receiving() && op.state == rpc::OperationState::RUNNING && std::chrono::steady_clock::now() < started_by) {
+    std::this_thread::sleep_for(20ms);
   }
-  coordinator.Kill(SIGTERM);
-  EXPECT_EQ(coordinator.Wait(30s).exit_code, 0);
+  ASSERT_EQ(op.state, rpc::OperationState::RUNNING) << "the scale-out ended before a target could be killed";
+  agents[2]->Kill(SIGKILL);
+  op = WaitForEnd(resp.operation_id);
+  EXPECT_EQ(op.state, rpc::OperationState::FAILED);
+  ASSERT_TRUE(op.__isset.error);
+  EXPECT_NE(op.error.find("node-2"), std::string::npos) << op.error;
+  // Its heartbeats stop: it is taken as dead once the deadline passes; the others stay up.
+  rpc::ClusterStatus status;
+  auto node2_alive = [&] {
+    client->getClusterStatus(status, header);
+    for (const auto& n : status.nodes) {
+      if (n.name == "node-2") return n.alive;
+    }
+    return false;
+  };
+  const auto dead_by = std::chrono::steady_clock::now() + 10s;
+  while (node2_alive() && std::chrono::steady_clock::now() < dead_by) std::this_thread::sleep_for(50ms);
+  for (const auto& n : status.nodes) EXPECT_EQ(n.alive, n.name != "node-2") << n.name;
 }
 
 }  // namespace

@@ -169,7 +169,24 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
                              std::make_shared<MembershipHandler>(d->state_.get(), config.security, config)));
   MC_ASSIGN_OR_RETURN(d->server_, rpc::RpcServer::Start(mux, config.address, config.port, config.security));
   LOG(INFO) << "coordinator for cluster '" << cluster.name << "' listening on " << config.address << ":" << d->port();
+  d->watchdog_ = std::thread([self = d.get(), interval = config.heartbeat_interval] {
+    std::unique_lock lock(self->mu_);
+    while (!self->cv_.wait_for(lock, std::chrono::duration<double>(interval), [&] { return self->stopping_; })) {
+      lock.unlock();
+      self->state_->CheckLiveness();
+      lock.lock();
+    }
+  });
   return d;
+}
+
+CoordinatorDaemon::~CoordinatorDaemon() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
 }
 
 }  // namespace modelcast::coord

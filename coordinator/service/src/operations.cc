@@ -258,6 +258,25 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   return Status::Ok();
 }
 
+void ClusterState::CheckLiveness() {
+  std::lock_guard lock(mu_);
+  for (auto& [id, op] : operations_) {
+    if (op.status.state != rpc::OperationState::RUNNING) continue;
+    for (const auto& node : op.pending) {
+      auto it = nodes_.find(node);
+      if (it == nodes_.end() || AliveLocked(it->second)) continue;
+      auto& np = op.status.nodes[op.node_index[node]];
+      np.state = "lost";
+      np.__set_error("no heartbeat for " + std::to_string(config_.heartbeat_deadline) + " s");
+      Status st = FinishLocked(op, rpc::OperationState::FAILED,
+                               "node '" + node + "' was lost mid-operation (no heartbeat within " +
+                                   std::to_string(config_.heartbeat_deadline) + " s)");
+      if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
+      break;
+    }
+  }
+}
+
 Result<rpc::OperationStatus> ClusterState::GetOperation(const std::string& id) const {
   std::lock_guard lock(mu_);
   auto it = operations_.find(id);

@@ -8,6 +8,7 @@
 //   port: 7401
 //   coordinator: {address: 127.0.0.1, port: 7300}
 //   fabric: {listen: 127.0.0.1:7501, transport: auto, tls: tcp, net_devices: eth0}
+//                               # fault: "delay=50ms" wraps it in the fault injector (tests)
 //   store: {...}                # cluster-configs/node-store.yaml
 //   security: {...}             # as the coordinator's
 #pragma once
@@ -38,6 +39,7 @@ struct AgentConfig {
   std::string coordinator_address;
   int coordinator_port = 0;
   std::string transport = "auto";
+  std::string fault;  // fabric.fault: the fault injector's spec (tests), e.g. "delay=50ms"
   fabric::UcxOptions fabric;
   tiers::StoreOptions store;
   rpc::SecurityConfig security;

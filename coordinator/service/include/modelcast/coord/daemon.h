@@ -10,12 +10,14 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "modelcast/common/config.h"
@@ -69,6 +71,9 @@ class ClusterState {
   Result<rpc::ScaleOutResponse> ScaleOut(const rpc::ScaleOutRequest& req);
   Status Progress(const rpc::ProgressReport& report);
   Result<rpc::OperationStatus> GetOperation(const std::string& id) const;
+  // Fails running operations that a node has dropped out of (no heartbeat within the deadline),
+  // naming it. Called every heartbeat interval.
+  void CheckLiveness();
 
  private:
   struct Node {
@@ -116,10 +121,15 @@ class CoordinatorDaemon {
                                                           const CoordinatorConfig& config);
   int port() const { return server_->port(); }
   ClusterState& state() { return *state_; }
+  ~CoordinatorDaemon();
 
  private:
   std::unique_ptr<ClusterState> state_;
   std::unique_ptr<rpc::RpcServer> server_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread watchdog_;
 };
 
 // Service names on the multiplexed server.
