@@ -80,7 +80,8 @@ rpc::NodeInventory ToRpcInventory(const tiers::Inventory& inv) {
 }
 
 Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
-  MC_RETURN_IF_ERROR(root.CheckKeys({"node", "address", "port", "coordinator", "fabric", "store", "security"}));
+  MC_RETURN_IF_ERROR(
+      root.CheckKeys({"node", "address", "port", "coordinator", "fabric", "store", "security", "metrics"}));
   AgentConfig c;
   MC_ASSIGN_OR_RETURN(c.node, root.GetString("node"));
   MC_ASSIGN_OR_RETURN(c.address, root.GetString("address", c.address));
@@ -110,6 +111,9 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
   MC_ASSIGN_OR_RETURN(c.store, tiers::StoreOptions::FromConfig(store));
   MC_ASSIGN_OR_RETURN(ConfigNode sec, root.Child("security"));
   MC_ASSIGN_OR_RETURN(c.security, rpc::SecurityConfig::FromConfig(sec));
+  if (auto m = root.OptionalChild("metrics")) {
+    MC_ASSIGN_OR_RETURN(c.metrics, rpc::MetricsConfig::FromConfig(*m));
+  }
   return c;
 }
 
@@ -227,6 +231,7 @@ struct AgentDaemon::Impl {
                      std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending);
 
   int rpc_port = 0;
+  std::atomic<uint64_t> fragments_ok{0}, fragments_failed{0}, slices_in{0}, bytes_in{0}, slices_out{0}, bytes_out{0};
 };
 
 Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> m,
@@ -304,6 +309,10 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   };
   MC_ASSIGN_OR_RETURN(auto report,
                       fabric::ExecuteFragment(*transport, layout, store->host_pool_base(), held, fragment, opts));
+  slices_in += report.slices_received;
+  bytes_in += report.bytes_received;
+  slices_out += report.slices_sent;
+  bytes_out += report.bytes_sent;
   LOG(INFO) << "agent " << config.node << ": operation " << req.operation_id << " done: " << report.slices_received
             << " slices in, " << report.slices_sent << " out, " << report.seconds << " s";
   return Status::Ok();
@@ -364,6 +373,7 @@ class AgentHandler : public rpc::AgentIf {
         }
       });
       Status st = impl->RunFragment(req, manifest, pending_mu, pending);
+      (st.ok() ? impl->fragments_ok : impl->fragments_failed)++;
       finished = true;
       reporter.join();
       if (!st.ok())
@@ -441,10 +451,61 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
       d->server_, rpc::RpcServer::Start(std::make_shared<rpc::AgentProcessor>(std::make_shared<AgentHandler>(d->impl_)),
                                         config.address, config.port, config.security));
   impl.rpc_port = d->server_->port();
+  if (config.metrics.enabled) {
+    MC_ASSIGN_OR_RETURN(d->metrics_, rpc::MetricsServer::Start(config.metrics.address, config.metrics.port,
+                                                               [self = d.get()] { return self->RenderMetrics(); }));
+  }
   impl.membership = std::thread([i = d->impl_] { i->MembershipLoop(); });
   LOG(INFO) << "agent " << config.node << ": serving on " << config.address << ":" << impl.rpc_port << ", fabric at "
             << impl.transport->address();
   return d;
+}
+
+std::string AgentDaemon::RenderMetrics() const {
+  rpc::MetricsText m;
+  const auto inv = store_->GetInventory();
+  for (const auto& t : inv.tiers) {
+    const std::string tier = "tier=\"" + std::string(TierName(t.tier)) + "\"";
+    m.Gauge("modelcast_tier_capacity_bytes", "Hard capacity of each tier of the store", static_cast<double>(t.capacity),
+            tier);
+  }
+  for (const auto& t : inv.tiers) {
+    const std::string tier = "tier=\"" + std::string(TierName(t.tier)) + "\"";
+    m.Gauge("modelcast_tier_used_bytes", "Bytes in use in each tier", static_cast<double>(t.used), tier);
+  }
+  for (const auto& t : inv.tiers) {
+    const std::string tier = "tier=\"" + std::string(TierName(t.tier)) + "\"";
+    m.Gauge("modelcast_tier_pinned_bytes", "Bytes that cannot be evicted now", static_cast<double>(t.pinned), tier);
+  }
+  const auto c = store_->counters();
+  m.Counter("modelcast_ssd_read_bytes_total", "Bytes read from SSD and verified",
+            static_cast<double>(c.bytes_read_ssd));
+  m.Counter("modelcast_ssd_written_bytes_total", "Bytes written behind to SSD",
+            static_cast<double>(c.bytes_written_ssd));
+  m.Counter("modelcast_gpu_copied_bytes_total", "Bytes copied up to the GPU", static_cast<double>(c.bytes_to_gpu));
+  for (Tier t : {Tier::kHost, Tier::kGpu}) {
+    m.Counter("modelcast_evictions_total", "Blocks evicted from a tier", static_cast<double>(c.evictions[int(t)]),
+              "tier=\"" + std::string(TierName(t)) + "\"");
+  }
+  m.Counter("modelcast_corrupt_slices_total", "Slices read from SSD that failed their checksum",
+            static_cast<double>(c.corrupt_slices));
+  m.Counter("modelcast_fallbacks_total", "Slower paths taken (logged once each)", static_cast<double>(c.uring_refused),
+            "kind=\"io_uring_refused\"");
+  m.Counter("modelcast_fallbacks_total", "Slower paths taken (logged once each)", static_cast<double>(c.direct_refused),
+            "kind=\"o_direct_refused\"");
+  m.Counter("modelcast_fragments_total", "Plan fragments run", static_cast<double>(impl_->fragments_ok.load()),
+            "result=\"ok\"");
+  m.Counter("modelcast_fragments_total", "Plan fragments run", static_cast<double>(impl_->fragments_failed.load()),
+            "result=\"failed\"");
+  m.Counter("modelcast_fabric_slices_total", "Slices moved by the fabric", static_cast<double>(impl_->slices_in.load()),
+            "direction=\"in\"");
+  m.Counter("modelcast_fabric_slices_total", "Slices moved by the fabric",
+            static_cast<double>(impl_->slices_out.load()), "direction=\"out\"");
+  m.Counter("modelcast_fabric_bytes_total", "Bytes moved by the fabric", static_cast<double>(impl_->bytes_in.load()),
+            "direction=\"in\"");
+  m.Counter("modelcast_fabric_bytes_total", "Bytes moved by the fabric", static_cast<double>(impl_->bytes_out.load()),
+            "direction=\"out\"");
+  return m.text();
 }
 
 AgentDaemon::~AgentDaemon() {
@@ -457,6 +518,7 @@ AgentDaemon::~AgentDaemon() {
     if (impl_->membership.joinable()) impl_->membership.join();
   }
   server_.reset();
+  metrics_.reset();
   if (impl_) {
     std::map<std::string, std::thread> fragments;
     {

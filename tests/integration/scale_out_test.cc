@@ -2,6 +2,7 @@
 // agent's SSD; scaleOut(model, 2) plans, dispatches, moves every slice over UCX into the
 // targets' stores, and the operation reports success with every target's slices counted.
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <thrift/protocol/TMultiplexedProtocol.h>
 
 #include <thread>
@@ -37,7 +38,8 @@ class ScaleOutTest : public ::testing::Test {
     std::string cluster = "name: loop\n" + defaults + "nodes:\n";
     for (int i = 0; i < kNodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
     cluster += "coordinator:\n  address: 127.0.0.1\n  port: 0\n  state_dir: " + (dir / "coord").string() +
-               "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken + "}\n";
+               "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
+               "}\n  metrics: {address: 127.0.0.1, port: 0}\n";
     testing::WriteAll(dir / "cluster.yaml", cluster);
     coordinator = std::make_unique<testing::Child>(
         std::vector<std::string>{ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()});
@@ -58,7 +60,7 @@ class ScaleOutTest : public ::testing::Test {
                             std::to_string(port) + "}\nfabric: {listen: '127.0.0.1:0', transport: ucx" +
                             (fault.empty() ? "" : ", fault: '" + fault + "'") + "}\n" +
                             "store: {ssd_dir: " + (dir / n).string() + ", ssd_capacity: 1GiB, host_capacity: 64MiB}\n" +
-                            "security: {token: " + kToken + "}\n");
+                            "security: {token: " + kToken + "}\n" + "metrics: {address: 127.0.0.1, port: 0}\n");
       agents.push_back(std::make_unique<testing::Child>(
           std::vector<std::string>{ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()}));
       ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
@@ -90,6 +92,16 @@ class ScaleOutTest : public ::testing::Test {
     const auto join_by = std::chrono::steady_clock::now() + 30s;
     while (!ready() && std::chrono::steady_clock::now() < join_by) std::this_thread::sleep_for(50ms);
     ASSERT_TRUE(ready());
+  }
+  // GET /metrics from the process whose stdout announced "metrics on ADDRESS:PORT".
+  static std::string Metrics(testing::Child& process) {
+    const std::string out = process.Stdout();
+    const auto at = out.find("metrics on ");
+    if (at == std::string::npos) return "";
+    const auto line = out.substr(at, out.find('\n', at) - at);
+    httplib::Client http("127.0.0.1", std::stoi(line.substr(line.rfind(':') + 1)));
+    auto res = http.Get("/metrics");
+    return res && res->status == 200 ? res->body : "";
   }
   void TearDown() override {
     client.reset();
@@ -162,6 +174,18 @@ TEST_F(ScaleOutTest, OneToThreeOnLoopback) {
     for (const auto& h : node.inventory.models) holds |= h.model == "tiny-llm" && Count(h.host) == nslices;
     EXPECT_TRUE(holds) << node.name << " does not report the model in host memory (yet)";
   }
+  // What the daemons' Prometheus endpoints say about it.
+  const std::string coord_metrics = Metrics(*coordinator);
+  EXPECT_NE(coord_metrics.find("modelcast_operations{state=\"SUCCEEDED\"} 1\n"), std::string::npos) << coord_metrics;
+  EXPECT_NE(coord_metrics.find("modelcast_slices_moved_total " + std::to_string(2 * nslices) + "\n"), std::string::npos)
+      << coord_metrics;
+  EXPECT_NE(coord_metrics.find("modelcast_nodes_alive 3\n"), std::string::npos) << coord_metrics;
+  const std::string agent_metrics = Metrics(*agents[1]);
+  EXPECT_NE(agent_metrics.find("modelcast_fabric_slices_total{direction=\"in\"} " + std::to_string(nslices) + "\n"),
+            std::string::npos)
+      << agent_metrics;
+  EXPECT_NE(agent_metrics.find("# TYPE modelcast_tier_used_bytes gauge\n"), std::string::npos) << agent_metrics;
+
   // The example autoscaler (Python) sees 3 replicas, wants 5 for 9 req/s, and is told that no
   // node is left to take one.
   testing::WriteAll(dir / "token", kToken);

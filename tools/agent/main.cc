@@ -41,6 +41,9 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   auto daemon = agent::AgentDaemon::Start(*config);
   if (!daemon.ok()) return fail(daemon.status());
+  if ((*daemon)->metrics_port() > 0) {
+    std::printf("metrics on %s:%d\n", config->metrics.address.c_str(), (*daemon)->metrics_port());
+  }
   std::printf("listening on %s:%d\n", config->address.c_str(), (*daemon)->port());
   std::fflush(stdout);
   int sig = 0;

@@ -42,7 +42,8 @@ struct CoordinatorFlags {
 
   Result<Client> Connect() const {
     std::string addr = coordinator;
-    if (addr.empty()) addr = std::getenv("MODELCAST_COORDINATOR") ? std::getenv("MODELCAST_COORDINATOR") : "127.0.0.1:7300";
+    if (addr.empty())
+      addr = std::getenv("MODELCAST_COORDINATOR") ? std::getenv("MODELCAST_COORDINATOR") : "127.0.0.1:7300";
     const auto colon = addr.rfind(':');
     if (colon == std::string::npos) return InvalidArgument("--coordinator " + addr + " has no port");
     rpc::SecurityConfig s;
@@ -164,7 +165,8 @@ int RunModels(const std::vector<std::string>& args) {
     auto text = ReadFileToString(std::filesystem::path(register_pkg) / "manifest.json", 512ull << 20);
     if (!text.ok()) return Fail("models", text.status());
     auto name = nlohmann::json::parse(*text, nullptr, false);
-    if (name.is_discarded() || !name.contains("name")) return Fail("models", InvalidArgument(register_pkg + ": bad manifest"));
+    if (name.is_discarded() || !name.contains("name"))
+      return Fail("models", InvalidArgument(register_pkg + ": bad manifest"));
     rpc::RegisterModelRequest req;
     req.header = c->header;
     req.name = name["name"].get<std::string>();
@@ -251,7 +253,8 @@ int RunScaleOut(const std::vector<std::string>& args) {
     PrintProgress(op, false);
   }
   if (op.state != rpc::OperationState::SUCCEEDED) {
-    return Fail("scale-out", Internal(op.id + " " + rpc::to_string(op.state) + (op.__isset.error ? ": " + op.error : "")));
+    return Fail("scale-out",
+                Internal(op.id + " " + rpc::to_string(op.state) + (op.__isset.error ? ": " + op.error : "")));
   }
   return kExitOk;
 }

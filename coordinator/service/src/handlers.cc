@@ -63,46 +63,56 @@ void Check(const Status& st) {
   if (!st.ok()) Throw(st);
 }
 
+// Checks the caller's credentials, counting a refusal.
+void Authorize(ClusterState* state, const rpc::SecurityConfig& security, const rpc::RequestHeader& header,
+               const char* method) {
+  Status st = rpc::CheckCaller(security, header, method);
+  if (!st.ok()) {
+    state->CountRefusal();
+    Throw(st);
+  }
+}
+
 class CoordinatorHandler : public rpc::CoordinatorIf {
  public:
   CoordinatorHandler(ClusterState* state, const rpc::SecurityConfig& security) : state_(state), security_(security) {}
 
   void registerModel(rpc::ModelInfo& out, const rpc::RegisterModelRequest& req) override {
-    Check(rpc::CheckCaller(security_, req.header, "registerModel"));
+    Authorize(state_, security_, req.header, "registerModel");
     auto info = state_->RegisterModel(
         req.name, req.manifest_json, req.__isset.keep_alive_s ? std::optional<double>(req.keep_alive_s) : std::nullopt);
     Check(info.status());
     out = std::move(*info);
   }
   void listModels(std::vector<rpc::ModelInfo>& out, const rpc::RequestHeader& header) override {
-    Check(rpc::CheckCaller(security_, header, "listModels"));
+    Authorize(state_, security_, header, "listModels");
     out = state_->ListModels();
   }
   void scaleOut(rpc::ScaleOutResponse& out, const rpc::ScaleOutRequest& req) override {
-    Check(rpc::CheckCaller(security_, req.header, "scaleOut"));
+    Authorize(state_, security_, req.header, "scaleOut");
     Check(CheckScale("scaleOut", req.model, req.replicas));
     auto resp = state_->ScaleOut(req);
     Check(resp.status());
     out = std::move(*resp);
   }
   void scaleIn(std::string&, const rpc::ScaleInRequest& req) override {
-    Check(rpc::CheckCaller(security_, req.header, "scaleIn"));
+    Authorize(state_, security_, req.header, "scaleIn");
     Check(CheckScale("scaleIn", req.model, req.replicas));
     Throw(Unimplemented("scaleIn: scale-in operations are not built yet"));
   }
   void getOperation(rpc::OperationStatus& out, const rpc::RequestHeader& header, const std::string& id) override {
-    Check(rpc::CheckCaller(security_, header, "getOperation"));
+    Authorize(state_, security_, header, "getOperation");
     auto op = state_->GetOperation(id);
     Check(op.status());
     out = std::move(*op);
   }
   void getClusterStatus(rpc::ClusterStatus& out, const rpc::RequestHeader& header) override {
-    Check(rpc::CheckCaller(security_, header, "getClusterStatus"));
+    Authorize(state_, security_, header, "getClusterStatus");
     out = state_->GetStatus();
   }
   void listInstances(std::vector<rpc::Instance>& out, const rpc::RequestHeader& header,
                      const std::string& model) override {
-    Check(rpc::CheckCaller(security_, header, "listInstances"));
+    Authorize(state_, security_, header, "listInstances");
     if (!state_->HasModel(model)) Throw(NotFound("listInstances: unknown model '" + model + "'"));
     out.clear();  // no instances until scale-out operations exist
   }
@@ -130,7 +140,7 @@ class MembershipHandler : public rpc::MembershipIf {
       : state_(state), security_(security), config_(config) {}
 
   void join(rpc::JoinResponse& out, const rpc::JoinRequest& req) override {
-    Check(rpc::CheckCaller(security_, req.header, "join"));
+    Authorize(state_, security_, req.header, "join");
     Check(state_->Join(req));
     out.cluster = state_->cluster_name();
     out.epoch = state_->epoch();
@@ -138,13 +148,13 @@ class MembershipHandler : public rpc::MembershipIf {
     out.heartbeat_deadline_ms = static_cast<int32_t>(config_.heartbeat_deadline * 1000);
   }
   void heartbeat(rpc::HeartbeatResponse& out, const rpc::HeartbeatRequest& req) override {
-    Check(rpc::CheckCaller(security_, req.header, "heartbeat"));
+    Authorize(state_, security_, req.header, "heartbeat");
     auto known = state_->Heartbeat(req);
     Check(known.status());
     out.rejoin = !*known;
   }
   void reportProgress(const rpc::ProgressReport& report) override {
-    Check(rpc::CheckCaller(security_, report.header, "reportProgress"));
+    Authorize(state_, security_, report.header, "reportProgress");
     Check(state_->Progress(report));
   }
 
@@ -169,6 +179,11 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
                              std::make_shared<MembershipHandler>(d->state_.get(), config.security, config)));
   MC_ASSIGN_OR_RETURN(d->server_, rpc::RpcServer::Start(mux, config.address, config.port, config.security));
   LOG(INFO) << "coordinator for cluster '" << cluster.name << "' listening on " << config.address << ":" << d->port();
+  if (config.metrics.enabled) {
+    MC_ASSIGN_OR_RETURN(d->metrics_,
+                        rpc::MetricsServer::Start(config.metrics.address, config.metrics.port,
+                                                  [state = d->state_.get()] { return state->RenderMetrics(); }));
+  }
   d->watchdog_ = std::thread([self = d.get(), interval = config.heartbeat_interval] {
     std::unique_lock lock(self->mu_);
     while (!self->cv_.wait_for(lock, std::chrono::duration<double>(interval), [&] { return self->stopping_; })) {

@@ -216,6 +216,9 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
   if (op.status.state != rpc::OperationState::RUNNING) return Status::Ok();
   op.status.state = state;
   op.status.__set_finished_unix(UnixNow());
+  operations_finished_++;
+  if (state != rpc::OperationState::SUCCEEDED) operation_errors_++;
+  operation_seconds_ += op.status.finished_unix - op.status.created_unix;
   if (!error.empty()) op.status.__set_error(error);
   LOG(INFO) << "coordinator: " << op.status.id << " "
             << (state == rpc::OperationState::SUCCEEDED ? "succeeded" : "failed")
@@ -239,7 +242,11 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   auto& np = op.status.nodes[ni->second];
   auto& got = op.received[r.node];
   for (const auto& s : r.slices) {
-    if (got.insert(s.slice).second) np.bytes_received += s.bytes;
+    if (got.insert(s.slice).second) {
+      np.bytes_received += s.bytes;
+      bytes_moved_ += static_cast<uint64_t>(s.bytes);
+      slices_moved_++;
+    }
   }
   np.slices_received = static_cast<int32_t>(got.size());
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();

@@ -27,8 +27,8 @@ std::vector<std::string> Holders(const std::map<std::string, rpc::NodeInventory>
 }  // namespace
 
 Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) {
-  MC_RETURN_IF_ERROR(
-      node.CheckKeys({"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "security"}));
+  MC_RETURN_IF_ERROR(node.CheckKeys(
+      {"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "security", "metrics"}));
   CoordinatorConfig c;
   MC_ASSIGN_OR_RETURN(c.address, node.GetString("address", c.address));
   MC_ASSIGN_OR_RETURN(int64_t port, node.GetInt("port", c.port));
@@ -44,6 +44,9 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
   }
   MC_ASSIGN_OR_RETURN(ConfigNode sec, node.Child("security"));
   MC_ASSIGN_OR_RETURN(c.security, rpc::SecurityConfig::FromConfig(sec));
+  if (auto m = node.OptionalChild("metrics")) {
+    MC_ASSIGN_OR_RETURN(c.metrics, rpc::MetricsConfig::FromConfig(*m));
+  }
   return c;
 }
 
@@ -195,6 +198,31 @@ Result<bool> ClusterState::Heartbeat(const rpc::HeartbeatRequest& req) {
   n.last_heartbeat_unix = UnixNow();
   if (req.__isset.inventory) n.inventory = req.inventory;
   return true;
+}
+
+std::string ClusterState::RenderMetrics() const {
+  std::lock_guard lock(mu_);
+  rpc::MetricsText m;
+  int alive = 0;
+  for (const auto& [name, n] : nodes_) alive += AliveLocked(n);
+  m.Gauge("modelcast_nodes", "Nodes in the cluster config", static_cast<double>(nodes_.size()));
+  m.Gauge("modelcast_nodes_alive", "Nodes whose agent heartbeats within the deadline", alive);
+  m.Gauge("modelcast_models", "Registered models", static_cast<double>(models_.size()));
+  std::map<std::string, int> states;
+  for (const auto& [id, op] : operations_) states[rpc::to_string(op.status.state)]++;
+  for (const auto& [state, count] : states) {
+    m.Gauge("modelcast_operations", "Operations known to the coordinator, by state", count, "state=\"" + state + "\"");
+  }
+  m.Counter("modelcast_bytes_moved_total", "Bytes that targets reported received", static_cast<double>(bytes_moved_));
+  m.Counter("modelcast_slices_moved_total", "Slices that targets reported received",
+            static_cast<double>(slices_moved_));
+  m.Counter("modelcast_operation_seconds_total", "Wall time of finished operations", operation_seconds_);
+  m.Counter("modelcast_operations_finished_total", "Operations finished (succeeded or failed)",
+            static_cast<double>(operations_finished_));
+  m.Counter("modelcast_operation_errors_total", "Operations that failed", static_cast<double>(operation_errors_));
+  m.Counter("modelcast_rpc_refused_total", "Calls refused for missing or wrong credentials",
+            static_cast<double>(refused_.load()));
+  return m.text();
 }
 
 rpc::ClusterStatus ClusterState::GetStatus() const {

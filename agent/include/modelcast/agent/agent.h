@@ -25,6 +25,7 @@
 #include "modelcast/common/config.h"
 #include "modelcast/fabric/transport.h"
 #include "modelcast/fabric/ucx_transport.h"
+#include "modelcast/rpc/metrics.h"
 #include "modelcast/rpc/security.h"
 #include "modelcast/rpc/server.h"
 #include "modelcast/tiers/store.h"
@@ -43,6 +44,7 @@ struct AgentConfig {
   fabric::UcxOptions fabric;
   tiers::StoreOptions store;
   rpc::SecurityConfig security;
+  rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
 
   static Result<AgentConfig> FromConfig(const ConfigNode& root);
 };
@@ -56,6 +58,9 @@ class AgentDaemon {
   ~AgentDaemon();
 
   int port() const { return server_->port(); }
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  // Prometheus text: tier occupancy, SSD bytes, evictions, fallbacks, fragments, slices and bytes moved.
+  std::string RenderMetrics() const;
   tiers::Store& store() { return *store_; }
 
   struct Impl;  // the Agent service's state (agent_impl.h)
@@ -65,6 +70,7 @@ class AgentDaemon {
   std::shared_ptr<Impl> impl_;
   std::unique_ptr<tiers::Store> store_;
   std::unique_ptr<rpc::RpcServer> server_;
+  std::unique_ptr<rpc::MetricsServer> metrics_;
 };
 
 }  // namespace modelcast::agent

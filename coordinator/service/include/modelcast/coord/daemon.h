@@ -9,6 +9,7 @@
 // Not yet: replanning when a node dies mid-operation, scale-in, instances.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -24,6 +25,7 @@
 #include "modelcast/common/journal.h"
 #include "modelcast/coord/cluster.h"
 #include "modelcast/model/manifest.h"
+#include "modelcast/rpc/metrics.h"
 #include "modelcast/rpc/security.h"
 #include "modelcast/rpc/server.h"
 #include "modelcast_types.h"
@@ -41,6 +43,7 @@ struct CoordinatorConfig {
   double heartbeat_interval = 1;
   double heartbeat_deadline = 5;
   rpc::SecurityConfig security;
+  rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
 
   static Result<CoordinatorConfig> FromConfig(const ConfigNode& node);
 };
@@ -74,6 +77,10 @@ class ClusterState {
   // Fails running operations that a node has dropped out of (no heartbeat within the deadline),
   // naming it. Called every heartbeat interval.
   void CheckLiveness();
+
+  // Prometheus text: nodes, models, operations, bytes and slices moved, refusals.
+  std::string RenderMetrics() const;
+  void CountRefusal() { refused_++; }
 
  private:
   struct Node {
@@ -112,6 +119,10 @@ class ClusterState {
   std::map<std::string, Model> models_;
   std::map<std::string, Operation> operations_;
   uint64_t next_operation_ = 1;
+  std::atomic<uint64_t> refused_{0};
+  uint64_t bytes_moved_ = 0, slices_moved_ = 0, operation_errors_ = 0;
+  double operation_seconds_ = 0;  // sum over finished operations
+  uint64_t operations_finished_ = 0;
 };
 
 // The running daemon: state plus its Thrift server (Coordinator and Membership multiplexed).
@@ -120,12 +131,14 @@ class CoordinatorDaemon {
   static Result<std::unique_ptr<CoordinatorDaemon>> Start(const ClusterConfig& cluster,
                                                           const CoordinatorConfig& config);
   int port() const { return server_->port(); }
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   ClusterState& state() { return *state_; }
   ~CoordinatorDaemon();
 
  private:
   std::unique_ptr<ClusterState> state_;
   std::unique_ptr<rpc::RpcServer> server_;
+  std::unique_ptr<rpc::MetricsServer> metrics_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
