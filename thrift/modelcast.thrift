@@ -186,6 +186,7 @@ struct OperationStatus {
   10: optional string error,
   11: i32 replans,                     // times the plan was redone (a node died)
   12: optional double first_pipeline_s, // since start: the first time a group of targets could serve
+  13: optional double first_byte_unix,  // when the first slice started moving to a target
 }
 
 struct NodeStatus {
@@ -280,6 +281,7 @@ struct ProgressReport {
   4: list<SliceProgress> slices,       // since the last report
   5: bool done,
   6: optional string error,            // the fragment failed: why, naming peer and slices
+  7: optional double started_unix,     // when the fragment began (SliceProgress times count from it)
 }
 
 service Membership {

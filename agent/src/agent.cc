@@ -215,8 +215,10 @@ struct AgentDaemon::Impl {
     }
   }
 
-  void Report(const std::string& operation, std::vector<rpc::SliceProgress> slices, bool done, const Status& error) {
+  void Report(const std::string& operation, double started_unix, std::vector<rpc::SliceProgress> slices, bool done,
+              const Status& error) {
     rpc::ProgressReport r;
+    r.__set_started_unix(started_unix);
     r.header = Header();
     r.node = config.node;
     r.operation_id = operation;
@@ -228,14 +230,16 @@ struct AgentDaemon::Impl {
   }
 
   Status RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> manifest,
-                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending);
+                     std::chrono::steady_clock::time_point fragment_start, std::mutex& pending_mu,
+                     std::vector<rpc::SliceProgress>& pending);
 
   int rpc_port = 0;
   std::atomic<uint64_t> fragments_ok{0}, fragments_failed{0}, slices_in{0}, bytes_in{0}, slices_out{0}, bytes_out{0};
 };
 
 Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> m,
-                                      std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending) {
+                                      std::chrono::steady_clock::time_point fragment_start, std::mutex& pending_mu,
+                                      std::vector<rpc::SliceProgress>& pending) {
   const auto& model = req.model;
   const auto deadline = std::chrono::milliseconds(static_cast<int64_t>(req.deadline_s * 1000));
   std::set<uint32_t> received;
@@ -291,6 +295,8 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   }
   const auto layout = fabric::ModelLayout::FromManifest(*m, offsets, store->host_pool_size());
   MC_RETURN_IF_ERROR(fragment.Validate(layout));
+  // SliceProgress times count from the fragment's start; the executor's from its own.
+  const double offset = std::chrono::duration<double>(std::chrono::steady_clock::now() - fragment_start).count();
   fabric::ExecutorOptions opts;
   MC_ASSIGN_OR_RETURN(opts.method, fabric::ParseSliceMethod(req.method.empty() ? "auto" : req.method));
   opts.region = region.get();
@@ -302,8 +308,8 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
     p.slice = static_cast<int32_t>(e.slice);
     p.source = e.source;
     p.bytes = static_cast<int64_t>(e.bytes);
-    p.started = e.started;
-    p.finished = e.finished;
+    p.started = e.started + offset;
+    p.finished = e.finished + offset;
     std::lock_guard lock(pending_mu);
     pending.push_back(p);
   };
@@ -359,22 +365,32 @@ class AgentHandler : public rpc::AgentIf {
     impl_->fragments[req.operation_id] = std::thread([impl = impl_, req, manifest] {
       std::mutex pending_mu;
       std::vector<rpc::SliceProgress> pending;
-      std::atomic<bool> finished{false};
-      // Progress goes to the coordinator in batches while the fragment runs.
+      const double started_unix =
+          std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+      const auto fragment_start = std::chrono::steady_clock::now();
+      bool finished = false;
+      std::condition_variable finished_cv;
+      // Progress goes to the coordinator in batches (every 200 ms) while the fragment runs; the
+      // end wakes the reporter at once.
       std::thread reporter([&] {
+        std::unique_lock l(pending_mu);
         while (!finished) {
-          std::this_thread::sleep_for(200ms);
+          finished_cv.wait_for(l, 200ms, [&] { return finished; });
+          if (finished) break;
           std::vector<rpc::SliceProgress> batch;
-          {
-            std::lock_guard l(pending_mu);
-            batch.swap(pending);
-          }
-          if (!batch.empty()) impl->Report(req.operation_id, std::move(batch), false, Status::Ok());
+          batch.swap(pending);
+          l.unlock();
+          if (!batch.empty()) impl->Report(req.operation_id, started_unix, std::move(batch), false, Status::Ok());
+          l.lock();
         }
       });
-      Status st = impl->RunFragment(req, manifest, pending_mu, pending);
+      Status st = impl->RunFragment(req, manifest, fragment_start, pending_mu, pending);
       (st.ok() ? impl->fragments_ok : impl->fragments_failed)++;
-      finished = true;
+      {
+        std::lock_guard l(pending_mu);
+        finished = true;
+      }
+      finished_cv.notify_all();
       reporter.join();
       if (!st.ok())
         LOG(WARNING) << "agent " << impl->config.node << ": operation " << req.operation_id << ": " << st.message();
@@ -383,7 +399,7 @@ class AgentHandler : public rpc::AgentIf {
         std::lock_guard l(pending_mu);
         rest.swap(pending);
       }
-      impl->Report(req.operation_id, std::move(rest), true, st);
+      impl->Report(req.operation_id, started_unix, std::move(rest), true, st);
       std::lock_guard l(impl->mu);
       impl->running.erase(req.operation_id);
     });

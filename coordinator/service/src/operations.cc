@@ -242,6 +242,11 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   auto& np = op.status.nodes[ni->second];
   auto& got = op.received[r.node];
   for (const auto& s : r.slices) {
+    if (np.role == "target" && r.__isset.started_unix) {
+      const double moved = r.started_unix + s.started;
+      if (!op.status.__isset.first_byte_unix || moved < op.status.first_byte_unix)
+        op.status.__set_first_byte_unix(moved);
+    }
     if (got.insert(s.slice).second) {
       np.bytes_received += s.bytes;
       bytes_moved_ += static_cast<uint64_t>(s.bytes);

@@ -1,0 +1,338 @@
+// control_bench: the control plane's overhead on loopback. A coordinator and four agents run as
+// processes; the model (synthetic small, ~100 MB) sits on agent-0's SSD. Each repetition scales
+// it from 1 copy to 4 and evicts the copies again.
+//
+//   scaleOut to first byte: from the scaleOut call to the first slice moving to a target (agents
+//   report their fragment's start and each slice's times), p50/p99; target p99 <= 20 ms.
+//   Under load: 16 clients calling getOperation/getClusterStatus at 1,000 calls/s in all while
+//   the same scale-outs run: the calls' p99 latency, and the scale-outs' duration against the
+//   unloaded ones (target: at most 5 % slower).
+//
+// Prints a table, then one JSON line.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <thrift/protocol/TMultiplexedProtocol.h>
+
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "Agent.h"
+#include "Coordinator.h"
+#include "bench_util.h"
+#include "modelcast/common/args.h"
+#include "modelcast/common/file_util.h"
+#include "modelcast/common/logging.h"
+#include "modelcast/model/prepare.h"
+#include "modelcast/model/synth.h"
+#include "modelcast/rpc/server.h"
+
+#include <nlohmann/json.hpp>
+
+extern char** environ;
+
+namespace modelcast {
+namespace {
+namespace fs = std::filesystem;
+using bench::Check;
+using bench::Die;
+using bench::Now;
+using namespace std::chrono_literals;
+
+constexpr const char* kToken = "control-bench-token-0123456789";
+constexpr int kAgents = 4;
+
+// A daemon started for the benchmark, stdout to a file, killed (by PID) at the end.
+struct Daemon {
+  pid_t pid = -1;
+  fs::path out;
+  int port = 0;
+};
+
+Daemon Spawn(const std::vector<std::string>& argv, const fs::path& out) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, (out.string() + ".log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  Daemon d;
+  d.out = out;
+  if (posix_spawn(&d.pid, args[0], &fa, nullptr, args.data(), environ) != 0)
+    Die(Unavailable("cannot start " + argv[0]));
+  posix_spawn_file_actions_destroy(&fa);
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (std::chrono::steady_clock::now() < until) {
+    auto text = ReadFileToString(out, 4096);
+    const auto at = text.ok() ? text->find("listening on ") : std::string::npos;
+    if (at != std::string::npos && text->find('\n', at) != std::string::npos) {
+      const auto line = text->substr(at, text->find('\n', at) - at);
+      d.port = std::stoi(line.substr(line.rfind(':') + 1));
+      return d;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  Die(Unavailable(argv[0] + " did not start (see " + out.string() + ".log)"));
+}
+
+void Stop(Daemon& d) {
+  if (d.pid <= 0) return;
+  ::kill(d.pid, SIGTERM);
+  int status = 0;
+  ::waitpid(d.pid, &status, 0);
+  d.pid = -1;
+}
+
+struct Client {
+  std::unique_ptr<rpc::RpcConnection> conn;
+  std::unique_ptr<rpc::CoordinatorClient> coordinator;
+};
+
+Client Connect(int port) {
+  rpc::SecurityConfig s;
+  s.token = kToken;
+  auto c = rpc::Connect("127.0.0.1", port, s, 10000);
+  if (!c.ok()) Die(c.status());
+  Client out;
+  out.conn = std::move(*c);
+  out.coordinator = std::make_unique<rpc::CoordinatorClient>(
+      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(out.conn->protocol, "Coordinator"));
+  return out;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double idx = p * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(idx);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (idx - static_cast<double>(lo));
+}
+
+}  // namespace
+}  // namespace modelcast
+
+int main(int argc, char** argv) {
+  using namespace modelcast;
+  bench::ProgramName() = "control_bench";
+  InitLogging(argv[0], 1);
+  std::string work = "bench-work", preset = "small";
+  int64_t reps = 20, clients = 16, rate = 1000;
+  ArgParser p("control_bench", "the control plane's overhead: scaleOut to first byte, and status calls under load");
+  p.Flag("work", &work, "scratch directory [bench-work]");
+  p.Flag("preset", &preset, "synthetic model [small]");
+  p.Flag("reps", &reps, "scale-outs per phase [20]");
+  p.Flag("clients", &clients, "status-polling clients in the loaded phase [16]");
+  p.Flag("rate", &rate, "their calls per second in all [1000]");
+  Check(p.Parse(argc, argv));
+  if (p.help_requested()) {
+    std::fputs(p.Usage().c_str(), stdout);
+    return 0;
+  }
+  const fs::path bin = fs::canonical("/proc/self/exe").parent_path();
+  const fs::path w = fs::absolute(work) / "control";
+  fs::remove_all(w);
+  fs::create_directories(w);
+  const fs::path src = fs::absolute(work) / ("synth-" + preset);
+  if (!fs::exists(src / "config.json")) {
+    model::SynthOptions o;
+    o.preset = preset;
+    Check(model::Synthesize(o, src));
+  }
+  model::PrepareOptions po;
+  po.blocks = 4;
+  po.slice_bytes = 4 << 20;
+  po.name = "bench-llm";
+  po.fsync = false;
+  auto prepared = model::Prepare(src, w / "pkg", po);
+  if (!prepared.ok()) Die(prepared.status());
+  const std::string defaults =
+      "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
+      "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
+  std::string cluster = "name: bench\n" + defaults + "nodes:\n";
+  for (int i = 0; i < kAgents; ++i) cluster += "  - {name: agent-" + std::to_string(i) + "}\n";
+  cluster += "coordinator: {address: 127.0.0.1, port: 0, state_dir: " + (w / "state").string() +
+             ", heartbeat_interval: 50ms, heartbeat_deadline: 2s, security: {token: " + kToken + "}}\n";
+  Check(WriteFileAtomic(w / "cluster.yaml", cluster));
+  Daemon coord = Spawn({(bin / "modelcast-coordinator").string(), "--config", (w / "cluster.yaml").string()},
+                       w / "coordinator.out");
+  auto import = bench::Shell((bin / "modelcast").string() + " store import " + (w / "pkg").string() + " --ssd-dir " +
+                             (w / "agent-0").string() + " >/dev/null 2>&1 && echo ok");
+  if (!import.ok() || import->find("ok") == std::string::npos) Die(Unavailable("store import failed"));
+  std::vector<Daemon> agents;
+  for (int i = 0; i < kAgents; ++i) {
+    const std::string n = "agent-" + std::to_string(i);
+    Check(WriteFileAtomic(w / (n + ".yaml"),
+                          "node: " + n + "\naddress: 127.0.0.1\nport: 0\ncoordinator: {address: 127.0.0.1, port: " +
+                              std::to_string(coord.port) + "}\nfabric: {listen: '127.0.0.1:0', transport: ucx}\n" +
+                              "store: {ssd_dir: " + (w / n).string() +
+                              ", ssd_capacity: 4GiB, host_capacity: 512MiB}\nsecurity: {token: " + kToken + "}\n"));
+    agents.push_back(
+        Spawn({(bin / "modelcast-agent").string(), "--config", (w / (n + ".yaml")).string()}, w / (n + ".out")));
+  }
+  Client main_client = Connect(coord.port);
+  auto& c = *main_client.coordinator;
+  rpc::SecurityConfig sec;
+  sec.token = kToken;
+  const auto header = rpc::MakeHeader(sec, "bench");
+  rpc::RegisterModelRequest reg;
+  reg.header = header;
+  reg.name = "bench-llm";
+  auto manifest = ReadFileToString(w / "pkg" / "manifest.json", 64 << 20);
+  if (!manifest.ok()) Die(manifest.status());
+  reg.manifest_json = *manifest;
+  rpc::ModelInfo info;
+  c.registerModel(info, reg);
+
+  // Until every agent is up and only agent-0 holds the model.
+  auto settled = [&] {
+    rpc::ClusterStatus s;
+    c.getClusterStatus(s, header);
+    int alive = 0;
+    for (const auto& n : s.nodes) alive += n.alive;
+    std::vector<rpc::ModelInfo> models;
+    c.listModels(models, header);
+    std::set<std::string> holders(models[0].ssd_holders.begin(), models[0].ssd_holders.end());
+    holders.insert(models[0].host_holders.begin(), models[0].host_holders.end());
+    return alive == kAgents && holders == std::set<std::string>{"agent-0"};
+  };
+  auto wait_settled = [&] {
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (!settled()) {
+      if (std::chrono::steady_clock::now() > until) Die(DeadlineExceeded("the cluster did not settle"));
+      std::this_thread::sleep_for(10ms);
+    }
+  };
+  // One scale-out 1 -> 4 and back: returns (first byte after the call, whole operation) in seconds.
+  auto scale = [&]() -> std::pair<double, double> {
+    wait_settled();
+    rpc::ScaleOutRequest so;
+    so.header = header;
+    so.model = "bench-llm";
+    so.replicas = kAgents - 1;
+    rpc::ScaleOutResponse resp;
+    const double t0 = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    c.scaleOut(resp, so);
+    rpc::OperationStatus op;
+    do {
+      std::this_thread::sleep_for(2ms);
+      c.getOperation(op, header, resp.operation_id);
+    } while (op.state == rpc::OperationState::RUNNING);
+    if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
+    const double first = op.first_byte_unix - t0;
+    const double total = op.finished_unix - t0;
+    // Evict the new copies, so the next repetition starts from one copy again.
+    rpc::ClusterStatus st;
+    c.getClusterStatus(st, header);
+    for (const auto& n : st.nodes) {
+      if (n.name == "agent-0") continue;
+      const auto colon = n.rpc_address.rfind(':');
+      auto ac = rpc::Connect(n.rpc_address.substr(0, colon), std::stoi(n.rpc_address.substr(colon + 1)), sec);
+      if (!ac.ok()) Die(ac.status());
+      rpc::AgentClient agent((*ac)->protocol);
+      rpc::MoveRequest evict;
+      evict.header = header;
+      evict.model = "bench-llm";
+      // Refused while the received copy is still being written behind to SSD: retry a while.
+      const auto until = std::chrono::steady_clock::now() + 30s;
+      for (;;) {
+        try {
+          agent.evict(evict);
+          break;
+        } catch (const rpc::InvalidRequest& e) {
+          if (e.code != rpc::ErrorCode::FAILED_PRECONDITION || std::chrono::steady_clock::now() > until) {
+            Die(Internal("evict on " + n.name + ": " + e.message));
+          }
+          std::this_thread::sleep_for(5ms);
+        }
+      }
+    }
+    return {first, total};
+  };
+
+  // Phase 1: no other load.
+  std::vector<double> first_idle, total_idle, first_load, total_load, call_ms;
+  scale();  // warm-up: connections, page cache, first-touch
+  for (int64_t r = 0; r < reps; ++r) {
+    auto [f, t] = scale();
+    first_idle.push_back(f * 1e3);
+    total_idle.push_back(t * 1e3);
+  }
+  // Phase 2: the same scale-outs while `clients` threads poll the coordinator at `rate` calls/s.
+  std::atomic<bool> stop{false};
+  std::mutex lat_mu;
+  std::vector<std::thread> pollers;
+  for (int64_t i = 0; i < clients; ++i) {
+    pollers.emplace_back([&, i] {
+      Client cl = Connect(coord.port);
+      const auto period = std::chrono::duration<double>(static_cast<double>(clients) / static_cast<double>(rate));
+      auto next = std::chrono::steady_clock::now();
+      std::vector<double> mine;
+      for (uint64_t k = 0; !stop; ++k) {
+        next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(period);
+        const double t0 = Now();
+        try {
+          if ((k + static_cast<uint64_t>(i)) % 2 == 0) {
+            rpc::ClusterStatus st;
+            cl.coordinator->getClusterStatus(st, header);
+          } else {
+            rpc::OperationStatus op;
+            cl.coordinator->getOperation(op, header, "op-1-1");
+          }
+        } catch (const apache::thrift::TException&) {
+        }
+        mine.push_back((Now() - t0) * 1e3);
+        std::this_thread::sleep_until(next);
+      }
+      std::lock_guard lock(lat_mu);
+      call_ms.insert(call_ms.end(), mine.begin(), mine.end());
+    });
+  }
+  const double load_start = Now();
+  for (int64_t r = 0; r < reps; ++r) {
+    auto [f, t] = scale();
+    first_load.push_back(f * 1e3);
+    total_load.push_back(t * 1e3);
+  }
+  const double load_secs = Now() - load_start;
+  stop = true;
+  for (auto& t : pollers) t.join();
+  for (auto& a : agents) Stop(a);
+  Stop(coord);
+
+  const double slowdown = bench::Median(total_load) / bench::Median(total_idle);
+  std::printf("\ncontrol_bench: %s (%s), 1 -> %d copies on loopback, %lld reps per phase\n", "bench-llm",
+              preset.c_str(), kAgents, (long long)reps);
+  std::printf("  %-34s %8s %8s %8s\n", "", "p50 ms", "p99 ms", "max ms");
+  auto row = [](const char* name, const std::vector<double>& v) {
+    std::printf("  %-34s %8.2f %8.2f %8.2f\n", name, Percentile(v, 0.5), Percentile(v, 0.99),
+                *std::max_element(v.begin(), v.end()));
+  };
+  row("scaleOut -> first byte (idle)", first_idle);
+  row("scaleOut -> done (idle)", total_idle);
+  row("scaleOut -> first byte (loaded)", first_load);
+  row("scaleOut -> done (loaded)", total_load);
+  row("status calls under load", call_ms);
+  std::printf("  status calls: %zu in %.1f s (%.0f/s); scale-out median loaded/idle: %.3f (target <= 1.05)\n",
+              call_ms.size(), load_secs, static_cast<double>(call_ms.size()) / load_secs, slowdown);
+  nlohmann::json j{{"bench", "control_bench"},
+                   {"reps", reps},
+                   {"first_byte_ms_p50", Percentile(first_idle, 0.5)},
+                   {"first_byte_ms_p99", Percentile(first_idle, 0.99)},
+                   {"scale_out_ms_p50", Percentile(total_idle, 0.5)},
+                   {"first_byte_loaded_ms_p99", Percentile(first_load, 0.99)},
+                   {"scale_out_loaded_ms_p50", Percentile(total_load, 0.5)},
+                   {"status_calls", call_ms.size()},
+                   {"status_calls_per_s", static_cast<double>(call_ms.size()) / load_secs},
+                   {"status_call_ms_p50", Percentile(call_ms, 0.5)},
+                   {"status_call_ms_p99", Percentile(call_ms, 0.99)},
+                   {"loaded_over_idle", slowdown}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
