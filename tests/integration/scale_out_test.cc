@@ -166,14 +166,20 @@ TEST_F(ScaleOutTest, OneToThreeOnLoopback) {
     ASSERT_TRUE(report.ok());
     EXPECT_TRUE(report->ok()) << n;
   }
-  rpc::ClusterStatus status;
-  client->getClusterStatus(status, header);
-  for (const auto& node : status.nodes) {
-    if (node.name == "node-0") continue;
-    bool holds = false;
-    for (const auto& h : node.inventory.models) holds |= h.model == "tiny-llm" && Count(h.host) == nslices;
-    EXPECT_TRUE(holds) << node.name << " does not report the model in host memory (yet)";
-  }
+  // The targets' next heartbeats carry their new holdings to the coordinator.
+  auto targets_holding = [&] {
+    rpc::ClusterStatus status;
+    client->getClusterStatus(status, header);
+    int holding = 0;
+    for (const auto& node : status.nodes) {
+      if (node.name == "node-0") continue;
+      for (const auto& h : node.inventory.models) holding += h.model == "tiny-llm" && Count(h.host) == nslices;
+    }
+    return holding;
+  };
+  const auto reported_by = std::chrono::steady_clock::now() + 10s;
+  while (targets_holding() < 2 && std::chrono::steady_clock::now() < reported_by) std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(targets_holding(), 2) << "the targets do not report the model in host memory";
   // What the daemons' Prometheus endpoints say about it.
   const std::string coord_metrics = Metrics(*coordinator);
   EXPECT_NE(coord_metrics.find("modelcast_operations{state=\"SUCCEEDED\"} 1\n"), std::string::npos) << coord_metrics;
