@@ -13,11 +13,11 @@
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/verbs_transport.h"
+#include "modelcast/rpc/errors.h"
 
 namespace modelcast::agent {
 namespace {
 
-using apache::thrift::TException;
 using namespace std::chrono_literals;
 
 std::vector<rpc::SliceRun> Runs(const std::vector<uint32_t>& sorted) {
@@ -35,25 +35,8 @@ std::vector<rpc::SliceRun> Runs(const std::vector<uint32_t>& sorted) {
   return runs;
 }
 
-[[noreturn]] void Throw(const Status& st) {
-  if (st.code() == StatusCode::kPermissionDenied) {
-    rpc::NotAuthorized e;
-    e.message = st.message();
-    throw e;
-  }
-  rpc::InvalidRequest e;
-  e.code = st.code() == StatusCode::kNotFound             ? rpc::ErrorCode::NOT_FOUND
-           : st.code() == StatusCode::kUnimplemented      ? rpc::ErrorCode::UNIMPLEMENTED
-           : st.code() == StatusCode::kResourceExhausted  ? rpc::ErrorCode::RESOURCE_EXHAUSTED
-           : st.code() == StatusCode::kFailedPrecondition ? rpc::ErrorCode::FAILED_PRECONDITION
-                                                          : rpc::ErrorCode::INVALID_ARGUMENT;
-  e.message = st.message();
-  throw e;
-}
-
-void Check(const Status& st) {
-  if (!st.ok()) Throw(st);
-}
+using rpc::ThrowStatus;
+void Check(const Status& st) { rpc::ThrowIfError(st); }
 
 }  // namespace
 
@@ -150,18 +133,12 @@ struct AgentDaemon::Impl {
         client = std::make_unique<rpc::MembershipClient>(
             std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(conn->protocol, "Membership"));
       }
-      try {
-        call(*client);
-        return Status::Ok();
-      } catch (const rpc::InvalidRequest& e) {
-        return InvalidArgument(e.message);
-      } catch (const rpc::NotAuthorized& e) {
-        return PermissionDenied(e.message);
-      } catch (const TException& e) {
-        client.reset();
-        conn.reset();
-        if (attempt == 1) return Unavailable(std::string("coordinator: ") + e.what());
-      }
+      Status st = rpc::CallStatus([&] { call(*client); });
+      if (st.code() != StatusCode::kUnavailable) return st;
+      // The connection broke (or the coordinator is busy): reconnect and try once more.
+      client.reset();
+      conn.reset();
+      if (attempt == 1) return st.WithContext("coordinator");
     }
     return Unavailable("coordinator unreachable");
   }
@@ -335,26 +312,27 @@ class AgentHandler : public rpc::AgentIf {
     auto parsed = model::Manifest::Parse(req.manifest_json, "runFragment: model '" + req.model + "' manifest");
     Check(parsed.status());
     if (parsed->name != req.model)
-      Throw(InvalidArgument("runFragment: the manifest is not of model '" + req.model + "'"));
+      ThrowStatus(InvalidArgument("runFragment: the manifest is not of model '" + req.model + "'"));
     const int32_t n = static_cast<int32_t>(parsed->slices.size());
     for (const auto* steps : {&req.sends, &req.receives}) {
       for (const auto& s : *steps) {
         if (s.slice < 0 || s.slice >= n) {
-          Throw(InvalidArgument("runFragment: slice " + std::to_string(s.slice) + " is not in model '" + req.model +
-                                "' (" + std::to_string(n) + " slices)"));
+          ThrowStatus(InvalidArgument("runFragment: slice " + std::to_string(s.slice) + " is not in model '" +
+                                      req.model + "' (" + std::to_string(n) + " slices)"));
         }
       }
     }
     for (int32_t s : req.local_loads) {
-      if (s < 0 || s >= n) Throw(InvalidArgument("runFragment: local slice " + std::to_string(s) + " out of range"));
+      if (s < 0 || s >= n)
+        ThrowStatus(InvalidArgument("runFragment: local slice " + std::to_string(s) + " out of range"));
     }
-    if (!(req.deadline_s > 0)) Throw(InvalidArgument("runFragment: deadline_s must be positive"));
+    if (!(req.deadline_s > 0)) ThrowStatus(InvalidArgument("runFragment: deadline_s must be positive"));
     Check(impl_->store->AddModel(*parsed));
     auto manifest = impl_->store->FindModel(req.model);
     std::lock_guard lock(impl_->mu);
-    if (impl_->stopping) Throw(Unavailable("the agent is stopping"));
+    if (impl_->stopping) ThrowStatus(Unavailable("the agent is stopping"));
     if (impl_->running.count(req.operation_id)) {
-      Throw(AlreadyExists("runFragment: operation '" + req.operation_id + "' is already running here"));
+      ThrowStatus(AlreadyExists("runFragment: operation '" + req.operation_id + "' is already running here"));
     }
     auto old = impl_->fragments.find(req.operation_id);
     if (old != impl_->fragments.end()) {
@@ -407,8 +385,8 @@ class AgentHandler : public rpc::AgentIf {
   void cancelOperation(const rpc::RequestHeader& header, const std::string& id) override {
     Check(rpc::CheckCaller(impl_->config.security, header, "cancelOperation"));
     std::lock_guard lock(impl_->mu);
-    if (!impl_->running.count(id)) Throw(NotFound("cancelOperation: operation '" + id + "' is not running here"));
-    Throw(Unimplemented("cancelOperation: a running fragment runs to its deadline"));
+    if (!impl_->running.count(id)) ThrowStatus(NotFound("cancelOperation: operation '" + id + "' is not running here"));
+    ThrowStatus(Unimplemented("cancelOperation: a running fragment runs to its deadline"));
   }
   void load(const rpc::MoveRequest& req) override { Move("load", req, true); }
   void demote(const rpc::MoveRequest& req) override { Move("demote", req, false); }
@@ -418,11 +396,11 @@ class AgentHandler : public rpc::AgentIf {
   }
   void startServing(const rpc::ServeRequest& req) override {
     Check(rpc::CheckCaller(impl_->config.security, req.header, "startServing"));
-    Throw(Unimplemented("startServing: the pipeline runtime is not built yet"));
+    ThrowStatus(Unimplemented("startServing: the pipeline runtime is not built yet"));
   }
   void stopServing(const rpc::ServeRequest& req) override {
     Check(rpc::CheckCaller(impl_->config.security, req.header, "stopServing"));
-    Throw(Unimplemented("stopServing: the pipeline runtime is not built yet"));
+    ThrowStatus(Unimplemented("stopServing: the pipeline runtime is not built yet"));
   }
   void getStatus(rpc::AgentStatus& out, const rpc::RequestHeader& header) override {
     Check(rpc::CheckCaller(impl_->config.security, header, "getStatus"));

@@ -13,12 +13,11 @@
 #include "command.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/units.h"
+#include "modelcast/rpc/errors.h"
 #include "modelcast/rpc/server.h"
 
 namespace modelcast::cli {
 namespace {
-
-using apache::thrift::TException;
 
 struct CoordinatorFlags {
   std::string coordinator, token_file, tls_cert, tls_key, tls_ca;
@@ -67,20 +66,10 @@ struct CoordinatorFlags {
   }
 };
 
-// Runs an RPC, turning its exceptions into a Status.
+// Runs an RPC; a refusal for credentials says so.
 Status Call(const std::function<void()>& f) {
-  try {
-    f();
-    return Status::Ok();
-  } catch (const rpc::InvalidRequest& e) {
-    return InvalidArgument(e.message);
-  } catch (const rpc::NotAuthorized& e) {
-    return PermissionDenied("not authorized: " + e.message);
-  } catch (const rpc::Unavailable& e) {
-    return Unavailable(e.message);
-  } catch (const TException& e) {
-    return Unavailable(std::string("coordinator: ") + e.what());
-  }
+  Status st = rpc::CallStatus(f);
+  return st.code() == StatusCode::kPermissionDenied ? st.WithContext("not authorized") : st;
 }
 
 nlohmann::json OperationJson(const rpc::OperationStatus& op) {

@@ -7,61 +7,13 @@
 #include "Coordinator.h"
 #include "Membership.h"
 #include "modelcast/coord/daemon.h"
+#include "modelcast/rpc/errors.h"
 
 namespace modelcast::coord {
 namespace {
 
-rpc::ErrorCode::type ToErrorCode(StatusCode c) {
-  switch (c) {
-    case StatusCode::kNotFound:
-      return rpc::ErrorCode::NOT_FOUND;
-    case StatusCode::kAlreadyExists:
-      return rpc::ErrorCode::ALREADY_EXISTS;
-    case StatusCode::kCorruption:
-      return rpc::ErrorCode::CORRUPTION;
-    case StatusCode::kIOError:
-      return rpc::ErrorCode::IO_ERROR;
-    case StatusCode::kOutOfRange:
-      return rpc::ErrorCode::OUT_OF_RANGE;
-    case StatusCode::kResourceExhausted:
-      return rpc::ErrorCode::RESOURCE_EXHAUSTED;
-    case StatusCode::kFailedPrecondition:
-      return rpc::ErrorCode::FAILED_PRECONDITION;
-    case StatusCode::kDeadlineExceeded:
-      return rpc::ErrorCode::DEADLINE_EXCEEDED;
-    case StatusCode::kCancelled:
-      return rpc::ErrorCode::CANCELLED;
-    case StatusCode::kUnimplemented:
-      return rpc::ErrorCode::UNIMPLEMENTED;
-    case StatusCode::kInternal:
-      return rpc::ErrorCode::INTERNAL;
-    default:
-      return rpc::ErrorCode::INVALID_ARGUMENT;
-  }
-}
-
-// Throws the exception the IDL declares for a failed Status.
-[[noreturn]] void Throw(const Status& st) {
-  if (st.code() == StatusCode::kPermissionDenied) {
-    rpc::NotAuthorized e;
-    e.message = st.message();
-    throw e;
-  }
-  if (st.code() == StatusCode::kUnavailable) {
-    rpc::Unavailable e;
-    e.message = st.message();
-    e.retry_after_ms = 1000;
-    throw e;
-  }
-  rpc::InvalidRequest e;
-  e.code = ToErrorCode(st.code());
-  e.message = st.message();
-  throw e;
-}
-
-void Check(const Status& st) {
-  if (!st.ok()) Throw(st);
-}
+using rpc::ThrowStatus;
+void Check(const Status& st) { rpc::ThrowIfError(st); }
 
 // Checks the caller's credentials, counting a refusal.
 void Authorize(ClusterState* state, const rpc::SecurityConfig& security, const rpc::RequestHeader& header,
@@ -69,7 +21,7 @@ void Authorize(ClusterState* state, const rpc::SecurityConfig& security, const r
   Status st = rpc::CheckCaller(security, header, method);
   if (!st.ok()) {
     state->CountRefusal();
-    Throw(st);
+    ThrowStatus(st);
   }
 }
 
@@ -98,7 +50,7 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
   void scaleIn(std::string&, const rpc::ScaleInRequest& req) override {
     Authorize(state_, security_, req.header, "scaleIn");
     Check(CheckScale("scaleIn", req.model, req.replicas));
-    Throw(Unimplemented("scaleIn: scale-in operations are not built yet"));
+    ThrowStatus(Unimplemented("scaleIn: scale-in operations are not built yet"));
   }
   void getOperation(rpc::OperationStatus& out, const rpc::RequestHeader& header, const std::string& id) override {
     Authorize(state_, security_, header, "getOperation");
@@ -113,7 +65,7 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
   void listInstances(std::vector<rpc::Instance>& out, const rpc::RequestHeader& header,
                      const std::string& model) override {
     Authorize(state_, security_, header, "listInstances");
-    if (!state_->HasModel(model)) Throw(NotFound("listInstances: unknown model '" + model + "'"));
+    if (!state_->HasModel(model)) ThrowStatus(NotFound("listInstances: unknown model '" + model + "'"));
     out.clear();  // no instances until scale-out operations exist
   }
 

@@ -10,6 +10,7 @@
 #include "modelcast/coord/daemon.h"
 #include "modelcast/coord/planner.h"
 #include "modelcast/fabric/executor.h"
+#include "modelcast/rpc/errors.h"
 
 namespace modelcast::coord {
 namespace {
@@ -188,16 +189,7 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
       MC_ASSIGN_OR_RETURN(auto addr, SplitAddress(d.rpc_address));
       MC_ASSIGN_OR_RETURN(auto conn, rpc::Connect(addr.first, addr.second, config_.security, 10000));
       rpc::AgentClient agent(conn->protocol);
-      try {
-        agent.runFragment(d.fragment);
-      } catch (const rpc::InvalidRequest& e) {
-        return InvalidArgument(e.message);
-      } catch (const rpc::NotAuthorized& e) {
-        return PermissionDenied(e.message);
-      } catch (const apache::thrift::TException& e) {
-        return Unavailable(e.what());
-      }
-      return Status::Ok();
+      return rpc::CallStatus([&] { agent.runFragment(d.fragment); });
     }();
     if (!st.ok()) {
       std::lock_guard lock(mu_);
