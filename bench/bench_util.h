@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "modelcast/common/status.h"
+#include "modelcast/model/synth.h"
 
 namespace modelcast::bench {
 
@@ -31,6 +33,19 @@ inline std::string& ProgramName() {
 
 inline void Check(const Status& s) {
   if (!s.ok()) Die(s);
+}
+
+// The synthetic model `preset` in `work`/synth-<preset>, synthesized on first use and kept for
+// later runs (it is the same bytes every time).
+inline std::filesystem::path SynthesizedModel(const std::filesystem::path& work, const std::string& preset) {
+  const auto src = std::filesystem::absolute(work) / ("synth-" + preset);
+  if (!std::filesystem::exists(src / "config.json")) {
+    model::SynthOptions o;
+    o.preset = preset;
+    std::printf("synthesizing the %s model into %s ...\n", preset.c_str(), src.c_str());
+    Check(model::Synthesize(o, src));
+  }
+  return src;
 }
 
 // Seconds on the steady clock.

@@ -139,12 +139,7 @@ int main(int argc, char** argv) {
   const fs::path w = fs::absolute(work) / "control";
   fs::remove_all(w);
   fs::create_directories(w);
-  const fs::path src = fs::absolute(work) / ("synth-" + preset);
-  if (!fs::exists(src / "config.json")) {
-    model::SynthOptions o;
-    o.preset = preset;
-    Check(model::Synthesize(o, src));
-  }
+  const fs::path src = bench::SynthesizedModel(work, preset);
   model::PrepareOptions po;
   po.blocks = 4;
   po.slice_bytes = 4 << 20;

@@ -26,13 +26,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "modelcast/common/args.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
 #include "modelcast/coord/planner.h"
 #include "modelcast/model/package.h"
-#include "bench_util.h"
 #include "modelcast/model/prepare.h"
 #include "modelcast/model/synth.h"
 #include "modelcast/sim/simulator.h"
@@ -123,7 +123,8 @@ bool WaitAll(std::vector<Proc>& procs, double deadline) {
 std::string ClusterYaml(int nodes, double bytes_per_s) {
   std::ostringstream y;
   y << "name: netns-bench\ndefaults:\n  gpus: 1\n  gpu_memory: 2GiB\n  gpu_hbm: 10GB/s\n  gpu_tflops: 0.2\n"
-    << "  host_memory: 4GiB\n  nic: " << std::llround(bytes_per_s * 8) << "bit\n  pcie: 10GB/s\n  ssd: 1GB/s\n  latency: 100us\n"
+    << "  host_memory: 4GiB\n  nic: " << std::llround(bytes_per_s * 8)
+    << "bit\n  pcie: 10GB/s\n  ssd: 1GB/s\n  latency: 100us\n"
     << "  port: 7400\nnodes:\n";
   for (int i = 1; i <= nodes; ++i) y << "  - {name: node-" << i << ", address: " << Cluster::Ip(i) << "}\n";
   y << "network:\n  per_transfer_overhead: 100us\n";

@@ -26,6 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "modelcast/common/args.h"
 #include "modelcast/common/checksum.h"
 #include "modelcast/common/file_util.h"
@@ -33,7 +34,6 @@
 #include "modelcast/common/units.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/ucx_transport.h"
-#include "bench_util.h"
 
 extern char** environ;
 using namespace modelcast;
@@ -314,8 +314,7 @@ int main(int argc, char** argv) {
   InitLogging(argv[0], getenv("P2P_VERBOSE") ? 0 : 2);
   std::string role = "receive", connect, mode = "am", seg = "256k", modes = "am,put,exec-messages,exec-writes",
               segs = "64k,256k,1m", slices = "4,16,64";
-  int64_t bytes = 1ll << 30, slice = 16 << 20, window = 4, recv_window = 2, reps = 2,
-          baseline_runs = 3;
+  int64_t bytes = 1ll << 30, slice = 16 << 20, window = 4, recv_window = 2, reps = 2, baseline_runs = 3;
   ArgParser p("fabric_p2p", "UCX between two processes on loopback against iperf3 (see the file's header).");
   p.Flag("role", &role, "receive (the benchmark) or send (started by it)");
   p.Flag("connect", &connect, "sender: the receiver's address");

@@ -108,15 +108,7 @@ int main(int argc, char** argv) {
   fs::create_directories(work);
   const fs::path w = fs::absolute(work);
   fs::path src = model_dir;
-  if (src.empty()) {
-    src = w / ("synth-" + preset);
-    if (!fs::exists(src / "config.json")) {
-      model::SynthOptions o;
-      o.preset = preset;
-      std::printf("synthesizing the %s model into %s ...\n", preset.c_str(), src.c_str());
-      Check(model::Synthesize(o, src));
-    }
-  }
+  if (src.empty()) src = bench::SynthesizedModel(w, preset);
   auto ck = model::HfCheckpoint::Open(src);
   if (!ck.ok()) Die(ck.status());
   uint64_t src_bytes = 0;

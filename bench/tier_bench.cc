@@ -149,15 +149,7 @@ int main(int argc, char** argv) {
   const fs::path ssd = w / "tier-ssd";
   fs::create_directories(ssd);
   fs::path src = model_dir;
-  if (src.empty()) {
-    src = w / ("synth-" + preset);
-    if (!fs::exists(src / "config.json")) {
-      model::SynthOptions o;
-      o.preset = preset;
-      std::printf("synthesizing the %s model into %s ...\n", preset.c_str(), src.c_str());
-      Check(model::Synthesize(o, src));
-    }
-  }
+  if (src.empty()) src = bench::SynthesizedModel(w, preset);
   const std::string name = "bench-" + src.filename().string();
   if (!fs::exists(ssd / name / "manifest.json")) {
     model::PrepareOptions o;

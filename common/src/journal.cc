@@ -83,12 +83,12 @@ Result<std::unique_ptr<Journal>> Journal::Open(const fs::path& path, const Repla
   std::string payload;
   while (off < size) {
     // Anything that does not hold a whole, intact record and reaches the end of the file is a
-    // torn tail; the same damage followed by more bytes is corruption.
+    // torn tail, and so is a damaged record followed only by zeros (a file extended by a crash
+    // but never written); the same damage followed by anything else is corruption.
     uint8_t frame[kFrame];
     bool torn = false;
     uint64_t length = 0, sum = 0;
-    MC_ASSIGN_OR_RETURN(const bool zeros, ZerosToEnd(f, off, size));
-    if (size - off < kFrame || zeros) {
+    if (size - off < kFrame) {
       torn = true;
     } else {
       MC_RETURN_IF_ERROR(f.PReadFull(off, {frame, kFrame}));
@@ -97,8 +97,11 @@ Result<std::unique_ptr<Journal>> Journal::Open(const fs::path& path, const Repla
       if (length > options.max_record_bytes || off + kFrame + length > size) {
         torn = off + kFrame + std::min<uint64_t>(length, options.max_record_bytes) >= size;
         if (!torn) {
-          return Corruption(path.string() + ": record at offset " + std::to_string(off) + " claims " +
-                            std::to_string(length) + " bytes");
+          MC_ASSIGN_OR_RETURN(torn, ZerosToEnd(f, off, size));
+          if (!torn) {
+            return Corruption(path.string() + ": record at offset " + std::to_string(off) + " claims " +
+                              std::to_string(length) + " bytes");
+          }
         }
       }
     }
@@ -106,11 +109,14 @@ Result<std::unique_ptr<Journal>> Journal::Open(const fs::path& path, const Repla
       payload.resize(length);
       MC_RETURN_IF_ERROR(f.PReadFull(off + kFrame, {reinterpret_cast<uint8_t*>(payload.data()), length}));
       if (Xxh3(payload.data(), payload.size()) != sum) {
-        if (off + kFrame + length < size) {
-          return Corruption(path.string() + ": record at offset " + std::to_string(off) +
-                            " fails its checksum, and records follow it");
+        torn = off + kFrame + length >= size;
+        if (!torn) {
+          MC_ASSIGN_OR_RETURN(torn, ZerosToEnd(f, off, size));
+          if (!torn) {
+            return Corruption(path.string() + ": record at offset " + std::to_string(off) +
+                              " fails its checksum, and records follow it");
+          }
         }
-        torn = true;
       }
     }
     if (torn) {

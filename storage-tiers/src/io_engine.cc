@@ -156,13 +156,11 @@ void IoEngine::RunRing() {
   std::deque<std::unique_ptr<Active>> waiting;  // ops with chunks not yet in the ring
   std::vector<std::unique_ptr<Chunk>> retry;    // short reads: the rest goes in again
   unsigned inflight = 0;
-  uint64_t live_ops = 0;
   auto finish_if_done = [&](Active* a) {
     if (a->inflight == 0 && (a->next == a->op.length || !a->status.ok())) {
       ReadOp op = std::move(a->op);
       Status st = std::move(a->status);
       delete a;
-      --live_ops;
       op.done(std::move(st));
       return true;
     }
@@ -193,7 +191,6 @@ void IoEngine::RunRing() {
       counters_.requests++;
       auto a = std::make_unique<Active>();
       a->op = std::move(op);
-      ++live_ops;
       waiting.push_back(std::move(a));
     }
     // Fill the ring: short-read remainders first, then the ops in arrival order.
@@ -271,7 +268,6 @@ void IoEngine::RunRing() {
     }
     io_uring_cq_advance(ring, seen);
   }
-  (void)live_ops;
 }
 
 }  // namespace modelcast::tiers

@@ -99,7 +99,7 @@ int Import(const std::vector<std::string>& args) {
   if (Status st = s.AddModel(m, replace); !st.ok()) return Fail("store import", st);
   for (const auto& b : m.blocks) {
     auto lease = s.ReserveForReceive(m.name, b.index);
-    for (int tries = 0; !lease.ok() && lease.status().code() == StatusCode::kResourceExhausted && tries < 1; ++tries) {
+    if (!lease.ok() && lease.status().code() == StatusCode::kResourceExhausted) {
       // Full of blocks not yet written behind: let them reach SSD, then they can be evicted.
       if (Status st = s.FlushWriteBehind(m.name, std::chrono::minutes(10)); !st.ok()) return Fail("store import", st);
       lease = s.ReserveForReceive(m.name, b.index);

@@ -42,14 +42,13 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
   }
   void scaleOut(rpc::ScaleOutResponse& out, const rpc::ScaleOutRequest& req) override {
     Authorize(state_, security_, req.header, "scaleOut");
-    Check(CheckScale("scaleOut", req.model, req.replicas));
     auto resp = state_->ScaleOut(req);
     Check(resp.status());
     out = std::move(*resp);
   }
   void scaleIn(std::string&, const rpc::ScaleInRequest& req) override {
     Authorize(state_, security_, req.header, "scaleIn");
-    Check(CheckScale("scaleIn", req.model, req.replicas));
+    Check(state_->CheckScale("scaleIn", req.model, req.replicas));
     ThrowStatus(Unimplemented("scaleIn: scale-in operations are not built yet"));
   }
   void getOperation(rpc::OperationStatus& out, const rpc::RequestHeader& header, const std::string& id) override {
@@ -70,18 +69,6 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
   }
 
  private:
-  Status CheckScale(const char* method, const std::string& model, int32_t replicas) {
-    if (!state_->HasModel(model)) return NotFound(std::string(method) + ": unknown model '" + model + "'");
-    if (replicas < 1) {
-      return InvalidArgument(std::string(method) + ": replicas must be at least 1, got " + std::to_string(replicas));
-    }
-    const size_t nodes = state_->GetStatus().nodes.size();
-    if (static_cast<size_t>(replicas) > nodes) {
-      return ResourceExhausted(std::string(method) + ": " + std::to_string(replicas) + " replicas, but cluster '" +
-                               state_->cluster_name() + "' has " + std::to_string(nodes) + " nodes");
-    }
-    return Status::Ok();
-  }
   ClusterState* state_;
   rpc::SecurityConfig security_;
 };

@@ -42,6 +42,23 @@ Result<std::pair<std::string, int>> SplitAddress(const std::string& address) {
 
 }  // namespace
 
+Status ClusterState::CheckScale(const char* method, const std::string& model, int32_t replicas) const {
+  std::lock_guard lock(mu_);
+  return CheckScaleLocked(method, model, replicas);
+}
+
+Status ClusterState::CheckScaleLocked(const char* method, const std::string& model, int32_t replicas) const {
+  if (!models_.count(model)) return NotFound(std::string(method) + ": unknown model '" + model + "'");
+  if (replicas < 1) {
+    return InvalidArgument(std::string(method) + ": replicas must be at least 1, got " + std::to_string(replicas));
+  }
+  if (static_cast<size_t>(replicas) > nodes_.size()) {
+    return ResourceExhausted(std::string(method) + ": " + std::to_string(replicas) + " replicas, but cluster '" +
+                             cluster_.name + "' has " + std::to_string(nodes_.size()) + " nodes");
+  }
+  return Status::Ok();
+}
+
 Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest& req) {
   const std::string algorithm =
       req.__isset.options && req.options.__isset.algorithm ? req.options.algorithm : "lambdapipe";
@@ -57,11 +74,8 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
   std::string id;
   {
     std::lock_guard lock(mu_);
+    MC_RETURN_IF_ERROR(CheckScaleLocked("scaleOut", req.model, req.replicas));
     auto mit = models_.find(req.model);
-    if (mit == models_.end()) return NotFound("scaleOut: unknown model '" + req.model + "'");
-    if (req.replicas < 1) {
-      return InvalidArgument("scaleOut: replicas must be at least 1, got " + std::to_string(req.replicas));
-    }
     const auto& manifest = *mit->second.manifest;
     const uint32_t nslices = static_cast<uint32_t>(manifest.slices.size());
     for (const auto& [name, op] : operations_) {

@@ -72,6 +72,8 @@ class ClusterState {
   // Scale-out: picks sources and targets, plans, journals the operation and sends every node
   // its plan fragment. The operation then runs on the agents; progress arrives by Progress().
   Result<rpc::ScaleOutResponse> ScaleOut(const rpc::ScaleOutRequest& req);
+  // The checks every scale request passes first: a known model, 1 <= replicas <= nodes.
+  Status CheckScale(const char* method, const std::string& model, int32_t replicas) const;
   Status Progress(const rpc::ProgressReport& report);
   Result<rpc::OperationStatus> GetOperation(const std::string& id) const;
   // Fails running operations that a node has dropped out of (no heartbeat within the deadline),
@@ -106,6 +108,7 @@ class ClusterState {
   ClusterState(ClusterConfig cluster, CoordinatorConfig config)
       : cluster_(std::move(cluster)), config_(std::move(config)) {}
   Status FinishLocked(Operation& op, rpc::OperationState::type state, const std::string& error);
+  Status CheckScaleLocked(const char* method, const std::string& model, int32_t replicas) const;
   Status Replay(const nlohmann::json& record);
   rpc::ModelInfo InfoLocked(const std::string& name, const Model& m) const;
   bool AliveLocked(const Node& n) const;
