@@ -78,10 +78,14 @@ def main():
         header = ttypes.RequestHeader(token=f.read().strip(), caller="autoscaler-example")
 
     def replicas():
+        # The instances the coordinator placed (loading or serving), and any other node holding
+        # the model in GPU memory (a copy started outside modelcast).
         info = [m for m in client.listModels(header) if m.summary.name == a.model]
         if not info:
             sys.exit(f"autoscaler: the coordinator has no model '{a.model}'")
-        return len(set(info[0].gpu_holders) | set(info[0].host_holders)) or 1
+        placed = {i.node for i in client.listInstances(header, a.model)
+                  if i.state != ttypes.InstanceState.DRAINING}
+        return len(placed | set(info[0].gpu_holders))
 
     act = act_factory(client, header, a.model)
     rates = trace_rates(a.trace, a.window, a.speedup) if a.trace else file_rates(a.rate_file, a.window)
@@ -102,15 +106,18 @@ def act_factory(client, header, model):
         try:
             if want > have:
                 op = client.scaleOut(ttypes.ScaleOutRequest(header=header, model=model, replicas=want - have))
-                while True:
-                    status = client.getOperation(header, op.operation_id)
-                    if status.state not in (ttypes.OperationState.PENDING, ttypes.OperationState.RUNNING):
-                        break
-                    time.sleep(0.1)
-                print(f"  {op.operation_id}: {ttypes.OperationState._VALUES_TO_NAMES[status.state]}"
-                      f"{' (' + status.error + ')' if status.error else ''}", flush=True)
+                op_id = op.operation_id
             else:
-                client.scaleIn(ttypes.ScaleInRequest(header=header, model=model, replicas=have - want))
+                op_id = client.scaleIn(ttypes.ScaleInRequest(header=header, model=model, replicas=have - want))
+            while True:
+                status = client.getOperation(header, op_id)
+                if status.state not in (ttypes.OperationState.PENDING, ttypes.OperationState.RUNNING):
+                    break
+                time.sleep(0.1)
+            kind = ttypes.OperationKind._VALUES_TO_NAMES[status.kind].lower().replace("_", "-")
+            print(f"  {op_id} ({kind} to {', '.join(n.node for n in status.nodes if n.role != 'source')}): "
+                  f"{ttypes.OperationState._VALUES_TO_NAMES[status.state]}"
+                  f"{' (' + status.error + ')' if status.error else ''}", flush=True)
         except ttypes.InvalidRequest as e:
             print(f"  refused: {ttypes.ErrorCode._VALUES_TO_NAMES[e.code]}: {e.message}", flush=True)
         except ttypes.Unavailable as e:

@@ -10,6 +10,7 @@
 #include "Agent.h"
 #include "Membership.h"
 #include "modelcast/common/checksum.h"
+#include "modelcast/fabric/channel_mux.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/verbs_transport.h"
@@ -104,6 +105,7 @@ struct AgentDaemon::Impl {
   AgentConfig config;
   tiers::Store* store = nullptr;
   std::unique_ptr<fabric::Transport> transport;
+  std::unique_ptr<fabric::ChannelMux> mux;  // one channel per running operation
   std::unique_ptr<fabric::MemoryRegion> region;
 
   std::mutex mu;
@@ -112,7 +114,7 @@ struct AgentDaemon::Impl {
   int64_t epoch = 0;
   int heartbeat_ms = 1000;
   std::map<std::string, std::thread> fragments;
-  std::set<std::string> running;
+  std::map<std::string, std::shared_ptr<std::atomic<bool>>> running;  // operation -> its cancel flag
   std::thread membership;
 
   // One connection to the coordinator's Membership service, shared under a lock.
@@ -207,24 +209,35 @@ struct AgentDaemon::Impl {
   }
 
   Status RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> manifest,
-                     std::chrono::steady_clock::time_point fragment_start, std::mutex& pending_mu,
-                     std::vector<rpc::SliceProgress>& pending);
+                     const std::atomic<bool>& cancel, std::chrono::steady_clock::time_point fragment_start,
+                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending);
 
   int rpc_port = 0;
   std::atomic<uint64_t> fragments_ok{0}, fragments_failed{0}, slices_in{0}, bytes_in{0}, slices_out{0}, bytes_out{0};
 };
 
 Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> m,
+                                      const std::atomic<bool>& cancel,
                                       std::chrono::steady_clock::time_point fragment_start, std::mutex& pending_mu,
                                       std::vector<rpc::SliceProgress>& pending) {
   const auto& model = req.model;
   const auto deadline = std::chrono::milliseconds(static_cast<int64_t>(req.deadline_s * 1000));
   std::set<uint32_t> received;
   for (const auto& r : req.receives) received.insert(static_cast<uint32_t>(r.slice));
-  // Blocks this node supplies itself (to send, or loaded locally) come up to host memory first.
+  // Blocks this node supplies itself (to send, or loaded locally) come up to host memory first,
+  // unless host memory holds those slices already (a target that received them in an earlier
+  // attempt of the operation forwards them from there).
+  std::vector<bool> on_host(m->slices.size(), false);
+  {
+    const auto inventory = store->GetInventory();
+    if (const auto* h = inventory.Find(model)) {
+      for (uint32_t s : h->slices[int(Tier::kHost)]) on_host[s] = true;
+    }
+  }
   std::set<uint32_t> own_blocks;
   for (const auto& s : req.sends) {
-    if (!received.count(static_cast<uint32_t>(s.slice))) own_blocks.insert(m->slices[s.slice].block);
+    const auto slice = static_cast<uint32_t>(s.slice);
+    if (!received.count(slice) && !on_host[slice]) own_blocks.insert(m->slices[slice].block);
   }
   for (int32_t s : req.local_loads) own_blocks.insert(m->slices[s].block);
   if (!own_blocks.empty()) {
@@ -265,7 +278,9 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   for (const auto& r : req.receives) fragment.receives.push_back({uint32_t(r.tick), r.peer, uint32_t(r.slice)});
   std::map<std::string, std::string> addresses;
   for (const auto& p : req.peers) addresses[p.node] = p.fabric_address;
+  MC_ASSIGN_OR_RETURN(auto channel, mux->Open(req.channel));
   for (const auto& peer : fragment.Peers()) {
+    if (cancel) return Cancelled("operation " + req.operation_id + " was cancelled");
     auto it = addresses.find(peer);
     if (it == addresses.end()) return InvalidArgument("runFragment: no fabric address for peer '" + peer + "'");
     MC_RETURN_IF_ERROR(fabric::ConnectWithRetry(*transport, peer, it->second, std::min(req.deadline_s, 30.0)));
@@ -278,6 +293,7 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   MC_ASSIGN_OR_RETURN(opts.method, fabric::ParseSliceMethod(req.method.empty() ? "auto" : req.method));
   opts.region = region.get();
   opts.deadline = req.deadline_s;
+  opts.cancel = &cancel;
   opts.on_slice = [&](const SliceEvent& e) {
     Status st = store->Landed(e.model, e.slice);
     if (!st.ok()) LOG(WARNING) << st.message();
@@ -291,7 +307,7 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
     pending.push_back(p);
   };
   MC_ASSIGN_OR_RETURN(auto report,
-                      fabric::ExecuteFragment(*transport, layout, store->host_pool_base(), held, fragment, opts));
+                      fabric::ExecuteFragment(*channel, layout, store->host_pool_base(), held, fragment, opts));
   slices_in += report.slices_received;
   bytes_in += report.bytes_received;
   slices_out += report.slices_sent;
@@ -327,6 +343,9 @@ class AgentHandler : public rpc::AgentIf {
         ThrowStatus(InvalidArgument("runFragment: local slice " + std::to_string(s) + " out of range"));
     }
     if (!(req.deadline_s > 0)) ThrowStatus(InvalidArgument("runFragment: deadline_s must be positive"));
+    if (req.channel < 1 || req.channel > 255) {
+      ThrowStatus(InvalidArgument("runFragment: channel " + std::to_string(req.channel) + " is not between 1 and 255"));
+    }
     Check(impl_->store->AddModel(*parsed));
     auto manifest = impl_->store->FindModel(req.model);
     std::lock_guard lock(impl_->mu);
@@ -339,8 +358,9 @@ class AgentHandler : public rpc::AgentIf {
       old->second.join();
       impl_->fragments.erase(old);
     }
-    impl_->running.insert(req.operation_id);
-    impl_->fragments[req.operation_id] = std::thread([impl = impl_, req, manifest] {
+    auto cancel = std::make_shared<std::atomic<bool>>(false);
+    impl_->running[req.operation_id] = cancel;
+    impl_->fragments[req.operation_id] = std::thread([impl = impl_, req, manifest, cancel] {
       std::mutex pending_mu;
       std::vector<rpc::SliceProgress> pending;
       const double started_unix =
@@ -362,7 +382,7 @@ class AgentHandler : public rpc::AgentIf {
           l.lock();
         }
       });
-      Status st = impl->RunFragment(req, manifest, fragment_start, pending_mu, pending);
+      Status st = impl->RunFragment(req, manifest, *cancel, fragment_start, pending_mu, pending);
       (st.ok() ? impl->fragments_ok : impl->fragments_failed)++;
       {
         std::lock_guard l(pending_mu);
@@ -385,8 +405,13 @@ class AgentHandler : public rpc::AgentIf {
   void cancelOperation(const rpc::RequestHeader& header, const std::string& id) override {
     Check(rpc::CheckCaller(impl_->config.security, header, "cancelOperation"));
     std::lock_guard lock(impl_->mu);
-    if (!impl_->running.count(id)) ThrowStatus(NotFound("cancelOperation: operation '" + id + "' is not running here"));
-    ThrowStatus(Unimplemented("cancelOperation: a running fragment runs to its deadline"));
+    auto it = impl_->running.find(id);
+    if (it == impl_->running.end()) {
+      ThrowStatus(NotFound("cancelOperation: operation '" + id + "' is not running here"));
+    }
+    LOG(INFO) << "agent " << impl_->config.node << ": cancelling operation " << id << " (asked by "
+              << (header.__isset.caller ? header.caller : std::string("?")) << ")";
+    it->second->store(true);
   }
   void load(const rpc::MoveRequest& req) override { Move("load", req, true); }
   void demote(const rpc::MoveRequest& req) override { Move("demote", req, false); }
@@ -407,7 +432,7 @@ class AgentHandler : public rpc::AgentIf {
     out.node = impl_->config.node;
     out.inventory = impl_->Inventory();
     std::lock_guard lock(impl_->mu);
-    out.running_operations.assign(impl_->running.begin(), impl_->running.end());
+    for (const auto& [id, cancel] : impl_->running) out.running_operations.push_back(id);
   }
 
  private:
@@ -439,6 +464,7 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
     impl.transport = fabric::MakeFaultTransport(std::move(impl.transport), faults);
   }
   MC_RETURN_IF_ERROR(impl.transport->Start());
+  MC_ASSIGN_OR_RETURN(impl.mux, fabric::ChannelMux::Create(*impl.transport));
   MC_ASSIGN_OR_RETURN(impl.region, impl.transport->Register(d->store_->host_pool_base(), d->store_->host_pool_size(),
                                                             fabric::MemoryKind::kHost));
   MC_ASSIGN_OR_RETURN(
@@ -507,6 +533,7 @@ AgentDaemon::~AgentDaemon() {
     {
       std::lock_guard lock(impl_->mu);
       impl_->stopping = true;
+      for (auto& [id, cancel] : impl_->running) cancel->store(true);
     }
     impl_->cv.notify_all();
     if (impl_->membership.joinable()) impl_->membership.join();
@@ -521,6 +548,7 @@ AgentDaemon::~AgentDaemon() {
     }
     for (auto& [id, t] : fragments) t.join();
     impl_->region.reset();
+    impl_->mux.reset();
     impl_->transport.reset();
   }
 }

@@ -158,8 +158,23 @@ class Run {
       Pump();
     }
     std::unique_lock lock(mu_);
-    const bool finished =
-        cv_.wait_for(lock, std::chrono::duration<double>(o_.deadline), [&] { return !error_.ok() || Done(); });
+    const auto until = std::chrono::steady_clock::now() +
+                       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                           std::chrono::duration<double>(o_.deadline));
+    const auto stop = [&] { return !error_.ok() || Done(); };
+    bool finished = false;
+    if (o_.cancel == nullptr) {
+      finished = cv_.wait_until(lock, until, stop);
+    } else {
+      // Cancellable: look at the flag every 20 ms.
+      while (!(finished = cv_.wait_until(lock, std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(20)), stop))) {
+        if (o_.cancel->load()) {
+          Fail(Cancelled(Missing("cancelled")));
+          break;
+        }
+        if (std::chrono::steady_clock::now() >= until) break;
+      }
+    }
     // Stop taking callbacks that touch this object.
     t_.SetMessageHandler(nullptr);
     t_.SetPeerFailureHandler(nullptr);

@@ -97,6 +97,15 @@ void Handlers::Deliver(IncomingMessage message, AcceptPayload accept, const std:
   accept(nullptr, [](Status) {});
 }
 
+void Handlers::DropHeld() {
+  std::deque<std::pair<IncomingMessage, AcceptPayload>> held;
+  {
+    std::lock_guard lock(mu_);
+    held.swap(held_);
+  }
+  for (auto& [m, accept] : held) accept(nullptr, [](Status) {});
+}
+
 void Handlers::ReportFailure(const std::string& peer, const Status& cause) {
   PeerFailureHandler handler;
   {

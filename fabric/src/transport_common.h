@@ -33,6 +33,8 @@ class Handlers {
   // refused with accept(nullptr) and a warning naming `node`).
   void Deliver(IncomingMessage message, AcceptPayload accept, const std::string& node);
   void ReportFailure(const std::string& peer, const Status& cause);
+  // Refuses (accept(nullptr)) every message held for want of a handler.
+  void DropHeld();
   // A connected peer is gone. One that said goodbye first left: it is reported (whoever waits
   // on it must stop waiting) but not logged as a failure. Returns whether it failed.
   bool PeerGone(const std::string& node, const std::string& peer, bool departed, const Status& cause);

@@ -3,12 +3,15 @@
 // naming it.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cstring>
 #include <future>
 #include <random>
 #include <thread>
 
 #include "modelcast/common/checksum.h"
 #include "modelcast/common/file_util.h"
+#include "modelcast/fabric/channel_mux.h"
 #include "modelcast/fabric/executor.h"
 #include "support/transports.h"
 
@@ -91,6 +94,88 @@ TEST_P(ExecutorTest, EverySliceArrivesIntact) {
 
 INSTANTIATE_TEST_SUITE_P(Methods, ExecutorTest, ::testing::Values(SliceMethod::kMessages, SliceMethod::kWrites),
                          [](const auto& info) { return std::string(SliceMethodName(info.param)); });
+
+// Two fragments at once over one pair of transports, each on its own channel (as an agent runs
+// scale-outs of two models): both models arrive intact, though "a" opens its second channel
+// only after "b" has offered on it (those messages wait for the channel).
+TEST_P(ExecutorTest, TwoChannelsShareOneTransport) {
+  Model m1(32, 64 << 10), m2(16, 128 << 10);
+  auto a = Make("a"), b = Make("b");
+  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+  auto mux_a = ChannelMux::Create(*a);
+  auto mux_b = ChannelMux::Create(*b);
+  ASSERT_TRUE(mux_a.ok() && mux_b.ok());
+  AlignedBuffer t1(m1.layout.buffer_bytes), t2(m2.layout.buffer_bytes);
+  auto a1 = (*mux_a)->Open(1), b1 = (*mux_b)->Open(1), b2 = (*mux_b)->Open(2);
+  ASSERT_TRUE(a1.ok() && b1.ok() && b2.ok());
+  EXPECT_EQ((*mux_a)->Open(1).status().code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ((*mux_a)->Open(256).status().code(), StatusCode::kInvalidArgument);
+  auto rs1 = a->Register(m1.source.data(), m1.source.size(), MemoryKind::kHost);
+  auto rs2 = a->Register(m2.source.data(), m2.source.size(), MemoryKind::kHost);
+  auto rt1 = b->Register(t1.data(), t1.size(), MemoryKind::kHost);
+  auto rt2 = b->Register(t2.data(), t2.size(), MemoryKind::kHost);
+  ASSERT_TRUE(rs1.ok() && rs2.ok() && rt1.ok() && rt2.ok());
+  auto options = [&](const MemoryRegion* r) {
+    ExecutorOptions o;
+    o.method = GetParam();
+    o.region = r;
+    return o;
+  };
+  auto [f1a, f1b] = OneHop(32);
+  auto [f2a, f2b] = OneHop(16);
+  auto s1 = std::async(std::launch::async, [&] {
+    return ExecuteFragment(**a1, m1.layout, m1.source.data(), std::vector<bool>(32, true), f1a, options(rs1->get()));
+  });
+  auto r1 = std::async(std::launch::async, [&] {
+    return ExecuteFragment(**b1, m1.layout, t1.data(), std::vector<bool>(32, false), f1b, options(rt1->get()));
+  });
+  auto r2 = std::async(std::launch::async, [&] {
+    return ExecuteFragment(**b2, m2.layout, t2.data(), std::vector<bool>(16, false), f2b, options(rt2->get()));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto a2 = (*mux_a)->Open(2);
+  ASSERT_TRUE(a2.ok());
+  auto s2 = ExecuteFragment(**a2, m2.layout, m2.source.data(), std::vector<bool>(16, true), f2a, options(rs2->get()));
+  ASSERT_TRUE(s2.ok()) << s2.status().ToString();
+  auto got2 = r2.get();
+  ASSERT_TRUE(got2.ok()) << got2.status().ToString();
+  auto got1 = r1.get();
+  ASSERT_TRUE(got1.ok()) << got1.status().ToString();
+  ASSERT_TRUE(s1.get().ok());
+  EXPECT_EQ(std::memcmp(t1.data(), m1.source.data(), t1.size()), 0);
+  EXPECT_EQ(std::memcmp(t2.data(), m2.source.data(), t2.size()), 0);
+  EXPECT_EQ(got1->slices_received, 32u);
+  EXPECT_EQ(got2->slices_received, 16u);
+}
+
+// A fragment whose peer never sends ends, once cancelled, with kCancelled naming what it
+// still expected.
+TEST(ExecutorCancel, ACancelledRunEndsAtOnce) {
+  MODELCAST_SKIP_WITHOUT_BACKEND();
+  Model m(8, 4096);
+  auto a = Make("a"), b = Make("b");
+  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+  AlignedBuffer target(m.layout.buffer_bytes);
+  auto rb = b->Register(target.data(), target.size(), MemoryKind::kHost);
+  ASSERT_TRUE(rb.ok());
+  auto [fa, fb] = OneHop(8);
+  std::atomic<bool> cancel{false};
+  ExecutorOptions o;
+  o.region = rb->get();
+  o.deadline = 60;
+  o.cancel = &cancel;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cancel = true;
+  });
+  auto r = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(8, false), fb, o);
+  canceller.join();
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled);
+  EXPECT_NE(r.status().message().find("8 slice(s) still expected from 'a'"), std::string::npos)
+      << r.status().message();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+}
 
 TEST(ExecutorBadInput, RefusedBeforeAnythingMoves) {
   MODELCAST_SKIP_WITHOUT_BACKEND();

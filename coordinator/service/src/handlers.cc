@@ -46,10 +46,11 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
     Check(resp.status());
     out = std::move(*resp);
   }
-  void scaleIn(std::string&, const rpc::ScaleInRequest& req) override {
+  void scaleIn(std::string& out, const rpc::ScaleInRequest& req) override {
     Authorize(state_, security_, req.header, "scaleIn");
-    Check(state_->CheckScale("scaleIn", req.model, req.replicas));
-    ThrowStatus(Unimplemented("scaleIn: scale-in operations are not built yet"));
+    auto id = state_->ScaleIn(req);
+    Check(id.status());
+    out = std::move(*id);
   }
   void getOperation(rpc::OperationStatus& out, const rpc::RequestHeader& header, const std::string& id) override {
     Authorize(state_, security_, header, "getOperation");
@@ -64,8 +65,9 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
   void listInstances(std::vector<rpc::Instance>& out, const rpc::RequestHeader& header,
                      const std::string& model) override {
     Authorize(state_, security_, header, "listInstances");
-    if (!state_->HasModel(model)) ThrowStatus(NotFound("listInstances: unknown model '" + model + "'"));
-    out.clear();  // no instances until scale-out operations exist
+    auto list = state_->ListInstances(model);
+    Check(list.status());
+    out = std::move(*list);
   }
 
  private:

@@ -1,5 +1,5 @@
 // Scale-out operations: choosing sources and targets, planning, dispatching fragments to the
-// agents, and tracking their progress to the end.
+// agents, and tracking their progress to the end. Repairs are in repair.cc.
 #include <thrift/protocol/TMultiplexedProtocol.h>
 
 #include <algorithm>
@@ -7,40 +7,13 @@
 #include <glog/logging.h>
 
 #include "Agent.h"
+#include "inventory.h"
 #include "modelcast/coord/daemon.h"
 #include "modelcast/coord/planner.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/rpc/errors.h"
 
 namespace modelcast::coord {
-namespace {
-
-double UnixNow() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
-
-uint32_t Count(const std::vector<rpc::SliceRun>& runs) {
-  uint32_t n = 0;
-  for (const auto& r : runs) n += static_cast<uint32_t>(r.count);
-  return n;
-}
-
-// The fastest tier of `inventory` holding every slice of `model`.
-Tier CompleteTier(const rpc::NodeInventory& inventory, const std::string& model, uint32_t slices) {
-  for (const auto& h : inventory.models) {
-    if (h.model != model) continue;
-    if (Count(h.gpu) == slices) return Tier::kGpu;
-    if (Count(h.host) == slices) return Tier::kHost;
-    if (Count(h.ssd) == slices) return Tier::kSsd;
-  }
-  return Tier::kNone;
-}
-
-Result<std::pair<std::string, int>> SplitAddress(const std::string& address) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos) return InvalidArgument("address '" + address + "' has no port");
-  return std::make_pair(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
-}
-
-}  // namespace
 
 Status ClusterState::CheckScale(const char* method, const std::string& model, int32_t replicas) const {
   std::lock_guard lock(mu_);
@@ -56,7 +29,51 @@ Status ClusterState::CheckScaleLocked(const char* method, const std::string& mod
     return ResourceExhausted(std::string(method) + ": " + std::to_string(replicas) + " replicas, but cluster '" +
                              cluster_.name + "' has " + std::to_string(nodes_.size()) + " nodes");
   }
+  for (const auto& [id, op] : operations_) {
+    if (op.status.model == model && op.status.state == rpc::OperationState::RUNNING) {
+      return FailedPrecondition(std::string(method) + ": model '" + model + "' already has operation " + id +
+                                " running");
+    }
+  }
   return Status::Ok();
+}
+
+int ClusterState::NextChannelLocked() {
+  std::set<int> busy;
+  for (const auto& [id, op] : operations_) {
+    if (op.status.state == rpc::OperationState::RUNNING) busy.insert(op.channel);
+  }
+  // Round robin, so that a channel comes back only after 254 others (an agent drops the tail
+  // of a finished operation's messages for a few seconds after it closes the channel).
+  for (int i = 0; i < 255; ++i) {
+    last_channel_ = last_channel_ % 255 + 1;
+    if (!busy.count(last_channel_)) return last_channel_;
+  }
+  return 0;
+}
+
+std::vector<std::string> ClusterState::RankTargetsLocked(const std::string& model, uint32_t nslices,
+                                                         const std::set<std::string>& exclude,
+                                                         const std::set<std::string>& allowed) const {
+  struct Candidate {
+    std::string name;
+    uint32_t held;
+    int64_t gpu_free;
+  };
+  std::vector<Candidate> c;
+  for (const auto& [name, n] : nodes_) {
+    if (!AliveLocked(n) || exclude.count(name) || (!allowed.empty() && !allowed.count(name))) continue;
+    if (CompleteTier(n.inventory, model, nslices) != Tier::kNone) continue;
+    c.push_back({name, Held(n.inventory, model, nslices).Count(), GpuFree(n.inventory)});
+  }
+  // Nodes holding more of the model first (they need less), then those with more free GPU memory.
+  std::stable_sort(c.begin(), c.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.held != b.held) return a.held > b.held;
+    return a.gpu_free > b.gpu_free;
+  });
+  std::vector<std::string> out;
+  for (const auto& x : c) out.push_back(x.name);
+  return out;
 }
 
 Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest& req) {
@@ -65,67 +82,54 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
   if (FindAlgorithm(algorithm) == nullptr) return InvalidArgument("scaleOut: unknown algorithm '" + algorithm + "'");
   const double deadline = req.__isset.options && req.options.__isset.deadline_s ? req.options.deadline_s : 600;
   if (!(deadline > 0)) return InvalidArgument("scaleOut: deadline_s must be positive");
-  struct Dispatch {
-    std::string node, rpc_address;
-    rpc::RunFragmentRequest fragment;
-  };
+  const bool dry_run = req.__isset.options && req.options.__isset.dry_run && req.options.dry_run;
   std::vector<Dispatch> dispatches;
   rpc::ScaleOutResponse resp;
   std::string id;
   {
     std::lock_guard lock(mu_);
     MC_RETURN_IF_ERROR(CheckScaleLocked("scaleOut", req.model, req.replicas));
-    auto mit = models_.find(req.model);
-    const auto& manifest = *mit->second.manifest;
+    const auto& manifest = *models_.at(req.model).manifest;
     const uint32_t nslices = static_cast<uint32_t>(manifest.slices.size());
-    for (const auto& [name, op] : operations_) {
-      if (op.status.model == req.model && op.status.state == rpc::OperationState::RUNNING) {
-        return FailedPrecondition("scaleOut: model '" + req.model + "' already has operation " + name + " running");
+    // Sources: alive nodes with a complete copy (an SSD copy is loaded into host memory by the
+    // agent before it sends). Targets: the best of the others.
+    std::set<std::string> allowed;
+    if (req.__isset.options && req.options.__isset.targets) {
+      for (const auto& t : req.options.targets) {
+        if (!nodes_.count(t)) return InvalidArgument("scaleOut: target '" + t + "' is not a node of the cluster");
+        allowed.insert(t);
       }
     }
-    // Sources: alive nodes with a complete copy (an SSD copy is loaded into host memory by
-    // the agent before it sends). Targets: alive nodes without one, in name order.
-    std::set<std::string> allowed;
-    if (req.__isset.options && req.options.__isset.targets)
-      allowed.insert(req.options.targets.begin(), req.options.targets.end());
-    std::vector<std::string> sources, targets;
+    std::vector<std::string> sources;
     for (const auto& [name, n] : nodes_) {
-      if (!AliveLocked(n)) continue;
-      if (CompleteTier(n.inventory, req.model, nslices) != Tier::kNone) {
-        sources.push_back(name);
-      } else if (allowed.empty() || allowed.count(name)) {
-        targets.push_back(name);
-      }
+      if (AliveLocked(n) && CompleteTier(n.inventory, req.model, nslices) != Tier::kNone) sources.push_back(name);
     }
     if (sources.empty())
       return FailedPrecondition("scaleOut: no live node holds a whole copy of model '" + req.model + "'");
+    std::vector<std::string> targets = RankTargetsLocked(req.model, nslices, {}, allowed);
     if (targets.size() < static_cast<size_t>(req.replicas)) {
       return ResourceExhausted("scaleOut: " + std::to_string(req.replicas) + " new replicas of model '" + req.model +
                                "' asked, but only " + std::to_string(targets.size()) +
                                " live node(s) can take one (nodes holding it already are sources)");
     }
     targets.resize(static_cast<size_t>(req.replicas));
-    PlanRequest pr;
-    pr.model = ModelShape::FromManifest(manifest);
-    for (const auto& s : sources) {
-      const auto& cfg = nodes_.at(s).config;
-      pr.nodes.push_back({s, cfg.nic, cfg.pcie, Tier::kHost});
-      pr.sources.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
-    }
-    for (const auto& t : targets) {
-      pr.nodes.push_back({t, nodes_.at(t).config.nic, 0, Tier::kNone});
-      pr.targets.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
-    }
-    MC_ASSIGN_OR_RETURN(Plan plan, MakePlan(pr, algorithm));
+    std::sort(targets.begin(), targets.end());
+    Operation op;
+    op.algorithm = algorithm;
+    op.deadline = deadline;
+    op.sources = sources;
+    op.targets = targets;
+    MC_ASSIGN_OR_RETURN(Plan plan, MakePlan(PlanRequestLocked(op, manifest), algorithm));
     id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
     resp.operation_id = id;
     resp.sources = sources;
     resp.targets = targets;
-    if (req.__isset.options && req.options.__isset.dry_run && req.options.dry_run) {
+    if (dry_run) {
       resp.__set_plan_json(plan.ToJson().dump());
       return resp;
     }
-    Operation op;
+    op.channel = NextChannelLocked();
+    if (op.channel == 0) return Unavailable("scaleOut: 255 operations are running; no fabric channel is free");
     op.start = std::chrono::steady_clock::now();
     op.status.id = id;
     op.status.kind = rpc::OperationKind::SCALE_OUT;
@@ -135,87 +139,142 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
     op.status.created_unix = UnixNow();
     op.status.__set_started_unix(op.status.created_unix);
     op.status.replans = 0;
-    std::vector<rpc::PeerAddress> peers;
-    for (const auto& n : plan.node_names) {
-      rpc::PeerAddress p;
-      p.node = n;
-      p.fabric_address = nodes_.at(n).fabric_address;
-      peers.push_back(p);
-    }
-    for (const auto& n : plan.node_names) {
-      MC_ASSIGN_OR_RETURN(auto frag, fabric::PlanFragment::FromPlan(plan, n));
-      const bool is_target = std::find(targets.begin(), targets.end(), n) != targets.end();
-      rpc::NodeProgress np;
-      np.node = n;
-      np.role = is_target ? "target" : "source";
-      np.slices_total = is_target ? static_cast<int32_t>(nslices) : 0;
-      np.slices_received = 0;
-      np.bytes_received = 0;
-      np.rate_bytes_per_s = 0;
-      np.state = "waiting";
-      op.node_index[n] = op.status.nodes.size();
-      op.status.nodes.push_back(np);
-      Dispatch d;
-      d.node = n;
-      d.rpc_address = nodes_.at(n).rpc_address;
-      auto& f = d.fragment;
-      f.operation_id = id;
-      f.model = req.model;
-      f.manifest_json = mit->second.manifest_json;
-      auto steps = [](const std::vector<fabric::FragmentStep>& in) {
-        std::vector<rpc::FragmentStep> out;
-        for (const auto& x : in) {
-          rpc::FragmentStep st;
-          st.tick = static_cast<int32_t>(x.tick);
-          st.peer = x.peer;
-          st.slice = static_cast<int32_t>(x.slice);
-          out.push_back(st);
-        }
-        return out;
-      };
-      f.sends = steps(frag.sends);
-      f.receives = steps(frag.receives);
-      const int32_t me = static_cast<int32_t>(op.node_index[n]);
-      for (const auto& t : plan.transfers) {
-        if (t.local() && t.dst == me) f.local_loads.push_back(static_cast<int32_t>(t.slice));
-      }
-      f.peers = peers;
-      f.deadline_s = deadline;
-      f.method = "auto";
-      op.pending.insert(n);
-      dispatches.push_back(std::move(d));
-    }
+    MC_ASSIGN_OR_RETURN(dispatches, FragmentsLocked(op, plan));
     MC_RETURN_IF_ERROR(journal_->Append({{"op", "operation"},
+                                         {"kind", "scale_out"},
                                          {"id", id},
                                          {"model", req.model},
                                          {"replicas", req.replicas},
                                          {"sources", sources},
                                          {"targets", targets},
+                                         {"algorithm", algorithm},
+                                         {"deadline", deadline},
+                                         {"channel", op.channel},
                                          {"created", op.status.created_unix}}));
+    for (const auto& t : targets) SetInstanceLocked(req.model, t, rpc::InstanceState::LOADING);
     operations_.emplace(id, std::move(op));
     LOG(INFO) << "coordinator: " << id << ": scale-out of '" << req.model << "' to " << targets.size()
               << " node(s) from " << sources.size() << " source(s), " << plan.num_ticks << " ticks";
   }
-  // Dispatch outside the lock: every node gets its fragment; one refusal fails the operation.
+  SendFragments(id, std::move(dispatches));
+  return resp;
+}
+
+PlanRequest ClusterState::PlanRequestLocked(const Operation& op, const model::Manifest& manifest) const {
+  PlanRequest pr;
+  pr.model = ModelShape::FromManifest(manifest);
+  for (const auto& s : op.sources) {
+    const auto& cfg = nodes_.at(s).config;
+    pr.nodes.push_back({s, cfg.nic, cfg.pcie, Tier::kHost});
+    pr.sources.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
+  }
+  for (const auto& t : op.targets) {
+    pr.nodes.push_back({t, nodes_.at(t).config.nic, 0, Tier::kNone});
+    pr.targets.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
+  }
+  return pr;
+}
+
+void ClusterState::AddProgressEntry(Operation& op, const std::string& node, const std::string& role,
+                                    int32_t nslices) {
+  if (op.node_index.count(node)) return;
+  rpc::NodeProgress np;
+  np.node = node;
+  np.role = role;
+  np.slices_total = role == "target" ? nslices : 0;
+  np.slices_received = 0;
+  np.bytes_received = 0;
+  np.rate_bytes_per_s = 0;
+  np.state = role == "release" ? "draining" : "waiting";
+  op.node_index[node] = op.status.nodes.size();
+  op.status.nodes.push_back(np);
+}
+
+Result<std::vector<ClusterState::Dispatch>> ClusterState::FragmentsLocked(Operation& op, const Plan& plan) {
+  const Model& model = models_.at(op.status.model);
+  const uint32_t nslices = static_cast<uint32_t>(model.manifest->slices.size());
+  std::vector<rpc::PeerAddress> peers;
+  for (const auto& n : plan.node_names) {
+    if (op.lost.count(n)) continue;
+    rpc::PeerAddress p;
+    p.node = n;
+    p.fabric_address = nodes_.at(n).fabric_address;
+    peers.push_back(p);
+  }
+  auto steps = [](const std::vector<fabric::FragmentStep>& in) {
+    std::vector<rpc::FragmentStep> out;
+    for (const auto& x : in) {
+      rpc::FragmentStep st;
+      st.tick = static_cast<int32_t>(x.tick);
+      st.peer = x.peer;
+      st.slice = static_cast<int32_t>(x.slice);
+      out.push_back(st);
+    }
+    return out;
+  };
+  std::vector<Dispatch> dispatches;
+  op.pending.clear();
+  for (size_t i = 0; i < plan.node_names.size(); ++i) {
+    const std::string& n = plan.node_names[i];
+    if (op.lost.count(n)) continue;
+    const bool is_target = std::find(op.targets.begin(), op.targets.end(), n) != op.targets.end();
+    AddProgressEntry(op, n, is_target ? "target" : "source", static_cast<int32_t>(nslices));
+    MC_ASSIGN_OR_RETURN(auto frag, fabric::PlanFragment::FromPlan(plan, n));
+    Dispatch d;
+    d.node = n;
+    d.rpc_address = nodes_.at(n).rpc_address;
+    auto& f = d.fragment;
+    for (const auto& t : plan.transfers) {
+      if (t.local() && t.dst == static_cast<int32_t>(i)) f.local_loads.push_back(static_cast<int32_t>(t.slice));
+    }
+    if (frag.sends.empty() && frag.receives.empty() && f.local_loads.empty()) continue;  // nothing to do
+    f.operation_id = op.FragmentId();
+    f.model = op.status.model;
+    f.manifest_json = model.manifest_json;
+    f.sends = steps(frag.sends);
+    f.receives = steps(frag.receives);
+    f.peers = peers;
+    f.deadline_s = op.deadline;
+    f.method = "auto";
+    f.channel = op.channel;
+    auto& np = op.status.nodes[op.node_index[n]];
+    if (!is_target || np.state == "failed") {
+      np.state = "waiting";
+      np.__isset.error = false;
+    }
+    op.pending.insert(n);
+    dispatches.push_back(std::move(d));
+  }
+  return dispatches;
+}
+
+void ClusterState::SendFragments(const std::string& id, std::vector<Dispatch> dispatches) {
+  // Every node gets its fragment; one that cannot be reached or refuses is taken as lost and
+  // the operation is repaired around it.
   for (auto& d : dispatches) {
     d.fragment.header = rpc::MakeHeader(config_.security, "coordinator");
-    Status st = [&]() -> Status {
-      MC_ASSIGN_OR_RETURN(auto addr, SplitAddress(d.rpc_address));
-      MC_ASSIGN_OR_RETURN(auto conn, rpc::Connect(addr.first, addr.second, config_.security, 10000));
-      rpc::AgentClient agent(conn->protocol);
-      return rpc::CallStatus([&] { agent.runFragment(d.fragment); });
-    }();
-    if (!st.ok()) {
-      std::lock_guard lock(mu_);
-      auto& op = operations_.at(id);
-      const std::string error = "dispatching to node '" + d.node + "': " + st.message();
-      op.status.nodes[op.node_index[d.node]].state = "failed";
-      op.status.nodes[op.node_index[d.node]].__set_error(st.message());
-      MC_RETURN_IF_ERROR(FinishLocked(op, rpc::OperationState::FAILED, error));
-      return Unavailable("scaleOut: " + error);
-    }
+    Status st = CallAgent(d.rpc_address, 10000, [&](rpc::AgentClient& agent) { agent.runFragment(d.fragment); });
+    if (st.ok()) continue;
+    std::lock_guard lock(mu_);
+    auto it = operations_.find(id);
+    if (it == operations_.end()) return;
+    Operation& op = it->second;
+    if (op.status.state != rpc::OperationState::RUNNING || op.FragmentId() != d.fragment.operation_id) return;
+    auto& np = op.status.nodes[op.node_index[d.node]];
+    np.state = "lost";
+    np.__set_error("dispatching its fragment: " + st.message());
+    op.lost.insert(d.node);
+    op.pending.erase(d.node);
+    RepairLocked(op, "node '" + d.node + "' could not take its fragment: " + st.message());
   }
-  return resp;
+}
+
+Status ClusterState::CallAgent(const std::string& rpc_address, int timeout_ms,
+                               const std::function<void(rpc::AgentClient&)>& call) const {
+  MC_ASSIGN_OR_RETURN(auto addr, SplitAddress(rpc_address));
+  MC_ASSIGN_OR_RETURN(auto conn, rpc::Connect(addr.first, addr.second, config_.security, timeout_ms));
+  rpc::AgentClient agent(conn->protocol);
+  return rpc::CallStatus([&] { call(agent); });
 }
 
 Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state, const std::string& error) {
@@ -226,6 +285,13 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
   if (state != rpc::OperationState::SUCCEEDED) operation_errors_++;
   operation_seconds_ += op.status.finished_unix - op.status.created_unix;
   if (!error.empty()) op.status.__set_error(error);
+  // Targets that did not end with the model are no instances.
+  if (op.status.kind == rpc::OperationKind::SCALE_OUT) {
+    for (const auto& t : op.targets) {
+      const auto& np = op.status.nodes[op.node_index[t]];
+      if (np.state != "complete") RemoveInstanceLocked(op.status.model, t);
+    }
+  }
   LOG(INFO) << "coordinator: " << op.status.id << " "
             << (state == rpc::OperationState::SUCCEEDED ? "succeeded" : "failed")
             << (error.empty() ? "" : ": " + error);
@@ -236,9 +302,31 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
                            {"finished", op.status.finished_unix}});
 }
 
+Status ClusterState::SettleLocked(Operation& op) {
+  if (!op.pending.empty() || op.repairing) return Status::Ok();
+  int complete = 0;
+  std::vector<std::string> short_of;
+  for (const auto& t : op.targets) {
+    const auto& np = op.status.nodes[op.node_index[t]];
+    if (np.state == "complete") {
+      complete++;
+    } else {
+      short_of.push_back(t + " (" + np.state + (np.__isset.error ? ": " + np.error : "") + ")");
+    }
+  }
+  if (complete >= op.status.replicas) return FinishLocked(op, rpc::OperationState::SUCCEEDED, "");
+  std::string error = std::to_string(complete) + " of " + std::to_string(op.status.replicas) +
+                      " replicas loaded; not loaded:";
+  for (const auto& s : short_of) error += " " + s;
+  if (short_of.empty()) error += " no spare node stood in for the lost";
+  return FinishLocked(op, rpc::OperationState::FAILED, error);
+}
+
 Status ClusterState::Progress(const rpc::ProgressReport& r) {
   std::lock_guard lock(mu_);
-  auto it = operations_.find(r.operation_id);
+  const auto dot = r.operation_id.find(".r");
+  const std::string base = r.operation_id.substr(0, dot);
+  auto it = operations_.find(base);
   if (it == operations_.end()) return NotFound("reportProgress: no operation '" + r.operation_id + "'");
   Operation& op = it->second;
   auto ni = op.node_index.find(r.node);
@@ -259,40 +347,28 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
       slices_moved_++;
     }
   }
-  np.slices_received = static_cast<int32_t>(got.size());
+  if (np.role == "target") np.slices_received = std::max(np.slices_received, static_cast<int32_t>(got.size()));
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();
   np.rate_bytes_per_s = secs > 0 ? static_cast<double>(np.bytes_received) / secs : 0;
   if (np.role == "target" && np.state == "waiting" && np.slices_received > 0) np.state = "receiving";
-  if (r.done) {
-    op.pending.erase(r.node);
-    if (r.__isset.error) {
-      np.state = "failed";
-      np.__set_error(r.error);
-      return FinishLocked(op, rpc::OperationState::FAILED, "node '" + r.node + "': " + r.error);
-    }
-    np.state = "complete";
-    if (op.pending.empty()) return FinishLocked(op, rpc::OperationState::SUCCEEDED, "");
+  // The end of a fragment counts only for the current attempt; older ones were cancelled.
+  if (!r.done || r.operation_id != op.FragmentId() || op.status.state != rpc::OperationState::RUNNING) {
+    return Status::Ok();
   }
-  return Status::Ok();
-}
-
-void ClusterState::CheckLiveness() {
-  std::lock_guard lock(mu_);
-  for (auto& [id, op] : operations_) {
-    if (op.status.state != rpc::OperationState::RUNNING) continue;
-    for (const auto& node : op.pending) {
-      auto it = nodes_.find(node);
-      if (it == nodes_.end() || AliveLocked(it->second)) continue;
-      auto& np = op.status.nodes[op.node_index[node]];
-      np.state = "lost";
-      np.__set_error("no heartbeat for " + std::to_string(config_.heartbeat_deadline) + " s");
-      Status st = FinishLocked(op, rpc::OperationState::FAILED,
-                               "node '" + node + "' was lost mid-operation (no heartbeat within " +
-                                   std::to_string(config_.heartbeat_deadline) + " s)");
-      if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
-      break;
-    }
+  op.pending.erase(r.node);
+  if (r.__isset.error) {
+    if (op.repairing) return Status::Ok();  // cancelled by the repair under way
+    np.state = "failed";
+    np.__set_error(r.error);
+    RepairLocked(op, "node '" + r.node + "': " + r.error);
+    return Status::Ok();
   }
+  np.state = "complete";
+  if (np.role == "target") {
+    np.slices_received = np.slices_total;
+    SetInstanceLocked(op.status.model, r.node, rpc::InstanceState::LOCAL);
+  }
+  return SettleLocked(op);
 }
 
 Result<rpc::OperationStatus> ClusterState::GetOperation(const std::string& id) const {

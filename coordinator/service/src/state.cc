@@ -1,5 +1,6 @@
 #include <glog/logging.h>
 
+#include "inventory.h"
 #include "modelcast/common/checksum.h"
 #include "modelcast/coord/daemon.h"
 
@@ -8,8 +9,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-double UnixNow() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 std::vector<std::string> Holders(const std::map<std::string, rpc::NodeInventory>& inv, const std::string& model,
                                  int tier) {
@@ -63,14 +62,53 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
                                        [&](const json& r) { return s->Replay(r); }, {}, &report));
   s->epoch_++;
   MC_RETURN_IF_ERROR(s->journal_->Append({{"op", "epoch"}, {"epoch", s->epoch_}}));
-  // Operations that were running when the previous coordinator stopped end here, reported
-  // failed, so that none is left orphaned; the autoscaler retries what it still needs.
-  for (auto& [id, op] : s->operations_) {
-    MC_RETURN_IF_ERROR(s->FinishLocked(op, rpc::OperationState::FAILED, "the coordinator restarted mid-operation"));
+  s->opened_ = std::chrono::steady_clock::now();
+  s->worker_ = std::thread([self = s.get()] {
+    std::unique_lock lock(self->work_mu_);
+    for (;;) {
+      self->work_cv_.wait(lock, [&] { return self->stop_worker_ || !self->work_.empty(); });
+      if (self->stop_worker_) return;
+      auto task = std::move(self->work_.front());
+      self->work_.pop_front();
+      lock.unlock();
+      task();
+      lock.lock();
+    }
+  });
+  // Operations that were running when the previous coordinator stopped are picked up again:
+  // a scale-out is reconciled with its agents once they rejoin (CheckLiveness), a scale-in is
+  // done again (demoting is idempotent). None is left orphaned.
+  size_t resumed = 0;
+  {
+    std::lock_guard lock(s->mu_);
+    for (auto& [id, op] : s->operations_) {
+      if (op.status.state != rpc::OperationState::RUNNING) continue;
+      resumed++;
+      op.start = std::chrono::steady_clock::now();
+      if (op.status.kind == rpc::OperationKind::SCALE_OUT) {
+        op.adopt = true;
+        for (const auto& t : op.targets) {
+          if (!op.lost.count(t)) s->SetInstanceLocked(op.status.model, t, rpc::InstanceState::LOADING);
+        }
+      } else {
+        std::vector<std::pair<std::string, std::string>> release;
+        for (const auto& t : op.targets) release.emplace_back(t, s->nodes_.at(t).rpc_address);
+        s->Post([self = s.get(), id = id, release] { self->RunScaleIn(id, release); });
+      }
+    }
   }
-  LOG(INFO) << "coordinator: epoch " << s->epoch_ << ", " << s->models_.size() << " model(s) from " << report.records
-            << " journal record(s)";
+  LOG(INFO) << "coordinator: epoch " << s->epoch_ << ", " << s->models_.size() << " model(s) and " << resumed
+            << " running operation(s) from " << report.records << " journal record(s)";
   return s;
+}
+
+ClusterState::~ClusterState() {
+  {
+    std::lock_guard lock(work_mu_);
+    stop_worker_ = true;
+  }
+  work_cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
 }
 
 Status ClusterState::Replay(const json& r) {
@@ -85,12 +123,61 @@ Status ClusterState::Replay(const json& r) {
   } else if (op == "operation") {
     Operation o;
     o.status.id = r.at("id").get<std::string>();
-    o.status.kind = rpc::OperationKind::SCALE_OUT;
+    const bool scale_in = r.value("kind", "scale_out") == "scale_in";
+    o.status.kind = scale_in ? rpc::OperationKind::SCALE_IN : rpc::OperationKind::SCALE_OUT;
     o.status.model = r.at("model").get<std::string>();
+    if (!models_.count(o.status.model)) return InvalidArgument("journal operation of unknown model " + o.status.model);
     o.status.replicas = r.at("replicas").get<int32_t>();
     o.status.state = rpc::OperationState::RUNNING;
     o.status.created_unix = r.at("created").get<double>();
+    o.status.__set_started_unix(o.status.created_unix);
+    o.status.replans = 0;
+    o.sources = r.value("sources", std::vector<std::string>{});
+    o.targets = r.at("targets").get<std::vector<std::string>>();
+    o.algorithm = r.value("algorithm", "lambdapipe");
+    o.deadline = r.value("deadline", 600.0);
+    o.channel = r.value("channel", 0);
+    last_channel_ = std::max(last_channel_, o.channel);
+    const auto nslices = static_cast<int32_t>(models_.at(o.status.model).manifest->slices.size());
+    for (const auto* list : {&o.sources, &o.targets}) {
+      for (const auto& n : *list) {
+        if (!nodes_.count(n)) return InvalidArgument("journal operation " + o.status.id + " names unknown node " + n);
+        AddProgressEntry(o, n, scale_in ? "release" : list == &o.sources ? "source" : "target", nslices);
+      }
+    }
     operations_[o.status.id] = std::move(o);
+  } else if (op == "replan") {
+    auto it = operations_.find(r.at("id").get<std::string>());
+    if (it == operations_.end()) return InvalidArgument("journal replans unknown operation " + r.at("id").dump());
+    Operation& o = it->second;
+    o.attempt = r.at("attempt").get<int>();
+    o.status.replans = o.attempt;
+    o.channel = r.at("channel").get<int>();
+    last_channel_ = std::max(last_channel_, o.channel);
+    o.targets = r.at("targets").get<std::vector<std::string>>();
+    const auto nslices = static_cast<int32_t>(models_.at(o.status.model).manifest->slices.size());
+    for (const auto& n : o.targets) {
+      if (!nodes_.count(n)) return InvalidArgument("journal replan names unknown node " + n);
+      AddProgressEntry(o, n, "target", nslices);
+    }
+    for (const auto& n : r.at("lost").get<std::vector<std::string>>()) {
+      if (!o.node_index.count(n)) return InvalidArgument("journal replan loses unknown node " + n);
+      o.lost.insert(n);
+      o.status.nodes[o.node_index[n]].state = "lost";
+    }
+  } else if (op == "instance") {
+    rpc::Instance inst;
+    inst.model = r.at("model").get<std::string>();
+    inst.node = r.at("node").get<std::string>();
+    inst.state = static_cast<rpc::InstanceState::type>(r.at("state").get<int>());
+    inst.since_unix = r.at("since").get<double>();
+    instances_[inst.model][inst.node] = inst;
+  } else if (op == "instance_removed") {
+    auto it = instances_.find(r.at("model").get<std::string>());
+    if (it != instances_.end()) {
+      it->second.erase(r.at("node").get<std::string>());
+      if (it->second.empty()) instances_.erase(it);
+    }
   } else if (op == "finish") {
     auto it = operations_.find(r.at("id").get<std::string>());
     if (it == operations_.end()) return InvalidArgument("journal finishes unknown operation " + r.at("id").dump());
@@ -117,6 +204,12 @@ rpc::ModelInfo ClusterState::InfoLocked(const std::string& name, const Model& m)
   info.keep_alive_s = m.keep_alive;
   info.instances = 0;
   info.loading = 0;
+  if (auto it = instances_.find(name); it != instances_.end()) {
+    for (const auto& [node, inst] : it->second) {
+      if (inst.state == rpc::InstanceState::LOCAL || inst.state == rpc::InstanceState::PIPELINE) info.instances++;
+      if (inst.state == rpc::InstanceState::LOADING) info.loading++;
+    }
+  }
   std::map<std::string, rpc::NodeInventory> inv;
   for (const auto& [n, node] : nodes_) {
     if (AliveLocked(node)) inv[n] = node.inventory;
@@ -185,6 +278,20 @@ Status ClusterState::Join(const rpc::JoinRequest& req) {
   n.last_heartbeat = std::chrono::steady_clock::now();
   n.last_heartbeat_unix = UnixNow();
   LOG(INFO) << "coordinator: node '" << req.node << "' joined from " << req.rpc_address;
+  // Reconcile: an instance the journal places here whose weights the node no longer holds
+  // (its store was wiped, or it restarted without them) is gone.
+  std::vector<std::string> gone;
+  for (const auto& [model, by_node] : instances_) {
+    auto it = by_node.find(req.node);
+    if (it == by_node.end() || it->second.state == rpc::InstanceState::LOADING) continue;
+    const auto nslices = static_cast<uint32_t>(models_.at(model).manifest->slices.size());
+    if (CompleteTier(req.inventory, model, nslices) == Tier::kNone) gone.push_back(model);
+  }
+  for (const auto& model : gone) {
+    LOG(WARNING) << "coordinator: node '" << req.node << "' rejoined without model '" << model
+                 << "': its instance is gone";
+    RemoveInstanceLocked(model, req.node);
+  }
   return Status::Ok();
 }
 

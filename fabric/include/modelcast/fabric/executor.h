@@ -8,6 +8,7 @@
 // ends the run with an error naming the peer and the slices.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -91,6 +92,7 @@ struct ExecutorOptions {
   int max_retries = 3;                   // re-requests of one corrupt slice before giving up
   double deadline = 60;                  // seconds for the whole fragment
   std::function<void(const SliceEvent&)> on_slice;  // runs on the executor's checking thread; must not block
+  const std::atomic<bool>* cancel = nullptr;        // set: the run ends with kCancelled, naming what was missing
 };
 
 struct ExecutorReport {

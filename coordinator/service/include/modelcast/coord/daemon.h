@@ -2,17 +2,21 @@
 // (nodes and their heartbeats, registered models), kept across restarts in an append-only
 // journal, served over Thrift to autoscalers (Coordinator) and node agents (Membership).
 //
-// Built so far: model registration and listing, agent membership (join, heartbeat with a
-// deadline, inventories), scale-out operations (sources and targets chosen from what alive
-// nodes hold, planned with the planner, fragments dispatched to the agents, progress tracked,
-// operations journaled), cluster status, security on every call, restart from the journal.
-// Not yet: replanning when a node dies mid-operation, scale-in, instances.
+// Operations run on the agents; the coordinator plans them, dispatches plan fragments, follows
+// their progress and repairs them: when a node dies mid-operation (no heartbeat, or a peer's
+// fragment fails naming it) the survivors' fragments are cancelled, what each holds is asked
+// of its agent, and the rest is replanned (coord::Replan) in a new attempt, a spare node
+// standing in for a lost target where there is one. After a restart, operations that were
+// running are reconciled with the agents: fragments still running are followed again, finished
+// ones are read from the agents' inventories, and whatever is missing is replanned.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,11 +28,16 @@
 #include "modelcast/common/config.h"
 #include "modelcast/common/journal.h"
 #include "modelcast/coord/cluster.h"
+#include "modelcast/coord/plan.h"
 #include "modelcast/model/manifest.h"
 #include "modelcast/rpc/metrics.h"
 #include "modelcast/rpc/security.h"
 #include "modelcast/rpc/server.h"
 #include "modelcast_types.h"
+
+namespace modelcast::rpc {
+class AgentClient;
+}
 
 namespace modelcast::coord {
 
@@ -53,6 +62,7 @@ struct CoordinatorConfig {
 class ClusterState {
  public:
   static Result<std::unique_ptr<ClusterState>> Open(const ClusterConfig& cluster, const CoordinatorConfig& config);
+  ~ClusterState();
 
   int64_t epoch() const { return epoch_; }
   const std::string& cluster_name() const { return cluster_.name; }
@@ -76,9 +86,16 @@ class ClusterState {
   Status CheckScale(const char* method, const std::string& model, int32_t replicas) const;
   Status Progress(const rpc::ProgressReport& report);
   Result<rpc::OperationStatus> GetOperation(const std::string& id) const;
-  // Fails running operations that a node has dropped out of (no heartbeat within the deadline),
-  // naming it. Called every heartbeat interval.
+  // Repairs running operations that a node has dropped out of (no heartbeat within the
+  // deadline), and starts the reconciliation of operations found running after a restart.
+  // Called every heartbeat interval.
   void CheckLiveness();
+
+  // Scale-in: releases `replicas` instances of a model (the newest first, or the named nodes):
+  // each is drained and its GPU copy demoted to host memory, where it stays warm until its
+  // keep-alive ends.
+  Result<std::string> ScaleIn(const rpc::ScaleInRequest& req);
+  Result<std::vector<rpc::Instance>> ListInstances(const std::string& model) const;
 
   // Prometheus text: nodes, models, operations, bytes and slices moved, refusals.
   std::string RenderMetrics() const;
@@ -102,12 +119,52 @@ class ClusterState {
     rpc::OperationStatus status;
     std::map<std::string, size_t> node_index;  // into status.nodes
     std::map<std::string, std::set<int32_t>> received;
-    std::set<std::string> pending;  // nodes not done yet
+    std::set<std::string> pending;  // nodes of the current attempt not done yet
     std::chrono::steady_clock::time_point start;
+    // What a replan needs.
+    std::string algorithm;
+    double deadline = 600;
+    std::vector<std::string> sources, targets;  // targets include stand-ins for lost ones
+    std::set<std::string> lost;
+    int attempt = 0;  // fragments of attempt k > 0 are named "<id>.r<k>"
+    int channel = 0;  // the fabric channel of the current attempt
+    bool repairing = false;  // a repair is queued or running: done reports only count
+    bool adopt = false;      // found running after a restart: follow what still runs
+    std::string FragmentId() const { return attempt == 0 ? status.id : status.id + ".r" + std::to_string(attempt); }
+  };
+  // A fragment to send to one node's agent.
+  struct Dispatch {
+    std::string node, rpc_address;
+    rpc::RunFragmentRequest fragment;
   };
   ClusterState(ClusterConfig cluster, CoordinatorConfig config)
       : cluster_(std::move(cluster)), config_(std::move(config)) {}
   Status FinishLocked(Operation& op, rpc::OperationState::type state, const std::string& error);
+  // Ends the operation once no node of the current attempt is pending: succeeded when every
+  // target it still counts holds the model, failed (naming the lost) otherwise.
+  Status SettleLocked(Operation& op);
+  // The fragments of `plan` for every node that has something to do in it, and the op's
+  // per-node progress entries.
+  Result<std::vector<Dispatch>> FragmentsLocked(Operation& op, const Plan& plan);
+  // Sends the fragments; a node that refuses or cannot be reached is taken as lost.
+  void SendFragments(const std::string& id, std::vector<Dispatch> dispatches);
+  int NextChannelLocked();
+  // Alive nodes that could take the model (not holding all of it, not in `exclude`, in
+  // `allowed` when that is not empty), best first.
+  std::vector<std::string> RankTargetsLocked(const std::string& model, uint32_t nslices,
+                                             const std::set<std::string>& exclude,
+                                             const std::set<std::string>& allowed) const;
+  // The planner's request for the operation's sources and targets.
+  PlanRequest PlanRequestLocked(const Operation& op, const model::Manifest& manifest) const;
+  Status CallAgent(const std::string& rpc_address, int timeout_ms,
+                   const std::function<void(rpc::AgentClient&)>& call) const;
+  void RepairLocked(Operation& op, const std::string& why);
+  void Repair(const std::string& id);  // on the worker
+  void Post(std::function<void()> task);
+  void SetInstanceLocked(const std::string& model, const std::string& node, rpc::InstanceState::type state);
+  void RemoveInstanceLocked(const std::string& model, const std::string& node);
+  void RunScaleIn(const std::string& id, std::vector<std::pair<std::string, std::string>> nodes);
+  static void AddProgressEntry(Operation& op, const std::string& node, const std::string& role, int32_t nslices);
   Status CheckScaleLocked(const char* method, const std::string& model, int32_t replicas) const;
   Status Replay(const nlohmann::json& record);
   rpc::ModelInfo InfoLocked(const std::string& name, const Model& m) const;
@@ -121,7 +178,17 @@ class ClusterState {
   std::map<std::string, Node> nodes_;
   std::map<std::string, Model> models_;
   std::map<std::string, Operation> operations_;
+  std::map<std::string, std::map<std::string, rpc::Instance>> instances_;  // model -> node -> instance
   uint64_t next_operation_ = 1;
+  int last_channel_ = 0;
+  std::chrono::steady_clock::time_point opened_ = std::chrono::steady_clock::now();
+
+  // Repairs and scale-ins run on one worker thread, off the RPC threads.
+  std::mutex work_mu_;
+  std::condition_variable work_cv_;
+  std::deque<std::function<void()>> work_;
+  bool stop_worker_ = false;
+  std::thread worker_;
   std::atomic<uint64_t> refused_{0};
   uint64_t bytes_moved_ = 0, slices_moved_ = 0, operation_errors_ = 0;
   double operation_seconds_ = 0;  // sum over finished operations

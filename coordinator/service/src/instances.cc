@@ -1,0 +1,160 @@
+// Instances (where each model is loaded, as the coordinator placed it) and scale-in.
+#include <algorithm>
+
+#include <glog/logging.h>
+
+#include "Agent.h"
+#include "inventory.h"
+#include "modelcast/coord/daemon.h"
+
+namespace modelcast::coord {
+
+void ClusterState::SetInstanceLocked(const std::string& model, const std::string& node,
+                                     rpc::InstanceState::type state) {
+  auto& inst = instances_[model][node];
+  if (inst.node == node && inst.state == state) return;
+  inst.model = model;
+  inst.node = node;
+  inst.state = state;
+  inst.since_unix = UnixNow();
+  // Loading instances are not journaled: after a restart they come back from their operation.
+  if (state == rpc::InstanceState::LOADING) return;
+  Status st = journal_->Append({{"op", "instance"},
+                                {"model", model},
+                                {"node", node},
+                                {"state", static_cast<int>(state)},
+                                {"since", inst.since_unix}});
+  if (!st.ok()) LOG(ERROR) << "coordinator: journaling an instance: " << st.message();
+}
+
+void ClusterState::RemoveInstanceLocked(const std::string& model, const std::string& node) {
+  auto m = instances_.find(model);
+  if (m == instances_.end() || !m->second.count(node)) return;
+  const bool journaled = m->second.at(node).state != rpc::InstanceState::LOADING;
+  m->second.erase(node);
+  if (m->second.empty()) instances_.erase(m);
+  if (!journaled) return;
+  Status st = journal_->Append({{"op", "instance_removed"}, {"model", model}, {"node", node}});
+  if (!st.ok()) LOG(ERROR) << "coordinator: journaling an instance: " << st.message();
+}
+
+Result<std::vector<rpc::Instance>> ClusterState::ListInstances(const std::string& model) const {
+  std::lock_guard lock(mu_);
+  if (!models_.count(model)) return NotFound("listInstances: unknown model '" + model + "'");
+  std::vector<rpc::Instance> out;
+  auto it = instances_.find(model);
+  if (it != instances_.end()) {
+    for (const auto& [node, inst] : it->second) out.push_back(inst);
+  }
+  return out;
+}
+
+Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
+  std::vector<std::pair<std::string, std::string>> release;  // node, rpc address
+  std::string id;
+  {
+    std::lock_guard lock(mu_);
+    MC_RETURN_IF_ERROR(CheckScaleLocked("scaleIn", req.model, req.replicas));
+    std::vector<rpc::Instance> local;
+    if (auto it = instances_.find(req.model); it != instances_.end()) {
+      for (const auto& [node, inst] : it->second) {
+        if (inst.state == rpc::InstanceState::LOCAL || inst.state == rpc::InstanceState::PIPELINE)
+          local.push_back(inst);
+      }
+    }
+    std::vector<std::string> chosen;
+    if (req.__isset.nodes && !req.nodes.empty()) {
+      if (req.nodes.size() != static_cast<size_t>(req.replicas)) {
+        return InvalidArgument("scaleIn: " + std::to_string(req.replicas) + " replicas to release, but " +
+                               std::to_string(req.nodes.size()) + " nodes named");
+      }
+      for (const auto& n : req.nodes) {
+        const bool found =
+            std::any_of(local.begin(), local.end(), [&](const rpc::Instance& i) { return i.node == n; });
+        if (!found) {
+          return InvalidArgument("scaleIn: node '" + n + "' has no serving instance of model '" + req.model + "'");
+        }
+        if (std::count(req.nodes.begin(), req.nodes.end(), n) > 1)
+          return InvalidArgument("scaleIn: node '" + n + "' is named twice");
+      }
+      chosen = req.nodes;
+    } else {
+      if (local.size() < static_cast<size_t>(req.replicas)) {
+        return ResourceExhausted("scaleIn: " + std::to_string(req.replicas) + " replicas of model '" + req.model +
+                                 "' to release, but it has " + std::to_string(local.size()) + " instance(s)");
+      }
+      // The newest go first: the oldest have been warm the longest.
+      std::stable_sort(local.begin(), local.end(),
+                       [](const rpc::Instance& a, const rpc::Instance& b) { return a.since_unix > b.since_unix; });
+      for (int32_t i = 0; i < req.replicas; ++i) chosen.push_back(local[static_cast<size_t>(i)].node);
+    }
+    id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
+    Operation op;
+    op.start = std::chrono::steady_clock::now();
+    op.status.id = id;
+    op.status.kind = rpc::OperationKind::SCALE_IN;
+    op.status.model = req.model;
+    op.status.replicas = req.replicas;
+    op.status.state = rpc::OperationState::RUNNING;
+    op.status.created_unix = UnixNow();
+    op.status.__set_started_unix(op.status.created_unix);
+    op.status.replans = 0;
+    op.targets = chosen;
+    for (const auto& n : chosen) {
+      AddProgressEntry(op, n, "release", 0);
+      op.pending.insert(n);
+      release.emplace_back(n, nodes_.at(n).rpc_address);
+    }
+    MC_RETURN_IF_ERROR(journal_->Append({{"op", "operation"},
+                                         {"kind", "scale_in"},
+                                         {"id", id},
+                                         {"model", req.model},
+                                         {"replicas", req.replicas},
+                                         {"targets", chosen},
+                                         {"created", op.status.created_unix}}));
+    for (const auto& n : chosen) SetInstanceLocked(req.model, n, rpc::InstanceState::DRAINING);
+    operations_.emplace(id, std::move(op));
+    LOG(INFO) << "coordinator: " << id << ": scale-in of '" << req.model << "' by " << chosen.size();
+  }
+  Post([this, id, release] { RunScaleIn(id, release); });
+  return id;
+}
+
+void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::string, std::string>> nodes) {
+  std::string model;
+  {
+    std::lock_guard lock(mu_);
+    model = operations_.at(id).status.model;
+  }
+  // Each released node keeps the model in host memory (warm for the next scale-out, until
+  // its keep-alive ends); its GPU copy goes.
+  std::map<std::string, Status> results;
+  for (const auto& [node, address] : nodes) {
+    rpc::MoveRequest req;
+    req.header = rpc::MakeHeader(config_.security, "coordinator");
+    req.model = model;
+    req.tier = "host";
+    results[node] = CallAgent(address, 60000, [&](rpc::AgentClient& c) { c.demote(req); });
+  }
+  std::lock_guard lock(mu_);
+  Operation& op = operations_.at(id);
+  std::string errors;
+  for (const auto& [node, st] : results) {
+    auto& np = op.status.nodes[op.node_index[node]];
+    // The instance is released either way: the coordinator no longer counts on it.
+    RemoveInstanceLocked(model, node);
+    op.pending.erase(node);
+    if (st.ok()) {
+      np.state = "released";
+    } else {
+      np.state = "failed";
+      np.__set_error(st.message());
+      errors += (errors.empty() ? "" : "; ") + ("node '" + node + "': " + st.message());
+    }
+  }
+  Status st = FinishLocked(op, errors.empty() ? rpc::OperationState::SUCCEEDED : rpc::OperationState::FAILED,
+                           errors.empty() ? "" : "released, but demoting failed: " + errors);
+  if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
+}
+
+}  // namespace modelcast::coord
