@@ -16,6 +16,8 @@
 #include <map>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "Agent.h"
 #include "Coordinator.h"
 #include "modelcast/rpc/server.h"
@@ -373,6 +375,46 @@ TEST_F(ScaleOutTest, BadScaleRequestsAreRefused) {
     EXPECT_EQ(second, "FAILED_PRECONDITION: scaleOut: model 'tiny-llm' already has operation " + first + " running");
   }
   EXPECT_EQ(WaitForEnd(first).state, rpc::OperationState::SUCCEEDED);
+}
+
+// The command line against the live cluster: the coordinator's plan (nothing moves), a
+// scale-out followed to its end, the instances, a scale-in of a named node, and a bad one.
+TEST_F(ScaleOutTest, CommandLineDrivesTheCoordinator) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 3}));
+  testing::WriteAll(dir / "token", kToken);
+  auto mc = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), ToolPath("modelcast"));
+    args.insert(args.end(), {"--coordinator", "127.0.0.1:" + std::to_string(port), "--token-file",
+                             (dir / "token").string()});
+    return testing::RunProcess(args, 60s);
+  };
+  auto plan = mc({"plan", "--dry-run", "tiny-llm", "-n", "2", "--json"});
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  auto pj = nlohmann::json::parse(plan.out);
+  EXPECT_EQ(pj["nodes"], (nlohmann::json{"node-0", "node-1", "node-2"}));
+  EXPECT_TRUE(InstanceNodes().empty()) << "a dry run placed something";
+  auto text = mc({"plan", "--dry-run", "tiny-llm", "-n", "2", "--ticks", "3"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("plan for tiny-llm: 1 source(s) (node-0) to 2 target(s) (node-1, node-2)"),
+            std::string::npos)
+      << text.out;
+  auto out = mc({"scale-out", "tiny-llm", "-n", "2", "--wait", "--json"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  auto oj = nlohmann::json::parse(out.out);
+  EXPECT_EQ(oj["state"], "SUCCEEDED");
+  EXPECT_EQ(oj["kind"], "SCALE_OUT");
+  auto inst = mc({"instances", "tiny-llm", "--json"});
+  ASSERT_EQ(inst.exit_code, 0) << inst.err;
+  EXPECT_EQ(nlohmann::json::parse(inst.out).size(), 2u) << inst.out;
+  auto in = mc({"scale-in", "tiny-llm", "-n", "1", "--nodes", "node-1", "--wait"});
+  ASSERT_EQ(in.exit_code, 0) << in.err;
+  EXPECT_NE(in.out.find("scale-in of tiny-llm, SUCCEEDED"), std::string::npos) << in.out;
+  EXPECT_NE(in.out.find("node-1           released"), std::string::npos) << in.out;
+  EXPECT_EQ(InstanceNodes(), std::vector<std::string>{"node-2:LOCAL"});
+  auto bad = mc({"scale-in", "tiny-llm", "-n", "1", "--nodes", "node-1"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("scaleIn: node 'node-1' has no serving instance of model 'tiny-llm'"), std::string::npos)
+      << bad.err;
 }
 
 // A target killed mid-operation with a spare node in the cluster: the survivors' fragments are

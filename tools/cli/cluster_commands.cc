@@ -1,5 +1,5 @@
 // The commands that talk to a running coordinator: cluster status, models, register,
-// scale-out (with a live progress display), operation.
+// scale-out and scale-in (with a live progress display), instances, plan --dry-run.
 #include <thrift/protocol/TMultiplexedProtocol.h>
 
 #include <chrono>
@@ -13,6 +13,7 @@
 #include "command.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/units.h"
+#include "modelcast/coord/plan_svg.h"
 #include "modelcast/rpc/errors.h"
 #include "modelcast/rpc/server.h"
 
@@ -76,7 +77,9 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
   nlohmann::json j{{"id", op.id},
                    {"model", op.model},
                    {"replicas", op.replicas},
+                   {"kind", rpc::to_string(op.kind)},
                    {"state", rpc::to_string(op.state)},
+                   {"replans", op.replans},
                    {"created_unix", op.created_unix}};
   if (op.__isset.finished_unix) j["seconds"] = op.finished_unix - op.created_unix;
   if (op.__isset.error) j["error"] = op.error;
@@ -88,19 +91,65 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
                           {"slices_total", n.slices_total},
                           {"bytes_received", n.bytes_received},
                           {"rate_bytes_per_s", n.rate_bytes_per_s}});
+    if (n.__isset.error) j["nodes"].back()["error"] = n.error;
   }
   return j;
 }
 
 void PrintProgress(const rpc::OperationStatus& op, bool tty) {
   if (tty) std::printf("\033[H\033[J");
-  std::printf("%s: scale-out of %s, %s\n", op.id.c_str(), op.model.c_str(), rpc::to_string(op.state).c_str());
+  const bool out = op.kind == rpc::OperationKind::SCALE_OUT;
+  std::printf("%s: %s of %s, %s", op.id.c_str(), out ? "scale-out" : "scale-in", op.model.c_str(),
+              rpc::to_string(op.state).c_str());
+  if (op.replans > 0) std::printf(", replanned %d time(s)", op.replans);
+  if (op.__isset.finished_unix) std::printf(", %.2f s", op.finished_unix - op.created_unix);
+  std::printf("\n");
   for (const auto& n : op.nodes) {
-    if (n.role != "target") continue;
-    std::printf("  %-16s %-10s %5d / %-5d slices  %10s/s\n", n.node.c_str(), n.state.c_str(), n.slices_received,
-                n.slices_total, FormatBytes(static_cast<uint64_t>(n.rate_bytes_per_s)).c_str());
+    if (n.role == "source") continue;
+    if (out) {
+      std::printf("  %-16s %-10s %5d / %-5d slices  %10s/s", n.node.c_str(), n.state.c_str(), n.slices_received,
+                  n.slices_total, FormatBytes(static_cast<uint64_t>(n.rate_bytes_per_s)).c_str());
+    } else {
+      std::printf("  %-16s %s", n.node.c_str(), n.state.c_str());
+    }
+    std::printf("%s\n", n.__isset.error ? ("  " + n.error).c_str() : "");
   }
+  if (op.__isset.error) std::printf("error: %s\n", op.error.c_str());
   std::fflush(stdout);
+}
+
+// Follows an operation to its end (or `timeout`), showing progress on a terminal; prints the
+// end (JSON with --json). Fails unless it succeeded.
+int Follow(const char* command, CoordinatorFlags::Client& c, const std::string& id, double timeout, bool json) {
+  const bool tty = !json && isatty(fileno(stdout));
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout);
+  rpc::OperationStatus op;
+  for (;;) {
+    if (Status st = Call([&] { c.client->getOperation(op, c.header, id); }); !st.ok()) return Fail(command, st);
+    if (tty) PrintProgress(op, true);
+    if (op.state != rpc::OperationState::RUNNING && op.state != rpc::OperationState::PENDING) break;
+    if (std::chrono::steady_clock::now() > until) {
+      return Fail(command, DeadlineExceeded(op.id + " still running after " + std::to_string(timeout) + " s"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (json) {
+    std::printf("%s\n", OperationJson(op).dump().c_str());
+  } else if (!tty) {
+    PrintProgress(op, false);
+  }
+  if (op.state != rpc::OperationState::SUCCEEDED) {
+    return Fail(command, Internal(op.id + " " + rpc::to_string(op.state) + (op.__isset.error ? ": " + op.error : "")));
+  }
+  return kExitOk;
+}
+
+// -n N is --replicas N (the parser has no short flags).
+std::vector<std::string> SpellReplicas(std::vector<std::string> args) {
+  for (auto& a : args) {
+    if (a == "-n") a = "--replicas";
+  }
+  return args;
 }
 
 }  // namespace
@@ -171,13 +220,16 @@ int RunModels(const std::vector<std::string>& args) {
       j.push_back({{"name", m.summary.name},
                    {"bytes", m.summary.total_bytes},
                    {"slices", m.summary.num_slices},
+                   {"instances", m.instances},
+                   {"loading", m.loading},
                    {"gpu", m.gpu_holders},
                    {"host", m.host_holders},
                    {"ssd", m.ssd_holders}});
     } else {
-      std::printf("%-24s %10s %6d slices  gpu %zu  host %zu  ssd %zu\n", m.summary.name.c_str(),
-                  FormatBytes(static_cast<uint64_t>(m.summary.total_bytes)).c_str(), m.summary.num_slices,
-                  m.gpu_holders.size(), m.host_holders.size(), m.ssd_holders.size());
+      std::printf("%-24s %10s %6d slices  instances %d (+%d loading)  gpu %zu  host %zu  ssd %zu\n",
+                  m.summary.name.c_str(), FormatBytes(static_cast<uint64_t>(m.summary.total_bytes)).c_str(),
+                  m.summary.num_slices, m.instances, m.loading, m.gpu_holders.size(), m.host_holders.size(),
+                  m.ssd_holders.size());
     }
   }
   if (f.json) std::printf("%s\n", j.dump().c_str());
@@ -198,11 +250,7 @@ int RunScaleOut(const std::vector<std::string>& args) {
   p.Flag("wait", &wait, "follow the operation to its end, showing each target's progress");
   p.Flag("dry-run", &dry_run, "plan and print, move nothing");
   p.Flag("timeout", &timeout, "seconds to wait with --wait [600]");
-  std::vector<std::string> spelled = args;
-  for (auto& a : spelled) {
-    if (a == "-n") a = "--replicas";
-  }
-  if (int rc = ParseOrExit("scale-out", p, spelled); rc >= 0) return rc;
+  if (int rc = ParseOrExit("scale-out", p, SpellReplicas(args)); rc >= 0) return rc;
   auto c = f.Connect();
   if (!c.ok()) return Fail("scale-out", c.status());
   rpc::ScaleOutRequest req;
@@ -222,29 +270,126 @@ int RunScaleOut(const std::vector<std::string>& args) {
     std::printf(f.json ? "{\"operation\": \"%s\"}\n" : "%s\n", resp.operation_id.c_str());
     return kExitOk;
   }
-  const bool tty = !f.json && isatty(fileno(stdout));
-  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout);
-  rpc::OperationStatus op;
-  for (;;) {
-    if (Status st = Call([&] { c->client->getOperation(op, c->header, resp.operation_id); }); !st.ok()) {
-      return Fail("scale-out", st);
+  return Follow("scale-out", *c, resp.operation_id, timeout, f.json);
+}
+
+int RunScaleIn(const std::vector<std::string>& args) {
+  CoordinatorFlags f;
+  std::string model, nodes;
+  int64_t replicas = 1;
+  bool wait = false;
+  double timeout = 600;
+  ArgParser p("modelcast scale-in",
+              "Release N replicas of a model: each is drained and its GPU copy demoted to host memory,\n"
+              "where it stays warm until the model's keep-alive ends. The newest go first.");
+  f.Declare(p);
+  p.Positional("model", &model, "the registered model");
+  p.Flag("replicas", &replicas, "replicas to release; -n N says the same [1]");
+  p.Flag("nodes", &nodes, "release these nodes' instances (comma-separated; as many as --replicas)");
+  p.Flag("wait", &wait, "follow the operation to its end");
+  p.Flag("timeout", &timeout, "seconds to wait with --wait [600]");
+  if (int rc = ParseOrExit("scale-in", p, SpellReplicas(args)); rc >= 0) return rc;
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("scale-in", c.status());
+  rpc::ScaleInRequest req;
+  req.header = c->header;
+  req.model = model;
+  req.replicas = static_cast<int32_t>(replicas);
+  if (!nodes.empty()) {
+    std::vector<std::string> list;
+    for (size_t at = 0; at <= nodes.size();) {
+      const size_t comma = std::min(nodes.find(',', at), nodes.size());
+      list.push_back(nodes.substr(at, comma - at));
+      at = comma + 1;
     }
-    if (tty) PrintProgress(op, true);
-    if (op.state != rpc::OperationState::RUNNING && op.state != rpc::OperationState::PENDING) break;
-    if (std::chrono::steady_clock::now() > until) {
-      return Fail("scale-out", DeadlineExceeded(op.id + " still running after " + std::to_string(timeout) + " s"));
+    req.__set_nodes(list);
+  }
+  std::string id;
+  if (Status st = Call([&] { c->client->scaleIn(id, req); }); !st.ok()) return Fail("scale-in", st);
+  if (!wait) {
+    std::printf(f.json ? "{\"operation\": \"%s\"}\n" : "%s\n", id.c_str());
+    return kExitOk;
+  }
+  return Follow("scale-in", *c, id, timeout, f.json);
+}
+
+int RunInstances(const std::vector<std::string>& args) {
+  CoordinatorFlags f;
+  std::string model;
+  ArgParser p("modelcast instances", "Where a model is loaded or serving, as the coordinator placed it.");
+  f.Declare(p);
+  p.Positional("model", &model, "the registered model");
+  if (int rc = ParseOrExit("instances", p, args); rc >= 0) return rc;
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("instances", c.status());
+  std::vector<rpc::Instance> list;
+  if (Status st = Call([&] { c->client->listInstances(list, c->header, model); }); !st.ok()) {
+    return Fail("instances", st);
+  }
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& i : list) {
+    if (f.json) {
+      j.push_back({{"node", i.node}, {"state", rpc::to_string(i.state)}, {"since_unix", i.since_unix}});
+    } else {
+      std::printf("%-16s %-9s since %.3f\n", i.node.c_str(), rpc::to_string(i.state).c_str(), i.since_unix);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (f.json) std::printf("%s\n", j.dump().c_str());
+  return kExitOk;
+}
+
+int RunLivePlan(const std::vector<std::string>& args) {
+  CoordinatorFlags f;
+  std::string model, algorithm = "lambdapipe", svg;
+  int64_t replicas = 1, ticks = 30;
+  bool dry_run = true;
+  ArgParser p("modelcast plan --dry-run",
+              "The coordinator's plan for N more replicas of a model on the live cluster (its sources,\n"
+              "targets and link rates), as `modelcast plan` shows it; nothing moves.");
+  f.Declare(p);
+  p.Positional("model", &model, "the registered model");
+  p.Flag("dry-run", &dry_run, "plan only (always)");
+  p.Flag("replicas", &replicas, "new replicas; -n N says the same [1]");
+  p.Flag("algo", &algorithm, "planner algorithm [lambdapipe]");
+  p.Flag("ticks", &ticks, "ticks to print [30]");
+  p.Flag("svg", &svg, "also draw the plan as an SVG timeline into this file");
+  if (int rc = ParseOrExit("plan", p, SpellReplicas(args)); rc >= 0) return rc;
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("plan", c.status());
+  rpc::ScaleOutRequest req;
+  req.header = c->header;
+  req.model = model;
+  req.replicas = static_cast<int32_t>(replicas);
+  req.options.__set_algorithm(algorithm);
+  req.options.__set_dry_run(true);
+  req.__isset.options = true;
+  rpc::ScaleOutResponse resp;
+  if (Status st = Call([&] { c->client->scaleOut(resp, req); }); !st.ok()) return Fail("plan", st);
+  auto parsed = nlohmann::json::parse(resp.plan_json, nullptr, false);
+  if (parsed.is_discarded()) return Fail("plan", Internal("the coordinator sent a plan that is not JSON"));
+  auto plan = coord::Plan::FromJson(parsed);
+  if (!plan.ok()) return Fail("plan", plan.status());
+  if (!svg.empty()) {
+    Status st = WriteFileAtomic(svg, coord::RenderPlanSvg(*plan));
+    if (!st.ok()) return Fail("plan", st);
   }
   if (f.json) {
-    std::printf("%s\n", OperationJson(op).dump().c_str());
-  } else if (!tty) {
-    PrintProgress(op, false);
+    std::printf("%s\n", resp.plan_json.c_str());
+    return kExitOk;
   }
-  if (op.state != rpc::OperationState::SUCCEEDED) {
-    return Fail("scale-out",
-                Internal(op.id + " " + rpc::to_string(op.state) + (op.__isset.error ? ": " + op.error : "")));
-  }
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+  };
+  std::printf("%s plan for %s: %zu source(s) (%s) to %zu target(s) (%s); %u slices in %u blocks\n",
+              plan->algorithm.c_str(), model.c_str(), resp.sources.size(), join(resp.sources).c_str(),
+              resp.targets.size(), join(resp.targets).c_str(), plan->num_slices, plan->num_blocks);
+  std::printf("%u ticks of %s = %s; first pipeline at tick %lld, first full instance at tick %lld\n", plan->num_ticks,
+              FormatSeconds(plan->tick_seconds).c_str(), FormatSeconds(plan->num_ticks * plan->tick_seconds).c_str(),
+              static_cast<long long>(plan->FirstPipelineTick()), static_cast<long long>(plan->FirstFullTick()));
+  PrintPlan(*plan, ticks);
+  if (!svg.empty()) std::printf("\nSVG timeline written to %s\n", svg.c_str());
   return kExitOk;
 }
 

@@ -7,6 +7,7 @@
 
 #include "modelcast/common/args.h"
 #include "modelcast/common/status.h"
+#include "modelcast/coord/plan.h"
 
 namespace modelcast::cli {
 
@@ -27,6 +28,9 @@ int Fail(const char* command, const Status& status);
 // returns kExitOk; otherwise returns -1 (go on).
 int ParseOrExit(const char* command, ArgParser& parser, const std::vector<std::string>& args);
 
+// The plan as text: the first `show_ticks` ticks of transfers, the pipelines, the full instances.
+void PrintPlan(const coord::Plan& plan, int64_t show_ticks);
+
 int RunSynth(const std::vector<std::string>& args);
 int RunPrepare(const std::vector<std::string>& args);
 int RunInspect(const std::vector<std::string>& args);
@@ -37,5 +41,9 @@ int RunStore(const std::vector<std::string>& args);
 int RunCluster(const std::vector<std::string>& args);
 int RunModels(const std::vector<std::string>& args);
 int RunScaleOut(const std::vector<std::string>& args);
+int RunScaleIn(const std::vector<std::string>& args);
+int RunInstances(const std::vector<std::string>& args);
+// `modelcast plan --dry-run MODEL -n N`: the coordinator's plan for the live cluster.
+int RunLivePlan(const std::vector<std::string>& args);
 
 }  // namespace modelcast::cli

@@ -35,6 +35,8 @@ constexpr Command kCommands[] = {
     {"cluster", "the coordinator's view of the cluster (cluster status)", RunCluster},
     {"models", "registered models and where their copies are; --register PKG", RunModels},
     {"scale-out", "ask the coordinator for more replicas of a model (--wait follows it)", RunScaleOut},
+    {"scale-in", "release replicas of a model (--wait follows it)", RunScaleIn},
+    {"instances", "where a model is loaded and serving, as the coordinator placed it", RunInstances},
     {"store", "a node's tiered store: inventory, import, load, remove", RunStore},
     {"version", "print the version, the backends built in and the GPUs found", RunVersion},
 };

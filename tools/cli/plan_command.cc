@@ -1,4 +1,5 @@
 // modelcast plan: the planner's plan for a scale-out on a cluster, as text, JSON or SVG.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -10,7 +11,6 @@
 #include "modelcast/sim/scenario.h"
 
 namespace modelcast::cli {
-namespace {
 
 void PrintPlan(const coord::Plan& plan, int64_t show_ticks) {
   const auto& names = plan.node_names;
@@ -71,16 +71,17 @@ void PrintPlan(const coord::Plan& plan, int64_t show_ticks) {
   for (const auto& note : plan.notes) std::printf("note: %s\n", note.c_str());
 }
 
-}  // namespace
-
 int RunPlan(const std::vector<std::string>& args) {
+  if (std::find(args.begin(), args.end(), "--dry-run") != args.end()) return RunLivePlan(args);
   sim::ScenarioFlags flags;
   std::string algo = "lambdapipe", svg;
   int64_t ticks = 30;
   bool json = false;
   ArgParser p("modelcast plan",
               "Plans a scale-out of a model on a cluster and shows who sends which slice to whom at each\n"
-              "tick, when pipelines of partial receivers can serve, and when each target is a full instance.");
+              "tick, when pipelines of partial receivers can serve, and when each target is a full instance.\n"
+              "This form plans on a described cluster; `modelcast plan --dry-run MODEL -n N` asks the\n"
+              "coordinator for its plan on the live cluster.");
   flags.Declare(p);
   p.Flag("algo", &algo, "lambdapipe, unicast, binary-tree, binomial-whole, chain or local [lambdapipe]");
   p.Flag("ticks", &ticks, "ticks to print [30]");

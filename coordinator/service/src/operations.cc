@@ -120,14 +120,15 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
     op.sources = sources;
     op.targets = targets;
     MC_ASSIGN_OR_RETURN(Plan plan, MakePlan(PlanRequestLocked(op, manifest), algorithm));
-    id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
-    resp.operation_id = id;
     resp.sources = sources;
     resp.targets = targets;
-    if (dry_run) {
+    if (dry_run) {  // no operation: the id says so
+      resp.operation_id = "dry-run";
       resp.__set_plan_json(plan.ToJson().dump());
       return resp;
     }
+    id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
+    resp.operation_id = id;
     op.channel = NextChannelLocked();
     if (op.channel == 0) return Unavailable("scaleOut: 255 operations are running; no fabric channel is free");
     op.start = std::chrono::steady_clock::now();
