@@ -483,6 +483,14 @@ TEST_F(ScaleOutTest, CoordinatorRestartedMidOperation) {
   for (const std::string n : {"node-1", "node-2"}) ExpectVerifiedCopy(n);
   EXPECT_EQ(InstanceNodes(), (std::vector<std::string>{"node-1:LOCAL", "node-2:LOCAL"}));
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(Running(i).empty()) << "node-" << i;
+  // The instances are in the journal: a third coordinator knows them, and the operation.
+  coordinator->Kill(SIGTERM);
+  EXPECT_EQ(coordinator->Wait(30s).exit_code, 0);
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+  EXPECT_EQ(InstanceNodes(), (std::vector<std::string>{"node-1:LOCAL", "node-2:LOCAL"}));
+  rpc::OperationStatus again;
+  client->getOperation(again, header, id);
+  EXPECT_EQ(again.state, rpc::OperationState::SUCCEEDED);
 }
 
 // Scale-outs of two models at once, over the same nodes: each runs on its own fabric channel

@@ -10,7 +10,7 @@
 namespace modelcast::coord {
 
 void ClusterState::SetInstanceLocked(const std::string& model, const std::string& node,
-                                     rpc::InstanceState::type state) {
+                                     rpc::InstanceState::type state, bool journal) {
   auto& inst = instances_[model][node];
   if (inst.node == node && inst.state == state) return;
   inst.model = model;
@@ -18,7 +18,7 @@ void ClusterState::SetInstanceLocked(const std::string& model, const std::string
   inst.state = state;
   inst.since_unix = UnixNow();
   // Loading instances are not journaled: after a restart they come back from their operation.
-  if (state == rpc::InstanceState::LOADING) return;
+  if (state == rpc::InstanceState::LOADING || !journal) return;
   Status st = journal_->Append({{"op", "instance"},
                                 {"model", model},
                                 {"node", node},

@@ -286,11 +286,17 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
   if (state != rpc::OperationState::SUCCEEDED) operation_errors_++;
   operation_seconds_ += op.status.finished_unix - op.status.created_unix;
   if (!error.empty()) op.status.__set_error(error);
-  // Targets that did not end with the model are no instances.
+  // Targets that did not end with the model are no instances; those that did are journaled
+  // with the end of the operation.
+  std::vector<std::string> loaded;
   if (op.status.kind == rpc::OperationKind::SCALE_OUT) {
     for (const auto& t : op.targets) {
       const auto& np = op.status.nodes[op.node_index[t]];
-      if (np.state != "complete") RemoveInstanceLocked(op.status.model, t);
+      if (np.state == "complete") {
+        loaded.push_back(t);
+      } else {
+        RemoveInstanceLocked(op.status.model, t);
+      }
     }
   }
   LOG(INFO) << "coordinator: " << op.status.id << " "
@@ -300,6 +306,7 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
                            {"id", op.status.id},
                            {"state", static_cast<int>(state)},
                            {"error", error},
+                           {"instances", loaded},
                            {"finished", op.status.finished_unix}});
 }
 
@@ -367,7 +374,7 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   np.state = "complete";
   if (np.role == "target") {
     np.slices_received = np.slices_total;
-    SetInstanceLocked(op.status.model, r.node, rpc::InstanceState::LOCAL);
+    SetInstanceLocked(op.status.model, r.node, rpc::InstanceState::LOCAL, /*journal=*/false);
   }
   return SettleLocked(op);
 }

@@ -155,7 +155,7 @@ void ClusterState::Repair(const std::string& id) {
           np.slices_received = np.slices_total;
           np.__isset.error = false;
           op.pending.erase(node);
-          SetInstanceLocked(model, node, rpc::InstanceState::LOCAL);
+          SetInstanceLocked(model, node, rpc::InstanceState::LOCAL, /*journal=*/false);
         } else if (a.running) {
           op.pending.insert(node);
         } else if (np.role == "target") {

@@ -183,6 +183,14 @@ Status ClusterState::Replay(const json& r) {
     if (it == operations_.end()) return InvalidArgument("journal finishes unknown operation " + r.at("id").dump());
     it->second.status.state = static_cast<rpc::OperationState::type>(r.at("state").get<int>());
     it->second.status.__set_finished_unix(r.at("finished").get<double>());
+    for (const auto& node : r.value("instances", std::vector<std::string>{})) {
+      rpc::Instance inst;
+      inst.model = it->second.status.model;
+      inst.node = node;
+      inst.state = rpc::InstanceState::LOCAL;
+      inst.since_unix = it->second.status.finished_unix;
+      instances_[inst.model][node] = inst;
+    }
     if (!r.at("error").get<std::string>().empty()) it->second.status.__set_error(r.at("error").get<std::string>());
   } else {
     return InvalidArgument("unknown journal record '" + op + "'");

@@ -161,7 +161,10 @@ class ClusterState {
   void RepairLocked(Operation& op, const std::string& why);
   void Repair(const std::string& id);  // on the worker
   void Post(std::function<void()> task);
-  void SetInstanceLocked(const std::string& model, const std::string& node, rpc::InstanceState::type state);
+  // `journal` false: the caller journals it in a later record (a scale-out's targets go into
+  // its finish record: one fsync per operation, not one per target).
+  void SetInstanceLocked(const std::string& model, const std::string& node, rpc::InstanceState::type state,
+                         bool journal = true);
   void RemoveInstanceLocked(const std::string& model, const std::string& node);
   void RunScaleIn(const std::string& id, std::vector<std::pair<std::string, std::string>> nodes);
   static void AddProgressEntry(Operation& op, const std::string& node, const std::string& role, int32_t nslices);
