@@ -63,7 +63,7 @@ step "9. the cluster: four agents up, the model on agent-0's SSD" "$MC" cluster 
 step "10. the coordinator's plan for 3 more replicas on this cluster (nothing moves)" \
   "$MC" plan --dry-run llama-small -n 3 --ticks 6
 step "11. scale llama-small from 1 copy to 4 (agent-0 sends, agents 1-3 receive and forward)" \
-  "$MC" scale-out llama-small -n 3 --wait --json
+  "$MC" scale-out llama-small -n 3 --wait
 step "12. every agent now holds it; three instances" "$MC" models
 step "13. release one replica (it stays warm in host memory)" "$MC" scale-in llama-small -n 1 --wait
 step "14. the instances left" "$MC" instances llama-small

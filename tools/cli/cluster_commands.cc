@@ -102,7 +102,8 @@ void PrintProgress(const rpc::OperationStatus& op, bool tty) {
   std::printf("%s: %s of %s, %s", op.id.c_str(), out ? "scale-out" : "scale-in", op.model.c_str(),
               rpc::to_string(op.state).c_str());
   if (op.replans > 0) std::printf(", replanned %d time(s)", op.replans);
-  if (op.__isset.finished_unix) std::printf(", %.2f s", op.finished_unix - op.created_unix);
+  if (op.__isset.first_byte_unix) std::printf(", first byte after %.1f ms", 1e3 * (op.first_byte_unix - op.created_unix));
+  if (op.__isset.finished_unix) std::printf(", done after %.3f s", op.finished_unix - op.created_unix);
   std::printf("\n");
   for (const auto& n : op.nodes) {
     if (n.role == "source") continue;
