@@ -88,17 +88,8 @@ Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
                        [](const rpc::Instance& a, const rpc::Instance& b) { return a.since_unix > b.since_unix; });
       for (int32_t i = 0; i < req.replicas; ++i) chosen.push_back(local[static_cast<size_t>(i)].node);
     }
-    id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
     Operation op;
-    op.start = std::chrono::steady_clock::now();
-    op.status.id = id;
-    op.status.kind = rpc::OperationKind::SCALE_IN;
-    op.status.model = req.model;
-    op.status.replicas = req.replicas;
-    op.status.state = rpc::OperationState::RUNNING;
-    op.status.created_unix = UnixNow();
-    op.status.__set_started_unix(op.status.created_unix);
-    op.status.replans = 0;
+    id = StartOperationLocked(op, rpc::OperationKind::SCALE_IN, req.model, req.replicas);
     op.targets = chosen;
     for (const auto& n : chosen) {
       AddProgressEntry(op, n, "release", 0);

@@ -127,19 +127,10 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
       resp.__set_plan_json(plan.ToJson().dump());
       return resp;
     }
-    id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
-    resp.operation_id = id;
     op.channel = NextChannelLocked();
     if (op.channel == 0) return Unavailable("scaleOut: 255 operations are running; no fabric channel is free");
-    op.start = std::chrono::steady_clock::now();
-    op.status.id = id;
-    op.status.kind = rpc::OperationKind::SCALE_OUT;
-    op.status.model = req.model;
-    op.status.replicas = req.replicas;
-    op.status.state = rpc::OperationState::RUNNING;
-    op.status.created_unix = UnixNow();
-    op.status.__set_started_unix(op.status.created_unix);
-    op.status.replans = 0;
+    id = StartOperationLocked(op, rpc::OperationKind::SCALE_OUT, req.model, req.replicas);
+    resp.operation_id = id;
     MC_ASSIGN_OR_RETURN(dispatches, FragmentsLocked(op, plan));
     MC_RETURN_IF_ERROR(journal_->Append({{"op", "operation"},
                                          {"kind", "scale_out"},
@@ -174,6 +165,20 @@ PlanRequest ClusterState::PlanRequestLocked(const Operation& op, const model::Ma
     pr.targets.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
   }
   return pr;
+}
+
+std::string ClusterState::StartOperationLocked(Operation& op, rpc::OperationKind::type kind, const std::string& model,
+                                              int32_t replicas) {
+  op.start = std::chrono::steady_clock::now();
+  op.status.id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
+  op.status.kind = kind;
+  op.status.model = model;
+  op.status.replicas = replicas;
+  op.status.state = rpc::OperationState::RUNNING;
+  op.status.created_unix = UnixNow();
+  op.status.__set_started_unix(op.status.created_unix);
+  op.status.replans = 0;
+  return op.status.id;
 }
 
 void ClusterState::AddProgressEntry(Operation& op, const std::string& node, const std::string& role,
