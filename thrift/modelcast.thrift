@@ -348,6 +348,7 @@ service Agent {
   // Accepted once validated; it runs in the background and reports through Membership.reportProgress.
   void runFragment(1: RunFragmentRequest req)
       throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+  // Returns once the fragment has ended and sent its last report (Unavailable after 5 s).
   void cancelOperation(1: RequestHeader header, 2: string operation_id)
       throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
   void load(1: MoveRequest req)

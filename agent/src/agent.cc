@@ -398,13 +398,16 @@ class AgentHandler : public rpc::AgentIf {
         rest.swap(pending);
       }
       impl->Report(req.operation_id, started_unix, std::move(rest), true, st);
-      std::lock_guard l(impl->mu);
-      impl->running.erase(req.operation_id);
+      {
+        std::lock_guard l(impl->mu);
+        impl->running.erase(req.operation_id);
+      }
+      impl->cv.notify_all();
     });
   }
   void cancelOperation(const rpc::RequestHeader& header, const std::string& id) override {
     Check(rpc::CheckCaller(impl_->config.security, header, "cancelOperation"));
-    std::lock_guard lock(impl_->mu);
+    std::unique_lock lock(impl_->mu);
     auto it = impl_->running.find(id);
     if (it == impl_->running.end()) {
       ThrowStatus(NotFound("cancelOperation: operation '" + id + "' is not running here"));
@@ -412,6 +415,11 @@ class AgentHandler : public rpc::AgentIf {
     LOG(INFO) << "agent " << impl_->config.node << ": cancelling operation " << id << " (asked by "
               << (header.__isset.caller ? header.caller : std::string("?")) << ")";
     it->second->store(true);
+    // Answer once the fragment has ended and reported, so that the caller then sees what this
+    // node holds for good; a fragment still loading its own copy may take longer than the bound.
+    if (!impl_->cv.wait_for(lock, 5s, [&] { return !impl_->running.count(id); })) {
+      ThrowStatus(Unavailable("cancelOperation: operation '" + id + "' is still stopping after 5 s"));
+    }
   }
   void load(const rpc::MoveRequest& req) override { Move("load", req, true); }
   void demote(const rpc::MoveRequest& req) override { Move("demote", req, false); }

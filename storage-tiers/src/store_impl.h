@@ -6,12 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "modelcast/common/task_pool.h"
 #include "modelcast/tiers/gpu.h"
 #include "modelcast/tiers/host_pool.h"
 #include "modelcast/tiers/range_allocator.h"
 #include "modelcast/tiers/store.h"
 #include "ssd_tier.h"
-#include "task_pool.h"
 
 namespace modelcast::tiers {
 

@@ -386,9 +386,7 @@ int RunLivePlan(const std::vector<std::string>& args) {
   std::printf("%s plan for %s: %zu source(s) (%s) to %zu target(s) (%s); %u slices in %u blocks\n",
               plan->algorithm.c_str(), model.c_str(), resp.sources.size(), join(resp.sources).c_str(),
               resp.targets.size(), join(resp.targets).c_str(), plan->num_slices, plan->num_blocks);
-  std::printf("%u ticks of %s = %s; first pipeline at tick %lld, first full instance at tick %lld\n", plan->num_ticks,
-              FormatSeconds(plan->tick_seconds).c_str(), FormatSeconds(plan->num_ticks * plan->tick_seconds).c_str(),
-              static_cast<long long>(plan->FirstPipelineTick()), static_cast<long long>(plan->FirstFullTick()));
+  PrintPlanTiming(*plan, "");
   PrintPlan(*plan, ticks);
   if (!svg.empty()) std::printf("\nSVG timeline written to %s\n", svg.c_str());
   return kExitOk;

@@ -28,6 +28,8 @@ int Fail(const char* command, const Status& status);
 // returns kExitOk; otherwise returns -1 (go on).
 int ParseOrExit(const char* command, ArgParser& parser, const std::vector<std::string>& args);
 
+// The plan's length and when it first serves, one line ending with `after`.
+void PrintPlanTiming(const coord::Plan& plan, const char* after);
 // The plan as text: the first `show_ticks` ticks of transfers, the pipelines, the full instances.
 void PrintPlan(const coord::Plan& plan, int64_t show_ticks);
 

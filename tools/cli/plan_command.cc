@@ -12,6 +12,12 @@
 
 namespace modelcast::cli {
 
+void PrintPlanTiming(const coord::Plan& plan, const char* after) {
+  std::printf("%u ticks of %s = %s; first pipeline at tick %lld, first full instance at tick %lld%s\n", plan.num_ticks,
+              FormatSeconds(plan.tick_seconds).c_str(), FormatSeconds(plan.num_ticks * plan.tick_seconds).c_str(),
+              static_cast<long long>(plan.FirstPipelineTick()), static_cast<long long>(plan.FirstFullTick()), after);
+}
+
 void PrintPlan(const coord::Plan& plan, int64_t show_ticks) {
   const auto& names = plan.node_names;
   std::printf("\n%6s  %s\n", "tick", "transfers (source -> receiver: slice; [local] = own copy)");
@@ -110,10 +116,7 @@ int RunPlan(const std::vector<std::string>& args) {
               plan->algorithm.c_str(), spec->name.c_str(), FormatBytes(spec->bytes).c_str(), req.sources.size(),
               req.targets.size(), cluster->name.c_str(), plan->num_slices,
               FormatBytes(req.model.MaxSliceBytes()).c_str(), plan->num_blocks);
-  std::printf("%u ticks of %s = %s; first pipeline at tick %lld, first full instance at tick %lld (plan validated)\n",
-              plan->num_ticks, FormatSeconds(plan->tick_seconds).c_str(),
-              FormatSeconds(plan->num_ticks * plan->tick_seconds).c_str(),
-              static_cast<long long>(plan->FirstPipelineTick()), static_cast<long long>(plan->FirstFullTick()));
+  PrintPlanTiming(*plan, " (plan validated)");
   PrintPlan(*plan, ticks);
   if (!svg.empty()) std::printf("\nSVG timeline written to %s\n", svg.c_str());
   return kExitOk;

@@ -107,11 +107,12 @@ Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
     operations_.emplace(id, std::move(op));
     LOG(INFO) << "coordinator: " << id << ": scale-in of '" << req.model << "' by " << chosen.size();
   }
-  Post([this, id, release] { RunScaleIn(id, release); });
+  worker_->Post([this, id, release] { RunScaleIn(id, release); });
   return id;
 }
 
 void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::string, std::string>> nodes) {
+  if (closing_) return;  // the journal still says running: the next coordinator does it
   std::string model;
   {
     std::lock_guard lock(mu_);

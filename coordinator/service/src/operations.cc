@@ -15,11 +15,6 @@
 
 namespace modelcast::coord {
 
-Status ClusterState::CheckScale(const char* method, const std::string& model, int32_t replicas) const {
-  std::lock_guard lock(mu_);
-  return CheckScaleLocked(method, model, replicas);
-}
-
 Status ClusterState::CheckScaleLocked(const char* method, const std::string& model, int32_t replicas) const {
   if (!models_.count(model)) return NotFound(std::string(method) + ": unknown model '" + model + "'");
   if (replicas < 1) {

@@ -1,7 +1,6 @@
 // Repairing operations: a node lost mid-operation, a fragment that failed, an operation found
 // running after a restart. Repairs run on the worker thread, because they call the agents.
 #include <algorithm>
-#include <thread>
 
 #include <glog/logging.h>
 
@@ -25,19 +24,11 @@ struct Answer {
 
 }  // namespace
 
-void ClusterState::Post(std::function<void()> task) {
-  {
-    std::lock_guard lock(work_mu_);
-    work_.push_back(std::move(task));
-  }
-  work_cv_.notify_one();
-}
-
 void ClusterState::RepairLocked(Operation& op, const std::string& why) {
   if (op.repairing || op.status.state != rpc::OperationState::RUNNING) return;
   op.repairing = true;
   LOG(WARNING) << "coordinator: " << op.status.id << ": repairing: " << why;
-  Post([this, id = op.status.id] { Repair(id); });
+  worker_->Post([this, id = op.status.id] { Repair(id); });
 }
 
 void ClusterState::CheckLiveness() {
@@ -72,6 +63,7 @@ void ClusterState::CheckLiveness() {
 
 void ClusterState::Repair(const std::string& id) {
   for (;;) {
+    if (closing_) return;  // the journal still says running: the next coordinator adopts it
     // 1. Who takes part, and what the agents say (cancelling the current fragments first,
     // unless the operation is being adopted after a restart).
     std::string fragment_id, model;
@@ -103,27 +95,21 @@ void ClusterState::Repair(const std::string& id) {
       Answer& a = answers[node];
       const auto header = rpc::MakeHeader(config_.security, "coordinator");
       if (!adopt) {
-        Status st = CallAgent(address, 3000, [&](rpc::AgentClient& c) { c.cancelOperation(header, fragment_id); });
+        // Returns once the fragment has ended (or after the agent's bound), so that what the
+        // agent holds no longer changes.
+        Status st = CallAgent(address, 10000, [&](rpc::AgentClient& c) { c.cancelOperation(header, fragment_id); });
         if (!st.ok() && st.code() != StatusCode::kNotFound) VLOG(1) << "cancel on " << node << ": " << st.message();
       }
-      // Wait (a few seconds at most) for a cancelled fragment to end, so that what the agent
-      // holds no longer changes.
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      for (;;) {
-        rpc::AgentStatus status;
-        Status st = CallAgent(address, 3000, [&](rpc::AgentClient& c) { c.getStatus(status, header); });
-        if (!st.ok()) {
-          a.reachable = false;
-          a.error = st.message();
-          break;
-        }
-        a.reachable = true;
-        a.inventory = status.inventory;
-        a.running = std::find(status.running_operations.begin(), status.running_operations.end(), fragment_id) !=
-                    status.running_operations.end();
-        if (adopt || !a.running || std::chrono::steady_clock::now() > until) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      rpc::AgentStatus status;
+      Status st = CallAgent(address, 3000, [&](rpc::AgentClient& c) { c.getStatus(status, header); });
+      if (!st.ok()) {
+        a.error = st.message();
+        continue;
       }
+      a.reachable = true;
+      a.inventory = status.inventory;
+      a.running = std::find(status.running_operations.begin(), status.running_operations.end(), fragment_id) !=
+                  status.running_operations.end();
     }
     // 2. Decide, under the lock, against what the operation is now.
     std::vector<Dispatch> dispatches;

@@ -63,18 +63,7 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
   s->epoch_++;
   MC_RETURN_IF_ERROR(s->journal_->Append({{"op", "epoch"}, {"epoch", s->epoch_}}));
   s->opened_ = std::chrono::steady_clock::now();
-  s->worker_ = std::thread([self = s.get()] {
-    std::unique_lock lock(self->work_mu_);
-    for (;;) {
-      self->work_cv_.wait(lock, [&] { return self->stop_worker_ || !self->work_.empty(); });
-      if (self->stop_worker_) return;
-      auto task = std::move(self->work_.front());
-      self->work_.pop_front();
-      lock.unlock();
-      task();
-      lock.lock();
-    }
-  });
+  s->worker_ = std::make_unique<TaskPool>(1);
   // Operations that were running when the previous coordinator stopped are picked up again:
   // a scale-out is reconciled with its agents once they rejoin (CheckLiveness), a scale-in is
   // done again (demoting is idempotent). None is left orphaned.
@@ -93,7 +82,7 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
       } else {
         std::vector<std::pair<std::string, std::string>> release;
         for (const auto& t : op.targets) release.emplace_back(t, s->nodes_.at(t).rpc_address);
-        s->Post([self = s.get(), id = id, release] { self->RunScaleIn(id, release); });
+        s->worker_->Post([self = s.get(), id = id, release] { self->RunScaleIn(id, release); });
       }
     }
   }
@@ -103,12 +92,8 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
 }
 
 ClusterState::~ClusterState() {
-  {
-    std::lock_guard lock(work_mu_);
-    stop_worker_ = true;
-  }
-  work_cv_.notify_all();
-  if (worker_.joinable()) worker_.join();
+  closing_ = true;
+  worker_.reset();  // the task running finishes; queued ones return at once
 }
 
 Status ClusterState::Replay(const json& r) {
@@ -258,11 +243,6 @@ std::vector<rpc::ModelInfo> ClusterState::ListModels() const {
   std::vector<rpc::ModelInfo> out;
   for (const auto& [name, m] : models_) out.push_back(InfoLocked(name, m));
   return out;
-}
-
-bool ClusterState::HasModel(const std::string& name) const {
-  std::lock_guard lock(mu_);
-  return models_.count(name) > 0;
 }
 
 bool ClusterState::AliveLocked(const Node& n) const {

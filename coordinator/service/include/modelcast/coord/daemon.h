@@ -14,7 +14,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -27,6 +26,7 @@
 
 #include "modelcast/common/config.h"
 #include "modelcast/common/journal.h"
+#include "modelcast/common/task_pool.h"
 #include "modelcast/coord/cluster.h"
 #include "modelcast/coord/plan.h"
 #include "modelcast/model/manifest.h"
@@ -70,7 +70,6 @@ class ClusterState {
   Result<rpc::ModelInfo> RegisterModel(const std::string& name, const std::string& manifest_json,
                                        std::optional<double> keep_alive);
   std::vector<rpc::ModelInfo> ListModels() const;
-  bool HasModel(const std::string& name) const;
 
   // Membership. A node must be in the cluster config; joining replaces what it said before.
   Status Join(const rpc::JoinRequest& req);
@@ -82,8 +81,6 @@ class ClusterState {
   // Scale-out: picks sources and targets, plans, journals the operation and sends every node
   // its plan fragment. The operation then runs on the agents; progress arrives by Progress().
   Result<rpc::ScaleOutResponse> ScaleOut(const rpc::ScaleOutRequest& req);
-  // The checks every scale request passes first: a known model, 1 <= replicas <= nodes.
-  Status CheckScale(const char* method, const std::string& model, int32_t replicas) const;
   Status Progress(const rpc::ProgressReport& report);
   Result<rpc::OperationStatus> GetOperation(const std::string& id) const;
   // Repairs running operations that a node has dropped out of (no heartbeat within the
@@ -160,7 +157,6 @@ class ClusterState {
                    const std::function<void(rpc::AgentClient&)>& call) const;
   void RepairLocked(Operation& op, const std::string& why);
   void Repair(const std::string& id);  // on the worker
-  void Post(std::function<void()> task);
   // `journal` false: the caller journals it in a later record (a scale-out's targets go into
   // its finish record: one fsync per operation, not one per target).
   void SetInstanceLocked(const std::string& model, const std::string& node, rpc::InstanceState::type state,
@@ -189,16 +185,15 @@ class ClusterState {
   int last_channel_ = 0;
   std::chrono::steady_clock::time_point opened_ = std::chrono::steady_clock::now();
 
-  // Repairs and scale-ins run on one worker thread, off the RPC threads.
-  std::mutex work_mu_;
-  std::condition_variable work_cv_;
-  std::deque<std::function<void()>> work_;
-  bool stop_worker_ = false;
-  std::thread worker_;
   std::atomic<uint64_t> refused_{0};
   uint64_t bytes_moved_ = 0, slices_moved_ = 0, operation_errors_ = 0;
   double operation_seconds_ = 0;  // sum over finished operations
   uint64_t operations_finished_ = 0;
+
+  // Repairs and scale-ins run on one worker thread, off the RPC threads; declared last, so that
+  // it stops before anything it uses goes. A task queued when the state closes returns at once.
+  std::atomic<bool> closing_{false};
+  std::unique_ptr<TaskPool> worker_;
 };
 
 // The running daemon: state plus its Thrift server (Coordinator and Membership multiplexed).

@@ -1,4 +1,5 @@
-// A few worker threads running queued tasks (slice checksums, GPU copies' follow-ups, demotions).
+// A few worker threads running queued tasks in order (the store's checksums, completions and
+// write-behind; the coordinator's repairs and scale-ins).
 #pragma once
 
 #include <condition_variable>
@@ -8,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-namespace modelcast::tiers {
+namespace modelcast {
 
 class TaskPool {
  public:
@@ -57,4 +58,4 @@ class TaskPool {
   std::vector<std::thread> threads_;
 };
 
-}  // namespace modelcast::tiers
+}  // namespace modelcast
