@@ -23,7 +23,7 @@ PACKAGES=(
   libucx-dev libibverbs-dev librdmacm-dev
   libthrift-dev thrift-compiler libboost-dev libevent-dev python3 python3-thrift libcpp-httplib-dev
   libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
-  liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev
+  liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev libopenblas-dev
   clang libclang-rt-14-dev
   iproute2 iputils-ping iperf3 fio openssl
 )

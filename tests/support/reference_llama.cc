@@ -107,66 +107,72 @@ Result<ReferenceWeights> LoadReferenceWeights(const model::HfCheckpoint& checkpo
   return w;
 }
 
-ReferenceOutput ReferenceForward(const ReferenceWeights& w, const std::vector<int>& tokens) {
+std::vector<Vec> ReferenceLayer(const ReferenceWeights& w, int64_t l, const std::vector<Vec>& in) {
   const auto& c = w.config;
   const size_t H = c.hidden_size, D = c.head_dim, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
-  const size_t I = c.intermediate_size, V = c.vocab_size, T = tokens.size();
+  const size_t I = c.intermediate_size, T = in.size();
   const size_t group = NH / NKV;
-  ReferenceOutput out;
+  std::vector<Vec> x = in;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  std::vector<Vec> q(T), k(T), v(T);
+  for (size_t t = 0; t < T; ++t) {
+    const Vec h = RmsNorm(x[t], w.at(p + "input_layernorm.weight"), c.rms_norm_eps);
+    q[t] = MatVec(w.at(p + "self_attn.q_proj.weight"), h, NH * D);
+    AddBias(q[t], w, p + "self_attn.q_proj.bias");
+    k[t] = MatVec(w.at(p + "self_attn.k_proj.weight"), h, NKV * D);
+    AddBias(k[t], w, p + "self_attn.k_proj.bias");
+    v[t] = MatVec(w.at(p + "self_attn.v_proj.weight"), h, NKV * D);
+    AddBias(v[t], w, p + "self_attn.v_proj.bias");
+    ApplyRope(q[t], NH, D, static_cast<int>(t), c.rope_theta);
+    ApplyRope(k[t], NKV, D, static_cast<int>(t), c.rope_theta);
+  }
+  for (size_t t = 0; t < T; ++t) {
+    Vec attn(NH * D, 0.0);
+    for (size_t h = 0; h < NH; ++h) {
+      const size_t kvh = h / group;
+      Vec scores(t + 1);
+      double mx = -INFINITY;
+      for (size_t s = 0; s <= t; ++s) {
+        double dot = 0;
+        for (size_t d = 0; d < D; ++d) dot += q[t][h * D + d] * k[s][kvh * D + d];
+        scores[s] = dot / std::sqrt(static_cast<double>(D));
+        mx = std::max(mx, scores[s]);
+      }
+      double sum = 0;
+      for (double& sc : scores) sum += (sc = std::exp(sc - mx));
+      for (size_t s = 0; s <= t; ++s) {
+        for (size_t d = 0; d < D; ++d) attn[h * D + d] += scores[s] / sum * v[s][kvh * D + d];
+      }
+    }
+    Vec o = MatVec(w.at(p + "self_attn.o_proj.weight"), attn, H);
+    AddBias(o, w, p + "self_attn.o_proj.bias");
+    for (size_t i = 0; i < H; ++i) x[t][i] += o[i];
+  }
+  for (size_t t = 0; t < T; ++t) {
+    const Vec h = RmsNorm(x[t], w.at(p + "post_attention_layernorm.weight"), c.rms_norm_eps);
+    Vec g = MatVec(w.at(p + "mlp.gate_proj.weight"), h, I);
+    AddBias(g, w, p + "mlp.gate_proj.bias");
+    Vec u = MatVec(w.at(p + "mlp.up_proj.weight"), h, I);
+    AddBias(u, w, p + "mlp.up_proj.bias");
+    for (size_t i = 0; i < I; ++i) g[i] = Silu(g[i]) * u[i];
+    Vec m = MatVec(w.at(p + "mlp.down_proj.weight"), g, H);
+    AddBias(m, w, p + "mlp.down_proj.bias");
+    for (size_t i = 0; i < H; ++i) x[t][i] += m[i];
+  }
+  return x;
+}
 
+ReferenceOutput ReferenceForward(const ReferenceWeights& w, const std::vector<int>& tokens) {
+  const auto& c = w.config;
+  const size_t H = c.hidden_size, V = c.vocab_size, T = tokens.size();
+  ReferenceOutput out;
   std::vector<Vec> x(T);
   const Vec& emb = w.at("model.embed_tokens.weight");
   for (size_t t = 0; t < T; ++t) x[t] = Vec(emb.begin() + tokens[t] * H, emb.begin() + (tokens[t] + 1) * H);
-
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    std::vector<Vec> q(T), k(T), v(T);
-    for (size_t t = 0; t < T; ++t) {
-      const Vec h = RmsNorm(x[t], w.at(p + "input_layernorm.weight"), c.rms_norm_eps);
-      q[t] = MatVec(w.at(p + "self_attn.q_proj.weight"), h, NH * D);
-      AddBias(q[t], w, p + "self_attn.q_proj.bias");
-      k[t] = MatVec(w.at(p + "self_attn.k_proj.weight"), h, NKV * D);
-      AddBias(k[t], w, p + "self_attn.k_proj.bias");
-      v[t] = MatVec(w.at(p + "self_attn.v_proj.weight"), h, NKV * D);
-      AddBias(v[t], w, p + "self_attn.v_proj.bias");
-      ApplyRope(q[t], NH, D, static_cast<int>(t), c.rope_theta);
-      ApplyRope(k[t], NKV, D, static_cast<int>(t), c.rope_theta);
-    }
-    for (size_t t = 0; t < T; ++t) {
-      Vec attn(NH * D, 0.0);
-      for (size_t h = 0; h < NH; ++h) {
-        const size_t kvh = h / group;
-        Vec scores(t + 1);
-        double mx = -INFINITY;
-        for (size_t s = 0; s <= t; ++s) {
-          double dot = 0;
-          for (size_t d = 0; d < D; ++d) dot += q[t][h * D + d] * k[s][kvh * D + d];
-          scores[s] = dot / std::sqrt(static_cast<double>(D));
-          mx = std::max(mx, scores[s]);
-        }
-        double sum = 0;
-        for (double& sc : scores) sum += (sc = std::exp(sc - mx));
-        for (size_t s = 0; s <= t; ++s) {
-          for (size_t d = 0; d < D; ++d) attn[h * D + d] += scores[s] / sum * v[s][kvh * D + d];
-        }
-      }
-      Vec o = MatVec(w.at(p + "self_attn.o_proj.weight"), attn, H);
-      AddBias(o, w, p + "self_attn.o_proj.bias");
-      for (size_t i = 0; i < H; ++i) x[t][i] += o[i];
-    }
+    x = ReferenceLayer(w, l, x);
     double worst = 0;
-    for (size_t t = 0; t < T; ++t) {
-      const Vec h = RmsNorm(x[t], w.at(p + "post_attention_layernorm.weight"), c.rms_norm_eps);
-      Vec g = MatVec(w.at(p + "mlp.gate_proj.weight"), h, I);
-      AddBias(g, w, p + "mlp.gate_proj.bias");
-      Vec u = MatVec(w.at(p + "mlp.up_proj.weight"), h, I);
-      AddBias(u, w, p + "mlp.up_proj.bias");
-      for (size_t i = 0; i < I; ++i) g[i] = Silu(g[i]) * u[i];
-      Vec m = MatVec(w.at(p + "mlp.down_proj.weight"), g, H);
-      AddBias(m, w, p + "mlp.down_proj.bias");
-      for (size_t i = 0; i < H; ++i) x[t][i] += m[i];
-      worst = std::max(worst, Rms(x[t]));
-    }
+    for (size_t t = 0; t < T; ++t) worst = std::max(worst, Rms(x[t]));
     out.residual_rms.push_back(worst);
   }
   const Vec& head = c.tie_word_embeddings ? w.at("model.embed_tokens.weight") : w.at("lm_head.weight");

@@ -29,6 +29,11 @@ struct ReferenceOutput {
   std::vector<double> residual_rms;
 };
 
+// One decoder layer over the residual stream of one sequence (positions 0..n-1): x[t] is the
+// stream entering the layer at position t; returns the stream leaving it.
+std::vector<std::vector<double>> ReferenceLayer(const ReferenceWeights& w, int64_t layer,
+                                                const std::vector<std::vector<double>>& x);
+
 // Runs the whole model over `tokens` (one sequence, causal attention, positions 0..n-1).
 ReferenceOutput ReferenceForward(const ReferenceWeights& w, const std::vector<int>& tokens);
 

@@ -1,0 +1,209 @@
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "modelcast/pipeline/stage.h"
+#include "stage_internal.h"
+
+namespace modelcast::pipeline {
+namespace {
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Reads tensor `name` (of `shape`) into dst, widened to fp32.
+Status LoadTensor(const WeightLookup& lookup, const std::string& name, const std::vector<int64_t>& shape,
+                  float* dst) {
+  MC_ASSIGN_OR_RETURN(TensorRef t, lookup(name));
+  if (t.shape != shape) {
+    return InvalidArgument("tensor " + name + " has shape " + ShapeString(t.shape) + ", the config implies " +
+                           ShapeString(shape));
+  }
+  uint64_t n = 1;
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  switch (t.dtype) {
+    case DType::kF32:
+      std::memcpy(dst, t.data, n * sizeof(float));
+      return Status::Ok();
+    case DType::kBF16:
+      for (uint64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        dst[i] = Bf16ToFloat(h);
+      }
+      return Status::Ok();
+    case DType::kF16:
+      for (uint64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        dst[i] = F16ToFloat(h);
+      }
+      return Status::Ok();
+    default:
+      return InvalidArgument("tensor " + name + " is " + std::string(DTypeShortName(t.dtype)) +
+                             "; the executor computes from bf16, fp16 or fp32 weights");
+  }
+}
+
+// Fills `l` with the tensors `parts` stacked by rows (each [rows_i, in]), and their biases.
+Status LoadLinear(const WeightLookup& lookup, const std::vector<std::pair<std::string, int64_t>>& parts, int64_t in,
+                  bool bias, Linear* l) {
+  l->in = in;
+  l->out = 0;
+  for (const auto& p : parts) l->out += p.second;
+  l->w.resize(static_cast<size_t>(l->out * in));
+  if (bias) l->b.resize(static_cast<size_t>(l->out));
+  int64_t row = 0;
+  for (const auto& [prefix, rows] : parts) {
+    MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".weight", {rows, in}, l->w.data() + row * in));
+    if (bias) MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".bias", {rows}, l->b.data() + row));
+    row += rows;
+  }
+  return Status::Ok();
+}
+
+uint64_t LinearBytes(const Linear& l) { return sizeof(float) * (l.w.size() + l.b.size()); }
+
+}  // namespace
+
+std::string LayerRange::ToString() const {
+  return "layers " + std::to_string(first) + "-" + std::to_string(end - 1);
+}
+
+size_t StepInput::total_tokens() const {
+  size_t n = 0;
+  for (const auto& item : items) n += static_cast<size_t>(std::max<int32_t>(item.num_tokens, 0));
+  return n;
+}
+
+Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange range, const WeightLookup& lookup) {
+  MC_RETURN_IF_ERROR(c.Validate("config"));
+  if (c.hidden_act != "silu") {
+    return Unimplemented("hidden_act '" + c.hidden_act + "': the executor implements Llama's silu");
+  }
+  if (c.head_dim % 2 != 0) return InvalidArgument("head_dim " + std::to_string(c.head_dim) + " is odd");
+  if (range.first < 0 || range.first >= range.end || range.end > c.num_hidden_layers) {
+    return InvalidArgument("layer range [" + std::to_string(range.first) + ", " + std::to_string(range.end) +
+                           ") is not a non-empty range inside the model's " + std::to_string(c.num_hidden_layers) +
+                           " layers");
+  }
+  const int64_t H = c.hidden_size, D = c.head_dim, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
+  const int64_t I = c.intermediate_size, V = c.vocab_size;
+  StageWeights w;
+  for (int64_t l = range.first; l < range.end; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Layer L;
+    L.input_norm.resize(H);
+    L.post_norm.resize(H);
+    MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "input_layernorm.weight", {H}, L.input_norm.data()));
+    MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "post_attention_layernorm.weight", {H}, L.post_norm.data()));
+    MC_RETURN_IF_ERROR(LoadLinear(
+        lookup, {{p + "self_attn.q_proj", NH * D}, {p + "self_attn.k_proj", NKV * D}, {p + "self_attn.v_proj", NKV * D}},
+        H, c.attention_bias, &L.qkv));
+    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "self_attn.o_proj", H}}, NH * D, c.attention_bias, &L.o));
+    MC_RETURN_IF_ERROR(
+        LoadLinear(lookup, {{p + "mlp.gate_proj", I}, {p + "mlp.up_proj", I}}, H, c.mlp_bias, &L.gate_up));
+    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "mlp.down_proj", H}}, I, c.mlp_bias, &L.down));
+    w.layers.push_back(std::move(L));
+  }
+  const bool last = range.end == c.num_hidden_layers;
+  if (range.first == 0 || (last && c.tie_word_embeddings)) {
+    w.embedding = std::make_shared<Linear>();
+    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{"model.embed_tokens", V}}, H, false, w.embedding.get()));
+  }
+  if (last) {
+    w.final_norm.resize(H);
+    MC_RETURN_IF_ERROR(LoadTensor(lookup, "model.norm.weight", {H}, w.final_norm.data()));
+    if (c.tie_word_embeddings) {
+      w.head = w.embedding;
+    } else {
+      w.head = std::make_shared<Linear>();
+      MC_RETURN_IF_ERROR(LoadLinear(lookup, {{"lm_head", V}}, H, false, w.head.get()));
+    }
+  }
+  for (int64_t i = 0; i < D / 2; ++i) {
+    w.inv_freq.push_back(1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / static_cast<double>(D)));
+  }
+  return w;
+}
+
+uint64_t StageWeights::StepBytes() const {
+  uint64_t n = 0;
+  for (const Layer& L : layers) {
+    n += sizeof(float) * (L.input_norm.size() + L.post_norm.size());
+    n += LinearBytes(L.qkv) + LinearBytes(L.o) + LinearBytes(L.gate_up) + LinearBytes(L.down);
+  }
+  if (head) n += LinearBytes(*head) + sizeof(float) * final_norm.size();
+  return n;
+}
+
+Status CheckStep(const Stage& stage, const StepInput& input, int64_t max_requests,
+                 const std::function<int64_t(uint64_t)>& held, size_t active) {
+  const auto& c = stage.config();
+  if (input.items.empty()) return InvalidArgument("a step with no requests");
+  std::set<uint64_t> seen;
+  size_t fresh = 0;
+  for (const auto& item : input.items) {
+    const std::string who = "request " + std::to_string(item.request);
+    if (!seen.insert(item.request).second) return InvalidArgument(who + " appears twice in one step");
+    if (item.num_tokens <= 0) return InvalidArgument(who + " has no tokens in this step");
+    const int64_t have = held(item.request);
+    if (item.position != have) {
+      return FailedPrecondition(who + " arrives at position " + std::to_string(item.position) + " but " +
+                                stage.layers().ToString() + " holds " + std::to_string(have) + " of its tokens");
+    }
+    if (item.position + item.num_tokens > c.max_position_embeddings) {
+      return OutOfRange(who + " would reach " + std::to_string(item.position + item.num_tokens) +
+                        " tokens, past max_position_embeddings " + std::to_string(c.max_position_embeddings));
+    }
+    if (have == 0) ++fresh;
+  }
+  if (static_cast<int64_t>(active + fresh) > max_requests) {
+    return ResourceExhausted(stage.layers().ToString() + " holds " + std::to_string(active) + " requests; " +
+                             std::to_string(fresh) + " more would pass its limit of " + std::to_string(max_requests));
+  }
+  const size_t total = input.total_tokens();
+  if (stage.first()) {
+    if (input.tokens.size() != total) {
+      return InvalidArgument("the step has " + std::to_string(total) + " tokens in its requests but " +
+                             std::to_string(input.tokens.size()) + " token ids");
+    }
+    for (int32_t t : input.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                               std::to_string(c.vocab_size) + ")");
+      }
+    }
+  } else if (input.hidden.size() != total * static_cast<size_t>(c.hidden_size)) {
+    return InvalidArgument("the step has " + std::to_string(total) + " tokens but " +
+                           std::to_string(input.hidden.size()) + " activation values (hidden size " +
+                           std::to_string(c.hidden_size) + ")");
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Stage>> Stage::Create(const model::LlamaConfig& config, LayerRange layers,
+                                             const WeightLookup& weights, StageOptions options) {
+  if (options.device == Device::kCuda) return CreateCudaStage(config, layers, weights, options);
+  return CreateCpuStage(config, layers, weights, options);
+}
+
+Result<std::vector<LayerRange>> SplitLayers(int64_t num_layers, int stages) {
+  if (stages < 1 || stages > num_layers) {
+    return InvalidArgument("cannot split " + std::to_string(num_layers) + " layers into " + std::to_string(stages) +
+                           " stages");
+  }
+  std::vector<LayerRange> out;
+  int64_t first = 0;
+  for (int s = 0; s < stages; ++s) {
+    const int64_t size = num_layers / stages + (s < num_layers % stages ? 1 : 0);
+    out.push_back({first, first + size});
+    first += size;
+  }
+  return out;
+}
+
+}  // namespace modelcast::pipeline
