@@ -11,6 +11,7 @@
 #include "modelcast/model/prepare.h"
 #include "modelcast/pipeline/pipeline.h"
 #include "support/models.h"
+#include "support/pipeline_models.h"
 #include "support/reference_llama.h"
 #include "support/temp_dir.h"
 
@@ -123,62 +124,14 @@ TEST(StageTest, SmallModelMatchesTheReference) {
   ExpectMatchesReference(o);
 }
 
-// A prepared package whose blocks are single layers, for splitting.
-struct Prepared {
-  testing::TempDir dir;
-  std::unique_ptr<model::Package> package;
-};
-
-std::unique_ptr<Prepared> Prepare(model::SynthOptions o, int64_t blocks) {
-  auto p = std::make_unique<Prepared>();
-  EXPECT_TRUE(model::Synthesize(o, p->dir / "hf").ok());
-  model::PrepareOptions po;
-  po.blocks = blocks;
-  po.slice_bytes = 64 << 10;
-  po.fsync = false;
-  auto r = model::Prepare(p->dir / "hf", p->dir / "pkg", po);
-  EXPECT_TRUE(r.ok()) << r.status().ToString();
-  auto pkg = model::Package::Open(p->dir / "pkg");
-  EXPECT_TRUE(pkg.ok());
-  p->package = std::make_unique<model::Package>(std::move(*pkg));
-  return p;
-}
-
-// Each stage built from only the blocks that hold its layers (and block 0's embedding for a
-// tied head), as a node holding just those blocks would.
-std::unique_ptr<LocalPipeline> SplitPipeline(const model::Package& pkg, int stages,
-                                             std::vector<std::unique_ptr<PackageWeights>>* keep) {
-  const auto& m = pkg.manifest();
-  auto ranges = SplitLayers(m.config.num_hidden_layers, stages);
-  EXPECT_TRUE(ranges.ok());
-  std::vector<std::unique_ptr<Stage>> built;
-  for (const auto& r : *ranges) {
-    std::vector<uint32_t> blocks;
-    for (int64_t l = r.first; l < r.end; ++l) blocks.push_back(m.BlockForLayer(l)->index);
-    if (r.first == 0 || (r.end == m.config.num_hidden_layers && m.config.tie_word_embeddings)) blocks.push_back(0);
-    std::sort(blocks.begin(), blocks.end());
-    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-    auto w = PackageWeights::Load(pkg, blocks);
-    EXPECT_TRUE(w.ok()) << w.status().ToString();
-    auto s = Stage::Create(m.config, r, (*w)->lookup());
-    EXPECT_TRUE(s.ok()) << s.status().ToString();
-    built.push_back(std::move(*s));
-    keep->push_back(std::move(*w));
-  }
-  auto p = LocalPipeline::Create(std::move(built));
-  EXPECT_TRUE(p.ok());
-  return std::move(*p);
-}
-
 TEST(StageTest, SplitIntoOneToFourStagesGivesTheSameLogitsAndTokens) {
   for (bool tied : {false, true}) {
     auto o = testing::Tiny(DType::kBF16, 11);
     o.tie_word_embeddings = tied;
-    auto p = Prepare(o, 4);
+    auto p = testing::PrepareModel(o, 4);
     std::vector<Generation> runs;
     for (int stages = 1; stages <= 4; ++stages) {
-      std::vector<std::unique_ptr<PackageWeights>> keep;
-      auto pipe = SplitPipeline(*p->package, stages, &keep);
+      auto pipe = testing::SplitPipeline(*p->package, stages);
       auto g = Generate(*pipe, 100 + stages, kPrompt, 12, SamplingParams{});
       ASSERT_TRUE(g.ok()) << g.status().ToString();
       runs.push_back(std::move(*g));
@@ -284,7 +237,7 @@ TEST(StageTest, BadStepsAreRefusedAndChangeNothing) {
 }
 
 TEST(StageTest, MissingOrMisshapenWeightsAreNamed) {
-  auto p = Prepare(testing::Tiny(DType::kBF16, 14), 4);
+  auto p = testing::PrepareModel(testing::Tiny(DType::kBF16, 14), 4);
   auto w = PackageWeights::Load(*p->package, {0, 1});
   ASSERT_TRUE(w.ok());
   const auto& c = p->package->manifest().config;
@@ -340,11 +293,10 @@ TEST(SamplerTest, SeededSamplingIsRepeatableAndTopPNarrows) {
 }
 
 TEST(SamplerTest, SampledGenerationIsTheSameOnEverySplit) {
-  auto p = Prepare(testing::Tiny(DType::kBF16, 15), 4);
+  auto p = testing::PrepareModel(testing::Tiny(DType::kBF16, 15), 4);
   std::vector<std::vector<int32_t>> runs;
   for (int stages : {1, 3}) {
-    std::vector<std::unique_ptr<PackageWeights>> keep;
-    auto pipe = SplitPipeline(*p->package, stages, &keep);
+    auto pipe = testing::SplitPipeline(*p->package, stages);
     auto g = Generate(*pipe, 1, kPrompt, 16, SamplingParams{0.9, 0.95, 1234});
     ASSERT_TRUE(g.ok());
     runs.push_back(g->tokens);
