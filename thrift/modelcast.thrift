@@ -317,7 +317,7 @@ struct RunFragmentRequest {
   8: list<PeerAddress> peers,
   9: double deadline_s,
   10: string method,                   // "auto", "messages", "writes"
-  11: i32 channel,                     // 1..255: the fabric channel of this operation's messages
+  11: i32 channel,                     // 1..254: the fabric channel of this operation's messages
                                        // (distinct among the operations running on a node)
 }
 

@@ -15,6 +15,7 @@
 #include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/verbs_transport.h"
 #include "modelcast/rpc/errors.h"
+#include "serving.h"
 
 namespace modelcast::agent {
 namespace {
@@ -106,6 +107,8 @@ struct AgentDaemon::Impl {
   tiers::Store* store = nullptr;
   std::unique_ptr<fabric::Transport> transport;
   std::unique_ptr<fabric::ChannelMux> mux;  // one channel per running operation
+  std::unique_ptr<fabric::Transport> serving_channel;  // fabric::kServingChannel
+  std::unique_ptr<ServingHost> serving;
   std::unique_ptr<fabric::MemoryRegion> region;
 
   std::mutex mu;
@@ -343,8 +346,9 @@ class AgentHandler : public rpc::AgentIf {
         ThrowStatus(InvalidArgument("runFragment: local slice " + std::to_string(s) + " out of range"));
     }
     if (!(req.deadline_s > 0)) ThrowStatus(InvalidArgument("runFragment: deadline_s must be positive"));
-    if (req.channel < 1 || req.channel > 255) {
-      ThrowStatus(InvalidArgument("runFragment: channel " + std::to_string(req.channel) + " is not between 1 and 255"));
+    if (req.channel < 1 || req.channel >= fabric::kServingChannel) {
+      ThrowStatus(InvalidArgument("runFragment: channel " + std::to_string(req.channel) + " is not between 1 and " +
+                                  std::to_string(fabric::kServingChannel - 1) + " (the last is for serving)"));
     }
     Check(impl_->store->AddModel(*parsed));
     auto manifest = impl_->store->FindModel(req.model);
@@ -429,16 +433,17 @@ class AgentHandler : public rpc::AgentIf {
   }
   void startServing(const rpc::ServeRequest& req) override {
     Check(rpc::CheckCaller(impl_->config.security, req.header, "startServing"));
-    ThrowStatus(Unimplemented("startServing: the pipeline runtime is not built yet"));
+    Check(impl_->serving->Start(req));
   }
   void stopServing(const rpc::ServeRequest& req) override {
     Check(rpc::CheckCaller(impl_->config.security, req.header, "stopServing"));
-    ThrowStatus(Unimplemented("stopServing: the pipeline runtime is not built yet"));
+    Check(impl_->serving->Stop(req));
   }
   void getStatus(rpc::AgentStatus& out, const rpc::RequestHeader& header) override {
     Check(rpc::CheckCaller(impl_->config.security, header, "getStatus"));
     out.node = impl_->config.node;
     out.inventory = impl_->Inventory();
+    out.serving = impl_->serving->List();
     std::lock_guard lock(impl_->mu);
     for (const auto& [id, cancel] : impl_->running) out.running_operations.push_back(id);
   }
@@ -473,6 +478,8 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
   }
   MC_RETURN_IF_ERROR(impl.transport->Start());
   MC_ASSIGN_OR_RETURN(impl.mux, fabric::ChannelMux::Create(*impl.transport));
+  MC_ASSIGN_OR_RETURN(impl.serving_channel, impl.mux->Open(fabric::kServingChannel));
+  MC_ASSIGN_OR_RETURN(impl.serving, ServingHost::Create(*d->store_, *impl.serving_channel, config.node));
   MC_ASSIGN_OR_RETURN(impl.region, impl.transport->Register(d->store_->host_pool_base(), d->store_->host_pool_size(),
                                                             fabric::MemoryKind::kHost));
   MC_ASSIGN_OR_RETURN(
@@ -488,6 +495,8 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
             << impl.transport->address();
   return d;
 }
+
+std::string AgentDaemon::fabric_address() const { return impl_->transport->address(); }
 
 std::string AgentDaemon::RenderMetrics() const {
   rpc::MetricsText m;
@@ -556,6 +565,8 @@ AgentDaemon::~AgentDaemon() {
     }
     for (auto& [id, t] : fragments) t.join();
     impl_->region.reset();
+    impl_->serving.reset();
+    impl_->serving_channel.reset();
     impl_->mux.reset();
     impl_->transport.reset();
   }

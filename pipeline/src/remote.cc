@@ -355,6 +355,10 @@ class RemotePipeline final : public Pipeline {
 
 }  // namespace
 
+std::string StageKey(const std::string& model, int first_block, int end_block) {
+  return model + "/blocks/" + std::to_string(first_block) + "-" + std::to_string(end_block);
+}
+
 Result<std::unique_ptr<PipelineNode>> PipelineNode::Create(fabric::Transport& transport) {
   auto node = std::unique_ptr<PipelineNode>(new PipelineNode());
   auto st = std::make_shared<State>();

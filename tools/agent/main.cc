@@ -1,5 +1,5 @@
 // modelcast-agent --config node.yaml: the node agent. Runs until SIGINT or SIGTERM; prints
-// "listening on ADDRESS:PORT" once it serves.
+// "fabric at ADDRESS:PORT" and "listening on ADDRESS:PORT" once it serves.
 #include "../daemon/daemon_main.h"
 #include "modelcast/agent/agent.h"
 
@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
         if (daemon->metrics_port() > 0) {
           banner += "metrics on " + config.metrics.address + ":" + std::to_string(daemon->metrics_port()) + "\n";
         }
+        banner += "fabric at " + daemon->fabric_address() + "\n";
         banner += "listening on " + config.address + ":" + std::to_string(daemon->port()) + "\n";
         return tools::Started{daemon, banner};
       });

@@ -59,6 +59,8 @@ class AgentDaemon {
 
   int port() const { return server_->port(); }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  // Where peers reach this node's transport ("ip:port"): plan fragments and pipeline stages.
+  std::string fabric_address() const;
   // Prometheus text: tier occupancy, SSD bytes, evictions, fallbacks, fragments, slices and bytes moved.
   std::string RenderMetrics() const;
   tiers::Store& store() { return *store_; }

@@ -26,6 +26,10 @@ struct Hop {
   std::string stage;
 };
 
+// The key under which an agent hosts the stage of `model`'s blocks [first_block, end_block):
+// "MODEL/blocks/FIRST-END".
+std::string StageKey(const std::string& model, int first_block, int end_block);
+
 class PipelineNode {
  public:
   // Takes over the transport's message and peer-failure handlers; the transport must outlive

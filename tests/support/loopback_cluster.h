@@ -1,0 +1,253 @@
+// A coordinator and node agents as real processes on loopback, the models on node-0's SSD: the
+// fixture of the scale-out and serving integration tests.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <thrift/protocol/TMultiplexedProtocol.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <iostream>
+#include <map>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "Agent.h"
+#include "Coordinator.h"
+#include "modelcast/rpc/server.h"
+#include "support/process.h"
+#include "support/store_fixture.h"
+#include "support/temp_dir.h"
+
+namespace modelcast {
+namespace {
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::ToolPath;
+
+constexpr const char* kToken = "scale-out-test-token-0123456789";
+
+[[maybe_unused]] uint32_t Count(const std::vector<rpc::SliceRun>& runs) {
+  uint32_t n = 0;
+  for (const auto& r : runs) n += static_cast<uint32_t>(r.count);
+  return n;
+}
+
+// A port nobody listens on now (the coordinator keeps it across its restart).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// The port a daemon announced on its stdout ("<what> ADDRESS:PORT").
+int AnnouncedPort(testing::Child& process, const std::string& what) {
+  const std::string out = process.Stdout();
+  const auto at = out.find(what);
+  if (at == std::string::npos) return 0;
+  const auto line = out.substr(at, out.find('\n', at) - at);
+  return std::stoi(line.substr(line.rfind(':') + 1));
+}
+
+struct ClusterOptions {
+  int nodes = 3;
+  std::string fault;                               // the agents' fabric fault spec
+  std::vector<std::string> models = {"tiny-llm"};  // all on node-0's SSD
+};
+
+// A coordinator and agents as processes on loopback, the models on node-0's SSD.
+class ScaleOutTest : public ::testing::Test {
+ protected:
+  void StartCluster(const ClusterOptions& o = {}) {
+    options = o;
+    port = FreePort();
+    const std::string defaults =
+        "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
+        "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
+    std::string cluster = "name: loop\n" + defaults + "nodes:\n";
+    for (int i = 0; i < o.nodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
+    cluster += "coordinator:\n  address: 127.0.0.1\n  port: " + std::to_string(port) +
+               "\n  state_dir: " + (dir / "coord").string() +
+               "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
+               "}\n  metrics: {address: 127.0.0.1, port: 0}\n";
+    testing::WriteAll(dir / "cluster.yaml", cluster);
+    ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+
+    // The models, on node-0's SSD only (imported the way received slices are written).
+    for (size_t m = 0; m < o.models.size(); ++m) {
+      const auto pkg = dir / ("pkg-" + o.models[m]);
+      testing::MakePackage(dir.path(), pkg, o.models[m], m, 4, 32 << 10);
+      auto import = testing::RunProcess(
+          {ToolPath("modelcast"), "store", "import", pkg.string(), "--ssd-dir", (dir / "node-0").string()}, 60s);
+      ASSERT_EQ(import.exit_code, 0) << import.err;
+    }
+    for (int i = 0; i < o.nodes; ++i) {
+      const std::string n = "node-" + std::to_string(i);
+      testing::WriteAll(dir / (n + ".yaml"),
+                        "node: " + n + "\naddress: 127.0.0.1\nport: 0\n" +
+                            "coordinator: {address: 127.0.0.1, port: " + std::to_string(port) +
+                            "}\nfabric: {listen: '127.0.0.1:0', transport: ucx" +
+                            (o.fault.empty() ? "" : ", fault: '" + o.fault + "'") + "}\n" +
+                            "store: {ssd_dir: " + (dir / n).string() +
+                            ", ssd_capacity: 1GiB, host_capacity: 64MiB}\n" + "security: {token: " + kToken +
+                            "}\n" + "metrics: {address: 127.0.0.1, port: 0}\n");
+      agents.push_back(std::make_unique<testing::Child>(
+          std::vector<std::string>{ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()}));
+      ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
+    }
+    for (const auto& m : o.models) {
+      rpc::RegisterModelRequest reg;
+      reg.header = header;
+      reg.name = m;
+      reg.manifest_json = testing::ReadAll(dir / ("pkg-" + m) / "manifest.json");
+      rpc::ModelInfo info;
+      client->registerModel(info, reg);
+      nslices = static_cast<uint32_t>(info.summary.num_slices);
+    }
+    // Wait (with a deadline) until every agent has joined and node-0's copies are known.
+    auto ready = [&] {
+      rpc::ClusterStatus st;
+      client->getClusterStatus(st, header);
+      int alive = 0;
+      for (const auto& n : st.nodes) alive += n.alive;
+      std::vector<rpc::ModelInfo> models;
+      client->listModels(models, header);
+      size_t known = 0;
+      for (const auto& m : models) known += m.ssd_holders == std::vector<std::string>{"node-0"};
+      return alive == o.nodes && known == o.models.size();
+    };
+    const auto join_by = std::chrono::steady_clock::now() + 30s;
+    while (!ready() && std::chrono::steady_clock::now() < join_by) std::this_thread::sleep_for(50ms);
+    ASSERT_TRUE(ready());
+  }
+  // Starts (or restarts) the coordinator on `port` and connects the test's client to it.
+  void StartCoordinator() {
+    client.reset();
+    conn.reset();
+    coordinator = std::make_unique<testing::Child>(
+        std::vector<std::string>{ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()});
+    ASSERT_TRUE(coordinator->WaitForOutput("listening on", 30s)) << coordinator->Wait(1s).err;
+    security.token = kToken;
+    auto c = rpc::Connect("127.0.0.1", port, security);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    conn = std::move(*c);
+    client = std::make_unique<rpc::CoordinatorClient>(
+        std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(conn->protocol, "Coordinator"));
+    header = rpc::MakeHeader(security, "test");
+  }
+  // GET /metrics from the process whose stdout announced "metrics on ADDRESS:PORT".
+  static std::string Metrics(testing::Child& process) {
+    const int p = AnnouncedPort(process, "metrics on ");
+    if (p == 0) return "";
+    httplib::Client http("127.0.0.1", p);
+    auto res = http.Get("/metrics");
+    return res && res->status == 200 ? res->body : "";
+  }
+  // What agent i says it is running.
+  std::vector<std::string> Running(int i) {
+    auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*agents[i], "listening on "), security);
+    if (!c.ok()) return {"unreachable: " + c.status().message()};
+    rpc::AgentClient agent((*c)->protocol);
+    rpc::AgentStatus st;
+    agent.getStatus(st, header);
+    return st.running_operations;
+  }
+  void TearDown() override {
+    client.reset();
+    conn.reset();
+    // MODELCAST_TEST_LOGS=1 prints the daemons' logs.
+    const bool logs = getenv("MODELCAST_TEST_LOGS") != nullptr;
+    for (size_t i = 0; i < agents.size(); ++i) {
+      if (agents[i]->Running()) agents[i]->Kill(SIGTERM);
+      auto r = agents[i]->Wait(30s);
+      if (logs) std::cerr << "---- node-" << i << "\n" << r.err;
+    }
+    if (coordinator) {
+      coordinator->Kill(SIGTERM);
+      auto r = coordinator->Wait(30s);
+      EXPECT_EQ(r.exit_code, 0);
+      if (logs) std::cerr << "---- coordinator\n" << r.err;
+    }
+  }
+  rpc::OperationStatus WaitForEnd(const std::string& id) {
+    rpc::OperationStatus op;
+    const auto done_by = std::chrono::steady_clock::now() + 60s;
+    do {
+      std::this_thread::sleep_for(50ms);
+      client->getOperation(op, header, id);
+    } while (op.state == rpc::OperationState::RUNNING && std::chrono::steady_clock::now() < done_by);
+    return op;
+  }
+  std::string ScaleOut(const std::string& model, int replicas) {
+    rpc::ScaleOutRequest so;
+    so.header = header;
+    so.model = model;
+    so.replicas = replicas;
+    rpc::ScaleOutResponse resp;
+    client->scaleOut(resp, so);
+    return resp.operation_id;
+  }
+  // Waits until `node` has received a slice of operation `id` (the operation still running).
+  bool WaitReceiving(const std::string& id, const std::string& node) {
+    rpc::OperationStatus op;
+    const auto by = std::chrono::steady_clock::now() + 30s;
+    while (std::chrono::steady_clock::now() < by) {
+      client->getOperation(op, header, id);
+      if (op.state != rpc::OperationState::RUNNING) return false;
+      for (const auto& n : op.nodes) {
+        if (n.node == node && n.slices_received > 0) return true;
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+  // The node's copy of `model`, written behind to its SSD, checked slice by slice.
+  void ExpectVerifiedCopy(const std::string& node, const std::string& model = "tiny-llm") {
+    const auto synced_by = std::chrono::steady_clock::now() + 30s;
+    while (!model::Package::Open(dir / node / model).ok() && std::chrono::steady_clock::now() < synced_by) {
+      std::this_thread::sleep_for(50ms);
+    }
+    auto pkg = model::Package::Open(dir / node / model);
+    ASSERT_TRUE(pkg.ok()) << node << ": " << pkg.status().ToString();
+    auto report = pkg->Verify();
+    ASSERT_TRUE(report.ok());
+    EXPECT_TRUE(report->ok()) << node;
+  }
+  std::map<std::string, rpc::NodeProgress> ByNode(const rpc::OperationStatus& op) {
+    std::map<std::string, rpc::NodeProgress> m;
+    for (const auto& n : op.nodes) m[n.node] = n;
+    return m;
+  }
+  std::vector<std::string> InstanceNodes(const std::string& model = "tiny-llm") {
+    std::vector<rpc::Instance> list;
+    client->listInstances(list, header, model);
+    std::vector<std::string> nodes;
+    for (const auto& i : list) nodes.push_back(i.node + ":" + rpc::to_string(i.state));
+    return nodes;
+  }
+
+  ClusterOptions options;
+  testing::TempDir dir;
+  std::unique_ptr<testing::Child> coordinator;
+  std::vector<std::unique_ptr<testing::Child>> agents;
+  int port = 0;
+  rpc::SecurityConfig security;
+  std::unique_ptr<rpc::RpcConnection> conn;
+  std::unique_ptr<rpc::CoordinatorClient> client;
+  rpc::RequestHeader header;
+  uint32_t nslices = 0;
+};
+
+}  // namespace
+}  // namespace modelcast
