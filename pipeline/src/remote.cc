@@ -275,8 +275,9 @@ namespace {
 
 class RemotePipeline final : public Pipeline {
  public:
-  RemotePipeline(std::shared_ptr<PipelineNode::State> st, std::vector<Hop> hops, int64_t vocab, double timeout)
-      : st_(std::move(st)), hops_(std::move(hops)), vocab_(vocab), timeout_(timeout) {}
+  RemotePipeline(std::shared_ptr<PipelineNode::State> st, std::vector<Hop> hops, int64_t vocab, int64_t positions,
+                 double timeout)
+      : st_(std::move(st)), hops_(std::move(hops)), vocab_(vocab), positions_(positions), timeout_(timeout) {}
 
   Status Step(const StepInput& input, StepOutput* output) override {
     if (input.tokens.size() != input.total_tokens()) {
@@ -340,6 +341,7 @@ class RemotePipeline final : public Pipeline {
   }
 
   int64_t vocab_size() const override { return vocab_; }
+  int64_t max_positions() const override { return positions_; }
 
  private:
   std::string Describe() const {
@@ -349,7 +351,7 @@ class RemotePipeline final : public Pipeline {
   }
   std::shared_ptr<PipelineNode::State> st_;
   std::vector<Hop> hops_;
-  int64_t vocab_;
+  int64_t vocab_, positions_;
   double timeout_;
 };
 
@@ -424,7 +426,7 @@ std::vector<std::string> PipelineNode::stage_keys() const {
   return out;
 }
 
-Result<std::unique_ptr<Pipeline>> PipelineNode::Connect(std::vector<Hop> hops, int64_t vocab_size,
+Result<std::unique_ptr<Pipeline>> PipelineNode::Connect(std::vector<Hop> hops, const model::LlamaConfig& config,
                                                         double step_timeout) {
   if (hops.empty()) return InvalidArgument("a pipeline with no stages");
   for (const auto& h : hops) {
@@ -436,7 +438,8 @@ Result<std::unique_ptr<Pipeline>> PipelineNode::Connect(std::vector<Hop> hops, i
     std::lock_guard<std::mutex> lock(state_->mu);
     state_->lost.erase(h.node);
   }
-  return std::unique_ptr<Pipeline>(new RemotePipeline(state_, std::move(hops), vocab_size, step_timeout));
+  return std::unique_ptr<Pipeline>(new RemotePipeline(state_, std::move(hops), config.vocab_size,
+                                                      config.max_position_embeddings, step_timeout));
 }
 
 }  // namespace modelcast::pipeline

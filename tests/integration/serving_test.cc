@@ -70,7 +70,7 @@ TEST_F(ServingTest, AgentsServeAPipelineAcrossProcesses) {
   ASSERT_TRUE(channel.ok());
   auto driver = pipeline::PipelineNode::Create(**channel);
   ASSERT_TRUE(driver.ok());
-  auto remote = (*driver)->Connect(hops, 1024, 20);
+  auto remote = (*driver)->Connect(hops, model::Package::Open(dir / "pkg-tiny-llm")->manifest().config, 20);
   ASSERT_TRUE(remote.ok()) << remote.status().ToString();
 
   // The unsplit model from the package the scale-out multicast.

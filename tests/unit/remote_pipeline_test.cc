@@ -61,7 +61,7 @@ class RemotePipelineTest : public ::testing::Test {
     return hops;
   }
 
-  int64_t vocab() const { return model_->package->manifest().config.vocab_size; }
+  const model::LlamaConfig& config() const { return model_->package->manifest().config; }
 
   std::unique_ptr<testing::PreparedModel> model_;
   std::vector<Node> nodes_;
@@ -76,7 +76,7 @@ TEST_F(RemotePipelineTest, SplitAcrossNodesGivesTheSameLogitsAndTokens) {
   ASSERT_TRUE(sampled_want.ok());
   for (int stages = 1; stages <= 4; ++stages) {
     const auto hops = Host(stages);
-    auto remote = driver_.node->Connect(hops, vocab(), 10);
+    auto remote = driver_.node->Connect(hops, config(), 10);
     ASSERT_TRUE(remote.ok()) << remote.status().ToString();
     auto got = Generate(**remote, 10 + stages, kPrompt, 10, SamplingParams{});
     ASSERT_TRUE(got.ok()) << got.status().ToString();
@@ -86,7 +86,7 @@ TEST_F(RemotePipelineTest, SplitAcrossNodesGivesTheSameLogitsAndTokens) {
     ASSERT_TRUE(sampled.ok());
     EXPECT_EQ(sampled->tokens, sampled_want->tokens) << stages << " stages";
     // The driver can be the first stage's node itself.
-    auto from_first = nodes_[0].node->Connect(hops, vocab(), 10);
+    auto from_first = nodes_[0].node->Connect(hops, config(), 10);
     ASSERT_TRUE(from_first.ok());
     auto again = Generate(**from_first, 30 + stages, kPrompt, 10, SamplingParams{});
     ASSERT_TRUE(again.ok()) << again.status().ToString();
@@ -106,7 +106,7 @@ TEST_F(RemotePipelineTest, SplitAcrossNodesGivesTheSameLogitsAndTokens) {
 }
 
 TEST_F(RemotePipelineTest, BatchedStepsCarryEveryRequest) {
-  auto remote = driver_.node->Connect(Host(3), vocab(), 10);
+  auto remote = driver_.node->Connect(Host(3), config(), 10);
   ASSERT_TRUE(remote.ok());
   auto local = testing::SplitPipeline(*model_->package, 1);
   StepInput in;
@@ -123,7 +123,7 @@ TEST_F(RemotePipelineTest, BatchedStepsCarryEveryRequest) {
 }
 
 TEST_F(RemotePipelineTest, AStageNodeThatDiesFailsTheStepNamingIt) {
-  auto remote = driver_.node->Connect(Host(3), vocab(), 20);
+  auto remote = driver_.node->Connect(Host(3), config(), 20);
   ASSERT_TRUE(remote.ok());
   StepInput in;
   in.items = {{1, 0, 2}};
@@ -144,7 +144,7 @@ TEST_F(RemotePipelineTest, AStageNodeThatDiesFailsTheStepNamingIt) {
 TEST_F(RemotePipelineTest, AnUnknownStageIsNamed) {
   Host(2);
   std::vector<Hop> bad = {{nodes_[0].transport->name(), nodes_[0].transport->address(), "nope"}};
-  auto remote = driver_.node->Connect(bad, vocab(), 10);
+  auto remote = driver_.node->Connect(bad, config(), 10);
   ASSERT_TRUE(remote.ok());
   StepInput in;
   in.items = {{1, 0, 1}};

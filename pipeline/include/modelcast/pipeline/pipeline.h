@@ -21,6 +21,8 @@ class Pipeline {
   // Frees the request's KV caches on every stage.
   virtual void Drop(uint64_t request) = 0;
   virtual int64_t vocab_size() const = 0;
+  // The longest sequence (prompt and generated tokens) the model takes.
+  virtual int64_t max_positions() const = 0;
 };
 
 class LocalPipeline final : public Pipeline {
@@ -30,6 +32,7 @@ class LocalPipeline final : public Pipeline {
   Status Step(const StepInput& input, StepOutput* output) override;
   void Drop(uint64_t request) override;
   int64_t vocab_size() const override { return stages_.front()->config().vocab_size; }
+  int64_t max_positions() const override { return stages_.front()->config().max_position_embeddings; }
   const std::vector<std::unique_ptr<Stage>>& stages() const { return stages_; }
 
  private:

@@ -45,9 +45,10 @@ class PipelineNode {
   std::shared_ptr<Stage> FindStage(const std::string& key) const;
   std::vector<std::string> stage_keys() const;
 
-  // A pipeline over `hops`, in layer order (stages of this node may be among them). Connects
-  // to every hop first. Each step waits at most `step_timeout` seconds.
-  Result<std::unique_ptr<Pipeline>> Connect(std::vector<Hop> hops, int64_t vocab_size, double step_timeout = 30);
+  // A pipeline of `config`'s model over `hops`, in layer order (stages of this node may be among
+  // them). Connects to every hop first. Each step waits at most `step_timeout` seconds.
+  Result<std::unique_ptr<Pipeline>> Connect(std::vector<Hop> hops, const model::LlamaConfig& config,
+                                            double step_timeout = 30);
 
   const std::string& name() const;
   struct State;
