@@ -171,6 +171,7 @@ struct NodeProgress {
   6: double rate_bytes_per_s,
   7: string state,                     // "waiting", "receiving", "complete", "failed", "lost"
   8: optional string error,
+  9: optional double complete_unix,    // when a target had every slice
 }
 
 struct OperationStatus {
@@ -362,5 +363,35 @@ service Agent {
   void stopServing(1: ServeRequest req)
       throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
   AgentStatus getStatus(1: RequestHeader header)
+      throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
+}
+
+// Serving: requests to the model's instances and pipelines, through the coordinator's router
+// (also `POST /v1/completions`, OpenAI-compatible, on the serving HTTP port).
+struct GenerateRequest {
+  1: RequestHeader header,
+  2: string model,
+  3: optional list<i32> prompt_tokens,  // token ids, or:
+  4: optional string prompt_text,       // text, through the byte-level fallback tokenizer
+  5: i32 max_tokens = 16,
+  6: double temperature = 0,            // 0: greedy
+  7: double top_p = 1.0,
+  8: i64 seed = 0,
+  9: optional i32 stop_token,           // absent: the model's eos token; -1: none
+}
+
+struct GenerateResponse {
+  1: list<i32> tokens,
+  2: string text,                       // the tokens that are bytes, as bytes
+  3: string finish_reason,              // "length" or "stop"
+  4: double ttft_s,                     // from arrival to the first token
+  5: double tpot_s,                     // mean time per output token after the first
+  6: double queued_s,
+  7: string served_by,                  // "MODEL@NODE" (a full local instance) or "MODEL/pN" (a pipeline)
+  8: i32 attempts,                      // engines it ran on (more than one: a stage's node was lost)
+}
+
+service Router {
+  GenerateResponse generate(1: GenerateRequest req)
       throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: NotAuthorized denied),
 }

@@ -6,6 +6,8 @@
 #include "support/loopback_cluster.h"
 #include "support/transports.h"
 
+#include <atomic>
+
 namespace modelcast {
 namespace {
 
@@ -120,6 +122,130 @@ TEST_F(ServingTest, AgentsServeAPipelineAcrossProcesses) {
   ASSERT_FALSE(after.ok());
   EXPECT_NE(after.status().message().find("node 'node-1' serves no stage 'tiny-llm/blocks/2-3'"), std::string::npos)
       << after.status().ToString();
+}
+
+// One completion over HTTP: the tokens, who served them, and whether it worked.
+struct Completion {
+  int http = 0;
+  std::vector<int32_t> tokens;
+  std::string served_by, error;
+  double ttft_s = 0;
+};
+
+Completion Complete(int port, const std::vector<int32_t>& prompt, int max_tokens, double temperature, uint64_t seed) {
+  httplib::Client http("127.0.0.1", port);
+  http.set_read_timeout(60, 0);
+  nlohmann::json body = {{"model", "tiny-llm"}, {"prompt", prompt},      {"max_tokens", max_tokens},
+                         {"temperature", temperature}, {"seed", seed}};
+  auto res = http.Post("/v1/completions", {{"Authorization", std::string("Bearer ") + kToken}}, body.dump(),
+                       "application/json");
+  Completion c;
+  if (!res) {
+    c.error = "no answer: " + httplib::to_string(res.error());
+    return c;
+  }
+  c.http = res->status;
+  auto j = nlohmann::json::parse(res->body, nullptr, false);
+  if (res->status != 200 || j.is_discarded()) {
+    c.error = res->body;
+    return c;
+  }
+  c.tokens = j["choices"][0]["tokens"].get<std::vector<int32_t>>();
+  c.served_by = j["modelcast"]["served_by"];
+  c.ttft_s = j["modelcast"]["ttft_s"];
+  return c;
+}
+
+// The answers the unsplit model gives, from the package the scale-out multicasts.
+std::vector<int32_t> Reference(const fs::path& pkg_dir, const std::vector<int32_t>& prompt, int max_tokens,
+                               double temperature, uint64_t seed) {
+  auto pkg = model::Package::Open(pkg_dir);
+  EXPECT_TRUE(pkg.ok());
+  auto weights = pipeline::PackageWeights::Load(*pkg);
+  const auto& c = pkg->manifest().config;
+  auto stage = pipeline::Stage::Create(c, {0, c.num_hidden_layers}, (*weights)->lookup());
+  std::vector<std::unique_ptr<pipeline::Stage>> one;
+  one.push_back(std::move(*stage));
+  auto local = pipeline::LocalPipeline::Create(std::move(one));
+  auto g = pipeline::Generate(**local, 1, prompt, max_tokens, pipeline::SamplingParams{temperature, 1.0, seed},
+                              c.eos_token_id ? static_cast<int32_t>(*c.eos_token_id) : -1);
+  EXPECT_TRUE(g.ok());
+  return g->tokens;
+}
+
+// Requests through the coordinator's router over HTTP while a scale-out runs on loopback (its
+// fabric messages slowed by 15 ms): the model is on node-0's SSD only, so requests wait until
+// receivers serve. Every answer equals the unsplit model's, none fails, and at the end full
+// local instances answer. (On loopback the transfer is over too soon to count on pipelines
+// forming first; serving_netns_test shows that on shaped links.)
+TEST_F(ServingTest, RequestsDuringAScaleOutAreAnsweredByTheNewCapacity) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 4, .fault = "delay=15ms", .serving = true}));
+  const int http_port = AnnouncedPort(*coordinator, "serving http on ");
+  ASSERT_GT(http_port, 0) << coordinator->Stdout();
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::vector<int32_t>> want;
+  for (int i = 0; i < 4; ++i) {
+    prompts.push_back({1, 40 + i, 300 + 7 * i, 12, 99 + i});
+    want.push_back(Reference(dir / "pkg-tiny-llm", prompts.back(), 8, i % 2 ? 0.8 : 0.0, 10 + i));
+  }
+
+  const std::string id = ScaleOut("tiny-llm", 3);
+  struct Seen {
+    Completion c;
+    int prompt = 0;
+    bool any_target_complete = false;  // when the answer came
+    bool op_running = false;
+  };
+  std::mutex mu;
+  std::vector<Seen> seen;
+  std::atomic<bool> stop{false};
+  auto ask = [&](int k) {
+    for (int n = 0; !stop; ++n) {
+      const int i = (k + n) % 4;
+      Completion c = Complete(http_port, prompts[i], 8, i % 2 ? 0.8 : 0.0, 10 + i);
+      rpc::OperationStatus op;
+      {
+        std::lock_guard<std::mutex> lock(mu);  // the test's Thrift client is not thread-safe
+        client->getOperation(op, header, id);
+        Seen s{c, i, false, op.state == rpc::OperationState::RUNNING};
+        for (const auto& np : op.nodes) s.any_target_complete |= np.role == "target" && np.state == "complete";
+        seen.push_back(std::move(s));
+      }
+    }
+  };
+  std::thread a(ask, 0), b(ask, 1);
+  rpc::OperationStatus op;
+  const auto done_by = std::chrono::steady_clock::now() + 90s;
+  do {
+    std::this_thread::sleep_for(50ms);
+    std::lock_guard<std::mutex> lock(mu);
+    client->getOperation(op, header, id);
+  } while (op.state == rpc::OperationState::RUNNING && std::chrono::steady_clock::now() < done_by);
+  // Keep asking a little after the end, while the pipelines dissolve into local instances.
+  const auto after = std::chrono::steady_clock::now() + 3s;
+  auto locals = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    int n = 0;
+    for (auto it = seen.rbegin(); it != seen.rend() && it != seen.rbegin() + 4; ++it) {
+      n += it->c.served_by.find('@') != std::string::npos;
+    }
+    return n;
+  };
+  while (std::chrono::steady_clock::now() < after && locals() < 4) std::this_thread::sleep_for(50ms);
+  stop = true;
+  a.join();
+  b.join();
+  ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
+
+  int by_pipeline_early = 0;
+  for (const auto& s : seen) {
+    ASSERT_EQ(s.c.http, 200) << s.c.error;
+    EXPECT_EQ(s.c.tokens, want[s.prompt]) << "served by " << s.c.served_by;
+    if (s.c.served_by.find("/p") != std::string::npos && s.op_running && !s.any_target_complete) by_pipeline_early++;
+  }
+  EXPECT_EQ(locals(), 4) << "the last requests were not served by full local instances";
+  std::cerr << seen.size() << " requests, " << by_pipeline_early << " answered by pipelines before any receiver "
+            << "had the whole model; first pipeline " << op.first_pipeline_s << " s after scaleOut\n";
 }
 
 }  // namespace

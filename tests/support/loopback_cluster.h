@@ -64,6 +64,7 @@ struct ClusterOptions {
   int nodes = 3;
   std::string fault;                               // the agents' fabric fault spec
   std::vector<std::string> models = {"tiny-llm"};  // all on node-0's SSD
+  bool serving = false;                            // the coordinator's router, HTTP on a free port
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -81,6 +82,9 @@ class ScaleOutTest : public ::testing::Test {
                "\n  state_dir: " + (dir / "coord").string() +
                "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
                "}\n  metrics: {address: 127.0.0.1, port: 0}\n";
+    if (o.serving) {
+      cluster += "  serving: {fabric: {listen: '127.0.0.1:0'}, http: {address: 127.0.0.1, port: 0}, max_batch: 8}\n";
+    }
     testing::WriteAll(dir / "cluster.yaml", cluster);
     ASSERT_NO_FATAL_FAILURE(StartCoordinator());
 

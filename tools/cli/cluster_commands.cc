@@ -83,6 +83,8 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
                    {"created_unix", op.created_unix}};
   if (op.__isset.finished_unix) j["seconds"] = op.finished_unix - op.created_unix;
   if (op.__isset.error) j["error"] = op.error;
+  if (op.__isset.first_pipeline_s) j["first_pipeline_s"] = op.first_pipeline_s;
+  if (op.__isset.first_byte_unix) j["first_byte_unix"] = op.first_byte_unix;
   for (const auto& n : op.nodes) {
     j["nodes"].push_back({{"node", n.node},
                           {"role", n.role},
@@ -92,6 +94,7 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
                           {"bytes_received", n.bytes_received},
                           {"rate_bytes_per_s", n.rate_bytes_per_s}});
     if (n.__isset.error) j["nodes"].back()["error"] = n.error;
+    if (n.__isset.complete_unix) j["nodes"].back()["complete_unix"] = n.complete_unix;
   }
   return j;
 }

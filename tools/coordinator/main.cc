@@ -2,14 +2,15 @@
 // Runs until SIGINT or SIGTERM; prints "listening on ADDRESS:PORT" once it serves.
 #include "../daemon/daemon_main.h"
 #include "modelcast/coord/daemon.h"
+#include "modelcast/coord/serving.h"
 
 int main(int argc, char** argv) {
   using namespace modelcast;
   return tools::DaemonMain(
       argc, argv, "modelcast-coordinator",
       "The coordinator daemon: registers models, tracks node agents, runs scale-outs, serves autoscalers over "
-      "Thrift. Reads the cluster YAML, whose `coordinator` section sets its address, port, state_dir, security "
-      "and metrics.",
+      "Thrift, and (with a `serving` section) routes generation requests to instances and pipelines. Reads the "
+      "cluster YAML, whose `coordinator` section sets its address, port, state_dir, security, metrics and serving.",
       [](const ConfigNode& root) -> Result<tools::Started> {
         MC_ASSIGN_OR_RETURN(auto cluster, coord::ClusterConfig::Parse(root));
         MC_ASSIGN_OR_RETURN(ConfigNode section, root.Child("coordinator"));
@@ -19,6 +20,12 @@ int main(int argc, char** argv) {
         std::string banner;
         if (daemon->metrics_port() > 0) {
           banner += "metrics on " + config.metrics.address + ":" + std::to_string(daemon->metrics_port()) + "\n";
+        }
+        if (auto* serving = daemon->serving()) {
+          banner += "router fabric at " + serving->fabric_address() + "\n";
+          if (serving->http_port() > 0) {
+            banner += "serving http on " + config.serving.http_address + ":" + std::to_string(serving->http_port()) + "\n";
+          }
         }
         banner += "listening on " + config.address + ":" + std::to_string(daemon->port()) + "\n";
         return tools::Started{daemon, banner};

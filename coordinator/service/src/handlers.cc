@@ -6,7 +6,9 @@
 
 #include "Coordinator.h"
 #include "Membership.h"
+#include "Router.h"
 #include "modelcast/coord/daemon.h"
+#include "modelcast/coord/serving.h"
 #include "modelcast/rpc/errors.h"
 
 namespace modelcast::coord {
@@ -107,6 +109,8 @@ class MembershipHandler : public rpc::MembershipIf {
 
 }  // namespace
 
+std::shared_ptr<rpc::RouterIf> MakeRouterHandler(ServingPlane* plane);  // api.cc
+
 Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const ClusterConfig& cluster,
                                                                     const CoordinatorConfig& config) {
   auto d = std::make_unique<CoordinatorDaemon>();
@@ -118,6 +122,10 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
   mux->registerProcessor(kMembershipService,
                          std::make_shared<rpc::MembershipProcessor>(
                              std::make_shared<MembershipHandler>(d->state_.get(), config.security, config)));
+  if (config.serving.enabled) {
+    MC_ASSIGN_OR_RETURN(d->serving_, ServingPlane::Start(config.serving, config.security, d->state_.get()));
+    mux->registerProcessor(kRouterService, std::make_shared<rpc::RouterProcessor>(MakeRouterHandler(d->serving_.get())));
+  }
   MC_ASSIGN_OR_RETURN(d->server_, rpc::RpcServer::Start(mux, config.address, config.port, config.security));
   LOG(INFO) << "coordinator for cluster '" << cluster.name << "' listening on " << config.address << ":" << d->port();
   if (config.metrics.enabled) {
@@ -143,6 +151,8 @@ CoordinatorDaemon::~CoordinatorDaemon() {
   }
   cv_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
+  server_.reset();
+  serving_.reset();
 }
 
 }  // namespace modelcast::coord

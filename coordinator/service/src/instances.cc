@@ -17,6 +17,8 @@ void ClusterState::SetInstanceLocked(const std::string& model, const std::string
   inst.node = node;
   inst.state = state;
   inst.since_unix = UnixNow();
+  if (state != rpc::InstanceState::PIPELINE) inst.__isset.pipeline_id = false;
+  PokeServing();
   // Loading instances are not journaled: after a restart they come back from their operation.
   if (state == rpc::InstanceState::LOADING || !journal) return;
   Status st = journal_->Append({{"op", "instance"},
@@ -33,6 +35,7 @@ void ClusterState::RemoveInstanceLocked(const std::string& model, const std::str
   const bool journaled = m->second.at(node).state != rpc::InstanceState::LOADING;
   m->second.erase(node);
   if (m->second.empty()) instances_.erase(m);
+  PokeServing();
   if (!journaled) return;
   Status st = journal_->Append({{"op", "instance_removed"}, {"model", model}, {"node", node}});
   if (!st.ok()) LOG(ERROR) << "coordinator: journaling an instance: " << st.message();
@@ -147,6 +150,67 @@ void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::
   Status st = FinishLocked(op, errors.empty() ? rpc::OperationState::SUCCEEDED : rpc::OperationState::FAILED,
                            errors.empty() ? "" : "released, but demoting failed: " + errors);
   if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
+}
+
+ServingView ClusterState::ServingSnapshot() const {
+  std::lock_guard lock(mu_);
+  ServingView v;
+  for (const auto& [name, n] : nodes_) v.nodes[name] = {n.rpc_address, n.fabric_address, AliveLocked(n)};
+  for (const auto& [name, m] : models_) {
+    auto& mv = v.models[name];
+    mv.manifest = m.manifest;
+    auto it = instances_.find(name);
+    if (it != instances_.end()) {
+      for (const auto& [node, inst] : it->second) mv.instances[node] = inst.state;
+    }
+  }
+  for (const auto& [id, op] : operations_) {
+    if (op.status.state != rpc::OperationState::RUNNING || op.status.kind != rpc::OperationKind::SCALE_OUT) continue;
+    auto mv = v.models.find(op.status.model);
+    if (mv == v.models.end()) continue;
+    for (const auto& t : op.targets) {
+      if (op.lost.count(t)) continue;
+      const auto& np = op.status.nodes[op.node_index.at(t)];
+      if (np.state == "complete") continue;
+      auto got = op.received.find(t);
+      mv->second.loading[t] = got == op.received.end() ? std::set<int32_t>() : got->second;
+    }
+  }
+  return v;
+}
+
+void ClusterState::SetServingWatcher(std::function<void()> watcher) {
+  std::lock_guard lock(mu_);
+  serving_watcher_ = std::move(watcher);
+}
+
+void ClusterState::SetPipeline(const std::string& model, const std::vector<std::string>& nodes,
+                               const std::string& pipeline_id) {
+  std::lock_guard lock(mu_);
+  auto m = instances_.find(model);
+  if (m == instances_.end()) return;
+  for (const auto& n : nodes) {
+    auto it = m->second.find(n);
+    if (it == m->second.end()) continue;
+    rpc::Instance& inst = it->second;
+    if (!pipeline_id.empty() && inst.state == rpc::InstanceState::LOADING) {
+      inst.state = rpc::InstanceState::PIPELINE;
+      inst.__set_pipeline_id(pipeline_id);
+      inst.since_unix = UnixNow();
+    } else if (pipeline_id.empty() && inst.state == rpc::InstanceState::PIPELINE) {
+      inst.state = rpc::InstanceState::LOADING;
+      inst.__isset.pipeline_id = false;
+    }
+  }
+  if (pipeline_id.empty()) return;
+  // The scale-out under way can serve from now: its first pipeline.
+  for (auto& [id, op] : operations_) {
+    if (op.status.model != model || op.status.state != rpc::OperationState::RUNNING) continue;
+    if (!op.status.__isset.first_pipeline_s) {
+      op.status.__set_first_pipeline_s(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count());
+    }
+  }
 }
 
 }  // namespace modelcast::coord

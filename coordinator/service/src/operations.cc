@@ -361,6 +361,7 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();
   np.rate_bytes_per_s = secs > 0 ? static_cast<double>(np.bytes_received) / secs : 0;
   if (np.role == "target" && np.state == "waiting" && np.slices_received > 0) np.state = "receiving";
+  if (np.role == "target" && !r.slices.empty()) PokeServing();
   // The end of a fragment counts only for the current attempt; older ones were cancelled.
   if (!r.done || r.operation_id != op.FragmentId() || op.status.state != rpc::OperationState::RUNNING) {
     return Status::Ok();
@@ -375,6 +376,7 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   }
   np.state = "complete";
   if (np.role == "target") {
+    np.__set_complete_unix(UnixNow());
     np.slices_received = np.slices_total;
     SetInstanceLocked(op.status.model, r.node, rpc::InstanceState::LOCAL, /*journal=*/false);
   }

@@ -27,7 +27,7 @@ std::vector<std::string> Holders(const std::map<std::string, rpc::NodeInventory>
 
 Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) {
   MC_RETURN_IF_ERROR(node.CheckKeys(
-      {"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "security", "metrics"}));
+      {"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "security", "metrics", "serving"}));
   CoordinatorConfig c;
   MC_ASSIGN_OR_RETURN(c.address, node.GetString("address", c.address));
   MC_ASSIGN_OR_RETURN(int64_t port, node.GetInt("port", c.port));
@@ -46,6 +46,42 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
   if (auto m = node.OptionalChild("metrics")) {
     MC_ASSIGN_OR_RETURN(c.metrics, rpc::MetricsConfig::FromConfig(*m));
   }
+  if (auto sv = node.OptionalChild("serving")) {
+    MC_ASSIGN_OR_RETURN(c.serving, ServingConfig::FromConfig(*sv));
+  }
+  return c;
+}
+
+Result<ServingConfig> ServingConfig::FromConfig(const ConfigNode& node) {
+  MC_RETURN_IF_ERROR(node.CheckKeys(
+      {"fabric", "http", "max_batch", "queue_timeout", "max_stages", "step_timeout", "pipelines"}));
+  ServingConfig c;
+  c.enabled = true;
+  c.fabric.name = "router";
+  if (auto f = node.OptionalChild("fabric")) {
+    MC_RETURN_IF_ERROR(f->CheckKeys({"listen", "tls", "net_devices"}));
+    MC_ASSIGN_OR_RETURN(c.fabric.listen_address, f->GetString("listen", c.fabric.listen_address));
+    MC_ASSIGN_OR_RETURN(c.fabric.tls, f->GetString("tls", ""));
+    MC_ASSIGN_OR_RETURN(c.fabric.net_devices, f->GetString("net_devices", ""));
+  }
+  if (auto h = node.OptionalChild("http")) {
+    MC_RETURN_IF_ERROR(h->CheckKeys({"address", "port"}));
+    MC_ASSIGN_OR_RETURN(c.http_address, h->GetString("address", c.http_address));
+    MC_ASSIGN_OR_RETURN(int64_t port, h->GetInt("port", 0));
+    if (port < 0 || port > 65535) return h->Child("port")->Error("must be between 0 and 65535");
+    c.http_port = static_cast<int>(port);
+  }
+  MC_ASSIGN_OR_RETURN(int64_t batch, node.GetInt("max_batch", c.max_batch));
+  if (batch < 1 || batch > 1024) return node.Child("max_batch")->Error("must be between 1 and 1024");
+  c.max_batch = static_cast<int>(batch);
+  MC_ASSIGN_OR_RETURN(c.queue_timeout, node.GetDuration("queue_timeout", c.queue_timeout));
+  if (!(c.queue_timeout > 0)) return node.Child("queue_timeout")->Error("must be more than 0");
+  MC_ASSIGN_OR_RETURN(int64_t stages, node.GetInt("max_stages", c.max_stages));
+  if (stages < 1 || stages > 64) return node.Child("max_stages")->Error("must be between 1 and 64");
+  c.max_stages = static_cast<int>(stages);
+  MC_ASSIGN_OR_RETURN(c.step_timeout, node.GetDuration("step_timeout", c.step_timeout));
+  if (!(c.step_timeout > 0)) return node.Child("step_timeout")->Error("must be more than 0");
+  MC_ASSIGN_OR_RETURN(c.pipelines, node.GetBool("pipelines", c.pipelines));
   return c;
 }
 
@@ -199,8 +235,8 @@ rpc::ModelInfo ClusterState::InfoLocked(const std::string& name, const Model& m)
   info.loading = 0;
   if (auto it = instances_.find(name); it != instances_.end()) {
     for (const auto& [node, inst] : it->second) {
-      if (inst.state == rpc::InstanceState::LOCAL || inst.state == rpc::InstanceState::PIPELINE) info.instances++;
-      if (inst.state == rpc::InstanceState::LOADING) info.loading++;
+      if (inst.state == rpc::InstanceState::LOCAL) info.instances++;
+      if (inst.state == rpc::InstanceState::LOADING || inst.state == rpc::InstanceState::PIPELINE) info.loading++;
     }
   }
   std::map<std::string, rpc::NodeInventory> inv;

@@ -29,6 +29,7 @@
 #include "modelcast/common/task_pool.h"
 #include "modelcast/coord/cluster.h"
 #include "modelcast/coord/plan.h"
+#include "modelcast/fabric/ucx_transport.h"
 #include "modelcast/model/manifest.h"
 #include "modelcast/rpc/metrics.h"
 #include "modelcast/rpc/security.h"
@@ -40,6 +41,26 @@ class AgentClient;
 }
 
 namespace modelcast::coord {
+
+// The `coordinator.serving` section: the router that serves requests on the model's instances
+// and, during a scale-out, on pipelines of the receivers (execute-while-load).
+//   serving: {fabric: {listen: 10.0.0.1:7600, tls: tcp, net_devices: eth0},
+//             http: {address: 10.0.0.1, port: 8000},    # POST /v1/completions
+//             max_batch: 16, queue_timeout: 60s, max_stages: 4, step_timeout: 30s,
+//             pipelines: true}                          # false: serve full copies only
+struct ServingConfig {
+  bool enabled = false;
+  fabric::UcxOptions fabric;
+  std::string http_address = "127.0.0.1";
+  int http_port = -1;  // -1: no HTTP endpoint; 0: any free port
+  int max_batch = 16;
+  double queue_timeout = 60;
+  int max_stages = 4;
+  double step_timeout = 30;
+  bool pipelines = true;
+
+  static Result<ServingConfig> FromConfig(const ConfigNode& node);
+};
 
 // The `coordinator` section of the cluster YAML.
 //   coordinator: {address: 10.0.0.1, port: 7300, state_dir: /var/lib/modelcast/coordinator,
@@ -53,8 +74,24 @@ struct CoordinatorConfig {
   double heartbeat_deadline = 5;
   rpc::SecurityConfig security;
   rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
+  ServingConfig serving;       // off when absent
 
   static Result<CoordinatorConfig> FromConfig(const ConfigNode& node);
+};
+
+// What the serving plane needs to know of the cluster, at one moment.
+struct ServingView {
+  struct NodeView {
+    std::string rpc_address, fabric_address;
+    bool alive = false;
+  };
+  struct ModelView {
+    std::shared_ptr<const model::Manifest> manifest;
+    std::map<std::string, rpc::InstanceState::type> instances;  // node -> state
+    std::map<std::string, std::set<int32_t>> loading;           // targets still loading -> slices they hold
+  };
+  std::map<std::string, NodeView> nodes;
+  std::map<std::string, ModelView> models;
 };
 
 // What the coordinator knows. Thread-safe; every change to models is journaled before it is
@@ -93,6 +130,16 @@ class ClusterState {
   // keep-alive ends.
   Result<std::string> ScaleIn(const rpc::ScaleInRequest& req);
   Result<std::vector<rpc::Instance>> ListInstances(const std::string& model) const;
+
+  // Serving: a snapshot for the serving plane, which is woken by `watcher` whenever holdings or
+  // instances change; and what it formed (members of a pipeline show as PIPELINE instances; an
+  // empty id dissolves it).
+  ServingView ServingSnapshot() const;
+  void SetServingWatcher(std::function<void()> watcher);
+  void SetPipeline(const std::string& model, const std::vector<std::string>& nodes, const std::string& pipeline_id);
+  // Calls an agent's service (a fresh connection with the coordinator's credentials).
+  Status CallAgent(const std::string& rpc_address, int timeout_ms,
+                   const std::function<void(rpc::AgentClient&)>& call) const;
 
   // Prometheus text: nodes, models, operations, bytes and slices moved, refusals.
   std::string RenderMetrics() const;
@@ -153,8 +200,6 @@ class ClusterState {
                                              const std::set<std::string>& allowed) const;
   // The planner's request for the operation's sources and targets.
   PlanRequest PlanRequestLocked(const Operation& op, const model::Manifest& manifest) const;
-  Status CallAgent(const std::string& rpc_address, int timeout_ms,
-                   const std::function<void(rpc::AgentClient&)>& call) const;
   void RepairLocked(Operation& op, const std::string& why);
   void Repair(const std::string& id);  // on the worker
   // `journal` false: the caller journals it in a later record (a scale-out's targets go into
@@ -185,6 +230,11 @@ class ClusterState {
   int last_channel_ = 0;
   std::chrono::steady_clock::time_point opened_ = std::chrono::steady_clock::now();
 
+  std::function<void()> serving_watcher_;  // set once, before serving starts
+  void PokeServing() const {
+    if (serving_watcher_) serving_watcher_();
+  }
+
   std::atomic<uint64_t> refused_{0};
   uint64_t bytes_moved_ = 0, slices_moved_ = 0, operation_errors_ = 0;
   double operation_seconds_ = 0;  // sum over finished operations
@@ -197,6 +247,8 @@ class ClusterState {
 };
 
 // The running daemon: state plus its Thrift server (Coordinator and Membership multiplexed).
+class ServingPlane;
+
 class CoordinatorDaemon {
  public:
   static Result<std::unique_ptr<CoordinatorDaemon>> Start(const ClusterConfig& cluster,
@@ -204,10 +256,12 @@ class CoordinatorDaemon {
   int port() const { return server_->port(); }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   ClusterState& state() { return *state_; }
+  ServingPlane* serving() { return serving_.get(); }
   ~CoordinatorDaemon();
 
  private:
   std::unique_ptr<ClusterState> state_;
+  std::unique_ptr<ServingPlane> serving_;
   std::unique_ptr<rpc::RpcServer> server_;
   std::unique_ptr<rpc::MetricsServer> metrics_;
   std::mutex mu_;
@@ -219,5 +273,6 @@ class CoordinatorDaemon {
 // Service names on the multiplexed server.
 inline constexpr const char* kCoordinatorService = "Coordinator";
 inline constexpr const char* kMembershipService = "Membership";
+inline constexpr const char* kRouterService = "Router";
 
 }  // namespace modelcast::coord
