@@ -120,7 +120,9 @@ int main(int argc, char** argv) {
   if (!weights.ok()) bench::Die(weights.status());
   pipeline::StageOptions so;
   so.device = device == "cuda" ? pipeline::Device::kCuda : pipeline::Device::kCpu;
+  const double build_start = Now();
   auto stage = pipeline::Stage::Create(ck->config(), {0, ck->config().num_hidden_layers}, (*weights)->lookup(), so);
+  const double build_s = Now() - build_start;
   if (!stage.ok()) bench::Die(stage.status());
   weights->reset();  // the stage holds its own copy
   const double weight_bytes = static_cast<double>((*stage)->weight_bytes());
@@ -138,6 +140,7 @@ int main(int argc, char** argv) {
   const double read_bandwidth = bench::Median(rbw), read_bound = read_bandwidth / weight_bytes;
   std::printf("model %s (%s, %.1f MB of weights read per step as fp32), device %s\n", preset.c_str(),
               std::string(DTypeShortName(ck->config().torch_dtype)).c_str(), weight_bytes / 1e6, device.c_str());
+  std::printf("stage built (weights converted) in %.0f ms\n", build_s * 1000);
   std::printf("memcpy bandwidth            %8.2f GB/s (%lld MiB buffers, median of %lld)\n", bandwidth / 1e9,
               static_cast<long long>(memcpy_mib), static_cast<long long>(reps));
   std::printf("read bandwidth, all cores   %8.2f GB/s\n", read_bandwidth / 1e9);
@@ -155,7 +158,8 @@ int main(int argc, char** argv) {
                       {"batch16_tokens_per_s", rate16},
                       {"batch1_over_bound", rate1 / bound},
                       {"read_gbps", read_bandwidth / 1e9},
-                      {"batch1_over_read_bound", rate1 / read_bound}};
+                      {"batch1_over_read_bound", rate1 / read_bound},
+                      {"stage_build_s", build_s}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

@@ -247,6 +247,7 @@ struct JoinRequest {
   5: NodeInventory inventory,
   6: double nic_bytes_per_s,
   7: string version,
+  8: optional string serving_address,  // host:port of its serving transport (pipeline activations)
 }
 
 struct JoinResponse {
@@ -318,7 +319,7 @@ struct RunFragmentRequest {
   8: list<PeerAddress> peers,
   9: double deadline_s,
   10: string method,                   // "auto", "messages", "writes"
-  11: i32 channel,                     // 1..254: the fabric channel of this operation's messages
+  11: i32 channel,                     // 1..255: the fabric channel of this operation's messages
                                        // (distinct among the operations running on a node)
 }
 

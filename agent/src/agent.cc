@@ -81,7 +81,7 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
   c.coordinator_port = static_cast<int>(cport);
   c.fabric.name = c.node;
   if (auto f = root.OptionalChild("fabric")) {
-    MC_RETURN_IF_ERROR(f->CheckKeys({"listen", "transport", "tls", "net_devices", "fault"}));
+    MC_RETURN_IF_ERROR(f->CheckKeys({"listen", "serving_listen", "transport", "tls", "net_devices", "fault"}));
     MC_ASSIGN_OR_RETURN(c.fault, f->GetString("fault", ""));
     if (!c.fault.empty()) {
       auto parsed = fabric::FaultOptions::Parse(c.fault);
@@ -91,6 +91,10 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
     MC_ASSIGN_OR_RETURN(c.transport, f->GetString("transport", c.transport));
     MC_ASSIGN_OR_RETURN(c.fabric.tls, f->GetString("tls", ""));
     MC_ASSIGN_OR_RETURN(c.fabric.net_devices, f->GetString("net_devices", ""));
+    MC_ASSIGN_OR_RETURN(c.serving_listen, f->GetString("serving_listen", ""));
+  }
+  if (c.serving_listen.empty()) {
+    c.serving_listen = c.fabric.listen_address.substr(0, c.fabric.listen_address.rfind(':')) + ":0";
   }
   MC_ASSIGN_OR_RETURN(ConfigNode store, root.Child("store"));
   MC_ASSIGN_OR_RETURN(c.store, tiers::StoreOptions::FromConfig(store));
@@ -107,7 +111,9 @@ struct AgentDaemon::Impl {
   tiers::Store* store = nullptr;
   std::unique_ptr<fabric::Transport> transport;
   std::unique_ptr<fabric::ChannelMux> mux;  // one channel per running operation
-  std::unique_ptr<fabric::Transport> serving_channel;  // fabric::kServingChannel
+  // Serving has a transport of its own: activations must not queue behind a scale-out's
+  // slices in the same connection.
+  std::unique_ptr<fabric::Transport> serving_transport;
   std::unique_ptr<ServingHost> serving;
   std::unique_ptr<fabric::MemoryRegion> region;
 
@@ -156,6 +162,7 @@ struct AgentDaemon::Impl {
     req.node = config.node;
     req.rpc_address = config.address + ":" + std::to_string(rpc_port);
     req.fabric_address = transport->address();
+    req.__set_serving_address(serving_transport->address());
     req.inventory = Inventory();
     req.version = "modelcast agent";
     rpc::JoinResponse resp;
@@ -346,9 +353,8 @@ class AgentHandler : public rpc::AgentIf {
         ThrowStatus(InvalidArgument("runFragment: local slice " + std::to_string(s) + " out of range"));
     }
     if (!(req.deadline_s > 0)) ThrowStatus(InvalidArgument("runFragment: deadline_s must be positive"));
-    if (req.channel < 1 || req.channel >= fabric::kServingChannel) {
-      ThrowStatus(InvalidArgument("runFragment: channel " + std::to_string(req.channel) + " is not between 1 and " +
-                                  std::to_string(fabric::kServingChannel - 1) + " (the last is for serving)"));
+    if (req.channel < 1 || req.channel > 255) {
+      ThrowStatus(InvalidArgument("runFragment: channel " + std::to_string(req.channel) + " is not between 1 and 255"));
     }
     Check(impl_->store->AddModel(*parsed));
     auto manifest = impl_->store->FindModel(req.model);
@@ -478,8 +484,11 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
   }
   MC_RETURN_IF_ERROR(impl.transport->Start());
   MC_ASSIGN_OR_RETURN(impl.mux, fabric::ChannelMux::Create(*impl.transport));
-  MC_ASSIGN_OR_RETURN(impl.serving_channel, impl.mux->Open(fabric::kServingChannel));
-  MC_ASSIGN_OR_RETURN(impl.serving, ServingHost::Create(*d->store_, *impl.serving_channel, config.node));
+  fabric::UcxOptions serving_options = config.fabric;
+  serving_options.listen_address = config.serving_listen;
+  MC_ASSIGN_OR_RETURN(impl.serving_transport, fabric::MakeUcxTransport(serving_options));
+  MC_RETURN_IF_ERROR(impl.serving_transport->Start());
+  MC_ASSIGN_OR_RETURN(impl.serving, ServingHost::Create(*d->store_, *impl.serving_transport, config.node));
   MC_ASSIGN_OR_RETURN(impl.region, impl.transport->Register(d->store_->host_pool_base(), d->store_->host_pool_size(),
                                                             fabric::MemoryKind::kHost));
   MC_ASSIGN_OR_RETURN(
@@ -497,6 +506,7 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
 }
 
 std::string AgentDaemon::fabric_address() const { return impl_->transport->address(); }
+std::string AgentDaemon::serving_address() const { return impl_->serving_transport->address(); }
 
 std::string AgentDaemon::RenderMetrics() const {
   rpc::MetricsText m;
@@ -566,7 +576,7 @@ AgentDaemon::~AgentDaemon() {
     for (auto& [id, t] : fragments) t.join();
     impl_->region.reset();
     impl_->serving.reset();
-    impl_->serving_channel.reset();
+    impl_->serving_transport.reset();
     impl_->mux.reset();
     impl_->transport.reset();
   }

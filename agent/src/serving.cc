@@ -41,6 +41,10 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   for (int b = req.first_block; b < req.end_block; ++b) blocks.push_back(static_cast<uint32_t>(b));
   // A tied LM head reads the embedding, which block 0 holds.
   if (req.end_block == nblocks && manifest->config.tie_word_embeddings && req.first_block > 0) blocks.push_back(0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto ms = [&t0] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  };
   MC_ASSIGN_OR_RETURN(auto load, store_->Promote(req.model, blocks, Tier::kHost));
   MC_RETURN_IF_ERROR(load->Wait(std::chrono::minutes(10)).WithContext("startServing: loading " + key));
   Serving s;
@@ -56,6 +60,7 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
     auto it = data.find(b);
     return it == data.end() ? nullptr : it->second;
   });
+  const auto resident_ms = ms();
   MC_ASSIGN_OR_RETURN(std::unique_ptr<pipeline::Stage> stage, pipeline::Stage::Create(manifest->config, layers, lookup));
   MC_RETURN_IF_ERROR(pipelines_->AddStage(key, std::move(stage)));
   s.instance.model = req.model;
@@ -65,7 +70,8 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   if (req.__isset.pipeline_id) s.instance.__set_pipeline_id(req.pipeline_id);
   s.instance.since_unix = UnixNow();
   LOG(INFO) << "agent " << node_ << ": serving " << key << " (" << layers.ToString() << ")"
-            << (req.__isset.pipeline_id ? " in pipeline " + req.pipeline_id : std::string());
+            << (req.__isset.pipeline_id ? " in pipeline " + req.pipeline_id : std::string()) << ": blocks resident in "
+            << resident_ms << " ms, stage built in " << ms() - resident_ms << " ms";
   std::lock_guard<std::mutex> lock(mu_);
   serving_[key] = std::move(s);
   return Status::Ok();

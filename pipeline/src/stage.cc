@@ -1,6 +1,11 @@
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <set>
+#include <thread>
+#include <vector>
 
 #include "modelcast/pipeline/stage.h"
 #include "stage_internal.h"
@@ -12,6 +17,28 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
+}
+
+// dst[i] = widen(src[i]) for i < n, on every core for large tensors: a stage's weights are
+// converted when it starts serving, which is on the path to its first token.
+template <typename Widen>
+void Convert(const uint8_t* src, float* dst, uint64_t n, Widen widen) {
+  auto run = [&](uint64_t begin, uint64_t end) {
+    for (uint64_t i = begin; i < end; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      dst[i] = widen(h);
+    }
+  };
+  const unsigned threads = std::min<unsigned>(std::max(1u, std::thread::hardware_concurrency()), 8);
+  if (n < (1u << 20) || threads == 1) return run(0, n);
+  std::vector<std::thread> ts;
+  const uint64_t per = (n + threads - 1) / threads;
+  for (unsigned t = 0; t < threads; ++t) {
+    const uint64_t b = std::min(n, t * per), e = std::min(n, b + per);
+    if (b < e) ts.emplace_back(run, b, e);
+  }
+  for (auto& t : ts) t.join();
 }
 
 // Reads tensor `name` (of `shape`) into dst, widened to fp32.
@@ -29,18 +56,10 @@ Status LoadTensor(const WeightLookup& lookup, const std::string& name, const std
       std::memcpy(dst, t.data, n * sizeof(float));
       return Status::Ok();
     case DType::kBF16:
-      for (uint64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
-        dst[i] = Bf16ToFloat(h);
-      }
+      Convert(t.data, dst, n, [](uint16_t h) { return Bf16ToFloat(h); });
       return Status::Ok();
     case DType::kF16:
-      for (uint64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
-        dst[i] = F16ToFloat(h);
-      }
+      Convert(t.data, dst, n, [](uint16_t h) { return F16ToFloat(h); });
       return Status::Ok();
     default:
       return InvalidArgument("tensor " + name + " is " + std::string(DTypeShortName(t.dtype)) +
@@ -68,6 +87,20 @@ Status LoadLinear(const WeightLookup& lookup, const std::vector<std::pair<std::s
 uint64_t LinearBytes(const Linear& l) { return sizeof(float) * (l.w.size() + l.b.size()); }
 
 }  // namespace
+
+void* AllocateWeights(size_t bytes) {
+  constexpr size_t kHuge = 2u << 20;
+  if (bytes < 2 * kHuge) {
+    void* p = std::malloc(std::max<size_t>(bytes, 1));
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = std::aligned_alloc(kHuge, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  ::madvise(p, rounded, MADV_HUGEPAGE);  // a hint: without THP it is ignored
+  return p;
+}
 
 std::string LayerRange::ToString() const {
   return "layers " + std::to_string(first) + "-" + std::to_string(end - 1);

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <utility>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -11,9 +14,38 @@
 
 namespace modelcast::pipeline {
 
+// Memory for weights: large buffers on transparent huge pages (a stage's weights are written
+// once when it starts serving, and faulting them in 4 KiB at a time costs more than converting
+// them), and elements left uninitialised until they are written.
+template <typename T>
+struct WeightAllocator {
+  using value_type = T;
+  WeightAllocator() = default;
+  template <typename U>
+  WeightAllocator(const WeightAllocator<U>&) {}
+  T* allocate(size_t n);
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  void construct(U* p) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+  bool operator==(const WeightAllocator&) const { return true; }
+};
+void* AllocateWeights(size_t bytes);  // huge-page aligned from 4 MiB up; never null
+template <typename T>
+T* WeightAllocator<T>::allocate(size_t n) {
+  return static_cast<T*>(AllocateWeights(n * sizeof(T)));
+}
+using WeightVector = std::vector<float, WeightAllocator<float>>;
+
 // One nn.Linear: w is [out, in] row-major; b is empty without a bias.
 struct Linear {
-  std::vector<float> w, b;
+  WeightVector w;
+  std::vector<float> b;
   int64_t out = 0, in = 0;
 };
 

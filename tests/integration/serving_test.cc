@@ -1,7 +1,6 @@
 // Agents serving pipeline stages as real processes: after a scale-out, three agents each host a
 // stage built from blocks in their stores, a driver in this process runs requests through them
 // over UCX, and the answers equal the unsplit model's. Bad serve requests are refused.
-#include "modelcast/fabric/channel_mux.h"
 #include "modelcast/pipeline/remote.h"
 #include "support/loopback_cluster.h"
 #include "support/transports.h"
@@ -26,11 +25,12 @@ class ServingTest : public ScaleOutTest {
     a.client = std::make_unique<rpc::AgentClient>(a.conn->protocol);
     return a;
   }
-  std::string FabricAddress(int i) {
+  std::string ServingAddress(int i) {
     const std::string out = agents[i]->Stdout();
-    const auto at = out.find("fabric at ");
+    const std::string what = "serving fabric at ";
+    const auto at = out.find(what);
     if (at == std::string::npos) return "";
-    return out.substr(at + 10, out.find('\n', at) - at - 10);
+    return out.substr(at + what.size(), out.find('\n', at) - at - what.size());
   }
   rpc::ServeRequest Serve(int first, int end, const std::string& model = "tiny-llm") {
     rpc::ServeRequest r;
@@ -60,17 +60,13 @@ TEST_F(ServingTest, AgentsServeAPipelineAcrossProcesses) {
     ASSERT_EQ(st.serving.size(), 1u);
     EXPECT_EQ(st.serving[0].state, rpc::InstanceState::PIPELINE);
     EXPECT_EQ(st.serving[0].pipeline_id, "p1");
-    hops.push_back({"node-" + std::to_string(i), FabricAddress(i),
+    hops.push_back({"node-" + std::to_string(i), ServingAddress(i),
                     pipeline::StageKey("tiny-llm", ranges[i].first, ranges[i].second)});
   }
 
-  // The driver speaks on the agents' serving channel, as an agent driving a pipeline would.
+  // The driver, on a transport of its own as the coordinator's router is.
   auto transport = fabric::testing::Make("router");
-  auto mux = fabric::ChannelMux::Create(*transport);
-  ASSERT_TRUE(mux.ok());
-  auto channel = (*mux)->Open(fabric::kServingChannel);
-  ASSERT_TRUE(channel.ok());
-  auto driver = pipeline::PipelineNode::Create(**channel);
+  auto driver = pipeline::PipelineNode::Create(*transport);
   ASSERT_TRUE(driver.ok());
   auto remote = (*driver)->Connect(hops, model::Package::Open(dir / "pkg-tiny-llm")->manifest().config, 20);
   ASSERT_TRUE(remote.ok()) << remote.status().ToString();

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
           banner += "metrics on " + config.metrics.address + ":" + std::to_string(daemon->metrics_port()) + "\n";
         }
         banner += "fabric at " + daemon->fabric_address() + "\n";
+        banner += "serving fabric at " + daemon->serving_address() + "\n";
         banner += "listening on " + config.address + ":" + std::to_string(daemon->port()) + "\n";
         return tools::Started{daemon, banner};
       });

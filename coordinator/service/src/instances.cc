@@ -155,7 +155,7 @@ void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::
 ServingView ClusterState::ServingSnapshot() const {
   std::lock_guard lock(mu_);
   ServingView v;
-  for (const auto& [name, n] : nodes_) v.nodes[name] = {n.rpc_address, n.fabric_address, AliveLocked(n)};
+  for (const auto& [name, n] : nodes_) v.nodes[name] = {n.rpc_address, n.serving_address, AliveLocked(n)};
   for (const auto& [name, m] : models_) {
     auto& mv = v.models[name];
     mv.manifest = m.manifest;

@@ -10,7 +10,6 @@
 #include "inventory.h"
 #include "modelcast/coord/daemon.h"
 #include "modelcast/coord/planner.h"
-#include "modelcast/fabric/channel_mux.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/rpc/errors.h"
 
@@ -39,11 +38,10 @@ int ClusterState::NextChannelLocked() {
   for (const auto& [id, op] : operations_) {
     if (op.status.state == rpc::OperationState::RUNNING) busy.insert(op.channel);
   }
-  // Round robin, so that a channel comes back only after 253 others (an agent drops the tail
-  // of a finished operation's messages for a few seconds after it closes the channel); the
-  // last channel carries serving traffic.
-  for (int i = 0; i < fabric::kServingChannel - 1; ++i) {
-    last_channel_ = last_channel_ % (fabric::kServingChannel - 1) + 1;
+  // Round robin, so that a channel comes back only after 254 others (an agent drops the tail
+  // of a finished operation's messages for a few seconds after it closes the channel).
+  for (int i = 0; i < 255; ++i) {
+    last_channel_ = last_channel_ % 255 + 1;
     if (!busy.count(last_channel_)) return last_channel_;
   }
   return 0;

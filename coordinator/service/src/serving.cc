@@ -4,6 +4,7 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <thread>
 
 #include "Agent.h"
 #include "inventory.h"
@@ -39,9 +40,7 @@ Result<std::unique_ptr<ServingPlane>> ServingPlane::Start(const ServingConfig& c
   p->state_ = state;
   MC_ASSIGN_OR_RETURN(p->transport_, fabric::MakeUcxTransport(config.fabric));
   MC_RETURN_IF_ERROR(p->transport_->Start());
-  MC_ASSIGN_OR_RETURN(p->mux_, fabric::ChannelMux::Create(*p->transport_));
-  MC_ASSIGN_OR_RETURN(p->channel_, p->mux_->Open(fabric::kServingChannel));
-  MC_ASSIGN_OR_RETURN(p->node_, pipeline::PipelineNode::Create(*p->channel_));
+  MC_ASSIGN_OR_RETURN(p->node_, pipeline::PipelineNode::Create(*p->transport_));
   pipeline::RouterOptions ro;
   ro.max_batch = config.max_batch;
   ro.queue_timeout = config.queue_timeout;
@@ -71,8 +70,6 @@ ServingPlane::~ServingPlane() {
   if (http_thread_.joinable()) http_thread_.join();
   router_.reset();  // its engines stop before anything they use goes
   node_.reset();
-  channel_.reset();
-  mux_.reset();
   if (transport_) transport_->Stop();
 }
 
@@ -103,10 +100,12 @@ Status ServingPlane::Submit(pipeline::GenerateRequest request) {
 Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingView& view) {
   const double t0 = SteadyNow();
   const auto& mv = view.models.at(engine.model);
+  // Every stage's agent builds its stage at the same time.
   std::vector<pipeline::Hop> hops;
-  std::vector<std::string> started;
-  Status st;
-  for (const auto& [node, stage] : engine.stages) {
+  std::vector<Status> started(engine.stages.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < engine.stages.size(); ++i) {
+    const auto& [node, stage] = engine.stages[i];
     const auto& nv = view.nodes.at(node);
     rpc::ServeRequest req;
     req.header = rpc::MakeHeader(security_, "coordinator");
@@ -114,14 +113,21 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
     if (!engine.local) req.__set_pipeline_id(id);
     req.first_block = static_cast<int32_t>(stage.first_block);
     req.end_block = static_cast<int32_t>(stage.end_block);
-    st = state_->CallAgent(nv.rpc_address, 60000, [&](rpc::AgentClient& a) { a.startServing(req); });
-    if (st.code() == StatusCode::kAlreadyExists) st = Status::Ok();  // a stage of an earlier round
-    if (!st.ok()) {
-      st = st.WithContext("serving: " + node + " cannot serve " + pipeline::StageKey(engine.model, req.first_block, req.end_block));
-      break;
-    }
-    started.push_back(node);
-    hops.push_back({node, nv.fabric_address, pipeline::StageKey(engine.model, req.first_block, req.end_block)});
+    hops.push_back({node, nv.serving_address, pipeline::StageKey(engine.model, req.first_block, req.end_block)});
+    threads.emplace_back([this, &started, i, req, addr = nv.rpc_address, node = node] {
+      Status s = state_->CallAgent(addr, 60000, [&](rpc::AgentClient& a) { a.startServing(req); });
+      if (s.code() == StatusCode::kAlreadyExists) s = Status::Ok();  // a stage of an earlier round
+      if (!s.ok()) {
+        s = s.WithContext("serving: " + node + " cannot serve " +
+                          pipeline::StageKey(req.model, req.first_block, req.end_block));
+      }
+      started[i] = s;
+    });
+  }
+  for (auto& t : threads) t.join();
+  Status st;
+  for (const auto& s : started) {
+    if (!s.ok() && st.ok()) st = s;
   }
   std::unique_ptr<pipeline::Pipeline> p;
   if (st.ok()) {
@@ -142,9 +148,7 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
                             });
   }
   if (!st.ok()) {
-    Engine partial = engine;
-    partial.stages.resize(started.size());
-    Release(id, partial, view);
+    Release(id, engine, view);  // stops what did start (NotFound from the others is ignored)
     return st;
   }
   std::vector<std::string> nodes;
@@ -211,6 +215,7 @@ void ServingPlane::Reconcile() {
     return it != view.nodes.end() && it->second.alive;
   };
   const double now = SteadyNow();
+  std::vector<std::pair<std::string, Engine>> launches;
   for (const auto& [model, mv] : view.models) {
     auto state_of = [&](const std::string& node) {
       auto it = mv.instances.find(node);
@@ -226,13 +231,7 @@ void ServingPlane::Reconcile() {
       e.model = model;
       e.local = true;
       e.stages = {{node, coord::Stage{0, 0, nblocks}}};
-      Status s = Launch(id, e, view);
-      if (!s.ok()) {
-        LOG(WARNING) << "serving: " << id << ": " << s.message() << " (retrying in 1 s)";
-        retry_after_[id] = now + 1;
-      } else {
-        engines[id] = e;
-      }
+      launches.emplace_back(id, e);
     }
     // Engines whose nodes are gone, released or all local now drain.
     std::set<std::string> busy;  // nodes in a pipeline that stays
@@ -281,9 +280,21 @@ void ServingPlane::Reconcile() {
         std::lock_guard<std::mutex> lock(mu_);
         id = model + "/p" + std::to_string(next_pipeline_++);
       }
-      Status s = Launch(id, e, view);
-      if (!s.ok()) LOG(WARNING) << "serving: pipeline " << id << ": " << s.message();
+      launches.emplace_back(id, e);
     }
+  }
+  // Engines start at once, not one after another: each waits on its agents building stages.
+  std::vector<Status> results(launches.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < launches.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = Launch(launches[i].first, launches[i].second, view); });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < launches.size(); ++i) {
+    if (results[i].ok()) continue;
+    const std::string& id = launches[i].first;
+    LOG(WARNING) << "serving: " << id << ": " << results[i].message() << " (retrying in 1 s)";
+    if (launches[i].second.local) retry_after_[id] = now + 1;
   }
 }
 

@@ -298,6 +298,7 @@ Status ClusterState::Join(const rpc::JoinRequest& req) {
   n.joined = true;
   n.rpc_address = req.rpc_address;
   n.fabric_address = req.fabric_address;
+  n.serving_address = req.__isset.serving_address ? req.serving_address : req.fabric_address;
   n.inventory = req.inventory;
   n.last_heartbeat = std::chrono::steady_clock::now();
   n.last_heartbeat_unix = UnixNow();

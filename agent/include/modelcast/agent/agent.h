@@ -7,7 +7,8 @@
 //   address: 127.0.0.1          # the Agent service binds here
 //   port: 7401
 //   coordinator: {address: 127.0.0.1, port: 7300}
-//   fabric: {listen: 127.0.0.1:7501, transport: auto, tls: tcp, net_devices: eth0}
+//   fabric: {listen: 127.0.0.1:7501, serving_listen: 127.0.0.1:7502, transport: auto, tls: tcp,
+//            net_devices: eth0}
 //                               # fault: "delay=50ms" wraps it in the fault injector (tests)
 //   store: {...}                # cluster-configs/node-store.yaml
 //   security: {...}             # as the coordinator's
@@ -42,6 +43,7 @@ struct AgentConfig {
   std::string transport = "auto";
   std::string fault;  // fabric.fault: the fault injector's spec (tests), e.g. "delay=50ms"
   fabric::UcxOptions fabric;
+  std::string serving_listen;  // fabric.serving_listen: the serving transport's ip:port (default: listen's ip, any port)
   tiers::StoreOptions store;
   rpc::SecurityConfig security;
   rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
@@ -61,6 +63,8 @@ class AgentDaemon {
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   // Where peers reach this node's transport ("ip:port"): plan fragments and pipeline stages.
   std::string fabric_address() const;
+  // Where pipeline drivers and stages reach this node's serving transport.
+  std::string serving_address() const;
   // Prometheus text: tier occupancy, SSD bytes, evictions, fallbacks, fragments, slices and bytes moved.
   std::string RenderMetrics() const;
   tiers::Store& store() { return *store_; }

@@ -13,9 +13,6 @@
 
 namespace modelcast::fabric {
 
-// The channel of serving traffic (pipeline activations); operations use 1..254.
-inline constexpr int kServingChannel = 255;
-
 class ChannelMux {
  public:
   // Takes over `inner`'s message and peer-failure handlers; `inner` must outlive the mux and

@@ -82,7 +82,7 @@ struct CoordinatorConfig {
 // What the serving plane needs to know of the cluster, at one moment.
 struct ServingView {
   struct NodeView {
-    std::string rpc_address, fabric_address;
+    std::string rpc_address, serving_address;  // the agent's Thrift service and serving transport
     bool alive = false;
   };
   struct ModelView {
@@ -149,7 +149,7 @@ class ClusterState {
   struct Node {
     NodeConfig config;
     bool joined = false;
-    std::string rpc_address, fabric_address;
+    std::string rpc_address, fabric_address, serving_address;
     std::chrono::steady_clock::time_point last_heartbeat;
     double last_heartbeat_unix = 0;
     rpc::NodeInventory inventory;

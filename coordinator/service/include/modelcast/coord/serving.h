@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "modelcast/coord/daemon.h"
-#include "modelcast/fabric/channel_mux.h"
+#include "modelcast/fabric/transport.h"
 #include "modelcast/pipeline/remote.h"
 #include "modelcast/pipeline/router.h"
 
@@ -61,8 +61,6 @@ class ServingPlane {
   rpc::SecurityConfig security_;
   ClusterState* state_ = nullptr;
   std::unique_ptr<fabric::Transport> transport_;
-  std::unique_ptr<fabric::ChannelMux> mux_;
-  std::unique_ptr<fabric::Transport> channel_;
   std::unique_ptr<pipeline::PipelineNode> node_;
   std::unique_ptr<pipeline::Router> router_;
   std::unique_ptr<httplib::Server> http_;

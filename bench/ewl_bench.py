@@ -1,0 +1,254 @@
+#!/usr/bin/python3
+"""ewl_bench: execute-while-load in the cluster in a box (network namespaces, shaped links).
+
+For each K (running copies) it runs the same scale-out twice on a fresh cluster: once with
+execute-while-load (the coordinator forms pipelines of the receivers as their holdings cover the
+model) and once waiting for full copies (serving.pipelines: false). The K copies are on
+the sources' SSDs, so every answer comes from new capacity (with --serve-copies they are loaded
+and serving first, and clients overflow onto new capacity; in a box whose nodes share two
+cores, the copies' compute then starves everything else, which a real cluster's GPUs do not). Figures, per K and mode: time
+from scaleOut to the first token served by new capacity (not one of the K copies), the first
+pipeline, the first full copy, and the capacity ramp (requests/s finished per second).
+The ratio EWL / wait-for-full of the first-token time is the figure (target <= 0.6 at K = 2).
+
+Needs root, iproute2 (ip netns, tc) and a build (build/bin). Run from the repository root:
+  bench/ewl_bench.py [--ks 1,2] [--targets 8] [--rate 200mbit] [--preset small] [--work DIR]
+The last line printed is one JSON object with every figure.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "build", "bin")
+PREFIX = "mce"
+TOKEN = "ewl-bench-token-0123456789abcdef"
+
+
+def ip(i):
+    return "10.77.0.%d" % (10 + i)
+
+
+def ns(i):
+    return "%s-n%d" % (PREFIX, i)
+
+
+def in_ns(i, argv):
+    return ["ip", "netns", "exec", ns(i)] + argv
+
+
+def run(argv, check=True, timeout=300):
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        sys.exit("ewl_bench: %s failed (%d): %s%s" % (" ".join(argv), r.returncode, r.stdout, r.stderr))
+    return r
+
+
+class Cluster:
+    def __init__(self, args, work, k, pipelines):
+        self.args, self.work, self.k = args, work, k
+        # The K copies: on K nodes' SSD (cold), or (--serve-copies) loaded and serving from a
+        # first scale-out off an extra node that then leaves.
+        self.extra = 1 if args.serve_copies else 0
+        self.nodes = self.extra + k + args.targets
+        self.procs = []
+        run([os.path.join(ROOT, "scripts", "netns-cluster.sh"), "up", str(self.nodes), "--rate", args.rate,
+             "--prefix", PREFIX])
+        shutil.rmtree(os.path.join(work, "run"), ignore_errors=True)
+        self.run_dir = os.path.join(work, "run")
+        os.makedirs(self.run_dir)
+        with open(os.path.join(self.run_dir, "token"), "w") as f:
+            f.write(TOKEN)
+        cfg = ("name: ewl\ndefaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, "
+               "nic: %s, pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\nnodes:\n" % args.rate.replace("mbit", "Mbit")
+               .replace("gbit", "Gbit"))
+        for i in range(1, self.nodes + 1):
+            cfg += "  - {name: node-%d}\n" % i
+        cfg += ("coordinator: {address: %s, port: 7300, state_dir: %s, heartbeat_interval: 200ms, "
+                "heartbeat_deadline: 2s, security: {token_file: %s},\n  serving: {fabric: {listen: '%s:7600', tls: tcp, "
+                "net_devices: eth0}, http: {address: %s, port: 8000}, max_batch: %d, pipelines: %s}}\n"
+                % (ip(1), os.path.join(self.run_dir, "coord"), os.path.join(self.run_dir, "token"), ip(1), ip(1),
+                   args.max_batch, "true" if pipelines else "false"))
+        with open(os.path.join(self.run_dir, "cluster.yaml"), "w") as f:
+            f.write(cfg)
+        self.coordinator = self.start(1, [os.path.join(BIN, "modelcast-coordinator"), "--config",
+                                           os.path.join(self.run_dir, "cluster.yaml")], "coordinator")
+        for i in range(1, (1 if args.serve_copies else k) + 1):
+            run([os.path.join(BIN, "modelcast"), "store", "import", os.path.join(work, "pkg"), "--ssd-dir",
+                 os.path.join(self.run_dir, "node-%d" % i)])
+        self.agents = {}
+        for i in range(1, self.nodes + 1):
+            n = "node-%d" % i
+            with open(os.path.join(self.run_dir, n + ".yaml"), "w") as f:
+                f.write("node: %s\naddress: %s\nport: 7400\ncoordinator: {address: %s, port: 7300}\n"
+                        "fabric: {listen: '%s:7500', transport: ucx, tls: tcp, net_devices: eth0}\n"
+                        "store: {ssd_dir: %s, ssd_capacity: 4GiB, host_capacity: 512MiB}\n"
+                        "security: {token_file: %s}\n" % (n, ip(i), ip(1), ip(i), os.path.join(self.run_dir, n),
+                                                          os.path.join(self.run_dir, "token")))
+            self.agents[n] = self.start(i, [os.path.join(BIN, "modelcast-agent"), "--config",
+                                            os.path.join(self.run_dir, n + ".yaml")], n)
+        self.wait_alive(self.nodes)
+
+    def start(self, i, argv, name):
+        log = open(os.path.join(self.run_dir, name + ".log"), "w")
+        p = subprocess.Popen(in_ns(i, argv), stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def mc(self, args, check=True):
+        return run(in_ns(1, [os.path.join(BIN, "modelcast")] + args +
+                         ["--coordinator", ip(1) + ":7300", "--token-file", os.path.join(self.run_dir, "token")]),
+                   check=check)
+
+    def alive(self):
+        r = self.mc(["cluster", "status", "--json"], check=False)
+        if r.returncode != 0:
+            return -1
+        return sum(1 for n in json.loads(r.stdout)["nodes"] if n["alive"])
+
+    def wait_alive(self, n, timeout=60):
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.alive() == n:
+                return
+            time.sleep(0.2)
+        sys.exit("ewl_bench: the agents did not join (see %s)" % self.run_dir)
+
+    def wait_held(self, model, k, timeout=60):
+        end = time.time() + timeout
+        while time.time() < end:
+            r = self.mc(["models", "--json"], check=False)
+            if r.returncode == 0 and any(m["name"] == model and len(m.get("ssd", [])) == k for m in json.loads(r.stdout)):
+                return
+            time.sleep(0.2)
+        sys.exit("ewl_bench: the copies on SSD were not reported")
+
+    def down(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        run([os.path.join(ROOT, "scripts", "netns-cluster.sh"), "down", "--prefix", PREFIX], check=False)
+
+
+def measure(args, work, k, pipelines):
+    c = Cluster(args, work, k, pipelines)
+    try:
+        c.mc(["models", "--register", os.path.join(work, "pkg")])
+        model = json.load(open(os.path.join(work, "pkg", "manifest.json")))["name"]
+        copies = ["node-%d" % i for i in range(1, k + 1)]
+        if args.serve_copies:
+            # The K running copies: loaded from node-1's SSD, which then leaves the cluster.
+            first = json.loads(c.mc(["scale-out", model, "-n", str(k), "--wait", "--json"]).stdout)
+            if first["state"] != "SUCCEEDED":
+                sys.exit("ewl_bench: loading the %d copies failed: %s" % (k, first))
+            copies = [n["node"] for n in first["nodes"] if n["role"] == "target"]
+            c.agents["node-1"].send_signal(signal.SIGTERM)
+            c.agents["node-1"].wait(timeout=30)
+            c.wait_alive(c.nodes - 1)
+        else:
+            c.wait_held(model, k)
+        prompts = [{"tokens": [1, 100 + i, 2000 + 37 * i, 5, 777 + i], "temperature": 0.0, "seed": i} for i in range(8)]
+        with open(os.path.join(c.run_dir, "prompts.json"), "w") as f:
+            json.dump(prompts, f)
+        stop = os.path.join(c.run_dir, "stop")
+        clients = []
+        for j in range(args.clients):
+            out = os.path.join(c.run_dir, "answers-%d.jsonl" % j)
+            clients.append((out, subprocess.Popen(in_ns(1, [
+                "/usr/bin/python3", os.path.join(ROOT, "tests", "support", "completion_client.py"),
+                "http://%s:8000" % ip(1), TOKEN, model, os.path.join(c.run_dir, "prompts.json"),
+                str(args.max_tokens), out, stop, "600", str(j)]))))
+        time.sleep(2 if args.serve_copies else 0.5)  # the copies take the load first
+        op = json.loads(c.mc(["scale-out", model, "-n", str(args.targets), "--wait", "--json"]).stdout)
+        time.sleep(args.tail)
+        open(stop, "w").close()
+        for _, p in clients:
+            p.wait(timeout=120)
+        t0 = op["created_unix"]
+        sources = {model + "@" + n for n in copies}
+        answers = []
+        for out, _ in clients:
+            for line in open(out):
+                a = json.loads(line)
+                if a["status"] == 200:
+                    answers.append(a)
+        failed = sum(1 for out, _ in clients for line in open(out) if json.loads(line)["status"] not in (0, 200))
+        new = [a for a in answers if a["served_by"] not in sources and a["end"] > t0]
+        first_new = min((a["end"] for a in new), default=float("nan")) - t0
+        completes = [n["complete_unix"] - t0 for n in op["nodes"] if n["role"] == "target" and "complete_unix" in n]
+        end = max(completes) + args.tail
+        ramp = []
+        step = 0.5
+        t = -1.0
+        while t < end:
+            ramp.append({"t": round(t, 2), "rps": sum(1 for a in answers if t <= a["end"] - t0 < t + step) / step,
+                         "new_rps": sum(1 for a in new if t <= a["end"] - t0 < t + step) / step})
+            t += step
+        return {"k": k, "mode": "ewl" if pipelines else "full", "scale_out_s": op.get("seconds"),
+                "first_pipeline_s": op.get("first_pipeline_s"), "first_full_copy_s": min(completes),
+                "first_new_token_s": first_new, "answers": len(answers), "failed": failed, "ramp": ramp}
+    finally:
+        c.down()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ks", default="1,2")
+    ap.add_argument("--targets", type=int, default=8)
+    ap.add_argument("--rate", default="200mbit")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--blocks", type=int, default=7)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--max-batch", type=int, default=4)
+    ap.add_argument("--serve-copies", action="store_true",
+                    help="the K copies serve (loaded first); on a 2-core box their compute starves the rest")
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--tail", type=float, default=4.0, help="seconds of load after the scale-out")
+    ap.add_argument("--work", default="")
+    ap.add_argument("--modes", default="ewl,full", help="ewl, full or both")
+    args = ap.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="ewl-bench-")
+    if not os.path.exists(os.path.join(work, "pkg", "manifest.json")):
+        run([os.path.join(BIN, "modelcast"), "synth", "--preset", args.preset, "--out", os.path.join(work, "hf"),
+             "--force"])
+        run([os.path.join(BIN, "modelcast"), "prepare", os.path.join(work, "hf"), os.path.join(work, "pkg"),
+             "--blocks", str(args.blocks), "--slice-mib", "1"])
+    results = []
+    for k in [int(x) for x in args.ks.split(",")]:
+        for pipelines in [m == "ewl" for m in args.modes.split(",")]:
+            r = measure(args, work, k, pipelines)
+            results.append(r)
+            print("K=%d %-4s scale-out %.2f s  first pipeline %s  first full copy %.2f s  first token by new "
+                  "capacity %.2f s  (%d answers, %d failed)" % (
+                      k, r["mode"], r["scale_out_s"],
+                      "%.2f s" % r["first_pipeline_s"] if r["first_pipeline_s"] else "-", r["first_full_copy_s"],
+                      r["first_new_token_s"], r["answers"], r["failed"]), flush=True)
+    summary = {"bench": "ewl_bench", "rate": args.rate, "targets": args.targets, "preset": args.preset,
+               "runs": results, "ratios": {}}
+    print("\ncapacity ramp (requests/s finished in each 0.5 s, from scaleOut):")
+    for r in results:
+        print("K=%d %-4s %s" % (r["k"], r["mode"], " ".join("%g" % p["rps"] for p in r["ramp"])))
+    for k in sorted({r["k"] for r in results}):
+        if len({r["mode"] for r in results if r["k"] == k}) < 2:
+            continue
+        e = next(r for r in results if r["k"] == k and r["mode"] == "ewl")
+        f = next(r for r in results if r["k"] == k and r["mode"] == "full")
+        ratio = e["first_new_token_s"] / f["first_new_token_s"]
+        summary["ratios"]["k%d" % k] = ratio
+        print("K=%d: first token by new capacity, execute-while-load / wait-for-full = %.2f" % (k, ratio))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
