@@ -84,12 +84,15 @@ case "$cmd" in
     ;;
   bench)
     build
-    if [ $# -gt 0 ]; then
+    if [ "${1:-}" = ewl_bench ]; then
+      "$ROOT/bench/ewl_bench.py" "${@:2}"
+    elif [ $# -gt 0 ]; then
       "$BUILD/bin/$1" "${@:2}"
     else
       "$BUILD/bin/prepare_bench" --work "$BUILD/bench-work"
       "$BUILD/bin/planner_bench"
       "$BUILD/bin/tier_bench" --work "$BUILD/bench-work"
+      "$BUILD/bin/executor_bench" --work "$BUILD/bench-work"
     fi
     ;;
   fuzz)

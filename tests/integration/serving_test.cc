@@ -2,10 +2,14 @@
 // stage built from blocks in their stores, a driver in this process runs requests through them
 // over UCX, and the answers equal the unsplit model's. Bad serve requests are refused.
 #include "modelcast/pipeline/remote.h"
+#include "modelcast/pipeline/router.h"
 #include "support/loopback_cluster.h"
 #include "support/transports.h"
 
 #include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 
 namespace modelcast {
 namespace {
@@ -118,6 +122,85 @@ TEST_F(ServingTest, AgentsServeAPipelineAcrossProcesses) {
   ASSERT_FALSE(after.ok());
   EXPECT_NE(after.status().message().find("node 'node-1' serves no stage 'tiny-llm/blocks/2-3'"), std::string::npos)
       << after.status().ToString();
+}
+
+// A stage's agent killed (SIGKILL) while the router runs requests through its pipeline: the
+// requests fail over to the other engine and finish there, each token once, equal to the
+// unsplit model's answer.
+TEST_F(ServingTest, AStageNodeKilledMidRequestFailsOverToAnotherEngine) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 3}));
+  const auto op = WaitForEnd(ScaleOut("tiny-llm", 2));
+  ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED);
+  const std::vector<std::pair<int, int>> ranges = {{0, 2}, {2, 3}, {3, 4}};
+  std::vector<pipeline::Hop> hops;
+  for (int i = 0; i < 3; ++i) {
+    Agent(i).client->startServing(Serve(ranges[i].first, ranges[i].second));
+    hops.push_back({"node-" + std::to_string(i), ServingAddress(i),
+                    pipeline::StageKey("tiny-llm", ranges[i].first, ranges[i].second)});
+  }
+  auto transport = fabric::testing::Make("router");
+  auto driver = pipeline::PipelineNode::Create(*transport);
+  ASSERT_TRUE(driver.ok());
+  auto pkg = model::Package::Open(dir / "pkg-tiny-llm");
+  ASSERT_TRUE(pkg.ok());
+  const auto config = pkg->manifest().config;
+  auto remote = (*driver)->Connect(hops, config, 20);
+  ASSERT_TRUE(remote.ok());
+  auto weights = pipeline::PackageWeights::Load(*pkg);
+  ASSERT_TRUE(weights.ok());
+  auto make_local = [&] {
+    std::vector<std::unique_ptr<pipeline::Stage>> one;
+    one.push_back(std::move(*pipeline::Stage::Create(config, {0, config.num_hidden_layers}, (*weights)->lookup())));
+    return std::move(*pipeline::LocalPipeline::Create(std::move(one)));
+  };
+  const std::vector<int32_t> prompt = {1, 8, 64, 512};
+  auto reference = make_local();
+  auto want = pipeline::Generate(*reference, 1, prompt, 400, pipeline::SamplingParams{0.9, 0.95, 3});
+  ASSERT_TRUE(want.ok());
+
+  pipeline::Router router(pipeline::RouterOptions{.max_batch = 4});
+  ASSERT_TRUE(router.AddEngine("tiny-llm/p1", "tiny-llm", pipeline::EngineKind::kPipeline, std::move(*remote)).ok());
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<int, std::vector<int32_t>> tokens;
+  std::map<int, Status> ended;
+  std::map<int, pipeline::RequestTiming> timing;
+  for (int r = 0; r < 3; ++r) {
+    pipeline::GenerateRequest req;
+    req.model = "tiny-llm";
+    req.prompt = prompt;
+    req.max_tokens = 400;
+    req.sampling = {0.9, 0.95, 3};
+    req.on_token = [&, r](int32_t t) {
+      std::lock_guard<std::mutex> lock(mu);
+      tokens[r].push_back(t);
+      cv.notify_all();
+    };
+    req.on_done = [&, r](const Status& s, const pipeline::RequestTiming& t) {
+      std::lock_guard<std::mutex> lock(mu);
+      ended[r] = s;
+      timing[r] = t;
+      cv.notify_all();
+    };
+    ASSERT_TRUE(router.Submit(std::move(req)).ok());
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 30s, [&] { return tokens[0].size() >= 5 && tokens[2].size() >= 5; }));
+  }
+  // The middle stage's node dies mid-request; a full local instance comes up for the rest.
+  agents[1]->Kill(SIGKILL);
+  ASSERT_TRUE(router.AddEngine("tiny-llm@local", "tiny-llm", pipeline::EngineKind::kLocal, make_local()).ok());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 60s, [&] { return ended.size() == 3; }));
+  }
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_TRUE(ended[r].ok()) << ended[r].ToString();
+    EXPECT_EQ(tokens[r], want->tokens) << "request " << r << ": a token lost or repeated across the failover";
+    EXPECT_EQ(timing[r].served_by, "tiny-llm@local");
+    EXPECT_EQ(timing[r].attempts, 2);
+  }
 }
 
 // One completion over HTTP: the tokens, who served them, and whether it worked.
