@@ -257,9 +257,12 @@ TEST(StageTest, MissingOrMisshapenWeightsAreNamed) {
   auto s3 = Stage::Create(c, {3, 9}, (*w)->lookup());
   EXPECT_EQ(s3.status().code(), StatusCode::kInvalidArgument);
   auto s4 = Stage::Create(c, {0, 1}, (*w)->lookup(), StageOptions{Device::kCuda});
-#if !MODELCAST_TEST_HAVE_CUDA_STAGE
-  EXPECT_EQ(s4.status().code(), StatusCode::kUnimplemented);
-#endif
+  // Without CUDA in the build the error says so; with it, on a machine without a GPU, it says that.
+  if (!s4.ok()) {
+    EXPECT_EQ(s4.status().code(),
+              MODELCAST_TEST_HAVE_CUDA_STAGE ? StatusCode::kFailedPrecondition : StatusCode::kUnimplemented)
+        << s4.status().ToString();
+  }
   EXPECT_FALSE(SplitLayers(4, 5).ok());
   EXPECT_FALSE(CheckCoverage({{0, 2}, {3, 4}}, 4).ok());
   EXPECT_FALSE(CheckCoverage({{0, 2}, {1, 4}}, 4).ok());
