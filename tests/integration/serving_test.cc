@@ -3,6 +3,8 @@
 // over UCX, and the answers equal the unsplit model's. Bad serve requests are refused.
 #include "modelcast/pipeline/remote.h"
 #include "modelcast/pipeline/router.h"
+#include "modelcast/pipeline/tokenizer.h"
+#include "Router.h"
 #include "support/loopback_cluster.h"
 #include "support/transports.h"
 
@@ -325,6 +327,100 @@ TEST_F(ServingTest, RequestsDuringAScaleOutAreAnsweredByTheNewCapacity) {
   EXPECT_EQ(locals(), 4) << "the last requests were not served by full local instances";
   std::cerr << seen.size() << " requests, " << by_pipeline_early << " answered by pipelines before any receiver "
             << "had the whole model; first pipeline " << op.first_pipeline_s << " s after scaleOut\n";
+}
+
+// The serving API itself: a text prompt over HTTP (byte-level tokenizer), the same answer
+// streamed as server-sent events, Router.generate over Thrift, and refusals that name the
+// problem (no token, no model, a prompt of the wrong type, a token outside the vocabulary).
+TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2, .serving = true}));
+  const int port = AnnouncedPort(*coordinator, "serving http on ");
+  ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
+  httplib::Client http("127.0.0.1", port);
+  http.set_read_timeout(60, 0);
+  const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
+  const nlohmann::json body = {{"model", "tiny-llm"}, {"prompt", "Hello"}, {"max_tokens", 6}, {"temperature", 0}};
+  const auto by = std::chrono::steady_clock::now() + 30s;
+  auto res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+  while ((!res || res->status != 200) && std::chrono::steady_clock::now() < by) {  // until node-1 serves
+    std::this_thread::sleep_for(100ms);
+    res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+  }
+  ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no answer");
+  const auto j = nlohmann::json::parse(res->body);
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 6) << "bos and one token per byte";
+  const auto tokens = j["choices"][0]["tokens"].get<std::vector<int32_t>>();
+  auto config = model::Package::Open(dir / "pkg-tiny-llm")->manifest().config;
+  auto prompt = pipeline::ByteTokenizer::Encode("Hello", config);
+  ASSERT_TRUE(prompt.ok());
+  EXPECT_EQ(tokens, Reference(dir / "pkg-tiny-llm", *prompt, 6, 0.0, 0));
+  // The answer's bytes as text (a random model's bytes need not be UTF-8: JSON carries U+FFFD for
+  // those); every ASCII byte it generated is there.
+  ASSERT_TRUE(j["choices"][0]["text"].is_string());
+  for (char ch : pipeline::ByteTokenizer::Decode(tokens)) {
+    if (static_cast<unsigned char>(ch) < 0x80) {
+      EXPECT_NE(j["choices"][0]["text"].get<std::string>().find(ch), std::string::npos);
+    }
+  }
+  EXPECT_EQ(j["modelcast"]["served_by"], "tiny-llm@node-1");
+
+  // Streamed: one event per token, then the end with its finish reason, then [DONE].
+  nlohmann::json sbody = body;
+  sbody["stream"] = true;
+  auto sres = http.Post("/v1/completions", auth, sbody.dump(), "application/json");
+  ASSERT_TRUE(sres && sres->status == 200);
+  EXPECT_NE(sres->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  std::vector<int32_t> streamed;
+  std::string finish;
+  bool done = false;
+  for (size_t at = 0; (at = sres->body.find("data: ", at)) != std::string::npos; at += 6) {
+    const std::string data = sres->body.substr(at + 6, sres->body.find("\n\n", at) - at - 6);
+    if (data == "[DONE]") {
+      done = true;
+      continue;
+    }
+    const auto ev = nlohmann::json::parse(data);
+    for (int32_t t : ev["choices"][0]["tokens"]) streamed.push_back(t);
+    if (!ev["choices"][0]["finish_reason"].is_null()) finish = ev["choices"][0]["finish_reason"];
+  }
+  EXPECT_TRUE(done);
+  EXPECT_EQ(streamed, tokens);
+  EXPECT_EQ(finish, j["choices"][0]["finish_reason"]);
+
+  // Thrift: Router.generate with token ids.
+  auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*coordinator, "listening on "), security);
+  ASSERT_TRUE(c.ok());
+  rpc::RouterClient router(
+      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Router"));
+  rpc::GenerateRequest g;
+  g.header = header;
+  g.model = "tiny-llm";
+  g.__set_prompt_tokens(*prompt);
+  g.max_tokens = 6;
+  rpc::GenerateResponse out;
+  router.generate(out, g);
+  EXPECT_EQ(out.tokens, tokens);
+  EXPECT_EQ(out.served_by, "tiny-llm@node-1");
+  EXPECT_GT(out.ttft_s, 0);
+
+  // Refusals.
+  auto status_of = [&](const nlohmann::json& b, const httplib::Headers& h) {
+    auto r = http.Post("/v1/completions", h, b.dump(), "application/json");
+    return r ? r->status : 0;
+  };
+  EXPECT_EQ(status_of(body, {}), 401);
+  EXPECT_EQ(status_of({{"model", "nope"}, {"prompt", {1, 2}}}, auth), 404);
+  EXPECT_EQ(status_of({{"model", "tiny-llm"}, {"prompt", {{"a", 1}}}}, auth), 400);
+  EXPECT_EQ(status_of({{"model", "tiny-llm"}, {"prompt", {1, 99999}}}, auth), 400);
+  EXPECT_EQ(status_of({{"prompt", {1, 2}}}, auth), 400);
+  g.__set_prompt_tokens({1, 99999});
+  try {
+    router.generate(out, g);
+    ADD_FAILURE() << "a token outside the vocabulary was accepted";
+  } catch (const rpc::InvalidRequest& e) {
+    EXPECT_NE(e.message.find("99999"), std::string::npos) << e.message;
+  }
 }
 
 }  // namespace
