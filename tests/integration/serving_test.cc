@@ -9,6 +9,7 @@
 #include "support/transports.h"
 
 #include <atomic>
+#include <tuple>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -124,6 +125,48 @@ TEST_F(ServingTest, AgentsServeAPipelineAcrossProcesses) {
   ASSERT_FALSE(after.ok());
   EXPECT_NE(after.status().message().find("node 'node-1' serves no stage 'tiny-llm/blocks/2-3'"), std::string::npos)
       << after.status().ToString();
+}
+
+// The model split into 1, 2, 3 and 4 stages across agent processes (every stage built by an
+// agent from its store), each split giving exactly the unsplit model's logits and tokens.
+TEST_F(ServingTest, OneToFourStagesAcrossAgentProcessesGiveTheSameAnswers) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 4}));
+  ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 3)).state, rpc::OperationState::SUCCEEDED);
+  auto pkg = model::Package::Open(dir / "pkg-tiny-llm");
+  ASSERT_TRUE(pkg.ok());
+  const auto config = pkg->manifest().config;
+  auto weights = pipeline::PackageWeights::Load(*pkg);
+  ASSERT_TRUE(weights.ok());
+  std::vector<std::unique_ptr<pipeline::Stage>> one;
+  one.push_back(std::move(*pipeline::Stage::Create(config, {0, config.num_hidden_layers}, (*weights)->lookup())));
+  auto local = pipeline::LocalPipeline::Create(std::move(one));
+  ASSERT_TRUE(local.ok());
+  const std::vector<int32_t> prompt = {1, 77, 5, 901, 23};
+  auto want = pipeline::Generate(**local, 1, prompt, 10, pipeline::SamplingParams{});
+  ASSERT_TRUE(want.ok());
+
+  auto transport = fabric::testing::Make("router");
+  auto driver = pipeline::PipelineNode::Create(*transport);
+  ASSERT_TRUE(driver.ok());
+  // (node, first block, end block) per stage; no node serves the same blocks twice.
+  const std::vector<std::vector<std::tuple<int, int, int>>> splits = {
+      {{0, 0, 4}},
+      {{1, 0, 2}, {2, 2, 4}},
+      {{3, 0, 2}, {0, 2, 3}, {1, 3, 4}},
+      {{2, 0, 1}, {3, 1, 2}, {1, 2, 3}, {0, 3, 4}}};
+  for (const auto& split : splits) {
+    std::vector<pipeline::Hop> hops;
+    for (const auto& [node, first, end] : split) {
+      Agent(node).client->startServing(Serve(first, end));
+      hops.push_back({"node-" + std::to_string(node), ServingAddress(node), pipeline::StageKey("tiny-llm", first, end)});
+    }
+    auto remote = (*driver)->Connect(hops, config, 20);
+    ASSERT_TRUE(remote.ok()) << remote.status().ToString();
+    auto got = pipeline::Generate(**remote, 1, prompt, 10, pipeline::SamplingParams{});
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(got->tokens, want->tokens) << split.size() << " stages";
+    EXPECT_EQ(got->logits, want->logits) << split.size() << " stages";
+  }
 }
 
 // A stage's agent killed (SIGKILL) while the router runs requests through its pipeline: the
