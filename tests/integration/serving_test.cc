@@ -6,6 +6,7 @@
 #include "modelcast/pipeline/tokenizer.h"
 #include "Router.h"
 #include "support/loopback_cluster.h"
+#include "support/pipeline_models.h"
 #include "support/transports.h"
 
 #include <atomic>
@@ -81,19 +82,12 @@ TEST_F(ServingTest, AgentsServeAPipelineAcrossProcesses) {
   // The unsplit model from the package the scale-out multicast.
   auto pkg = model::Package::Open(dir / "pkg-tiny-llm");
   ASSERT_TRUE(pkg.ok());
-  auto weights = pipeline::PackageWeights::Load(*pkg);
-  ASSERT_TRUE(weights.ok());
-  auto whole = pipeline::Stage::Create(pkg->manifest().config, {0, pkg->manifest().config.num_hidden_layers},
-                                       (*weights)->lookup());
-  ASSERT_TRUE(whole.ok());
-  std::vector<std::unique_ptr<pipeline::Stage>> one;
-  one.push_back(std::move(*whole));
-  auto local = pipeline::LocalPipeline::Create(std::move(one));
-  ASSERT_TRUE(local.ok());
+  auto local = testing::SplitPipeline(*pkg, 1);
+  ASSERT_TRUE(local);
 
   const std::vector<int32_t> prompt = {1, 5, 900, 33, 2, 71};
   for (const auto& sampling : {pipeline::SamplingParams{}, pipeline::SamplingParams{0.7, 0.9, 5}}) {
-    auto want = pipeline::Generate(**local, 1, prompt, 12, sampling);
+    auto want = pipeline::Generate(*local, 1, prompt, 12, sampling);
     auto got = pipeline::Generate(**remote, 1, prompt, 12, sampling);
     ASSERT_TRUE(want.ok());
     ASSERT_TRUE(got.ok()) << got.status().ToString();
@@ -135,14 +129,10 @@ TEST_F(ServingTest, OneToFourStagesAcrossAgentProcessesGiveTheSameAnswers) {
   auto pkg = model::Package::Open(dir / "pkg-tiny-llm");
   ASSERT_TRUE(pkg.ok());
   const auto config = pkg->manifest().config;
-  auto weights = pipeline::PackageWeights::Load(*pkg);
-  ASSERT_TRUE(weights.ok());
-  std::vector<std::unique_ptr<pipeline::Stage>> one;
-  one.push_back(std::move(*pipeline::Stage::Create(config, {0, config.num_hidden_layers}, (*weights)->lookup())));
-  auto local = pipeline::LocalPipeline::Create(std::move(one));
-  ASSERT_TRUE(local.ok());
+  auto local = testing::SplitPipeline(*pkg, 1);
+  ASSERT_TRUE(local);
   const std::vector<int32_t> prompt = {1, 77, 5, 901, 23};
-  auto want = pipeline::Generate(**local, 1, prompt, 10, pipeline::SamplingParams{});
+  auto want = pipeline::Generate(*local, 1, prompt, 10, pipeline::SamplingParams{});
   ASSERT_TRUE(want.ok());
 
   auto transport = fabric::testing::Make("router");
@@ -191,13 +181,7 @@ TEST_F(ServingTest, AStageNodeKilledMidRequestFailsOverToAnotherEngine) {
   const auto config = pkg->manifest().config;
   auto remote = (*driver)->Connect(hops, config, 20);
   ASSERT_TRUE(remote.ok());
-  auto weights = pipeline::PackageWeights::Load(*pkg);
-  ASSERT_TRUE(weights.ok());
-  auto make_local = [&] {
-    std::vector<std::unique_ptr<pipeline::Stage>> one;
-    one.push_back(std::move(*pipeline::Stage::Create(config, {0, config.num_hidden_layers}, (*weights)->lookup())));
-    return std::move(*pipeline::LocalPipeline::Create(std::move(one)));
-  };
+  auto make_local = [&] { return testing::SplitPipeline(*pkg, 1); };
   const std::vector<int32_t> prompt = {1, 8, 64, 512};
   auto reference = make_local();
   auto want = pipeline::Generate(*reference, 1, prompt, 400, pipeline::SamplingParams{0.9, 0.95, 3});
@@ -285,13 +269,9 @@ std::vector<int32_t> Reference(const fs::path& pkg_dir, const std::vector<int32_
                                double temperature, uint64_t seed) {
   auto pkg = model::Package::Open(pkg_dir);
   EXPECT_TRUE(pkg.ok());
-  auto weights = pipeline::PackageWeights::Load(*pkg);
   const auto& c = pkg->manifest().config;
-  auto stage = pipeline::Stage::Create(c, {0, c.num_hidden_layers}, (*weights)->lookup());
-  std::vector<std::unique_ptr<pipeline::Stage>> one;
-  one.push_back(std::move(*stage));
-  auto local = pipeline::LocalPipeline::Create(std::move(one));
-  auto g = pipeline::Generate(**local, 1, prompt, max_tokens, pipeline::SamplingParams{temperature, 1.0, seed},
+  auto local = testing::SplitPipeline(*pkg, 1);
+  auto g = pipeline::Generate(*local, 1, prompt, max_tokens, pipeline::SamplingParams{temperature, 1.0, seed},
                               c.eos_token_id ? static_cast<int32_t>(*c.eos_token_id) : -1);
   EXPECT_TRUE(g.ok());
   return g->tokens;
