@@ -231,24 +231,27 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
       c["tokens"] = tokens;
       return c;
     };
+    // One completion object: a choice with `tokens`, and once the request has ended its usage
+    // and timing (the caller holds the stream's lock or the request has ended).
+    auto completion = [=](const std::vector<int32_t>& tokens, Json finish, bool final) {
+      Json c = choice(tokens);
+      c["finish_reason"] = std::move(finish);
+      Json j = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
+                {"choices", Json::array({c})}};
+      if (final) {
+        j["usage"] = Usage(prompt_len, stream->tokens.size());
+        j["modelcast"] = {{"ttft_s", stream->timing.ttft_s},
+                          {"tpot_s", stream->timing.tpot_s},
+                          {"queued_s", stream->timing.queued_s},
+                          {"served_by", stream->timing.served_by},
+                          {"attempts", stream->timing.attempts}};
+      }
+      return j;
+    };
     if (!stream_mode) {
       s = WaitDone(*stream, 3600);
       if (!s.ok()) return Error(res, HttpStatus(s), s);
-      Json c = choice(stream->tokens);
-      c["finish_reason"] = FinishReason(*stream, *stop);
-      Json j = {{"id", id},
-                {"object", "text_completion"},
-                {"created", created},
-                {"model", model},
-                {"choices", Json::array({c})},
-                {"usage", Usage(prompt_len, stream->tokens.size())},
-                {"modelcast",
-                 {{"ttft_s", stream->timing.ttft_s},
-                  {"tpot_s", stream->timing.tpot_s},
-                  {"queued_s", stream->timing.queued_s},
-                  {"served_by", stream->timing.served_by},
-                  {"attempts", stream->timing.attempts}}}};
-      res.set_content(Dump(j), "application/json");
+      res.set_content(Dump(completion(stream->tokens, FinishReason(*stream, *stop), true)), "application/json");
       return;
     }
     // Server-sent events: one per token as it is generated, then the end and [DONE].
@@ -259,32 +262,15 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
       while (!stream->fresh.empty()) {
         const int32_t t = stream->fresh.front();
         stream->fresh.pop_front();
-        Json c = choice({t});
-        c["finish_reason"] = nullptr;
-        Json j = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
-                  {"choices", Json::array({c})}};
-        const std::string ev = "data: " + Dump(j) + "\n\n";
+        const std::string ev = "data: " + Dump(completion({t}, nullptr, false)) + "\n\n";
         if (!sink.write(ev.data(), ev.size())) return false;
       }
       if (!stream->done) return true;
-      Json end;
-      if (stream->status.ok()) {
-        Json c = choice({});
-        c["finish_reason"] = FinishReason(*stream, *stop);
-        end = {{"id", id},
-               {"object", "text_completion"},
-               {"created", created},
-               {"model", model},
-               {"choices", Json::array({c})},
-               {"usage", Usage(prompt_len, stream->tokens.size())},
-               {"modelcast",
-                {{"ttft_s", stream->timing.ttft_s},
-                 {"tpot_s", stream->timing.tpot_s},
-                 {"served_by", stream->timing.served_by},
-                 {"attempts", stream->timing.attempts}}}};
-      } else {
-        end = {{"error", {{"message", stream->status.message()}, {"code", std::string(StatusCodeName(stream->status.code()))}}}};
-      }
+      Json end = stream->status.ok()
+                     ? completion({}, FinishReason(*stream, *stop), true)
+                     : Json{{"error",
+                             {{"message", stream->status.message()},
+                              {"code", std::string(StatusCodeName(stream->status.code()))}}}};
       const std::string ev = "data: " + Dump(end) + "\n\ndata: [DONE]\n\n";
       sink.write(ev.data(), ev.size());
       sink.done();
