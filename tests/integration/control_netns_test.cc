@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "support/fabric_cluster.h"
+#include "support/netns_control.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -31,61 +32,24 @@ TEST(ControlPlaneNetnsTest, OneToEightThroughTheCoordinator) {
   ASSERT_TRUE(s.ok()) << s.ToString();
   NetnsCluster cluster(kNodes, "1gbit", kPrefix);
   ASSERT_TRUE(cluster.status().ok()) << cluster.status().ToString();
-  auto in_ns = [&](int i, std::vector<std::string> argv) {
-    argv.insert(argv.begin(), {"ip", "netns", "exec", cluster.Namespace(i)});
-    return argv;
-  };
-  const std::string head = NetnsCluster::Address(1) + ":7300";
-  testing::WriteAll(dir / "token", kToken);
-  std::string config = "name: netns\ndefaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, "
-                       "nic: 1Gbit, pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\nnodes:\n";
-  for (int i = 1; i <= kNodes; ++i) config += "  - {name: node-" + std::to_string(i) + "}\n";
-  config += "coordinator: {address: " + NetnsCluster::Address(1) + ", port: 7300, state_dir: " +
-            (dir / "coord").string() + ", heartbeat_interval: 200ms, heartbeat_deadline: 3s, security: {token_file: " +
-            (dir / "token").string() + "}}\n";
-  testing::WriteAll(dir / "cluster.yaml", config);
-  auto coordinator = std::make_unique<testing::Child>(
-      in_ns(1, {ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()}));
-  ASSERT_TRUE(coordinator->WaitForOutput("listening on", 30s)) << coordinator->Wait(1s).err;
-  auto import = testing::RunProcess(
-      {ToolPath("modelcast"), "store", "import", (dir / "pkg").string(), "--ssd-dir", (dir / "node-1").string()}, 60s);
-  ASSERT_EQ(import.exit_code, 0) << import.err;
-  std::vector<std::unique_ptr<testing::Child>> agents;
-  for (int i = 1; i <= kNodes; ++i) {
-    const std::string n = "node-" + std::to_string(i), ip = NetnsCluster::Address(i);
-    testing::WriteAll(dir / (n + ".yaml"),
-                      "node: " + n + "\naddress: " + ip + "\nport: 7400\ncoordinator: {address: " +
-                          NetnsCluster::Address(1) + ", port: 7300}\nfabric: {listen: '" + ip +
-                          ":7500', transport: ucx, tls: tcp, net_devices: eth0}\nstore: {ssd_dir: " +
-                          (dir / n).string() + ", ssd_capacity: 4GiB, host_capacity: 256MiB}\n" +
-                          "security: {token_file: " + (dir / "token").string() + "}\n");
-    agents.push_back(std::make_unique<testing::Child>(
-        in_ns(i, {ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()})));
-    ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
-  }
-  auto mc = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), ToolPath("modelcast"));
-    args.insert(args.end(), {"--coordinator", head, "--token-file", (dir / "token").string()});
-    return testing::RunProcess(in_ns(1, args), 120s);
-  };
+  testing::NetnsControlPlane plane(dir.path(), cluster, kNodes);
+  ASSERT_NO_FATAL_FAILURE(plane.Start("1Gbit", kToken, {1}, "256MiB"));
+  auto mc = [&](std::vector<std::string> args) { return plane.Mc(std::move(args)); };
   ASSERT_EQ(mc({"models", "--register", (dir / "pkg").string()}).exit_code, 0);
   const std::string model = nlohmann::json::parse(testing::ReadAll(dir / "pkg" / "manifest.json"))["name"];
   // Every agent joins, and node-1's copy is known.
   std::string seen;
-  auto ready = [&] {
-    auto st = mc({"cluster", "status", "--json"});
+  ASSERT_TRUE(plane.WaitAllAlive(&seen)) << "the agents did not all join: " << seen;
+  auto held = [&] {
     auto models = mc({"models", "--json"});
-    seen = st.out + st.err + models.out + models.err;
-    if (st.exit_code != 0 || models.exit_code != 0) return false;
-    int alive = 0;
-    const auto status = nlohmann::json::parse(st.out);
-    for (const auto& n : status["nodes"]) alive += n["alive"].get<bool>();
+    seen = models.out + models.err;
+    if (models.exit_code != 0) return false;
     const auto m = nlohmann::json::parse(models.out);
-    return alive == kNodes && m.size() == 1 && m[0]["name"] == model && m[0]["ssd"] == nlohmann::json{"node-1"};
+    return m.size() == 1 && m[0]["name"] == model && m[0]["ssd"] == nlohmann::json{"node-1"};
   };
   const auto by = std::chrono::steady_clock::now() + 60s;
-  while (!ready() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(200ms);
-  ASSERT_TRUE(ready()) << "the agents did not all join: " << seen << "\n" << agents[1]->Stdout();
+  while (!held() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(200ms);
+  ASSERT_TRUE(held()) << "node-1's copy is not known: " << seen;
 
   auto out = mc({"scale-out", model, "-n", "7", "--wait", "--json"});
   ASSERT_EQ(out.exit_code, 0) << out.err << out.out;
@@ -110,12 +74,7 @@ TEST(ControlPlaneNetnsTest, OneToEightThroughTheCoordinator) {
     Status same = testing::SameModel(dir / "pkg", copy);
     EXPECT_TRUE(same.ok()) << "node-" << i << ": " << same.ToString();
   }
-  for (auto& a : agents) {
-    a->Kill(SIGTERM);
-    EXPECT_EQ(a->Wait(30s).exit_code, 0);
-  }
-  coordinator->Kill(SIGTERM);
-  EXPECT_EQ(coordinator->Wait(30s).exit_code, 0);
+  plane.Stop();
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "modelcast/model/package.h"
 #include "modelcast/pipeline/pipeline.h"
 #include "support/fabric_cluster.h"
+#include "support/netns_control.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -40,60 +41,17 @@ TEST(ServingNetnsTest, PipelinesServeBeforeAnyReceiverHasAFullCopy) {
   ASSERT_TRUE(s.ok()) << s.ToString();
   NetnsCluster cluster(kNodes, "100mbit", kPrefix);
   ASSERT_TRUE(cluster.status().ok()) << cluster.status().ToString();
-  auto in_ns = [&](int i, std::vector<std::string> argv) {
-    argv.insert(argv.begin(), {"ip", "netns", "exec", cluster.Namespace(i)});
-    return argv;
-  };
   const std::string head_ip = NetnsCluster::Address(1);
-  testing::WriteAll(dir / "token", kToken);
-  std::string config = "name: netns\ndefaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, "
-                       "nic: 100Mbit, pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\nnodes:\n";
-  for (int i = 1; i <= kNodes; ++i) config += "  - {name: node-" + std::to_string(i) + "}\n";
-  config += "coordinator: {address: " + head_ip + ", port: 7300, state_dir: " + (dir / "coord").string() +
-            ", heartbeat_interval: 200ms, heartbeat_deadline: 3s, security: {token_file: " + (dir / "token").string() +
-            "},\n  serving: {fabric: {listen: '" + head_ip + ":7600', tls: tcp, net_devices: eth0}, http: {address: " +
-            head_ip + ", port: 8000}, max_batch: 8}}\n";
-  testing::WriteAll(dir / "cluster.yaml", config);
-  auto coordinator = std::make_unique<testing::Child>(
-      in_ns(1, {ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()}));
-  ASSERT_TRUE(coordinator->WaitForOutput("listening on", 30s)) << coordinator->Wait(1s).err;
-  for (const char* holder : {"node-1", "node-2"}) {
-    auto import = testing::RunProcess(
-        {ToolPath("modelcast"), "store", "import", (dir / "pkg").string(), "--ssd-dir", (dir / holder).string()}, 60s);
-    ASSERT_EQ(import.exit_code, 0) << import.err;
-  }
-  std::vector<std::unique_ptr<testing::Child>> agents;
-  for (int i = 1; i <= kNodes; ++i) {
-    const std::string n = "node-" + std::to_string(i), ip = NetnsCluster::Address(i);
-    testing::WriteAll(dir / (n + ".yaml"),
-                      "node: " + n + "\naddress: " + ip + "\nport: 7400\ncoordinator: {address: " + head_ip +
-                          ", port: 7300}\nfabric: {listen: '" + ip + ":7500', transport: ucx, tls: tcp, net_devices: eth0}\n" +
-                          "store: {ssd_dir: " + (dir / n).string() + ", ssd_capacity: 4GiB, host_capacity: 512MiB}\n" +
-                          "security: {token_file: " + (dir / "token").string() + "}\n");
-    agents.push_back(std::make_unique<testing::Child>(
-        in_ns(i, {ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()})));
-    ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
-  }
-  auto mc = [&](std::vector<std::string> args) {
-    args.insert(args.begin(), ToolPath("modelcast"));
-    args.insert(args.end(), {"--coordinator", head_ip + ":7300", "--token-file", (dir / "token").string()});
-    return testing::RunProcess(in_ns(1, args), 120s);
-  };
+  testing::NetnsControlPlane plane(dir.path(), cluster, kNodes);
+  ASSERT_NO_FATAL_FAILURE(plane.Start(
+      "100Mbit", kToken, {1, 2}, "512MiB",
+      ",\n  serving: {fabric: {listen: '" + head_ip + ":7600', tls: tcp, net_devices: eth0}, http: {address: " +
+          head_ip + ", port: 8000}, max_batch: 8}"));
+  auto mc = [&](std::vector<std::string> args) { return plane.Mc(std::move(args)); };
   ASSERT_EQ(mc({"models", "--register", (dir / "pkg").string()}).exit_code, 0);
   const std::string model = nlohmann::json::parse(testing::ReadAll(dir / "pkg" / "manifest.json"))["name"];
   std::string seen;
-  auto ready = [&] {
-    auto st = mc({"cluster", "status", "--json"});
-    seen = st.out + st.err;
-    if (st.exit_code != 0) return false;
-    int alive = 0;
-    const auto status = nlohmann::json::parse(st.out);
-    for (const auto& n : status["nodes"]) alive += n["alive"].get<bool>();
-    return alive == kNodes;
-  };
-  const auto by = std::chrono::steady_clock::now() + 60s;
-  while (!ready() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(200ms);
-  ASSERT_TRUE(ready()) << seen << "\n" << agents[1]->Stdout() << coordinator->Stdout();
+  ASSERT_TRUE(plane.WaitAllAlive(&seen)) << seen;
 
   // The prompts, and what the unsplit model answers to each.
   auto pkg = model::Package::Open(dir / "pkg");
@@ -122,7 +80,7 @@ TEST(ServingNetnsTest, PipelinesServeBeforeAnyReceiverHasAFullCopy) {
   std::vector<std::unique_ptr<testing::Child>> clients;
   for (int k = 0; k < 2; ++k) {
     clients.push_back(std::make_unique<testing::Child>(
-        in_ns(1, {"/usr/bin/python3", testing::SourcePath("tests/support/completion_client.py"),
+        plane.InNs(1, {"/usr/bin/python3", testing::SourcePath("tests/support/completion_client.py"),
                   "http://" + head_ip + ":8000", kToken, model, (dir / "prompts.json").string(),
                   std::to_string(kMaxTokens), (dir / ("answers-" + std::to_string(k) + ".jsonl")).string(),
                   (dir / "stop").string(), "150", std::to_string(k)})));
@@ -177,14 +135,8 @@ TEST(ServingNetnsTest, PipelinesServeBeforeAnyReceiverHasAFullCopy) {
   EXPECT_EQ(failed, 0);
   EXPECT_EQ(by_local_at_end, 2) << "the last answers did not come from full local instances";
 
-  for (auto& a : agents) {
-    a->Kill(SIGTERM);
-    EXPECT_EQ(a->Wait(30s).exit_code, 0);
-  }
-  coordinator->Kill(SIGTERM);
-  auto cr = coordinator->Wait(30s);
-  EXPECT_EQ(cr.exit_code, 0);
-  if (getenv("MODELCAST_TEST_LOGS")) std::fprintf(stderr, "%s\n", cr.err.c_str());
+  const std::string log = plane.Stop();
+  if (getenv("MODELCAST_TEST_LOGS")) std::fprintf(stderr, "%s\n", log.c_str());
 }
 
 }  // namespace
