@@ -59,10 +59,10 @@ struct RequestCache {
   std::vector<std::vector<float>> k, v;  // per layer of the stage: [length, kv_heads * head_dim]
 };
 
-class CpuStage final : public Stage {
+class CpuStage final : public CachingStage<RequestCache> {
  public:
   CpuStage(const model::LlamaConfig& config, LayerRange layers, StageWeights weights, StageOptions options)
-      : Stage(config, layers), w_(std::move(weights)), options_(options) {}
+      : CachingStage(config, layers), w_(std::move(weights)), options_(options) {}
 
   uint64_t weight_bytes() const override { return w_.StepBytes(); }
 
@@ -197,29 +197,9 @@ class CpuStage final : public Stage {
     return Status::Ok();
   }
 
-  void Drop(uint64_t request) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    caches_.erase(request);
-  }
-  int64_t Held(uint64_t request) const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return HeldLocked(request);
-  }
-  size_t active_requests() const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return caches_.size();
-  }
-
  private:
-  int64_t HeldLocked(uint64_t request) const {
-    auto it = caches_.find(request);
-    return it == caches_.end() ? 0 : it->second.length;
-  }
-
   StageWeights w_;
   StageOptions options_;
-  mutable std::mutex mu_;
-  std::unordered_map<uint64_t, RequestCache> caches_;
 };
 
 }  // namespace

@@ -144,10 +144,10 @@ struct DeviceCache {
   std::vector<DeviceArray<float>> k, v;  // per layer: [capacity, kv_heads * head_dim]
 };
 
-class CudaStage final : public Stage {
+class CudaStage final : public CachingStage<DeviceCache> {
  public:
   CudaStage(const model::LlamaConfig& config, LayerRange layers, StageOptions options)
-      : Stage(config, layers), options_(options) {}
+      : CachingStage(config, layers), options_(options) {}
   ~CudaStage() override {
     if (blas_) LoadBlas().destroy(blas_);
   }
@@ -293,24 +293,7 @@ class CudaStage final : public Stage {
     return Status::Ok();
   }
 
-  void Drop(uint64_t request) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    caches_.erase(request);
-  }
-  int64_t Held(uint64_t request) const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return HeldLocked(request);
-  }
-  size_t active_requests() const override {
-    std::lock_guard<std::mutex> lock(mu_);
-    return caches_.size();
-  }
-
  private:
-  int64_t HeldLocked(uint64_t request) const {
-    auto it = caches_.find(request);
-    return it == caches_.end() ? 0 : it->second.length;
-  }
   // y[T, out] = x[T, in] W^T (+ b): in cuBLAS's column-major terms y^T = W x^T.
   Status Apply(const DeviceLinear& l, const float* x, int64_t tokens, float* y) {
     const float one = 1.0f, zero = 0.0f;
@@ -333,8 +316,6 @@ class CudaStage final : public Stage {
   DeviceArray<float> x_, h_, qkv_, attn_, gu_, act_, y_, scores_, last_, logits_;
   DeviceArray<int32_t> ids_;
   DeviceArray<int64_t> pos_;
-  mutable std::mutex mu_;
-  std::unordered_map<uint64_t, DeviceCache> caches_;
 };
 
 }  // namespace

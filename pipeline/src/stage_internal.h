@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
+#include <unordered_map>
 #include <new>
 #include <utility>
 #include <functional>
@@ -66,6 +68,34 @@ struct StageWeights {
   static Result<StageWeights> Load(const model::LlamaConfig& config, LayerRange layers, const WeightLookup& lookup);
   // Bytes of weights a step reads (the layers' matrices and norms, and the head).
   uint64_t StepBytes() const;
+};
+
+// What every stage keeps per request (its KV cache, of the device's kind) and the calls that
+// only look at or drop those caches. `Cache` has a `length` (tokens held).
+template <typename Cache>
+class CachingStage : public Stage {
+ public:
+  void Drop(uint64_t request) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    caches_.erase(request);
+  }
+  int64_t Held(uint64_t request) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return HeldLocked(request);
+  }
+  size_t active_requests() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return caches_.size();
+  }
+
+ protected:
+  using Stage::Stage;
+  int64_t HeldLocked(uint64_t request) const {
+    auto it = caches_.find(request);
+    return it == caches_.end() ? 0 : it->second.length;
+  }
+  mutable std::mutex mu_;  // held for a whole step
+  std::unordered_map<uint64_t, Cache> caches_;
 };
 
 // The checks of Stage::Forward's contract; `held` gives the tokens a stage holds for a request.

@@ -10,16 +10,13 @@
 #include "support/models.h"
 #include "support/pipeline_models.h"
 #include "support/reference_llama.h"
+#include "support/stage_reference.h"
 #include "support/temp_dir.h"
 
 namespace modelcast::pipeline {
 namespace {
 
-double RelativeError(const std::vector<float>& a, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) num += (a[i] - ref[i]) * (a[i] - ref[i]), den += ref[i] * ref[i];
-  return std::sqrt(num / den);
-}
+using namespace testing_support;
 
 std::vector<double> Widen(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
@@ -32,43 +29,15 @@ std::vector<double> Widen(const std::vector<float>& v) { return {v.begin(), v.en
   }                                                                                                       \
   ASSERT_TRUE(var.ok()) << var.status().ToString()
 
-const std::vector<int32_t> kPrompt = {1, 17, 300, 42, 9, 511, 3, 77};
-
-void ExpectMatchesReference(model::SynthOptions o) {
-  testing::TempDir dir;
-  testing::Synth(o, dir / "hf");
-  auto ck = model::HfCheckpoint::Open(dir / "hf");
-  ASSERT_TRUE(ck.ok());
-  auto weights = CheckpointWeights::Load(*ck);
-  ASSERT_TRUE(weights.ok());
-  auto ref_w = testing::LoadReferenceWeights(*ck);
-  ASSERT_TRUE(ref_w.ok());
-  const auto ref = testing::ReferenceForward(*ref_w, std::vector<int>(kPrompt.begin(), kPrompt.end()));
-  const auto& c = ck->config();
-  MAKE_CUDA_STAGE(stage, c, (LayerRange{0, c.num_hidden_layers}), (*weights)->lookup());
-  StepInput in;
-  in.items = {{1, 0, static_cast<int32_t>(kPrompt.size())}};
-  in.tokens = kPrompt;
-  StepOutput out;
-  ASSERT_TRUE((*stage)->Forward(in, &out).ok());
-  EXPECT_LT(RelativeError(out.logits, ref.logits.back()), 1e-5);
-  for (size_t t = 0; t < kPrompt.size(); ++t) {
-    StepInput one;
-    one.items = {{2, static_cast<int64_t>(t), 1}};
-    one.tokens = {kPrompt[t]};
-    ASSERT_TRUE((*stage)->Forward(one, &out).ok());
-    EXPECT_LT(RelativeError(out.logits, ref.logits[t]), 1e-5) << "position " << t;
-  }
-}
-
 TEST(CudaStageTest, MatchesTheReference) {
-  ExpectMatchesReference(testing::Tiny(DType::kBF16, 1));
+  const StageOptions cuda{Device::kCuda};
+  ExpectMatchesReference(testing::Tiny(DType::kBF16, 1), cuda);
   auto tied = testing::Tiny(DType::kF16, 2);
   tied.tie_word_embeddings = true;
-  ExpectMatchesReference(tied);
+  ExpectMatchesReference(tied, cuda);
   auto gqa = testing::Tiny(DType::kF32, 3);
   gqa.heads = 8, gqa.kv_heads = 2;
-  ExpectMatchesReference(gqa);
+  ExpectMatchesReference(gqa, cuda);
 }
 
 TEST(CudaStageTest, SplitAndBatchedMatchTheCpuStage) {

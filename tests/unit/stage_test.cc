@@ -13,46 +13,16 @@
 #include "support/models.h"
 #include "support/pipeline_models.h"
 #include "support/reference_llama.h"
+#include "support/stage_reference.h"
 #include "support/temp_dir.h"
 
 namespace modelcast::pipeline {
 namespace {
 
+using namespace testing_support;
+
 using model::HfCheckpoint;
 
-// ||a - ref|| / ||ref||.
-double RelativeError(const std::vector<float>& a, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    num += (a[i] - ref[i]) * (a[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / den);
-}
-
-struct SynthModel {
-  testing::TempDir dir;
-  std::unique_ptr<CheckpointWeights> weights;
-  testing::ReferenceWeights ref;
-  model::LlamaConfig config;
-};
-
-std::unique_ptr<SynthModel> MakeModel(const model::SynthOptions& o) {
-  auto m = std::make_unique<SynthModel>();
-  EXPECT_TRUE(model::Synthesize(o, m->dir / "hf").ok());
-  auto ck = HfCheckpoint::Open(m->dir / "hf");
-  EXPECT_TRUE(ck.ok()) << ck.status().ToString();
-  auto w = CheckpointWeights::Load(*ck);
-  EXPECT_TRUE(w.ok());
-  m->weights = std::move(*w);
-  auto ref = testing::LoadReferenceWeights(*ck);
-  EXPECT_TRUE(ref.ok());
-  m->ref = std::move(*ref);
-  m->config = ck->config();
-  return m;
-}
-
-const std::vector<int32_t> kPrompt = {1, 17, 300, 42, 9, 511, 3, 77};
 
 TEST(StageTest, OneLayerMatchesTheReference) {
   auto m = MakeModel(testing::Tiny(DType::kBF16, 5));
@@ -77,28 +47,6 @@ TEST(StageTest, OneLayerMatchesTheReference) {
   ASSERT_EQ(out.hidden.size(), flat.size());
   EXPECT_LT(RelativeError(out.hidden, flat), 1e-5);
   EXPECT_EQ((*stage)->Held(7), static_cast<int64_t>(tokens.size()));
-}
-
-// Prefill of the whole prompt, then the same prompt decoded token by token: each position's
-// logits against the reference's.
-void ExpectMatchesReference(const model::SynthOptions& o) {
-  auto m = MakeModel(o);
-  const auto ref = testing::ReferenceForward(m->ref, std::vector<int>(kPrompt.begin(), kPrompt.end()));
-  auto stage = Stage::Create(m->config, {0, m->config.num_hidden_layers}, m->weights->lookup());
-  ASSERT_TRUE(stage.ok()) << stage.status().ToString();
-  StepInput in;
-  in.items = {{1, 0, static_cast<int32_t>(kPrompt.size())}};
-  in.tokens = kPrompt;
-  StepOutput out;
-  ASSERT_TRUE((*stage)->Forward(in, &out).ok());
-  EXPECT_LT(RelativeError(out.logits, ref.logits.back()), 1e-5);
-  for (size_t t = 0; t < kPrompt.size(); ++t) {
-    StepInput one;
-    one.items = {{2, static_cast<int64_t>(t), 1}};
-    one.tokens = {kPrompt[t]};
-    ASSERT_TRUE((*stage)->Forward(one, &out).ok());
-    EXPECT_LT(RelativeError(out.logits, ref.logits[t]), 1e-5) << "position " << t;
-  }
 }
 
 TEST(StageTest, WholeModelMatchesTheReferenceBf16) { ExpectMatchesReference(testing::Tiny(DType::kBF16, 1)); }
