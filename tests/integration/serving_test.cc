@@ -427,6 +427,18 @@ TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
   EXPECT_EQ(out.served_by, "tiny-llm@node-1");
   EXPECT_GT(out.ttft_s, 0);
 
+  // The command line's `generate` says the same.
+  testing::WriteAll(dir / "token", kToken);
+  std::string ids;
+  for (int32_t t : *prompt) ids += (ids.empty() ? "" : ",") + std::to_string(t);
+  auto cli = testing::RunProcess({ToolPath("modelcast"), "generate", "tiny-llm", "--tokens", ids, "--max-tokens", "6",
+                                  "--json", "--coordinator",
+                                  "127.0.0.1:" + std::to_string(AnnouncedPort(*coordinator, "listening on ")),
+                                  "--token-file", (dir / "token").string()},
+                                 60s);
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_EQ(nlohmann::json::parse(cli.out)["tokens"].get<std::vector<int32_t>>(), tokens);
+
   // Refusals.
   auto status_of = [&](const nlohmann::json& b, const httplib::Headers& h) {
     auto r = http.Post("/v1/completions", h, b.dump(), "application/json");

@@ -1,5 +1,5 @@
 // The commands that talk to a running coordinator: cluster status, models, register,
-// scale-out and scale-in (with a live progress display), instances, plan --dry-run.
+// scale-out and scale-in (with a live progress display), instances, plan --dry-run, generate.
 #include <thrift/protocol/TMultiplexedProtocol.h>
 
 #include <chrono>
@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "Coordinator.h"
+#include "Router.h"
 #include "command.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/units.h"
@@ -332,13 +333,76 @@ int RunInstances(const std::vector<std::string>& args) {
   }
   nlohmann::json j = nlohmann::json::array();
   for (const auto& i : list) {
+    const std::string pipeline = i.__isset.pipeline_id ? i.pipeline_id : "";
     if (f.json) {
       j.push_back({{"node", i.node}, {"state", rpc::to_string(i.state)}, {"since_unix", i.since_unix}});
+      if (!pipeline.empty()) j.back()["pipeline"] = pipeline;
     } else {
-      std::printf("%-16s %-9s since %.3f\n", i.node.c_str(), rpc::to_string(i.state).c_str(), i.since_unix);
+      std::printf("%-16s %-9s since %.3f%s\n", i.node.c_str(), rpc::to_string(i.state).c_str(), i.since_unix,
+                  pipeline.empty() ? "" : ("  in " + pipeline).c_str());
     }
   }
   if (f.json) std::printf("%s\n", j.dump().c_str());
+  return kExitOk;
+}
+
+int RunGenerate(const std::vector<std::string>& args) {
+  CoordinatorFlags f;
+  std::string model, prompt, tokens;
+  int64_t max_tokens = 16, seed = 0;
+  double temperature = 0, top_p = 1;
+  ArgParser p("modelcast generate",
+              "One request through the coordinator's router (its `serving` section must be on): the\n"
+              "answer, who served it, and its time to first token.");
+  f.Declare(p);
+  p.Positional("model", &model, "the registered model");
+  p.Flag("prompt", &prompt, "text (byte-level tokenizer)");
+  p.Flag("tokens", &tokens, "token ids, comma-separated, instead of --prompt");
+  p.Flag("max-tokens", &max_tokens, "tokens to generate [16]");
+  p.Flag("temperature", &temperature, "0: greedy [0]");
+  p.Flag("top-p", &top_p, "nucleus sampling mass [1]");
+  p.Flag("seed", &seed, "sampling seed [0]");
+  if (int rc = ParseOrExit("generate", p, args); rc >= 0) return rc;
+  if (prompt.empty() == tokens.empty()) return Fail("generate", InvalidArgument("give --prompt or --tokens (one)"));
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("generate", c.status());
+  rpc::RouterClient router(
+      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(c->conn->protocol, "Router"));
+  rpc::GenerateRequest req;
+  req.header = c->header;
+  req.model = model;
+  if (!prompt.empty()) {
+    req.__set_prompt_text(prompt);
+  } else {
+    std::vector<int32_t> ids;
+    for (size_t at = 0; at <= tokens.size();) {
+      const size_t comma = std::min(tokens.find(',', at), tokens.size());
+      try {
+        ids.push_back(std::stoi(tokens.substr(at, comma - at)));
+      } catch (const std::exception&) {
+        return Fail("generate", InvalidArgument("--tokens: '" + tokens.substr(at, comma - at) + "' is not a token id"));
+      }
+      at = comma + 1;
+    }
+    req.__set_prompt_tokens(ids);
+  }
+  req.max_tokens = static_cast<int32_t>(max_tokens);
+  req.temperature = temperature;
+  req.top_p = top_p;
+  req.seed = seed;
+  rpc::GenerateResponse out;
+  if (Status st = Call([&] { router.generate(out, req); }); !st.ok()) return Fail("generate", st);
+  if (f.json) {
+    nlohmann::json j = {{"tokens", out.tokens},       {"finish_reason", out.finish_reason}, {"ttft_s", out.ttft_s},
+                        {"tpot_s", out.tpot_s},       {"served_by", out.served_by},         {"attempts", out.attempts}};
+    j["text"] = out.text;
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    return kExitOk;
+  }
+  std::string ids;
+  for (int32_t t : out.tokens) ids += (ids.empty() ? "" : ",") + std::to_string(t);
+  std::printf("tokens: %s (%s)\nserved by %s, first token after %.1f ms, %.1f ms per token after it\n", ids.c_str(),
+              out.finish_reason.c_str(), out.served_by.c_str(), out.ttft_s * 1000, out.tpot_s * 1000);
   return kExitOk;
 }
 

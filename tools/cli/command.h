@@ -45,6 +45,7 @@ int RunModels(const std::vector<std::string>& args);
 int RunScaleOut(const std::vector<std::string>& args);
 int RunScaleIn(const std::vector<std::string>& args);
 int RunInstances(const std::vector<std::string>& args);
+int RunGenerate(const std::vector<std::string>& args);
 // `modelcast plan --dry-run MODEL -n N`: the coordinator's plan for the live cluster.
 int RunLivePlan(const std::vector<std::string>& args);
 

@@ -37,6 +37,7 @@ constexpr Command kCommands[] = {
     {"scale-out", "ask the coordinator for more replicas of a model (--wait follows it)", RunScaleOut},
     {"scale-in", "release replicas of a model (--wait follows it)", RunScaleIn},
     {"instances", "where a model is loaded and serving, as the coordinator placed it", RunInstances},
+    {"generate", "one request through the coordinator's router: the answer and who served it", RunGenerate},
     {"store", "a node's tiered store: inventory, import, load, remove", RunStore},
     {"version", "print the version, the backends built in and the GPUs found", RunVersion},
 };
