@@ -3,7 +3,6 @@
 #include <glog/logging.h>
 
 #include <chrono>
-#include <ctime>
 
 namespace modelcast::agent {
 namespace {

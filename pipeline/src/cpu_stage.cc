@@ -5,7 +5,6 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
-#include <set>
 #include <unordered_map>
 
 #include "modelcast/pipeline/stage.h"

@@ -68,6 +68,17 @@ struct CoordinatorFlags {
   }
 };
 
+// "a,b,c" -> {"a", "b", "c"}.
+std::vector<std::string> SplitList(const std::string& text) {
+  std::vector<std::string> list;
+  for (size_t at = 0; at <= text.size();) {
+    const size_t comma = std::min(text.find(',', at), text.size());
+    list.push_back(text.substr(at, comma - at));
+    at = comma + 1;
+  }
+  return list;
+}
+
 // Runs an RPC; a refusal for credentials says so.
 Status Call(const std::function<void()>& f) {
   Status st = rpc::CallStatus(f);
@@ -300,15 +311,7 @@ int RunScaleIn(const std::vector<std::string>& args) {
   req.header = c->header;
   req.model = model;
   req.replicas = static_cast<int32_t>(replicas);
-  if (!nodes.empty()) {
-    std::vector<std::string> list;
-    for (size_t at = 0; at <= nodes.size();) {
-      const size_t comma = std::min(nodes.find(',', at), nodes.size());
-      list.push_back(nodes.substr(at, comma - at));
-      at = comma + 1;
-    }
-    req.__set_nodes(list);
-  }
+  if (!nodes.empty()) req.__set_nodes(SplitList(nodes));
   std::string id;
   if (Status st = Call([&] { c->client->scaleIn(id, req); }); !st.ok()) return Fail("scale-in", st);
   if (!wait) {
@@ -375,14 +378,12 @@ int RunGenerate(const std::vector<std::string>& args) {
     req.__set_prompt_text(prompt);
   } else {
     std::vector<int32_t> ids;
-    for (size_t at = 0; at <= tokens.size();) {
-      const size_t comma = std::min(tokens.find(',', at), tokens.size());
+    for (const std::string& id : SplitList(tokens)) {
       try {
-        ids.push_back(std::stoi(tokens.substr(at, comma - at)));
+        ids.push_back(std::stoi(id));
       } catch (const std::exception&) {
-        return Fail("generate", InvalidArgument("--tokens: '" + tokens.substr(at, comma - at) + "' is not a token id"));
+        return Fail("generate", InvalidArgument("--tokens: '" + id + "' is not a token id"));
       }
-      at = comma + 1;
     }
     req.__set_prompt_tokens(ids);
   }

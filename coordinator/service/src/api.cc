@@ -75,8 +75,8 @@ Status Prepare(const ServingPlane& plane, const std::string& model, Prompt promp
   return Status::Ok();
 }
 
-std::string FinishReason(const Stream& s, const pipeline::GenerateRequest& r) {
-  return !s.tokens.empty() && s.tokens.back() == r.stop_token ? "stop" : "length";
+std::string FinishReason(const Stream& s, int32_t stop_token) {
+  return !s.tokens.empty() && s.tokens.back() == stop_token ? "stop" : "length";
 }
 
 // Waits for the end of a request (the router fails it within its queue timeout plus the time
@@ -112,11 +112,11 @@ class RouterHandler : public rpc::RouterIf {
                               req.__isset.stop_token ? std::optional<int32_t>(req.stop_token) : std::nullopt, &r,
                               stream));
     const int32_t stop = r.stop_token;
-    rpc::ThrowIfError(plane_->Submit(std::move(r)));
+    rpc::ThrowIfError(plane_->router().Submit(std::move(r)));
     rpc::ThrowIfError(WaitDone(*stream, 3600));
     out.tokens = stream->tokens;
     out.text = pipeline::ByteTokenizer::Decode(stream->tokens);
-    out.finish_reason = !stream->tokens.empty() && stream->tokens.back() == stop ? "stop" : "length";
+    out.finish_reason = FinishReason(*stream, stop);
     out.ttft_s = stream->timing.ttft_s;
     out.tpot_s = stream->timing.tpot_s;
     out.queued_s = stream->timing.queued_s;
@@ -221,9 +221,8 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
                                 std::chrono::system_clock::now().time_since_epoch())
                                 .count();
-    auto stop = std::make_shared<pipeline::GenerateRequest>();
-    stop->stop_token = r.stop_token;
-    if (s.ok()) s = Submit(std::move(r));
+    const int32_t stop = r.stop_token;
+    if (s.ok()) s = router().Submit(std::move(r));
     if (!s.ok()) return Error(res, HttpStatus(s), s);
     auto choice = [text](const std::vector<int32_t>& tokens) {
       Json c = {{"index", 0}, {"logprobs", nullptr}};
@@ -251,7 +250,7 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     if (!stream_mode) {
       s = WaitDone(*stream, 3600);
       if (!s.ok()) return Error(res, HttpStatus(s), s);
-      res.set_content(Dump(completion(stream->tokens, FinishReason(*stream, *stop), true)), "application/json");
+      res.set_content(Dump(completion(stream->tokens, FinishReason(*stream, stop), true)), "application/json");
       return;
     }
     // Server-sent events: one per token as it is generated, then the end and [DONE].
@@ -267,7 +266,7 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
       }
       if (!stream->done) return true;
       Json end = stream->status.ok()
-                     ? completion({}, FinishReason(*stream, *stop), true)
+                     ? completion({}, FinishReason(*stream, stop), true)
                      : Json{{"error",
                              {{"message", stream->status.message()},
                               {"code", std::string(StatusCodeName(stream->status.code()))}}}};

@@ -179,6 +179,12 @@ ServingView ClusterState::ServingSnapshot() const {
   return v;
 }
 
+std::shared_ptr<const model::Manifest> ClusterState::FindManifest(const std::string& model) const {
+  std::lock_guard lock(mu_);
+  auto it = models_.find(model);
+  return it == models_.end() ? nullptr : it->second.manifest;
+}
+
 void ClusterState::SetServingWatcher(std::function<void()> watcher) {
   std::lock_guard lock(mu_);
   serving_watcher_ = std::move(watcher);

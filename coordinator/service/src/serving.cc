@@ -86,15 +86,9 @@ void ServingPlane::Loop() {
 }
 
 Result<model::LlamaConfig> ServingPlane::ModelConfig(const std::string& model) const {
-  const ServingView view = state_->ServingSnapshot();
-  auto it = view.models.find(model);
-  if (it == view.models.end()) return NotFound("model '" + model + "' is not registered");
-  return it->second.manifest->config;
-}
-
-Status ServingPlane::Submit(pipeline::GenerateRequest request) {
-  MC_RETURN_IF_ERROR(ModelConfig(request.model).status());
-  return router_->Submit(std::move(request));
+  auto manifest = state_->FindManifest(model);
+  if (manifest == nullptr) return NotFound("model '" + model + "' is not registered");
+  return manifest->config;
 }
 
 Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingView& view) {

@@ -135,6 +135,8 @@ class ClusterState {
   // instances change; and what it formed (members of a pipeline show as PIPELINE instances; an
   // empty id dissolves it).
   ServingView ServingSnapshot() const;
+  // The registered model's manifest; nullptr when there is none.
+  std::shared_ptr<const model::Manifest> FindManifest(const std::string& model) const;
   void SetServingWatcher(std::function<void()> watcher);
   void SetPipeline(const std::string& model, const std::vector<std::string>& nodes, const std::string& pipeline_id);
   // Calls an agent's service (a fresh connection with the coordinator's credentials).

@@ -34,8 +34,6 @@ class ServingPlane {
   ~ServingPlane();
 
   pipeline::Router& router() { return *router_; }
-  // Checks a request against the model's config and submits it (Router::Submit's contract).
-  Status Submit(pipeline::GenerateRequest request);
   // The model's config; NotFound naming the model when it is not registered.
   Result<model::LlamaConfig> ModelConfig(const std::string& model) const;
   std::string fabric_address() const { return transport_->address(); }
