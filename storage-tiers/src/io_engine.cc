@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 
@@ -34,6 +35,7 @@ struct IoEngine::Chunk {
 
 Result<std::unique_ptr<IoEngine>> IoEngine::Create(const IoEngineOptions& options, std::span<uint8_t> fixed) {
   if (options.queue_depth == 0) return InvalidArgument("io engine: queue depth must be at least 1");
+  if (!(options.read_rate >= 0)) return InvalidArgument("io engine: read rate must not be negative");
   if (options.chunk_bytes == 0 || options.chunk_bytes % 4096 != 0) {
     return InvalidArgument("io engine: chunk size must be a positive multiple of 4096, got " +
                            std::to_string(options.chunk_bytes));
@@ -135,6 +137,16 @@ Status IoEngine::ReadBuffered(const ReadOp& op, uint64_t offset, uint8_t* dst, u
   return Status::Ok();
 }
 
+double IoEngine::PaceRead(uint64_t bytes) {
+  if (options_.read_rate <= 0) return 0;
+  const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  std::lock_guard lock(pace_mu_);
+  if (next_read_ > now) return next_read_ - now;
+  // No credit for idle time: an emulated device is never faster than its rate.
+  next_read_ = now + static_cast<double>(bytes) / options_.read_rate;
+  return 0;
+}
+
 void IoEngine::RunPread() {
   for (;;) {
     ReadOp op;
@@ -146,6 +158,7 @@ void IoEngine::RunPread() {
       queue_.pop_front();
     }
     counters_.requests++;
+    for (double wait; (wait = PaceRead(op.length)) > 0;) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
     Status st = ReadBuffered(op, op.offset, op.dst, op.length, false);
     op.done(std::move(st));
   }
@@ -198,6 +211,7 @@ void IoEngine::RunRing() {
       queue_chunk(retry.back().release());
       retry.pop_back();
     }
+    double paced = 0;  // seconds until the read rate lets the next chunk go
     while (inflight < options_.queue_depth && !waiting.empty()) {
       Active* a = waiting.front().get();
       if (a->next == a->op.length || !a->status.ok()) {
@@ -213,10 +227,14 @@ void IoEngine::RunRing() {
         const uint64_t rel = static_cast<uint64_t>(dst - fixed_.data());
         len = std::min(len, (rel / fixed_piece_ + 1) * fixed_piece_ - rel);
       }
+      if ((paced = PaceRead(len)) > 0) break;
       queue_chunk(new Chunk{a, a->next, len});
       a->next += len;
     }
-    if (inflight == 0) continue;
+    if (inflight == 0) {
+      if (paced > 0) std::this_thread::sleep_for(std::chrono::duration<double>(std::min(paced, 0.05)));
+      continue;
+    }
     int rc = io_uring_submit_and_wait(ring, 1);
     if (rc < 0 && rc != -EINTR) LOG(ERROR) << "io_uring_submit_and_wait: " << ErrnoText(-rc);
     io_uring_cqe* cqe = nullptr;

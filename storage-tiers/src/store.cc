@@ -15,7 +15,8 @@ std::string BlockName(const std::string& model, uint32_t block) {
 
 Result<StoreOptions> StoreOptions::FromConfig(const ConfigNode& node) {
   MC_RETURN_IF_ERROR(node.CheckKeys({"ssd_dir", "ssd_capacity", "host_capacity", "gpu_capacity", "gpu_device",
-                                     "keep_alive", "queue_depth", "io_chunk", "io_uring", "copy_streams"}));
+                                     "keep_alive", "queue_depth", "io_chunk", "io_uring", "copy_streams",
+                                     "ssd_read_rate"}));
   StoreOptions o;
   MC_ASSIGN_OR_RETURN(std::string dir, node.GetString("ssd_dir"));
   o.ssd_dir = dir;
@@ -28,6 +29,11 @@ Result<StoreOptions> StoreOptions::FromConfig(const ConfigNode& node) {
   MC_ASSIGN_OR_RETURN(o.io_chunk, node.GetBytes("io_chunk", 1ull << 20));
   MC_ASSIGN_OR_RETURN(o.io_uring, node.GetBool("io_uring", true));
   MC_ASSIGN_OR_RETURN(int64_t streams, node.GetInt("copy_streams", 4));
+  if (node.Has("ssd_read_rate")) {
+    MC_ASSIGN_OR_RETURN(ConfigNode rate, node.Child("ssd_read_rate"));
+    MC_ASSIGN_OR_RETURN(o.ssd_read_rate, rate.AsByteRate());
+    if (!(o.ssd_read_rate > 0)) return rate.Error("must be more than 0 bytes/s");
+  }
   auto check = [&](bool ok, std::string_view key, std::string_view what) -> Status {
     if (ok) return Status::Ok();
     MC_ASSIGN_OR_RETURN(ConfigNode child, node.Child(key));
@@ -147,6 +153,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   IoEngineOptions io;
   io.queue_depth = options.queue_depth;
   io.chunk_bytes = options.io_chunk;
+  io.read_rate = options.ssd_read_rate;
   io.io_uring = options.io_uring;
   MC_ASSIGN_OR_RETURN(impl->io, IoEngine::Create(io, impl->host->span()));
   unsigned workers = options.workers;

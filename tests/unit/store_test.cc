@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <random>
 #include <set>
@@ -115,6 +116,35 @@ TEST_F(StoreTest, PromotesFromSsdToHostWithOneEventPerSlice) {
     ASSERT_TRUE(again.ok());
     ASSERT_TRUE((*again)->Wait(5s).ok());
     EXPECT_EQ(store->counters().bytes_read_ssd, manifest_.TotalBytes());
+  }
+}
+
+// ssd_read_rate emulates a slower SSD (for benchmarks where the "SSD" is the page cache): the
+// reads take at least bytes / rate, on both read paths, and still land intact.
+TEST_F(StoreTest, AnEmulatedSsdRateSlowsTheReadsDown) {
+  for (bool uring : {true, false}) {
+    SCOPED_TRACE(uring ? "io_uring" : "pread threads");
+    auto o = SmallStore(ssd_, 64 << 20);
+    o.io_uring = uring;
+    o.io_chunk = 64 << 10;
+    const double bytes = static_cast<double>(manifest_.TotalBytes());
+    o.ssd_read_rate = bytes / 0.6;  // the whole model in no less than 0.6 s (less one chunk's credit)
+    auto store = Open(o);
+    ASSERT_TRUE(store);
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSERT_TRUE(Run(store->Promote("m", {}, Tier::kHost)).ok());
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // The first read goes at once: a chunk (io_uring) or a slice (pread threads).
+    uint64_t first = o.io_chunk;
+    for (const auto& sl : manifest_.slices) first = std::max<uint64_t>(first, sl.length);
+    const double first_chunk = static_cast<double>(first);
+    ASSERT_GT(bytes, 4 * first_chunk) << "the test model is too small to see the rate";
+    EXPECT_GE(took, (bytes - first_chunk) / o.ssd_read_rate * 0.95);
+    for (const auto& b : manifest_.blocks) {
+      auto lease = store->Acquire("m", b.index, Tier::kHost);
+      ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+      EXPECT_TRUE(BlockIntact(manifest_, b.index, lease->data()));
+    }
   }
 }
 
@@ -336,7 +366,11 @@ TEST_F(StoreTest, BadInputGetsClearErrors) {
   EXPECT_EQ(store->AddModel(bad).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(store->FindModel("bad"), nullptr);
 
-  auto cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 0\nhost_capacity: 1GiB\n", "node.yaml");
+  auto cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 1TiB\nhost_capacity: 1GiB\nssd_read_rate: 0GB/s\n",
+                                     "node.yaml");
+  ASSERT_TRUE(cfg.ok());
+  EXPECT_EQ(StoreOptions::FromConfig(*cfg).status().message(), "node.yaml:4: ssd_read_rate: must be more than 0 bytes/s");
+  cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 0\nhost_capacity: 1GiB\n", "node.yaml");
   ASSERT_TRUE(cfg.ok());
   EXPECT_EQ(StoreOptions::FromConfig(*cfg).status().message(), "node.yaml:2: ssd_capacity: must be more than 0 bytes");
   cfg = ConfigNode::ParseString("ssd_dir: /x\nssd_capacity: 1TiB\nhost_capacity: 1GiB\nhost_capacty: 2GiB\n",
@@ -349,6 +383,7 @@ TEST_F(StoreTest, BadInputGetsClearErrors) {
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   EXPECT_EQ(parsed->keep_alive, 90);
   EXPECT_EQ(parsed->host_capacity, 1ull << 30);
+  EXPECT_EQ(parsed->ssd_read_rate, 0);
   // The documented example parses.
   auto example = ConfigNode::ParseFile(testing::SourcePath("cluster-configs/node-store.yaml"));
   ASSERT_TRUE(example.ok()) << example.status().ToString();

@@ -35,6 +35,7 @@ struct IoEngineOptions {
   unsigned queue_depth = 32;          // chunks in flight
   uint64_t chunk_bytes = 1ull << 20;  // the unit of one read request
   bool io_uring = true;               // false: pread threads (what the fallback uses)
+  double read_rate = 0;               // emulation: bytes/s at most (0: as fast as the device)
 };
 
 struct IoCounters {
@@ -66,6 +67,8 @@ class IoEngine {
   void RunPread();
   bool PopOps(std::vector<ReadOp>* out, bool block);
   Status ReadBuffered(const ReadOp& op, uint64_t offset, uint8_t* dst, uint64_t length, bool direct_refused);
+  // With read_rate: seconds until `bytes` more may be issued; 0 means now, and counts them.
+  double PaceRead(uint64_t bytes);
 
   IoEngineOptions options_;
   IoCounters counters_;
@@ -76,6 +79,8 @@ class IoEngine {
   std::condition_variable cv_;
   std::deque<ReadOp> queue_;
   bool stop_ = false;
+  std::mutex pace_mu_;
+  double next_read_ = 0;  // steady seconds before which no read is issued (read_rate)
   std::vector<std::thread> threads_;
 };
 

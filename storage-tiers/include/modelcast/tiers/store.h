@@ -49,6 +49,7 @@ struct StoreOptions {
   unsigned queue_depth = 32;  // SSD reads in flight
   uint64_t io_chunk = 1ull << 20;
   bool io_uring = true;           // false: pread threads (for comparison; the fallback uses them)
+  double ssd_read_rate = 0;       // emulation: SSD reads at most this many bytes/s (0: the device's speed)
   int copy_streams = 4;           // CUDA streams for host <-> GPU copies
   unsigned workers = 0;           // checksum and completion threads (0: one per core, at most 4)
   double maintain_interval = 1;   // seconds between keep-alive sweeps (0: only when Maintain() is called)
@@ -56,7 +57,8 @@ struct StoreOptions {
 
   // The `store` section of a node config:
   //   store: {ssd_dir: /var/lib/modelcast, ssd_capacity: 2TiB, host_capacity: 512GiB,
-  //           gpu_capacity: 70GiB, keep_alive: 300s, queue_depth: 32, io_chunk: 1MiB}
+  //           gpu_capacity: 70GiB, keep_alive: 300s, queue_depth: 32, io_chunk: 1MiB,
+  //           ssd_read_rate: 3GB/s}   # emulation only: a slower SSD than the one there
   static Result<StoreOptions> FromConfig(const ConfigNode& node);
 };
 
