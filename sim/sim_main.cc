@@ -88,6 +88,11 @@ int main(int argc, char** argv) {
   out["blocks"] = req.model.num_blocks();
   out["sources"] = req.sources.size();
   out["targets"] = req.targets.size();
+  out["gpus_per_instance"] = sc->gpus_per_instance;
+  out["instances_per_node"] = cluster->nodes.front().gpus / sc->gpus_per_instance;
+  out["batch"] = batch;
+  out["instance_tokens_per_s"] = sim::InstanceTokensPerSecond(*sc, batch);
+  out["prefill_tokens_per_s"] = sim::PrefillTokensPerSecond(*sc);
   std::vector<sim::SimResult> results;
   for (const auto& name : SplitAlgorithms(algo)) {
     const auto t0 = std::chrono::steady_clock::now();

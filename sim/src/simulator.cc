@@ -184,6 +184,11 @@ double InstanceTokensPerSecond(const Scenario& sc, int64_t batch) {
   return static_cast<double>(batch) / StepSeconds(sc, batch, 1.0, sc.gpus_per_instance);
 }
 
+double PrefillTokensPerSecond(const Scenario& sc) {
+  return static_cast<double>(sc.gpus_per_instance) * sc.cluster.nodes.front().gpu_tflops * 1e12 * 0.5 /
+         (2.0 * static_cast<double>(sc.model.config.ParameterCount()));
+}
+
 double PipelineTokensPerSecond(const Scenario& sc, const coord::Pipeline& p, int64_t batch, double overhead) {
   const double layers = sc.model.shape.TotalLayers();
   const double activation = static_cast<double>(batch) * static_cast<double>(sc.model.config.hidden_size) * 2.0;

@@ -57,6 +57,8 @@ Result<SimResult> Simulate(const Scenario& scenario, const coord::Plan& plan, co
 // Decode throughput (tokens/s) of one full instance, and of a pipeline with the given
 // stages, on the scenario's GPUs: memory-bound weights reads or compute, whichever is slower.
 double InstanceTokensPerSecond(const Scenario& sc, int64_t batch);
+// Prompt tokens/s one full instance prefills (compute-bound at half the GPUs' peak).
+double PrefillTokensPerSecond(const Scenario& sc);
 double PipelineTokensPerSecond(const Scenario& sc, const coord::Pipeline& p, int64_t batch, double overhead);
 
 }  // namespace modelcast::sim
