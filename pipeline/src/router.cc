@@ -218,7 +218,13 @@ struct Router::Impl {
       }
       if (stepped.empty()) continue;
       StepOutput out;
+      const auto step_start = Clock::now();
       Status s = p.Step(in, &out);
+      if (s.ok() && (options.emulated_step > 0 || options.emulated_token > 0)) {
+        const double floor = options.emulated_step + options.emulated_token * static_cast<double>(in.tokens.size());
+        std::this_thread::sleep_until(step_start + std::chrono::duration_cast<Clock::duration>(
+                                                       std::chrono::duration<double>(floor)));
+      }
       if (!s.ok() && EngineFault(s)) {
         std::vector<RequestPtr> failed;
         {

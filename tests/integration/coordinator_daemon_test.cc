@@ -8,6 +8,8 @@
 
 #include "Coordinator.h"
 #include "Membership.h"
+#include "modelcast/common/config.h"
+#include "modelcast/coord/daemon.h"
 #include "modelcast/rpc/server.h"
 #include "support/process.h"
 #include "support/store_fixture.h"
@@ -213,6 +215,28 @@ TEST_F(CoordinatorDaemonTest, ConfigErrorsNameTheKey) {
                        "true for plaintext"),
             std::string::npos)
       << r.err;
+}
+
+// coordinator.serving: the benchmark emulation and the HTTP endpoint's threads, with errors that
+// name the key.
+TEST(ServingConfigTest, EmulationAndHttpThreadsParseAndBadValuesAreNamed) {
+  auto parse = [](const std::string& text) {
+    auto node = ConfigNode::ParseString(text, "c.yaml");
+    EXPECT_TRUE(node.ok()) << node.status().ToString();
+    return coord::ServingConfig::FromConfig(*node);
+  };
+  auto ok = parse("http: {port: 0, threads: 32}\nemulate: {step: 150ms, token: 1ms}\n");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->http_threads, 32);
+  EXPECT_DOUBLE_EQ(ok->emulated_step, 0.15);
+  EXPECT_DOUBLE_EQ(ok->emulated_token, 0.001);
+  auto plain = parse("max_batch: 4\n");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->http_threads, 256);
+  EXPECT_EQ(plain->emulated_step, 0);
+  EXPECT_EQ(parse("http: {threads: 0}\n").status().message(), "c.yaml:1: http.threads: must be between 1 and 65536");
+  EXPECT_NE(parse("emulate: {step: 1ms, tokens: 1ms}\n").status().message().find("tokens"), std::string::npos);
+  EXPECT_EQ(parse("emulate: {step: 20s}\n").status().message(), "c.yaml:1: emulate.step: must be 0 to 10s");
 }
 
 }  // namespace

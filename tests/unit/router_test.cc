@@ -129,6 +129,22 @@ TEST_F(RouterTest, ConcurrentRequestsAreBatchedAndEachGetsItsOwnAnswer) {
   EXPECT_GT(by_engine["pipe-b"], 0);
 }
 
+// The emulated accelerator: every step lasts at least step + token x its tokens, and the
+// answer is the same.
+TEST_F(RouterTest, AnEmulatedStepTimeHoldsEachStepAtLeastThatLong) {
+  Router router(RouterOptions{.emulated_step = 0.05, .emulated_token = 0.01});
+  ASSERT_TRUE(router.AddEngine("local", "tiny", EngineKind::kLocal, Local()).ok());
+  Collector c;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(router.Submit(c.Make(0, Prompt(0), 4)).ok());
+  ASSERT_TRUE(c.WaitAll(1));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // A prefill of 5 tokens (0.05 + 0.05 s), then 3 decode steps of one token (0.06 s each).
+  EXPECT_GE(took, 0.1 + 3 * 0.06 - 0.005);
+  EXPECT_GE(c.Get(0).timing.ttft_s, 0.1 - 0.005);
+  EXPECT_EQ(c.Get(0).tokens, Alone(0, 4));
+}
+
 TEST_F(RouterTest, FullInstancesComeFirst) {
   Router router;
   ASSERT_TRUE(router.AddEngine("pipe", "tiny", EngineKind::kPipeline, Local(2)).ok());
@@ -175,14 +191,17 @@ TEST_F(RouterTest, ADrainedEngineFinishesItsRequestsAndLeaves) {
 TEST_F(RouterTest, RequestsOfAFailedEngineGoOnElsewhereWithoutRepeatingATokenOrDroppingOne) {
   Router router(RouterOptions{.max_batch = 4});
   std::promise<Status> gone;
-  ASSERT_TRUE(router
-                  .AddEngine("pipe", "tiny", EngineKind::kLocal, std::make_unique<FaultyPipeline>(Local(2), 5),
-                             [&](const Status& s) { gone.set_value(s); })
-                  .ok());
+  // The requests queue first, so that the dispatcher hands all three to the engine at once
+  // (submitted one by one to a running engine, a loaded machine may start stepping the first
+  // alone and fail it before the others arrive).
   Collector c;
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 10, SamplingParams{0.9, 0.95, 77})).ok());
   }
+  ASSERT_TRUE(router
+                  .AddEngine("pipe", "tiny", EngineKind::kLocal, std::make_unique<FaultyPipeline>(Local(2), 5),
+                             [&](const Status& s) { gone.set_value(s); })
+                  .ok());
   auto f = gone.get_future();
   ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
   EXPECT_EQ(f.get().code(), StatusCode::kUnavailable);

@@ -166,6 +166,9 @@ std::shared_ptr<rpc::RouterIf> MakeRouterHandler(ServingPlane* plane) { return s
 
 Status ServingPlane::StartHttp(const std::string& address, int port) {
   http_ = std::make_unique<httplib::Server>();
+  // A request holds its connection's thread until its last token: the pool bounds how many
+  // requests the endpoint takes at once (the rest wait in the kernel's accept queue).
+  http_->new_task_queue = [n = static_cast<size_t>(config_.http_threads)] { return new httplib::ThreadPool(n); };
   http_->Post("/v1/completions", [this](const httplib::Request& hreq, httplib::Response& res) {
     // The credentials of the Thrift services: a bearer token where the cluster has one.
     if (!security_.token.empty()) {

@@ -52,17 +52,25 @@ std::vector<std::string> ClusterState::RankTargetsLocked(const std::string& mode
                                                          const std::set<std::string>& allowed) const {
   struct Candidate {
     std::string name;
+    int tier;  // 2: a whole copy in host memory, 1: none, 0: a whole copy on SSD only
     uint32_t held;
     int64_t gpu_free;
   };
+  const auto it = instances_.find(model);
   std::vector<Candidate> c;
   for (const auto& [name, n] : nodes_) {
     if (!AliveLocked(n) || exclude.count(name) || (!allowed.empty() && !allowed.count(name))) continue;
-    if (CompleteTier(n.inventory, model, nslices) != Tier::kNone) continue;
-    c.push_back({name, Held(n.inventory, model, nslices).Count(), GpuFree(n.inventory)});
+    if (it != instances_.end() && it->second.count(name)) continue;  // serving (or loading) it already
+    const Tier whole = CompleteTier(n.inventory, model, nslices);
+    if (whole == Tier::kGpu) continue;  // a copy started outside modelcast: a source
+    c.push_back({name, whole == Tier::kHost ? 2 : whole == Tier::kSsd ? 0 : 1, Held(n.inventory, model, nslices).Count(),
+                 GpuFree(n.inventory)});
   }
-  // Nodes holding more of the model first (they need less), then those with more free GPU memory.
+  // Warm nodes first (a copy in host memory: the tiered store's point), nodes whose only copy
+  // is on SSD last (an SSD is slower than the fabric, and they can send); among the others,
+  // those holding more of the model first (they need less), then those with more free GPU memory.
   std::stable_sort(c.begin(), c.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.tier != b.tier) return a.tier > b.tier;
     if (a.held != b.held) return a.held > b.held;
     return a.gpu_free > b.gpu_free;
   });
@@ -86,8 +94,9 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
     MC_RETURN_IF_ERROR(CheckScaleLocked("scaleOut", req.model, req.replicas));
     const auto& manifest = *models_.at(req.model).manifest;
     const uint32_t nslices = static_cast<uint32_t>(manifest.slices.size());
-    // Sources: alive nodes with a complete copy (an SSD copy is loaded into host memory by the
-    // agent before it sends). Targets: the best of the others.
+    // Targets: the best nodes without an instance (a node with a whole copy in its store loads
+    // it locally). Sources: every other live node with a whole copy (an SSD copy is loaded into
+    // host memory by the agent before it sends).
     std::set<std::string> allowed;
     if (req.__isset.options && req.options.__isset.targets) {
       for (const auto& t : req.options.targets) {
@@ -95,17 +104,40 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
         allowed.insert(t);
       }
     }
-    std::vector<std::string> sources;
+    auto whole = [&](const std::string& name) {
+      return CompleteTier(nodes_.at(name).inventory, req.model, nslices) != Tier::kNone;
+    };
+    std::vector<std::string> holders;
     for (const auto& [name, n] : nodes_) {
-      if (AliveLocked(n) && CompleteTier(n.inventory, req.model, nslices) != Tier::kNone) sources.push_back(name);
+      if (AliveLocked(n) && whole(name)) holders.push_back(name);
     }
-    if (sources.empty())
+    if (holders.empty())
       return FailedPrecondition("scaleOut: no live node holds a whole copy of model '" + req.model + "'");
-    std::vector<std::string> targets = RankTargetsLocked(req.model, nslices, {}, allowed);
+    std::vector<std::string> ranked = RankTargetsLocked(req.model, nslices, {}, allowed);
+    // A target without a copy needs a source: if every holder would be a target, the last
+    // holder ranked stays a source.
+    auto split = [&](size_t n) {
+      std::vector<std::string> t(ranked.begin(), ranked.begin() + static_cast<std::ptrdiff_t>(std::min(n, ranked.size())));
+      std::vector<std::string> s;
+      for (const auto& h : holders) {
+        if (std::find(t.begin(), t.end(), h) == t.end()) s.push_back(h);
+      }
+      return std::make_pair(t, s);
+    };
+    auto [targets, sources] = split(static_cast<size_t>(req.replicas));
+    const bool needs_source = std::any_of(targets.begin(), targets.end(), [&](const auto& t) { return !whole(t); });
+    if (needs_source && sources.empty()) {
+      for (size_t i = ranked.size(); i-- > 0;) {
+        if (!whole(ranked[i]) || std::find(targets.begin(), targets.end(), ranked[i]) == targets.end()) continue;
+        ranked.erase(ranked.begin() + static_cast<std::ptrdiff_t>(i));
+        break;
+      }
+      std::tie(targets, sources) = split(static_cast<size_t>(req.replicas));
+    }
     if (targets.size() < static_cast<size_t>(req.replicas)) {
       return ResourceExhausted("scaleOut: " + std::to_string(req.replicas) + " new replicas of model '" + req.model +
                                "' asked, but only " + std::to_string(targets.size()) +
-                               " live node(s) can take one (nodes holding it already are sources)");
+                               " live node(s) can take one (nodes serving it cannot, and one holding it must send)");
     }
     targets.resize(static_cast<size_t>(req.replicas));
     std::sort(targets.begin(), targets.end());
@@ -155,8 +187,13 @@ PlanRequest ClusterState::PlanRequestLocked(const Operation& op, const model::Ma
     pr.nodes.push_back({s, cfg.nic, cfg.pcie, Tier::kHost});
     pr.sources.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
   }
+  const uint32_t nslices = static_cast<uint32_t>(manifest.slices.size());
   for (const auto& t : op.targets) {
-    pr.nodes.push_back({t, nodes_.at(t).config.nic, 0, Tier::kNone});
+    // A target with a whole copy in its store loads it from there (host memory over PCIe, or SSD).
+    const auto& cfg = nodes_.at(t).config;
+    const Tier whole = CompleteTier(nodes_.at(t).inventory, manifest.name, nslices);
+    const double rate = whole == Tier::kHost ? cfg.pcie : whole == Tier::kSsd ? cfg.ssd : 0;
+    pr.nodes.push_back({t, cfg.nic, rate, rate > 0 ? whole : Tier::kNone});
     pr.targets.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
   }
   return pr;

@@ -44,6 +44,8 @@ Result<std::unique_ptr<ServingPlane>> ServingPlane::Start(const ServingConfig& c
   pipeline::RouterOptions ro;
   ro.max_batch = config.max_batch;
   ro.queue_timeout = config.queue_timeout;
+  ro.emulated_step = config.emulated_step;
+  ro.emulated_token = config.emulated_token;
   p->router_ = std::make_unique<pipeline::Router>(ro);
   if (config.http_port >= 0) MC_RETURN_IF_ERROR(p->StartHttp(config.http_address, config.http_port));
   state->SetServingWatcher([raw = p.get()] {

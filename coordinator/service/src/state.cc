@@ -54,7 +54,7 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
 
 Result<ServingConfig> ServingConfig::FromConfig(const ConfigNode& node) {
   MC_RETURN_IF_ERROR(node.CheckKeys(
-      {"fabric", "http", "max_batch", "queue_timeout", "max_stages", "step_timeout", "pipelines"}));
+      {"fabric", "http", "max_batch", "queue_timeout", "max_stages", "step_timeout", "pipelines", "emulate"}));
   ServingConfig c;
   c.enabled = true;
   c.fabric.name = "router";
@@ -65,11 +65,14 @@ Result<ServingConfig> ServingConfig::FromConfig(const ConfigNode& node) {
     MC_ASSIGN_OR_RETURN(c.fabric.net_devices, f->GetString("net_devices", ""));
   }
   if (auto h = node.OptionalChild("http")) {
-    MC_RETURN_IF_ERROR(h->CheckKeys({"address", "port"}));
+    MC_RETURN_IF_ERROR(h->CheckKeys({"address", "port", "threads"}));
     MC_ASSIGN_OR_RETURN(c.http_address, h->GetString("address", c.http_address));
     MC_ASSIGN_OR_RETURN(int64_t port, h->GetInt("port", 0));
     if (port < 0 || port > 65535) return h->Child("port")->Error("must be between 0 and 65535");
     c.http_port = static_cast<int>(port);
+    MC_ASSIGN_OR_RETURN(int64_t threads, h->GetInt("threads", c.http_threads));
+    if (threads < 1 || threads > 65536) return h->Child("threads")->Error("must be between 1 and 65536");
+    c.http_threads = static_cast<int>(threads);
   }
   MC_ASSIGN_OR_RETURN(int64_t batch, node.GetInt("max_batch", c.max_batch));
   if (batch < 1 || batch > 1024) return node.Child("max_batch")->Error("must be between 1 and 1024");
@@ -82,6 +85,13 @@ Result<ServingConfig> ServingConfig::FromConfig(const ConfigNode& node) {
   MC_ASSIGN_OR_RETURN(c.step_timeout, node.GetDuration("step_timeout", c.step_timeout));
   if (!(c.step_timeout > 0)) return node.Child("step_timeout")->Error("must be more than 0");
   MC_ASSIGN_OR_RETURN(c.pipelines, node.GetBool("pipelines", c.pipelines));
+  if (auto e = node.OptionalChild("emulate")) {
+    MC_RETURN_IF_ERROR(e->CheckKeys({"step", "token"}));
+    MC_ASSIGN_OR_RETURN(c.emulated_step, e->GetDuration("step", 0));
+    MC_ASSIGN_OR_RETURN(c.emulated_token, e->GetDuration("token", 0));
+    if (!(c.emulated_step >= 0 && c.emulated_step <= 10)) return e->Child("step")->Error("must be 0 to 10s");
+    if (!(c.emulated_token >= 0 && c.emulated_token <= 1)) return e->Child("token")->Error("must be 0 to 1s");
+  }
   return c;
 }
 

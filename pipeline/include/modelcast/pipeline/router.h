@@ -57,6 +57,11 @@ struct RouterOptions {
   int max_batch = 16;          // requests per engine step
   double queue_timeout = 60;   // seconds a request may wait for an engine before it fails
   int max_attempts = 3;        // engines a request may be tried on
+  // Emulation of an accelerator's step time, for benchmarks on a box whose nodes share a few
+  // cores: an engine's step lasts at least emulated_step + emulated_token x its tokens (0: as
+  // long as the computation takes).
+  double emulated_step = 0;
+  double emulated_token = 0;
 };
 
 class Router {

@@ -45,19 +45,23 @@ namespace modelcast::coord {
 // The `coordinator.serving` section: the router that serves requests on the model's instances
 // and, during a scale-out, on pipelines of the receivers (execute-while-load).
 //   serving: {fabric: {listen: 10.0.0.1:7600, tls: tcp, net_devices: eth0},
-//             http: {address: 10.0.0.1, port: 8000},    # POST /v1/completions
+//             http: {address: 10.0.0.1, port: 8000, threads: 256},  # POST /v1/completions
 //             max_batch: 16, queue_timeout: 60s, max_stages: 4, step_timeout: 30s,
-//             pipelines: true}                          # false: serve full copies only
+//             pipelines: true,                          # false: serve full copies only
+//             emulate: {step: 40ms, token: 100us}}      # benchmarks only: an accelerator's step time
 struct ServingConfig {
   bool enabled = false;
   fabric::UcxOptions fabric;
   std::string http_address = "127.0.0.1";
   int http_port = -1;  // -1: no HTTP endpoint; 0: any free port
+  int http_threads = 256;  // requests the HTTP endpoint serves at once
   int max_batch = 16;
   double queue_timeout = 60;
   int max_stages = 4;
   double step_timeout = 30;
   bool pipelines = true;
+  double emulated_step = 0;   // seconds; see pipeline::RouterOptions
+  double emulated_token = 0;
 
   static Result<ServingConfig> FromConfig(const ConfigNode& node);
 };
@@ -195,8 +199,10 @@ class ClusterState {
   // Sends the fragments; a node that refuses or cannot be reached is taken as lost.
   void SendFragments(const std::string& id, std::vector<Dispatch> dispatches);
   int NextChannelLocked();
-  // Alive nodes that could take the model (not holding all of it, not in `exclude`, in
-  // `allowed` when that is not empty), best first.
+  // Alive nodes that could take the model (no instance of it, no copy in GPU memory, not in
+  // `exclude`, in `allowed` when that is not empty), best first: those holding a whole copy in
+  // host memory (they load it locally), then those holding more of it, those with a whole copy
+  // on SSD only last.
   std::vector<std::string> RankTargetsLocked(const std::string& model, uint32_t nslices,
                                              const std::set<std::string>& exclude,
                                              const std::set<std::string>& allowed) const;
