@@ -18,127 +18,25 @@ The last line printed is one JSON object with every figure.
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "build", "bin")
-PREFIX = "mce"
-TOKEN = "ewl-bench-token-0123456789abcdef"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from box_cluster import ROOT, TOKEN, BoxCluster, prepare_model  # noqa: E402
 
 
-def ip(i):
-    return "10.77.0.%d" % (10 + i)
-
-
-def ns(i):
-    return "%s-n%d" % (PREFIX, i)
-
-
-def in_ns(i, argv):
-    return ["ip", "netns", "exec", ns(i)] + argv
-
-
-def run(argv, check=True, timeout=300):
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        sys.exit("ewl_bench: %s failed (%d): %s%s" % (" ".join(argv), r.returncode, r.stdout, r.stderr))
-    return r
-
-
-class Cluster:
-    def __init__(self, args, work, k, pipelines):
-        self.args, self.work, self.k = args, work, k
-        # The K copies: on K nodes' SSD (cold), or (--serve-copies) loaded and serving from a
-        # first scale-out off an extra node that then leaves.
-        self.extra = 1 if args.serve_copies else 0
-        self.nodes = self.extra + k + args.targets
-        self.procs = []
-        run([os.path.join(ROOT, "scripts", "netns-cluster.sh"), "up", str(self.nodes), "--rate", args.rate,
-             "--prefix", PREFIX])
-        shutil.rmtree(os.path.join(work, "run"), ignore_errors=True)
-        self.run_dir = os.path.join(work, "run")
-        os.makedirs(self.run_dir)
-        with open(os.path.join(self.run_dir, "token"), "w") as f:
-            f.write(TOKEN)
-        cfg = ("name: ewl\ndefaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, "
-               "nic: %s, pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\nnodes:\n" % args.rate.replace("mbit", "Mbit")
-               .replace("gbit", "Gbit"))
-        for i in range(1, self.nodes + 1):
-            cfg += "  - {name: node-%d}\n" % i
-        cfg += ("coordinator: {address: %s, port: 7300, state_dir: %s, heartbeat_interval: 200ms, "
-                "heartbeat_deadline: 2s, security: {token_file: %s},\n  serving: {fabric: {listen: '%s:7600', tls: tcp, "
-                "net_devices: eth0}, http: {address: %s, port: 8000}, max_batch: %d, pipelines: %s}}\n"
-                % (ip(1), os.path.join(self.run_dir, "coord"), os.path.join(self.run_dir, "token"), ip(1), ip(1),
-                   args.max_batch, "true" if pipelines else "false"))
-        with open(os.path.join(self.run_dir, "cluster.yaml"), "w") as f:
-            f.write(cfg)
-        self.coordinator = self.start(1, [os.path.join(BIN, "modelcast-coordinator"), "--config",
-                                           os.path.join(self.run_dir, "cluster.yaml")], "coordinator")
-        for i in range(1, (1 if args.serve_copies else k) + 1):
-            run([os.path.join(BIN, "modelcast"), "store", "import", os.path.join(work, "pkg"), "--ssd-dir",
-                 os.path.join(self.run_dir, "node-%d" % i)])
-        self.agents = {}
-        for i in range(1, self.nodes + 1):
-            n = "node-%d" % i
-            with open(os.path.join(self.run_dir, n + ".yaml"), "w") as f:
-                f.write("node: %s\naddress: %s\nport: 7400\ncoordinator: {address: %s, port: 7300}\n"
-                        "fabric: {listen: '%s:7500', transport: ucx, tls: tcp, net_devices: eth0}\n"
-                        "store: {ssd_dir: %s, ssd_capacity: 4GiB, host_capacity: 512MiB}\n"
-                        "security: {token_file: %s}\n" % (n, ip(i), ip(1), ip(i), os.path.join(self.run_dir, n),
-                                                          os.path.join(self.run_dir, "token")))
-            self.agents[n] = self.start(i, [os.path.join(BIN, "modelcast-agent"), "--config",
-                                            os.path.join(self.run_dir, n + ".yaml")], n)
-        self.wait_alive(self.nodes)
-
-    def start(self, i, argv, name):
-        log = open(os.path.join(self.run_dir, name + ".log"), "w")
-        p = subprocess.Popen(in_ns(i, argv), stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def mc(self, args, check=True):
-        return run(in_ns(1, [os.path.join(BIN, "modelcast")] + args +
-                         ["--coordinator", ip(1) + ":7300", "--token-file", os.path.join(self.run_dir, "token")]),
-                   check=check)
-
-    def alive(self):
-        r = self.mc(["cluster", "status", "--json"], check=False)
-        if r.returncode != 0:
-            return -1
-        return sum(1 for n in json.loads(r.stdout)["nodes"] if n["alive"])
-
-    def wait_alive(self, n, timeout=60):
-        end = time.time() + timeout
-        while time.time() < end:
-            if self.alive() == n:
-                return
-            time.sleep(0.2)
-        sys.exit("ewl_bench: the agents did not join (see %s)" % self.run_dir)
-
-    def wait_held(self, model, k, timeout=60):
-        end = time.time() + timeout
-        while time.time() < end:
-            r = self.mc(["models", "--json"], check=False)
-            if r.returncode == 0 and any(m["name"] == model and len(m.get("ssd", [])) == k for m in json.loads(r.stdout)):
-                return
-            time.sleep(0.2)
-        sys.exit("ewl_bench: the copies on SSD were not reported")
-
-    def down(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        run([os.path.join(ROOT, "scripts", "netns-cluster.sh"), "down", "--prefix", PREFIX], check=False)
+def Cluster(args, work, k, pipelines):
+    """A fresh cluster: the K copies on K nodes' SSD (cold), or (--serve-copies) loaded and
+    serving from a first scale-out off an extra node that then leaves."""
+    extra = 1 if args.serve_copies else 0
+    c = BoxCluster(work, extra + k + args.targets, link=args.rate,
+                   serving="max_batch: %d, pipelines: %s" % (args.max_batch, "true" if pipelines else "false"),
+                   ssd_copies=range(1, (1 if args.serve_copies else k) + 1))
+    c.extra = extra
+    return c
 
 
 def measure(args, work, k, pipelines):
@@ -165,9 +63,9 @@ def measure(args, work, k, pipelines):
         clients = []
         for j in range(args.clients):
             out = os.path.join(c.run_dir, "answers-%d.jsonl" % j)
-            clients.append((out, subprocess.Popen(in_ns(1, [
+            clients.append((out, subprocess.Popen(c.in_ns(1, [
                 "/usr/bin/python3", os.path.join(ROOT, "tests", "support", "completion_client.py"),
-                "http://%s:8000" % ip(1), TOKEN, model, os.path.join(c.run_dir, "prompts.json"),
+                c.url(), TOKEN, model, os.path.join(c.run_dir, "prompts.json"),
                 str(args.max_tokens), out, stop, "600", str(j)]))))
         time.sleep(2 if args.serve_copies else 0.5)  # the copies take the load first
         op = json.loads(c.mc(["scale-out", model, "-n", str(args.targets), "--wait", "--json"]).stdout)
@@ -222,11 +120,7 @@ def main():
     ap.add_argument("--modes", default="ewl,full", help="ewl, full or both")
     args = ap.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="ewl-bench-")
-    if not os.path.exists(os.path.join(work, "pkg", "manifest.json")):
-        run([os.path.join(BIN, "modelcast"), "synth", "--preset", args.preset, "--out", os.path.join(work, "hf"),
-             "--force"])
-        run([os.path.join(BIN, "modelcast"), "prepare", os.path.join(work, "hf"), os.path.join(work, "pkg"),
-             "--blocks", str(args.blocks), "--slice-mib", "1"])
+    prepare_model(work, args.preset, args.blocks)
     results = []
     for k in [int(x) for x in args.ks.split(",")]:
         for pipelines in [m == "ewl" for m in args.modes.split(",")]:

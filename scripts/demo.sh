@@ -4,7 +4,8 @@
 # The model-package path (synthesize a Llama model in the Hugging Face format, prepare it,
 # verify every slice, show that a flipped byte is caught and named), then a scale-out on a
 # cluster in this machine: a coordinator and four agents on loopback (no root needed), the
-# model on agent-0's SSD, scaled from 1 copy to 4, with the operation's timeline.
+# model on agent-0's SSD, scaled from 1 copy to 4, with the operation's timeline; then a load
+# spike replayed against modelcast and against local loading, with TTFT and GPU time compared.
 set -euo pipefail
 BUILD="${1:?usage: demo.sh BUILD_DIR}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -67,4 +68,15 @@ step "11. scale llama-small from 1 copy to 4 (agent-0 sends, agents 1-3 receive 
 step "12. every agent now holds it; three instances" "$MC" models
 step "13. release one replica (it stays warm in host memory)" "$MC" scale-in llama-small -n 1 --wait
 step "14. the instances left" "$MC" instances llama-small
-printf '\n\033[1mdemo done.\033[0m Files are in %s (logs in %s)\n' "$WORK" "$CLUSTER"
+cleanup
+PIDS=()
+
+# ---- a load spike, end to end (bench/loadspike): the same step in load, once scaled by
+# modelcast (multicast + execute-while-load) and once by every node loading its own SSD copy
+# (ServerlessLLM-style), each on a fresh loopback cluster of 5 nodes (node-1 the head; workers'
+# SSDs emulated at 3 MB/s; the router's engines paced like an accelerator, 150 ms a step). ----
+step "15. a load spike: modelcast against local loading (about 2 minutes)" \
+  /usr/bin/python3 "$ROOT/bench/loadspike/loadspike.py" box --loopback --nodes 5 --min-nodes 1 --duration 36 \
+  --rate 1.5 --keep-alive 10 --modes modelcast,local --work "$WORK/loadspike" --out "$WORK/loadspike/report"
+printf '\n\033[1mdemo done.\033[0m Files are in %s (logs in %s; the spike'"'"'s report and pictures in %s)\n' \
+  "$WORK" "$CLUSTER" "$WORK/loadspike/report"

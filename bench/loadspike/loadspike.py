@@ -1,0 +1,193 @@
+#!/usr/bin/python3
+"""loadspike: a load spike, end to end, against the systems a user would pick instead.
+
+Replays a real trace (Azure 2023 conversation, Mooncake conversation, ServeGen) or a synthetic
+step/burst through an autoscaler (queue length and arrival rate, keep-alive before scale-in)
+that calls the coordinator's scaleOut/scaleIn, once per mode on the same cluster and workload:
+
+  modelcast    lambdapipe multicast + execute-while-load (pipelines of partial receivers serve)
+  no-ewl       lambdapipe multicast, only full copies serve
+  chain        NCCL-style chain broadcast, full copies only
+  binary-tree  FaaSNet's binary tree, full copies only
+  local        every node loads its own SSD copy (ServerlessLLM-style), full copies only
+  ideal        every node already serving (no scaling)
+
+Per mode: TTFT p50/p90/p99, time per output token, failed and timed-out requests, GPU time held
+(cost), and the scale-up timeline; pictures (timeline.png, ttft_cdf.png), results.json and
+report.md in --out.
+
+  loadspike.py sim --cluster cluster-configs/lambdascale-testbed.yaml --model llama-2-13b [...]
+  loadspike.py box [--nodes 8] [--link 200mbit] [...]       (root: network namespaces)
+  loadspike.py demo                                          (loopback, modelcast vs local)
+The last line printed is one JSON object with every figure.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+import workload  # noqa: E402
+from modes import MODES  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def window_arg(text):
+    try:
+        lo, hi = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--window wants LO:HI in seconds of the trace, got '%s'" % text)
+    return lo, hi
+
+
+def parse_modes(text):
+    modes = MODES if text == "all" else [m for m in text.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        sys.exit("loadspike: unknown mode(s) %s (known: %s)" % (", ".join(bad) or "none", ", ".join(MODES)))
+    return modes
+
+
+def write_outputs(args, results, reqs, source, title, extra):
+    summaries = [report.summarize(r) for r in results]
+    os.makedirs(args.out, exist_ok=True)
+    pictures = report.plot(results, workload.rate_series(reqs, args.duration, max(1.0, args.duration / 120)),
+                           args.out, title)
+    unit = "ms" if all(s["ttft_p99"] < 1 for s in summaries if s["ttft_p99"] == s["ttft_p99"]) else "s"
+    lines = ["# %s" % title, "", "Workload: %s; %d requests over %g s." % (source, len(reqs), args.duration), "",
+             "Command: `%s`" % " ".join(sys.argv), "", report.table(summaries, unit), ""]
+    lines += ["- " + x for x in report.ratio_lines(summaries)]
+    lines += [""] + ["![%s](%s)" % (os.path.basename(p), os.path.basename(p)) for p in pictures]
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"workload": source, "title": title, "duration": args.duration, "summaries": summaries,
+                   "results": results, **extra}, f)
+    print(report.table(summaries, unit))
+    for x in report.ratio_lines(summaries):
+        print(x)
+    print("report: %s%s" % (os.path.join(args.out, "report.md"),
+                            (", pictures: " + ", ".join(pictures)) if pictures else " (no matplotlib: no pictures)"))
+    print(json.dumps({"bench": "loadspike", "title": title, "workload": source, "summaries": summaries,
+                      "ratios": report.ratios(summaries), **extra}))
+
+
+def cmd_sim(args):
+    import sim
+    model = sim.ScaleOutModel(args.sim_bin, args.cluster, args.model, args.batch)
+    base = model.run("lambdapipe", args.min_nodes, 1)
+    if args.nodes == 0:  # the cluster's node count: every other node as a target
+        probe = model.run("lambdapipe", args.min_nodes, 0)
+        args.nodes = probe["sources"] + probe["targets"]
+    nodes = args.nodes
+    reqs0, _ = workload.build(args.workload, args.duration, 1.0, args.max_prompt, args.max_output, seed=args.seed,
+                              window=args.window)
+    mean_p = sum(r.prompt for r in reqs0) / len(reqs0)
+    mean_o = sum(r.output for r in reqs0) / len(reqs0)
+    per_node_rps = sim.capacity_rps(model, mean_p, mean_o)
+    rate = args.load * per_node_rps * args.min_nodes
+    reqs, source = workload.build(args.workload, args.duration, rate, args.max_prompt, args.max_output,
+                                  seed=args.seed, window=args.window)
+    service = mean_p / base["prefill_tokens_per_s"] + mean_o * args.batch / base["instance_tokens_per_s"]
+    scaler = {"min_replicas": args.min_nodes, "max_replicas": nodes,
+              "per_replica": base["instances_per_node"] * args.batch * args.target_util, "service_s": service,
+              "keep_alive": args.keep_alive}
+    results = []
+    for mode in parse_modes(args.modes):
+        t0 = time.time()
+        r = sim.simulate(mode, reqs, args.duration, nodes, args.min_nodes, scaler, model)
+        s = report.summarize(r)
+        print("%-11s simulated in %.1f s: p90 TTFT %.3f s, %d failed, %.0f GPU-s" % (
+            mode, time.time() - t0, s["ttft_p90"], s["failed"], s["gpu_s"]), flush=True)
+        results.append(r)
+    title = "simulator: %s, %s on %d nodes, %s" % (os.path.basename(args.cluster), args.model, nodes, args.workload)
+    write_outputs(args, results, reqs, source, title,
+                  {"cluster": args.cluster, "model": args.model, "nodes": nodes, "rate_rps": rate,
+                   "node_capacity_rps": per_node_rps, "scaler": scaler})
+
+
+def cmd_report(args):
+    """Tables and pictures again from a run's results.json (e.g. after a change to the report)."""
+    j = json.load(open(args.results))
+    results = j.pop("results")
+    for r in results:  # the box's runs record how long the answers ran past the workload
+        if "drain_s" in r:
+            r["end"] = max(r["end"], args.duration + r["drain_s"])
+    j.pop("summaries", None)
+    reqs = [workload.Request(q["t"], 0, 0) for q in results[0]["requests"]]
+    title = j.pop("title", os.path.basename(os.path.dirname(os.path.abspath(args.results))))
+    write_outputs(args, results, reqs, j.pop("workload"), title, j)
+
+
+def cmd_box(args):
+    import box
+    box.run(args, parse_modes(args.modes), write_outputs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, duration, keep_alive):
+        p.add_argument("--workload", default="step", help="azure, mooncake, servegen:MODEL, step or burst [step]")
+        p.add_argument("--duration", type=float, default=duration, help="seconds of workload")
+        p.add_argument("--modes", default="all", help="comma list of %s, or all" % ", ".join(MODES))
+        p.add_argument("--keep-alive", type=float, default=keep_alive, help="seconds before a scale-in")
+        p.add_argument("--window", type=window_arg, default=None,
+                       help="LO:HI seconds of the trace to replay [the sharpest rise]")
+        p.add_argument("--seed", type=int, default=1)
+        p.add_argument("--out", default="", help="folder for results.json, report.md and the pictures")
+
+    s = sub.add_parser("sim", help="the simulator (modelcast-sim) at any scale")
+    common(s, 300, 30)
+    s.add_argument("--cluster", default=os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"))
+    s.add_argument("--model", default="llama-2-13b")
+    s.add_argument("--nodes", type=int, default=0, help="nodes to use (0: the cluster's)")
+    s.add_argument("--min-nodes", type=int, default=2, help="nodes serving before the spike (the sources)")
+    s.add_argument("--batch", type=int, default=16, help="decode batch of a serving unit")
+    s.add_argument("--load", type=float, default=0.5, help="mean rate as a fraction of the min nodes' capacity")
+    s.add_argument("--target-util", type=float, default=0.8, help="the autoscaler's slots per replica wanted busy")
+    s.add_argument("--max-prompt", type=int, default=4096)
+    s.add_argument("--max-output", type=int, default=1024)
+    s.add_argument("--sim-bin", default=os.path.join(ROOT, "build", "bin", "modelcast-sim"))
+    s.set_defaults(fn=cmd_sim)
+
+    b = sub.add_parser("box", help="the cluster in a box: real daemons in network namespaces")
+    common(b, 120, 15)
+    b.add_argument("--nodes", type=int, default=8)
+    b.add_argument("--min-nodes", type=int, default=2)
+    b.add_argument("--link", default="200mbit", help="each node's shaped link")
+    b.add_argument("--ssd-rate", default="3MB/s", help="emulated SSD read rate (local mode's loads)")
+    b.add_argument("--preset", default="small")
+    b.add_argument("--blocks", type=int, default=8)
+    b.add_argument("--batch", type=int, default=4)
+    b.add_argument("--step", default="150ms", help="emulated accelerator step")
+    b.add_argument("--token", default="1ms", help="emulated time per token of a step")
+    b.add_argument("--rate", type=float, default=4.0, help="mean req/s of the workload")
+    b.add_argument("--max-prompt", type=int, default=16)
+    b.add_argument("--max-output", type=int, default=16)
+    b.add_argument("--prompt-div", type=float, default=256)
+    b.add_argument("--output-div", type=float, default=16)
+    b.add_argument("--loopback", action="store_true", help="no namespaces: every node on 127.0.0.1 (the demo)")
+    b.add_argument("--work", default="")
+    b.set_defaults(fn=cmd_box)
+
+    r = sub.add_parser("report", help="tables and pictures again from a run's results.json")
+    r.add_argument("results")
+    r.add_argument("--duration", type=float, required=True, help="the run's --duration")
+    r.add_argument("--out", default="")
+    r.set_defaults(fn=cmd_report)
+    args = ap.parse_args()
+    if not args.out:
+        args.out = os.path.join(ROOT, "build", "loadspike", args.cmd + "-" + time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        args.fn(args)
+    except workload.WorkloadError as e:
+        sys.exit("loadspike: %s" % e)
+
+
+if __name__ == "__main__":
+    main()

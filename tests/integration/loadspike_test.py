@@ -1,0 +1,115 @@
+#!/usr/bin/python3
+"""The load-spike benchmark's parts: the workloads read from the shared traces, the autoscaler
+policy, the GPU-time integral, and the simulator runner end to end against the real
+modelcast-sim. Usage: loadspike_test.py MODELCAST_SIM. Exits 77 (skipped) without the traces."""
+import math
+import os
+import sys
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench", "loadspike"))
+import policy  # noqa: E402
+import report  # noqa: E402
+import sim  # noqa: E402
+import workload  # noqa: E402
+from modes import ALGORITHM  # noqa: E402
+
+SIM_BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build", "bin", "modelcast-sim")
+
+
+class WorkloadTest(unittest.TestCase):
+    def test_traces_are_read_with_their_units(self):
+        az = workload.load_azure()
+        self.assertEqual(len(az), 19366)
+        self.assertAlmostEqual(az[-1][0], 3501.7, delta=0.5)  # seconds, from the first request
+        self.assertEqual(az[0][1:], (374, 44))
+        mc = workload.load_mooncake()
+        self.assertEqual(len(mc), 12031)
+        self.assertAlmostEqual(mc[-1][0], 3537.0, delta=1.0)  # milliseconds in the file
+        sg = workload.load_servegen("deepseek-r1", 33000 - 600, 33000 + 600, seed=3)
+        # The README's step: 2.25x from the window before 33,000 s to the one after.
+        before = sum(1 for r in sg if r[0] < 600)
+        after = len(sg) - before
+        self.assertGreater(after / before, 1.6)
+
+    def test_a_window_is_compressed_and_thinned_to_the_rate(self):
+        reqs, source = workload.build("azure", 100, 3.0, 64, 16, 32, 16, seed=2)
+        self.assertAlmostEqual(len(reqs) / 100, 3.0, delta=0.45)
+        self.assertTrue(all(0 <= r.t < 100 and 1 <= r.prompt <= 64 and 1 <= r.output <= 16 for r in reqs))
+        self.assertEqual([r.t for r in reqs], sorted(r.t for r in reqs))
+        self.assertIn("compressed", source)
+        step, _ = workload.build("step", 100, 2.0, 4096, 1024, seed=2)
+        inside = sum(1 for r in step if 30 <= r.t < 70) / 40
+        outside = sum(1 for r in step if r.t < 30 or r.t >= 70) / 60
+        self.assertGreater(inside / outside, 3.5)
+
+    def test_bad_specs_are_named(self):
+        with self.assertRaisesRegex(workload.WorkloadError, "unknown workload 'azur'"):
+            workload.build("azur", 10, 1, 10, 10)
+        with self.assertRaisesRegex(workload.WorkloadError, "unknown model 'm-huge'"):
+            workload.build("servegen:m-huge", 10, 1, 10, 10)
+        with self.assertRaisesRegex(workload.WorkloadError, "must be more than 0"):
+            workload.build("step", 10, 0, 10, 10)
+
+
+class PolicyTest(unittest.TestCase):
+    def test_scales_out_at_once_and_in_only_after_the_keep_alive(self):
+        a = policy.Autoscaler(min_replicas=2, max_replicas=8, per_replica=4, service_s=1, keep_alive=10)
+        self.assertEqual(a.decide(0, outstanding=8, held=2, busy=False), 0)
+        self.assertEqual(a.decide(1, outstanding=20, held=2, busy=True), 0)  # one operation at a time
+        self.assertEqual(a.decide(2, outstanding=20, held=2, busy=False), 3)
+        self.assertEqual(a.decide(3, outstanding=100, held=5, busy=False), 3)  # capped at max
+        self.assertEqual(a.decide(4, outstanding=0, held=8, busy=False), 0)  # low since 4
+        self.assertEqual(a.decide(13, outstanding=0, held=8, busy=False), 0)
+        self.assertEqual(a.decide(14, outstanding=0, held=8, busy=False), -6)  # never below min
+        with self.assertRaises(ValueError):
+            policy.Autoscaler(min_replicas=3, max_replicas=2, per_replica=1, service_s=1, keep_alive=0)
+
+    def test_the_arrival_rate_counts_the_last_window(self):
+        a = policy.Autoscaler(min_replicas=1, max_replicas=100, per_replica=1, service_s=2, keep_alive=0, window=2)
+        for i in range(40):
+            a.arrived(i * 0.1)  # 10 req/s for 4 s
+        self.assertAlmostEqual(a.rate(4.0), 10, delta=0.6)
+        self.assertEqual(a.want(4.0, outstanding=0), 20)
+
+
+class ReportTest(unittest.TestCase):
+    def test_gpu_time_integrates_what_is_held(self):
+        tl = [(0, 0, 0, 2, 2), (10, 3, 0, 2, 5), (15, 0, 1, 5, 5), (30, 0, 0, 2, 2)]
+        self.assertAlmostEqual(report.gpu_seconds(tl, 40), 2 * 10 + 5 * 5 + 5 * 15 + 2 * 10)
+        self.assertAlmostEqual(report.percentile([1, 2, 3, 4], 0.5), 2.5)
+        self.assertTrue(math.isnan(report.percentile([], 0.9)))
+
+
+class SimulatorTest(unittest.TestCase):
+    def test_every_mode_on_the_testbed(self):
+        model = sim.ScaleOutModel(SIM_BIN, os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"),
+                                  "llama-2-70b", 16)
+        rps = sim.capacity_rps(model, 1000, 200)
+        reqs, _ = workload.build("burst", 120, 1.5 * rps, 4096, 1024, seed=5)
+        scaler = {"min_replicas": 2, "max_replicas": 12, "per_replica": 16 * 0.8, "service_s": 2.0, "keep_alive": 20}
+        out = {m: report.summarize(sim.simulate(m, reqs, 120, 12, 2, scaler, model)) for m in ALGORITHM}
+        for m, s in out.items():
+            self.assertEqual(s["failed"], 0, m)
+            self.assertEqual(s["requests"], len(reqs), m)
+        # Every node warm is the floor of TTFT and the ceiling of cost; a 128 GiB model from SSD
+        # at 6 GB/s (local) is slower to come than over 400 Gbit/s.
+        for m in ALGORITHM:
+            self.assertLessEqual(out["ideal"]["ttft_p90"], out[m]["ttft_p90"] + 1e-9, m)
+            self.assertGreaterEqual(out["ideal"]["gpu_s"], out[m]["gpu_s"] - 1e-6, m)
+        self.assertLess(out["modelcast"]["ttft_p99"], out["local"]["ttft_p99"])
+        self.assertGreater(out["modelcast"]["scale_outs"], 0)
+
+    def test_a_bad_model_is_named(self):
+        model = sim.ScaleOutModel(SIM_BIN, os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"),
+                                  "no-such-model", 16)
+        with self.assertRaisesRegex(sim.SimError, "no-such-model"):
+            model.run("lambdapipe", 2, 1)
+
+
+if __name__ == "__main__":
+    if not os.path.exists(os.path.join(workload.TRACES, workload.AZURE)):
+        print("SKIPPED: the shared traces are not at %s (set MODELCAST_TRACES)" % workload.TRACES)
+        sys.exit(77)
+    unittest.main(argv=sys.argv[:1])
