@@ -99,9 +99,9 @@ case "$cmd" in
     deps
     fuzz_build
     secs="${1:-600}"
-    for t in safetensors manifest; do
+    for t in safetensors manifest cluster thrift; do
       log "fuzzing $t for $secs s"
-      "$FUZZ_BUILD/bin/${t}_fuzz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+      "$FUZZ_BUILD/bin/${t}_fuzz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
         -artifact_prefix="$FUZZ_BUILD/tests/fuzz/artifacts/$t/" \
         "$FUZZ_BUILD/tests/fuzz/corpus/$t" "$ROOT/tests/fuzz/corpus/$t"
     done

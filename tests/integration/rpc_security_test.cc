@@ -2,6 +2,9 @@
 // mutual TLS with certificates made by openssl for the test, plaintext refused unless the
 // config says insecure, and a refused call changes nothing.
 #include <gtest/gtest.h>
+#include <thrift/protocol/TBinaryProtocol.h>
+#include <thrift/transport/TBufferTransports.h>
+#include <thrift/transport/TSocket.h>
 #include <thrift/transport/TTransportException.h>
 
 #include <atomic>
@@ -97,6 +100,59 @@ TEST(RpcSecurityTest, TokenIsCheckedOnEveryCall) {
   h.header = MakeHeader(wrong, "node-1");
   EXPECT_THROW(client.heartbeat(hb, h), NotAuthorized);
   EXPECT_EQ(s.handler->joins.load(), 1);  // the refused calls changed nothing
+}
+
+// A request that claims a string past the servers' limit is refused while it is decoded, before
+// any credential is looked at and before the server waits for (or allocates) what it claims:
+// the server closes the connection at once, and goes on serving others.
+TEST(RpcSecurityTest, OversizedClaimsAreRefusedWhileDecoding) {
+  using namespace apache::thrift;
+  SecurityConfig server_side;
+  server_side.token = kToken;
+  auto s = Serve(server_side);
+  ASSERT_TRUE(s.server);
+  for (const auto& [what, type, claim] :
+       {std::tuple{"a string", protocol::T_STRING, kMaxStringBytes + (16 << 20)},
+        std::tuple{"a list", protocol::T_LIST, kMaxContainerElements + 1}}) {
+    SCOPED_TRACE(what);
+    auto socket = std::make_shared<transport::TSocket>("127.0.0.1", s.server->port());
+    socket->setRecvTimeout(5000);
+    auto trans = std::make_shared<transport::TBufferedTransport>(socket);
+    protocol::TBinaryProtocol out(trans);
+    trans->open();
+    out.writeMessageBegin("join", protocol::T_CALL, 1);
+    out.writeStructBegin("join_args");
+    out.writeFieldBegin("req", protocol::T_STRUCT, 1);
+    out.writeStructBegin("JoinRequest");
+    if (type == protocol::T_STRING) {
+      out.writeFieldBegin("node", protocol::T_STRING, 2);
+      out.writeI32(claim);  // a string's length, and then nothing of it
+    } else {
+      // NodeInventory.tiers (field 1 of the inventory, field 5 of the request): a list claim.
+      out.writeFieldBegin("inventory", protocol::T_STRUCT, 5);
+      out.writeStructBegin("NodeInventory");
+      out.writeFieldBegin("tiers", protocol::T_LIST, 1);
+      out.writeListBegin(protocol::T_STRUCT, static_cast<uint32_t>(claim));
+    }
+    trans->flush();
+    const auto t0 = std::chrono::steady_clock::now();
+    uint8_t byte;
+    bool closed = false;
+    try {
+      closed = trans->read(&byte, 1) == 0;
+    } catch (const transport::TTransportException& e) {
+      closed = e.getType() == transport::TTransportException::END_OF_FILE;
+      EXPECT_NE(e.getType(), transport::TTransportException::TIMED_OUT) << "the server waited for the claimed bytes";
+    }
+    EXPECT_TRUE(closed);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 4s);
+  }
+  auto c = Connect("127.0.0.1", s.server->port(), server_side);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  MembershipClient client((*c)->protocol);
+  JoinResponse resp;
+  client.join(resp, Join(server_side));
+  EXPECT_EQ(s.handler->joins.load(), 1);
 }
 
 TEST(RpcSecurityTest, PlaintextWithoutCredentialsOnlyWhenSaid) {

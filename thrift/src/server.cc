@@ -67,6 +67,11 @@ class ReadySignal : public apache::thrift::server::TServerEventHandler {
 
 }  // namespace
 
+std::shared_ptr<apache::thrift::protocol::TProtocolFactory> ServerProtocolFactory() {
+  return std::make_shared<TBinaryProtocolFactory>(kMaxStringBytes, kMaxContainerElements, /*strict_read=*/false,
+                                                  /*strict_write=*/true);
+}
+
 Result<std::unique_ptr<RpcServer>> RpcServer::Start(std::shared_ptr<apache::thrift::TProcessor> processor,
                                                     const std::string& address, int port,
                                                     const SecurityConfig& security) {
@@ -81,7 +86,7 @@ Result<std::unique_ptr<RpcServer>> RpcServer::Start(std::shared_ptr<apache::thri
   }
   std::unique_ptr<RpcServer> s(new RpcServer());
   s->server_ = std::make_shared<TThreadedServer>(processor, socket, std::make_shared<TBufferedTransportFactory>(),
-                                                 std::make_shared<TBinaryProtocolFactory>());
+                                                 ServerProtocolFactory());
   // serve() binds and listens; the event handler tells when it has (or the thread that it failed).
   auto ready = std::make_shared<std::promise<Status>>();
   s->server_->setServerEventHandler(std::make_shared<ReadySignal>(ready));

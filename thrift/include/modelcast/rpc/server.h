@@ -20,6 +20,16 @@ class TThreadedServer;
 
 namespace modelcast::rpc {
 
+// What a request may claim before it is refused while it is decoded (before any credential is
+// looked at): a string of at most 64 MiB (a manifest is far smaller), a list, set or map of at
+// most 4 Mi elements (a plan fragment lists at most every slice of a model, and a model has at
+// most 4 Mi slices); Thrift's own limit on a whole message (100 MB) applies as well.
+constexpr int32_t kMaxStringBytes = 64 << 20;
+constexpr int32_t kMaxContainerElements = 4 << 20;
+
+// The binary protocol with those limits: what every modelcast server decodes requests with.
+std::shared_ptr<apache::thrift::protocol::TProtocolFactory> ServerProtocolFactory();
+
 class RpcServer {
  public:
   // Listens on address:port (port 0: any free port; port() tells which) and serves in the
