@@ -105,6 +105,7 @@ class ChannelTransport final : public Transport {
     s_->inner.Write(peer, local, local_offset, remote, remote_offset, length, std::move(done));
   }
   void Flush(const std::string& peer, Done done) override { s_->inner.Flush(peer, std::move(done)); }
+  void AbortPeer(const std::string& peer, const Status& cause) override { s_->inner.AbortPeer(peer, cause); }
   void SetMessageHandler(MessageHandler handler) override { c_.handlers.SetMessageHandler(std::move(handler), s_->loop); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override { c_.handlers.SetFailureHandler(std::move(handler)); }
   TransportStats stats() const override { return s_->inner.stats(); }

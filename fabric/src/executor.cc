@@ -189,7 +189,22 @@ class Run {
   // has been drained; the caller keeps it alive until then.
   bool Drain() {
     std::unique_lock lock(mu_);
-    if (!cv_.wait_for(lock, std::chrono::seconds(5), [&] { return outstanding_ == 0; })) return false;
+    const auto quiet = [&] { return outstanding_ == 0; };
+    if (!cv_.wait_for(lock, std::chrono::seconds(1), quiet)) {
+      // What is still due waits on peers gone silent (across a cut link a send waits for the
+      // kernel's TCP timeout): their connections are dropped, so that it fails now.
+      std::vector<std::string> silent;
+      for (const auto& [peer, n] : outstanding_by_peer_) {
+        if (peer != kVerifying) silent.push_back(peer);
+      }
+      lock.unlock();
+      for (const auto& peer : silent) {
+        LOG(WARNING) << "fabric: node " << f_.node << ": '" << peer << "' still owes this ended run; dropping its connection";
+        t_.AbortPeer(peer, Unavailable("'" + peer + "' did not answer after the run of '" + f_.node + "' ended"));
+      }
+      lock.lock();
+      if (!cv_.wait_for(lock, std::chrono::seconds(5), quiet)) return false;
+    }
     stop_verifier_ = true;
     verify_cv_.notify_all();
     lock.unlock();
@@ -268,7 +283,7 @@ class Run {
     VLOG(1) << f_.node << ": " << (write ? "write" : "send") << " slice " << slice << " to " << peer;
     if (report_.first_send < 0) report_.first_send = Now();
     ++in_flight_total_;
-    ++outstanding_;
+    Hold(peer);
     if (!write) {
       t_.Send(peer, kSliceMessage, U32(slice), {buffer_ + s.offset, s.length},
               [this, peer, slice](Status st) { Sent(peer, slice, false, st); });
@@ -277,10 +292,10 @@ class Run {
     // Write; a flush (every earlier write to the peer has landed) then says so, for every
     // slice written before it. One flush at a time per peer: a flush waits for all writes
     // in flight, so one per slice would only make the notifications come in bursts.
-    ++outstanding_;
+    Hold(peer);
     t_.Write(peer, *o_.region, s.offset, offer.region, s.offset, s.length, [this, peer, slice](Status st) {
       std::lock_guard lock(mu_);
-      --outstanding_;
+      Drop(peer);
       if (!st.ok()) Fail(st.WithContext(What("writing", slice, peer)));
       cv_.notify_all();
     });
@@ -298,7 +313,7 @@ class Run {
       f.busy = false;
       for (uint32_t slice : batch) {
         if (!st.ok()) {
-          --outstanding_;
+          Drop(peer);
           Fail(st.WithContext(What("flushing", slice, peer)));
           continue;
         }
@@ -317,7 +332,7 @@ class Run {
   void Sent(const std::string& peer, uint32_t slice, bool written, const Status& st) {
     std::lock_guard lock(mu_);
     VLOG(1) << f_.node << ": sent slice " << slice << " to " << peer << ": " << st.ToString();
-    --outstanding_;
+    Drop(peer);
     --in_flight_total_;
     if (!st.ok()) {
       Fail(st.WithContext(What("sending", slice, peer)));
@@ -332,12 +347,12 @@ class Run {
 
   // Tells `sender` how this node takes its slices.
   void Offer(const std::string& sender) {
-    ++outstanding_;
+    Hold(sender);
     std::span<const uint8_t> payload;
     if (writes_) payload = {reinterpret_cast<const uint8_t*>(region_text_.data()), region_text_.size()};
     t_.Send(sender, kOfferMessage, U32(writes_ ? 1 : 0), payload, [this, sender](Status st) {
       std::lock_guard lock(mu_);
-      --outstanding_;
+      Drop(sender);
       if (!st.ok()) Fail(st.WithContext("telling '" + sender + "' how to send its slices"));
       cv_.notify_all();
     });
@@ -361,10 +376,10 @@ class Run {
                                   " bytes (at most " + std::to_string(kMaxOffer) + ")"));
     }
     auto text = std::make_shared<std::string>(m.payload_size, '\0');
-    ++outstanding_;
+    Hold(m.peer);
     accept(reinterpret_cast<uint8_t*>(text->data()), [this, text, peer = m.peer](Status st) {
       std::lock_guard lock(mu_);
-      --outstanding_;
+      Drop(peer);
       cv_.notify_all();
       if (!st.ok()) return Fail(st.WithContext("receiving the remote region of '" + peer + "'"));
       auto region = RemoteRegion::Parse(*text);
@@ -380,10 +395,10 @@ class Run {
   }
 
   void Control(const std::string& peer, uint16_t type, uint32_t value) {
-    ++outstanding_;
+    Hold(peer);
     t_.Send(peer, type, U32(value), {}, [this, peer](Status st) {
       std::lock_guard lock(mu_);
-      --outstanding_;
+      Drop(peer);
       if (!st.ok()) Fail(st.WithContext("message to '" + peer + "'"));
       cv_.notify_all();
     });
@@ -457,7 +472,7 @@ class Run {
     auto take = [&](uint32_t slice) {
       auto w = waiting_.extract(slice);
       const double started = Now();
-      ++outstanding_;
+      Hold(w.mapped().peer);
       ++landing_;
       w.mapped().accept(buffer_ + layout_.slices[slice].offset, [this, slice, started, peer = w.mapped().peer](
                                                                     Status st) { Landed(slice, peer, started, st); });
@@ -487,7 +502,7 @@ class Run {
 
   void Landed(uint32_t slice, const std::string& peer, double started, const Status& st) {
     std::lock_guard lock(mu_);
-    --outstanding_;
+    Drop(peer);
     --landing_;
     LandedLocked(slice, peer, started, st);
     if (error_.ok()) Admit();
@@ -499,7 +514,7 @@ class Run {
     VLOG(1) << f_.node << ": slice " << slice << " from " << peer << " landed: " << st.ToString();
     cv_.notify_all();
     if (!st.ok()) return Fail(st.WithContext("receiving slice " + std::to_string(slice) + " from '" + peer + "'"));
-    ++outstanding_;
+    Hold(kVerifying);
     to_verify_.push_back({slice, peer, started});
     if (!verifier_.joinable()) verifier_ = std::thread([this] { Verifier(); });
     verify_cv_.notify_one();
@@ -516,7 +531,7 @@ class Run {
       lock.unlock();
       const bool good = Xxh3(buffer_ + s.offset, s.length) == s.xxh3;
       lock.lock();
-      --outstanding_;
+      Drop(kVerifying);
       cv_.notify_all();
       if (error_.ok()) Verified(v.slice, v.peer, v.started, good);
     }
@@ -581,7 +596,19 @@ class Run {
   size_t landing_ = 0;  // receives let in and not yet landed
   std::set<std::string> receivers_;
   size_t in_flight_total_ = 0;
-  size_t outstanding_ = 0;  // transport callbacks not yet run
+  size_t outstanding_ = 0;  // transport callbacks not yet run, and slices not yet verified
+  std::map<std::string, size_t> outstanding_by_peer_;  // the same by peer (kVerifying: the verifier's)
+  static constexpr const char* kVerifying = "";
+
+  void Hold(const std::string& peer) {
+    ++outstanding_;
+    ++outstanding_by_peer_[peer];
+  }
+  void Drop(const std::string& peer) {
+    --outstanding_;
+    auto it = outstanding_by_peer_.find(peer);
+    if (it != outstanding_by_peer_.end() && --it->second == 0) outstanding_by_peer_.erase(it);
+  }
   std::map<uint32_t, Expected> expected_;
   std::map<std::string, uint32_t> expected_from_;
   size_t verified_ = 0;

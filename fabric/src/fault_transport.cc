@@ -80,6 +80,7 @@ class FaultTransport final : public Transport {
     // Delayed like the writes it follows, so that it still follows them.
     Dispatch([this, peer, done = std::move(done)]() mutable { inner_->Flush(peer, std::move(done)); });
   }
+  void AbortPeer(const std::string& peer, const Status& cause) override { inner_->AbortPeer(peer, cause); }
   void SetMessageHandler(MessageHandler handler) override { inner_->SetMessageHandler(std::move(handler)); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override {
     {

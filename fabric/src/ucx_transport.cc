@@ -91,6 +91,11 @@ class UcxTransport final : public Transport {
   void Write(const std::string& peer, const MemoryRegion& local, uint64_t local_offset, const RemoteRegion& remote,
              uint64_t remote_offset, uint64_t length, Done done) override;
   void Flush(const std::string& peer, Done done) override;
+  void AbortPeer(const std::string& peer, const Status& cause) override {
+    loop_.Post([this, peer, cause] {
+      if (Endpoint* e = FindPeer(peer)) Fail(e, cause);
+    });
+  }
   void SetMessageHandler(MessageHandler handler) override { handlers_.SetMessageHandler(std::move(handler), loop_); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override { handlers_.SetFailureHandler(std::move(handler)); }
   TransportStats stats() const override { return counters_.Snapshot(); }
@@ -157,6 +162,9 @@ Status UcxTransport::Init() {
     settings["TCP_RX_SEG_SIZE"] = options_.tcp_seg_size;
   }
   settings["KEEPALIVE_INTERVAL"] = std::to_string(options_.keepalive_interval) + "s";
+  // A restarted agent listens again at once, though its predecessor's connections linger in
+  // TIME_WAIT on the port (two live listeners on one port are still refused).
+  settings.emplace("TCP_CM_REUSEADDR", "y");
   for (const auto& [k, v] : settings) {
     if (k.rfind("TCP_", 0) == 0 || k.rfind("IB_", 0) == 0 || k.rfind("RC_", 0) == 0 || k.rfind("DC_", 0) == 0 ||
         k.rfind("UD_", 0) == 0 || k.rfind("MM_", 0) == 0 || k.rfind("CMA_", 0) == 0) {

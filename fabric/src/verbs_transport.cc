@@ -222,6 +222,12 @@ class VerbsTransport final : public Transport {
   void Write(const std::string& peer, const MemoryRegion& local, uint64_t local_offset, const RemoteRegion& remote,
              uint64_t remote_offset, uint64_t length, Done done) override;
   void Flush(const std::string& peer, Done done) override;
+  void AbortPeer(const std::string& peer, const Status& cause) override {
+    loop_.Post([this, peer, cause] {
+      auto it = peers_.find(peer);
+      if (it != peers_.end()) Fail(it->second, cause);
+    });
+  }
   void SetMessageHandler(MessageHandler handler) override { handlers_.SetMessageHandler(std::move(handler), loop_); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override { handlers_.SetFailureHandler(std::move(handler)); }
   TransportStats stats() const override { return counters_.Snapshot(); }

@@ -123,6 +123,15 @@ class Transport {
                      const RemoteRegion& remote, uint64_t remote_offset, uint64_t length, Done done) = 0;
   virtual void Flush(const std::string& peer, Done done) = 0;
 
+  // Drops the connection to `peer` at once: what is in flight to or from it fails with
+  // `cause`, and the peer-failure handler runs; a later Connect makes a new connection. For
+  // a peer that has gone silent (a cut link), whose operations would otherwise wait for the
+  // kernel's TCP timeout. A backend that cannot does nothing.
+  virtual void AbortPeer(const std::string& peer, const Status& cause) {
+    (void)peer;
+    (void)cause;
+  }
+
   // Messages arriving while no handler is set are held (a bounded number) and delivered in
   // order to the next handler.
   virtual void SetMessageHandler(MessageHandler handler) = 0;
