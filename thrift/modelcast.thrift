@@ -94,6 +94,7 @@ struct ModelHolding {
   4: list<SliceRun> host,
   5: list<SliceRun> gpu,
   6: bool ssd_complete,
+  7: optional string ssd_error,  // why the copy could not be written behind to SSD (it stays in host memory only)
 }
 
 struct NodeInventory {
@@ -112,6 +113,7 @@ struct ModelInfo {
   5: list<string> gpu_holders,
   6: list<string> host_holders,
   7: list<string> ssd_holders,
+  8: optional map<string, string> ssd_errors,  // node -> why its copy could not be written to SSD
 }
 
 struct RegisterModelRequest {
@@ -172,6 +174,7 @@ struct NodeProgress {
   7: string state,                     // "waiting", "receiving", "complete", "failed", "lost"
   8: optional string error,
   9: optional double complete_unix,    // when a target had every slice
+  10: optional i32 corrupt_slices,     // slices that arrived corrupt, were caught by their checksum and sent again
 }
 
 struct OperationStatus {
@@ -284,6 +287,7 @@ struct ProgressReport {
   5: bool done,
   6: optional string error,            // the fragment failed: why, naming peer and slices
   7: optional double started_unix,     // when the fragment began (SliceProgress times count from it)
+  8: optional i32 corrupt_slices,      // at the end: slices that failed their checksum on arrival and came again
 }
 
 service Membership {

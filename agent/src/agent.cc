@@ -59,6 +59,7 @@ rpc::NodeInventory ToRpcInventory(const tiers::Inventory& inv) {
     h.host = Runs(m.slices[int(Tier::kHost)]);
     h.gpu = Runs(m.slices[int(Tier::kGpu)]);
     h.ssd_complete = m.ssd_complete;
+    if (!m.ssd_error.empty()) h.__set_ssd_error(m.ssd_error);
     out.models.push_back(std::move(h));
   }
   return out;
@@ -205,8 +206,9 @@ struct AgentDaemon::Impl {
   }
 
   void Report(const std::string& operation, double started_unix, std::vector<rpc::SliceProgress> slices, bool done,
-              const Status& error) {
+              const Status& error, uint32_t corrupt = 0) {
     rpc::ProgressReport r;
+    if (done) r.__set_corrupt_slices(static_cast<int32_t>(corrupt));
     r.__set_started_unix(started_unix);
     r.header = Header();
     r.node = config.node;
@@ -220,16 +222,17 @@ struct AgentDaemon::Impl {
 
   Status RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> manifest,
                      const std::atomic<bool>& cancel, std::chrono::steady_clock::time_point fragment_start,
-                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending);
+                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending, uint32_t& corrupt);
 
   int rpc_port = 0;
-  std::atomic<uint64_t> fragments_ok{0}, fragments_failed{0}, slices_in{0}, bytes_in{0}, slices_out{0}, bytes_out{0};
+  std::atomic<uint64_t> fragments_ok{0}, fragments_failed{0}, slices_in{0}, bytes_in{0}, slices_out{0}, bytes_out{0},
+      slices_corrupt_in{0};
 };
 
 Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> m,
                                       const std::atomic<bool>& cancel,
                                       std::chrono::steady_clock::time_point fragment_start, std::mutex& pending_mu,
-                                      std::vector<rpc::SliceProgress>& pending) {
+                                      std::vector<rpc::SliceProgress>& pending, uint32_t& corrupt) {
   const auto& model = req.model;
   const auto deadline = std::chrono::milliseconds(static_cast<int64_t>(req.deadline_s * 1000));
   std::set<uint32_t> received;
@@ -322,6 +325,8 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   bytes_in += report.bytes_received;
   slices_out += report.slices_sent;
   bytes_out += report.bytes_sent;
+  slices_corrupt_in += report.corrupt;
+  corrupt = report.corrupt;
   LOG(INFO) << "agent " << config.node << ": operation " << req.operation_id << " done: " << report.slices_received
             << " slices in, " << report.slices_sent << " out, " << report.seconds << " s";
   return Status::Ok();
@@ -355,6 +360,29 @@ class AgentHandler : public rpc::AgentIf {
     if (!(req.deadline_s > 0)) ThrowStatus(InvalidArgument("runFragment: deadline_s must be positive"));
     if (req.channel < 1 || req.channel > 255) {
       ThrowStatus(InvalidArgument("runFragment: channel " + std::to_string(req.channel) + " is not between 1 and 255"));
+    }
+    // A fragment reads only what this node holds: every slice it sends or loads locally is in
+    // one of its tiers, or arrives in this same fragment.
+    {
+      std::set<int32_t> held, arriving;
+      for (const auto& r : req.receives) arriving.insert(r.slice);
+      const auto inventory = impl_->store->GetInventory();
+      if (const auto* h = inventory.Find(req.model)) {
+        for (const auto& tier : h->slices) held.insert(tier.begin(), tier.end());
+      }
+      auto readable = [&](int32_t s) { return held.count(s) || arriving.count(s); };
+      for (const auto& s : req.sends) {
+        if (!readable(s.slice)) {
+          ThrowStatus(InvalidArgument("runFragment: would send slice " + std::to_string(s.slice) + " of model '" +
+                                      req.model + "' to '" + s.peer + "', which this node neither holds nor receives"));
+        }
+      }
+      for (int32_t s : req.local_loads) {
+        if (!held.count(s)) {
+          ThrowStatus(InvalidArgument("runFragment: would load slice " + std::to_string(s) + " of model '" +
+                                      req.model + "' locally, which this node does not hold"));
+        }
+      }
     }
     Check(impl_->store->AddModel(*parsed));
     auto manifest = impl_->store->FindModel(req.model);
@@ -392,7 +420,8 @@ class AgentHandler : public rpc::AgentIf {
           l.lock();
         }
       });
-      Status st = impl->RunFragment(req, manifest, *cancel, fragment_start, pending_mu, pending);
+      uint32_t corrupt = 0;
+      Status st = impl->RunFragment(req, manifest, *cancel, fragment_start, pending_mu, pending, corrupt);
       (st.ok() ? impl->fragments_ok : impl->fragments_failed)++;
       {
         std::lock_guard l(pending_mu);
@@ -407,7 +436,7 @@ class AgentHandler : public rpc::AgentIf {
         std::lock_guard l(pending_mu);
         rest.swap(pending);
       }
-      impl->Report(req.operation_id, started_unix, std::move(rest), true, st);
+      impl->Report(req.operation_id, started_unix, std::move(rest), true, st, corrupt);
       {
         std::lock_guard l(impl->mu);
         impl->running.erase(req.operation_id);
@@ -534,8 +563,10 @@ std::string AgentDaemon::RenderMetrics() const {
     m.Counter("modelcast_evictions_total", "Blocks evicted from a tier", static_cast<double>(c.evictions[int(t)]),
               "tier=\"" + std::string(TierName(t)) + "\"");
   }
-  m.Counter("modelcast_corrupt_slices_total", "Slices read from SSD that failed their checksum",
-            static_cast<double>(c.corrupt_slices));
+  m.Counter("modelcast_corrupt_slices_total", "Slices that failed their checksum (and were read or sent again)",
+            static_cast<double>(c.corrupt_slices), "from=\"ssd\"");
+  m.Counter("modelcast_corrupt_slices_total", "Slices that failed their checksum (and were read or sent again)",
+            static_cast<double>(impl_->slices_corrupt_in.load()), "from=\"fabric\"");
   m.Counter("modelcast_fallbacks_total", "Slower paths taken (logged once each)", static_cast<double>(c.uring_refused),
             "kind=\"io_uring_refused\"");
   m.Counter("modelcast_fallbacks_total", "Slower paths taken (logged once each)", static_cast<double>(c.direct_refused),

@@ -243,6 +243,7 @@ Inventory Store::GetInventory() const {
     h.bytes = ms.manifest->TotalBytes();
     h.num_slices = static_cast<uint32_t>(ms.manifest->slices.size());
     h.ssd_complete = ms.ssd_committed;
+    if (!ms.write_error.ok() && !ms.ssd_committed) h.ssd_error = ms.write_error.message();
     for (uint32_t b = 0; b < ms.blocks.size(); ++b) {
       const auto& be = ms.manifest->blocks[b];
       const auto& bs = ms.blocks[b];

@@ -133,6 +133,75 @@ TEST_F(ScaleOutTest, BadScaleRequestsAreRefused) {
 
 // The command line against the live cluster: the coordinator's plan (nothing moves), a
 // scale-out followed to its end, the instances, a scale-in of a named node, and a bad one.
+// An agent takes a plan fragment only when it reads what the node holds: sending or loading
+// a slice it neither holds nor receives is refused before anything runs, as is a fragment
+// without the cluster's credentials.
+TEST_F(ScaleOutTest, AnAgentRefusesFragmentsThatReadWhatItDoesNotHold) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2}));
+  auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*agents[1], "listening on "), security);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  rpc::AgentClient agent((*c)->protocol);
+  auto fragment = [&] {
+    rpc::RunFragmentRequest f;
+    f.header = header;
+    f.operation_id = "op-forged";
+    f.model = "tiny-llm";
+    f.manifest_json = testing::ReadAll(dir / "pkg-tiny-llm" / "manifest.json");
+    f.deadline_s = 10;
+    f.channel = 7;
+    return f;
+  };
+  auto refused = [&](const rpc::RunFragmentRequest& f) -> std::string {
+    try {
+      agent.runFragment(f);
+    } catch (const rpc::InvalidRequest& e) {
+      return rpc::to_string(e.code) + ": " + e.message;
+    } catch (const rpc::NotAuthorized& e) {
+      return "NOT_AUTHORIZED: " + e.message;
+    }
+    return "accepted";
+  };
+  // node-1 holds nothing of the model.
+  auto send = fragment();
+  send.sends.push_back(rpc::FragmentStep());
+  send.sends.back().peer = "node-0";
+  send.sends.back().slice = 3;
+  EXPECT_EQ(refused(send),
+            "INVALID_ARGUMENT: runFragment: would send slice 3 of model 'tiny-llm' to 'node-0', which this node "
+            "neither holds nor receives");
+  auto load = fragment();
+  load.local_loads = {0};
+  EXPECT_EQ(refused(load),
+            "INVALID_ARGUMENT: runFragment: would load slice 0 of model 'tiny-llm' locally, which this node does not "
+            "hold");
+  auto outside = fragment();
+  outside.receives.push_back(rpc::FragmentStep());
+  outside.receives.back().peer = "node-0";
+  outside.receives.back().slice = 1 << 20;
+  EXPECT_NE(refused(outside).find("INVALID_ARGUMENT: runFragment: slice 1048576 is not in model 'tiny-llm'"),
+            std::string::npos);
+  auto anonymous = send;
+  anonymous.header = rpc::RequestHeader();
+  EXPECT_EQ(refused(anonymous).rfind("NOT_AUTHORIZED", 0), 0u) << refused(anonymous);
+  const std::string forged_token = "a-forged-token-0123456789abcdef";
+  auto forged = send;
+  forged.header.__set_token(forged_token);
+  EXPECT_EQ(refused(forged).rfind("NOT_AUTHORIZED", 0), 0u) << refused(forged);
+  EXPECT_TRUE(Running(1).empty());
+  // No credential, right or wrong, shows in the metrics or the logs.
+  for (auto* p : {coordinator.get(), agents[0].get(), agents[1].get()}) {
+    const std::string metrics = Metrics(*p);
+    EXPECT_FALSE(metrics.empty());
+    EXPECT_EQ(metrics.find(kToken), std::string::npos);
+    EXPECT_EQ(metrics.find(forged_token), std::string::npos);
+  }
+  agents[1]->Kill(SIGTERM);
+  const auto log = agents[1]->Wait(30s).err;
+  EXPECT_NE(log.find("refused runFragment"), std::string::npos) << log;
+  EXPECT_EQ(log.find(kToken), std::string::npos);
+  EXPECT_EQ(log.find(forged_token), std::string::npos);
+}
+
 TEST_F(ScaleOutTest, CommandLineDrivesTheCoordinator) {
   ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 3}));
   testing::WriteAll(dir / "token", kToken);

@@ -107,6 +107,7 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
                           {"rate_bytes_per_s", n.rate_bytes_per_s}});
     if (n.__isset.error) j["nodes"].back()["error"] = n.error;
     if (n.__isset.complete_unix) j["nodes"].back()["complete_unix"] = n.complete_unix;
+    if (n.__isset.corrupt_slices) j["nodes"].back()["corrupt_slices"] = n.corrupt_slices;
   }
   return j;
 }
@@ -241,11 +242,17 @@ int RunModels(const std::vector<std::string>& args) {
                    {"gpu", m.gpu_holders},
                    {"host", m.host_holders},
                    {"ssd", m.ssd_holders}});
+      if (m.__isset.ssd_errors) j.back()["ssd_errors"] = m.ssd_errors;
     } else {
       std::printf("%-24s %10s %6d slices  instances %d (+%d loading)  gpu %zu  host %zu  ssd %zu\n",
                   m.summary.name.c_str(), FormatBytes(static_cast<uint64_t>(m.summary.total_bytes)).c_str(),
                   m.summary.num_slices, m.instances, m.loading, m.gpu_holders.size(), m.host_holders.size(),
                   m.ssd_holders.size());
+      if (m.__isset.ssd_errors) {
+        for (const auto& [node, why] : m.ssd_errors) {
+          std::printf("  %s: not written to SSD: %s\n", node.c_str(), why.c_str());
+        }
+      }
     }
   }
   if (f.json) std::printf("%s\n", j.dump().c_str());

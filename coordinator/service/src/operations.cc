@@ -328,11 +328,17 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
   std::vector<std::string> loaded;
   if (op.status.kind == rpc::OperationKind::SCALE_OUT) {
     for (const auto& t : op.targets) {
-      const auto& np = op.status.nodes[op.node_index[t]];
+      auto& np = op.status.nodes[op.node_index[t]];
       if (np.state == "complete") {
         loaded.push_back(t);
-      } else {
-        RemoveInstanceLocked(op.status.model, t);
+        continue;
+      }
+      RemoveInstanceLocked(op.status.model, t);
+      // A target cut short says how far it got (a lost one already says why).
+      if (np.state != "lost" && np.state != "failed") {
+        np.state = "failed";
+        np.__set_error("incomplete: " + std::to_string(np.slices_received) + " of " +
+                       std::to_string(np.slices_total) + " slices when the operation ended");
       }
     }
   }
@@ -402,6 +408,9 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
     return Status::Ok();
   }
   op.pending.erase(r.node);
+  if (r.__isset.corrupt_slices && r.corrupt_slices > 0) {
+    np.__set_corrupt_slices((np.__isset.corrupt_slices ? np.corrupt_slices : 0) + r.corrupt_slices);
+  }
   if (r.__isset.error) {
     if (op.repairing) return Status::Ok();  // cancelled by the repair under way
     np.state = "failed";

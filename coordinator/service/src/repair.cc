@@ -1,6 +1,8 @@
 // Repairing operations: a node lost mid-operation, a fragment that failed, an operation found
 // running after a restart. Repairs run on the worker thread, because they call the agents.
 #include <algorithm>
+#include <map>
+#include <thread>
 
 #include <glog/logging.h>
 
@@ -90,27 +92,33 @@ void ClusterState::Repair(const std::string& id) {
         }
       }
     }
+    // Every participant at once: a slow one (its fragment still stopping) delays the replan by
+    // its own time, not by the sum.
     std::map<std::string, Answer> answers;
+    for (const auto& [node, address] : participants) answers[node];
+    std::vector<std::thread> askers;
     for (const auto& [node, address] : participants) {
-      Answer& a = answers[node];
-      const auto header = rpc::MakeHeader(config_.security, "coordinator");
-      if (!adopt) {
-        // Returns once the fragment has ended (or after the agent's bound), so that what the
-        // agent holds no longer changes.
-        Status st = CallAgent(address, 10000, [&](rpc::AgentClient& c) { c.cancelOperation(header, fragment_id); });
-        if (!st.ok() && st.code() != StatusCode::kNotFound) VLOG(1) << "cancel on " << node << ": " << st.message();
-      }
-      rpc::AgentStatus status;
-      Status st = CallAgent(address, 3000, [&](rpc::AgentClient& c) { c.getStatus(status, header); });
-      if (!st.ok()) {
-        a.error = st.message();
-        continue;
-      }
-      a.reachable = true;
-      a.inventory = status.inventory;
-      a.running = std::find(status.running_operations.begin(), status.running_operations.end(), fragment_id) !=
-                  status.running_operations.end();
+      askers.emplace_back([&, &node = node, &address = address, &a = answers.at(node)] {
+        const auto header = rpc::MakeHeader(config_.security, "coordinator");
+        if (!adopt) {
+          // Returns once the fragment has ended (or after the agent's bound), so that what the
+          // agent holds no longer changes.
+          Status st = CallAgent(address, 10000, [&](rpc::AgentClient& c) { c.cancelOperation(header, fragment_id); });
+          if (!st.ok() && st.code() != StatusCode::kNotFound) VLOG(1) << "cancel on " << node << ": " << st.message();
+        }
+        rpc::AgentStatus status;
+        Status st = CallAgent(address, 3000, [&](rpc::AgentClient& c) { c.getStatus(status, header); });
+        if (!st.ok()) {
+          a.error = st.message();
+          return;
+        }
+        a.reachable = true;
+        a.inventory = status.inventory;
+        a.running = std::find(status.running_operations.begin(), status.running_operations.end(), fragment_id) !=
+                    status.running_operations.end();
+      });
     }
+    for (auto& t : askers) t.join();
     // 2. Decide, under the lock, against what the operation is now.
     std::vector<Dispatch> dispatches;
     {
@@ -226,7 +234,11 @@ void ClusterState::Repair(const std::string& id) {
         error = "replanning: " + plan.status().message();
       } else if (!plan->lost_slices.empty()) {
         error = std::to_string(plan->lost_slices.size()) + " slice(s) (first " +
-                std::to_string(plan->lost_slices.front()) + ") are held by no surviving node";
+                std::to_string(plan->lost_slices.front()) + ") are held by no surviving node; lost:";
+        for (const auto& n : op.lost) {
+          const auto& np = op.status.nodes[op.node_index.at(n)];
+          error += " " + n + " (lost" + (np.__isset.error ? ": " + np.error : "") + ")";
+        }
       }
       if (error.empty()) {
         op.attempt++;

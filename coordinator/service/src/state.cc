@@ -256,6 +256,12 @@ rpc::ModelInfo ClusterState::InfoLocked(const std::string& name, const Model& m)
   info.ssd_holders = Holders(inv, name, 0);
   info.host_holders = Holders(inv, name, 1);
   info.gpu_holders = Holders(inv, name, 2);
+  for (const auto& [n, i] : inv) {
+    for (const auto& h : i.models) {
+      if (h.model == name && h.__isset.ssd_error) info.ssd_errors[n] = h.ssd_error;
+    }
+  }
+  if (!info.ssd_errors.empty()) info.__isset.ssd_errors = true;
   return info;
 }
 

@@ -75,6 +75,7 @@ struct ModelHoldings {
   uint32_t num_slices = 0;
   std::vector<uint32_t> slices[kNumTiers];  // sorted slice indices held in each tier
   bool ssd_complete = false;                // a committed package on SSD
+  std::string ssd_error;                    // the last write-behind failed: why (the SSD holds no copy)
 };
 
 struct Inventory {
