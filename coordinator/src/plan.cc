@@ -1,6 +1,8 @@
 #include "modelcast/coord/plan.h"
 
 #include <algorithm>
+#include <cmath>
+#include <set>
 
 namespace modelcast::coord {
 
@@ -98,7 +100,60 @@ Result<Plan> Plan::FromJson(const json& j) {
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("plan: ") + e.what());
   }
+  MC_RETURN_IF_ERROR(p.CheckReferences());
   return p;
+}
+
+// The fabric and the coordinator index nodes, slices and blocks by what a plan says: every
+// reference must exist before a plan read from elsewhere is used.
+Status Plan::CheckReferences() const {
+  const auto nodes = static_cast<int64_t>(node_names.size());
+  if (nodes == 0) return InvalidArgument("plan: no nodes");
+  std::set<std::string> names;
+  for (const auto& n : node_names) {
+    if (n.empty() || !names.insert(n).second) return InvalidArgument("plan: node names must be unique and non-empty");
+  }
+  if (!(std::isfinite(reference_rate) && reference_rate >= 0) || !(std::isfinite(tick_seconds) && tick_seconds >= 0)) {
+    return InvalidArgument("plan: reference_rate and tick_seconds must be finite and not negative");
+  }
+  auto node_ok = [&](int64_t n) { return n >= 0 && n < nodes; };
+  for (size_t i = 0; i < transfers.size(); ++i) {
+    const Transfer& t = transfers[i];
+    const std::string what = "plan: transfer " + std::to_string(i) + " ";
+    if (!node_ok(t.src) || !node_ok(t.dst)) {
+      return InvalidArgument(what + "names node " + std::to_string(node_ok(t.src) ? t.dst : t.src) + " of " +
+                             std::to_string(nodes));
+    }
+    if (t.slice >= num_slices) {
+      return InvalidArgument(what + "names slice " + std::to_string(t.slice) + " of " + std::to_string(num_slices));
+    }
+    if (t.duration == 0 || uint64_t{t.tick} + t.duration > num_ticks) {
+      return InvalidArgument(what + "does not end within the plan's " + std::to_string(num_ticks) + " ticks");
+    }
+  }
+  for (const auto& set : pipelines) {
+    for (const auto& pipe : set.pipelines) {
+      for (const auto& st : pipe.stages) {
+        if (!node_ok(st.node) || st.first_block >= st.end_block || st.end_block > num_blocks) {
+          return InvalidArgument("plan: a pipeline stage at tick " + std::to_string(set.tick) + " names node " +
+                                 std::to_string(st.node) + ", blocks [" + std::to_string(st.first_block) + ", " +
+                                 std::to_string(st.end_block) + ") of " + std::to_string(nodes) + " nodes and " +
+                                 std::to_string(num_blocks) + " blocks");
+        }
+      }
+    }
+  }
+  if (static_cast<int64_t>(full_at.size()) != nodes) {
+    return InvalidArgument("plan: full_at has " + std::to_string(full_at.size()) + " entries for " +
+                           std::to_string(nodes) + " nodes");
+  }
+  for (int32_t f : full_at) {
+    if (f < -1) return InvalidArgument("plan: full_at holds " + std::to_string(f));
+  }
+  for (uint32_t s : lost_slices) {
+    if (s >= num_slices) return InvalidArgument("plan: lost slice " + std::to_string(s) + " of " + std::to_string(num_slices));
+  }
+  return Status::Ok();
 }
 
 }  // namespace modelcast::coord

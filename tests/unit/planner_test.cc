@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <random>
 
 #include "modelcast/coord/pipelines.h"
@@ -289,6 +290,25 @@ TEST(PlannerTest, PlanJsonRoundTrip) {
   bad["transfers"][0] = {1, 2};
   EXPECT_NE(Plan::FromJson(bad).status().message().find("is not [tick, src, dst, slice, tier, duration]"),
             std::string::npos);
+  // References to what is not there are refused, naming it (the fabric indexes by them).
+  auto refused = [&](const std::function<void(nlohmann::json&)>& edit) {
+    auto j = p.ToJson();
+    edit(j);
+    auto r = Plan::FromJson(j);
+    return r.ok() ? std::string("accepted") : r.status().message();
+  };
+  const std::string n = std::to_string(p.node_names.size());
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["transfers"][0][2] = 99; }), "plan: transfer 0 names node 99 of " + n);
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["transfers"][0][1] = -1; }), "plan: transfer 0 names node -1 of " + n);
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["transfers"][0][3] = 20; }), "plan: transfer 0 names slice 20 of 20");
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["transfers"][0][5] = 0; }),
+            "plan: transfer 0 does not end within the plan's " + std::to_string(p.num_ticks) + " ticks");
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["full_at"].erase(0); }),
+            "plan: full_at has " + std::to_string(p.node_names.size() - 1) + " entries for " + n + " nodes");
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["nodes"][1] = j["nodes"][0]; }),
+            "plan: node names must be unique and non-empty");
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["pipelines"] = {{{"tick", 3}, {"pipelines", {{{0, 2, 9}}}}}}; }),
+            "plan: a pipeline stage at tick 3 names node 0, blocks [2, 9) of " + n + " nodes and 5 blocks");
 }
 
 TEST(PipelinesTest, FormsShortBalancedDisjointPipelines) {

@@ -96,7 +96,10 @@ struct Plan {
   int64_t LastFullTick() const;
 
   nlohmann::json ToJson() const;
+  // Reads a plan defensively (plans travel to agents and tools): a field of the wrong type, or
+  // a reference to a node, slice, block or tick that is not there, is refused naming it.
   static Result<Plan> FromJson(const nlohmann::json& j);
+  Status CheckReferences() const;
 };
 
 }  // namespace modelcast::coord
