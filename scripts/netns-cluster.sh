@@ -9,6 +9,8 @@
 #   scripts/netns-cluster.sh down [--prefix mc]                  remove everything it made
 #   scripts/netns-cluster.sh status [--prefix mc]
 #   scripts/netns-cluster.sh exec I CMD... [--prefix mc]         run CMD in node I
+#   scripts/netns-cluster.sh link I down|up [--prefix mc]        cut node I's link, or restore it
+#   scripts/netns-cluster.sh shape I RATE [--prefix mc]          reshape node I's link (a straggler)
 #
 # --queue is how long a packet may wait in a shaper's queue (tbf latency): shallow queues drop
 # packets when several senders converge on one node, and TCP's recovery then dominates.
@@ -56,15 +58,18 @@ burst_for() {
   echo "$b"
 }
 
+# Shapes (or reshapes) node namespace $1's link to rate $2, both ways.
 shape() {
   local ns="$1" r="$2" burst
   burst=$(burst_for "$r")
-  tc -n "$ns" qdisc add dev eth0 root tbf rate "$r" burst "$burst" latency "$queue"
-  ip -n "$ns" link add ifb0 type ifb
-  ip -n "$ns" link set ifb0 up
-  tc -n "$ns" qdisc add dev eth0 handle ffff: ingress
-  tc -n "$ns" filter add dev eth0 parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev ifb0
-  tc -n "$ns" qdisc add dev ifb0 root tbf rate "$r" burst "$burst" latency "$queue"
+  tc -n "$ns" qdisc replace dev eth0 root tbf rate "$r" burst "$burst" latency "$queue"
+  if ! ip -n "$ns" link show ifb0 >/dev/null 2>&1; then
+    ip -n "$ns" link add ifb0 type ifb
+    ip -n "$ns" link set ifb0 up
+    tc -n "$ns" qdisc add dev eth0 handle ffff: ingress
+    tc -n "$ns" filter add dev eth0 parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev ifb0
+  fi
+  tc -n "$ns" qdisc replace dev ifb0 root tbf rate "$r" burst "$burst" latency "$queue"
 }
 
 up() {
@@ -103,10 +108,21 @@ case "$cmd" in
       tc -n "$ns" qdisc show dev eth0 2>/dev/null | head -2 || true
     done
     ;;
+  link)
+    [ $# -eq 3 ] && [[ "$2" =~ ^[0-9]+$ ]] && [[ "$3" =~ ^(up|down)$ ]] || die "link needs a node number and up or down"
+    ip netns list | grep -q "^${prefix}-n$2\b" || die "no node $2 (namespace ${prefix}-n$2)"
+    ip -n "$bridge" link set "v$2" "$3"
+    ;;
+  shape)
+    [ $# -eq 3 ] && [[ "$2" =~ ^[0-9]+$ ]] || die "shape needs a node number and a rate"
+    ns="${prefix}-n$2"
+    ip netns list | grep -q "^$ns\b" || die "no node $2 (namespace $ns)"
+    shape "$ns" "$3"
+    ;;
   exec)
     [ $# -ge 3 ] || die "exec needs a node number and a command"
     node="$2"; shift 2
     exec ip netns exec "${prefix}-n$node" "$@"
     ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -19,6 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::TempDir;
+using testing::TmpfsMount;
 using testing::ToolPath;
 
 model::Manifest ReadManifest(const fs::path& pkg) {
@@ -97,26 +98,6 @@ TEST(StoreCrashTest, SigkillDuringWriteBehindLeavesTheOldCopyOrTheNew) {
   EXPECT_GE(saw_old, 3);
   EXPECT_GE(saw_new, 1);
 }
-
-// A tmpfs mounted for one test, unmounted after it.
-class TmpfsMount {
- public:
-  TmpfsMount(const fs::path& where, const std::string& options, unsigned long flags = 0) : path_(where) {
-    fs::create_directories(where);
-    ok_ = ::mount("tmpfs", where.c_str(), "tmpfs", flags, options.c_str()) == 0;
-    if (!ok_) why_ = std::string("cannot mount a tmpfs: ") + strerror(errno);
-  }
-  ~TmpfsMount() {
-    if (ok_) ::umount2(path_.c_str(), MNT_DETACH);
-  }
-  bool ok() const { return ok_; }
-  const std::string& why() const { return why_; }
-
- private:
-  fs::path path_;
-  bool ok_ = false;
-  std::string why_;
-};
 
 TEST(StoreCrashTest, FullDiskMidWriteKeepsThePreviousCopy) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";

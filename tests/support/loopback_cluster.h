@@ -20,6 +20,7 @@
 #include "Agent.h"
 #include "Coordinator.h"
 #include "modelcast/rpc/server.h"
+#include "support/coordinator_probe.h"
 #include "support/process.h"
 #include "support/store_fixture.h"
 #include "support/temp_dir.h"
@@ -68,7 +69,7 @@ struct ClusterOptions {
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
-class ScaleOutTest : public ::testing::Test {
+class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
  protected:
   void StartCluster(const ClusterOptions& o = {}) {
     options = o;
@@ -137,18 +138,12 @@ class ScaleOutTest : public ::testing::Test {
   }
   // Starts (or restarts) the coordinator on `port` and connects the test's client to it.
   void StartCoordinator() {
-    client.reset();
-    conn.reset();
+    Disconnect();
     coordinator = std::make_unique<testing::Child>(
         std::vector<std::string>{ToolPath("modelcast-coordinator"), "--config", (dir / "cluster.yaml").string()});
     ASSERT_TRUE(coordinator->WaitForOutput("listening on", 30s)) << coordinator->Wait(1s).err;
-    security.token = kToken;
-    auto c = rpc::Connect("127.0.0.1", port, security);
-    ASSERT_TRUE(c.ok()) << c.status().ToString();
-    conn = std::move(*c);
-    client = std::make_unique<rpc::CoordinatorClient>(
-        std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(conn->protocol, "Coordinator"));
-    header = rpc::MakeHeader(security, "test");
+    std::string error;
+    ASSERT_TRUE(Connect("127.0.0.1", port, kToken, &error)) << error;
   }
   // GET /metrics from the process whose stdout announced "metrics on ADDRESS:PORT".
   static std::string Metrics(testing::Child& process) {
@@ -168,8 +163,7 @@ class ScaleOutTest : public ::testing::Test {
     return st.running_operations;
   }
   void TearDown() override {
-    client.reset();
-    conn.reset();
+    Disconnect();
     // MODELCAST_TEST_LOGS=1 prints the daemons' logs.
     const bool logs = getenv("MODELCAST_TEST_LOGS") != nullptr;
     for (size_t i = 0; i < agents.size(); ++i) {
@@ -183,24 +177,6 @@ class ScaleOutTest : public ::testing::Test {
       EXPECT_EQ(r.exit_code, 0);
       if (logs) std::cerr << "---- coordinator\n" << r.err;
     }
-  }
-  rpc::OperationStatus WaitForEnd(const std::string& id) {
-    rpc::OperationStatus op;
-    const auto done_by = std::chrono::steady_clock::now() + 60s;
-    do {
-      std::this_thread::sleep_for(50ms);
-      client->getOperation(op, header, id);
-    } while (op.state == rpc::OperationState::RUNNING && std::chrono::steady_clock::now() < done_by);
-    return op;
-  }
-  std::string ScaleOut(const std::string& model, int replicas) {
-    rpc::ScaleOutRequest so;
-    so.header = header;
-    so.model = model;
-    so.replicas = replicas;
-    rpc::ScaleOutResponse resp;
-    client->scaleOut(resp, so);
-    return resp.operation_id;
   }
   // Waits until `node` has received a slice of operation `id` (the operation still running).
   bool WaitReceiving(const std::string& id, const std::string& node) {
@@ -228,17 +204,8 @@ class ScaleOutTest : public ::testing::Test {
     ASSERT_TRUE(report.ok());
     EXPECT_TRUE(report->ok()) << node;
   }
-  std::map<std::string, rpc::NodeProgress> ByNode(const rpc::OperationStatus& op) {
-    std::map<std::string, rpc::NodeProgress> m;
-    for (const auto& n : op.nodes) m[n.node] = n;
-    return m;
-  }
   std::vector<std::string> InstanceNodes(const std::string& model = "tiny-llm") {
-    std::vector<rpc::Instance> list;
-    client->listInstances(list, header, model);
-    std::vector<std::string> nodes;
-    for (const auto& i : list) nodes.push_back(i.node + ":" + rpc::to_string(i.state));
-    return nodes;
+    return CoordinatorProbe::InstanceNodes(model);
   }
 
   ClusterOptions options;
@@ -246,10 +213,6 @@ class ScaleOutTest : public ::testing::Test {
   std::unique_ptr<testing::Child> coordinator;
   std::vector<std::unique_ptr<testing::Child>> agents;
   int port = 0;
-  rpc::SecurityConfig security;
-  std::unique_ptr<rpc::RpcConnection> conn;
-  std::unique_ptr<rpc::CoordinatorClient> client;
-  rpc::RequestHeader header;
   uint32_t nslices = 0;
 };
 

@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -26,19 +27,25 @@ class NetnsControlPlane {
       : dir_(std::move(dir)), cluster_(cluster), nodes_(nodes) {}
   ~NetnsControlPlane() {
     for (auto& a : agents) {
-      if (a->Running()) a->Kill(SIGTERM);
+      if (a && a->Running()) a->Kill(SIGTERM);
     }
     if (coordinator && coordinator->Running()) coordinator->Kill(SIGTERM);
   }
 
+  // Set before Start: the packages (directories under `dir`) imported into the holders' SSDs,
+  // and extra keys of a node's `fabric` mapping (e.g. {1, ", fault: 'corrupt=3'"}).
+  std::vector<std::string> packages = {"pkg"};
+  std::map<int, std::string> fabric_extra;
+
   // Writes cluster.yaml (`nic` as every node's link; `coordinator_extra` goes inside the
   // coordinator's mapping, e.g. ",\n  serving: {...}"), starts the coordinator, imports the
-  // package into the SSD of every node in `holders` and starts every agent. Call it inside
+  // packages into the SSD of every node in `holders` and starts every agent. Call it inside
   // ASSERT_NO_FATAL_FAILURE.
   void Start(const std::string& nic, const std::string& token, const std::vector<int>& holders,
              const std::string& host_capacity, const std::string& coordinator_extra = "") {
     using namespace std::chrono_literals;
     const std::string head = NetnsCluster::Address(1);
+    host_capacity_ = host_capacity;
     WriteAll(dir_ / "token", token);
     std::string config = "name: netns\ndefaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, "
                          "host_memory: 8GiB, nic: " + nic + ", pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\nnodes:\n";
@@ -47,26 +54,41 @@ class NetnsControlPlane {
               ", heartbeat_interval: 200ms, heartbeat_deadline: 3s, security: {token_file: " +
               (dir_ / "token").string() + "}" + coordinator_extra + "}\n";
     WriteAll(dir_ / "cluster.yaml", config);
+    ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+    for (int h : holders) {
+      for (const auto& package : packages) {
+        auto import = RunProcess({ToolPath("modelcast"), "store", "import", (dir_ / package).string(), "--ssd-dir",
+                                  (dir_ / ("node-" + std::to_string(h))).string()},
+                                 60s);
+        ASSERT_EQ(import.exit_code, 0) << import.err;
+      }
+    }
+    agents.resize(nodes_);
+    for (int i = 1; i <= nodes_; ++i) ASSERT_NO_FATAL_FAILURE(StartAgent(i));
+  }
+
+  // Starts (or restarts) the coordinator in node-1's namespace.
+  void StartCoordinator() {
+    using namespace std::chrono_literals;
     coordinator = std::make_unique<Child>(
         InNs(1, {ToolPath("modelcast-coordinator"), "--config", (dir_ / "cluster.yaml").string()}));
     ASSERT_TRUE(coordinator->WaitForOutput("listening on", 30s)) << coordinator->Wait(1s).err;
-    for (int h : holders) {
-      auto import = RunProcess({ToolPath("modelcast"), "store", "import", (dir_ / "pkg").string(), "--ssd-dir",
-                                (dir_ / ("node-" + std::to_string(h))).string()},
-                               60s);
-      ASSERT_EQ(import.exit_code, 0) << import.err;
-    }
-    for (int i = 1; i <= nodes_; ++i) {
-      const std::string n = "node-" + std::to_string(i), ip = NetnsCluster::Address(i);
-      WriteAll(dir_ / (n + ".yaml"),
-               "node: " + n + "\naddress: " + ip + "\nport: 7400\ncoordinator: {address: " + head +
-                   ", port: 7300}\nfabric: {listen: '" + ip + ":7500', transport: ucx, tls: tcp, net_devices: eth0}\n" +
-                   "store: {ssd_dir: " + (dir_ / n).string() + ", ssd_capacity: 4GiB, host_capacity: " +
-                   host_capacity + "}\nsecurity: {token_file: " + (dir_ / "token").string() + "}\n");
-      agents.push_back(
-          std::make_unique<Child>(InNs(i, {ToolPath("modelcast-agent"), "--config", (dir_ / (n + ".yaml")).string()})));
-      ASSERT_TRUE(agents.back()->WaitForOutput("listening on", 30s)) << agents.back()->Wait(1s).err;
-    }
+  }
+
+  // Starts (or restarts) node i's agent in its namespace.
+  void StartAgent(int i) {
+    using namespace std::chrono_literals;
+    const std::string n = "node-" + std::to_string(i), ip = NetnsCluster::Address(i);
+    const auto extra = fabric_extra.find(i);
+    WriteAll(dir_ / (n + ".yaml"),
+             "node: " + n + "\naddress: " + ip + "\nport: 7400\ncoordinator: {address: " + NetnsCluster::Address(1) +
+                 ", port: 7300}\nfabric: {listen: '" + ip + ":7500', transport: ucx, tls: tcp, net_devices: eth0" +
+                 (extra == fabric_extra.end() ? "" : extra->second) + "}\nstore: {ssd_dir: " + (dir_ / n).string() +
+                 ", ssd_capacity: 4GiB, host_capacity: " + host_capacity_ + "}\nsecurity: {token_file: " +
+                 (dir_ / "token").string() + "}\n");
+    auto& agent = agents.at(i - 1);
+    agent = std::make_unique<Child>(InNs(i, {ToolPath("modelcast-agent"), "--config", (dir_ / (n + ".yaml")).string()}));
+    ASSERT_TRUE(agent->WaitForOutput("listening on", 30s)) << agent->Wait(1s).err;
   }
 
   std::vector<std::string> InNs(int i, std::vector<std::string> argv) const {
@@ -104,6 +126,7 @@ class NetnsControlPlane {
   std::string Stop() {
     using namespace std::chrono_literals;
     for (auto& a : agents) {
+      if (!a->Running()) continue;  // killed by the test
       a->Kill(SIGTERM);
       EXPECT_EQ(a->Wait(30s).exit_code, 0);
     }
@@ -120,6 +143,7 @@ class NetnsControlPlane {
   std::filesystem::path dir_;
   const NetnsCluster& cluster_;
   int nodes_;
+  std::string host_capacity_;
 };
 
 }  // namespace modelcast::testing

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/mount.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <fstream>
@@ -59,6 +63,17 @@ std::vector<std::string> ListDir(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
+}
+
+TmpfsMount::TmpfsMount(const std::filesystem::path& where, const std::string& options, unsigned long flags)
+    : path_(where) {
+  std::filesystem::create_directories(where);
+  ok_ = ::mount("tmpfs", where.c_str(), "tmpfs", flags, options.c_str()) == 0;
+  if (!ok_) why_ = std::string("cannot mount a tmpfs: ") + std::strerror(errno);
+}
+
+TmpfsMount::~TmpfsMount() {
+  if (ok_) ::umount2(path_.c_str(), MNT_DETACH);
 }
 
 }  // namespace modelcast::testing

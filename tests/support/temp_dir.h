@@ -22,6 +22,22 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// A tmpfs mounted for one test (needs root), unmounted (lazily) when destroyed.
+class TmpfsMount {
+ public:
+  TmpfsMount(const std::filesystem::path& where, const std::string& options, unsigned long flags = 0);
+  ~TmpfsMount();
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  bool ok() const { return ok_; }
+  const std::string& why() const { return why_; }
+
+ private:
+  std::filesystem::path path_;
+  bool ok_ = false;
+  std::string why_;
+};
+
 // Reads a whole file into bytes (test helper: aborts the test on failure via gtest).
 std::string ReadAll(const std::filesystem::path& path);
 void WriteAll(const std::filesystem::path& path, const std::string& data);
