@@ -61,6 +61,33 @@ json Plan::ToJson() const {
   return j;
 }
 
+namespace {
+
+// An integer field within [lo, hi]; anything else (a float, a string, a number out of range,
+// which nlohmann would convert with undefined behaviour) is refused naming the field.
+Result<int64_t> Int(const json& v, const std::string& what, int64_t lo, int64_t hi) {
+  bool ok = false;
+  int64_t x = 0;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    ok = u <= static_cast<uint64_t>(hi);
+    x = ok ? static_cast<int64_t>(u) : 0;
+  } else if (v.is_number_integer()) {
+    x = v.get<int64_t>();
+    ok = x >= lo && x <= hi;
+  }
+  if (!ok || x < lo) {
+    return InvalidArgument("plan: " + what + " must be an integer from " + std::to_string(lo) + " to " +
+                           std::to_string(hi) + ", got " + v.dump().substr(0, 40));
+  }
+  return x;
+}
+
+constexpr int64_t kU32 = 0xffffffffll;
+constexpr int64_t kI32 = 0x7fffffffll;
+
+}  // namespace
+
 Result<Plan> Plan::FromJson(const json& j) {
   // Plans travel to agents: read defensively, with errors naming the field.
   Plan p;
@@ -68,35 +95,55 @@ Result<Plan> Plan::FromJson(const json& j) {
     if (!j.is_object()) return InvalidArgument("plan: expected a JSON object");
     p.algorithm = j.at("algorithm").get<std::string>();
     p.node_names = j.at("nodes").get<std::vector<std::string>>();
-    p.num_slices = j.at("slices").get<uint32_t>();
-    p.num_blocks = j.at("blocks").get<uint32_t>();
+    MC_ASSIGN_OR_RETURN(const int64_t slices, Int(j.at("slices"), "slices", 0, kU32));
+    MC_ASSIGN_OR_RETURN(const int64_t blocks, Int(j.at("blocks"), "blocks", 0, kU32));
+    MC_ASSIGN_OR_RETURN(const int64_t ticks, Int(j.at("ticks"), "ticks", 0, kU32));
+    p.num_slices = static_cast<uint32_t>(slices);
+    p.num_blocks = static_cast<uint32_t>(blocks);
+    p.num_ticks = static_cast<uint32_t>(ticks);
     p.reference_rate = j.at("reference_rate").get<double>();
     p.tick_seconds = j.at("tick_seconds").get<double>();
-    p.num_ticks = j.at("ticks").get<uint32_t>();
     for (const auto& t : j.at("transfers")) {
       if (!t.is_array() || t.size() != 6)
         return InvalidArgument("plan: a transfer is not [tick, src, dst, slice, tier, duration]");
       MC_ASSIGN_OR_RETURN(Tier tier, ParseTier(t[4].get<std::string>()));
-      p.transfers.push_back({t[0].get<uint32_t>(), t[1].get<int32_t>(), t[2].get<int32_t>(), t[3].get<uint32_t>(), tier,
-                             t[5].get<uint32_t>()});
+      MC_ASSIGN_OR_RETURN(const int64_t tick, Int(t[0], "a transfer's tick", 0, kU32));
+      MC_ASSIGN_OR_RETURN(const int64_t src, Int(t[1], "a transfer's src", -kI32 - 1, kI32));
+      MC_ASSIGN_OR_RETURN(const int64_t dst, Int(t[2], "a transfer's dst", -kI32 - 1, kI32));
+      MC_ASSIGN_OR_RETURN(const int64_t slice, Int(t[3], "a transfer's slice", 0, kU32));
+      MC_ASSIGN_OR_RETURN(const int64_t duration, Int(t[5], "a transfer's duration", 0, kU32));
+      p.transfers.push_back({static_cast<uint32_t>(tick), static_cast<int32_t>(src), static_cast<int32_t>(dst),
+                             static_cast<uint32_t>(slice), tier, static_cast<uint32_t>(duration)});
     }
     for (const auto& set : j.at("pipelines")) {
       PipelineSet ps;
-      ps.tick = set.at("tick").get<uint32_t>();
+      MC_ASSIGN_OR_RETURN(const int64_t tick, Int(set.at("tick"), "a pipeline set's tick", 0, kU32));
+      ps.tick = static_cast<uint32_t>(tick);
       for (const auto& pl : set.at("pipelines")) {
         Pipeline pipe;
         for (const auto& st : pl) {
           if (!st.is_array() || st.size() != 3)
             return InvalidArgument("plan: a stage is not [node, first_block, end_block]");
-          pipe.stages.push_back({st[0].get<int32_t>(), st[1].get<uint32_t>(), st[2].get<uint32_t>()});
+          MC_ASSIGN_OR_RETURN(const int64_t node, Int(st[0], "a stage's node", -kI32 - 1, kI32));
+          MC_ASSIGN_OR_RETURN(const int64_t first, Int(st[1], "a stage's first block", 0, kU32));
+          MC_ASSIGN_OR_RETURN(const int64_t end, Int(st[2], "a stage's end block", 0, kU32));
+          pipe.stages.push_back({static_cast<int32_t>(node), static_cast<uint32_t>(first), static_cast<uint32_t>(end)});
         }
         ps.pipelines.push_back(std::move(pipe));
       }
       p.pipelines.push_back(std::move(ps));
     }
-    p.full_at = j.at("full_at").get<std::vector<int32_t>>();
+    for (const auto& f : j.at("full_at")) {
+      MC_ASSIGN_OR_RETURN(const int64_t tick, Int(f, "full_at", -1, kI32));
+      p.full_at.push_back(static_cast<int32_t>(tick));
+    }
     p.notes = j.value("notes", std::vector<std::string>{});
-    p.lost_slices = j.value("lost_slices", std::vector<uint32_t>{});
+    if (j.contains("lost_slices")) {
+      for (const auto& s : j.at("lost_slices")) {
+        MC_ASSIGN_OR_RETURN(const int64_t slice, Int(s, "a lost slice", 0, kU32));
+        p.lost_slices.push_back(static_cast<uint32_t>(slice));
+      }
+    }
   } catch (const json::exception& e) {
     return InvalidArgument(std::string("plan: ") + e.what());
   }

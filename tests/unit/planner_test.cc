@@ -307,6 +307,13 @@ TEST(PlannerTest, PlanJsonRoundTrip) {
             "plan: full_at has " + std::to_string(p.node_names.size() - 1) + " entries for " + n + " nodes");
   EXPECT_EQ(refused([](nlohmann::json& j) { j["nodes"][1] = j["nodes"][0]; }),
             "plan: node names must be unique and non-empty");
+  // Numbers that are not integers in range (nlohmann would convert them with undefined
+  // behaviour; found by plan_fuzz, the input kept in its corpus as regression-float-tick).
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["ticks"] = 2.1e103; }).rfind("plan: ticks must be an integer", 0), 0u);
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["transfers"][0][0] = 1.5; })
+                .rfind("plan: a transfer's tick must be an integer from 0 to 4294967295, got 1.5", 0),
+            0u);
+  EXPECT_EQ(refused([](nlohmann::json& j) { j["slices"] = -1; }).rfind("plan: slices must be an integer", 0), 0u);
   EXPECT_EQ(refused([](nlohmann::json& j) { j["pipelines"] = {{{"tick", 3}, {"pipelines", {{{0, 2, 9}}}}}}; }),
             "plan: a pipeline stage at tick 3 names node 0, blocks [2, 9) of " + n + " nodes and 5 blocks");
 }
