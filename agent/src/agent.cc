@@ -3,6 +3,7 @@
 #include <thrift/protocol/TMultiplexedProtocol.h>
 
 #include <chrono>
+#include <deque>
 #include <set>
 
 #include <glog/logging.h>
@@ -124,6 +125,11 @@ struct AgentDaemon::Impl {
   int64_t epoch = 0;
   int heartbeat_ms = 1000;
   std::map<std::string, std::thread> fragments;
+  // Fragments cancelled before they arrived (a replan overtook their dispatch): refused if they
+  // come after all. The newest kRememberCancelled ids.
+  std::set<std::string> cancelled_early;
+  std::deque<std::string> cancelled_order;
+  static constexpr size_t kRememberCancelled = 1024;
   std::map<std::string, std::shared_ptr<std::atomic<bool>>> running;  // operation -> its cancel flag
   std::thread membership;
 
@@ -362,7 +368,8 @@ class AgentHandler : public rpc::AgentIf {
       ThrowStatus(InvalidArgument("runFragment: channel " + std::to_string(req.channel) + " is not between 1 and 255"));
     }
     // A fragment reads only what this node holds: every slice it sends or loads locally is in
-    // one of its tiers, or arrives in this same fragment.
+    // one of its tiers, or arrives in this same fragment (FailedPrecondition: the coordinator
+    // planned on holdings that have changed since, and plans again).
     {
       std::set<int32_t> held, arriving;
       for (const auto& r : req.receives) arriving.insert(r.slice);
@@ -373,13 +380,13 @@ class AgentHandler : public rpc::AgentIf {
       auto readable = [&](int32_t s) { return held.count(s) || arriving.count(s); };
       for (const auto& s : req.sends) {
         if (!readable(s.slice)) {
-          ThrowStatus(InvalidArgument("runFragment: would send slice " + std::to_string(s.slice) + " of model '" +
+          ThrowStatus(FailedPrecondition("runFragment: would send slice " + std::to_string(s.slice) + " of model '" +
                                       req.model + "' to '" + s.peer + "', which this node neither holds nor receives"));
         }
       }
       for (int32_t s : req.local_loads) {
         if (!held.count(s)) {
-          ThrowStatus(InvalidArgument("runFragment: would load slice " + std::to_string(s) + " of model '" +
+          ThrowStatus(FailedPrecondition("runFragment: would load slice " + std::to_string(s) + " of model '" +
                                       req.model + "' locally, which this node does not hold"));
         }
       }
@@ -391,10 +398,18 @@ class AgentHandler : public rpc::AgentIf {
     if (impl_->running.count(req.operation_id)) {
       ThrowStatus(AlreadyExists("runFragment: operation '" + req.operation_id + "' is already running here"));
     }
-    auto old = impl_->fragments.find(req.operation_id);
-    if (old != impl_->fragments.end()) {
-      old->second.join();
-      impl_->fragments.erase(old);
+    if (impl_->cancelled_early.count(req.operation_id)) {
+      ThrowStatus(Cancelled("runFragment: operation '" + req.operation_id + "' was cancelled before it arrived"));
+    }
+    // Threads of fragments that have ended are joined here (each has left `running` and needs
+    // the lock no more), so that finished operations hold no thread.
+    for (auto it = impl_->fragments.begin(); it != impl_->fragments.end();) {
+      if (impl_->running.count(it->first)) {
+        ++it;
+        continue;
+      }
+      it->second.join();
+      it = impl_->fragments.erase(it);
     }
     auto cancel = std::make_shared<std::atomic<bool>>(false);
     impl_->running[req.operation_id] = cancel;
@@ -449,6 +464,15 @@ class AgentHandler : public rpc::AgentIf {
     std::unique_lock lock(impl_->mu);
     auto it = impl_->running.find(id);
     if (it == impl_->running.end()) {
+      // It may still be on its way (dispatched before the replan that cancels it): it will be
+      // refused when it comes.
+      if (impl_->cancelled_early.insert(id).second) {
+        impl_->cancelled_order.push_back(id);
+        if (impl_->cancelled_order.size() > AgentDaemon::Impl::kRememberCancelled) {
+          impl_->cancelled_early.erase(impl_->cancelled_order.front());
+          impl_->cancelled_order.pop_front();
+        }
+      }
       ThrowStatus(NotFound("cancelOperation: operation '" + id + "' is not running here"));
     }
     LOG(INFO) << "agent " << impl_->config.node << ": cancelling operation " << id << " (asked by "
@@ -575,6 +599,8 @@ std::string AgentDaemon::RenderMetrics() const {
             "result=\"ok\"");
   m.Counter("modelcast_fragments_total", "Plan fragments run", static_cast<double>(impl_->fragments_failed.load()),
             "result=\"failed\"");
+  m.Gauge("modelcast_fabric_registered_regions", "Memory registrations the fabric holds now",
+          static_cast<double>(impl_->transport->stats().regions + impl_->serving_transport->stats().regions));
   m.Counter("modelcast_fabric_slices_total", "Slices moved by the fabric", static_cast<double>(impl_->slices_in.load()),
             "direction=\"in\"");
   m.Counter("modelcast_fabric_slices_total", "Slices moved by the fabric",

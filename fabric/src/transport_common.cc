@@ -134,6 +134,7 @@ TransportStats Counters::Snapshot() const {
   s.writes = writes;
   s.peer_failures = peer_failures;
   s.gpu_staged = gpu_staged;
+  s.regions = regions;
   return s;
 }
 

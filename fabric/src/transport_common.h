@@ -50,7 +50,7 @@ class Handlers {
 
 struct Counters {
   std::atomic<uint64_t> bytes_sent{0}, bytes_received{0}, messages_sent{0}, messages_received{0}, writes{0},
-      peer_failures{0}, gpu_staged{0};
+      peer_failures{0}, gpu_staged{0}, regions{0};
   TransportStats Snapshot() const;
 };
 

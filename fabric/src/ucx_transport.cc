@@ -611,11 +611,13 @@ Result<std::unique_ptr<MemoryRegion>> UcxTransport::Register(void* data, uint64_
   MC_RETURN_IF_ERROR(ran);
   MC_RETURN_IF_ERROR(result);
   RemoteRegion remote{reinterpret_cast<uint64_t>(data), size, key};
+  ++counters_.regions;
   return std::unique_ptr<MemoryRegion>(
       new UcxRegion(this, memh, static_cast<uint8_t*>(data), size, kind, std::move(remote)));
 }
 
 void UcxTransport::Unmap(ucp_mem_h memh) {
+  --counters_.regions;
   if (stopped_ || !loop_.running()) {
     if (context_) ucp_mem_unmap(context_, memh);
     return;

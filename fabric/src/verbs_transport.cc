@@ -179,14 +179,19 @@ class VerbsTransport;
 
 class VerbsRegion final : public MemoryRegion {
  public:
-  VerbsRegion(ibv_mr* mr, uint8_t* data, uint64_t size, MemoryKind kind) : mr_(mr), data_(data), size_(size), kind_(kind) {
+  VerbsRegion(ibv_mr* mr, uint8_t* data, uint64_t size, MemoryKind kind, std::atomic<uint64_t>* live)
+      : mr_(mr), data_(data), size_(size), kind_(kind), live_(live) {
+    ++*live_;
     remote_.address = reinterpret_cast<uint64_t>(data);
     remote_.length = size;
     remote_.key.resize(4);
     const uint32_t rkey = mr->rkey;
     std::memcpy(remote_.key.data(), &rkey, 4);
   }
-  ~VerbsRegion() override { ibv_dereg_mr(mr_); }
+  ~VerbsRegion() override {
+    ibv_dereg_mr(mr_);
+    --*live_;
+  }
   uint8_t* data() const override { return data_; }
   uint64_t size() const override { return size_; }
   MemoryKind kind() const override { return kind_; }
@@ -198,6 +203,7 @@ class VerbsRegion final : public MemoryRegion {
   uint8_t* data_;
   uint64_t size_;
   MemoryKind kind_;
+  std::atomic<uint64_t>* live_;  // the transport's count of live registrations
   RemoteRegion remote_;
 };
 
@@ -730,7 +736,7 @@ Result<std::unique_ptr<MemoryRegion>> VerbsTransport::Register(void* data, uint6
     return FailedPrecondition("verbs: cannot register GPU memory; stage through host memory");
   }
   if (mr == nullptr) return Unavailable(Errno("verbs: registering " + std::to_string(size) + " bytes"));
-  return std::unique_ptr<MemoryRegion>(new VerbsRegion(mr, static_cast<uint8_t*>(data), size, kind));
+  return std::unique_ptr<MemoryRegion>(new VerbsRegion(mr, static_cast<uint8_t*>(data), size, kind, &counters_.regions));
 }
 
 void VerbsTransport::Enqueue(Peer* p, Op op) {

@@ -167,12 +167,12 @@ TEST_F(ScaleOutTest, AnAgentRefusesFragmentsThatReadWhatItDoesNotHold) {
   send.sends.back().peer = "node-0";
   send.sends.back().slice = 3;
   EXPECT_EQ(refused(send),
-            "INVALID_ARGUMENT: runFragment: would send slice 3 of model 'tiny-llm' to 'node-0', which this node "
+            "FAILED_PRECONDITION: runFragment: would send slice 3 of model 'tiny-llm' to 'node-0', which this node "
             "neither holds nor receives");
   auto load = fragment();
   load.local_loads = {0};
   EXPECT_EQ(refused(load),
-            "INVALID_ARGUMENT: runFragment: would load slice 0 of model 'tiny-llm' locally, which this node does not "
+            "FAILED_PRECONDITION: runFragment: would load slice 0 of model 'tiny-llm' locally, which this node does not "
             "hold");
   auto outside = fragment();
   outside.receives.push_back(rpc::FragmentStep());

@@ -201,6 +201,18 @@ PlanRequest ClusterState::PlanRequestLocked(const Operation& op, const model::Ma
 
 std::string ClusterState::StartOperationLocked(Operation& op, rpc::OperationKind::type kind, const std::string& model,
                                               int32_t replicas) {
+  // Finished operations are kept for getOperation, the newest kKeptOperations of them: a
+  // coordinator that scales all day must not grow without bound.
+  std::vector<std::pair<double, std::string>> finished;
+  for (const auto& [id, o] : operations_) {
+    if (o.status.state != rpc::OperationState::RUNNING && o.status.state != rpc::OperationState::PENDING) {
+      finished.emplace_back(o.status.__isset.finished_unix ? o.status.finished_unix : o.status.created_unix, id);
+    }
+  }
+  if (finished.size() >= kKeptOperations) {
+    std::sort(finished.begin(), finished.end());
+    for (size_t i = 0; i + kKeptOperations <= finished.size(); ++i) operations_.erase(finished[i].second);
+  }
   op.start = std::chrono::steady_clock::now();
   op.status.id = "op-" + std::to_string(epoch_) + "-" + std::to_string(next_operation_++);
   op.status.kind = kind;
@@ -289,15 +301,33 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::FragmentsLocked(Operat
 void ClusterState::SendFragments(const std::string& id, std::vector<Dispatch> dispatches) {
   // Every node gets its fragment; one that cannot be reached or refuses is taken as lost and
   // the operation is repaired around it.
+  // A fragment whose attempt a repair has overtaken is not sent (and one that gets there after
+  // the repair cancelled it is refused by its agent): the repair decides about its node.
+  auto superseded = [&](const Operation& op, const Dispatch& d) {
+    return op.status.state != rpc::OperationState::RUNNING || op.FragmentId() != d.fragment.operation_id ||
+           op.repairing;
+  };
   for (auto& d : dispatches) {
     d.fragment.header = rpc::MakeHeader(config_.security, "coordinator");
+    {
+      std::lock_guard lock(mu_);
+      auto it = operations_.find(id);
+      if (it == operations_.end() || superseded(it->second, d)) return;
+    }
     Status st = CallAgent(d.rpc_address, 10000, [&](rpc::AgentClient& agent) { agent.runFragment(d.fragment); });
     if (st.ok()) continue;
     std::lock_guard lock(mu_);
     auto it = operations_.find(id);
     if (it == operations_.end()) return;
     Operation& op = it->second;
-    if (op.status.state != rpc::OperationState::RUNNING || op.FragmentId() != d.fragment.operation_id) return;
+    if (superseded(op, d)) return;
+    if (st.code() == StatusCode::kFailedPrecondition) {
+      // The node no longer holds what the plan read from it (evicted since its last heartbeat):
+      // not a loss; the repair asks every node what it holds now and plans again.
+      op.pending.erase(d.node);
+      RepairLocked(op, "node '" + d.node + "' refused its fragment: " + st.message());
+      continue;
+    }
     auto& np = op.status.nodes[op.node_index[d.node]];
     np.state = "lost";
     np.__set_error("dispatching its fragment: " + st.message());
@@ -430,7 +460,10 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
 Result<rpc::OperationStatus> ClusterState::GetOperation(const std::string& id) const {
   std::lock_guard lock(mu_);
   auto it = operations_.find(id);
-  if (it == operations_.end()) return NotFound("getOperation: no operation '" + id + "'");
+  if (it == operations_.end()) {
+    return NotFound("getOperation: no operation '" + id + "' (finished ones are kept: the last " +
+                    std::to_string(kKeptOperations) + ")");
+  }
   return it->second.status;
 }
 

@@ -209,7 +209,11 @@ void ClusterState::Repair(const std::string& id) {
         if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
         return;
       }
-      // 4. Replan from what the survivors hold.
+      // 4. Replan from what the survivors hold: their answers are newer than their last
+      // heartbeats (a node may have evicted the model since), so the plan takes them.
+      for (const auto& [node, a] : answers) {
+        if (a.reachable) nodes_.at(node).inventory = a.inventory;
+      }
       const auto& manifest = *models_.at(model).manifest;
       PlanRequest pr = PlanRequestLocked(op, manifest);
       std::vector<SliceSet> holdings;

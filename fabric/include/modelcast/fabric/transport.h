@@ -84,6 +84,7 @@ struct TransportStats {
   uint64_t writes = 0;
   uint64_t peer_failures = 0;
   uint64_t gpu_staged = 0;  // GPU-bound registrations refused for want of GPU support (caller stages)
+  uint64_t regions = 0;     // memory registrations alive now (made by Register, not yet destroyed)
 };
 
 class Transport {

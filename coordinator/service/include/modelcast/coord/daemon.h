@@ -217,6 +217,7 @@ class ClusterState {
   void RemoveInstanceLocked(const std::string& model, const std::string& node);
   void RunScaleIn(const std::string& id, std::vector<std::pair<std::string, std::string>> nodes);
   // Names a new operation ("op-<epoch>-<n>") and sets its status running from now.
+  static constexpr size_t kKeptOperations = 1000;  // finished operations getOperation still answers for
   std::string StartOperationLocked(Operation& op, rpc::OperationKind::type kind, const std::string& model,
                                    int32_t replicas);
   static void AddProgressEntry(Operation& op, const std::string& node, const std::string& role, int32_t nslices);
