@@ -38,10 +38,12 @@ class BoxCluster:
     """`serving`: YAML text of coordinator.serving's extra keys (e.g. "max_batch: 4, pipelines: false");
     `ssd_copies`: node numbers (1-based) whose SSD holds work/pkg at the start; `store_extra`:
     YAML text added to the store section of the agents in `store_extra_nodes` (default: all), e.g.
-    "ssd_read_rate: 3MB/s"."""
+    "ssd_read_rate: 3MB/s"; `metrics`: the agents serve /metrics (on a free port, announced in
+    their logs)."""
 
     def __init__(self, work, nodes, link="200mbit", loopback=False, serving="", ssd_copies=(), store_extra="",
-                 prefix="mce", host_capacity="512MiB", store_extra_nodes=None, ssd="1GB/s"):
+                 prefix="mce", host_capacity="512MiB", store_extra_nodes=None, ssd="1GB/s",
+                 metrics=False):
         self.work, self.nodes, self.loopback, self.prefix = work, nodes, loopback, prefix
         self.procs = []
         self.run_dir = os.path.join(work, "run")
@@ -78,11 +80,12 @@ class BoxCluster:
                 f.write("node: %s\naddress: %s\nport: %d\ncoordinator: {address: %s, port: 7300}\n"
                         "fabric: {listen: '%s:%s', transport: ucx, tls: tcp%s}\n"
                         "store: {ssd_dir: %s, ssd_capacity: 4GiB, host_capacity: %s%s}\n"
-                        "security: {token_file: %s}\n" % (
+                        "security: {token_file: %s}\n%s" % (
                             n, self.ip(i), self.agent_port(i), self.ip(1), self.ip(i),
                             "0" if loopback else "7500", "" if loopback else ", net_devices: eth0", self.ssd(i),
                             host_capacity, (", " + store_extra) if store_extra and (
-                                store_extra_nodes is None or i in store_extra_nodes) else "", self.token_file))
+                                store_extra_nodes is None or i in store_extra_nodes) else "", self.token_file,
+                            "metrics: {address: %s, port: 0}\n" % self.ip(i) if metrics else ""))
             self.agents[n] = self.start(i, [os.path.join(BIN, "modelcast-agent"), "--config",
                                             os.path.join(self.run_dir, n + ".yaml")], n)
         self.wait_alive(nodes)
