@@ -190,9 +190,13 @@ class Run {
   bool Drain() {
     std::unique_lock lock(mu_);
     const auto quiet = [&] { return outstanding_ == 0; };
-    if (!cv_.wait_for(lock, std::chrono::seconds(1), quiet)) {
-      // What is still due waits on peers gone silent (across a cut link a send waits for the
-      // kernel's TCP timeout): their connections are dropped, so that it fails now.
+    // A run that succeeded only waits for its last messages; one that failed, was cancelled or
+    // ran out of time waits a second, then treats what is still due as waiting on peers gone silent.
+    const bool succeeded = error_.ok() && Done();
+    if (!cv_.wait_for(lock, std::chrono::seconds(succeeded ? 5 : 1), quiet)) {
+      if (succeeded) return false;
+      // Across a cut link a send waits for the kernel's TCP timeout: the connections to those
+      // peers are dropped, so that what they owe fails now.
       std::vector<std::string> silent;
       for (const auto& [peer, n] : outstanding_by_peer_) {
         if (peer != kVerifying) silent.push_back(peer);
