@@ -7,8 +7,9 @@ if(MODELCAST_WERROR)
   target_compile_options(modelcast_options INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
 endif()
 if(MODELCAST_SANITIZE)
+  # C++ only: nvcc takes no -fsanitize (device code is not instrumented).
   target_compile_options(modelcast_options INTERFACE
-    -fsanitize=${MODELCAST_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+    $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=${MODELCAST_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=undefined>)
   target_link_options(modelcast_options INTERFACE -fsanitize=${MODELCAST_SANITIZE})
 endif()
 

@@ -7,6 +7,8 @@
 #   scripts/dev.sh deps          install the Debian packages modelcast needs (apt)
 #   scripts/dev.sh bench [NAME]  build and run the benchmarks (or one of them)
 #   scripts/dev.sh fuzz [SECS]   build the libFuzzer targets with clang and run each for SECS seconds
+#   scripts/dev.sh sanitize asan|tsan  unit + integration tests under ASan+UBSan (build-asan/), or the
+#                                fabric's and the store's tests under TSan (build-tsan/)
 #   scripts/dev.sh format        clang-format every C++ source in place
 #
 # Everything modelcast needs comes from Debian's archive; CUDA and NCCL are used when
@@ -95,11 +97,38 @@ case "$cmd" in
       "$BUILD/bin/executor_bench" --work "$BUILD/bench-work"
     fi
     ;;
+  sanitize)
+    # asan: every unit and integration test built with ASan + UBSan; tsan: the fabric's and
+    # the store's tests under ThreadSanitizer. Extra arguments go to ctest (asan) or to the
+    # test binaries (tsan), e.g. `sanitize asan -L unit`. (soak_test drives build/'s binaries,
+    # not these: it is left out.)
+    kind="${1:-asan}"
+    [ $# -gt 0 ] && shift
+    case "$kind" in asan | tsan) ;; *) die "sanitize takes asan or tsan, not '$kind'" ;; esac
+    deps
+    dir="$ROOT/build-$kind"
+    if [ ! -f "$dir/build.ninja" ]; then
+      log "configuring $dir ($kind)"
+      cmake --preset "$kind" -B "$dir" >/dev/null
+    fi
+    if [ "$kind" = asan ]; then
+      cmake --build "$dir" -j "$JOBS"
+      log "unit and integration tests under ASan + UBSan"
+      ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        ctest --test-dir "$dir" --output-on-failure -j "$JOBS" --timeout 900 -L 'unit|integration' -E soak_test "$@"
+    else
+      cmake --build "$dir" -j "$JOBS" --target fabric_test store_test
+      log "fabric and store tests under TSan"
+      for t in fabric_test store_test; do
+        TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 "$dir/bin/$t" "$@"
+      done
+    fi
+    ;;
   fuzz)
     deps
     fuzz_build
     secs="${1:-600}"
-    for t in safetensors manifest cluster thrift; do
+    for t in safetensors manifest cluster plan thrift; do
       log "fuzzing $t for $secs s"
       "$FUZZ_BUILD/bin/${t}_fuzz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
         -artifact_prefix="$FUZZ_BUILD/tests/fuzz/artifacts/$t/" \
