@@ -175,6 +175,8 @@ struct NodeProgress {
   8: optional string error,
   9: optional double complete_unix,    // when a target had every slice
   10: optional i32 corrupt_slices,     // slices that arrived corrupt, were caught by their checksum and sent again
+  11: optional double link_bytes_per_s, // the best rate any of this node's links carried in this operation
+                                        // (measured by the senders: bytes over the time sends were in flight)
 }
 
 struct OperationStatus {
@@ -199,6 +201,8 @@ struct NodeStatus {
   3: bool alive,
   4: double last_heartbeat_unix,
   5: NodeInventory inventory,
+  6: optional double measured_nic_bytes_per_s, // set when a multicast measured this node's link well below the
+                                               // others': the rate plans now use for it (a straggler)
 }
 
 enum InstanceState {
@@ -279,6 +283,15 @@ struct SliceProgress {
   5: double finished,
 }
 
+// What one end of a link measured in a fragment: the bytes that crossed it and the seconds the
+// link was busy carrying them (bytes / busy_s: its rate while in use). Senders time their sends,
+// receivers the arrivals of slice messages; see fabric::LinkUse.
+struct LinkSample {
+  1: string peer,
+  2: i64 bytes,
+  3: double busy_s,
+}
+
 struct ProgressReport {
   1: RequestHeader header,
   2: string node,
@@ -288,6 +301,8 @@ struct ProgressReport {
   6: optional string error,            // the fragment failed: why, naming peer and slices
   7: optional double started_unix,     // when the fragment began (SliceProgress times count from it)
   8: optional i32 corrupt_slices,      // at the end: slices that failed their checksum on arrival and came again
+  9: optional list<LinkSample> sent_to,       // at the end: per receiver, timed by this node's sends
+  10: optional list<LinkSample> received_from, // at the end: per sender, timed by its slices' arrivals
 }
 
 service Membership {

@@ -117,7 +117,6 @@ struct AgentDaemon::Impl {
   // slices in the same connection.
   std::unique_ptr<fabric::Transport> serving_transport;
   std::unique_ptr<ServingHost> serving;
-  std::unique_ptr<fabric::MemoryRegion> region;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -212,9 +211,25 @@ struct AgentDaemon::Impl {
   }
 
   void Report(const std::string& operation, double started_unix, std::vector<rpc::SliceProgress> slices, bool done,
-              const Status& error, uint32_t corrupt = 0) {
+              const Status& error, const fabric::ExecutorReport* end = nullptr) {
     rpc::ProgressReport r;
-    if (done) r.__set_corrupt_slices(static_cast<int32_t>(corrupt));
+    if (done && end != nullptr) {
+      r.__set_corrupt_slices(static_cast<int32_t>(end->corrupt));
+      // This end's view of each link, for the coordinator to find a straggler.
+      const auto samples = [](const std::vector<fabric::LinkUse>& uses) {
+        std::vector<rpc::LinkSample> list;
+        for (const auto& u : uses) {
+          rpc::LinkSample l;
+          l.peer = u.peer;
+          l.bytes = static_cast<int64_t>(u.bytes);
+          l.busy_s = u.busy_seconds;
+          list.push_back(std::move(l));
+        }
+        return list;
+      };
+      if (!end->sent_to.empty()) r.__set_sent_to(samples(end->sent_to));
+      if (!end->received_from.empty()) r.__set_received_from(samples(end->received_from));
+    }
     r.__set_started_unix(started_unix);
     r.header = Header();
     r.node = config.node;
@@ -228,7 +243,7 @@ struct AgentDaemon::Impl {
 
   Status RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> manifest,
                      const std::atomic<bool>& cancel, std::chrono::steady_clock::time_point fragment_start,
-                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending, uint32_t& corrupt);
+                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending, fabric::ExecutorReport& outcome);
 
   int rpc_port = 0;
   std::atomic<uint64_t> fragments_ok{0}, fragments_failed{0}, slices_in{0}, bytes_in{0}, slices_out{0}, bytes_out{0},
@@ -238,7 +253,7 @@ struct AgentDaemon::Impl {
 Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> m,
                                       const std::atomic<bool>& cancel,
                                       std::chrono::steady_clock::time_point fragment_start, std::mutex& pending_mu,
-                                      std::vector<rpc::SliceProgress>& pending, uint32_t& corrupt) {
+                                      std::vector<rpc::SliceProgress>& pending, fabric::ExecutorReport& outcome) {
   const auto& model = req.model;
   const auto deadline = std::chrono::milliseconds(static_cast<int64_t>(req.deadline_s * 1000));
   std::set<uint32_t> received;
@@ -310,7 +325,24 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   const double offset = std::chrono::duration<double>(std::chrono::steady_clock::now() - fragment_start).count();
   fabric::ExecutorOptions opts;
   MC_ASSIGN_OR_RETURN(opts.method, fabric::ParseSliceMethod(req.method.empty() ? "auto" : req.method));
-  opts.region = region.get();
+  // Writes (where the transport tells a write's arrival, or the operation asks for them) go
+  // into this operation's blocks alone: each block this node sends from or receives into is
+  // registered for this run and deregistered when it ends, and a receiver offers its senders
+  // those regions and nothing else of its memory.
+  std::vector<std::unique_ptr<fabric::MemoryRegion>> block_regions;
+  if (opts.method == fabric::SliceMethod::kWrites ||
+      (opts.method == fabric::SliceMethod::kAuto && transport->capabilities().write_notify)) {
+    std::set<uint32_t> used;
+    for (const auto& s : fragment.sends) used.insert(m->slices[s.slice].block);
+    for (const auto& r : fragment.receives) used.insert(m->slices[r.slice].block);
+    opts.block_regions.assign(m->blocks.size(), nullptr);
+    for (uint32_t b : used) {
+      MC_ASSIGN_OR_RETURN(auto r, transport->Register(store->host_pool_base() + offsets[b], m->blocks[b].file_bytes,
+                                                      fabric::MemoryKind::kHost));
+      opts.block_regions[b] = r.get();
+      block_regions.push_back(std::move(r));
+    }
+  }
   opts.deadline = req.deadline_s;
   opts.cancel = &cancel;
   opts.on_slice = [&](const SliceEvent& e) {
@@ -332,9 +364,9 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   slices_out += report.slices_sent;
   bytes_out += report.bytes_sent;
   slices_corrupt_in += report.corrupt;
-  corrupt = report.corrupt;
   LOG(INFO) << "agent " << config.node << ": operation " << req.operation_id << " done: " << report.slices_received
             << " slices in, " << report.slices_sent << " out, " << report.seconds << " s";
+  outcome = std::move(report);
   return Status::Ok();
 }
 
@@ -435,8 +467,8 @@ class AgentHandler : public rpc::AgentIf {
           l.lock();
         }
       });
-      uint32_t corrupt = 0;
-      Status st = impl->RunFragment(req, manifest, *cancel, fragment_start, pending_mu, pending, corrupt);
+      fabric::ExecutorReport outcome;
+      Status st = impl->RunFragment(req, manifest, *cancel, fragment_start, pending_mu, pending, outcome);
       (st.ok() ? impl->fragments_ok : impl->fragments_failed)++;
       {
         std::lock_guard l(pending_mu);
@@ -451,7 +483,7 @@ class AgentHandler : public rpc::AgentIf {
         std::lock_guard l(pending_mu);
         rest.swap(pending);
       }
-      impl->Report(req.operation_id, started_unix, std::move(rest), true, st, corrupt);
+      impl->Report(req.operation_id, started_unix, std::move(rest), true, st, &outcome);
       {
         std::lock_guard l(impl->mu);
         impl->running.erase(req.operation_id);
@@ -542,8 +574,6 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
   MC_ASSIGN_OR_RETURN(impl.serving_transport, fabric::MakeUcxTransport(serving_options));
   MC_RETURN_IF_ERROR(impl.serving_transport->Start());
   MC_ASSIGN_OR_RETURN(impl.serving, ServingHost::Create(*d->store_, *impl.serving_transport, config.node));
-  MC_ASSIGN_OR_RETURN(impl.region, impl.transport->Register(d->store_->host_pool_base(), d->store_->host_pool_size(),
-                                                            fabric::MemoryKind::kHost));
   MC_ASSIGN_OR_RETURN(
       d->server_, rpc::RpcServer::Start(std::make_shared<rpc::AgentProcessor>(std::make_shared<AgentHandler>(d->impl_)),
                                         config.address, config.port, config.security));
@@ -631,7 +661,6 @@ AgentDaemon::~AgentDaemon() {
       fragments.swap(impl_->fragments);
     }
     for (auto& [id, t] : fragments) t.join();
-    impl_->region.reset();
     impl_->serving.reset();
     impl_->serving_transport.reset();
     impl_->mux.reset();

@@ -99,8 +99,8 @@ const char* SliceMethodName(SliceMethod m) {
 
 namespace {
 
-// The largest remote-region offer accepted (a packed key is a few hundred bytes).
-constexpr uint64_t kMaxOffer = 64 << 10;
+// The largest remote-region offer accepted (a packed key is a few hundred bytes, one per block).
+constexpr uint64_t kMaxOffer = 1 << 20;
 
 std::vector<uint8_t> U32(uint32_t v) {
   return {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v >> 16),
@@ -125,19 +125,40 @@ class Run {
         o_(o),
         writes_(writes),
         start_(std::chrono::steady_clock::now()) {
-    if (writes_) region_text_ = o_.region->remote().Serialize();
     held_.resize(layout.slices.size(), false);
+    block_bytes_.assign(layout.block_offsets.size(), 0);
+    for (const auto& sl : layout.slices) {
+      block_bytes_[sl.block] = std::max(block_bytes_[sl.block], sl.offset + sl.length - layout.block_offsets[sl.block]);
+    }
+    // Where each block is registered: its own region, or its place in the whole buffer's.
+    local_.resize(layout.block_offsets.size());
+    for (size_t b = 0; b < local_.size(); ++b) {
+      if (!o.block_regions.empty()) {
+        local_[b] = {o.block_regions[b], 0};
+      } else if (o.region != nullptr) {
+        local_[b] = {o.region, layout.block_offsets[b]};
+      }
+    }
     // Sends go in plan order (by tick) across all peers, as the simulator replays them: the
     // node's uplink carries the slices the plan needs first, first.
     std::vector<FragmentStep> sends = f.sends;
     std::stable_sort(sends.begin(), sends.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
     order_.assign(sends.begin(), sends.end());
     for (const auto& s : sends) receivers_.insert(s.peer);
+    std::set<uint32_t> into;  // blocks this node receives into
     for (const auto& r : f.receives) {
       expected_[r.slice] = {r.peer, 0, false};
       ++expected_from_[r.peer];
+      into.insert(layout.slices[r.slice].block);
     }
     unfinished_receivers_ = receivers_;
+    if (writes_) {  // the offer: those blocks' regions, nothing else
+      nlohmann::json offer = nlohmann::json::array();
+      for (uint32_t b : into) {
+        offer.push_back({{"block", b}, {"base", local_[b].base}, {"region", local_[b].region->remote().Serialize()}});
+      }
+      region_text_ = offer.dump();
+    }
     std::vector<FragmentStep> receives = f.receives;
     std::stable_sort(receives.begin(), receives.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
     for (const auto& r : receives) admit_order_.push_back(r.slice);
@@ -182,6 +203,15 @@ class Run {
     if (!error_.ok()) return error_;
     if (!finished) return DeadlineExceeded(Missing("after " + std::to_string(o_.deadline) + " s"));
     report_.seconds = Now();
+    for (const auto& [peer, b] : busy_) {
+      report_.sent_to.push_back({peer, b.bytes, b.seconds + (b.in_flight > 0 ? report_.seconds - b.since : 0)});
+    }
+    for (auto& [peer, a] : arrivals_) {
+      if (a.rates.size() < 4) continue;  // too few to say
+      auto q = a.rates.begin() + static_cast<std::ptrdiff_t>(a.rates.size() * 3 / 4);
+      std::nth_element(a.rates.begin(), q, a.rates.end());
+      report_.received_from.push_back({peer, a.bytes, static_cast<double>(a.bytes) / *q});
+    }
     return report_;
   }
 
@@ -230,15 +260,35 @@ class Run {
     bool busy = false;                // a flush is in flight
     std::vector<uint32_t> unflushed;  // slices written since it started
   };
+  struct Busy {  // sends to one receiver
+    int in_flight = 0;
+    double since = 0;    // when in_flight last left 0
+    double seconds = 0;  // time with a send in flight, up to `since`
+    uint64_t bytes = 0;
+  };
+  struct Arrivals {  // slice messages from one sender
+    double last = -1;
+    uint64_t bytes = 0;
+    std::vector<double> rates;  // bytes / time since the one before, per arrival after the first
+  };
   struct ToVerify {
     uint32_t slice;
     std::string peer;
     double started;
   };
-  // What a receiver offered: writes into `region`, or messages.
+  // Where a block lies in registered memory: at `base` in `region`.
+  struct Local {
+    const MemoryRegion* region = nullptr;
+    uint64_t base = 0;
+  };
+  struct Remote {
+    RemoteRegion region;
+    uint64_t base = 0;
+  };
+  // What a receiver offered: writes into its blocks' regions, or messages.
   struct Offered {
     bool writes = false;
-    RemoteRegion region;
+    std::map<uint32_t, Remote> blocks;
   };
 
   double Now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
@@ -285,8 +335,16 @@ class Run {
     const Offered& offer = offers_.at(peer);
     const bool write = writes_ && offer.writes;
     VLOG(1) << f_.node << ": " << (write ? "write" : "send") << " slice " << slice << " to " << peer;
+    const auto remote = write ? offer.blocks.find(s.block) : offer.blocks.end();
+    if (write && (remote == offer.blocks.end() || local_[s.block].region == nullptr)) {
+      return Fail(InvalidArgument("'" + peer + "' offered no region for block " + std::to_string(s.block) + " of '" +
+                                  layout_.model + "', which slice " + std::to_string(slice) +
+                                  " it is to receive from node '" + f_.node + "' belongs to"));
+    }
     if (report_.first_send < 0) report_.first_send = Now();
     ++in_flight_total_;
+    Busy& b = busy_[peer];
+    if (b.in_flight++ == 0) b.since = Now();
     Hold(peer);
     if (!write) {
       t_.Send(peer, kSliceMessage, U32(slice), {buffer_ + s.offset, s.length},
@@ -296,8 +354,11 @@ class Run {
     // Write; a flush (every earlier write to the peer has landed) then says so, for every
     // slice written before it. One flush at a time per peer: a flush waits for all writes
     // in flight, so one per slice would only make the notifications come in bursts.
+    // Each node has the block somewhere of its own: the slice is at the same place within it.
+    const uint64_t within = s.offset - layout_.block_offsets[s.block];
     Hold(peer);
-    t_.Write(peer, *o_.region, s.offset, offer.region, s.offset, s.length, [this, peer, slice](Status st) {
+    t_.Write(peer, *local_[s.block].region, local_[s.block].base + within, remote->second.region,
+             remote->second.base + within, s.length, [this, peer, slice](Status st) {
       std::lock_guard lock(mu_);
       Drop(peer);
       if (!st.ok()) Fail(st.WithContext(What("writing", slice, peer)));
@@ -338,6 +399,9 @@ class Run {
     VLOG(1) << f_.node << ": sent slice " << slice << " to " << peer << ": " << st.ToString();
     Drop(peer);
     --in_flight_total_;
+    Busy& b = busy_[peer];
+    if (st.ok()) b.bytes += layout_.slices[slice].length;
+    if (--b.in_flight == 0) b.seconds += Now() - b.since;
     if (!st.ok()) {
       Fail(st.WithContext(What("sending", slice, peer)));
     } else {
@@ -385,17 +449,41 @@ class Run {
       std::lock_guard lock(mu_);
       Drop(peer);
       cv_.notify_all();
-      if (!st.ok()) return Fail(st.WithContext("receiving the remote region of '" + peer + "'"));
-      auto region = RemoteRegion::Parse(*text);
-      if (!region.ok()) return Fail(region.status().WithContext("remote region of '" + peer + "'"));
-      if (region->length < layout_.buffer_bytes) {
-        return Fail(InvalidArgument("'" + peer + "' offered a " + std::to_string(region->length) +
-                                    "-byte region for model '" + layout_.model + "', whose buffer needs " +
-                                    std::to_string(layout_.buffer_bytes) + " bytes"));
-      }
-      offers_[peer] = {true, *region};
+      if (!st.ok()) return Fail(st.WithContext("receiving the remote regions of '" + peer + "'"));
+      auto offered = ParseOffer(*text);
+      if (!offered.ok()) return Fail(offered.status().WithContext("remote regions offered by '" + peer + "'"));
+      offers_[peer] = {true, std::move(*offered)};
       Pump();
     });
+  }
+
+  // A receiver's offer: [{"block": B, "base": OFFSET, "region": REMOTE-REGION}, ...], each
+  // region holding its block whole from `base` on.
+  Result<std::map<uint32_t, Remote>> ParseOffer(const std::string& text) const {
+    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_array()) return InvalidArgument("not a list of block regions");
+    std::map<uint32_t, Remote> blocks;
+    for (const auto& e : j) {
+      if (!e.is_object() || !e.contains("block") || !e["block"].is_number_unsigned() || !e.contains("base") ||
+          !e["base"].is_number_unsigned() || !e.contains("region") || !e["region"].is_string()) {
+        return InvalidArgument("an entry is not {block, base, region}: " + e.dump().substr(0, 200));
+      }
+      const uint64_t b = e["block"].get<uint64_t>(), base = e["base"].get<uint64_t>();
+      if (b >= block_bytes_.size()) {
+        return InvalidArgument("block " + std::to_string(b) + " is not in model '" + layout_.model + "' (" +
+                               std::to_string(block_bytes_.size()) + " blocks)");
+      }
+      MC_ASSIGN_OR_RETURN(auto region, RemoteRegion::Parse(e["region"].get<std::string>()));
+      if (base > region.length || region.length - base < block_bytes_[b]) {
+        return InvalidArgument("the region of block " + std::to_string(b) + " (" + std::to_string(region.length) +
+                               " bytes from " + std::to_string(base) + ") cannot hold its " +
+                               std::to_string(block_bytes_[b]) + " bytes");
+      }
+      if (!blocks.emplace(static_cast<uint32_t>(b), Remote{std::move(region), base}).second) {
+        return InvalidArgument("block " + std::to_string(b) + " offered twice");
+      }
+    }
+    return blocks;
   }
 
   void Control(const std::string& peer, uint16_t type, uint32_t value) {
@@ -463,6 +551,11 @@ class Run {
       accept(nullptr, [](Status) {});
       return Fail(InvalidArgument("'" + m.peer + "' sent slice " + std::to_string(value) + " twice"));
     }
+    Arrivals& a = arrivals_[m.peer];
+    const double now = Now();
+    if (a.last >= 0 && now > a.last) a.rates.push_back(static_cast<double>(s.length) / (now - a.last));
+    a.last = now;
+    a.bytes += s.length;
     waiting_.emplace(value, Waiting{m.peer, std::move(accept)});
     Admit();
   }
@@ -582,10 +675,14 @@ class Run {
   const ExecutorOptions& o_;
   const bool writes_;  // this node takes slices by write and sends them by write where offered
   const std::chrono::steady_clock::time_point start_;
-  std::string region_text_;  // this node's remote region, as offered
+  std::string region_text_;  // this node's block regions, as offered
+  std::vector<uint64_t> block_bytes_;
+  std::vector<Local> local_;
   std::map<std::string, Offered> offers_;
   std::map<std::string, double> last_landed_;
   std::map<std::string, Flushing> flushing_;
+  std::map<std::string, Busy> busy_;
+  std::map<std::string, Arrivals> arrivals_;
   std::deque<ToVerify> to_verify_;
   std::condition_variable verify_cv_;
   bool stop_verifier_ = false;
@@ -641,10 +738,12 @@ Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& 
     case SliceMethod::kMessages:
       break;
     case SliceMethod::kAuto:
-      writes = options.region != nullptr && transport.capabilities().write_notify;
+      writes = (options.region != nullptr || !options.block_regions.empty()) && transport.capabilities().write_notify;
       break;
     case SliceMethod::kWrites:
-      if (options.region == nullptr) return InvalidArgument("executor: slices by write need the registered buffer");
+      if (options.region == nullptr && options.block_regions.empty()) {
+        return InvalidArgument("executor: slices by write need the registered buffer");
+      }
       if (!transport.capabilities().one_sided_write) {
         return FailedPrecondition("executor: transport '" + transport.capabilities().backend +
                                   "' cannot write one-sided; use messages");
@@ -652,9 +751,30 @@ Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& 
       writes = true;
       break;
   }
-  if (writes && (options.region->data() != buffer || options.region->size() < layout.buffer_bytes)) {
+  if (writes && options.block_regions.empty() &&
+      (options.region->data() != buffer || options.region->size() < layout.buffer_bytes)) {
     return InvalidArgument("executor: the registered region is not the " + std::to_string(layout.buffer_bytes) +
                            "-byte model buffer");
+  }
+  if (writes && !options.block_regions.empty()) {
+    // Every block this node sends from or receives into is registered where the layout has it.
+    if (options.block_regions.size() != layout.block_offsets.size()) {
+      return InvalidArgument("executor: " + std::to_string(options.block_regions.size()) + " block regions for " +
+                             std::to_string(layout.block_offsets.size()) + " blocks");
+    }
+    std::vector<uint64_t> end(layout.block_offsets.size(), 0);
+    for (const auto& s : layout.slices) end[s.block] = std::max(end[s.block], s.offset + s.length);
+    std::set<uint32_t> used;
+    for (const auto& s : fragment.sends) used.insert(layout.slices[s.slice].block);
+    for (const auto& r : fragment.receives) used.insert(layout.slices[r.slice].block);
+    for (uint32_t b : used) {
+      const MemoryRegion* r = options.block_regions[b];
+      if (r == nullptr || r->data() != buffer + layout.block_offsets[b] ||
+          r->size() < end[b] - layout.block_offsets[b]) {
+        return InvalidArgument("executor: block " + std::to_string(b) + " of '" + layout.model +
+                               "' is not registered where the layout has it");
+      }
+    }
   }
   auto run = std::make_unique<Run>(transport, layout, buffer, held, fragment, options, writes);
   auto result = run->Go();

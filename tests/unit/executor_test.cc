@@ -3,11 +3,13 @@
 // naming it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <future>
 #include <random>
 #include <thread>
+#include <tuple>
 
 #include "modelcast/common/checksum.h"
 #include "modelcast/common/file_util.h"
@@ -84,12 +86,86 @@ TEST_P(ExecutorTest, EverySliceArrivesIntact) {
   EXPECT_EQ(sent->slices_written, GetParam() == SliceMethod::kMessages ? 0u : 32u);
   EXPECT_GE(sent->first_send, 0);
   EXPECT_GT(received->last_receive, 0);
+  // Each end says what it measured of the link, for finding stragglers: the sender all it sent
+  // and for how long; the receiver of messages what arrived and at what rate.
+  ASSERT_EQ(sent->sent_to.size(), 1u);
+  EXPECT_EQ(sent->sent_to[0].peer, "b");
+  EXPECT_EQ(sent->sent_to[0].bytes, m.layout.buffer_bytes);
+  EXPECT_GT(sent->sent_to[0].busy_seconds, 0);
+  EXPECT_LE(sent->sent_to[0].busy_seconds, sent->seconds);
+  if (GetParam() == SliceMethod::kMessages) {
+    ASSERT_EQ(received->received_from.size(), 1u);
+    EXPECT_EQ(received->received_from[0].peer, "a");
+    EXPECT_EQ(received->received_from[0].bytes, m.layout.buffer_bytes);
+    EXPECT_GT(received->received_from[0].busy_seconds, 0);
+  } else {
+    EXPECT_TRUE(received->received_from.empty());  // writes: only the sender sees them move
+  }
   ASSERT_EQ(events.size(), 32u);
   for (const auto& e : events) {
     EXPECT_EQ(e.source, "a");
     EXPECT_EQ(e.bytes, 256u << 10);
     EXPECT_LE(e.started, e.finished);
   }
+}
+
+// Writes into per-block regions, each node keeping its blocks at places of its own (as the
+// agents' host pools do): every slice lands where the receiver's layout has it, and the receiver,
+// which receives two of the four blocks, offers those two and registers nothing else.
+TEST(ExecutorBlockRegions, WritesLandInTheReceiversOwnBlocks) {
+  MODELCAST_SKIP_WITHOUT_BACKEND();
+  constexpr uint64_t kSlice = 64 << 10, kBlock = 8 * kSlice;
+  Model m(32, kSlice);  // 4 blocks of 8 slices
+  // "b" keeps the blocks in reverse order, a page apart.
+  ModelLayout lb = m.layout;
+  lb.buffer_bytes = 4 * (kBlock + 4096);
+  for (uint32_t b = 0; b < 4; ++b) lb.block_offsets[b] = (3 - b) * (kBlock + 4096);
+  for (auto& s : lb.slices) s.offset = lb.block_offsets[s.block] + (s.offset - m.layout.block_offsets[s.block]);
+  auto a = Make("a"), b = Make("b");
+  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+  AlignedBuffer target(lb.buffer_bytes);
+  std::memset(target.data(), 0, target.size());
+  // Blocks 0 and 1 (slices 0-15) go from "a" to "b".
+  auto [fa, fb] = OneHop(16);
+  std::vector<std::unique_ptr<MemoryRegion>> regions;
+  ExecutorOptions oa, ob;
+  oa.method = ob.method = SliceMethod::kWrites;
+  oa.block_regions.assign(4, nullptr);
+  ob.block_regions.assign(4, nullptr);
+  for (uint32_t k = 0; k < 2; ++k) {
+    auto ra = a->Register(m.source.data() + m.layout.block_offsets[k], kBlock, MemoryKind::kHost);
+    auto rb = b->Register(target.data() + lb.block_offsets[k], kBlock, MemoryKind::kHost);
+    ASSERT_TRUE(ra.ok() && rb.ok());
+    oa.block_regions[k] = ra->get();
+    ob.block_regions[k] = rb->get();
+    regions.push_back(std::move(*ra));
+    regions.push_back(std::move(*rb));
+  }
+  auto sender = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(32, true), fa, oa);
+  });
+  auto received = ExecuteFragment(*b, lb, target.data(), std::vector<bool>(32, false), fb, ob);
+  auto sent = sender.get();
+  ASSERT_TRUE(received.ok()) << received.status().ToString();
+  ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+  EXPECT_EQ(sent->slices_written, 16u);
+  EXPECT_EQ(received->corrupt, 0u);
+  for (uint32_t i = 0; i < 16; ++i) {
+    EXPECT_EQ(std::memcmp(target.data() + lb.slices[i].offset, m.source.data() + m.layout.slices[i].offset, kSlice), 0)
+        << "slice " << i;
+  }
+  // Blocks 2 and 3's places in "b" stay untouched.
+  for (uint32_t k = 2; k < 4; ++k) {
+    const uint8_t* p = target.data() + lb.block_offsets[k];
+    EXPECT_TRUE(std::all_of(p, p + kBlock, [](uint8_t x) { return x == 0; })) << "block " << k;
+  }
+  // A block used by the fragment but not registered where the layout has it is refused up front.
+  ob.block_regions[1] = ob.block_regions[0];
+  auto bad = ExecuteFragment(*b, lb, target.data(), std::vector<bool>(32, false), fb, ob);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("block 1 of 'm' is not registered where the layout has it"),
+            std::string::npos)
+      << bad.status().message();
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, ExecutorTest, ::testing::Values(SliceMethod::kMessages, SliceMethod::kWrites),
@@ -235,11 +311,12 @@ class Misbehaving : public ::testing::Test {
   }
 
   // Runs "a"'s part (sending 8 slices to "b") while `act` plays "b".
-  Status RunSender(const std::function<void()>& act) {
+  Status RunSender(const std::function<void()>& act, SliceMethod method = SliceMethod::kAuto) {
     auto region = a_->Register(model_.source.data(), model_.source.size(), MemoryKind::kHost);
     EXPECT_TRUE(region.ok());
     ExecutorOptions o;
     o.region = region->get();
+    o.method = method;
     o.deadline = 10;
     auto [fa, fb] = OneHop(8);
     auto run = std::async(std::launch::async, [&] {
@@ -261,13 +338,21 @@ class Misbehaving : public ::testing::Test {
   std::unique_ptr<Transport> a_, b_;
 };
 
+// A receiver offers one region per block it receives: {"block", "base", "region"}.
+std::string BlockOffer(const std::vector<std::tuple<uint32_t, uint64_t, std::string>>& blocks) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& [block, base, region] : blocks) j.push_back({{"block", block}, {"base", base}, {"region", region}});
+  return j.dump();
+}
+
 TEST_F(Misbehaving, RegionTooSmallIsRefused) {
   AlignedBuffer small(4096);
   auto region = b_->Register(small.data(), small.size(), MemoryKind::kHost);
   ASSERT_TRUE(region.ok());
-  Status s = RunSender([&] { ASSERT_TRUE(Offer((*region)->remote().Serialize()).ok()); });
+  Status s = RunSender([&] { ASSERT_TRUE(Offer(BlockOffer({{0, 0, (*region)->remote().Serialize()}})).ok()); });
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("'b' offered a 4096-byte region for model 'm', whose buffer needs 32768 bytes"),
+  EXPECT_NE(s.message().find("remote regions offered by 'b': the region of block 0 (4096 bytes from 0) cannot hold "
+                             "its 8192 bytes"),
             std::string::npos)
       << s.message();
 }
@@ -275,7 +360,23 @@ TEST_F(Misbehaving, RegionTooSmallIsRefused) {
 TEST_F(Misbehaving, GarbledRegionIsRefused) {
   Status s = RunSender([&] { ASSERT_TRUE(Offer("not a region").ok()); });
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("remote region of 'b'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("remote regions offered by 'b': not a list of block regions"), std::string::npos)
+      << s.message();
+  s = RunSender([&] { ASSERT_TRUE(Offer(BlockOffer({{9, 0, "1:2:ab"}})).ok()); });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("block 9 is not in model 'm' (4 blocks)"), std::string::npos) << s.message();
+}
+
+// A receiver that offers the region of one block only: the sender writes nowhere else, and says
+// which block it had no region for.
+TEST_F(Misbehaving, NoWriteOutsideTheOfferedBlocks) {
+  AlignedBuffer block(8192);
+  auto region = b_->Register(block.data(), block.size(), MemoryKind::kHost);
+  ASSERT_TRUE(region.ok());
+  Status s = RunSender([&] { ASSERT_TRUE(Offer(BlockOffer({{0, 0, (*region)->remote().Serialize()}})).ok()); },
+                       SliceMethod::kWrites);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'b' offered no region for block 1 of 'm'"), std::string::npos) << s.message();
 }
 
 TEST_F(Misbehaving, SlicesNotInThePlanAreRefused) {

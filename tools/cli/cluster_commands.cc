@@ -108,6 +108,7 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
     if (n.__isset.error) j["nodes"].back()["error"] = n.error;
     if (n.__isset.complete_unix) j["nodes"].back()["complete_unix"] = n.complete_unix;
     if (n.__isset.corrupt_slices) j["nodes"].back()["corrupt_slices"] = n.corrupt_slices;
+    if (n.__isset.link_bytes_per_s) j["nodes"].back()["link_bytes_per_s"] = n.link_bytes_per_s;
   }
   return j;
 }
@@ -189,6 +190,7 @@ int RunCluster(const std::vector<std::string>& args) {
     for (const auto& n : s.nodes) {
       nlohmann::json nj{{"name", n.name}, {"alive", n.alive}, {"rpc_address", n.rpc_address}};
       for (const auto& t : n.inventory.tiers) nj["tiers"][t.tier] = {{"capacity", t.capacity}, {"used", t.used}};
+      if (n.__isset.measured_nic_bytes_per_s) nj["measured_nic_bytes_per_s"] = n.measured_nic_bytes_per_s;
       j["nodes"].push_back(nj);
     }
     for (const auto& m : s.models) j["models"].push_back(m.summary.name);
@@ -201,6 +203,9 @@ int RunCluster(const std::vector<std::string>& args) {
     for (const auto& t : n.inventory.tiers) {
       std::printf("  %s %s/%s", t.tier.c_str(), FormatBytes(static_cast<uint64_t>(t.used)).c_str(),
                   FormatBytes(static_cast<uint64_t>(t.capacity)).c_str());
+    }
+    if (n.__isset.measured_nic_bytes_per_s) {
+      std::printf("  straggler: link measured at %.0f Mbit/s", n.measured_nic_bytes_per_s * 8 / 1e6);
     }
     std::printf("\n");
   }

@@ -3,6 +3,7 @@
 #include <thrift/protocol/TMultiplexedProtocol.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include <glog/logging.h>
 
@@ -184,7 +185,7 @@ PlanRequest ClusterState::PlanRequestLocked(const Operation& op, const model::Ma
   pr.model = ModelShape::FromManifest(manifest);
   for (const auto& s : op.sources) {
     const auto& cfg = nodes_.at(s).config;
-    pr.nodes.push_back({s, cfg.nic, cfg.pcie, Tier::kHost});
+    pr.nodes.push_back({s, NicLocked(s), cfg.pcie, Tier::kHost});
     pr.sources.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
   }
   const uint32_t nslices = static_cast<uint32_t>(manifest.slices.size());
@@ -193,10 +194,58 @@ PlanRequest ClusterState::PlanRequestLocked(const Operation& op, const model::Ma
     const auto& cfg = nodes_.at(t).config;
     const Tier whole = CompleteTier(nodes_.at(t).inventory, manifest.name, nslices);
     const double rate = whole == Tier::kHost ? cfg.pcie : whole == Tier::kSsd ? cfg.ssd : 0;
-    pr.nodes.push_back({t, cfg.nic, rate, rate > 0 ? whole : Tier::kNone});
+    pr.nodes.push_back({t, NicLocked(t), rate, rate > 0 ? whole : Tier::kNone});
     pr.targets.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
   }
   return pr;
+}
+
+double ClusterState::NicLocked(const std::string& node) const {
+  const Node& n = nodes_.at(node);
+  return n.measured_nic > 0 ? std::min(n.measured_nic, n.config.nic) : n.config.nic;
+}
+
+// A straggler is found from what the ends of each link measured: a node's best link (in or out) is what
+// it can do at least; every link of a degraded node is slow, while a healthy node fed by a slow
+// one still has fast links. Each node's best, as a fraction of its configured rate, is compared
+// with the median node's: one far below is planned at that fraction of its configured rate.
+void ClusterState::JudgeLinksLocked(Operation& op) {
+  std::map<std::string, double> best;
+  for (const auto& [link, ends] : op.links) {
+    double rate = 0;  // the lower of the two ends' figures (each can only overstate it)
+    for (const auto& [bytes, seconds] : ends) {
+      if (bytes < kMinLinkSample || !(seconds > 0)) continue;
+      const double r = static_cast<double>(bytes) / seconds;
+      rate = rate > 0 ? std::min(rate, r) : r;
+    }
+    if (rate <= 0) continue;
+    for (const std::string& n : {link.first, link.second}) best[n] = std::max(best[n], rate);
+  }
+  std::map<std::string, double> fraction;
+  for (const auto& [name, rate] : best) {
+    if (op.node_index.count(name)) op.status.nodes[op.node_index.at(name)].__set_link_bytes_per_s(rate);
+    auto it = nodes_.find(name);
+    if (it != nodes_.end() && it->second.config.nic > 0) fraction[name] = rate / it->second.config.nic;
+  }
+  if (fraction.size() < 3) return;  // no majority to judge against
+  std::vector<double> f;
+  for (const auto& [name, x] : fraction) f.push_back(x);
+  std::nth_element(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(f.size() / 2), f.end());
+  const double median = f[f.size() / 2];
+  for (const auto& [name, x] : fraction) {
+    Node& n = nodes_.at(name);
+    if (x < kSlowLink * median) {
+      n.measured_nic = n.config.nic * x / median;
+      LOG(WARNING) << "coordinator: " << op.status.id << ": node '" << name << "' is a straggler: its links carried at most "
+                   << best[name] * 8 / 1e6 << " Mbit/s, " << x / median
+                   << " of the other nodes' (relative to their configured rates); planning it at "
+                   << n.measured_nic * 8 / 1e6 << " Mbit/s until a multicast measures it faster";
+    } else if (n.measured_nic > 0) {
+      n.measured_nic = 0;
+      LOG(INFO) << "coordinator: " << op.status.id << ": node '" << name << "' measured back at "
+                << best[name] * 8 / 1e6 << " Mbit/s: planning it at its configured rate again";
+    }
+  }
 }
 
 std::string ClusterState::StartOperationLocked(Operation& op, rpc::OperationKind::type kind, const std::string& model,
@@ -353,6 +402,7 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
   if (state != rpc::OperationState::SUCCEEDED) operation_errors_++;
   operation_seconds_ += op.status.finished_unix - op.status.created_unix;
   if (!error.empty()) op.status.__set_error(error);
+  JudgeLinksLocked(op);
   // Targets that did not end with the model are no instances; those that did are journaled
   // with the end of the operation.
   std::vector<std::string> loaded;
@@ -415,6 +465,17 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
     return InvalidArgument("reportProgress: node '" + r.node + "' takes no part in " + r.operation_id);
   }
   auto& np = op.status.nodes[ni->second];
+  // What this node measured of its links, as sender and as receiver (any attempt's).
+  const auto measured = [&](const std::vector<rpc::LinkSample>& samples, bool receiver) {
+    for (const auto& l : samples) {
+      if (!op.node_index.count(l.peer) || l.bytes <= 0 || !(l.busy_s > 0) || !std::isfinite(l.busy_s)) continue;
+      auto& [bytes, seconds] = op.links[receiver ? std::pair(l.peer, r.node) : std::pair(r.node, l.peer)][receiver];
+      bytes += static_cast<uint64_t>(l.bytes);
+      seconds += l.busy_s;
+    }
+  };
+  if (r.done && r.__isset.sent_to) measured(r.sent_to, false);
+  if (r.done && r.__isset.received_from) measured(r.received_from, true);
   auto& got = op.received[r.node];
   for (const auto& s : r.slices) {
     if (np.role == "target" && r.__isset.started_unix) {
@@ -432,6 +493,15 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();
   np.rate_bytes_per_s = secs > 0 ? static_cast<double>(np.bytes_received) / secs : 0;
   if (np.role == "target" && np.state == "waiting" && np.slices_received > 0) np.state = "receiving";
+  // A target holding every slice serves as a whole instance at once, though its fragment may
+  // still be forwarding to others (to a straggler fed from spare capacity, say): its end waits
+  // for theirs, its own copy need not.
+  if (np.role == "target" && !np.__isset.complete_unix && np.slices_total > 0 &&
+      static_cast<int32_t>(got.size()) >= np.slices_total && op.status.state == rpc::OperationState::RUNNING &&
+      !op.lost.count(r.node)) {
+    np.__set_complete_unix(UnixNow());
+    SetInstanceLocked(op.status.model, r.node, rpc::InstanceState::LOCAL, /*journal=*/false);
+  }
   if (np.role == "target" && !r.slices.empty()) PokeServing();
   // The end of a fragment counts only for the current attempt; older ones were cancelled.
   if (!r.done || r.operation_id != op.FragmentId() || op.status.state != rpc::OperationState::RUNNING) {
@@ -450,7 +520,7 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   }
   np.state = "complete";
   if (np.role == "target") {
-    np.__set_complete_unix(UnixNow());
+    if (!np.__isset.complete_unix) np.__set_complete_unix(UnixNow());
     np.slices_received = np.slices_total;
     SetInstanceLocked(op.status.model, r.node, rpc::InstanceState::LOCAL, /*journal=*/false);
   }

@@ -384,6 +384,7 @@ rpc::ClusterStatus ClusterState::GetStatus() const {
     ns.alive = AliveLocked(n);
     ns.last_heartbeat_unix = n.last_heartbeat_unix;
     ns.inventory = n.inventory;
+    if (n.measured_nic > 0) ns.__set_measured_nic_bytes_per_s(n.measured_nic);
     s.nodes.push_back(std::move(ns));
   }
   for (const auto& [name, m] : models_) s.models.push_back(InfoLocked(name, m));

@@ -85,7 +85,13 @@ const char* SliceMethodName(SliceMethod m);
 
 struct ExecutorOptions {
   SliceMethod method = SliceMethod::kAuto;
-  const MemoryRegion* region = nullptr;  // the model buffer, registered with the transport
+  // Registered memory for writes, either `region`: the whole model buffer, or `block_regions`:
+  // one region per block of the layout, each exactly that block's buffer (nullptr for a block
+  // this node neither sends from nor receives into). An agent registers the blocks of one
+  // operation for that operation alone: a receiver offers its senders the regions of the blocks
+  // it receives and nothing else, so no peer can write anywhere else in its memory.
+  const MemoryRegion* region = nullptr;
+  std::vector<const MemoryRegion*> block_regions;
   size_t window = 4;                     // slices in flight from this node (to all peers), started in plan order
   size_t recv_window = 2;                // slices landing at once, let in in plan order (messages only)
   size_t lookahead = 8;                  // how far down its plan order a node goes for a send or receive that is ready
@@ -93,6 +99,23 @@ struct ExecutorOptions {
   double deadline = 60;                  // seconds for the whole fragment
   std::function<void(const SliceEvent&)> on_slice;  // runs on the executor's checking thread; must not block
   const std::atomic<bool>* cancel = nullptr;        // set: the run ends with kCancelled, naming what was missing
+};
+
+// What one end of a link measured of it in a run: the bytes that crossed it, and how long the
+// link was busy carrying them, so that bytes / busy_seconds is what it carried while in use. A
+// straggler shows up as a low rate on every link it has, whatever the plan fed it.
+//
+// Each end sees part of the truth. A sender times each send from its start to its completion,
+// counting the time some send to the peer was in flight: right for writes (a flush completes when
+// they have landed) and rendezvous messages, but an eager message completes once the transport
+// has buffered it, long before it is on the wire. A receiver sees eager messages arrive whole: it
+// takes the rate between consecutive arrivals from a sender, the 75th percentile of them (the
+// link's rate while the sender kept it busy; gaps where the sender had nothing to send fall
+// below). The coordinator takes the lower of the two.
+struct LinkUse {
+  std::string peer;
+  uint64_t bytes = 0;
+  double busy_seconds = 0;
 };
 
 struct ExecutorReport {
@@ -105,6 +128,8 @@ struct ExecutorReport {
   double seconds = 0;
   double first_send = -1;    // seconds since the run began; -1: none
   double last_receive = -1;  // when the last slice landed and passed its checksum; -1: none
+  std::vector<LinkUse> sent_to;        // per receiver this node sent to, timed by its sends
+  std::vector<LinkUse> received_from;  // per sender of slice messages, timed by their arrivals
 };
 
 // `buffer` holds the model per `layout`: filled where `held` says so (a source holds it all),

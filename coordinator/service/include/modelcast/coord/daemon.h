@@ -11,6 +11,7 @@
 // ones are read from the agents' inventories, and whatever is missing is replanned.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -159,6 +160,9 @@ class ClusterState {
     std::chrono::steady_clock::time_point last_heartbeat;
     double last_heartbeat_unix = 0;
     rpc::NodeInventory inventory;
+    // > 0: a multicast measured this node's links well below the others' (a straggler, e.g. a
+    // degraded NIC or a congested port): plans use this rate for it until one measures it back.
+    double measured_nic = 0;
   };
   struct Model {
     std::shared_ptr<const model::Manifest> manifest;
@@ -180,6 +184,9 @@ class ClusterState {
     int channel = 0;  // the fabric channel of the current attempt
     bool repairing = false;  // a repair is queued or running: done reports only count
     bool adopt = false;      // found running after a restart: follow what still runs
+    // (sender, receiver) -> what each end measured of the link (bytes, busy seconds): [0] the
+    // sender, [1] the receiver.
+    std::map<std::pair<std::string, std::string>, std::array<std::pair<uint64_t, double>, 2>> links;
     std::string FragmentId() const { return attempt == 0 ? status.id : status.id + ".r" + std::to_string(attempt); }
   };
   // A fragment to send to one node's agent.
@@ -208,6 +215,11 @@ class ClusterState {
                                              const std::set<std::string>& allowed) const;
   // The planner's request for the operation's sources and targets.
   PlanRequest PlanRequestLocked(const Operation& op, const model::Manifest& manifest) const;
+  // The link rate plans use for a node: its configured one, or what a multicast measured.
+  double NicLocked(const std::string& node) const;
+  // After a multicast: each node's best link rate against the others'; a node far below them
+  // is taken as a straggler (Node::measured_nic), one measured back up is cleared.
+  void JudgeLinksLocked(Operation& op);
   void RepairLocked(Operation& op, const std::string& why);
   void Repair(const std::string& id);  // on the worker
   // `journal` false: the caller journals it in a later record (a scale-out's targets go into
@@ -218,6 +230,11 @@ class ClusterState {
   void RunScaleIn(const std::string& id, std::vector<std::pair<std::string, std::string>> nodes);
   // Names a new operation ("op-<epoch>-<n>") and sets its status running from now.
   static constexpr size_t kKeptOperations = 1000;  // finished operations getOperation still answers for
+  // A node whose best link carried less than this fraction of the median node's best (each
+  // relative to its configured rate) is a straggler; links that carried less than
+  // kMinLinkSample bytes say too little to judge.
+  static constexpr double kSlowLink = 0.35;
+  static constexpr uint64_t kMinLinkSample = 8ull << 20;
   std::string StartOperationLocked(Operation& op, rpc::OperationKind::type kind, const std::string& model,
                                    int32_t replicas);
   static void AddProgressEntry(Operation& op, const std::string& node, const std::string& role, int32_t nslices);
