@@ -316,6 +316,65 @@ TEST_F(ScaleOutTest, CoordinatorRestartedMidOperation) {
   EXPECT_EQ(again.state, rpc::OperationState::SUCCEEDED);
 }
 
+// The value of metric `name` in a Prometheus text body (-1: absent).
+double MetricValue(const std::string& body, const std::string& name) {
+  const auto at = body.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stod(body.substr(at + name.size() + 2));
+}
+
+// Many operations with the journal compacted every ~100 records: it stays bounded, and a
+// restarted coordinator rebuilds from the snapshot the models, the instances and the operations.
+TEST_F(ScaleOutTest, TheJournalIsCompactedAndStillRebuildsTheState) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 3, .coordinator_extra = "  journal_compact_records: 100\n"}));
+  std::vector<std::string> ids;
+  for (int cycle = 0; cycle < 20; ++cycle) {
+    ids.push_back(ScaleOut("tiny-llm", 2));
+    const auto out = WaitForEnd(ids.back());
+    ASSERT_EQ(out.state, rpc::OperationState::SUCCEEDED) << (out.__isset.error ? out.error : "still running");
+    rpc::ScaleInRequest si;
+    si.header = header;
+    si.model = "tiny-llm";
+    si.replicas = 2;
+    std::string in;
+    client->scaleIn(in, si);
+    ids.push_back(in);
+    const auto done = WaitForEnd(in);
+    ASSERT_EQ(done.state, rpc::OperationState::SUCCEEDED) << (done.__isset.error ? done.error : "still running");
+  }
+  ids.push_back(ScaleOut("tiny-llm", 2));
+  ASSERT_EQ(WaitForEnd(ids.back()).state, rpc::OperationState::SUCCEEDED);
+  const std::string metrics = Metrics(*coordinator);
+  EXPECT_GE(MetricValue(metrics, "modelcast_journal_compactions_total"), 1) << metrics;
+  const double records = MetricValue(metrics, "modelcast_journal_records");
+  EXPECT_GT(records, 0);
+  EXPECT_LE(records, 2 * 130) << "the journal was not kept bounded";
+  std::printf("journal after %zu operations: %.0f records, %.0f bytes, %.0f compactions\n", ids.size(), records,
+              MetricValue(metrics, "modelcast_journal_bytes"),
+              MetricValue(metrics, "modelcast_journal_compactions_total"));
+  const auto before = InstanceNodes();
+  coordinator->Kill(SIGTERM);
+  EXPECT_EQ(coordinator->Wait(30s).exit_code, 0);
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+  EXPECT_EQ(InstanceNodes(), before);
+  EXPECT_EQ(before.size(), 2u);
+  for (const auto& id : ids) {
+    rpc::OperationStatus op;
+    client->getOperation(op, header, id);
+    EXPECT_EQ(op.state, rpc::OperationState::SUCCEEDED) << id;
+  }
+  // It goes on: a scale-in once the agents have rejoined, journaled on top of the snapshot.
+  const auto by = std::chrono::steady_clock::now() + 10s;
+  while (AliveNodes() != 3 && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(50ms);
+  rpc::ScaleInRequest si;
+  si.header = header;
+  si.model = "tiny-llm";
+  si.replicas = 2;
+  std::string in;
+  client->scaleIn(in, si);
+  const auto last = WaitForEnd(in);
+  EXPECT_EQ(last.state, rpc::OperationState::SUCCEEDED) << (last.__isset.error ? last.error : "still running");
+}
+
 // Scale-outs of two models at once, over the same nodes: each runs on its own fabric channel
 // and both complete with every copy verified.
 TEST_F(ScaleOutTest, TwoModelsScaleOutAtOnce) {

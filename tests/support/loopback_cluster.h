@@ -66,6 +66,7 @@ struct ClusterOptions {
   std::string fault;                               // the agents' fabric fault spec
   std::vector<std::string> models = {"tiny-llm"};  // all on node-0's SSD
   bool serving = false;                            // the coordinator's router, HTTP on a free port
+  std::string coordinator_extra;                   // more keys of the coordinator mapping ("  key: value\n")
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -82,7 +83,7 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
     cluster += "coordinator:\n  address: 127.0.0.1\n  port: " + std::to_string(port) +
                "\n  state_dir: " + (dir / "coord").string() +
                "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
-               "}\n  metrics: {address: 127.0.0.1, port: 0}\n";
+               "}\n  metrics: {address: 127.0.0.1, port: 0}\n" + o.coordinator_extra;
     if (o.serving) {
       cluster += "  serving: {fabric: {listen: '127.0.0.1:0'}, http: {address: 127.0.0.1, port: 0}, max_batch: 8}\n";
     }

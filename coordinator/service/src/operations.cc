@@ -425,12 +425,14 @@ Status ClusterState::FinishLocked(Operation& op, rpc::OperationState::type state
   LOG(INFO) << "coordinator: " << op.status.id << " "
             << (state == rpc::OperationState::SUCCEEDED ? "succeeded" : "failed")
             << (error.empty() ? "" : ": " + error);
-  return journal_->Append({{"op", "finish"},
-                           {"id", op.status.id},
-                           {"state", static_cast<int>(state)},
-                           {"error", error},
-                           {"instances", loaded},
-                           {"finished", op.status.finished_unix}});
+  MC_RETURN_IF_ERROR(journal_->Append({{"op", "finish"},
+                                       {"id", op.status.id},
+                                       {"state", static_cast<int>(state)},
+                                       {"error", error},
+                                       {"instances", loaded},
+                                       {"finished", op.status.finished_unix}}));
+  if (Status st = MaybeCompactLocked(); !st.ok()) LOG(WARNING) << "coordinator: " << st.message();
+  return Status::Ok();
 }
 
 Status ClusterState::SettleLocked(Operation& op) {

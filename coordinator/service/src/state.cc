@@ -27,7 +27,8 @@ std::vector<std::string> Holders(const std::map<std::string, rpc::NodeInventory>
 
 Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) {
   MC_RETURN_IF_ERROR(node.CheckKeys(
-      {"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "security", "metrics", "serving"}));
+      {"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "journal_compact_records", "security",
+       "metrics", "serving"}));
   CoordinatorConfig c;
   MC_ASSIGN_OR_RETURN(c.address, node.GetString("address", c.address));
   MC_ASSIGN_OR_RETURN(int64_t port, node.GetInt("port", c.port));
@@ -41,6 +42,8 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
   if (!(c.heartbeat_deadline > c.heartbeat_interval)) {
     return node.Child("heartbeat_deadline")->Error("must be longer than heartbeat_interval");
   }
+  MC_ASSIGN_OR_RETURN(c.journal_compact_records, node.GetInt("journal_compact_records", c.journal_compact_records));
+  if (c.journal_compact_records < 100) return node.Child("journal_compact_records")->Error("must be at least 100");
   MC_ASSIGN_OR_RETURN(ConfigNode sec, node.Child("security"));
   MC_ASSIGN_OR_RETURN(c.security, rpc::SecurityConfig::FromConfig(sec));
   if (auto m = node.OptionalChild("metrics")) {
@@ -108,6 +111,10 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
                                        [&](const json& r) { return s->Replay(r); }, {}, &report));
   s->epoch_++;
   MC_RETURN_IF_ERROR(s->journal_->Append({{"op", "epoch"}, {"epoch", s->epoch_}}));
+  {
+    std::lock_guard lock(s->mu_);
+    MC_RETURN_IF_ERROR(s->MaybeCompactLocked());
+  }
   s->opened_ = std::chrono::steady_clock::now();
   s->worker_ = std::make_unique<TaskPool>(1);
   // Operations that were running when the previous coordinator stopped are picked up again:
@@ -140,6 +147,79 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
 ClusterState::~ClusterState() {
   closing_ = true;
   worker_.reset();  // the task running finishes; queued ones return at once
+}
+
+// Replaying these gives the state as it is: the epoch, the models, every operation kept (its
+// start, its latest replan, its end), then the instances as they are now (a finish replays no
+// instances here: those it made may have gone since).
+std::vector<json> ClusterState::SnapshotLocked() const {
+  std::vector<json> records;
+  records.push_back({{"op", "epoch"}, {"epoch", epoch_}});
+  for (const auto& [name, m] : models_) {
+    records.push_back({{"op", "register_model"}, {"name", name}, {"manifest", m.manifest_json}, {"keep_alive", m.keep_alive}});
+  }
+  std::vector<const Operation*> ops;
+  for (const auto& [id, o] : operations_) ops.push_back(&o);
+  std::sort(ops.begin(), ops.end(),
+            [](const Operation* a, const Operation* b) { return a->status.created_unix < b->status.created_unix; });
+  for (const Operation* o : ops) {
+    const bool scale_in = o->status.kind == rpc::OperationKind::SCALE_IN;
+    records.push_back({{"op", "operation"},
+                       {"kind", scale_in ? "scale_in" : "scale_out"},
+                       {"id", o->status.id},
+                       {"model", o->status.model},
+                       {"replicas", o->status.replicas},
+                       {"sources", o->sources},
+                       {"targets", o->targets},
+                       {"algorithm", o->algorithm},
+                       {"deadline", o->deadline},
+                       {"channel", o->channel},
+                       {"created", o->status.created_unix}});
+    if (o->attempt > 0) {
+      records.push_back({{"op", "replan"},
+                         {"id", o->status.id},
+                         {"attempt", o->attempt},
+                         {"channel", o->channel},
+                         {"targets", o->targets},
+                         {"lost", std::vector<std::string>(o->lost.begin(), o->lost.end())}});
+    }
+    if (o->status.state != rpc::OperationState::RUNNING && o->status.state != rpc::OperationState::PENDING) {
+      records.push_back({{"op", "finish"},
+                         {"id", o->status.id},
+                         {"state", static_cast<int>(o->status.state)},
+                         {"error", o->status.__isset.error ? o->status.error : ""},
+                         {"instances", json::array()},
+                         {"finished", o->status.__isset.finished_unix ? o->status.finished_unix : o->status.created_unix}});
+    }
+  }
+  for (const auto& [model, by_node] : instances_) {
+    for (const auto& [node, inst] : by_node) {
+      records.push_back({{"op", "instance"},
+                         {"model", model},
+                         {"node", node},
+                         {"state", static_cast<int>(inst.state)},
+                         {"since", inst.since_unix}});
+    }
+  }
+  return records;
+}
+
+// The journal grows with every operation; it is rewritten as a snapshot once it holds more
+// than journal_compact_records records, or twice what the last snapshot held when that is more
+// (so that a large state is not rewritten after every operation). The rewrite is atomic: a
+// crash leaves the old journal or the new one.
+Status ClusterState::MaybeCompactLocked() {
+  const uint64_t limit =
+      std::max<uint64_t>(static_cast<uint64_t>(config_.journal_compact_records), 2 * snapshot_records_);
+  if (journal_->records() <= limit) return Status::Ok();
+  const uint64_t records = journal_->records(), bytes = journal_->bytes();
+  const auto snapshot = SnapshotLocked();
+  MC_RETURN_IF_ERROR(journal_->Compact(snapshot));
+  snapshot_records_ = snapshot.size();
+  compactions_++;
+  LOG(INFO) << "coordinator: journal compacted from " << records << " records (" << bytes << " bytes) to "
+            << snapshot.size() << " (" << journal_->bytes() << " bytes)";
+  return Status::Ok();
 }
 
 Status ClusterState::Replay(const json& r) {
@@ -368,6 +448,10 @@ std::string ClusterState::RenderMetrics() const {
   m.Counter("modelcast_operations_finished_total", "Operations finished (succeeded or failed)",
             static_cast<double>(operations_finished_));
   m.Counter("modelcast_operation_errors_total", "Operations that failed", static_cast<double>(operation_errors_));
+  m.Gauge("modelcast_journal_records", "Records in the coordinator's journal", static_cast<double>(journal_->records()));
+  m.Gauge("modelcast_journal_bytes", "Size of the coordinator's journal", static_cast<double>(journal_->bytes()));
+  m.Counter("modelcast_journal_compactions_total", "Times the journal was rewritten as a snapshot",
+            static_cast<double>(compactions_));
   m.Counter("modelcast_rpc_refused_total", "Calls refused for missing or wrong credentials",
             static_cast<double>(refused_.load()));
   return m.text();

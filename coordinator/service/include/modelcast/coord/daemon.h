@@ -77,6 +77,9 @@ struct CoordinatorConfig {
   std::filesystem::path state_dir;
   double heartbeat_interval = 1;
   double heartbeat_deadline = 5;
+  // The journal is rewritten as a snapshot of its state (models, the operations still kept,
+  // instances) once it holds this many records (or twice what the last snapshot held).
+  int64_t journal_compact_records = 20000;
   rpc::SecurityConfig security;
   rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
   ServingConfig serving;       // off when absent
@@ -220,6 +223,9 @@ class ClusterState {
   // After a multicast: each node's best link rate against the others'; a node far below them
   // is taken as a straggler (Node::measured_nic), one measured back up is cleared.
   void JudgeLinksLocked(Operation& op);
+  // The journal records that rebuild the state as it is now; and the rewrite, when due.
+  std::vector<nlohmann::json> SnapshotLocked() const;
+  Status MaybeCompactLocked();
   void RepairLocked(Operation& op, const std::string& why);
   void Repair(const std::string& id);  // on the worker
   // `journal` false: the caller journals it in a later record (a scale-out's targets go into
@@ -247,6 +253,8 @@ class ClusterState {
   CoordinatorConfig config_;
   int64_t epoch_ = 0;
   std::unique_ptr<Journal> journal_;
+  uint64_t snapshot_records_ = 0;  // records the last compaction left
+  uint64_t compactions_ = 0;
   mutable std::mutex mu_;
   std::map<std::string, Node> nodes_;
   std::map<std::string, Model> models_;
