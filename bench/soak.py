@@ -64,7 +64,7 @@ def evict(port, model, header):
     from thrift.protocol import TBinaryProtocol
     from thrift.transport import TSocket, TTransport
     from modelcast_rpc import Agent, ttypes
-    transport = TTransport.TBufferedTransport(TSocket.TSocket("127.0.0.1", port))
+    transport = TTransport.TFramedTransport(TSocket.TSocket("127.0.0.1", port))
     client = Agent.Client(TBinaryProtocol.TBinaryProtocol(transport))
     transport.open()
     try:

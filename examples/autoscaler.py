@@ -70,7 +70,7 @@ def main():
         p.error("give --trace or --rate-file")
 
     host, port = a.coordinator.rsplit(":", 1)
-    transport = TTransport.TBufferedTransport(TSocket.TSocket(host, int(port)))
+    transport = TTransport.TFramedTransport(TSocket.TSocket(host, int(port)))
     client = Coordinator.Client(TMultiplexedProtocol.TMultiplexedProtocol(
         TBinaryProtocol.TBinaryProtocol(transport), "Coordinator"))
     transport.open()

@@ -47,7 +47,7 @@ class Coordinator:
         from thrift.transport import TSocket, TTransport
         from modelcast_rpc import Coordinator as C, ttypes
         self.ttypes = ttypes
-        self.transport = TTransport.TBufferedTransport(TSocket.TSocket(host, port))
+        self.transport = TTransport.TFramedTransport(TSocket.TSocket(host, port))
         proto = TMultiplexedProtocol.TMultiplexedProtocol(TBinaryProtocol.TBinaryProtocol(self.transport),
                                                           "Coordinator")
         self.client = C.Client(proto)

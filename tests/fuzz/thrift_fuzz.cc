@@ -1,12 +1,14 @@
 // Fuzzes what a modelcast server does with the bytes of a request before any credential is
 // looked at: the message envelope, the service name (the coordinator multiplexes Coordinator,
 // Membership and Router on one port; an agent serves Agent alone), the method and the decoding
-// of its arguments, with the servers' own protocol and limits (rpc::ServerProtocolFactory).
+// of its arguments, with the servers' own transport, protocol and limits (a frame gathered whole,
+// rpc::ServerProtocolFactory).
 // The handlers are Thrift's generated null ones: what is fuzzed is the decoding, which must end
 // in a decoded request or a Thrift exception, never a crash, a hang or an allocation past the
 // limits (the fuzzer's -malloc_limit_mb).
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include <thrift/TApplicationException.h>
 #include <thrift/TOutput.h>
@@ -17,6 +19,7 @@
 #include "Coordinator.h"
 #include "Membership.h"
 #include "Router.h"
+
 #include "modelcast/rpc/server.h"
 
 namespace {
@@ -46,13 +49,16 @@ struct Processors {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Processors processors;
   if (size < 1) return 0;
-  // The first byte picks the server; the rest is what arrives on its socket.
-  auto in = std::make_shared<TMemoryBuffer>(const_cast<uint8_t*>(data + 1), static_cast<uint32_t>(size - 1),
-                                            TMemoryBuffer::OBSERVE);
+  // The first byte picks the server; the rest is a message, which arrives on its socket in a frame.
+  const uint32_t length = static_cast<uint32_t>(size - 1);
+  std::vector<uint8_t> frame = {static_cast<uint8_t>(length >> 24), static_cast<uint8_t>(length >> 16),
+                                static_cast<uint8_t>(length >> 8), static_cast<uint8_t>(length)};
+  frame.insert(frame.end(), data + 1, data + size);
+  auto in = std::make_shared<TMemoryBuffer>(frame.data(), static_cast<uint32_t>(frame.size()), TMemoryBuffer::OBSERVE);
   auto out = std::make_shared<TMemoryBuffer>();
   auto factory = modelcast::rpc::ServerProtocolFactory();
-  auto iprot = factory->getProtocol(in);
-  auto oprot = factory->getProtocol(out);
+  auto iprot = factory->getProtocol(modelcast::rpc::FramedTransport(in));
+  auto oprot = factory->getProtocol(modelcast::rpc::FramedTransport(out));
   try {
     // A connection is served message after message until its bytes run out.
     apache::thrift::TProcessor& p =

@@ -102,44 +102,56 @@ TEST(RpcSecurityTest, TokenIsCheckedOnEveryCall) {
   EXPECT_EQ(s.handler->joins.load(), 1);  // the refused calls changed nothing
 }
 
-// A request that claims a string past the servers' limit is refused while it is decoded, before
-// any credential is looked at and before the server waits for (or allocates) what it claims:
-// the server closes the connection at once, and goes on serving others.
+// A request that claims more than it may is refused while it is decoded, before any credential
+// is looked at and before the server waits for (or allocates) what it claims: a frame past the
+// frame limit, a string past the string limit, a list past the container limit, and a list
+// within the limits that its frame is too short to hold (Thrift's generated code would size the
+// list before reading it). The server closes the connection at once, and goes on serving others.
 TEST(RpcSecurityTest, OversizedClaimsAreRefusedWhileDecoding) {
   using namespace apache::thrift;
   SecurityConfig server_side;
   server_side.token = kToken;
   auto s = Serve(server_side);
   ASSERT_TRUE(s.server);
-  for (const auto& [what, type, claim] :
-       {std::tuple{"a string", protocol::T_STRING, kMaxStringBytes + (16 << 20)},
-        std::tuple{"a list", protocol::T_LIST, kMaxContainerElements + 1}}) {
+  enum Claim { kFrame, kString, kList };
+  for (const auto& [what, claim, count] :
+       {std::tuple{"a frame", kFrame, int64_t{kMaxFrameBytes} + 1},
+        std::tuple{"a string", kString, int64_t{kMaxStringBytes} + (16 << 20)},
+        std::tuple{"a list", kList, int64_t{kMaxContainerElements} + 1},
+        std::tuple{"a list within the limits", kList, int64_t{kMaxContainerElements}}}) {
     SCOPED_TRACE(what);
     auto socket = std::make_shared<transport::TSocket>("127.0.0.1", s.server->port());
     socket->setRecvTimeout(5000);
-    auto trans = std::make_shared<transport::TBufferedTransport>(socket);
+    auto trans = std::make_shared<transport::TFramedTransport>(socket);
     protocol::TBinaryProtocol out(trans);
     trans->open();
-    out.writeMessageBegin("join", protocol::T_CALL, 1);
-    out.writeStructBegin("join_args");
-    out.writeFieldBegin("req", protocol::T_STRUCT, 1);
-    out.writeStructBegin("JoinRequest");
-    if (type == protocol::T_STRING) {
-      out.writeFieldBegin("node", protocol::T_STRING, 2);
-      out.writeI32(claim);  // a string's length, and then nothing of it
+    if (claim == kFrame) {
+      const uint32_t n = static_cast<uint32_t>(count);
+      const uint8_t length[4] = {static_cast<uint8_t>(n >> 24), static_cast<uint8_t>(n >> 16),
+                                 static_cast<uint8_t>(n >> 8), static_cast<uint8_t>(n)};
+      socket->write(length, 4);  // a frame's length, and then nothing of it
     } else {
-      // NodeInventory.tiers (field 1 of the inventory, field 5 of the request): a list claim.
-      out.writeFieldBegin("inventory", protocol::T_STRUCT, 5);
-      out.writeStructBegin("NodeInventory");
-      out.writeFieldBegin("tiers", protocol::T_LIST, 1);
-      out.writeListBegin(protocol::T_STRUCT, static_cast<uint32_t>(claim));
+      out.writeMessageBegin("join", protocol::T_CALL, 1);
+      out.writeStructBegin("join_args");
+      out.writeFieldBegin("req", protocol::T_STRUCT, 1);
+      out.writeStructBegin("JoinRequest");
+      if (claim == kString) {
+        out.writeFieldBegin("node", protocol::T_STRING, 2);
+        out.writeI32(static_cast<int32_t>(count));  // a string's length, and then nothing of it
+      } else {
+        // NodeInventory.tiers (field 1 of the inventory, field 5 of the request): a list claim.
+        out.writeFieldBegin("inventory", protocol::T_STRUCT, 5);
+        out.writeStructBegin("NodeInventory");
+        out.writeFieldBegin("tiers", protocol::T_LIST, 1);
+        out.writeListBegin(protocol::T_STRUCT, static_cast<uint32_t>(count));
+      }
+      trans->flush();  // the frame: the claim, and then nothing of what it claims
     }
-    trans->flush();
     const auto t0 = std::chrono::steady_clock::now();
     uint8_t byte;
     bool closed = false;
     try {
-      closed = trans->read(&byte, 1) == 0;
+      closed = socket->read(&byte, 1) == 0;
     } catch (const transport::TTransportException& e) {
       closed = e.getType() == transport::TTransportException::END_OF_FILE;
       EXPECT_NE(e.getType(), transport::TTransportException::TIMED_OUT) << "the server waited for the claimed bytes";

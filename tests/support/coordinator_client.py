@@ -11,7 +11,7 @@ from modelcast_rpc import Coordinator, ttypes
 
 
 def main(host, port, token):
-    transport = TTransport.TBufferedTransport(TSocket.TSocket(host, int(port)))
+    transport = TTransport.TFramedTransport(TSocket.TSocket(host, int(port)))
     protocol = TMultiplexedProtocol.TMultiplexedProtocol(TBinaryProtocol.TBinaryProtocol(transport), "Coordinator")
     client = Coordinator.Client(protocol)
     transport.open()

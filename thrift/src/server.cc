@@ -9,7 +9,9 @@
 #include <thrift/transport/TServerSocket.h>
 #include <thrift/transport/TSocket.h>
 
+#include <algorithm>
 #include <csignal>
+#include <cstring>
 #include <future>
 
 #include <glog/logging.h>
@@ -18,10 +20,7 @@ namespace modelcast::rpc {
 
 using apache::thrift::TException;
 using apache::thrift::protocol::TBinaryProtocol;
-using apache::thrift::protocol::TBinaryProtocolFactory;
 using apache::thrift::server::TThreadedServer;
-using apache::thrift::transport::TBufferedTransport;
-using apache::thrift::transport::TBufferedTransportFactory;
 using apache::thrift::transport::TServerSocket;
 using apache::thrift::transport::TSocket;
 using apache::thrift::transport::TSSLServerSocket;
@@ -67,9 +66,135 @@ class ReadySignal : public apache::thrift::server::TServerEventHandler {
 
 }  // namespace
 
+namespace {
+
+// Thrift's framed transport, but a frame's bytes are gathered as they arrive: Thrift's own
+// allocates the whole frame when it has read the length. A frame is decoded only once it is
+// whole, so what is left of it bounds every container claim in it (BoundedBinaryProtocol).
+class GatheringFramedTransport : public apache::thrift::transport::TFramedTransport {
+ public:
+  explicit GatheringFramedTransport(std::shared_ptr<TTransport> transport) : TFramedTransport(std::move(transport)) {
+    setMaxFrameSize(kMaxFrameBytes);
+  }
+  // Bytes of the frame being decoded not read yet.
+  uint64_t unread() const { return static_cast<uint64_t>(rBound_ - rBase_); }
+
+ protected:
+  bool readFrame() override {
+    using apache::thrift::transport::TTransportException;
+    uint8_t length[4];
+    uint32_t got = 0;
+    while (got < sizeof(length)) {
+      const uint32_t n = transport_->read(length + got, static_cast<uint32_t>(sizeof(length)) - got);
+      if (n == 0) {
+        if (got == 0) return false;  // the peer closed between messages
+        throw TTransportException(TTransportException::END_OF_FILE, "a frame's length was cut short");
+      }
+      got += n;
+    }
+    const uint32_t size = (uint32_t{length[0]} << 24) | (uint32_t{length[1]} << 16) | (uint32_t{length[2]} << 8) |
+                          uint32_t{length[3]};
+    if (size > getMaxFrameSize()) {
+      throw TTransportException(TTransportException::CORRUPTED_DATA,
+                                "a frame of " + std::to_string(size) + " bytes (at most " +
+                                    std::to_string(getMaxFrameSize()) + ")");
+    }
+    // The buffer at most doubles what has arrived.
+    std::vector<uint8_t> frame;
+    while (frame.size() < size) {
+      const size_t have = frame.size();
+      const size_t want = std::min<size_t>(size - have, std::max<size_t>(64 << 10, have));
+      frame.resize(have + want);
+      const uint32_t n = transport_->read(frame.data() + have, static_cast<uint32_t>(want));
+      if (n == 0) throw TTransportException(TTransportException::END_OF_FILE, "a frame was cut short");
+      frame.resize(have + n);
+    }
+    if (size > rBufSize_) {
+      rBuf_.reset(new uint8_t[size]);
+      rBufSize_ = size;
+    }
+    if (size > 0) std::memcpy(rBuf_.get(), frame.data(), size);
+    setReadBuffer(rBuf_.get(), size);
+    return true;
+  }
+};
+
+// The binary protocol, with the limits above and one more: a list, set or map may claim no
+// more elements than the rest of its frame can hold, at least a byte each (Thrift's own check
+// counts an element struct as zero bytes, so a list of structs could claim millions in a few
+// bytes, and its generated code sizes the list before reading it).
+class BoundedBinaryProtocol
+    : public apache::thrift::protocol::TVirtualProtocol<BoundedBinaryProtocol, apache::thrift::protocol::TBinaryProtocol> {
+ public:
+  explicit BoundedBinaryProtocol(std::shared_ptr<apache::thrift::transport::TTransport> transport)
+      : TVirtualProtocol(transport), frame_(dynamic_cast<GatheringFramedTransport*>(transport.get())) {
+    setStringSizeLimit(kMaxStringBytes);
+    setContainerSizeLimit(kMaxContainerElements);
+    setStrict(false, true);
+  }
+
+  uint32_t readListBegin(apache::thrift::protocol::TType& type, uint32_t& size) {
+    const uint32_t n = TBinaryProtocol::readListBegin(type, size);
+    Check(size, Least(type));
+    return n;
+  }
+  uint32_t readSetBegin(apache::thrift::protocol::TType& type, uint32_t& size) {
+    const uint32_t n = TBinaryProtocol::readSetBegin(type, size);
+    Check(size, Least(type));
+    return n;
+  }
+  uint32_t readMapBegin(apache::thrift::protocol::TType& key, apache::thrift::protocol::TType& value,
+                        uint32_t& size) {
+    const uint32_t n = TBinaryProtocol::readMapBegin(key, value, size);
+    Check(size, Least(key) + Least(value));
+    return n;
+  }
+
+ private:
+  uint64_t Least(apache::thrift::protocol::TType type) {
+    return std::max<uint64_t>(1, static_cast<uint64_t>(getMinSerializedSize(type)));
+  }
+  void Check(uint32_t elements, uint64_t least) const {
+    if (frame_ != nullptr && uint64_t{elements} * least > frame_->unread()) {
+      throw apache::thrift::protocol::TProtocolException(
+          apache::thrift::protocol::TProtocolException::SIZE_LIMIT,
+          "a container of " + std::to_string(elements) + " elements in " + std::to_string(frame_->unread()) +
+              " bytes");
+    }
+  }
+
+  GatheringFramedTransport* frame_;  // null: not framed (no bound beyond Thrift's)
+};
+
+class BoundedBinaryProtocolFactory : public apache::thrift::protocol::TProtocolFactory {
+ public:
+  std::shared_ptr<apache::thrift::protocol::TProtocol> getProtocol(
+      std::shared_ptr<apache::thrift::transport::TTransport> transport) override {
+    return std::make_shared<BoundedBinaryProtocol>(std::move(transport));
+  }
+};
+
+class GatheringFramedTransportFactory : public apache::thrift::transport::TTransportFactory {
+ public:
+  std::shared_ptr<apache::thrift::transport::TTransport> getTransport(
+      std::shared_ptr<apache::thrift::transport::TTransport> transport) override {
+    return std::make_shared<GatheringFramedTransport>(std::move(transport));
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<apache::thrift::transport::TTransport> FramedTransport(
+    std::shared_ptr<apache::thrift::transport::TTransport> socket) {
+  return std::make_shared<GatheringFramedTransport>(std::move(socket));
+}
+
+std::shared_ptr<apache::thrift::transport::TTransportFactory> ServerTransportFactory() {
+  return std::make_shared<GatheringFramedTransportFactory>();
+}
+
 std::shared_ptr<apache::thrift::protocol::TProtocolFactory> ServerProtocolFactory() {
-  return std::make_shared<TBinaryProtocolFactory>(kMaxStringBytes, kMaxContainerElements, /*strict_read=*/false,
-                                                  /*strict_write=*/true);
+  return std::make_shared<BoundedBinaryProtocolFactory>();
 }
 
 Result<std::unique_ptr<RpcServer>> RpcServer::Start(std::shared_ptr<apache::thrift::TProcessor> processor,
@@ -85,8 +210,7 @@ Result<std::unique_ptr<RpcServer>> RpcServer::Start(std::shared_ptr<apache::thri
     socket = std::make_shared<TServerSocket>(address, port);
   }
   std::unique_ptr<RpcServer> s(new RpcServer());
-  s->server_ = std::make_shared<TThreadedServer>(processor, socket, std::make_shared<TBufferedTransportFactory>(),
-                                                 ServerProtocolFactory());
+  s->server_ = std::make_shared<TThreadedServer>(processor, socket, ServerTransportFactory(), ServerProtocolFactory());
   // serve() binds and listens; the event handler tells when it has (or the thread that it failed).
   auto ready = std::make_shared<std::promise<Status>>();
   s->server_->setServerEventHandler(std::make_shared<ReadySignal>(ready));
@@ -141,8 +265,9 @@ Result<std::unique_ptr<RpcConnection>> Connect(const std::string& address, int p
   socket->setRecvTimeout(timeout_ms);
   socket->setSendTimeout(timeout_ms);
   auto c = std::make_unique<RpcConnection>();
-  c->transport = std::make_shared<TBufferedTransport>(socket);
-  c->protocol = std::make_shared<TBinaryProtocol>(c->transport);
+  // Answers are decoded as the servers decode requests: framed, within the same limits.
+  c->transport = FramedTransport(socket);
+  c->protocol = ServerProtocolFactory()->getProtocol(c->transport);
   try {
     c->transport->open();
   } catch (const TException& e) {

@@ -1,5 +1,5 @@
 // A Thrift server and client connections with modelcast's security: binary protocol over
-// buffered sockets, mutual TLS when configured. The server binds only to the address it is
+// framed sockets, mutual TLS when configured. The server binds only to the address it is
 // given and serves each connection on its own thread.
 #pragma once
 
@@ -10,6 +10,7 @@
 #include <thrift/TProcessor.h>
 #include <thrift/protocol/TProtocol.h>
 #include <thrift/transport/TTransport.h>
+#include <thrift/transport/TTransportUtils.h>
 
 #include "modelcast/common/status.h"
 #include "modelcast/rpc/security.h"
@@ -27,8 +28,19 @@ namespace modelcast::rpc {
 constexpr int32_t kMaxStringBytes = 64 << 20;
 constexpr int32_t kMaxContainerElements = 4 << 20;
 
+// Every message travels in a frame (Thrift's framed transport: a 4-byte length, then the
+// message) of at most kMaxFrameBytes. A reader gathers a frame's bytes as they arrive (its buffer
+// grows with them, rather than being allocated whole when the length is read) and decodes it only
+// once all of it is here, so a list, set or map in it can claim no more elements than the frame's
+// bytes can hold: no request makes a server allocate for bytes it was never sent.
+constexpr uint32_t kMaxFrameBytes = 100 << 20;
+
 // The binary protocol with those limits: what every modelcast server decodes requests with.
 std::shared_ptr<apache::thrift::protocol::TProtocolFactory> ServerProtocolFactory();
+// The framed transport that gathers frames as they arrive (servers' and clients' alike).
+std::shared_ptr<apache::thrift::transport::TTransport> FramedTransport(
+    std::shared_ptr<apache::thrift::transport::TTransport> socket);
+std::shared_ptr<apache::thrift::transport::TTransportFactory> ServerTransportFactory();
 
 class RpcServer {
  public:
