@@ -109,9 +109,12 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
       for (size_t i = 0; i < plane->agents.size(); ++i) {
         auto& a = plane->agents[i];
         if (!a) continue;
+        const bool died = !a->Running() && !killed.count(static_cast<int>(i) + 1);
         if (a->Running()) a->Kill(SIGTERM);
         auto r = a->Wait(30s);
         EXPECT_FALSE(r.timed_out) << "node-" << i + 1 << " did not stop";
+        EXPECT_FALSE(died) << "node-" << i + 1 << "'s agent died unasked; the end of its log:\n"
+                           << r.err.substr(r.err.size() > 8000 ? r.err.size() - 8000 : 0);
         if (logs) std::cerr << "---- node-" << i + 1 << "\n" << r.err;
       }
       if (plane->coordinator) {
@@ -201,6 +204,7 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
   }
 
   void Kill(int i) {
+    killed.insert(i);
     plane->agents[i - 1]->Kill(SIGKILL);
     plane->agents[i - 1]->Wait(10s);
   }
@@ -229,6 +233,7 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
   std::unique_ptr<NetnsCluster> cluster;
   std::unique_ptr<testing::NetnsControlPlane> plane;
   std::unique_ptr<testing::InNetns> head;
+  std::set<int> killed;  // agents the test killed
 };
 
 // One of seven receivers killed halfway through the multicast: the plan is redone around it
