@@ -75,7 +75,13 @@ class GatheringFramedTransport : public apache::thrift::transport::TFramedTransp
  public:
   explicit GatheringFramedTransport(std::shared_ptr<TTransport> transport) : TFramedTransport(std::move(transport)) {
     setMaxFrameSize(kMaxFrameBytes);
+    // An empty read buffer to start with, not none: Thrift's fast path adds to the buffer's
+    // pointer before it finds it empty (UBSan: an offset applied to a null pointer).
+    rBuf_.reset(new uint8_t[kInitialBuffer]);
+    rBufSize_ = kInitialBuffer;
+    setReadBuffer(rBuf_.get(), 0);
   }
+  static constexpr uint32_t kInitialBuffer = 4096;
   // Bytes of the frame being decoded not read yet.
   uint64_t unread() const { return static_cast<uint64_t>(rBound_ - rBase_); }
 
