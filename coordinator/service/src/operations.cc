@@ -526,6 +526,9 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
     np.slices_received = np.slices_total;
     SetInstanceLocked(op.status.model, r.node, rpc::InstanceState::LOCAL, /*journal=*/false);
   }
+  // Found running after a restart and not reconciled with its agents yet: who else still runs
+  // is not known (nothing pending is journaled), so the end waits for the reconciliation.
+  if (op.adopt) return Status::Ok();
   return SettleLocked(op);
 }
 
