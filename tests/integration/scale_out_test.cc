@@ -331,14 +331,8 @@ TEST_F(ScaleOutTest, TheJournalIsCompactedAndStillRebuildsTheState) {
     ids.push_back(ScaleOut("tiny-llm", 2));
     const auto out = WaitForEnd(ids.back());
     ASSERT_EQ(out.state, rpc::OperationState::SUCCEEDED) << (out.__isset.error ? out.error : "still running");
-    rpc::ScaleInRequest si;
-    si.header = header;
-    si.model = "tiny-llm";
-    si.replicas = 2;
-    std::string in;
-    client->scaleIn(in, si);
-    ids.push_back(in);
-    const auto done = WaitForEnd(in);
+    ids.push_back(ScaleIn("tiny-llm", 2));
+    const auto done = WaitForEnd(ids.back());
     ASSERT_EQ(done.state, rpc::OperationState::SUCCEEDED) << (done.__isset.error ? done.error : "still running");
   }
   ids.push_back(ScaleOut("tiny-llm", 2));
@@ -365,13 +359,7 @@ TEST_F(ScaleOutTest, TheJournalIsCompactedAndStillRebuildsTheState) {
   // It goes on: a scale-in once the agents have rejoined, journaled on top of the snapshot.
   const auto by = std::chrono::steady_clock::now() + 10s;
   while (AliveNodes() != 3 && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(50ms);
-  rpc::ScaleInRequest si;
-  si.header = header;
-  si.model = "tiny-llm";
-  si.replicas = 2;
-  std::string in;
-  client->scaleIn(in, si);
-  const auto last = WaitForEnd(in);
+  const auto last = WaitForEnd(ScaleIn("tiny-llm", 2));
   EXPECT_EQ(last.state, rpc::OperationState::SUCCEEDED) << (last.__isset.error ? last.error : "still running");
 }
 

@@ -59,6 +59,16 @@ class CoordinatorProbe {
     client->scaleOut(resp, so);
     return resp.operation_id;
   }
+  // Releases `replicas` instances of the model (the coordinator picks them); the operation's id.
+  std::string ScaleIn(const std::string& model, int replicas) {
+    rpc::ScaleInRequest si;
+    si.header = header;
+    si.model = model;
+    si.replicas = replicas;
+    std::string id;
+    client->scaleIn(id, si);
+    return id;
+  }
   rpc::OperationStatus Operation(const std::string& id) {
     rpc::OperationStatus op;
     client->getOperation(op, header, id);
