@@ -316,6 +316,58 @@ TEST_F(ScaleOutTest, CoordinatorRestartedMidOperation) {
   EXPECT_EQ(again.state, rpc::OperationState::SUCCEEDED);
 }
 
+// A request repeated with its idempotency key (a client's retry, or a captured request replayed
+// with a valid token) acts once: the same operation comes back, before and after it ended and
+// across a coordinator restart; the key reused for another operation is refused, naming it.
+TEST_F(ScaleOutTest, ARepeatedRequestActsOnce) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 3}));
+  rpc::ScaleOutRequest so;
+  so.header = header;
+  so.header.__set_request_id("autoscaler-7");
+  so.model = "tiny-llm";
+  so.replicas = 1;
+  rpc::ScaleOutResponse first, again;
+  client->scaleOut(first, so);
+  client->scaleOut(again, so);  // while it runs
+  EXPECT_EQ(again.operation_id, first.operation_id);
+  EXPECT_EQ(again.targets, first.targets);
+  ASSERT_EQ(WaitForEnd(first.operation_id).state, rpc::OperationState::SUCCEEDED);
+  client->scaleOut(again, so);  // after it ended
+  EXPECT_EQ(again.operation_id, first.operation_id);
+  EXPECT_EQ(InstanceNodes().size(), 1u) << "the repeated request scaled out again";
+  rpc::ScaleInRequest si;
+  si.header = header;
+  si.header.__set_request_id("autoscaler-7");
+  si.model = "tiny-llm";
+  si.replicas = 1;
+  std::string in;
+  try {
+    client->scaleIn(in, si);
+    ADD_FAILURE() << "a key of a scale-out was taken for a scale-in";
+  } catch (const rpc::InvalidRequest& e) {
+    EXPECT_EQ(e.message, "scaleIn: request_id 'autoscaler-7' already named " + first.operation_id +
+                             " (a scale-out of 'tiny-llm')");
+  }
+  // The keys are journaled: a restarted coordinator knows them.
+  coordinator->Kill(SIGTERM);
+  EXPECT_EQ(coordinator->Wait(30s).exit_code, 0);
+  ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+  so.header = header;
+  so.header.__set_request_id("autoscaler-7");
+  client->scaleOut(again, so);
+  EXPECT_EQ(again.operation_id, first.operation_id);
+  const auto by = std::chrono::steady_clock::now() + 10s;
+  while (AliveNodes() != 3 && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(50ms);
+  si.header = header;
+  si.header.__set_request_id("autoscaler-8");
+  client->scaleIn(in, si);
+  std::string in_again;
+  client->scaleIn(in_again, si);
+  EXPECT_EQ(in_again, in);
+  EXPECT_EQ(WaitForEnd(in).state, rpc::OperationState::SUCCEEDED);
+  EXPECT_TRUE(InstanceNodes().empty());
+}
+
 // The value of metric `name` in a Prometheus text body (-1: absent).
 double MetricValue(const std::string& body, const std::string& name) {
   const auto at = body.find("\n" + name + " ");

@@ -57,6 +57,9 @@ Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
   std::string id;
   {
     std::lock_guard lock(mu_);
+    MC_ASSIGN_OR_RETURN(const Operation* prior,
+                        RepeatedLocked(req.header, rpc::OperationKind::SCALE_IN, req.model, "scaleIn"));
+    if (prior != nullptr) return prior->status.id;  // repeated: nothing is released twice
     MC_RETURN_IF_ERROR(CheckScaleLocked("scaleIn", req.model, req.replicas));
     std::vector<rpc::Instance> local;
     if (auto it = instances_.find(req.model); it != instances_.end()) {
@@ -93,6 +96,7 @@ Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
     }
     Operation op;
     id = StartOperationLocked(op, rpc::OperationKind::SCALE_IN, req.model, req.replicas);
+    if (req.header.__isset.request_id) op.request_id = req.header.request_id;
     op.targets = chosen;
     for (const auto& n : chosen) {
       AddProgressEntry(op, n, "release", 0);
@@ -105,6 +109,7 @@ Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
                                          {"model", req.model},
                                          {"replicas", req.replicas},
                                          {"targets", chosen},
+                                         {"request_id", op.request_id},
                                          {"created", op.status.created_unix}}));
     for (const auto& n : chosen) SetInstanceLocked(req.model, n, rpc::InstanceState::DRAINING);
     operations_.emplace(id, std::move(op));

@@ -92,6 +92,18 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
   std::string id;
   {
     std::lock_guard lock(mu_);
+    if (!dry_run) {
+      // A request repeated (a retry, or a replay) with its idempotency key gets the operation
+      // it started the first time; nothing is scaled twice.
+      MC_ASSIGN_OR_RETURN(const Operation* prior,
+                          RepeatedLocked(req.header, rpc::OperationKind::SCALE_OUT, req.model, "scaleOut"));
+      if (prior != nullptr) {
+        resp.operation_id = prior->status.id;
+        resp.sources = prior->sources;
+        resp.targets = prior->targets;
+        return resp;
+      }
+    }
     MC_RETURN_IF_ERROR(CheckScaleLocked("scaleOut", req.model, req.replicas));
     const auto& manifest = *models_.at(req.model).manifest;
     const uint32_t nslices = static_cast<uint32_t>(manifest.slices.size());
@@ -158,6 +170,7 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
     op.channel = NextChannelLocked();
     if (op.channel == 0) return Unavailable("scaleOut: 255 operations are running; no fabric channel is free");
     id = StartOperationLocked(op, rpc::OperationKind::SCALE_OUT, req.model, req.replicas);
+    if (req.header.__isset.request_id) op.request_id = req.header.request_id;
     resp.operation_id = id;
     MC_ASSIGN_OR_RETURN(dispatches, FragmentsLocked(op, plan));
     MC_RETURN_IF_ERROR(journal_->Append({{"op", "operation"},
@@ -170,6 +183,7 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
                                          {"algorithm", algorithm},
                                          {"deadline", deadline},
                                          {"channel", op.channel},
+                                         {"request_id", op.request_id},
                                          {"created", op.status.created_unix}}));
     for (const auto& t : targets) SetInstanceLocked(req.model, t, rpc::InstanceState::LOADING);
     operations_.emplace(id, std::move(op));
@@ -198,6 +212,22 @@ PlanRequest ClusterState::PlanRequestLocked(const Operation& op, const model::Ma
     pr.targets.push_back(static_cast<int32_t>(pr.nodes.size() - 1));
   }
   return pr;
+}
+
+Result<const ClusterState::Operation*> ClusterState::RepeatedLocked(const rpc::RequestHeader& header,
+                                                                   rpc::OperationKind::type kind,
+                                                                   const std::string& model, const char* method) const {
+  if (!header.__isset.request_id || header.request_id.empty()) return nullptr;
+  for (const auto& [id, op] : operations_) {
+    if (op.request_id != header.request_id) continue;
+    if (op.status.kind != kind || op.status.model != model) {
+      return InvalidArgument(std::string(method) + ": request_id '" + header.request_id + "' already named " + id +
+                             " (a " + (op.status.kind == rpc::OperationKind::SCALE_OUT ? "scale-out" : "scale-in") +
+                             " of '" + op.status.model + "')");
+    }
+    return &op;
+  }
+  return nullptr;
 }
 
 double ClusterState::NicLocked(const std::string& node) const {

@@ -174,6 +174,7 @@ std::vector<json> ClusterState::SnapshotLocked() const {
                        {"algorithm", o->algorithm},
                        {"deadline", o->deadline},
                        {"channel", o->channel},
+                       {"request_id", o->request_id},
                        {"created", o->status.created_unix}});
     if (o->attempt > 0) {
       records.push_back({{"op", "replan"},
@@ -248,6 +249,7 @@ Status ClusterState::Replay(const json& r) {
     o.algorithm = r.value("algorithm", "lambdapipe");
     o.deadline = r.value("deadline", 600.0);
     o.channel = r.value("channel", 0);
+    o.request_id = r.value("request_id", "");
     last_channel_ = std::max(last_channel_, o.channel);
     const auto nslices = static_cast<int32_t>(models_.at(o.status.model).manifest->slices.size());
     for (const auto* list : {&o.sources, &o.targets}) {

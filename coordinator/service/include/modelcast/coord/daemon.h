@@ -187,6 +187,7 @@ class ClusterState {
     int channel = 0;  // the fabric channel of the current attempt
     bool repairing = false;  // a repair is queued or running: done reports only count
     bool adopt = false;      // found running after a restart: follow what still runs
+    std::string request_id;  // the caller's idempotency key (RequestHeader.request_id), if any
     // (sender, receiver) -> what each end measured of the link (bytes, busy seconds): [0] the
     // sender, [1] the receiver.
     std::map<std::pair<std::string, std::string>, std::array<std::pair<uint64_t, double>, 2>> links;
@@ -220,6 +221,10 @@ class ClusterState {
   PlanRequest PlanRequestLocked(const Operation& op, const model::Manifest& manifest) const;
   // The link rate plans use for a node: its configured one, or what a multicast measured.
   double NicLocked(const std::string& node) const;
+  // The operation a request with this idempotency key started already (nullptr: none); the
+  // same key for another kind of operation or model is an error naming it.
+  Result<const Operation*> RepeatedLocked(const rpc::RequestHeader& header, rpc::OperationKind::type kind,
+                                          const std::string& model, const char* method) const;
   // After a multicast: each node's best link rate against the others'; a node far below them
   // is taken as a straggler (Node::measured_nic), one measured back up is cleared.
   void JudgeLinksLocked(Operation& op);
