@@ -103,14 +103,7 @@ Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
       op.pending.insert(n);
       release.emplace_back(n, nodes_.at(n).rpc_address);
     }
-    MC_RETURN_IF_ERROR(journal_->Append({{"op", "operation"},
-                                         {"kind", "scale_in"},
-                                         {"id", id},
-                                         {"model", req.model},
-                                         {"replicas", req.replicas},
-                                         {"targets", chosen},
-                                         {"request_id", op.request_id},
-                                         {"created", op.status.created_unix}}));
+    MC_RETURN_IF_ERROR(journal_->Append(OperationRecord(op)));
     for (const auto& n : chosen) SetInstanceLocked(req.model, n, rpc::InstanceState::DRAINING);
     operations_.emplace(id, std::move(op));
     LOG(INFO) << "coordinator: " << id << ": scale-in of '" << req.model << "' by " << chosen.size();

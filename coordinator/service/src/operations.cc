@@ -173,18 +173,7 @@ Result<rpc::ScaleOutResponse> ClusterState::ScaleOut(const rpc::ScaleOutRequest&
     if (req.header.__isset.request_id) op.request_id = req.header.request_id;
     resp.operation_id = id;
     MC_ASSIGN_OR_RETURN(dispatches, FragmentsLocked(op, plan));
-    MC_RETURN_IF_ERROR(journal_->Append({{"op", "operation"},
-                                         {"kind", "scale_out"},
-                                         {"id", id},
-                                         {"model", req.model},
-                                         {"replicas", req.replicas},
-                                         {"sources", sources},
-                                         {"targets", targets},
-                                         {"algorithm", algorithm},
-                                         {"deadline", deadline},
-                                         {"channel", op.channel},
-                                         {"request_id", op.request_id},
-                                         {"created", op.status.created_unix}}));
+    MC_RETURN_IF_ERROR(journal_->Append(OperationRecord(op)));
     for (const auto& t : targets) SetInstanceLocked(req.model, t, rpc::InstanceState::LOADING);
     operations_.emplace(id, std::move(op));
     LOG(INFO) << "coordinator: " << id << ": scale-out of '" << req.model << "' to " << targets.size()

@@ -163,19 +163,7 @@ std::vector<json> ClusterState::SnapshotLocked() const {
   std::sort(ops.begin(), ops.end(),
             [](const Operation* a, const Operation* b) { return a->status.created_unix < b->status.created_unix; });
   for (const Operation* o : ops) {
-    const bool scale_in = o->status.kind == rpc::OperationKind::SCALE_IN;
-    records.push_back({{"op", "operation"},
-                       {"kind", scale_in ? "scale_in" : "scale_out"},
-                       {"id", o->status.id},
-                       {"model", o->status.model},
-                       {"replicas", o->status.replicas},
-                       {"sources", o->sources},
-                       {"targets", o->targets},
-                       {"algorithm", o->algorithm},
-                       {"deadline", o->deadline},
-                       {"channel", o->channel},
-                       {"request_id", o->request_id},
-                       {"created", o->status.created_unix}});
+    records.push_back(OperationRecord(*o));
     if (o->attempt > 0) {
       records.push_back({{"op", "replan"},
                          {"id", o->status.id},
@@ -203,6 +191,21 @@ std::vector<json> ClusterState::SnapshotLocked() const {
     }
   }
   return records;
+}
+
+json ClusterState::OperationRecord(const Operation& op) {
+  return {{"op", "operation"},
+          {"kind", op.status.kind == rpc::OperationKind::SCALE_IN ? "scale_in" : "scale_out"},
+          {"id", op.status.id},
+          {"model", op.status.model},
+          {"replicas", op.status.replicas},
+          {"sources", op.sources},
+          {"targets", op.targets},
+          {"algorithm", op.algorithm},
+          {"deadline", op.deadline},
+          {"channel", op.channel},
+          {"request_id", op.request_id},
+          {"created", op.status.created_unix}};
 }
 
 // The journal grows with every operation; it is rewritten as a snapshot once it holds more

@@ -230,6 +230,8 @@ class ClusterState {
   void JudgeLinksLocked(Operation& op);
   // The journal records that rebuild the state as it is now; and the rewrite, when due.
   std::vector<nlohmann::json> SnapshotLocked() const;
+  // The journal record that starts an operation (what Replay needs to rebuild it).
+  static nlohmann::json OperationRecord(const Operation& op);
   Status MaybeCompactLocked();
   void RepairLocked(Operation& op, const std::string& why);
   void Repair(const std::string& id);  // on the worker
