@@ -292,6 +292,13 @@ struct LinkSample {
   3: double busy_s,
 }
 
+// Why a fragment failed, as far as the node can tell: the coordinator repairs a node whose own
+// store refused (it cannot hold or supply the model now) as it repairs a lost node.
+enum FragmentFailure {
+  OTHER = 1,                           // a peer, the network, a cancellation, a bad plan
+  STORE = 2,                           // this node's store refused: full, unreadable, gone
+}
+
 struct ProgressReport {
   1: RequestHeader header,
   2: string node,
@@ -303,6 +310,7 @@ struct ProgressReport {
   8: optional i32 corrupt_slices,      // at the end: slices that failed their checksum on arrival and came again
   9: optional list<LinkSample> sent_to,       // at the end: per receiver, timed by this node's sends
   10: optional list<LinkSample> received_from, // at the end: per sender, timed by its slices' arrivals
+  11: optional FragmentFailure failure, // with error: what failed
 }
 
 service Membership {

@@ -211,7 +211,8 @@ struct AgentDaemon::Impl {
   }
 
   void Report(const std::string& operation, double started_unix, std::vector<rpc::SliceProgress> slices, bool done,
-              const Status& error, const fabric::ExecutorReport* end = nullptr) {
+              const Status& error, const fabric::ExecutorReport* end = nullptr,
+              rpc::FragmentFailure::type failure = rpc::FragmentFailure::OTHER) {
     rpc::ProgressReport r;
     if (done && end != nullptr) {
       r.__set_corrupt_slices(static_cast<int32_t>(end->corrupt));
@@ -236,14 +237,20 @@ struct AgentDaemon::Impl {
     r.operation_id = operation;
     r.slices = std::move(slices);
     r.done = done;
-    if (!error.ok()) r.__set_error(error.message());
+    if (!error.ok()) {
+      r.__set_error(error.message());
+      r.__set_failure(failure);
+    }
     Status st = WithCoordinator([&](rpc::MembershipClient& c) { c.reportProgress(r); });
     if (!st.ok()) LOG(WARNING) << "agent " << config.node << ": progress of " << operation << ": " << st.message();
   }
 
+  // Runs one fragment; `failure` says whether this node's own store refused (a full host pool,
+  // an unreadable SSD, a slice it could not record), which the coordinator repairs as a lost node.
   Status RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> manifest,
                      const std::atomic<bool>& cancel, std::chrono::steady_clock::time_point fragment_start,
-                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending, fabric::ExecutorReport& outcome);
+                     std::mutex& pending_mu, std::vector<rpc::SliceProgress>& pending, fabric::ExecutorReport& outcome,
+                     rpc::FragmentFailure::type& failure);
 
   int rpc_port = 0;
   std::atomic<uint64_t> fragments_ok{0}, fragments_failed{0}, slices_in{0}, bytes_in{0}, slices_out{0}, bytes_out{0},
@@ -253,8 +260,13 @@ struct AgentDaemon::Impl {
 Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::shared_ptr<const model::Manifest> m,
                                       const std::atomic<bool>& cancel,
                                       std::chrono::steady_clock::time_point fragment_start, std::mutex& pending_mu,
-                                      std::vector<rpc::SliceProgress>& pending, fabric::ExecutorReport& outcome) {
+                                      std::vector<rpc::SliceProgress>& pending, fabric::ExecutorReport& outcome,
+                                      rpc::FragmentFailure::type& failure) {
   const auto& model = req.model;
+  const auto refused = [&](Status st) {
+    failure = rpc::FragmentFailure::STORE;
+    return st.WithContext("node '" + config.node + "': its store");
+  };
   const auto deadline = std::chrono::milliseconds(static_cast<int64_t>(req.deadline_s * 1000));
   std::set<uint32_t> received;
   for (const auto& r : req.receives) received.insert(static_cast<uint32_t>(r.slice));
@@ -276,8 +288,10 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   for (int32_t s : req.local_loads) own_blocks.insert(m->slices[s].block);
   if (!own_blocks.empty()) {
     const auto t0 = std::chrono::steady_clock::now();
-    MC_ASSIGN_OR_RETURN(auto up, store->Promote(model, {own_blocks.begin(), own_blocks.end()}, Tier::kHost));
-    MC_RETURN_IF_ERROR(up->Wait(deadline).WithContext("loading model '" + model + "' from this node's tiers"));
+    auto up = store->Promote(model, {own_blocks.begin(), own_blocks.end()}, Tier::kHost);
+    if (!up.ok()) return refused(up.status());
+    Status loaded = (*up)->Wait(deadline);
+    if (!loaded.ok()) return refused(loaded.WithContext("loading model '" + model + "' from this node's tiers"));
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::lock_guard lock(pending_mu);
     for (int32_t s : req.local_loads) {
@@ -291,15 +305,20 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
     }
   }
   // Every block gets its host buffer, pinned for the run: held ones as they are, the others
-  // reserved for what arrives.
-  std::vector<tiers::Lease> leases;
+  // reserved for what arrives. The leases, and the regions registered below, belong to the
+  // run (keep_alive): they are let go when no transfer of it can still be in flight.
+  struct Pinned {
+    std::vector<tiers::Lease> leases;
+    std::vector<std::unique_ptr<fabric::MemoryRegion>> regions;
+  };
+  auto pinned = std::make_shared<Pinned>();
   std::vector<uint64_t> offsets;
   for (const auto& b : m->blocks) {
     auto lease = store->Acquire(model, b.index, Tier::kHost);
     if (!lease.ok()) lease = store->ReserveForReceive(model, b.index);
-    if (!lease.ok()) return lease.status();
+    if (!lease.ok()) return refused(lease.status().WithContext("a host buffer for block " + std::to_string(b.index)));
     offsets.push_back(lease->pool_offset());
-    leases.push_back(std::move(*lease));
+    pinned->leases.push_back(std::move(*lease));
   }
   std::vector<bool> held(m->slices.size(), false);
   const auto inventory = store->GetInventory();
@@ -329,7 +348,6 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
   // into this operation's blocks alone: each block this node sends from or receives into is
   // registered for this run and deregistered when it ends, and a receiver offers its senders
   // those regions and nothing else of its memory.
-  std::vector<std::unique_ptr<fabric::MemoryRegion>> block_regions;
   if (opts.method == fabric::SliceMethod::kWrites ||
       (opts.method == fabric::SliceMethod::kAuto && transport->capabilities().write_notify)) {
     std::set<uint32_t> used;
@@ -340,14 +358,20 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
       MC_ASSIGN_OR_RETURN(auto r, transport->Register(store->host_pool_base() + offsets[b], m->blocks[b].file_bytes,
                                                       fabric::MemoryKind::kHost));
       opts.block_regions[b] = r.get();
-      block_regions.push_back(std::move(r));
+      pinned->regions.push_back(std::move(r));
     }
   }
+  opts.keep_alive = pinned;
   opts.deadline = req.deadline_s;
   opts.cancel = &cancel;
+  // A slice the store cannot record is not reported received: the run fails with it.
+  std::atomic<bool> landing_refused{false};
   opts.on_slice = [&](const SliceEvent& e) {
     Status st = store->Landed(e.model, e.slice);
-    if (!st.ok()) LOG(WARNING) << st.message();
+    if (!st.ok()) {
+      landing_refused = true;
+      return st;
+    }
     rpc::SliceProgress p;
     p.slice = static_cast<int32_t>(e.slice);
     p.source = e.source;
@@ -356,9 +380,14 @@ Status AgentDaemon::Impl::RunFragment(const rpc::RunFragmentRequest& req, std::s
     p.finished = e.finished + offset;
     std::lock_guard lock(pending_mu);
     pending.push_back(p);
+    return Status::Ok();
   };
-  MC_ASSIGN_OR_RETURN(auto report,
-                      fabric::ExecuteFragment(*channel, layout, store->host_pool_base(), held, fragment, opts));
+  auto executed = fabric::ExecuteFragment(*channel, layout, store->host_pool_base(), held, fragment, opts);
+  if (!executed.ok()) {
+    if (landing_refused) failure = rpc::FragmentFailure::STORE;
+    return executed.status();
+  }
+  auto& report = *executed;
   slices_in += report.slices_received;
   bytes_in += report.bytes_received;
   slices_out += report.slices_sent;
@@ -468,7 +497,8 @@ class AgentHandler : public rpc::AgentIf {
         }
       });
       fabric::ExecutorReport outcome;
-      Status st = impl->RunFragment(req, manifest, *cancel, fragment_start, pending_mu, pending, outcome);
+      rpc::FragmentFailure::type failure = rpc::FragmentFailure::OTHER;
+      Status st = impl->RunFragment(req, manifest, *cancel, fragment_start, pending_mu, pending, outcome, failure);
       (st.ok() ? impl->fragments_ok : impl->fragments_failed)++;
       {
         std::lock_guard l(pending_mu);
@@ -483,7 +513,7 @@ class AgentHandler : public rpc::AgentIf {
         std::lock_guard l(pending_mu);
         rest.swap(pending);
       }
-      impl->Report(req.operation_id, started_unix, std::move(rest), true, st, &outcome);
+      impl->Report(req.operation_id, started_unix, std::move(rest), true, st, &outcome, failure);
       {
         std::lock_guard l(impl->mu);
         impl->running.erase(req.operation_id);

@@ -122,9 +122,16 @@ Result<std::unique_ptr<ChannelMux>> ChannelMux::Create(Transport& inner) {
   std::unique_ptr<ChannelMux> mux(new ChannelMux());
   mux->state_ = std::make_shared<State>(inner);
   MC_RETURN_IF_ERROR(mux->state_->loop.Start("mux-" + inner.name(), {}));
-  State* s = mux->state_.get();
-  inner.SetMessageHandler([s](const IncomingMessage& m, AcceptPayload accept) { s->OnMessage(m, std::move(accept)); });
-  inner.SetPeerFailureHandler([s](const std::string& peer, const Status& cause) { s->OnFailure(peer, cause); });
+  // The inner transport may still run a handler it took before ~ChannelMux cleared them: a
+  // handler finds the state gone rather than freed.
+  std::weak_ptr<State> weak = mux->state_;
+  inner.SetMessageHandler([weak](const IncomingMessage& m, AcceptPayload accept) {
+    if (auto s = weak.lock()) return s->OnMessage(m, std::move(accept));
+    if (m.payload_size > 0) accept(nullptr, [](Status) {});
+  });
+  inner.SetPeerFailureHandler([weak](const std::string& peer, const Status& cause) {
+    if (auto s = weak.lock()) s->OnFailure(peer, cause);
+  });
   return mux;
 }
 

@@ -71,7 +71,10 @@ TEST_P(ExecutorTest, EverySliceArrivesIntact) {
   oa.method = ob.method = GetParam();
   oa.region = ra->get();
   ob.region = rb->get();
-  ob.on_slice = [&](const SliceEvent& e) { events.push_back(e); };
+  ob.on_slice = [&](const SliceEvent& e) {
+    events.push_back(e);
+    return Status::Ok();
+  };
   auto sender = std::async(std::launch::async, [&] {
     return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(32, true), fa, oa);
   });

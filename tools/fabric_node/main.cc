@@ -200,11 +200,12 @@ int main(int argc, char** argv) {
   if (!progress_path.empty()) progress = std::make_unique<std::ofstream>(progress_path, std::ios::app);
   eo.on_slice = [&](const fabric::SliceEvent& e) {
     ++events;
-    if (!progress) return;
+    if (!progress) return Status::Ok();
     // One JSON object per line; times in seconds since the run began.
     nlohmann::json line = {{"model", e.model}, {"slice", e.slice},     {"source", e.source},
                            {"bytes", e.bytes}, {"started", e.started}, {"finished", e.finished}};
     *progress << line.dump() << std::endl;
+    return Status::Ok();
   };
   const double started_unix =
       std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();

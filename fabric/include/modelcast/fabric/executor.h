@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -97,8 +98,19 @@ struct ExecutorOptions {
   size_t lookahead = 8;                  // how far down its plan order a node goes for a send or receive that is ready
   int max_retries = 3;                   // re-requests of one corrupt slice before giving up
   double deadline = 60;                  // seconds for the whole fragment
-  std::function<void(const SliceEvent&)> on_slice;  // runs on the executor's checking thread; must not block
-  const std::atomic<bool>* cancel = nullptr;        // set: the run ends with kCancelled, naming what was missing
+  // Called for every slice that arrived and passed its checksum, before the run counts it as
+  // received or tells its sender: the caller keeps it (records it in its store) and says
+  // whether it could. A refusal fails the run, naming node, model, block, slice and the cause,
+  // and the slice is not reported received. Runs on the run's verifier thread, under the run's
+  // lock, only while ExecuteFragment has not returned; it must not block.
+  std::function<Status(const SliceEvent&)> on_slice;
+  const std::atomic<bool>* cancel = nullptr;  // set: the run ends with kCancelled, naming what was missing
+  // Held by the run for as long as the transport may still call back into it: normally until
+  // ExecuteFragment returns, but longer when a peer never answered and an operation of the run
+  // is still in flight (a receive landing in `buffer`, a write from a registered region). The
+  // caller puts there what that memory depends on (the buffer's lease, the regions), so that
+  // no late transfer lands in memory that has gone to someone else.
+  std::shared_ptr<const void> keep_alive;
 };
 
 // What one end of a link measured of it in a run: the bytes that crossed it, and how long the
@@ -134,6 +146,13 @@ struct ExecutorReport {
 
 // `buffer` holds the model per `layout`: filled where `held` says so (a source holds it all),
 // written by receives elsewhere. The transport must be started and connected to the peers.
+//
+// Threads: the call blocks its caller until the run has ended and its transport operations are
+// over (or, for a peer that never answers, given up on after a few seconds: see keep_alive).
+// While it runs, the run takes the transport's message and peer-failure handlers; it lets go of
+// them before it returns, and a callback the transport still makes after that finds the run
+// ended and does nothing the caller could see. The transport (or channel) passed in may be
+// destroyed once the call has returned.
 Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& layout, uint8_t* buffer,
                                        const std::vector<bool>& held, const PlanFragment& fragment,
                                        const ExecutorOptions& options);

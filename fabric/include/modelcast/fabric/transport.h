@@ -135,6 +135,13 @@ class Transport {
 
   // Messages arriving while no handler is set are held (a bounded number) and delivered in
   // order to the next handler.
+  //
+  // Handlers run on the progress thread. Replacing or clearing one does not wait for a call of
+  // the old one already under way: the old handler may still run once more, for a message or a
+  // failure whose delivery had begun, after the setter returned. So a handler must own what it
+  // touches (capture a shared_ptr, not `this`) and check, under its own lock, whether it is
+  // still wanted; the setters never block on a running handler, and may be called holding a
+  // lock that handlers take.
   virtual void SetMessageHandler(MessageHandler handler) = 0;
   virtual void SetPeerFailureHandler(PeerFailureHandler handler) = 0;
 

@@ -1,0 +1,732 @@
+#include "run.h"
+
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "modelcast/common/checksum.h"
+
+namespace modelcast::fabric {
+namespace {
+
+// The largest remote-region offer accepted (a packed key is a few hundred bytes, one per block).
+constexpr uint64_t kMaxOffer = 1 << 20;
+
+std::vector<uint8_t> U32(uint32_t v) {
+  return {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v >> 16),
+          static_cast<uint8_t>(v >> 24)};
+}
+
+bool ReadU32(const std::vector<uint8_t>& h, uint32_t* v) {
+  if (h.size() != 4) return false;
+  *v = h[0] | (h[1] << 8) | (h[2] << 16) | (static_cast<uint32_t>(h[3]) << 24);
+  return true;
+}
+
+// The run's state (see run.h for who owns it and which thread touches what). Every member
+// below mu_ is guarded by it; the callbacks given to the transport capture a shared_ptr.
+class Run : public std::enable_shared_from_this<Run> {
+ public:
+  Run(Transport& t, const ModelLayout& layout, uint8_t* buffer, const std::vector<bool>& held, const PlanFragment& f,
+      const ExecutorOptions& o, bool writes)
+      : t_(t),
+        layout_(layout),
+        buffer_(buffer),
+        f_(f),
+        o_(o),
+        writes_(writes),
+        start_(std::chrono::steady_clock::now()),
+        held_(held) {
+    held_.resize(layout.slices.size(), false);
+    block_bytes_.assign(layout.block_offsets.size(), 0);
+    for (const auto& sl : layout.slices) {
+      block_bytes_[sl.block] = std::max(block_bytes_[sl.block], sl.offset + sl.length - layout.block_offsets[sl.block]);
+    }
+    // Where each block is registered: its own region, or its place in the whole buffer's.
+    local_.resize(layout.block_offsets.size());
+    for (size_t b = 0; b < local_.size(); ++b) {
+      if (!o.block_regions.empty()) {
+        local_[b] = {o.block_regions[b], 0};
+      } else if (o.region != nullptr) {
+        local_[b] = {o.region, layout.block_offsets[b]};
+      }
+    }
+    // Sends go in plan order (by tick) across all peers, as the simulator replays them: the
+    // node's uplink carries the slices the plan needs first, first.
+    std::vector<FragmentStep> sends = f.sends;
+    std::stable_sort(sends.begin(), sends.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
+    order_.assign(sends.begin(), sends.end());
+    for (const auto& s : sends) receivers_.insert(s.peer);
+    std::set<uint32_t> into;  // blocks this node receives into
+    for (const auto& r : f.receives) {
+      expected_[r.slice] = {r.peer, 0, false};
+      ++expected_from_[r.peer];
+      into.insert(layout.slices[r.slice].block);
+    }
+    unfinished_receivers_ = receivers_;
+    if (writes_) {  // the offer: those blocks' regions, nothing else
+      nlohmann::json offer = nlohmann::json::array();
+      for (uint32_t b : into) {
+        offer.push_back({{"block", b}, {"base", local_[b].base}, {"region", local_[b].region->remote().Serialize()}});
+      }
+      region_text_ = offer.dump();
+    }
+    std::vector<FragmentStep> receives = f.receives;
+    std::stable_sort(receives.begin(), receives.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
+    for (const auto& r : receives) admit_order_.push_back(r.slice);
+  }
+
+  // On the caller's thread: takes the transport's messages and failures, and starts.
+  void Start() {
+    auto self = shared_from_this();
+    t_.SetMessageHandler(
+        [self](const IncomingMessage& m, AcceptPayload accept) { self->OnMessage(m, std::move(accept)); });
+    t_.SetPeerFailureHandler(
+        [self](const std::string& peer, const Status& cause) { self->OnPeerFailure(peer, cause); });
+    std::lock_guard lock(mu_);
+    for (auto& [peer, n] : expected_from_) {
+      if (n == 0) {
+        FinishedWith(peer);
+      } else {
+        Offer(peer);
+      }
+    }
+    Pump();
+  }
+
+  // On the caller's thread: waits for the run to succeed, fail, be cancelled or run out of
+  // time, then ends it (callbacks from now on find it ended) and lets go of the transport's
+  // handlers.
+  Result<ExecutorReport> WaitAndEnd() {
+    std::unique_lock lock(mu_);
+    const auto until =
+        std::chrono::steady_clock::now() +
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(o_.deadline));
+    const auto stop = [&] { return !error_.ok() || Done(); };
+    bool finished = false;
+    if (o_.cancel == nullptr) {
+      finished = cv_.wait_until(lock, until, stop);
+    } else {
+      // Cancellable: look at the flag every 20 ms.
+      while (!(finished = cv_.wait_until(
+                   lock, std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(20)), stop))) {
+        if (o_.cancel->load()) {
+          Fail(Cancelled(Missing("cancelled")));
+          break;
+        }
+        if (std::chrono::steady_clock::now() >= until) break;
+      }
+    }
+    ended_ = true;
+    succeeded_ = error_.ok() && finished;
+    DropWaiting();
+    Result<ExecutorReport> result = Report(finished);
+    lock.unlock();
+    t_.SetMessageHandler(nullptr);
+    t_.SetPeerFailureHandler(nullptr);
+    return result;
+  }
+
+  // On the caller's thread, once the run has ended: the verifier drops what it had still to
+  // check and exits (after the one checksum it may be computing).
+  void StopVerifier() {
+    std::thread verifier;
+    {
+      std::lock_guard lock(mu_);
+      stop_verifier_ = true;
+      verifier = std::move(verifier_);  // no slice lands after the end: none starts it again
+    }
+    verify_cv_.notify_all();
+    if (verifier.joinable()) verifier.join();
+  }
+
+  // On the caller's thread, once the verifier has stopped: waits until no transport operation
+  // of the run is in flight. A run that succeeded only waits for its last messages; one that
+  // failed, was cancelled or ran out of time waits a second, then drops the connections of the
+  // peers that still owe it (across a cut link an operation waits for the kernel's TCP timeout)
+  // and waits for what they owed to fail. False: something is still due after all that (the
+  // callbacks keep the run's state, and keep_alive, alive until it comes).
+  bool Drain() {
+    std::unique_lock lock(mu_);
+    const auto quiet = [&] { return outstanding_ == 0; };
+    if (cv_.wait_for(lock, std::chrono::seconds(succeeded_ ? 5 : 1), quiet)) return true;
+    if (succeeded_) return false;
+    std::vector<std::string> silent;
+    for (const auto& [peer, n] : outstanding_by_peer_) silent.push_back(peer);
+    lock.unlock();
+    for (const auto& peer : silent) {
+      LOG(WARNING) << "fabric: node " << f_.node << ": '" << peer
+                   << "' still owes this ended run; dropping its connection";
+      t_.AbortPeer(peer, Unavailable("'" + peer + "' did not answer after the run of '" + f_.node + "' ended"));
+    }
+    lock.lock();
+    return cv_.wait_for(lock, std::chrono::seconds(5), quiet);
+  }
+
+  size_t Outstanding() {
+    std::lock_guard lock(mu_);
+    return outstanding_;
+  }
+
+ private:
+  struct Expected {
+    std::string peer;
+    int retries = 0;
+    bool verified = false;
+  };
+  struct Waiting {  // a slice message whose payload has not been let in yet
+    std::string peer;
+    AcceptPayload accept;
+  };
+  struct Flushing {
+    bool busy = false;                // a flush is in flight
+    std::vector<uint32_t> unflushed;  // slices written since it started
+  };
+  struct Busy {  // sends to one receiver
+    int in_flight = 0;
+    double since = 0;    // when in_flight last left 0
+    double seconds = 0;  // time with a send in flight, up to `since`
+    uint64_t bytes = 0;
+  };
+  struct Arrivals {  // slice messages from one sender
+    double last = -1;
+    uint64_t bytes = 0;
+    std::vector<double> rates;  // bytes / time since the one before, per arrival after the first
+  };
+  struct ToVerify {
+    uint32_t slice;
+    std::string peer;
+    double started;
+  };
+  // Where a block lies in registered memory: at `base` in `region`.
+  struct Local {
+    const MemoryRegion* region = nullptr;
+    uint64_t base = 0;
+  };
+  struct Remote {
+    RemoteRegion region;
+    uint64_t base = 0;
+  };
+  // What a receiver offered: writes into its blocks' regions, or messages.
+  struct Offered {
+    bool writes = false;
+    std::map<uint32_t, Remote> blocks;
+  };
+
+  double Now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+
+  bool Done() const { return verified_ == expected_.size() && unfinished_receivers_.empty() && in_flight_total_ == 0; }
+
+  Result<ExecutorReport> Report(bool finished) {
+    if (!error_.ok()) return error_;
+    if (!finished) return DeadlineExceeded(Missing("after " + std::to_string(o_.deadline) + " s"));
+    report_.seconds = Now();
+    for (const auto& [peer, b] : busy_) {
+      report_.sent_to.push_back({peer, b.bytes, b.seconds + (b.in_flight > 0 ? report_.seconds - b.since : 0)});
+    }
+    for (auto& [peer, a] : arrivals_) {
+      if (a.rates.size() < 4) continue;  // too few to say
+      auto q = a.rates.begin() + static_cast<std::ptrdiff_t>(a.rates.size() * 3 / 4);
+      std::nth_element(a.rates.begin(), q, a.rates.end());
+      report_.received_from.push_back({peer, a.bytes, static_cast<double>(a.bytes) / *q});
+    }
+    return report_;
+  }
+
+  std::string Missing(const std::string& when) const {
+    std::map<std::string, std::vector<uint32_t>> by_peer;
+    for (const auto& [slice, e] : expected_) {
+      if (!e.verified) by_peer[e.peer].push_back(slice);
+    }
+    std::string m = "node '" + f_.node + "' " + when + ": ";
+    if (by_peer.empty() && unfinished_receivers_.empty()) return m + "sends still in flight";
+    for (const auto& [peer, slices] : by_peer) {
+      m += std::to_string(slices.size()) + " slice(s) still expected from '" + peer + "' (first " +
+           std::to_string(slices.front()) + "); ";
+    }
+    for (const auto& r : unfinished_receivers_) m += "'" + r + "' has not confirmed its slices; ";
+    return m;
+  }
+
+  void Fail(Status s) {
+    if (error_.ok()) error_ = std::move(s);
+    cv_.notify_all();
+  }
+
+  // A transport operation for `peer` is over: it no longer holds the run up. Returns whether
+  // the run is still live (the caller may then act on the outcome).
+  bool Completed(const std::string& peer) {
+    Drop(peer);
+    cv_.notify_all();
+    return !ended_;
+  }
+
+  // Starts sends in plan order, within the node's window: among the next `lookahead` sends,
+  // those whose slice is held (and whose receiver has said how it takes slices). The
+  // lookahead keeps the link busy when a slice arrives later than the plan expected.
+  void Pump() {
+    for (size_t i = 0; i < order_.size() && i < o_.lookahead && in_flight_total_ < o_.window;) {
+      const FragmentStep next = order_[i];
+      if (!held_[next.slice] || !offers_.count(next.peer)) {
+        ++i;
+        continue;
+      }
+      order_.erase(order_.begin() + static_cast<std::ptrdiff_t>(i));
+      SendSlice(next.peer, next.slice);
+    }
+  }
+
+  void SendSlice(const std::string& peer, uint32_t slice) {
+    const SliceInfo& s = layout_.slices[slice];
+    const Offered& offer = offers_.at(peer);
+    const bool write = writes_ && offer.writes;
+    VLOG(1) << f_.node << ": " << (write ? "write" : "send") << " slice " << slice << " to " << peer;
+    const auto remote = write ? offer.blocks.find(s.block) : offer.blocks.end();
+    if (write && (remote == offer.blocks.end() || local_[s.block].region == nullptr)) {
+      return Fail(InvalidArgument("'" + peer + "' offered no region for block " + std::to_string(s.block) + " of '" +
+                                  layout_.model + "', which slice " + std::to_string(slice) +
+                                  " it is to receive from node '" + f_.node + "' belongs to"));
+    }
+    if (report_.first_send < 0) report_.first_send = Now();
+    ++in_flight_total_;
+    Busy& b = busy_[peer];
+    if (b.in_flight++ == 0) b.since = Now();
+    Hold(peer);
+    auto self = shared_from_this();
+    if (!write) {
+      t_.Send(peer, kSliceMessage, U32(slice), {buffer_ + s.offset, s.length},
+              [self, peer, slice](Status st) { self->Sent(peer, slice, false, st); });
+      return;
+    }
+    // Write; a flush (every earlier write to the peer has landed) then says so, for every
+    // slice written before it. One flush at a time per peer: a flush waits for all writes
+    // in flight, so one per slice would only make the notifications come in bursts.
+    // Each node has the block somewhere of its own: the slice is at the same place within it.
+    const uint64_t within = s.offset - layout_.block_offsets[s.block];
+    Hold(peer);
+    t_.Write(peer, *local_[s.block].region, local_[s.block].base + within, remote->second.region,
+             remote->second.base + within, s.length, [self, peer, slice](Status st) {
+               std::lock_guard lock(self->mu_);
+               if (self->Completed(peer) && !st.ok()) self->Fail(st.WithContext(self->What("writing", slice, peer)));
+             });
+    Flushing& f = flushing_[peer];
+    f.unflushed.push_back(slice);
+    if (!f.busy) StartFlush(peer);
+  }
+
+  void StartFlush(const std::string& peer) {
+    Flushing& f = flushing_[peer];
+    f.busy = true;
+    t_.Flush(peer, [self = shared_from_this(), peer, batch = std::exchange(f.unflushed, {})](Status st) {
+      std::lock_guard lock(self->mu_);
+      self->Flushed(peer, batch, st);
+    });
+  }
+
+  // Every slice of `batch` was written to `peer` and flushed (or the flush failed): each
+  // still holds the run up until the peer is told it landed. Slices written since wait for
+  // the next flush; when there is none (the run has ended, or the link failed), they are
+  // given up here, or they would hold the run up forever.
+  void Flushed(const std::string& peer, const std::vector<uint32_t>& batch, const Status& st) {
+    Flushing& f = flushing_[peer];
+    f.busy = false;
+    cv_.notify_all();
+    const bool go_on = !ended_ && st.ok();
+    std::vector<uint32_t> given_up;
+    if (!go_on) given_up = std::exchange(f.unflushed, {});
+    for (uint32_t slice : batch) {
+      if (!go_on) {
+        given_up.push_back(slice);
+        continue;
+      }
+      t_.Send(peer, kLandedMessage, U32(slice), {},
+              [self = shared_from_this(), peer, slice](Status st) { self->Sent(peer, slice, true, st); });
+    }
+    for (uint32_t slice : given_up) {
+      Drop(peer);
+      if (!ended_) Fail(st.WithContext(What("flushing", slice, peer)));
+    }
+    if (go_on && !f.unflushed.empty()) StartFlush(peer);
+  }
+
+  std::string What(const char* verb, uint32_t slice, const std::string& peer) const {
+    return std::string(verb) + " slice " + std::to_string(slice) + " of '" + layout_.model + "' to '" + peer + "'";
+  }
+
+  // A slice has gone to `peer` (for a write: landed there, and the peer told).
+  void Sent(const std::string& peer, uint32_t slice, bool written, const Status& st) {
+    std::lock_guard lock(mu_);
+    VLOG(1) << f_.node << ": sent slice " << slice << " to " << peer << ": " << st.ToString();
+    if (!Completed(peer)) return;
+    --in_flight_total_;
+    Busy& b = busy_[peer];
+    if (st.ok()) b.bytes += layout_.slices[slice].length;
+    if (--b.in_flight == 0) b.seconds += Now() - b.since;
+    if (!st.ok()) return Fail(st.WithContext(What("sending", slice, peer)));
+    report_.bytes_sent += layout_.slices[slice].length;
+    ++report_.slices_sent;
+    if (written) ++report_.slices_written;
+    Pump();
+  }
+
+  // Tells `sender` how this node takes its slices.
+  void Offer(const std::string& sender) {
+    Hold(sender);
+    std::span<const uint8_t> payload;
+    if (writes_) payload = {reinterpret_cast<const uint8_t*>(region_text_.data()), region_text_.size()};
+    // The payload is the run's own (region_text_), which the callback keeps alive.
+    t_.Send(sender, kOfferMessage, U32(writes_ ? 1 : 0), payload, [self = shared_from_this(), sender](Status st) {
+      std::lock_guard lock(self->mu_);
+      if (self->Completed(sender) && !st.ok()) {
+        self->Fail(st.WithContext("telling '" + sender + "' how to send its slices"));
+      }
+    });
+  }
+
+  // A receiver's offer (OnMessage holds the lock).
+  void OnOffer(const IncomingMessage& m, uint32_t writes, AcceptPayload accept) {
+    if (!receivers_.count(m.peer) || offers_.count(m.peer)) {
+      accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("'" + m.peer + "' offered to take slices from node '" + f_.node +
+                                  "', which has none for it in its plan fragment (or it offered twice)"));
+    }
+    if (writes == 0) {
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      offers_[m.peer] = {};
+      return Pump();
+    }
+    if (m.payload_size == 0 || m.payload_size > kMaxOffer) {
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("'" + m.peer + "' sent a remote region of " + std::to_string(m.payload_size) +
+                                  " bytes (at most " + std::to_string(kMaxOffer) + ")"));
+    }
+    auto text = std::make_shared<std::string>(m.payload_size, '\0');
+    Hold(m.peer);
+    accept(reinterpret_cast<uint8_t*>(text->data()), [self = shared_from_this(), text, peer = m.peer](Status st) {
+      std::lock_guard lock(self->mu_);
+      if (!self->Completed(peer)) return;
+      if (!st.ok()) return self->Fail(st.WithContext("receiving the remote regions of '" + peer + "'"));
+      auto offered = self->ParseOffer(*text);
+      if (!offered.ok()) return self->Fail(offered.status().WithContext("remote regions offered by '" + peer + "'"));
+      self->offers_[peer] = {true, std::move(*offered)};
+      self->Pump();
+    });
+  }
+
+  // A receiver's offer: [{"block": B, "base": OFFSET, "region": REMOTE-REGION}, ...], each
+  // region holding its block whole from `base` on.
+  Result<std::map<uint32_t, Remote>> ParseOffer(const std::string& text) const {
+    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_array()) return InvalidArgument("not a list of block regions");
+    std::map<uint32_t, Remote> blocks;
+    for (const auto& e : j) {
+      if (!e.is_object() || !e.contains("block") || !e["block"].is_number_unsigned() || !e.contains("base") ||
+          !e["base"].is_number_unsigned() || !e.contains("region") || !e["region"].is_string()) {
+        return InvalidArgument("an entry is not {block, base, region}: " + e.dump().substr(0, 200));
+      }
+      const uint64_t b = e["block"].get<uint64_t>(), base = e["base"].get<uint64_t>();
+      if (b >= block_bytes_.size()) {
+        return InvalidArgument("block " + std::to_string(b) + " is not in model '" + layout_.model + "' (" +
+                               std::to_string(block_bytes_.size()) + " blocks)");
+      }
+      MC_ASSIGN_OR_RETURN(auto region, RemoteRegion::Parse(e["region"].get<std::string>()));
+      if (base > region.length || region.length - base < block_bytes_[b]) {
+        return InvalidArgument("the region of block " + std::to_string(b) + " (" + std::to_string(region.length) +
+                               " bytes from " + std::to_string(base) + ") cannot hold its " +
+                               std::to_string(block_bytes_[b]) + " bytes");
+      }
+      if (!blocks.emplace(static_cast<uint32_t>(b), Remote{std::move(region), base}).second) {
+        return InvalidArgument("block " + std::to_string(b) + " offered twice");
+      }
+    }
+    return blocks;
+  }
+
+  void Control(const std::string& peer, uint16_t type, uint32_t value) {
+    Hold(peer);
+    t_.Send(peer, type, U32(value), {}, [self = shared_from_this(), peer](Status st) {
+      std::lock_guard lock(self->mu_);
+      if (self->Completed(peer) && !st.ok()) self->Fail(st.WithContext("message to '" + peer + "'"));
+    });
+  }
+
+  void FinishedWith(const std::string& sender) { Control(sender, kFinishedMessage, expected_from_[sender]); }
+
+  // On the transport's thread.
+  void OnMessage(const IncomingMessage& m, AcceptPayload accept) {
+    std::lock_guard lock(mu_);
+    VLOG(1) << f_.node << ": message type " << m.type << " from " << m.peer << " (" << m.payload_size << " bytes)";
+    if (ended_) {  // the tail of a run that is over: its payload is nobody's
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      return;
+    }
+    uint32_t value = 0;
+    if (!ReadU32(m.header, &value)) {
+      accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("malformed message (type " + std::to_string(m.type) + ") from '" + m.peer + "'"));
+    }
+    if (m.type == kResendMessage) {
+      if (value >= held_.size() || !held_[value]) {
+        return Fail(InvalidArgument("'" + m.peer + "' asked node '" + f_.node + "' again for slice " +
+                                    std::to_string(value) + ", which it does not hold"));
+      }
+      SendSlice(m.peer, value);
+      return;
+    }
+    if (m.type == kFinishedMessage) {
+      unfinished_receivers_.erase(m.peer);
+      cv_.notify_all();
+      return;
+    }
+    if (m.type == kOfferMessage) return OnOffer(m, value, std::move(accept));
+    if (m.type != kSliceMessage && m.type != kLandedMessage) {
+      accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("unknown message type " + std::to_string(m.type) + " from '" + m.peer + "'"));
+    }
+    // A slice: it must be one we expect from this peer, of exactly its length, not yet held.
+    auto it = expected_.find(value);
+    if (it == expected_.end() || it->second.peer != m.peer || it->second.verified || value >= layout_.slices.size()) {
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("unexpected slice " + std::to_string(value) + " of '" + layout_.model + "' from '" +
+                                  m.peer + "' at node '" + f_.node + "' (not in its plan fragment)"));
+    }
+    if (m.type == kLandedMessage) {  // written into our buffer and flushed by the sender
+      if (!writes_ || m.payload_size > 0) {
+        if (m.payload_size > 0) accept(nullptr, [](Status) {});
+        return Fail(InvalidArgument("'" + m.peer + "' says it wrote slice " + std::to_string(value) + " into node '" +
+                                    f_.node + "', which offered no region"));
+      }
+      const auto last = last_landed_.find(m.peer);
+      return LandedLocked(value, m.peer, last == last_landed_.end() ? 0 : last->second, Status::Ok());
+    }
+    const SliceInfo& s = layout_.slices[value];
+    if (m.payload_size != s.length) {
+      accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("slice " + std::to_string(value) + " from '" + m.peer + "' is " +
+                                  std::to_string(m.payload_size) + " bytes, the layout says " +
+                                  std::to_string(s.length)));
+    }
+    if (waiting_.count(value)) {
+      accept(nullptr, [](Status) {});
+      return Fail(InvalidArgument("'" + m.peer + "' sent slice " + std::to_string(value) + " twice"));
+    }
+    Arrivals& a = arrivals_[m.peer];
+    const double now = Now();
+    if (a.last >= 0 && now > a.last) a.rates.push_back(static_cast<double>(s.length) / (now - a.last));
+    a.last = now;
+    a.bytes += s.length;
+    waiting_.emplace(value, Waiting{m.peer, std::move(accept)});
+    Admit();
+  }
+
+  // Lets the waiting slices land, at most recv_window at a time, in plan order among the next
+  // `lookahead`: a node takes its slices about in the order the plan has them arrive, so that
+  // early senders do not crowd its link and delay the slices it must forward first. (Only
+  // messages wait: their payload moves when accepted. A slice sent again after a bad checksum
+  // lands at once.)
+  void Admit() {
+    auto take = [&](uint32_t slice) {
+      auto w = waiting_.extract(slice);
+      const double started = Now();
+      Hold(w.mapped().peer);
+      ++landing_;
+      w.mapped().accept(buffer_ + layout_.slices[slice].offset,
+                        [self = shared_from_this(), slice, started, peer = w.mapped().peer](Status st) {
+                          self->Landed(slice, peer, started, st);
+                        });
+    };
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      const uint32_t slice = (it++)->first;
+      if (admitted_.count(slice)) take(slice);
+    }
+    for (size_t i = 0; i < admit_order_.size() && i < o_.lookahead && landing_ < o_.recv_window;) {
+      const uint32_t slice = admit_order_[i];
+      if (expected_[slice].verified || waiting_.count(slice)) {
+        admit_order_.erase(admit_order_.begin() + static_cast<std::ptrdiff_t>(i));
+        if (expected_[slice].verified) continue;  // it was written into the buffer
+        admitted_.insert(slice);
+        take(slice);
+      } else {
+        ++i;
+      }
+    }
+  }
+
+  // Discards what still waits (the run is over).
+  void DropWaiting() {
+    for (auto& [slice, w] : waiting_) w.accept(nullptr, [](Status) {});
+    waiting_.clear();
+  }
+
+  void Landed(uint32_t slice, const std::string& peer, double started, const Status& st) {
+    std::lock_guard lock(mu_);
+    --landing_;
+    if (!Completed(peer)) return;
+    LandedLocked(slice, peer, started, st);
+    if (error_.ok()) Admit();
+  }
+
+  // A slice is in the buffer: the verifier thread checks it (off the transport's thread, which
+  // goes on moving bytes meanwhile).
+  void LandedLocked(uint32_t slice, const std::string& peer, double started, const Status& st) {
+    VLOG(1) << f_.node << ": slice " << slice << " from " << peer << " landed: " << st.ToString();
+    cv_.notify_all();
+    if (!st.ok()) return Fail(st.WithContext("receiving slice " + std::to_string(slice) + " from '" + peer + "'"));
+    Hold(kVerifying);
+    to_verify_.push_back({slice, peer, started});
+    if (!verifier_.joinable()) verifier_ = std::thread([this] { Verifier(); });
+    verify_cv_.notify_one();
+  }
+
+  // The verifier thread: the caller's StopVerifier joins it before the run's last reference
+  // can go, so it may use `this`.
+  void Verifier() {
+    std::unique_lock lock(mu_);
+    while (true) {
+      verify_cv_.wait(lock, [&] { return stop_verifier_ || !to_verify_.empty(); });
+      if (to_verify_.empty()) return;
+      const ToVerify v = to_verify_.front();
+      to_verify_.pop_front();
+      bool good = false;
+      if (!ended_) {
+        const SliceInfo& s = layout_.slices[v.slice];
+        lock.unlock();
+        good = Xxh3(buffer_ + s.offset, s.length) == s.xxh3;
+        lock.lock();
+      }
+      Drop(kVerifying);
+      cv_.notify_all();
+      if (!ended_ && error_.ok()) Verified(v.slice, v.peer, v.started, good);
+    }
+  }
+
+  void Verified(uint32_t slice, const std::string& peer, double started, bool good) {
+    const SliceInfo& s = layout_.slices[slice];
+    Expected& e = expected_[slice];
+    if (!good) {
+      ++report_.corrupt;
+      LOG(WARNING) << "fabric: node " << f_.node << ": slice " << slice << " of " << layout_.model << " from " << peer
+                   << " failed its checksum; asking again (" << e.retries + 1 << "/" << o_.max_retries << ")";
+      if (++e.retries > o_.max_retries) {
+        return Fail(Corruption("slice " + std::to_string(slice) + " of '" + layout_.model + "' from '" + peer +
+                               "' failed its checksum " + std::to_string(e.retries) + " times"));
+      }
+      Control(peer, kResendMessage, slice);
+      return;
+    }
+    // The caller keeps it (the agent's store records it) before anyone hears it was received:
+    // a slice it refuses is not counted, not confirmed to its sender, and fails the run.
+    const double now = Now();
+    if (o_.on_slice) {
+      Status kept = o_.on_slice({layout_.model, slice, peer, s.length, started, now});
+      if (!kept.ok()) {
+        return Fail(kept.WithContext("node '" + f_.node + "' could not keep slice " + std::to_string(slice) +
+                                     " (block " + std::to_string(s.block) + ") of model '" + layout_.model +
+                                     "' from '" + peer + "'"));
+      }
+    }
+    e.verified = true;
+    held_[slice] = true;
+    ++verified_;
+    report_.last_receive = last_landed_[peer] = now;
+    report_.bytes_received += s.length;
+    ++report_.slices_received;
+    if (--expected_from_[peer] == 0) FinishedWith(peer);
+    Pump();
+    Admit();
+  }
+
+  // On the transport's thread.
+  void OnPeerFailure(const std::string& peer, const Status& cause) {
+    std::lock_guard lock(mu_);
+    if (ended_) return;
+    const auto from = expected_from_.find(peer);
+    const bool owes = from != expected_from_.end() && from->second > 0;
+    const bool owed = unfinished_receivers_.count(peer) > 0;
+    if (owes || owed) Fail(Unavailable(Missing("lost '" + peer + "' (" + cause.message() + ")")));
+  }
+
+  void Hold(const std::string& peer) {
+    ++outstanding_;
+    ++outstanding_by_peer_[peer];
+  }
+  void Drop(const std::string& peer) {
+    --outstanding_;
+    auto it = outstanding_by_peer_.find(peer);
+    if (it != outstanding_by_peer_.end() && --it->second == 0) outstanding_by_peer_.erase(it);
+  }
+
+  // Fixed at construction; the run's own copies, so that nothing of the caller's is needed
+  // once it has returned (but for what keep_alive holds).
+  Transport& t_;  // used only while the run is live, and by Drain
+  const ModelLayout layout_;
+  uint8_t* const buffer_;  // the caller's; touched only while the run is live
+  const PlanFragment f_;
+  const ExecutorOptions o_;  // keeps o_.keep_alive with the run; o_.cancel is read only by WaitAndEnd
+  const bool writes_;        // this node takes slices by write and sends them by write where offered
+  const std::chrono::steady_clock::time_point start_;
+  std::string region_text_;  // this node's block regions, as offered
+  std::vector<uint64_t> block_bytes_;
+  std::vector<Local> local_;
+
+  std::mutex mu_;  // guards everything below
+  std::condition_variable cv_;
+  bool ended_ = false;      // set once, by WaitAndEnd: callbacks from then on only record that they came
+  bool succeeded_ = false;  // how it ended
+  Status error_;
+  std::vector<bool> held_;
+  std::map<std::string, Offered> offers_;
+  std::map<std::string, double> last_landed_;
+  std::map<std::string, Flushing> flushing_;
+  std::map<std::string, Busy> busy_;
+  std::map<std::string, Arrivals> arrivals_;
+  std::deque<ToVerify> to_verify_;
+  std::condition_variable verify_cv_;
+  bool stop_verifier_ = false;
+  std::thread verifier_;              // started with the first slice to check
+  std::deque<FragmentStep> order_;    // sends not yet started, in plan order
+  std::deque<uint32_t> admit_order_;  // receives not yet let in, in plan order
+  std::set<uint32_t> admitted_;       // receives let in once (a resend lands at once)
+  std::map<uint32_t, Waiting> waiting_;
+  size_t landing_ = 0;  // receives let in and not yet landed
+  std::set<std::string> receivers_;
+  size_t in_flight_total_ = 0;
+  size_t outstanding_ = 0;                             // transport callbacks not yet run, and slices not yet verified
+  std::map<std::string, size_t> outstanding_by_peer_;  // the same by peer (kVerifying: the verifier's)
+  static constexpr const char* kVerifying = "";
+  std::map<uint32_t, Expected> expected_;
+  std::map<std::string, uint32_t> expected_from_;
+  size_t verified_ = 0;
+  std::set<std::string> unfinished_receivers_;
+  ExecutorReport report_;
+};
+
+}  // namespace
+
+Result<ExecutorReport> RunFragment(Transport& transport, const ModelLayout& layout, uint8_t* buffer,
+                                   const std::vector<bool>& held, const PlanFragment& fragment,
+                                   const ExecutorOptions& options, bool writes) {
+  auto run = std::make_shared<Run>(transport, layout, buffer, held, fragment, options, writes);
+  run->Start();
+  auto result = run->WaitAndEnd();
+  run->StopVerifier();
+  if (!run->Drain()) {
+    // The callbacks still due keep the run's state, and keep_alive, until they come.
+    LOG(WARNING) << "fabric: node " << fragment.node << ": " << run->Outstanding()
+                 << " transport operation(s) still in flight after the run; its buffers stay with them";
+  }
+  return result;
+}
+
+}  // namespace modelcast::fabric
