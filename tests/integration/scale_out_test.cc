@@ -262,6 +262,32 @@ TEST_F(ScaleOutTest, AKilledTargetIsReplacedByASpare) {
   for (int i : {0, 1, 3}) EXPECT_TRUE(Running(i).empty()) << "node-" << i;
 }
 
+// A target whose store refuses (its host pool cannot take the model): its fragment fails,
+// saying it was its store, before any slice is counted for it; the coordinator takes it as
+// lost rather than trying it again, and a spare stands in.
+TEST_F(ScaleOutTest, ATargetWhoseStoreRefusesIsReplacedByASpare) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 4, .host_capacity = {{1, "64KiB"}}}));
+  const std::string id = ScaleOut("tiny-llm", 2);  // to node-1 and node-2
+  const rpc::OperationStatus op = WaitForEnd(id);
+  ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
+  EXPECT_GE(op.replans, 1);
+  auto nodes = ByNode(op);
+  EXPECT_EQ(nodes["node-1"].state, "lost");
+  ASSERT_TRUE(nodes["node-1"].__isset.error);
+  EXPECT_NE(nodes["node-1"].error.find("its store refused"), std::string::npos) << nodes["node-1"].error;
+  EXPECT_NE(nodes["node-1"].error.find("node 'node-1'"), std::string::npos) << nodes["node-1"].error;
+  EXPECT_NE(nodes["node-1"].error.find("block"), std::string::npos) << nodes["node-1"].error;
+  EXPECT_NE(nodes["node-1"].error.find("tiny-llm"), std::string::npos) << nodes["node-1"].error;
+  EXPECT_EQ(nodes["node-1"].slices_received, 0);
+  EXPECT_EQ(nodes["node-2"].state, "complete");
+  EXPECT_EQ(nodes["node-3"].state, "complete");
+  EXPECT_EQ(nodes["node-3"].role, "target");
+  ExpectVerifiedCopy("node-2");
+  ExpectVerifiedCopy("node-3");
+  EXPECT_EQ(InstanceNodes(), (std::vector<std::string>{"node-2:LOCAL", "node-3:LOCAL"}));
+  for (int i : {0, 1, 2, 3}) EXPECT_TRUE(Running(i).empty()) << "node-" << i;
+}
+
 // A target killed mid-operation with no spare: the others finish (replanned around it), and
 // the operation ends failed, saying how many replicas it loaded and which node was lost.
 TEST_F(ScaleOutTest, AKilledTargetIsReported) {

@@ -67,6 +67,7 @@ struct ClusterOptions {
   std::vector<std::string> models = {"tiny-llm"};  // all on node-0's SSD
   bool serving = false;                            // the coordinator's router, HTTP on a free port
   std::string coordinator_extra;                   // more keys of the coordinator mapping ("  key: value\n")
+  std::map<int, std::string> host_capacity;        // by node index; 64MiB where not given
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -106,7 +107,9 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
                             "}\nfabric: {listen: '127.0.0.1:0', transport: ucx" +
                             (o.fault.empty() ? "" : ", fault: '" + o.fault + "'") + "}\n" +
                             "store: {ssd_dir: " + (dir / n).string() +
-                            ", ssd_capacity: 1GiB, host_capacity: 64MiB}\n" + "security: {token: " + kToken +
+                            ", ssd_capacity: 1GiB, host_capacity: " +
+                            (o.host_capacity.count(i) ? o.host_capacity.at(i) : std::string("64MiB")) + "}\n" +
+                            "security: {token: " + kToken +
                             "}\n" + "metrics: {address: 127.0.0.1, port: 0}\n");
       agents.push_back(std::make_unique<testing::Child>(
           std::vector<std::string>{ToolPath("modelcast-agent"), "--config", (dir / (n + ".yaml")).string()}));

@@ -396,11 +396,7 @@ void ClusterState::SendFragments(const std::string& id, std::vector<Dispatch> di
       RepairLocked(op, "node '" + d.node + "' refused its fragment: " + st.message());
       continue;
     }
-    auto& np = op.status.nodes[op.node_index[d.node]];
-    np.state = "lost";
-    np.__set_error("dispatching its fragment: " + st.message());
-    op.lost.insert(d.node);
-    op.pending.erase(d.node);
+    LoseLocked(op, d.node, "dispatching its fragment: " + st.message());
     RepairLocked(op, "node '" + d.node + "' could not take its fragment: " + st.message());
   }
 }
@@ -534,6 +530,14 @@ Status ClusterState::Progress(const rpc::ProgressReport& r) {
   }
   if (r.__isset.error) {
     if (op.repairing) return Status::Ok();  // cancelled by the repair under way
+    if (r.__isset.failure && r.failure == rpc::FragmentFailure::STORE) {
+      // Its own store refused (full, unreadable, or a slice it could not record): what it
+      // reported received is not to be trusted further, and another attempt would meet the
+      // same refusal. Planned around, as a lost node is; a spare stands in for a target.
+      LoseLocked(op, r.node, "its store refused: " + r.error);
+      RepairLocked(op, "node '" + r.node + "': its store refused: " + r.error);
+      return Status::Ok();
+    }
     np.state = "failed";
     np.__set_error(r.error);
     RepairLocked(op, "node '" + r.node + "': " + r.error);

@@ -33,6 +33,15 @@ void ClusterState::RepairLocked(Operation& op, const std::string& why) {
   worker_->Post([this, id = op.status.id] { Repair(id); });
 }
 
+void ClusterState::LoseLocked(Operation& op, const std::string& node, const std::string& why) {
+  auto& np = op.status.nodes[op.node_index.at(node)];
+  np.state = "lost";
+  np.__set_error(why);
+  op.lost.insert(node);
+  op.pending.erase(node);
+  if (np.role == "target") RemoveInstanceLocked(op.status.model, node);
+}
+
 void ClusterState::CheckLiveness() {
   std::lock_guard lock(mu_);
   const bool grace_over = std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_).count() >
@@ -52,10 +61,7 @@ void ClusterState::CheckLiveness() {
       if (op.lost.count(node) || AliveLocked(nodes_.at(node))) continue;
       const bool needed = op.pending.count(node) || (np.role == "target" && np.state != "complete");
       if (!needed) continue;
-      np.state = "lost";
-      np.__set_error("no heartbeat for " + std::to_string(config_.heartbeat_deadline) + " s");
-      op.lost.insert(node);
-      op.pending.erase(node);
+      LoseLocked(op, node, "no heartbeat for " + std::to_string(config_.heartbeat_deadline) + " s");
       RepairLocked(op, "node '" + node + "' was lost mid-operation (no heartbeat within " +
                            std::to_string(config_.heartbeat_deadline) + " s)");
       break;
@@ -127,14 +133,7 @@ void ClusterState::Repair(const std::string& id) {
       if (it == operations_.end() || it->second.status.state != rpc::OperationState::RUNNING) return;
       Operation& op = it->second;
       if (op.FragmentId() != fragment_id) return;  // someone else moved it on
-      auto lose = [&](const std::string& node, const std::string& why) {
-        auto& np = op.status.nodes[op.node_index[node]];
-        np.state = "lost";
-        np.__set_error(why);
-        op.lost.insert(node);
-        op.pending.erase(node);
-        if (np.role == "target") RemoveInstanceLocked(op.status.model, node);
-      };
+      auto lose = [&](const std::string& node, const std::string& why) { LoseLocked(op, node, why); };
       for (const auto& node : dead) lose(node, "no heartbeat for " + std::to_string(config_.heartbeat_deadline) + " s");
       bool all_running_or_done = true;
       for (auto& [node, a] : answers) {

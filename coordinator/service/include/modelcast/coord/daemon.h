@@ -234,6 +234,9 @@ class ClusterState {
   static nlohmann::json OperationRecord(const Operation& op);
   Status MaybeCompactLocked();
   void RepairLocked(Operation& op, const std::string& why);
+  // `node` is lost to the operation (dead, unreachable, or its store refused): planned around
+  // from now on, its instance (if a target) removed.
+  void LoseLocked(Operation& op, const std::string& node, const std::string& why);
   void Repair(const std::string& id);  // on the worker
   // `journal` false: the caller journals it in a later record (a scale-out's targets go into
   // its finish record: one fsync per operation, not one per target).
