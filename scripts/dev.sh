@@ -122,7 +122,8 @@ case "$cmd" in
       # UCX's memory hooks (it patches malloc and mmap) crash under TSan's own interceptors.
       for t in fabric_test store_test; do
         UCX_MEM_EVENTS=no UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none \
-          TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 "$dir/bin/$t" "$@"
+          TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan_suppressions.txt" \
+          "$dir/bin/$t" "$@"
       done
     fi
     ;;

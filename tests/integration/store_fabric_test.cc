@@ -3,6 +3,7 @@
 // with the transport), the store records each slice and writes complete blocks behind to SSD.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <future>
 
 #include "modelcast/model/package.h"
@@ -169,6 +170,7 @@ TEST(StoreFabricRefusal, ASliceTheStoreRefusesFailsTheRunAndIsNotCounted) {
   (void)sender.get();
   ASSERT_FALSE(got.ok());
   const std::string why = got.status().message();
+  std::printf("the receiver's run: %s\n", got.status().ToString().c_str());
   const uint32_t first_refused = manifest.blocks[last].first_slice;
   EXPECT_EQ(got.status().code(), StatusCode::kFailedPrecondition) << why;
   EXPECT_NE(why.find("node 'b'"), std::string::npos) << why;
