@@ -11,7 +11,6 @@
 // Prints a table, then one JSON line.
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +30,7 @@
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
+#include "modelcast/common/subprocess.h"
 #include "modelcast/coord/planner.h"
 #include "modelcast/model/package.h"
 #include "modelcast/model/prepare.h"
@@ -83,18 +83,10 @@ struct Proc {
 };
 
 Proc Spawn(const std::vector<std::string>& args, const fs::path& log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  std::vector<std::string> a = args;
-  std::vector<char*> argv;
-  for (auto& s : a) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  pid_t pid;
-  const int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) Die("cannot start " + args[0]);
+  // It dies with the benchmark, however the benchmark ends (SpawnChild).
+  auto spawned = SpawnChild(args, {log.string(), "=stdout"});
+  if (!spawned.ok()) Die("cannot start " + args[0] + ": " + spawned.status().message());
+  const pid_t pid = *spawned;
   return {pid, args.size() > 6 ? args[6] : args[0]};
 }
 

@@ -9,7 +9,6 @@
 // several UCX TCP segment sizes and slice sizes, a window of slices in flight. The receiver
 // checks an XXH3 of everything it got. The benchmark re-executes itself as the sender
 // (--role send). Prints a table, then one JSON line.
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,6 +31,7 @@
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
+#include "modelcast/common/subprocess.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/ucx_transport.h"
 
@@ -250,11 +250,10 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
                                    std::to_string(slice),
                                    "--window",
                                    std::to_string(window)};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid;
-  if (posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv.data(), environ) != 0) Die("cannot start the sender");
+  // The sender dies with the benchmark, however it ends (SpawnChild).
+  auto spawned = SpawnChild(args);
+  if (!spawned.ok()) Die("cannot start the sender: " + spawned.status().message());
+  const pid_t pid = *spawned;
   if (mode == "put") {
     const std::string text = (*region)->remote().Serialize();
     Status sent;

@@ -30,6 +30,7 @@
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
+#include "modelcast/common/subprocess.h"
 #include "modelcast/model/checkpoint.h"
 #include "modelcast/model/prepare.h"
 #include "modelcast/model/synth.h"
@@ -44,14 +45,9 @@ using bench::Median;
 using bench::Now;
 
 Status RunCommand(const std::vector<std::string>& argv) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
-  }
+  auto spawned = SpawnChild(argv);  // dies with the benchmark
+  if (!spawned.ok()) return spawned.status();
+  const pid_t pid = *spawned;
   int status = 0;
   ::waitpid(pid, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return Internal("command failed: " + argv[0]);

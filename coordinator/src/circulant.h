@@ -31,9 +31,6 @@ class CirculantSchedule {
   template <typename F>
   void ForEachTransfer(uint32_t n, F&& f) const;
 
-  // The receive schedule of processor r (1 <= r < p): for round k of a phase, the block it
-  // receives relative to the phase: >= 0 its baseblock, < 0 a block of the previous phase.
-  const std::vector<int32_t>& ReceiveSchedule(uint32_t r) const { return recv_[r]; }
   uint32_t Baseblock(uint32_t r) const;
 
  private:
@@ -42,6 +39,8 @@ class CirculantSchedule {
   uint32_t p_;
   uint32_t q_;
   std::vector<uint64_t> skips_;  // q + 2 entries; skips_[q + 1] = 2p is a sentinel
+  // Per processor r, for round k of a phase, the block it receives relative to the phase:
+  // >= 0 its baseblock, < 0 a block of the previous phase.
   std::vector<std::vector<int32_t>> recv_;
 };
 

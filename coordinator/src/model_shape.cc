@@ -16,11 +16,6 @@ uint64_t ModelShape::MaxSliceBytes() const {
   return slice_bytes.empty() ? 0 : *std::max_element(slice_bytes.begin(), slice_bytes.end());
 }
 
-uint32_t ModelShape::BlockOf(uint32_t slice) const {
-  auto it = std::upper_bound(block_first_slice.begin(), block_first_slice.end(), slice);
-  return static_cast<uint32_t>(it - block_first_slice.begin()) - 1;
-}
-
 uint32_t ModelShape::TotalLayers() const {
   uint32_t n = 0;
   for (uint32_t l : block_layers) n += l;

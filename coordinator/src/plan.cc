@@ -204,3 +204,24 @@ Status Plan::CheckReferences() const {
 }
 
 }  // namespace modelcast::coord
+
+namespace modelcast::coord {
+
+Result<fabric::PlanFragment> FragmentOf(const Plan& plan, const std::string& node) {
+  const auto it = std::find(plan.node_names.begin(), plan.node_names.end(), node);
+  if (it == plan.node_names.end()) return NotFound("the plan has no node '" + node + "'");
+  const auto me = static_cast<int32_t>(it - plan.node_names.begin());
+  fabric::PlanFragment f;
+  f.node = node;
+  for (const auto& t : plan.transfers) {
+    if (t.local()) {
+      if (t.dst == me) f.local_loads.push_back(t.slice);
+      continue;
+    }
+    if (t.src == me) f.sends.push_back({t.tick, plan.node_names.at(t.dst), t.slice});
+    if (t.dst == me) f.receives.push_back({t.tick, plan.node_names.at(t.src), t.slice});
+  }
+  return f;
+}
+
+}  // namespace modelcast::coord

@@ -108,6 +108,7 @@ class ChannelTransport final : public Transport {
   void AbortPeer(const std::string& peer, const Status& cause) override { s_->inner.AbortPeer(peer, cause); }
   void SetMessageHandler(MessageHandler handler) override { c_.handlers.SetMessageHandler(std::move(handler), s_->loop); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override { c_.handlers.SetFailureHandler(std::move(handler)); }
+  bool Connected(const std::string& peer) override { return s_->inner.Connected(peer); }
   TransportStats stats() const override { return s_->inner.stats(); }
 
  private:

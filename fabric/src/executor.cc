@@ -38,47 +38,6 @@ ModelLayout ModelLayout::FromManifest(const model::Manifest& m, std::vector<uint
   return l;
 }
 
-Result<PlanFragment> PlanFragment::FromPlan(const coord::Plan& plan, const std::string& node) {
-  auto it = std::find(plan.node_names.begin(), plan.node_names.end(), node);
-  if (it == plan.node_names.end()) return NotFound("the plan has no node '" + node + "'");
-  const int32_t me = static_cast<int32_t>(it - plan.node_names.begin());
-  PlanFragment f;
-  f.node = node;
-  for (const auto& t : plan.transfers) {
-    if (t.local()) continue;
-    if (t.src == me) f.sends.push_back({t.tick, plan.node_names.at(t.dst), t.slice});
-    if (t.dst == me) f.receives.push_back({t.tick, plan.node_names.at(t.src), t.slice});
-  }
-  return f;
-}
-
-std::vector<std::string> PlanFragment::Peers() const {
-  std::set<std::string> p;
-  for (const auto& s : sends) p.insert(s.peer);
-  for (const auto& r : receives) p.insert(r.peer);
-  return {p.begin(), p.end()};
-}
-
-Status PlanFragment::Validate(const ModelLayout& layout) const {
-  std::set<uint32_t> received;
-  for (const auto* list : {&sends, &receives}) {
-    for (const auto& s : *list) {
-      if (s.slice >= layout.slices.size()) {
-        return InvalidArgument("plan fragment of '" + node + "' names slice " + std::to_string(s.slice) + " (peer '" +
-                               s.peer + "'), but model '" + layout.model + "' has " +
-                               std::to_string(layout.slices.size()));
-      }
-      if (s.peer.empty() || s.peer == node) return InvalidArgument("plan fragment of '" + node + "' names a bad peer");
-    }
-  }
-  for (const auto& r : receives) {
-    if (!received.insert(r.slice).second) {
-      return InvalidArgument("plan fragment of '" + node + "' receives slice " + std::to_string(r.slice) + " twice");
-    }
-  }
-  return Status::Ok();
-}
-
 Result<SliceMethod> ParseSliceMethod(const std::string& name) {
   if (name == "auto") return SliceMethod::kAuto;
   if (name == "messages") return SliceMethod::kMessages;
@@ -101,7 +60,7 @@ const char* SliceMethodName(SliceMethod m) {
 Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& layout, uint8_t* buffer,
                                        const std::vector<bool>& held, const PlanFragment& fragment,
                                        const ExecutorOptions& options) {
-  MC_RETURN_IF_ERROR(fragment.Validate(layout));
+  MC_RETURN_IF_ERROR(fragment.Validate(layout.model, static_cast<uint32_t>(layout.slices.size())));
   if (held.size() != layout.slices.size()) return InvalidArgument("executor: held has the wrong size");
   for (const auto& s : fragment.sends) {
     // A slice sent must be held at the start or received in this fragment.

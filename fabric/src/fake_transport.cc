@@ -267,6 +267,11 @@ class FakeTransport final : public Transport {
     s_->CutLocked(name_, peer, cause, false);
   }
 
+  bool Connected(const std::string& peer) override {
+    std::lock_guard lock(s_->mu);  // a cut disconnects under it before it reports
+    const auto link = s_->links.find(Key(name_, peer));
+    return !stopping_ && link != s_->links.end() && link->second.connected;
+  }
   void SetMessageHandler(MessageHandler handler) override { handlers_.SetMessageHandler(std::move(handler), loop_); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override { handlers_.SetFailureHandler(std::move(handler)); }
   TransportStats stats() const override { return counters_.Snapshot(); }

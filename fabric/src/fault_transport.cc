@@ -81,6 +81,13 @@ class FaultTransport final : public Transport {
     Dispatch([this, peer, done = std::move(done)]() mutable { inner_->Flush(peer, std::move(done)); });
   }
   void AbortPeer(const std::string& peer, const Status& cause) override { inner_->AbortPeer(peer, cause); }
+  bool Connected(const std::string& peer) override {
+    {
+      std::lock_guard lock(mu_);
+      if (failed_ && peer == o_.fail_peer) return false;
+    }
+    return inner_->Connected(peer);
+  }
   void SetMessageHandler(MessageHandler handler) override { inner_->SetMessageHandler(std::move(handler)); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override {
     {
@@ -168,6 +175,8 @@ Status ParseList(const std::string& v, std::vector<uint64_t>* out) {
   std::stringstream ss(v);
   for (std::string item; std::getline(ss, item, ',');) {
     try {
+      // stoull would take "-1" as 2^64 - 1: digits only.
+      if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos) throw std::invalid_argument(item);
       size_t used = 0;
       const uint64_t n = std::stoull(item, &used);
       if (used != item.size() || n == 0) throw std::invalid_argument(item);

@@ -13,26 +13,11 @@
 #include <thread>
 #include <utility>
 
-#include <nlohmann/json.hpp>
-
 #include "modelcast/common/checksum.h"
+#include "modelcast/fabric/wire.h"
 
 namespace modelcast::fabric {
 namespace {
-
-// The largest remote-region offer accepted (a packed key is a few hundred bytes, one per block).
-constexpr uint64_t kMaxOffer = 1 << 20;
-
-std::vector<uint8_t> U32(uint32_t v) {
-  return {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v >> 16),
-          static_cast<uint8_t>(v >> 24)};
-}
-
-bool ReadU32(const std::vector<uint8_t>& h, uint32_t* v) {
-  if (h.size() != 4) return false;
-  *v = h[0] | (h[1] << 8) | (h[2] << 16) | (static_cast<uint32_t>(h[3]) << 24);
-  return true;
-}
 
 // The run's state (see run.h for who owns it and which thread touches what). Every member
 // below mu_ is guarded by it; the callbacks given to the transport capture a shared_ptr.
@@ -76,11 +61,9 @@ class Run : public std::enable_shared_from_this<Run> {
     }
     unfinished_receivers_ = receivers_;
     if (writes_) {  // the offer: those blocks' regions, nothing else
-      nlohmann::json offer = nlohmann::json::array();
-      for (uint32_t b : into) {
-        offer.push_back({{"block", b}, {"base", local_[b].base}, {"region", local_[b].region->remote().Serialize()}});
-      }
-      region_text_ = offer.dump();
+      std::map<uint32_t, OfferedBlock> offer;
+      for (uint32_t b : into) offer[b] = {local_[b].region->remote(), local_[b].base};
+      region_text_ = EncodeOffer(offer);
     }
     std::vector<FragmentStep> receives = f.receives;
     std::stable_sort(receives.begin(), receives.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
@@ -90,10 +73,19 @@ class Run : public std::enable_shared_from_this<Run> {
   // On the caller's thread: takes the transport's messages and failures, and starts.
   void Start() {
     auto self = shared_from_this();
-    t_.SetMessageHandler(
-        [self](const IncomingMessage& m, AcceptPayload accept) { self->OnMessage(m, std::move(accept)); });
+    // Failures first: a message let in by the message handler can start sends at once, and a
+    // peer lost after that must not find the run deaf to it.
     t_.SetPeerFailureHandler(
         [self](const std::string& peer, const Status& cause) { self->OnPeerFailure(peer, cause); });
+    t_.SetMessageHandler(
+        [self](const IncomingMessage& m, AcceptPayload accept) { self->OnMessage(m, std::move(accept)); });
+    // A peer lost before the failure handler was set was reported to nobody: it is found here
+    // instead (after the handler, so that no loss falls between the two).
+    for (const auto& peer : f_.Peers()) {
+      if (t_.Connected(peer)) continue;
+      std::lock_guard lock(mu_);
+      return Fail(Unavailable(Missing("cannot begin: no connection to peer '" + peer + "' from " + f_.node)));
+    }
     std::lock_guard lock(mu_);
     for (auto& [peer, n] : expected_from_) {
       if (n == 0) {
@@ -214,14 +206,10 @@ class Run : public std::enable_shared_from_this<Run> {
     const MemoryRegion* region = nullptr;
     uint64_t base = 0;
   };
-  struct Remote {
-    RemoteRegion region;
-    uint64_t base = 0;
-  };
   // What a receiver offered: writes into its blocks' regions, or messages.
   struct Offered {
     bool writes = false;
-    std::map<uint32_t, Remote> blocks;
+    std::map<uint32_t, OfferedBlock> blocks;
   };
 
   double Now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
@@ -305,7 +293,7 @@ class Run : public std::enable_shared_from_this<Run> {
     Hold(peer);
     auto self = shared_from_this();
     if (!write) {
-      t_.Send(peer, kSliceMessage, U32(slice), {buffer_ + s.offset, s.length},
+      t_.Send(peer, kSliceMessage, EncodeU32(slice), {buffer_ + s.offset, s.length},
               [self, peer, slice](Status st) { self->Sent(peer, slice, false, st); });
       return;
     }
@@ -350,7 +338,7 @@ class Run : public std::enable_shared_from_this<Run> {
         given_up.push_back(slice);
         continue;
       }
-      t_.Send(peer, kLandedMessage, U32(slice), {},
+      t_.Send(peer, kLandedMessage, EncodeU32(slice), {},
               [self = shared_from_this(), peer, slice](Status st) { self->Sent(peer, slice, true, st); });
     }
     for (uint32_t slice : given_up) {
@@ -386,7 +374,7 @@ class Run : public std::enable_shared_from_this<Run> {
     std::span<const uint8_t> payload;
     if (writes_) payload = {reinterpret_cast<const uint8_t*>(region_text_.data()), region_text_.size()};
     // The payload is the run's own (region_text_), which the callback keeps alive.
-    t_.Send(sender, kOfferMessage, U32(writes_ ? 1 : 0), payload, [self = shared_from_this(), sender](Status st) {
+    t_.Send(sender, kOfferMessage, EncodeU32(writes_ ? 1 : 0), payload, [self = shared_from_this(), sender](Status st) {
       std::lock_guard lock(self->mu_);
       if (self->Completed(sender) && !st.ok()) {
         self->Fail(st.WithContext("telling '" + sender + "' how to send its slices"));
@@ -417,45 +405,16 @@ class Run : public std::enable_shared_from_this<Run> {
       std::lock_guard lock(self->mu_);
       if (!self->Completed(peer)) return;
       if (!st.ok()) return self->Fail(st.WithContext("receiving the remote regions of '" + peer + "'"));
-      auto offered = self->ParseOffer(*text);
+      auto offered = ParseOffer(*text, self->block_bytes_, self->layout_.model);
       if (!offered.ok()) return self->Fail(offered.status().WithContext("remote regions offered by '" + peer + "'"));
       self->offers_[peer] = {true, std::move(*offered)};
       self->Pump();
     });
   }
 
-  // A receiver's offer: [{"block": B, "base": OFFSET, "region": REMOTE-REGION}, ...], each
-  // region holding its block whole from `base` on.
-  Result<std::map<uint32_t, Remote>> ParseOffer(const std::string& text) const {
-    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_array()) return InvalidArgument("not a list of block regions");
-    std::map<uint32_t, Remote> blocks;
-    for (const auto& e : j) {
-      if (!e.is_object() || !e.contains("block") || !e["block"].is_number_unsigned() || !e.contains("base") ||
-          !e["base"].is_number_unsigned() || !e.contains("region") || !e["region"].is_string()) {
-        return InvalidArgument("an entry is not {block, base, region}: " + e.dump().substr(0, 200));
-      }
-      const uint64_t b = e["block"].get<uint64_t>(), base = e["base"].get<uint64_t>();
-      if (b >= block_bytes_.size()) {
-        return InvalidArgument("block " + std::to_string(b) + " is not in model '" + layout_.model + "' (" +
-                               std::to_string(block_bytes_.size()) + " blocks)");
-      }
-      MC_ASSIGN_OR_RETURN(auto region, RemoteRegion::Parse(e["region"].get<std::string>()));
-      if (base > region.length || region.length - base < block_bytes_[b]) {
-        return InvalidArgument("the region of block " + std::to_string(b) + " (" + std::to_string(region.length) +
-                               " bytes from " + std::to_string(base) + ") cannot hold its " +
-                               std::to_string(block_bytes_[b]) + " bytes");
-      }
-      if (!blocks.emplace(static_cast<uint32_t>(b), Remote{std::move(region), base}).second) {
-        return InvalidArgument("block " + std::to_string(b) + " offered twice");
-      }
-    }
-    return blocks;
-  }
-
   void Control(const std::string& peer, uint16_t type, uint32_t value) {
     Hold(peer);
-    t_.Send(peer, type, U32(value), {}, [self = shared_from_this(), peer](Status st) {
+    t_.Send(peer, type, EncodeU32(value), {}, [self = shared_from_this(), peer](Status st) {
       std::lock_guard lock(self->mu_);
       if (self->Completed(peer) && !st.ok()) self->Fail(st.WithContext("message to '" + peer + "'"));
     });
@@ -472,7 +431,7 @@ class Run : public std::enable_shared_from_this<Run> {
       return;
     }
     uint32_t value = 0;
-    if (!ReadU32(m.header, &value)) {
+    if (!DecodeU32(m.header, &value)) {
       accept(nullptr, [](Status) {});
       return Fail(InvalidArgument("malformed message (type " + std::to_string(m.type) + ") from '" + m.peer + "'"));
     }

@@ -96,6 +96,12 @@ class UcxTransport final : public Transport {
       if (Endpoint* e = FindPeer(peer)) Fail(e, cause);
     });
   }
+  bool Connected(const std::string& peer) override {
+    bool up = false;
+    // On the progress thread, where a failure takes the peer out before it is reported.
+    if (!loop_.RunSync([&] { up = FindPeer(peer) != nullptr; }).ok()) return false;
+    return up;
+  }
   void SetMessageHandler(MessageHandler handler) override { handlers_.SetMessageHandler(std::move(handler), loop_); }
   void SetPeerFailureHandler(PeerFailureHandler handler) override { handlers_.SetFailureHandler(std::move(handler)); }
   TransportStats stats() const override { return counters_.Snapshot(); }

@@ -205,15 +205,6 @@ double PipelineTokensPerSecond(const Scenario& sc, const coord::Pipeline& p, int
   return slowest > 0 ? static_cast<double>(batch) / slowest : 0;
 }
 
-double SimResult::CapacityAt(double t) const {
-  double c = base_capacity;
-  for (const auto& p : capacity) {
-    if (p.seconds > t) break;
-    c = p.tokens_per_s;
-  }
-  return c;
-}
-
 double SimResult::NewTokensBy(double t) const {
   double sum = 0, prev_t = 0, prev_c = base_capacity;
   for (const auto& p : capacity) {

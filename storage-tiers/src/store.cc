@@ -377,27 +377,6 @@ Lease Store::MakeLease(const std::string& model, uint32_t block, Tier tier, uint
   return lease;
 }
 
-Result<Lease> Store::AcquireSlice(const std::string& model, uint32_t slice, Tier tier) {
-  if (tier != Tier::kHost && tier != Tier::kGpu)
-    return InvalidArgument("slices are acquired in host or GPU memory, not in " + std::string(TierName(tier)));
-  std::lock_guard lock(impl_->mu);
-  MC_ASSIGN_OR_RETURN(ModelState * ms, impl_->FindModel(model));
-  if (slice >= ms->manifest->slices.size()) {
-    return OutOfRange("model '" + model + "' has no slice " + std::to_string(slice));
-  }
-  const uint32_t block = ms->manifest->slices[slice].block;
-  BlockState& bs = ms->blocks[block];
-  Copy& c = bs.copy[int(tier)];
-  const uint32_t i = slice - ms->manifest->blocks[block].first_slice;
-  if (!c.allocated || !c.slices[i]) {
-    return FailedPrecondition("slice " + std::to_string(slice) + " of model '" + model + "' is not resident in " +
-                              std::string(TierName(tier)));
-  }
-  c.pins++;
-  bs.last_use = impl_->Now();
-  return MakeLease(model, block, tier, c.offset, ms->manifest->blocks[block].file_bytes);
-}
-
 void Store::ReleaseLease(const std::string& model, uint32_t block, Tier tier) {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->models.find(model);

@@ -12,6 +12,7 @@
 #include "support/netns_control.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/wait.h"
 
 namespace modelcast {
 namespace {
@@ -47,8 +48,7 @@ TEST(ControlPlaneNetnsTest, OneToEightThroughTheCoordinator) {
     const auto m = nlohmann::json::parse(models.out);
     return m.size() == 1 && m[0]["name"] == model && m[0]["ssd"] == nlohmann::json{"node-1"};
   };
-  const auto by = std::chrono::steady_clock::now() + 60s;
-  while (!held() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(200ms);
+  testing::WaitUntil([&] { return held(); }, 60s, 200ms);
   ASSERT_TRUE(held()) << "node-1's copy is not known: " << seen;
 
   auto out = mc({"scale-out", model, "-n", "7", "--wait", "--json"});
@@ -67,10 +67,7 @@ TEST(ControlPlaneNetnsTest, OneToEightThroughTheCoordinator) {
   std::printf("1 -> %d over 1 Gbit/s links: %.2f s\n", kNodes, op["seconds"].get<double>());
   for (int i = 2; i <= kNodes; ++i) {
     const fs::path copy = dir / ("node-" + std::to_string(i)) / model;
-    const auto synced_by = std::chrono::steady_clock::now() + 60s;
-    while (!testing::SameModel(dir / "pkg", copy).ok() && std::chrono::steady_clock::now() < synced_by) {
-      std::this_thread::sleep_for(100ms);
-    }
+    testing::WaitUntil([&] { return testing::SameModel(dir / "pkg", copy).ok(); }, 60s, 100ms);
     Status same = testing::SameModel(dir / "pkg", copy);
     EXPECT_TRUE(same.ok()) << "node-" << i << ": " << same.ToString();
   }

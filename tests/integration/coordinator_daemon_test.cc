@@ -14,6 +14,7 @@
 #include "support/process.h"
 #include "support/store_fixture.h"
 #include "support/temp_dir.h"
+#include "support/wait.h"
 
 namespace modelcast {
 namespace {
@@ -168,8 +169,7 @@ TEST_F(CoordinatorDaemonTest, RegistersModelsTracksNodesAndKeepsStateAcrossARest
   }
   EXPECT_TRUE(Alive("node-1"));
   // Silent past the deadline: no longer alive.
-  const auto dead_by = std::chrono::steady_clock::now() + 5s;
-  while (Alive("node-1") && std::chrono::steady_clock::now() < dead_by) std::this_thread::sleep_for(50ms);
+  testing::WaitUntil([&] { return !Alive("node-1"); }, 5s, 50ms);
   EXPECT_FALSE(Alive("node-1"));
 
   // Without the token: refused, nothing changed.

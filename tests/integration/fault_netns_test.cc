@@ -22,6 +22,7 @@
 #include "support/netns_control.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
+#include "support/wait.h"
 
 namespace modelcast {
 namespace {
@@ -87,17 +88,13 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
       for (const auto& m : models) known += m.ssd_holders.size() == holders.size();
       return AliveNodes() == kNodes && known == plane->packages.size();
     };
-    const auto by = std::chrono::steady_clock::now() + 60s;
-    while (!ready() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(100ms);
+    testing::WaitUntil([&] { return ready(); }, 60s, 100ms);
     ASSERT_TRUE(ready()) << "the agents did not all join, or the copies are not known";
   }
 
   void ConnectToCoordinator() {
     std::string error;
-    const auto by = std::chrono::steady_clock::now() + 10s;
-    while (!Connect(NetnsCluster::Address(1), 7300, kToken, &error) && std::chrono::steady_clock::now() < by) {
-      std::this_thread::sleep_for(20ms);
-    }
+    testing::WaitUntil([&] { return Connect(NetnsCluster::Address(1), 7300, kToken, &error); }, 10s, 20ms);
     ASSERT_TRUE(client) << error;
   }
 
@@ -162,10 +159,7 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
   // Node i's copy of `model` (written behind to its SSD) is the original, byte for byte.
   void ExpectVerifiedCopy(int i, const std::string& model = "hf", const std::string& package = "pkg") {
     const fs::path copy = dir / ("node-" + std::to_string(i)) / model;
-    const auto by = std::chrono::steady_clock::now() + 60s;
-    while (!testing::SameModel(dir / package, copy).ok() && std::chrono::steady_clock::now() < by) {
-      std::this_thread::sleep_for(100ms);
-    }
+    testing::WaitUntil([&] { return testing::SameModel(dir / package, copy).ok(); }, 60s, 100ms);
     Status same = testing::SameModel(dir / package, copy);
     EXPECT_TRUE(same.ok()) << "node-" << i << ": " << same.ToString();
   }
@@ -214,10 +208,7 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
     for (int i = 1; i <= kNodes; ++i) {
       if (i == except) continue;
       std::vector<std::string> running;
-      const auto by = std::chrono::steady_clock::now() + 10s;
-      while (!(running = Running(i)).empty() && std::chrono::steady_clock::now() < by) {
-        std::this_thread::sleep_for(100ms);
-      }
+      testing::WaitUntil([&] { return (running = Running(i)).empty(); }, 10s, 100ms);
       EXPECT_TRUE(running.empty()) << "node-" << i << " still runs " << running.front();
     }
   }
@@ -325,8 +316,7 @@ TEST_F(FaultNetnsTest, ALinkCutAndRestored) {
   const auto op = WaitForEnd(id, 120s);
   ASSERT_NO_FATAL_FAILURE(ClusterScript("link 6 up"));
   ASSERT_NO_FATAL_FAILURE(ExpectOneTargetLost(op, 6));
-  const auto by = std::chrono::steady_clock::now() + 30s;
-  while (AliveNodes() != kNodes && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(100ms);
+  testing::WaitUntil([&] { return AliveNodes() == kNodes; }, 30s, 100ms);
   ASSERT_EQ(AliveNodes(), kNodes) << "not alive after the link came back: " << DeadNodes();
   ExpectNothingRunning();
   std::printf("figure: node-6's link cut %.2f s into the multicast: survivors complete %.2f s after the cut\n",
@@ -453,8 +443,7 @@ TEST_F(FaultNetnsTest, AnAgentKilledAndRestarted) {
   } else {
     EXPECT_NE(op.error.find("node-4 (lost"), std::string::npos) << op.error;
   }
-  const auto by = std::chrono::steady_clock::now() + 30s;
-  while (AliveNodes() != kNodes && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(100ms);
+  testing::WaitUntil([&] { return AliveNodes() == kNodes; }, 30s, 100ms);
   EXPECT_EQ(AliveNodes(), kNodes) << "not alive after the restart: " << DeadNodes();
   ExpectNothingRunning();
   std::printf("an agent killed and restarted: %s%s\n", rpc::to_string(op.state).c_str(),
@@ -478,8 +467,7 @@ TEST_F(FaultNetnsTest, TheCoordinatorKilledAndRestarted) {
     const auto op = Operation(id);
     return AliveNodes() == kNodes && op.id == id;
   };
-  const auto by = std::chrono::steady_clock::now() + 30s;
-  while (!whole() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(10ms);
+  testing::WaitUntil([&] { return whole(); }, 30s, 10ms);
   const double back = std::chrono::duration<double>(std::chrono::steady_clock::now() - restarted).count();
   ASSERT_TRUE(whole()) << "the coordinator's view was not whole after 30 s";
   const auto op = WaitForEnd(id, 120s);

@@ -24,6 +24,7 @@
 #include "support/process.h"
 #include "support/store_fixture.h"
 #include "support/temp_dir.h"
+#include "support/wait.h"
 
 namespace modelcast {
 namespace {
@@ -136,8 +137,7 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
       for (const auto& m : models) known += m.ssd_holders == std::vector<std::string>{"node-0"};
       return alive == o.nodes && known == o.models.size();
     };
-    const auto join_by = std::chrono::steady_clock::now() + 30s;
-    while (!ready() && std::chrono::steady_clock::now() < join_by) std::this_thread::sleep_for(50ms);
+    testing::WaitUntil([&] { return ready(); }, 30s, 50ms);
     ASSERT_TRUE(ready());
   }
   // Starts (or restarts) the coordinator on `port` and connects the test's client to it.
@@ -198,10 +198,7 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
   }
   // The node's copy of `model`, written behind to its SSD, checked slice by slice.
   void ExpectVerifiedCopy(const std::string& node, const std::string& model = "tiny-llm") {
-    const auto synced_by = std::chrono::steady_clock::now() + 30s;
-    while (!model::Package::Open(dir / node / model).ok() && std::chrono::steady_clock::now() < synced_by) {
-      std::this_thread::sleep_for(50ms);
-    }
+    testing::WaitUntil([&] { return model::Package::Open(dir / node / model).ok(); }, 30s, 50ms);
     auto pkg = model::Package::Open(dir / node / model);
     ASSERT_TRUE(pkg.ok()) << node << ": " << pkg.status().ToString();
     auto report = pkg->Verify();

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "modelcast/common/subprocess.h"
 #include "support/temp_dir.h"
 
 namespace modelcast::testing {
@@ -18,18 +19,14 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, std::chrono::mill
   ProcessResult r;
   TempDir io;
   const std::string out_path = (io / "stdout").string(), err_path = (io / "stderr").string();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());  // a bare name is looked up in PATH
-    ::_exit(127);
+  // The child dies with this thread if the test is killed (SpawnChild): nothing outlives a test.
+  auto spawned = SpawnChild(argv, {out_path, err_path});
+  if (!spawned.ok()) {
+    r.exit_code = 127;
+    r.err = spawned.status().ToString();
+    return r;
   }
+  const pid_t pid = *spawned;
   const auto until = std::chrono::steady_clock::now() + deadline;
   int status = 0;
   for (;;) {
@@ -54,18 +51,9 @@ Child::Child(const std::vector<std::string>& argv) {
   dir_ = ::mkdtemp(templ);
   out_path_ = dir_ + "/stdout";
   err_path_ = dir_ + "/stderr";
-  pid_ = ::fork();
-  if (pid_ == 0) {
-    int out = ::open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = ::open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
-  }
+  auto spawned = SpawnChild(argv, {out_path_, err_path_});
+  pid_ = spawned.ok() ? *spawned : -1;
+  reaped_ = !spawned.ok();
 }
 
 Child::~Child() {

@@ -14,6 +14,7 @@
 
 #include "modelcast/fabric/transport.h"
 #include "modelcast/fabric/ucx_transport.h"
+#include "modelcast/fabric/transport_factory.h"
 #include "modelcast/fabric/verbs_transport.h"
 
 #ifndef MODELCAST_TEST_TRANSPORT

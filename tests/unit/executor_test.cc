@@ -15,6 +15,7 @@
 #include "modelcast/common/file_util.h"
 #include "modelcast/fabric/channel_mux.h"
 #include "modelcast/fabric/executor.h"
+#include "modelcast/fabric/wire.h"
 #include "support/transports.h"
 
 namespace modelcast::fabric {
@@ -278,7 +279,7 @@ TEST(ExecutorBadInput, RefusedBeforeAnythingMoves) {
   PlanFragment bad = fa;
   bad.sends.push_back({9, "b", 8});
   r = ExecuteFragment(*a, m.layout, m.source.data(), all, bad, {});
-  EXPECT_NE(r.status().message().find("names slice 8 (peer 'b'), but model 'm' has 8"), std::string::npos)
+  EXPECT_NE(r.status().message().find("plan fragment of 'a' for model 'm' names slice 8 (peer 'b'), but the model has 8"), std::string::npos)
       << r.status().message();
   bad = fb;
   bad.receives.push_back({9, "a", 3});

@@ -11,6 +11,7 @@
 
 #include "modelcast/pipeline/router.h"
 #include "support/pipeline_models.h"
+#include "support/wait.h"
 
 namespace modelcast::pipeline {
 namespace {
@@ -169,8 +170,7 @@ TEST_F(RouterTest, ADrainedEngineFinishesItsRequestsAndLeaves) {
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 12)).ok());
   // Wait until the pipeline is running them, then dissolve it under them and bring a local
   // instance for what comes next.
-  const auto by = std::chrono::steady_clock::now() + 10s;
-  while (c.Get(0).tokens.size() < 2 && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(5ms);
+  testing::WaitUntil([&] { return c.Get(0).tokens.size() >= 2; }, 10s, 5ms);
   ASSERT_TRUE(router.DrainEngine("pipe").ok());
   ASSERT_TRUE(router.AddEngine("local", "tiny", EngineKind::kLocal, Local()).ok());
   for (int i = 4; i < 8; ++i) ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 12)).ok());

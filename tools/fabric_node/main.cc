@@ -20,9 +20,11 @@
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/coord/cluster.h"
+#include "modelcast/coord/plan.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/ucx_transport.h"
+#include "modelcast/fabric/transport_factory.h"
 #include "modelcast/fabric/verbs_transport.h"
 #include "modelcast/model/package.h"
 
@@ -135,7 +137,7 @@ int main(int argc, char** argv) {
     return Fail(InvalidArgument("the plan is for " + std::to_string(plan->num_slices) + " slices, model '" +
                                 layout.model + "' has " + std::to_string(layout.slices.size())));
   }
-  auto fragment = fabric::PlanFragment::FromPlan(*plan, name);
+  auto fragment = coord::FragmentOf(*plan, name);
   if (!fragment.ok()) return Fail(fragment.status());
 
   // The model buffer, 4 KiB-aligned; a source fills it from the package's block files.

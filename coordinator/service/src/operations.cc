@@ -11,8 +11,8 @@
 #include "inventory.h"
 #include "modelcast/coord/daemon.h"
 #include "modelcast/coord/planner.h"
-#include "modelcast/fabric/executor.h"
 #include "modelcast/rpc/errors.h"
+#include "modelcast/rpc/fragment_wire.h"
 
 namespace modelcast::coord {
 
@@ -319,17 +319,6 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::FragmentsLocked(Operat
     p.fabric_address = nodes_.at(n).fabric_address;
     peers.push_back(p);
   }
-  auto steps = [](const std::vector<fabric::FragmentStep>& in) {
-    std::vector<rpc::FragmentStep> out;
-    for (const auto& x : in) {
-      rpc::FragmentStep st;
-      st.tick = static_cast<int32_t>(x.tick);
-      st.peer = x.peer;
-      st.slice = static_cast<int32_t>(x.slice);
-      out.push_back(st);
-    }
-    return out;
-  };
   std::vector<Dispatch> dispatches;
   op.pending.clear();
   for (size_t i = 0; i < plan.node_names.size(); ++i) {
@@ -337,20 +326,16 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::FragmentsLocked(Operat
     if (op.lost.count(n)) continue;
     const bool is_target = std::find(op.targets.begin(), op.targets.end(), n) != op.targets.end();
     AddProgressEntry(op, n, is_target ? "target" : "source", static_cast<int32_t>(nslices));
-    MC_ASSIGN_OR_RETURN(auto frag, fabric::PlanFragment::FromPlan(plan, n));
+    MC_ASSIGN_OR_RETURN(auto frag, FragmentOf(plan, n));
+    if (frag.sends.empty() && frag.receives.empty() && frag.local_loads.empty()) continue;  // nothing to do
     Dispatch d;
     d.node = n;
     d.rpc_address = nodes_.at(n).rpc_address;
     auto& f = d.fragment;
-    for (const auto& t : plan.transfers) {
-      if (t.local() && t.dst == static_cast<int32_t>(i)) f.local_loads.push_back(static_cast<int32_t>(t.slice));
-    }
-    if (frag.sends.empty() && frag.receives.empty() && f.local_loads.empty()) continue;  // nothing to do
+    rpc::ToWire(frag, &f);
     f.operation_id = op.FragmentId();
     f.model = op.status.model;
     f.manifest_json = model.manifest_json;
-    f.sends = steps(frag.sends);
-    f.receives = steps(frag.receives);
     f.peers = peers;
     f.deadline_s = op.deadline;
     f.method = "auto";

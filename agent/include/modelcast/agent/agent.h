@@ -69,7 +69,7 @@ class AgentDaemon {
   std::string RenderMetrics() const;
   tiers::Store& store() { return *store_; }
 
-  struct Impl;  // the Agent service's state (agent_impl.h)
+  struct Impl;  // the daemon's parts (agent.cc)
 
  private:
   AgentDaemon() = default;

@@ -51,9 +51,6 @@ class [[nodiscard]] Status {
   // Returns a copy whose message is "<context>: <message>". OK stays OK.
   Status WithContext(std::string_view context) const;
 
-  // Explicitly drops a status the caller has decided not to act on.
-  void IgnoreError() const {}
-
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;

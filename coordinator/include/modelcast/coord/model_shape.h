@@ -22,7 +22,6 @@ struct ModelShape {
   uint32_t num_blocks() const { return static_cast<uint32_t>(block_layers.size()); }
   uint64_t TotalBytes() const;
   uint64_t MaxSliceBytes() const;
-  uint32_t BlockOf(uint32_t slice) const;
   uint32_t TotalLayers() const;
 
   // Consistency: at least one slice and block, blocks tile the slices, every block has a

@@ -19,6 +19,7 @@
 #include "modelcast/common/tier.h"
 #include "modelcast/coord/model_shape.h"
 #include "modelcast/coord/slice_set.h"
+#include "modelcast/fabric/fragment.h"
 
 namespace modelcast::coord {
 
@@ -101,5 +102,9 @@ struct Plan {
   static Result<Plan> FromJson(const nlohmann::json& j);
   Status CheckReferences() const;
 };
+
+// `node`'s share of `plan`: its sends and receives by tick, and the slices it loads from its
+// own tiers. NotFound when the plan has no such node.
+Result<fabric::PlanFragment> FragmentOf(const Plan& plan, const std::string& node);
 
 }  // namespace modelcast::coord

@@ -30,12 +30,6 @@ class SliceSet {
     }
     return true;
   }
-  // Elements of this set absent from `other`.
-  SliceSet Minus(const SliceSet& other) const {
-    SliceSet r = *this;
-    for (size_t i = 0; i < words_.size(); ++i) r.words_[i] &= ~other.words_[i];
-    return r;
-  }
   void Add(const SliceSet& other) {
     for (size_t i = 0; i < words_.size(); ++i) words_[i] |= other.words_[i];
   }

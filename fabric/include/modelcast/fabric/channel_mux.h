@@ -3,7 +3,10 @@
 // time; each fragment runs its executor on its own channel (1..255, chosen by the coordinator
 // per operation), a Transport view whose message types carry the channel in their high byte.
 // Messages for a channel whose fragment has not started yet wait for it, as they would on the
-// transport itself; a peer's failure is reported on every channel.
+// transport itself; a peer's failure is reported on every channel that has a failure handler.
+//
+// Threads: handlers run on the inner transport's progress thread, or on the mux's own thread
+// for what waited for its channel's handler. Every method may be called from any thread.
 #pragma once
 
 #include <cstdint>

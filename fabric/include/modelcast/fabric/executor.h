@@ -15,11 +15,9 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "modelcast/common/slice_event.h"
 #include "modelcast/common/status.h"
-#include "modelcast/coord/plan.h"
+#include "modelcast/fabric/fragment.h"
 #include "modelcast/fabric/transport.h"
 #include "modelcast/model/manifest.h"
 
@@ -45,26 +43,6 @@ struct ModelLayout {
   // pool: block_offsets[b] = the pool offset of block b's buffer).
   static ModelLayout FromManifest(const model::Manifest& manifest, std::vector<uint64_t> block_offsets,
                                   uint64_t buffer_bytes);
-};
-
-struct FragmentStep {
-  uint32_t tick = 0;
-  std::string peer;
-  uint32_t slice = 0;
-};
-
-// One node's share of a plan: its network sends and receives, by tick.
-struct PlanFragment {
-  std::string node;
-  std::vector<FragmentStep> sends;
-  std::vector<FragmentStep> receives;
-
-  // Local loads are not the fabric's (the tiered store runs them).
-  static Result<PlanFragment> FromPlan(const coord::Plan& plan, const std::string& node);
-  // Peers this node exchanges slices with.
-  std::vector<std::string> Peers() const;
-  // Checks the fragment against the model: every slice known, no slice received twice.
-  Status Validate(const ModelLayout& layout) const;
 };
 
 // The per-slice progress event (shared with the tiered store).
@@ -156,12 +134,5 @@ struct ExecutorReport {
 Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& layout, uint8_t* buffer,
                                        const std::vector<bool>& held, const PlanFragment& fragment,
                                        const ExecutorOptions& options);
-
-// Message types the executor puts on the wire.
-inline constexpr uint16_t kSliceMessage = 1;     // header: slice (u32); payload: the slice
-inline constexpr uint16_t kResendMessage = 2;    // header: slice (u32)
-inline constexpr uint16_t kFinishedMessage = 3;  // header: slices verified from the sender (u32)
-inline constexpr uint16_t kOfferMessage = 4;     // header: 1 if a remote region follows as payload, else 0
-inline constexpr uint16_t kLandedMessage = 5;    // header: slice (u32), written and flushed by the sender
 
 }  // namespace modelcast::fabric

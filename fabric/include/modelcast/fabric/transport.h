@@ -133,6 +133,11 @@ class Transport {
     (void)cause;
   }
 
+  // Whether a connection to `peer` is up now (it may fail at any moment after). A failure is
+  // reported only to the handler set when it happens: a user that sets its failure handler and
+  // then finds each of its peers connected misses no failure of theirs.
+  virtual bool Connected(const std::string& peer) = 0;
+
   // Messages arriving while no handler is set are held (a bounded number) and delivered in
   // order to the next handler.
   //

@@ -43,8 +43,4 @@ std::vector<RdmaDevice> FindRdmaDevices();
 
 Result<std::unique_ptr<Transport>> MakeVerbsTransport(const VerbsOptions& options);
 
-// The transport an agent runs: "ucx", "verbs", or "auto" (verbs when this build has it and the
-// machine has an RDMA device behind the listen address, else UCX, saying why in one log line).
-Result<std::unique_ptr<Transport>> MakeTransport(const std::string& backend, const UcxOptions& options);
-
 }  // namespace modelcast::fabric

@@ -46,8 +46,6 @@ struct SimResult {
   std::vector<CapacityPoint> capacity;  // a step function: each point holds until the next
   uint64_t transfers = 0;
 
-  // Capacity at time t (the step function's value).
-  double CapacityAt(double t) const;
   // Integral of new capacity (above the base) from 0 to t: token-seconds served by the scale-out.
   double NewTokensBy(double t) const;
 };

@@ -56,7 +56,6 @@ class IoEngine {
   IoEngine& operator=(const IoEngine&) = delete;
 
   void Submit(std::vector<ReadOp> ops);
-  bool using_io_uring() const { return ring_ != nullptr; }
   const IoCounters& counters() const { return counters_; }
 
  private:

@@ -131,7 +131,6 @@ class Request {
   // Waits until every slice has arrived or the request failed; DeadlineExceeded after `timeout`.
   Status Wait(std::chrono::milliseconds timeout);
   bool done() const;
-  uint32_t slices_done() const { return slices_done_.load(); }
   uint32_t slices_total() const { return slices_total_; }
   std::chrono::steady_clock::time_point start_time() const { return start_; }
 
@@ -189,8 +188,6 @@ class Store {
 
   // Pins a block resident (every slice) in `tier`; the lease's data() is its buffer.
   Result<Lease> Acquire(const std::string& model, uint32_t block, Tier tier);
-  // Pins the block holding `slice`, which must itself be resident in `tier`.
-  Result<Lease> AcquireSlice(const std::string& model, uint32_t slice, Tier tier);
 
   // Receiving: a host buffer for a block (allocated if needed, pinned by the lease), for the
   // fabric to write slices into; Landed() records a slice whose checksum the receiver has

@@ -1,0 +1,52 @@
+#include "modelcast/fabric/wire.h"
+
+#include <nlohmann/json.hpp>
+
+namespace modelcast::fabric {
+
+std::vector<uint8_t> EncodeU32(uint32_t v) {
+  return {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v >> 16),
+          static_cast<uint8_t>(v >> 24)};
+}
+
+bool DecodeU32(const std::vector<uint8_t>& h, uint32_t* v) {
+  if (h.size() != 4) return false;
+  *v = h[0] | (h[1] << 8) | (h[2] << 16) | (static_cast<uint32_t>(h[3]) << 24);
+  return true;
+}
+
+std::string EncodeOffer(const std::map<uint32_t, OfferedBlock>& blocks) {
+  nlohmann::json offer = nlohmann::json::array();
+  for (const auto& [b, o] : blocks) offer.push_back({{"block", b}, {"base", o.base}, {"region", o.region.Serialize()}});
+  return offer.dump();
+}
+
+Result<std::map<uint32_t, OfferedBlock>> ParseOffer(const std::string& text, const std::vector<uint64_t>& block_bytes,
+                                                    const std::string& model) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_array()) return InvalidArgument("not a list of block regions");
+  std::map<uint32_t, OfferedBlock> blocks;
+  for (const auto& e : j) {
+    if (!e.is_object() || !e.contains("block") || !e["block"].is_number_unsigned() || !e.contains("base") ||
+        !e["base"].is_number_unsigned() || !e.contains("region") || !e["region"].is_string()) {
+      return InvalidArgument("an entry is not {block, base, region}: " + e.dump().substr(0, 200));
+    }
+    const uint64_t b = e["block"].get<uint64_t>(), base = e["base"].get<uint64_t>();
+    if (b >= block_bytes.size()) {
+      return InvalidArgument("block " + std::to_string(b) + " is not in model '" + model + "' (" +
+                             std::to_string(block_bytes.size()) + " blocks)");
+    }
+    MC_ASSIGN_OR_RETURN(auto region, RemoteRegion::Parse(e["region"].get<std::string>()));
+    if (base > region.length || region.length - base < block_bytes[b]) {
+      return InvalidArgument("the region of block " + std::to_string(b) + " (" + std::to_string(region.length) +
+                             " bytes from " + std::to_string(base) + ") cannot hold its " +
+                             std::to_string(block_bytes[b]) + " bytes");
+    }
+    if (!blocks.emplace(static_cast<uint32_t>(b), OfferedBlock{std::move(region), base}).second) {
+      return InvalidArgument("block " + std::to_string(b) + " offered twice");
+    }
+  }
+  return blocks;
+}
+
+}  // namespace modelcast::fabric
