@@ -3,6 +3,7 @@ real processes, each node in its own network namespace behind a shaped link
 (scripts/netns-cluster.sh: root, iproute2), or all on 127.0.0.1 (loopback: no root, no shaping).
 node-1 also runs the coordinator. Used by ewl_bench.py and loadspike/.
 """
+import ctypes
 import json
 import os
 import shutil
@@ -14,6 +15,25 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "build", "bin")
 TOKEN = "box-bench-token-0123456789abcdef"
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+_STARTER = os.getpid()
+
+
+def die_with_parent():
+    """Popen's preexec_fn: the child gets SIGKILL when the benchmark's process ends, however it
+    ends (kept across `ip netns exec`, which execs the command in place)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != _STARTER:  # the benchmark died between the fork and the request
+        os._exit(126)
+
+
+def exit_on_sigterm():
+    """A SIGTERM (a timeout, an operator) ends the benchmark through its `finally` blocks, so its
+    namespaces are removed too; SIGKILL still takes the daemons (die_with_parent)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit("stopped by SIGTERM"))
 
 
 def run(argv, check=True, timeout=300):
@@ -110,7 +130,8 @@ class BoxCluster:
         # One BLAS thread per daemon: OpenBLAS's worker threads spin while they wait, and a box's
         # nodes share its few cores (each node stands for a machine of its own).
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        p = subprocess.Popen(self.in_ns(i, argv), stdout=log, stderr=subprocess.STDOUT, env=env)
+        p = subprocess.Popen(self.in_ns(i, argv), stdout=log, stderr=subprocess.STDOUT, env=env,
+                             preexec_fn=die_with_parent)
         self.procs.append(p)
         return p
 

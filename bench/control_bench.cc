@@ -10,7 +10,6 @@
 //
 // Prints a table, then one JSON line.
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <thrift/protocol/TMultiplexedProtocol.h>
 
@@ -26,6 +25,7 @@
 #include "Coordinator.h"
 #include "bench_util.h"
 #include "modelcast/common/args.h"
+#include "modelcast/common/subprocess.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/model/prepare.h"
@@ -55,18 +55,12 @@ struct Daemon {
 };
 
 Daemon Spawn(const std::vector<std::string>& argv, const fs::path& out) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&fa, 2, (out.string() + ".log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
   Daemon d;
   d.out = out;
-  if (posix_spawn(&d.pid, args[0], &fa, nullptr, args.data(), environ) != 0)
-    Die(Unavailable("cannot start " + argv[0]));
-  posix_spawn_file_actions_destroy(&fa);
+  // It dies with the benchmark, however the benchmark ends (SpawnChild).
+  auto pid = SpawnChild(argv, {out.string(), out.string() + ".log"});
+  if (!pid.ok()) Die(pid.status().WithContext("cannot start " + argv[0]));
+  d.pid = *pid;
   const auto until = std::chrono::steady_clock::now() + 30s;
   while (std::chrono::steady_clock::now() < until) {
     auto text = ReadFileToString(out, 4096);
@@ -118,10 +112,30 @@ double Percentile(std::vector<double> v, double p) {
 }  // namespace
 }  // namespace modelcast
 
+namespace modelcast {
+namespace {
+int Run(int argc, char** argv);
+}  // namespace
+}  // namespace modelcast
+
+// A call the coordinator or an agent refuses ends the benchmark with its reason (and the daemons
+// it started die with it), never with an uncaught exception.
 int main(int argc, char** argv) {
   using namespace modelcast;
   bench::ProgramName() = "control_bench";
   InitLogging(argv[0], 1);
+  try {
+    return Run(argc, argv);
+  } catch (const rpc::InvalidRequest& e) {
+    bench::Die(FailedPrecondition("a call was refused: " + e.message));
+  } catch (const apache::thrift::TException& e) {
+    bench::Die(Unavailable(std::string("a call failed: ") + e.what()));
+  }
+}
+
+namespace modelcast {
+namespace {
+int Run(int argc, char** argv) {
   std::string work = "bench-work", preset = "small";
   int64_t reps = 20, clients = 16, rate = 1000;
   ArgParser p("control_bench", "the control plane's overhead: scaleOut to first byte, and status calls under load");
@@ -222,7 +236,19 @@ int main(int argc, char** argv) {
     if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
     const double first = op.first_byte_unix - t0;
     const double total = op.finished_unix - t0;
-    // Evict the new copies, so the next repetition starts from one copy again.
+    // Release the new instances (the coordinator serves through them until then), then evict
+    // their copies, so the next repetition starts from one copy again.
+    rpc::ScaleInRequest si;
+    si.header = header;
+    si.model = "bench-llm";
+    si.replicas = kAgents - 1;
+    std::string in_id;
+    c.scaleIn(in_id, si);
+    do {
+      std::this_thread::sleep_for(2ms);
+      c.getOperation(op, header, in_id);
+    } while (op.state == rpc::OperationState::RUNNING);
+    if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
     rpc::ClusterStatus st;
     c.getClusterStatus(st, header);
     for (const auto& n : st.nodes) {
@@ -331,3 +357,6 @@ int main(int argc, char** argv) {
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }
+
+}  // namespace
+}  // namespace modelcast

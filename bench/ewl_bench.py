@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from box_cluster import ROOT, TOKEN, BoxCluster, prepare_model  # noqa: E402
+from box_cluster import ROOT, TOKEN, BoxCluster, die_with_parent, exit_on_sigterm, prepare_model  # noqa: E402
 
 
 def Cluster(args, work, k, pipelines):
@@ -66,7 +66,7 @@ def measure(args, work, k, pipelines):
             clients.append((out, subprocess.Popen(c.in_ns(1, [
                 "/usr/bin/python3", os.path.join(ROOT, "tests", "support", "completion_client.py"),
                 c.url(), TOKEN, model, os.path.join(c.run_dir, "prompts.json"),
-                str(args.max_tokens), out, stop, "600", str(j)]))))
+                str(args.max_tokens), out, stop, "600", str(j)]), preexec_fn=die_with_parent)))
         time.sleep(2 if args.serve_copies else 0.5)  # the copies take the load first
         op = json.loads(c.mc(["scale-out", model, "-n", str(args.targets), "--wait", "--json"]).stdout)
         time.sleep(args.tail)
@@ -145,7 +145,12 @@ def main():
         summary["ratios"]["k%d" % k] = ratio
         print("K=%d: first token by new capacity, execute-while-load / wait-for-full = %.2f" % (k, ratio))
     print(json.dumps(summary))
+    silent = ["K=%d %s" % (r["k"], r["mode"]) for r in results if r["answers"] == 0]
+    if silent:
+        sys.exit("ewl_bench: no request was answered in %s (see the answers files under %s)" %
+                 (", ".join(silent), work))
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

@@ -32,7 +32,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "loadspike"))
-from box_cluster import BoxCluster, prepare_model, ROOT  # noqa: E402
+from box_cluster import BoxCluster, exit_on_sigterm, prepare_model, ROOT  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "build", "thrift", "gen-py"))
 
@@ -228,4 +228,5 @@ def main():
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -24,6 +24,7 @@ The last line printed is one JSON object with every figure.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -190,4 +191,7 @@ def main():
 
 
 if __name__ == "__main__":
+    # A SIGTERM ends the run through its `finally` blocks (the box's namespaces are removed; its
+    # daemons die with this process either way: box_cluster.die_with_parent).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit("stopped by SIGTERM"))
     main()
