@@ -50,7 +50,7 @@ def measure(args, work, k, pipelines):
             first = json.loads(c.mc(["scale-out", model, "-n", str(k), "--wait", "--json"]).stdout)
             if first["state"] != "SUCCEEDED":
                 sys.exit("ewl_bench: loading the %d copies failed: %s" % (k, first))
-            copies = [n["node"] for n in first["nodes"] if n["role"] == "target"]
+            copies = [n["node"] for n in first["nodes"] if n["role"] == "TARGET"]
             c.agents["node-1"].send_signal(signal.SIGTERM)
             c.agents["node-1"].wait(timeout=30)
             c.wait_alive(c.nodes - 1)
@@ -87,7 +87,7 @@ def measure(args, work, k, pipelines):
         # was sent: the same clock, on one machine.
         first_new = min((a["start"] + a["ttft_s"] for a in new), default=float("nan")) - t0
         first_done = min((a["end"] for a in new), default=float("nan")) - t0
-        completes = [n["complete_unix"] - t0 for n in op["nodes"] if n["role"] == "target" and "complete_unix" in n]
+        completes = [n["complete_unix"] - t0 for n in op["nodes"] if n["role"] == "TARGET" and "complete_unix" in n]
         end = max(completes) + args.tail
         ramp = []
         step = 0.5

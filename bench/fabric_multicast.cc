@@ -31,7 +31,7 @@
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
 #include "modelcast/common/subprocess.h"
-#include "modelcast/coord/planner.h"
+#include "modelcast/planner/planner.h"
 #include "modelcast/model/package.h"
 #include "modelcast/model/prepare.h"
 #include "modelcast/model/synth.h"
@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
               "meas/sim");
 
   const auto config_node = Must(ConfigNode::ParseString(ClusterYaml(most + 1, b), "bench cluster"));
-  const auto config = Must(coord::ClusterConfig::Parse(config_node));
+  const auto config = Must(planner::ClusterConfig::Parse(config_node));
   const auto spec = Must(sim::LoadModelSpec(pkg.string(), 0, 0));
   nlohmann::json out;
   out["bench"] = "fabric_multicast";
@@ -215,7 +215,7 @@ int main(int argc, char** argv) {
     so.targets = n;
     const auto scenario = Must(sim::BuildScenario(config, spec, so));
     for (const auto& algo : bench::SplitCommas(algorithms)) {
-      const auto plan = Must(coord::MakePlan(scenario.request, algo));
+      const auto plan = Must(planner::MakePlan(scenario.request, algo));
       const auto predicted = Must(sim::Simulate(scenario, plan, {}));
       const fs::path rdir = dir / ("run-" + std::to_string(++run));
       fs::create_directories(rdir / "rendezvous");

@@ -21,7 +21,7 @@
 #include "modelcast/common/args.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
-#include "modelcast/coord/planner.h"
+#include "modelcast/planner/planner.h"
 #include "modelcast/sim/simulator.h"
 
 using namespace modelcast;
@@ -47,9 +47,9 @@ double MedianMs(int reps, const std::function<void()>& f) {
   return ms[ms.size() / 2];
 }
 
-sim::Scenario MakeScenario(const coord::ClusterConfig& c, const std::string& model, int64_t sources, int64_t targets,
-                           uint64_t slices, coord::Tier local = coord::Tier::kNone) {
-  auto cfg = Must(coord::KnownModelConfig(model));
+sim::Scenario MakeScenario(const planner::ClusterConfig& c, const std::string& model, int64_t sources, int64_t targets,
+                           uint64_t slices, planner::Tier local = planner::Tier::kNone) {
+  auto cfg = Must(planner::KnownModelConfig(model));
   const uint64_t bytes = cfg.ParameterCount() * 2;
   uint64_t slice = 4096;
   if (slices > 0) slice = (bytes / slices + 4095) / 4096 * 4096;
@@ -81,19 +81,19 @@ int main(int argc, char** argv) {
   out["bench"] = "planner_bench";
 
   // 1. Planning speed.
-  const auto large = Must(coord::ClusterConfig::Load(fs::path(configs) / "large-1024.yaml"));
+  const auto large = Must(planner::ClusterConfig::Load(fs::path(configs) / "large-1024.yaml"));
   std::printf("planning 1024 targets x 256 slices (median of %lld)\n", static_cast<long long>(reps));
   std::printf("  %-18s %10s %10s %12s %10s\n", "", "median ms", "cold ms", "transfers", "vs chain");
   for (int64_t k : {1, 4}) {
     const sim::Scenario sc = MakeScenario(large, "llama-2-13b", k, 1024 - k, 256);
     // Same target count for both K: drop the extra sources' targets.
-    coord::PlanRequest req = sc.request;
+    planner::PlanRequest req = sc.request;
     size_t transfers = 0;
-    const double cold = MedianMs(1, [&] { (void)Must(coord::MakePlan(req, "lambdapipe")); });
+    const double cold = MedianMs(1, [&] { (void)Must(planner::MakePlan(req, "lambdapipe")); });
     const double lp = MedianMs(static_cast<int>(reps),
-                               [&] { transfers = Must(coord::MakePlan(req, "lambdapipe")).transfers.size(); });
-    const double chain = MedianMs(static_cast<int>(reps), [&] { (void)Must(coord::MakePlan(req, "chain")); });
-    Status v = coord::ValidatePlan(req, Must(coord::MakePlan(req, "lambdapipe")));
+                               [&] { transfers = Must(planner::MakePlan(req, "lambdapipe")).transfers.size(); });
+    const double chain = MedianMs(static_cast<int>(reps), [&] { (void)Must(planner::MakePlan(req, "chain")); });
+    Status v = planner::ValidatePlan(req, Must(planner::MakePlan(req, "lambdapipe")));
     if (!v.ok()) Die(v);
     std::printf("  lambdapipe, K=%lld %10.1f %10.1f %12zu %9.2fx\n", static_cast<long long>(k), lp, cold, transfers,
                 lp / chain);
@@ -110,12 +110,12 @@ int main(int argc, char** argv) {
   std::printf("\nsimulated completion / (S/B), llama-2-13b, one source (chain: NCCL-style pipelined chain)\n");
   std::printf("  %-6s %-22s %12s %12s %12s\n", "nodes", "cluster", "lp, 64 sl.", "lp, 256 sl.", "chain, 64 sl.");
   for (const Case c : {Case{"lambdascale-testbed.yaml", 8}, Case{"h100-64.yaml", 64}, Case{"large-1024.yaml", 1024}}) {
-    const auto cluster = Must(coord::ClusterConfig::Load(fs::path(configs) / c.config));
+    const auto cluster = Must(planner::ClusterConfig::Load(fs::path(configs) / c.config));
     std::printf("  %-6lld %-22s", static_cast<long long>(c.nodes), cluster.name.c_str());
     for (const auto& [algo, slices] :
          std::vector<std::pair<std::string, uint64_t>>{{"lambdapipe", 64}, {"lambdapipe", 256}, {"chain", 64}}) {
       const sim::Scenario sc = MakeScenario(cluster, "llama-2-13b", 1, c.nodes - 1, slices);
-      const auto plan = Must(coord::MakePlan(sc.request, algo));
+      const auto plan = Must(planner::MakePlan(sc.request, algo));
       const auto r = Must(sim::Simulate(sc, plan, {}));
       std::printf(" %12.3f", r.completion / r.ideal);
       out["completion_over_sb"][std::to_string(c.nodes)][algo + "_" + std::to_string(slices)] = r.completion / r.ideal;
@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
   }
 
   // 3. The paper's testbed, every algorithm.
-  const auto testbed = Must(coord::ClusterConfig::Load(fs::path(configs) / "lambdascale-testbed.yaml"));
+  const auto testbed = Must(planner::ClusterConfig::Load(fs::path(configs) / "lambdascale-testbed.yaml"));
   for (const char* model : {"llama-2-70b", "llama-2-13b"}) {
     for (int64_t k : {1, 2}) {
       const sim::Scenario sc = MakeScenario(testbed, model, k, 12 - k, 0);
@@ -135,11 +135,11 @@ int main(int argc, char** argv) {
                   sc.request.model.num_slices());
       std::printf("  %-15s %11s %8s %14s %8s\n", "algorithm", "complete", "ratio", "first serving", "ratio");
       std::vector<sim::SimResult> results;
-      for (const auto& algo : coord::AlgorithmNames()) {
+      for (const auto& algo : planner::AlgorithmNames()) {
         // ServerlessLLM's setting: every target holds the model on its own SSD.
-        const sim::Scenario with_ssd = MakeScenario(testbed, model, k, 12 - k, 0, coord::Tier::kSsd);
+        const sim::Scenario with_ssd = MakeScenario(testbed, model, k, 12 - k, 0, planner::Tier::kSsd);
         const sim::Scenario& use = algo == "local" ? with_ssd : sc;
-        const auto plan = Must(coord::MakePlan(use.request, algo));
+        const auto plan = Must(planner::MakePlan(use.request, algo));
         results.push_back(Must(sim::Simulate(use, plan, {})));
       }
       const auto& lp = results.front();

@@ -1,5 +1,5 @@
 # Every third-party dependency comes from Debian's packages (scripts/dev.sh installs them);
-# CUDA and NCCL come from /usr/local/cuda where the machine has them.
+# CUDA comes from /usr/local/cuda where the machine has it.
 find_package(PkgConfig REQUIRED)
 find_package(Threads REQUIRED)
 find_package(glog REQUIRED CONFIG)
@@ -61,19 +61,6 @@ if(NOT MODELCAST_WITH_CUDA STREQUAL "OFF" AND NOT MODELCAST_FUZZ)
   endif()
 endif()
 modelcast_resolve_option(CUDA ${_cuda_found})
-
-set(_nccl_found OFF)
-if(MODELCAST_HAVE_CUDA AND NOT MODELCAST_WITH_NCCL STREQUAL "OFF")
-  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
-  find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
-  if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
-    set(_nccl_found ON)
-    add_library(modelcast::nccl UNKNOWN IMPORTED)
-    set_target_properties(modelcast::nccl PROPERTIES IMPORTED_LOCATION ${NCCL_LIBRARY}
-                          INTERFACE_INCLUDE_DIRECTORIES ${NCCL_INCLUDE_DIR})
-  endif()
-endif()
-modelcast_resolve_option(NCCL ${_nccl_found})
 
 set(_verbs_found OFF)
 if(NOT MODELCAST_WITH_VERBS STREQUAL "OFF" AND NOT MODELCAST_FUZZ)

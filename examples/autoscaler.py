@@ -115,7 +115,7 @@ def act_factory(client, header, model):
                     break
                 time.sleep(0.1)
             kind = ttypes.OperationKind._VALUES_TO_NAMES[status.kind].lower().replace("_", "-")
-            print(f"  {op_id} ({kind} to {', '.join(n.node for n in status.nodes if n.role != 'source')}): "
+            print(f"  {op_id} ({kind} to {', '.join(n.node for n in status.nodes if n.role != ttypes.NodeRole.SOURCE)}): "
                   f"{ttypes.OperationState._VALUES_TO_NAMES[status.state]}"
                   f"{' (' + status.error + ')' if status.error else ''}", flush=True)
         except ttypes.InvalidRequest as e:

@@ -11,7 +11,7 @@
 #                                fabric's and the store's tests under TSan (build-tsan/)
 #   scripts/dev.sh format        clang-format every C++ source in place
 #
-# Everything modelcast needs comes from Debian's archive; CUDA and NCCL are used when
+# Everything modelcast needs comes from Debian's archive; CUDA is used when
 # /usr/local/cuda has them. Environment: MODELCAST_BUILD_DIR (default build), MODELCAST_JOBS.
 set -euo pipefail
 

@@ -9,7 +9,7 @@
 #include "modelcast/common/args.h"
 #include "modelcast/common/logging.h"
 #include "modelcast/common/units.h"
-#include "modelcast/coord/planner.h"
+#include "modelcast/planner/planner.h"
 #include "modelcast/sim/simulator.h"
 
 using namespace modelcast;
@@ -22,7 +22,7 @@ int Fail(const Status& s) {
 }
 
 std::vector<std::string> SplitAlgorithms(const std::string& list) {
-  if (list == "all") return coord::AlgorithmNames();
+  if (list == "all") return planner::AlgorithmNames();
   std::vector<std::string> out;
   std::stringstream ss(list);
   for (std::string item; std::getline(ss, item, ',');) {
@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   }
   auto sc = sim::BuildScenario(flags);
   if (!sc.ok()) return Fail(sc.status());
-  const coord::ClusterConfig* cluster = &sc->cluster;
+  const planner::ClusterConfig* cluster = &sc->cluster;
   const sim::ModelSpec* spec = &sc->model;
   sim::SimOptions opts;
   opts.batch = batch;
@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   std::vector<sim::SimResult> results;
   for (const auto& name : SplitAlgorithms(algo)) {
     const auto t0 = std::chrono::steady_clock::now();
-    auto plan = coord::MakePlan(req, name);
+    auto plan = planner::MakePlan(req, name);
     if (!plan.ok()) return Fail(plan.status());
     const double plan_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     auto r = sim::Simulate(*sc, *plan, opts);

@@ -164,14 +164,32 @@ enum OperationState {
   CANCELLED = 5,
 }
 
+// A node's part in one operation.
+enum NodeRole {
+  SOURCE = 1,                          // sends (holds a whole copy)
+  TARGET = 2,                          // receives a copy
+  RELEASE = 3,                         // a scale-in releases its instance
+}
+
+// Where one node stands in one operation.
+enum NodeState {
+  WAITING = 1,                         // not started (a source: until the operation ends)
+  RECEIVING = 2,                       // a target with some of its slices
+  COMPLETE = 3,                        // a target with every slice, a source done sending
+  FAILED = 4,                          // its fragment or its release failed (see error)
+  LOST = 5,                            // the node died or was taken out of the operation
+  DRAINING = 6,                        // a released instance finishing its requests
+  RELEASED = 7,                        // released, its GPU copy demoted
+}
+
 struct NodeProgress {
   1: string node,
-  2: string role,                      // "source", "target"
+  2: NodeRole role,
   3: i32 slices_received,
   4: i32 slices_total,
   5: i64 bytes_received,
   6: double rate_bytes_per_s,
-  7: string state,                     // "waiting", "receiving", "complete", "failed", "lost"
+  7: NodeState state,
   8: optional string error,
   9: optional double complete_unix,    // when a target had every slice
   10: optional i32 corrupt_slices,     // slices that arrived corrupt, were caught by their checksum and sent again

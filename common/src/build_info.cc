@@ -14,7 +14,6 @@ BuildInfo GetBuildInfo() {
   b.build_type = MODELCAST_BUILD_TYPE;
   b.compiler = MODELCAST_COMPILER;
   b.cuda = MODELCAST_HAVE_CUDA;
-  b.nccl = MODELCAST_HAVE_NCCL;
   b.verbs = MODELCAST_HAVE_VERBS;
   return b;
 }

@@ -48,7 +48,7 @@ Result<ModelSpec> LoadModelSpec(const std::string& spec, int64_t blocks, uint64_
     m.name = pkg.manifest().name;
     m.config = pkg.manifest().config;
     m.dtype = pkg.manifest().dtype;
-    m.shape = coord::ModelShape::FromManifest(pkg.manifest());
+    m.shape = planner::ModelShape::FromManifest(pkg.manifest());
     m.bytes = m.shape.TotalBytes();
     return m;
   }
@@ -56,7 +56,7 @@ Result<ModelSpec> LoadModelSpec(const std::string& spec, int64_t blocks, uint64_
     const fs::path config = fs::is_directory(path, ec) ? path / "config.json" : path;
     MC_ASSIGN_OR_RETURN(m.config, model::LlamaConfig::FromFile(config));
     m.name = fs::absolute(config).parent_path().filename().string();
-  } else if (auto known = coord::KnownModelConfig(spec); known.ok()) {
+  } else if (auto known = planner::KnownModelConfig(spec); known.ok()) {
     m.config = *known;
     m.name = spec;
   } else if (spec.size() > 7 && spec.ends_with("-params")) {  // "13e9-params"
@@ -78,11 +78,11 @@ Result<ModelSpec> LoadModelSpec(const std::string& spec, int64_t blocks, uint64_
     const double want = static_cast<double>(m.bytes) / 2048.0;
     slice_bytes = std::clamp<uint64_t>(static_cast<uint64_t>(want) / 4096 * 4096, 4ull << 20, 256ull << 20);
   }
-  MC_ASSIGN_OR_RETURN(m.shape, coord::ModelShape::FromConfig(m.name, m.config, m.dtype, blocks, slice_bytes));
+  MC_ASSIGN_OR_RETURN(m.shape, planner::ModelShape::FromConfig(m.name, m.config, m.dtype, blocks, slice_bytes));
   return m;
 }
 
-Result<Scenario> BuildScenario(const coord::ClusterConfig& cluster, const ModelSpec& model, const ScenarioOptions& o) {
+Result<Scenario> BuildScenario(const planner::ClusterConfig& cluster, const ModelSpec& model, const ScenarioOptions& o) {
   Scenario sc;
   sc.cluster = cluster;
   sc.model = model;
@@ -109,22 +109,22 @@ Result<Scenario> BuildScenario(const coord::ClusterConfig& cluster, const ModelS
                              std::to_string(node.gpus));
     }
   }
-  coord::PlanRequest& r = sc.request;
+  planner::PlanRequest& r = sc.request;
   r.model = model.shape;
   r.locality = o.locality;
   const int64_t local_count = o.local_count < 0 ? targets : std::min(o.local_count, targets);
   for (int64_t i = 0; i < n; ++i) {
-    const coord::NodeConfig& c = cluster.nodes[i];
-    coord::PlanNode p;
+    const planner::NodeConfig& c = cluster.nodes[i];
+    planner::PlanNode p;
     p.name = c.name;
     p.nic = c.nic;
     if (i < o.sources) {
-      p.holds = coord::Tier::kGpu;
+      p.holds = planner::Tier::kGpu;
       r.sources.push_back(static_cast<int32_t>(i));
     } else if (i < o.sources + targets) {
-      if (o.local_tier != coord::Tier::kNone && i - o.sources < local_count) {
+      if (o.local_tier != planner::Tier::kNone && i - o.sources < local_count) {
         p.holds = o.local_tier;
-        p.local_rate = o.local_tier == coord::Tier::kHost ? c.pcie : std::min(c.ssd, c.pcie);
+        p.local_rate = o.local_tier == planner::Tier::kHost ? c.pcie : std::min(c.ssd, c.pcie);
       }
       r.targets.push_back(static_cast<int32_t>(i));
     }
@@ -150,7 +150,7 @@ void ScenarioFlags::Declare(ArgParser& p) {
 Result<Scenario> BuildScenario(const ScenarioFlags& f) {
   if (f.cluster_path.empty() || f.model.empty()) return InvalidArgument("--cluster and --model are required");
   if (f.slice_mib < 0) return InvalidArgument("--slice-mib must be positive");
-  MC_ASSIGN_OR_RETURN(auto cluster, coord::ClusterConfig::Load(f.cluster_path));
+  MC_ASSIGN_OR_RETURN(auto cluster, planner::ClusterConfig::Load(f.cluster_path));
   MC_ASSIGN_OR_RETURN(auto spec,
                       LoadModelSpec(f.model, f.blocks, static_cast<uint64_t>(f.slice_mib * 1048576.0) / 4096 * 4096));
   ScenarioOptions so;
@@ -158,8 +158,8 @@ Result<Scenario> BuildScenario(const ScenarioFlags& f) {
   so.targets = f.targets;
   so.locality = !f.no_locality;
   if (!f.local_tier.empty()) {
-    auto tier = coord::ParseTier(f.local_tier);
-    if (!tier.ok() || (*tier != coord::Tier::kSsd && *tier != coord::Tier::kHost)) {
+    auto tier = planner::ParseTier(f.local_tier);
+    if (!tier.ok() || (*tier != planner::Tier::kSsd && *tier != planner::Tier::kHost)) {
       return InvalidArgument("--local-tier must be ssd or host, not '" + f.local_tier + "'");
     }
     so.local_tier = *tier;

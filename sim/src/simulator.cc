@@ -5,7 +5,7 @@
 #include <limits>
 #include <queue>
 
-#include "modelcast/coord/pipelines.h"
+#include "modelcast/planner/pipelines.h"
 
 namespace modelcast::sim {
 namespace {
@@ -21,7 +21,7 @@ struct Event {
 
 class Replay {
  public:
-  Replay(const Scenario& sc, const coord::Plan& plan, double overhead)
+  Replay(const Scenario& sc, const planner::Plan& plan, double overhead)
       : sc_(sc),
         plan_(plan),
         overhead_(overhead),
@@ -83,7 +83,7 @@ class Replay {
   // A one-tick transfer owns its links and runs at their speed (a slice shorter than the
   // tick's largest finishes early); a longer one was planned to share them (a straggler's
   // feed beside other traffic) and runs at its planned rate.
-  double Rate(const coord::Transfer& t) const {
+  double Rate(const planner::Transfer& t) const {
     const auto& n = sc_.request.nodes;
     const double link = t.local() ? n[t.src].local_rate : std::min(n[t.src].nic, n[t.dst].nic);
     if (t.duration == 1) return link;
@@ -156,7 +156,7 @@ class Replay {
   }
 
   const Scenario& sc_;
-  const coord::Plan& plan_;
+  const planner::Plan& plan_;
   const double overhead_;
   const size_t nodes_;
   const uint32_t slices_;
@@ -189,7 +189,7 @@ double PrefillTokensPerSecond(const Scenario& sc) {
          (2.0 * static_cast<double>(sc.model.config.ParameterCount()));
 }
 
-double PipelineTokensPerSecond(const Scenario& sc, const coord::Pipeline& p, int64_t batch, double overhead) {
+double PipelineTokensPerSecond(const Scenario& sc, const planner::Pipeline& p, int64_t batch, double overhead) {
   const double layers = sc.model.shape.TotalLayers();
   const double activation = static_cast<double>(batch) * static_cast<double>(sc.model.config.hidden_size) * 2.0;
   const auto& node = sc.cluster.nodes.front();
@@ -216,8 +216,8 @@ double SimResult::NewTokensBy(double t) const {
   return sum + (prev_c - base_capacity) * (t - prev_t);
 }
 
-Result<SimResult> Simulate(const Scenario& sc, const coord::Plan& plan, const SimOptions& o) {
-  const coord::PlanRequest& req = sc.request;
+Result<SimResult> Simulate(const Scenario& sc, const planner::Plan& plan, const SimOptions& o) {
+  const planner::PlanRequest& req = sc.request;
   if (plan.num_slices != req.model.num_slices() || plan.full_at.size() != req.nodes.size()) {
     return InvalidArgument("simulate: the plan is not for this scenario");
   }
@@ -235,7 +235,7 @@ Result<SimResult> Simulate(const Scenario& sc, const coord::Plan& plan, const Si
   std::nth_element(nic.begin(), nic.begin() + nic.size() / 2, nic.end());
   r.ideal = static_cast<double>(req.model.TotalBytes()) / nic[nic.size() / 2];
 
-  const coord::ModelShape& m = req.model;
+  const planner::ModelShape& m = req.model;
   const uint32_t blocks = m.num_blocks();
   const int64_t per_node = sc.cluster.nodes.front().gpus / sc.gpus_per_instance;
   const double instance = InstanceTokensPerSecond(sc, o.batch);
@@ -299,16 +299,16 @@ Result<SimResult> Simulate(const Scenario& sc, const coord::Plan& plan, const Si
     CapacityPoint p{t, r.base_capacity, full_count, 0};
     p.tokens_per_s += static_cast<double>(full_count * per_node) * instance;
     if (uncovered == 0) {
-      std::vector<coord::NodeBlocks> partial;
+      std::vector<planner::NodeBlocks> partial;
       for (int32_t n : req.targets) {
         if (is_full[n]) continue;
-        coord::NodeBlocks nb{n, coord::SliceSet(blocks)};
+        planner::NodeBlocks nb{n, planner::SliceSet(blocks)};
         for (uint32_t b = 0; b < blocks; ++b) {
           if (block_done[n][b] <= t) nb.blocks.Set(b);
         }
         if (!nb.blocks.Empty()) partial.push_back(std::move(nb));
       }
-      for (const auto& pipe : coord::FormPipelines(m, partial, max_stages)) {
+      for (const auto& pipe : planner::FormPipelines(m, partial, max_stages)) {
         ++p.pipelines;
         p.tokens_per_s += PipelineTokensPerSecond(sc, pipe, o.batch, overhead);
       }

@@ -7,13 +7,13 @@
 #include <string_view>
 
 #include "modelcast/common/config.h"
-#include "modelcast/coord/cluster.h"
+#include "modelcast/planner/cluster.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace modelcast;
   auto root = ConfigNode::ParseString(std::string_view(reinterpret_cast<const char*>(data), size), "fuzz/cluster.yaml");
   if (!root.ok()) return 0;
-  auto c = coord::ClusterConfig::Parse(*root);
+  auto c = planner::ClusterConfig::Parse(*root);
   if (!c.ok()) {
     if (c.status().message().empty()) std::abort();  // a refusal names what is wrong
     return 0;

@@ -6,13 +6,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "modelcast/coord/plan.h"
+#include "modelcast/planner/plan.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace modelcast;
   const auto j = nlohmann::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return 0;
-  auto plan = coord::Plan::FromJson(j);
+  auto plan = planner::Plan::FromJson(j);
   if (!plan.ok()) {
     if (plan.status().message().empty()) std::abort();  // a refusal names what is wrong
     return 0;
@@ -27,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)plan->FirstFullTick();
   (void)plan->LastFullTick();
   const auto text = plan->ToJson().dump();
-  auto again = coord::Plan::FromJson(nlohmann::json::parse(text));
+  auto again = planner::Plan::FromJson(nlohmann::json::parse(text));
   if (!again.ok() || again->ToJson().dump() != text) std::abort();
   return 0;
 }

@@ -58,9 +58,9 @@ TEST(ControlPlaneNetnsTest, OneToEightThroughTheCoordinator) {
   EXPECT_EQ(op["replans"], 0);
   int targets = 0;
   for (const auto& n : op["nodes"]) {
-    if (n["role"] != "target") continue;
+    if (n["role"] != "TARGET") continue;
     targets++;
-    EXPECT_EQ(n["state"], "complete") << n.dump();
+    EXPECT_EQ(n["state"], "COMPLETE") << n.dump();
     EXPECT_EQ(n["slices_received"], n["slices_total"]) << n.dump();
   }
   EXPECT_EQ(targets, kNodes - 1);

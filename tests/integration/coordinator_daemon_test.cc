@@ -9,7 +9,7 @@
 #include "Coordinator.h"
 #include "Membership.h"
 #include "modelcast/common/config.h"
-#include "modelcast/coord/daemon.h"
+#include "modelcast/coordinator/daemon.h"
 #include "modelcast/rpc/server.h"
 #include "support/process.h"
 #include "support/store_fixture.h"
@@ -223,7 +223,7 @@ TEST(ServingConfigTest, EmulationAndHttpThreadsParseAndBadValuesAreNamed) {
   auto parse = [](const std::string& text) {
     auto node = ConfigNode::ParseString(text, "c.yaml");
     EXPECT_TRUE(node.ok()) << node.status().ToString();
-    return coord::ServingConfig::FromConfig(*node);
+    return coordinator::ServingConfig::FromConfig(*node);
   };
   auto ok = parse("http: {port: 0, threads: 32}\nemulate: {step: 150ms, token: 1ms}\n");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();

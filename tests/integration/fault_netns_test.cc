@@ -136,7 +136,7 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
       if (op.state != rpc::OperationState::RUNNING && op.state != rpc::OperationState::PENDING) return false;
       double got = 0, total = 0;
       for (const auto& n : op.nodes) {
-        if (n.role != "target") continue;
+        if (n.role != rpc::NodeRole::TARGET) continue;
         got += n.slices_received;
         total += n.slices_total;
       }
@@ -172,10 +172,10 @@ class FaultNetnsTest : public ::testing::Test, public testing::CoordinatorProbe 
     EXPECT_NE(op.error.find("6 of 7 replicas loaded"), std::string::npos) << op.error;
     EXPECT_NE(op.error.find(name + " (lost"), std::string::npos) << op.error;
     auto nodes = ByNode(op);
-    EXPECT_EQ(nodes[name].state, "lost");
+    EXPECT_EQ(nodes[name].state, rpc::NodeState::LOST);
     for (int i = 2; i <= kNodes; ++i) {
       if (i == lost) continue;
-      EXPECT_EQ(nodes["node-" + std::to_string(i)].state, "complete") << "node-" << i;
+      EXPECT_EQ(nodes["node-" + std::to_string(i)].state, rpc::NodeState::COMPLETE) << "node-" << i;
       ExpectVerifiedCopy(i);
     }
   }
@@ -272,9 +272,9 @@ TEST_F(FaultNetnsTest, OneOfTwoSourcesKilled) {
   const auto op = WaitForEnd(id, 120s);
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   auto nodes = ByNode(op);
-  EXPECT_EQ(nodes["node-2"].state, "lost");
+  EXPECT_EQ(nodes["node-2"].state, rpc::NodeState::LOST);
   for (int i = 3; i <= kNodes; ++i) {
-    EXPECT_EQ(nodes["node-" + std::to_string(i)].state, "complete") << "node-" << i;
+    EXPECT_EQ(nodes["node-" + std::to_string(i)].state, rpc::NodeState::COMPLETE) << "node-" << i;
     ExpectVerifiedCopy(i);
   }
   ExpectNothingRunning(/*except=*/2);
@@ -291,13 +291,13 @@ TEST_F(FaultNetnsTest, TheOnlySourceKilled) {
   ASSERT_EQ(op.state, rpc::OperationState::FAILED) << (op.__isset.error ? op.error : "still running");
   EXPECT_NE(op.error.find("node-1 (lost"), std::string::npos) << op.error;
   auto nodes = ByNode(op);
-  EXPECT_EQ(nodes["node-1"].state, "lost");
+  EXPECT_EQ(nodes["node-1"].state, rpc::NodeState::LOST);
   for (int i = 2; i <= kNodes; ++i) {
     const auto& n = nodes["node-" + std::to_string(i)];
-    if (n.state == "complete") continue;  // it had every slice before the source died
+    if (n.state == rpc::NodeState::COMPLETE) continue;  // it had every slice before the source died
     // Cut short: its own fragment's error (what it still expected, from whom), or how many
     // slices it held when the operation ended.
-    EXPECT_EQ(n.state, "failed") << "node-" << i;
+    EXPECT_EQ(n.state, rpc::NodeState::FAILED) << "node-" << i;
     EXPECT_FALSE(n.error.empty()) << "node-" << i;
   }
   ExpectNothingRunning(/*except=*/1);
@@ -323,7 +323,7 @@ TEST_F(FaultNetnsTest, ALinkCutAndRestored) {
               cut_at - op.created_unix, op.created_unix + LastComplete(op, Nodes(2, 8, 6)) - cut_at);
   const auto again = WaitForEnd(ScaleOut("hf", 1, {"node-6"}), 120s);
   ASSERT_EQ(again.state, rpc::OperationState::SUCCEEDED) << (again.__isset.error ? again.error : "still running");
-  EXPECT_EQ(ByNode(again)["node-6"].state, "complete");
+  EXPECT_EQ(ByNode(again)["node-6"].state, rpc::NodeState::COMPLETE);
   ExpectVerifiedCopy(6);
 }
 
@@ -338,7 +338,7 @@ TEST_F(FaultNetnsTest, AStragglerIsFoundAndRoutedAround) {
   const auto first = WaitForEnd(ScaleOut("model-b", 7), 240s);
   ASSERT_EQ(first.state, rpc::OperationState::SUCCEEDED) << (first.__isset.error ? first.error : "still running");
   for (const auto& n : first.nodes) {
-    std::printf("first multicast: %s %s link %.1f Mbit/s, complete %.2f s\n", n.node.c_str(), n.role.c_str(),
+    std::printf("first multicast: %s %s link %.1f Mbit/s, complete %.2f s\n", n.node.c_str(), rpc::to_string(n.role).c_str(),
                 n.__isset.link_bytes_per_s ? n.link_bytes_per_s * 8 / 1e6 : -1.0,
                 n.__isset.complete_unix ? n.complete_unix - first.created_unix : -1.0);
   }
@@ -401,7 +401,7 @@ TEST_F(FaultNetnsTest, AnSsdFillingUpDuringWriteBehind) {
   const auto op = WaitForEnd(ScaleOut("hf", 7), 120s);
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   auto nodes = ByNode(op);
-  for (int i = 2; i <= kNodes; ++i) EXPECT_EQ(nodes["node-" + std::to_string(i)].state, "complete") << "node-" << i;
+  for (int i = 2; i <= kNodes; ++i) EXPECT_EQ(nodes["node-" + std::to_string(i)].state, rpc::NodeState::COMPLETE) << "node-" << i;
   for (int i : {2, 4, 5, 6, 7, 8}) ExpectVerifiedCopy(i);
   const auto instances = InstanceNodes("hf");
   EXPECT_NE(std::find(instances.begin(), instances.end(), "node-3:LOCAL"), instances.end());
@@ -435,7 +435,7 @@ TEST_F(FaultNetnsTest, AnAgentKilledAndRestarted) {
   ASSERT_NE(op.state, rpc::OperationState::RUNNING) << "the operation did not end";
   auto nodes = ByNode(op);
   for (int i : {2, 3, 5, 6, 7, 8}) {
-    EXPECT_EQ(nodes["node-" + std::to_string(i)].state, "complete") << "node-" << i;
+    EXPECT_EQ(nodes["node-" + std::to_string(i)].state, rpc::NodeState::COMPLETE) << "node-" << i;
     ExpectVerifiedCopy(i);
   }
   if (op.state == rpc::OperationState::SUCCEEDED) {

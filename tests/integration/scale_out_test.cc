@@ -23,9 +23,9 @@ TEST_F(ScaleOutTest, OneToThreeOnLoopback) {
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   EXPECT_EQ(op.replans, 0);
   for (const auto& np : op.nodes) {
-    if (np.role != "target") continue;
+    if (np.role != rpc::NodeRole::TARGET) continue;
     EXPECT_EQ(np.slices_received, static_cast<int32_t>(nslices)) << np.node;
-    EXPECT_EQ(np.state, "complete") << np.node;
+    EXPECT_EQ(np.state, rpc::NodeState::COMPLETE) << np.node;
     EXPECT_GT(np.bytes_received, 0) << np.node;
   }
   EXPECT_EQ(InstanceNodes(), (std::vector<std::string>{"node-1:LOCAL", "node-2:LOCAL"}));
@@ -234,7 +234,7 @@ TEST_F(ScaleOutTest, CommandLineDrivesTheCoordinator) {
   auto in = mc({"scale-in", "tiny-llm", "-n", "1", "--nodes", "node-1", "--wait"});
   ASSERT_EQ(in.exit_code, 0) << in.err;
   EXPECT_NE(in.out.find("scale-in of tiny-llm, SUCCEEDED"), std::string::npos) << in.out;
-  EXPECT_NE(in.out.find("node-1           released"), std::string::npos) << in.out;
+  EXPECT_NE(in.out.find("node-1           RELEASED"), std::string::npos) << in.out;
   EXPECT_EQ(InstanceNodes(), std::vector<std::string>{"node-2:LOCAL"});
   auto bad = mc({"scale-in", "tiny-llm", "-n", "1", "--nodes", "node-1"});
   EXPECT_EQ(bad.exit_code, 1);
@@ -254,10 +254,10 @@ TEST_F(ScaleOutTest, AKilledTargetIsReplacedByASpare) {
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   EXPECT_GE(op.replans, 1);
   auto nodes = ByNode(op);
-  EXPECT_EQ(nodes["node-2"].state, "lost");
-  EXPECT_EQ(nodes["node-1"].state, "complete");
-  EXPECT_EQ(nodes["node-3"].state, "complete");
-  EXPECT_EQ(nodes["node-3"].role, "target");
+  EXPECT_EQ(nodes["node-2"].state, rpc::NodeState::LOST);
+  EXPECT_EQ(nodes["node-1"].state, rpc::NodeState::COMPLETE);
+  EXPECT_EQ(nodes["node-3"].state, rpc::NodeState::COMPLETE);
+  EXPECT_EQ(nodes["node-3"].role, rpc::NodeRole::TARGET);
   ExpectVerifiedCopy("node-1");
   ExpectVerifiedCopy("node-3");
   EXPECT_EQ(InstanceNodes(), (std::vector<std::string>{"node-1:LOCAL", "node-3:LOCAL"}));
@@ -274,16 +274,16 @@ TEST_F(ScaleOutTest, ATargetWhoseStoreRefusesIsReplacedByASpare) {
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   EXPECT_GE(op.replans, 1);
   auto nodes = ByNode(op);
-  EXPECT_EQ(nodes["node-1"].state, "lost");
+  EXPECT_EQ(nodes["node-1"].state, rpc::NodeState::LOST);
   ASSERT_TRUE(nodes["node-1"].__isset.error);
   EXPECT_NE(nodes["node-1"].error.find("its store refused"), std::string::npos) << nodes["node-1"].error;
   EXPECT_NE(nodes["node-1"].error.find("node 'node-1'"), std::string::npos) << nodes["node-1"].error;
   EXPECT_NE(nodes["node-1"].error.find("block"), std::string::npos) << nodes["node-1"].error;
   EXPECT_NE(nodes["node-1"].error.find("tiny-llm"), std::string::npos) << nodes["node-1"].error;
   EXPECT_EQ(nodes["node-1"].slices_received, 0);
-  EXPECT_EQ(nodes["node-2"].state, "complete");
-  EXPECT_EQ(nodes["node-3"].state, "complete");
-  EXPECT_EQ(nodes["node-3"].role, "target");
+  EXPECT_EQ(nodes["node-2"].state, rpc::NodeState::COMPLETE);
+  EXPECT_EQ(nodes["node-3"].state, rpc::NodeState::COMPLETE);
+  EXPECT_EQ(nodes["node-3"].role, rpc::NodeRole::TARGET);
   ExpectVerifiedCopy("node-2");
   ExpectVerifiedCopy("node-3");
   EXPECT_EQ(InstanceNodes(), (std::vector<std::string>{"node-2:LOCAL", "node-3:LOCAL"}));
@@ -303,7 +303,7 @@ TEST_F(ScaleOutTest, AKilledTargetIsReported) {
   EXPECT_NE(op.error.find("1 of 2 replicas loaded"), std::string::npos) << op.error;
   EXPECT_NE(op.error.find("node-2 (lost"), std::string::npos) << op.error;
   auto nodes = ByNode(op);
-  EXPECT_EQ(nodes["node-1"].state, "complete");
+  EXPECT_EQ(nodes["node-1"].state, rpc::NodeState::COMPLETE);
   ExpectVerifiedCopy("node-1");
   EXPECT_EQ(InstanceNodes(), std::vector<std::string>{"node-1:LOCAL"});
   // Its heartbeats stop: it is taken as dead once the deadline passes; the others stay up.

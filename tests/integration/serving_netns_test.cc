@@ -99,7 +99,7 @@ TEST(ServingNetnsTest, PipelinesServeBeforeAnyReceiverHasAFullCopy) {
 
   double first_complete = 1e300;
   for (const auto& n : op["nodes"]) {
-    if (n["role"] == "target") first_complete = std::min(first_complete, n["complete_unix"].get<double>());
+    if (n["role"] == "TARGET") first_complete = std::min(first_complete, n["complete_unix"].get<double>());
   }
   int answers = 0, early = 0, by_local_at_end = 0, failed = 0;
   double first_answer = 1e300;

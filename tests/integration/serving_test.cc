@@ -312,7 +312,7 @@ TEST_F(ServingTest, RequestsDuringAScaleOutAreAnsweredByTheNewCapacity) {
         std::lock_guard<std::mutex> lock(mu);  // the test's Thrift client is not thread-safe
         client->getOperation(op, header, id);
         Seen s{c, i, false, op.state == rpc::OperationState::RUNNING};
-        for (const auto& np : op.nodes) s.any_target_complete |= np.role == "target" && np.state == "complete";
+        for (const auto& np : op.nodes) s.any_target_complete |= np.role == rpc::NodeRole::TARGET && np.state == rpc::NodeState::COMPLETE;
         seen.push_back(std::move(s));
       }
     }

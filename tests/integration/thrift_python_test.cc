@@ -62,6 +62,8 @@ TEST(ThriftPythonTest, PythonReadsWhatCppWritesAndAnswers) {
   EXPECT_EQ(status.nodes[2].node, "node3");
   EXPECT_EQ(status.nodes[2].bytes_received, 2ll << 30);
   EXPECT_DOUBLE_EQ(status.nodes[2].rate_bytes_per_s, 2.5e9);
+  EXPECT_EQ(status.nodes[2].role, rpc::NodeRole::TARGET);
+  EXPECT_EQ(status.nodes[2].state, rpc::NodeState::RECEIVING);
   EXPECT_FALSE(status.__isset.finished_unix);
 }
 

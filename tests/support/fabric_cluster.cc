@@ -6,8 +6,8 @@
 #include <fstream>
 
 #include "modelcast/common/file_util.h"
-#include "modelcast/coord/model_shape.h"
-#include "modelcast/coord/planner.h"
+#include "modelcast/planner/model_shape.h"
+#include "modelcast/planner/planner.h"
 #include "modelcast/model/package.h"
 #include "modelcast/model/prepare.h"
 #include "modelcast/model/synth.h"
@@ -19,18 +19,18 @@ namespace fs = std::filesystem;
 Status WritePlan(const fs::path& package, const std::vector<FabricNode>& nodes, const std::string& algorithm,
                  const fs::path& out, double nic) {
   MC_ASSIGN_OR_RETURN(model::Package pkg, model::Package::Open(package));
-  coord::PlanRequest r;
-  r.model = coord::ModelShape::FromManifest(pkg.manifest());
+  planner::PlanRequest r;
+  r.model = planner::ModelShape::FromManifest(pkg.manifest());
   for (size_t i = 0; i < nodes.size(); ++i) {
-    coord::PlanNode n;
+    planner::PlanNode n;
     n.name = nodes[i].name;
     n.nic = nic;
-    n.holds = nodes[i].source ? coord::Tier::kGpu : coord::Tier::kNone;
+    n.holds = nodes[i].source ? planner::Tier::kGpu : planner::Tier::kNone;
     r.nodes.push_back(n);
     (nodes[i].source ? r.sources : r.targets).push_back(static_cast<int32_t>(i));
   }
-  MC_ASSIGN_OR_RETURN(coord::Plan plan, coord::MakePlan(r, algorithm));
-  MC_RETURN_IF_ERROR(coord::ValidatePlan(r, plan));
+  MC_ASSIGN_OR_RETURN(planner::Plan plan, planner::MakePlan(r, algorithm));
+  MC_RETURN_IF_ERROR(planner::ValidatePlan(r, plan));
   return WriteFileAtomic(out, plan.ToJson().dump());
 }
 

@@ -2,8 +2,8 @@
 
 namespace modelcast::testing {
 
-coord::ModelShape UniformModel(uint32_t slices, uint32_t blocks, uint32_t layers_per_block) {
-  coord::ModelShape m;
+planner::ModelShape UniformModel(uint32_t slices, uint32_t blocks, uint32_t layers_per_block) {
+  planner::ModelShape m;
   m.name = "uniform";
   if (blocks > slices) blocks = slices;
   for (uint32_t b = 0; b < blocks; ++b) {
@@ -17,14 +17,14 @@ coord::ModelShape UniformModel(uint32_t slices, uint32_t blocks, uint32_t layers
   return m;
 }
 
-coord::PlanRequest SimpleRequest(uint32_t targets, uint32_t sources, const coord::ModelShape& model, double nic) {
-  coord::PlanRequest r;
+planner::PlanRequest SimpleRequest(uint32_t targets, uint32_t sources, const planner::ModelShape& model, double nic) {
+  planner::PlanRequest r;
   r.model = model;
   for (uint32_t i = 0; i < sources + targets; ++i) {
-    coord::PlanNode n;
+    planner::PlanNode n;
     n.name = (i < sources ? "src-" : "t-") + std::to_string(i);
     n.nic = nic;
-    n.holds = i < sources ? coord::Tier::kGpu : coord::Tier::kNone;
+    n.holds = i < sources ? planner::Tier::kGpu : planner::Tier::kNone;
     r.nodes.push_back(n);
     (i < sources ? r.sources : r.targets).push_back(static_cast<int32_t>(i));
   }

@@ -5,17 +5,17 @@
 #include <string>
 #include <vector>
 
-#include "modelcast/coord/plan.h"
+#include "modelcast/planner/plan.h"
 
 namespace modelcast::testing {
 
 // A model of `slices` slices in `blocks` blocks (as even as possible), one layer per block
 // unless `layers_per_block` is given; slices of 1 MiB except the last of each block, which
 // is shorter.
-coord::ModelShape UniformModel(uint32_t slices, uint32_t blocks, uint32_t layers_per_block = 1);
+planner::ModelShape UniformModel(uint32_t slices, uint32_t blocks, uint32_t layers_per_block = 1);
 
 // `sources` GPU-resident sources then `targets` targets, all on `nic` bytes/s links.
-coord::PlanRequest SimpleRequest(uint32_t targets, uint32_t sources, const coord::ModelShape& model, double nic = 50e9);
+planner::PlanRequest SimpleRequest(uint32_t targets, uint32_t sources, const planner::ModelShape& model, double nic = 50e9);
 
 uint32_t CeilLog2(uint64_t x);
 

@@ -23,8 +23,8 @@ def main(src, dst):
     status = ttypes.OperationStatus(
         id=req.header.request_id, kind=ttypes.OperationKind.SCALE_OUT, model=req.model,
         replicas=req.replicas, state=ttypes.OperationState.RUNNING, created_unix=1.5, replans=0,
-        nodes=[ttypes.NodeProgress(node=t, role="target", slices_received=i, slices_total=10,
-                                   bytes_received=i << 30, rate_bytes_per_s=2.5e9, state="receiving")
+        nodes=[ttypes.NodeProgress(node=t, role=ttypes.NodeRole.TARGET, slices_received=i, slices_total=10,
+                                   bytes_received=i << 30, rate_bytes_per_s=2.5e9, state=ttypes.NodeState.RECEIVING)
                for i, t in enumerate(req.options.targets)])
     out = TTransport.TMemoryBuffer()
     status.write(TBinaryProtocol.TBinaryProtocol(out))

@@ -1,8 +1,8 @@
 #include <gtest/gtest.h>
 
-#include "modelcast/coord/cluster.h"
+#include "modelcast/planner/cluster.h"
 
-namespace modelcast::coord {
+namespace modelcast::planner {
 namespace {
 
 Result<ClusterConfig> Parse(const std::string& yaml) {
@@ -71,4 +71,4 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndLine) {
 }
 
 }  // namespace
-}  // namespace modelcast::coord
+}  // namespace modelcast::planner

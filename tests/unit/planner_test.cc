@@ -7,11 +7,11 @@
 #include <functional>
 #include <random>
 
-#include "modelcast/coord/pipelines.h"
-#include "modelcast/coord/planner.h"
+#include "modelcast/planner/pipelines.h"
+#include "modelcast/planner/planner.h"
 #include "support/plan_requests.h"
 
-namespace modelcast::coord {
+namespace modelcast::planner {
 namespace {
 
 using testing::CeilLog2;
@@ -346,4 +346,4 @@ TEST(PipelinesTest, FormsShortBalancedDisjointPipelines) {
 }
 
 }  // namespace
-}  // namespace modelcast::coord
+}  // namespace modelcast::planner

@@ -2,19 +2,19 @@
 
 #include <cmath>
 
-#include "modelcast/coord/planner.h"
+#include "modelcast/planner/planner.h"
 #include "modelcast/sim/simulator.h"
 #include "support/plan_requests.h"
 
 namespace modelcast::sim {
 namespace {
 
-coord::ClusterConfig Cluster(int nodes, double nic_bits, double latency = 0, double overhead = 0) {
-  coord::ClusterConfig c;
+planner::ClusterConfig Cluster(int nodes, double nic_bits, double latency = 0, double overhead = 0) {
+  planner::ClusterConfig c;
   c.name = "test";
   c.per_transfer_overhead = overhead;
   for (int i = 0; i < nodes; ++i) {
-    coord::NodeConfig n;
+    planner::NodeConfig n;
     n.name = "n" + std::to_string(i);
     n.gpus = 2;
     n.gpu_memory = 80ull << 30;
@@ -34,7 +34,7 @@ coord::ClusterConfig Cluster(int nodes, double nic_bits, double latency = 0, dou
 ModelSpec EvenModel(uint32_t slices, uint32_t blocks) {
   ModelSpec m;
   m.name = "even";
-  m.config = *coord::KnownModelConfig("llama-2-7b");
+  m.config = *planner::KnownModelConfig("llama-2-7b");
   m.shape.name = "even";
   for (uint32_t b = 0; b < blocks; ++b) {
     m.shape.block_first_slice.push_back(b * (slices / blocks));
@@ -46,7 +46,7 @@ ModelSpec EvenModel(uint32_t slices, uint32_t blocks) {
   return m;
 }
 
-Scenario Build(const coord::ClusterConfig& c, const ModelSpec& m, int64_t sources, int64_t targets) {
+Scenario Build(const planner::ClusterConfig& c, const ModelSpec& m, int64_t sources, int64_t targets) {
   ScenarioOptions o;
   o.sources = sources;
   o.targets = targets;
@@ -57,8 +57,8 @@ Scenario Build(const coord::ClusterConfig& c, const ModelSpec& m, int64_t source
 
 TEST(SimulatorTest, ReplayMatchesTheTickModelWithoutLatency) {
   const Scenario sc = Build(Cluster(16, 400e9), EvenModel(64, 8), 1, 15);
-  for (const auto& algo : coord::AlgorithmNames()) {
-    auto plan = coord::MakePlan(sc.request, algo);
+  for (const auto& algo : planner::AlgorithmNames()) {
+    auto plan = planner::MakePlan(sc.request, algo);
     ASSERT_TRUE(plan.ok()) << plan.status().ToString();
     auto r = Simulate(sc, *plan, {});
     ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -71,7 +71,7 @@ TEST(SimulatorTest, LatencyAndOverheadOnlyAddTime) {
   const ModelSpec m = EvenModel(64, 8);
   const Scenario fast = Build(Cluster(9, 100e9), m, 1, 8);
   const Scenario slow = Build(Cluster(9, 100e9, 50e-6, 20e-6), m, 1, 8);
-  auto plan = coord::MakePlan(fast.request, "lambdapipe");
+  auto plan = planner::MakePlan(fast.request, "lambdapipe");
   ASSERT_TRUE(plan.ok());
   const double a = Simulate(fast, *plan, {})->completion;
   const double b = Simulate(slow, *plan, {})->completion;
@@ -82,7 +82,7 @@ TEST(SimulatorTest, LatencyAndOverheadOnlyAddTime) {
 
 TEST(SimulatorTest, CompletionNearSOverBAndCapacityRamp) {
   const Scenario sc = Build(Cluster(65, 400e9, 3e-6, 10e-6), EvenModel(256, 32), 1, 64);
-  auto plan = coord::MakePlan(sc.request, "lambdapipe");
+  auto plan = planner::MakePlan(sc.request, "lambdapipe");
   ASSERT_TRUE(plan.ok());
   auto r = Simulate(sc, *plan, {});
   ASSERT_TRUE(r.ok());
@@ -100,7 +100,7 @@ TEST(SimulatorTest, CompletionNearSOverBAndCapacityRamp) {
 
 TEST(SimulatorTest, KWayServesBeforeTheCopiesComplete) {
   const Scenario sc = Build(Cluster(12, 400e9), EvenModel(256, 32), 2, 10);
-  auto plan = coord::MakePlan(sc.request, "lambdapipe");
+  auto plan = planner::MakePlan(sc.request, "lambdapipe");
   ASSERT_TRUE(plan.ok());
   auto r = Simulate(sc, *plan, {});
   ASSERT_TRUE(r.ok());

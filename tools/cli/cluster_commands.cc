@@ -14,7 +14,7 @@
 #include "command.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/units.h"
-#include "modelcast/coord/plan_svg.h"
+#include "modelcast/planner/plan_svg.h"
 #include "modelcast/rpc/errors.h"
 #include "modelcast/rpc/server.h"
 
@@ -99,8 +99,8 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
   if (op.__isset.first_byte_unix) j["first_byte_unix"] = op.first_byte_unix;
   for (const auto& n : op.nodes) {
     j["nodes"].push_back({{"node", n.node},
-                          {"role", n.role},
-                          {"state", n.state},
+                          {"role", rpc::to_string(n.role)},
+                          {"state", rpc::to_string(n.state)},
                           {"slices_received", n.slices_received},
                           {"slices_total", n.slices_total},
                           {"bytes_received", n.bytes_received},
@@ -123,12 +123,12 @@ void PrintProgress(const rpc::OperationStatus& op, bool tty) {
   if (op.__isset.finished_unix) std::printf(", done after %.3f s", op.finished_unix - op.created_unix);
   std::printf("\n");
   for (const auto& n : op.nodes) {
-    if (n.role == "source") continue;
+    if (n.role == rpc::NodeRole::SOURCE) continue;
     if (out) {
-      std::printf("  %-16s %-10s %5d / %-5d slices  %10s/s", n.node.c_str(), n.state.c_str(), n.slices_received,
+      std::printf("  %-16s %-10s %5d / %-5d slices  %10s/s", n.node.c_str(), rpc::to_string(n.state).c_str(), n.slices_received,
                   n.slices_total, FormatBytes(static_cast<uint64_t>(n.rate_bytes_per_s)).c_str());
     } else {
-      std::printf("  %-16s %s", n.node.c_str(), n.state.c_str());
+      std::printf("  %-16s %s", n.node.c_str(), rpc::to_string(n.state).c_str());
     }
     std::printf("%s\n", n.__isset.error ? ("  " + n.error).c_str() : "");
   }
@@ -448,10 +448,10 @@ int RunLivePlan(const std::vector<std::string>& args) {
   if (Status st = Call([&] { c->client->scaleOut(resp, req); }); !st.ok()) return Fail("plan", st);
   auto parsed = nlohmann::json::parse(resp.plan_json, nullptr, false);
   if (parsed.is_discarded()) return Fail("plan", Internal("the coordinator sent a plan that is not JSON"));
-  auto plan = coord::Plan::FromJson(parsed);
+  auto plan = planner::Plan::FromJson(parsed);
   if (!plan.ok()) return Fail("plan", plan.status());
   if (!svg.empty()) {
-    Status st = WriteFileAtomic(svg, coord::RenderPlanSvg(*plan));
+    Status st = WriteFileAtomic(svg, planner::RenderPlanSvg(*plan));
     if (!st.ok()) return Fail("plan", st);
   }
   if (f.json) {

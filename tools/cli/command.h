@@ -7,7 +7,7 @@
 
 #include "modelcast/common/args.h"
 #include "modelcast/common/status.h"
-#include "modelcast/coord/plan.h"
+#include "modelcast/planner/plan.h"
 
 namespace modelcast::cli {
 
@@ -29,9 +29,9 @@ int Fail(const char* command, const Status& status);
 int ParseOrExit(const char* command, ArgParser& parser, const std::vector<std::string>& args);
 
 // The plan's length and when it first serves, one line ending with `after`.
-void PrintPlanTiming(const coord::Plan& plan, const char* after);
+void PrintPlanTiming(const planner::Plan& plan, const char* after);
 // The plan as text: the first `show_ticks` ticks of transfers, the pipelines, the full instances.
-void PrintPlan(const coord::Plan& plan, int64_t show_ticks);
+void PrintPlan(const planner::Plan& plan, int64_t show_ticks);
 
 int RunSynth(const std::vector<std::string>& args);
 int RunPrepare(const std::vector<std::string>& args);

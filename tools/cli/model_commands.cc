@@ -264,8 +264,7 @@ int RunVersion(const std::vector<std::string>& args) {
   const BuildInfo b = GetBuildInfo();
   const GpuProbe g = ProbeGpus();
   std::printf("modelcast %s (%s, %s)\n", b.version.c_str(), b.build_type.c_str(), b.compiler.c_str());
-  std::printf("backends  verbs: %s   CUDA: %s   NCCL: %s\n", b.verbs ? "built" : "not built",
-              b.cuda ? "built" : "not built", b.nccl ? "built" : "not built");
+  std::printf("backends  verbs: %s   CUDA: %s\n", b.verbs ? "built" : "not built", b.cuda ? "built" : "not built");
   if (g.device_count > 0)
     std::printf("GPUs      %d\n", g.device_count);
   else

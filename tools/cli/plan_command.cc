@@ -6,19 +6,19 @@
 
 #include "command.h"
 #include "modelcast/common/units.h"
-#include "modelcast/coord/plan_svg.h"
-#include "modelcast/coord/planner.h"
+#include "modelcast/planner/plan_svg.h"
+#include "modelcast/planner/planner.h"
 #include "modelcast/sim/scenario.h"
 
 namespace modelcast::cli {
 
-void PrintPlanTiming(const coord::Plan& plan, const char* after) {
+void PrintPlanTiming(const planner::Plan& plan, const char* after) {
   std::printf("%u ticks of %s = %s; first pipeline at tick %lld, first full instance at tick %lld%s\n", plan.num_ticks,
               FormatSeconds(plan.tick_seconds).c_str(), FormatSeconds(plan.num_ticks * plan.tick_seconds).c_str(),
               static_cast<long long>(plan.FirstPipelineTick()), static_cast<long long>(plan.FirstFullTick()), after);
 }
 
-void PrintPlan(const coord::Plan& plan, int64_t show_ticks) {
+void PrintPlan(const planner::Plan& plan, int64_t show_ticks) {
   const auto& names = plan.node_names;
   std::printf("\n%6s  %s\n", "tick", "transfers (source -> receiver: slice; [local] = own copy)");
   size_t i = 0;
@@ -96,15 +96,15 @@ int RunPlan(const std::vector<std::string>& args) {
   if (int rc = ParseOrExit("plan", p, args); rc >= 0) return rc;
   auto sc = sim::BuildScenario(flags);
   if (!sc.ok()) return Fail("plan", sc.status());
-  const coord::ClusterConfig* cluster = &sc->cluster;
+  const planner::ClusterConfig* cluster = &sc->cluster;
   const sim::ModelSpec* spec = &sc->model;
-  auto plan = coord::MakePlan(sc->request, algo);
+  auto plan = planner::MakePlan(sc->request, algo);
   if (!plan.ok()) return Fail("plan", plan.status());
-  Status valid = coord::ValidatePlan(sc->request, *plan);
+  Status valid = planner::ValidatePlan(sc->request, *plan);
   if (!valid.ok()) return Fail("plan", Internal("the planner produced an invalid plan: " + valid.message()));
   if (!svg.empty()) {
     std::ofstream out(svg);
-    out << coord::RenderPlanSvg(*plan);
+    out << planner::RenderPlanSvg(*plan);
     if (!out.good()) return Fail("plan", IOError("cannot write " + svg));
   }
   if (json) {

@@ -1,8 +1,8 @@
 // modelcast-coordinator --config cluster.yaml: the coordinator daemon on the cluster head.
 // Runs until SIGINT or SIGTERM; prints "listening on ADDRESS:PORT" once it serves.
 #include "../daemon/daemon_main.h"
-#include "modelcast/coord/daemon.h"
-#include "modelcast/coord/serving.h"
+#include "modelcast/coordinator/daemon.h"
+#include "modelcast/coordinator/serving.h"
 
 int main(int argc, char** argv) {
   using namespace modelcast;
@@ -12,11 +12,11 @@ int main(int argc, char** argv) {
       "Thrift, and (with a `serving` section) routes generation requests to instances and pipelines. Reads the "
       "cluster YAML, whose `coordinator` section sets its address, port, state_dir, security, metrics and serving.",
       [](const ConfigNode& root) -> Result<tools::Started> {
-        MC_ASSIGN_OR_RETURN(auto cluster, coord::ClusterConfig::Parse(root));
+        MC_ASSIGN_OR_RETURN(auto cluster, planner::ClusterConfig::Parse(root));
         MC_ASSIGN_OR_RETURN(ConfigNode section, root.Child("coordinator"));
-        MC_ASSIGN_OR_RETURN(auto config, coord::CoordinatorConfig::FromConfig(section));
-        MC_ASSIGN_OR_RETURN(std::shared_ptr<coord::CoordinatorDaemon> daemon,
-                            coord::CoordinatorDaemon::Start(cluster, config));
+        MC_ASSIGN_OR_RETURN(auto config, coordinator::CoordinatorConfig::FromConfig(section));
+        MC_ASSIGN_OR_RETURN(std::shared_ptr<coordinator::CoordinatorDaemon> daemon,
+                            coordinator::CoordinatorDaemon::Start(cluster, config));
         std::string banner;
         if (daemon->metrics_port() > 0) {
           banner += "metrics on " + config.metrics.address + ":" + std::to_string(daemon->metrics_port()) + "\n";

@@ -19,8 +19,8 @@
 #include "modelcast/common/args.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
-#include "modelcast/coord/cluster.h"
-#include "modelcast/coord/plan.h"
+#include "modelcast/planner/cluster.h"
+#include "modelcast/planner/plan.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/ucx_transport.h"
@@ -38,7 +38,7 @@ int Fail(const Status& s) {
   return 1;
 }
 
-Result<std::string> PeerAddress(const std::string& peer, const coord::ClusterConfig* cluster,
+Result<std::string> PeerAddress(const std::string& peer, const planner::ClusterConfig* cluster,
                                 const std::string& rendezvous, double deadline) {
   if (cluster != nullptr) {
     const int i = cluster->FindNode(peer);
@@ -111,11 +111,11 @@ int main(int argc, char** argv) {
     return Fail(InvalidArgument("--name, --plan and --package are required"));
   if (cluster_path.empty() == rendezvous.empty())
     return Fail(InvalidArgument("give exactly one of --cluster and --rendezvous"));
-  std::unique_ptr<coord::ClusterConfig> cluster;
+  std::unique_ptr<planner::ClusterConfig> cluster;
   if (!cluster_path.empty()) {
-    auto c = coord::ClusterConfig::Load(cluster_path);
+    auto c = planner::ClusterConfig::Load(cluster_path);
     if (!c.ok()) return Fail(c.status());
-    cluster = std::make_unique<coord::ClusterConfig>(*c);
+    cluster = std::make_unique<planner::ClusterConfig>(*c);
     if (!p.WasSet("listen")) {
       auto a = PeerAddress(name, cluster.get(), "", 0);
       if (!a.ok()) return Fail(a.status());
@@ -131,13 +131,13 @@ int main(int argc, char** argv) {
   if (!plan_text.ok()) return Fail(plan_text.status());
   const auto plan_json = nlohmann::json::parse(*plan_text, nullptr, false);
   if (plan_json.is_discarded()) return Fail(InvalidArgument(plan_path + ": not valid JSON"));
-  auto plan = coord::Plan::FromJson(plan_json);
+  auto plan = planner::Plan::FromJson(plan_json);
   if (!plan.ok()) return Fail(plan.status().WithContext(plan_path));
   if (plan->num_slices != layout.slices.size()) {
     return Fail(InvalidArgument("the plan is for " + std::to_string(plan->num_slices) + " slices, model '" +
                                 layout.model + "' has " + std::to_string(layout.slices.size())));
   }
-  auto fragment = coord::FragmentOf(*plan, name);
+  auto fragment = planner::FragmentOf(*plan, name);
   if (!fragment.ok()) return Fail(fragment.status());
 
   // The model buffer, 4 KiB-aligned; a source fills it from the package's block files.

@@ -10,7 +10,6 @@ struct BuildInfo {
   std::string build_type;
   std::string compiler;
   bool cuda = false;
-  bool nccl = false;
   bool verbs = false;
 };
 

@@ -10,9 +10,9 @@
 
 #include "modelcast/common/args.h"
 #include "modelcast/common/status.h"
-#include "modelcast/coord/cluster.h"
-#include "modelcast/coord/model_shape.h"
-#include "modelcast/coord/plan.h"
+#include "modelcast/planner/cluster.h"
+#include "modelcast/planner/model_shape.h"
+#include "modelcast/planner/plan.h"
 #include "modelcast/model/llama_config.h"
 
 namespace modelcast::sim {
@@ -21,11 +21,11 @@ struct ModelSpec {
   std::string name;
   model::LlamaConfig config;
   DType dtype = DType::kBF16;
-  coord::ModelShape shape;
+  planner::ModelShape shape;
   uint64_t bytes = 0;
 };
 
-// `spec` is a known model name (coord::KnownModelNames), a size ("140GB" of bf16 weights, or
+// `spec` is a known model name (planner::KnownModelNames), a size ("140GB" of bf16 weights, or
 // "13e9-params": a Llama with Llama-2's proportions), an HF checkpoint directory or
 // config.json, or a prepared package directory (whose manifest fixes the slices and
 // blocks). For the first two, `blocks` (0: min(layers, 32)) and `slice_bytes` (0: about 512
@@ -35,19 +35,19 @@ Result<ModelSpec> LoadModelSpec(const std::string& spec, int64_t blocks, uint64_
 struct ScenarioOptions {
   int64_t sources = 1;                          // the first `sources` nodes run the model (GPU copies)
   int64_t targets = 0;                          // the next `targets` nodes receive it; 0: all the others
-  coord::Tier local_tier = coord::Tier::kNone;  // targets' own copy (host or ssd), if any
+  planner::Tier local_tier = planner::Tier::kNone;  // targets' own copy (host or ssd), if any
   int64_t local_count = -1;                     // how many targets hold it; -1: all
   bool locality = true;
 };
 
 struct Scenario {
-  coord::ClusterConfig cluster;
+  planner::ClusterConfig cluster;
   ModelSpec model;
-  coord::PlanRequest request;
+  planner::PlanRequest request;
   int64_t gpus_per_instance = 1;  // GPUs one instance of the model needs
 };
 
-Result<Scenario> BuildScenario(const coord::ClusterConfig& cluster, const ModelSpec& model,
+Result<Scenario> BuildScenario(const planner::ClusterConfig& cluster, const ModelSpec& model,
                                const ScenarioOptions& options);
 
 // A scenario as `modelcast plan` and `modelcast-sim` take it on their command lines.

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "modelcast/common/status.h"
-#include "modelcast/coord/plan.h"
+#include "modelcast/planner/plan.h"
 #include "modelcast/sim/scenario.h"
 
 namespace modelcast::sim {
@@ -50,13 +50,13 @@ struct SimResult {
   double NewTokensBy(double t) const;
 };
 
-Result<SimResult> Simulate(const Scenario& scenario, const coord::Plan& plan, const SimOptions& options);
+Result<SimResult> Simulate(const Scenario& scenario, const planner::Plan& plan, const SimOptions& options);
 
 // Decode throughput (tokens/s) of one full instance, and of a pipeline with the given
 // stages, on the scenario's GPUs: memory-bound weights reads or compute, whichever is slower.
 double InstanceTokensPerSecond(const Scenario& sc, int64_t batch);
 // Prompt tokens/s one full instance prefills (compute-bound at half the GPUs' peak).
 double PrefillTokensPerSecond(const Scenario& sc);
-double PipelineTokensPerSecond(const Scenario& sc, const coord::Pipeline& p, int64_t batch, double overhead);
+double PipelineTokensPerSecond(const Scenario& sc, const planner::Pipeline& p, int64_t batch, double overhead);
 
 }  // namespace modelcast::sim

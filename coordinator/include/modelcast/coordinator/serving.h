@@ -1,0 +1,78 @@
+// The coordinator's serving plane: the request router, and what feeds it. It keeps the router's
+// engines in step with the cluster (level-triggered, woken whenever holdings or instances
+// change): every full local instance is served (its agent hosts a stage of every block);
+// during a scale-out the receivers whose complete blocks together cover the model are formed
+// into pipelines (planner::FormPipelines on what the agents report, not on the plan's ticks),
+// their agents host the stages and the router sends requests through them; a pipeline
+// dissolves (drains: requests in flight finish) once its members are all full local instances,
+// and a released instance's engine drains before its agent stops serving.
+#pragma once
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "modelcast/coordinator/daemon.h"
+#include "modelcast/fabric/transport.h"
+#include "modelcast/pipeline/remote.h"
+#include "modelcast/pipeline/router.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace modelcast::coordinator {
+
+class ServingPlane {
+ public:
+  static Result<std::unique_ptr<ServingPlane>> Start(const ServingConfig& config, const rpc::SecurityConfig& security,
+                                                     ClusterState* state);
+  ~ServingPlane();
+
+  pipeline::Router& router() { return *router_; }
+  // The model's config; NotFound naming the model when it is not registered.
+  Result<model::LlamaConfig> ModelConfig(const std::string& model) const;
+  std::string fabric_address() const { return transport_->address(); }
+  int http_port() const { return http_port_; }
+  const rpc::SecurityConfig& security() const { return security_; }
+
+ private:
+  struct Engine {
+    std::string model;
+    std::vector<std::pair<std::string, planner::Stage>> stages;  // node, blocks
+    bool local = false;
+    bool draining = false;
+  };
+  ServingPlane() = default;
+  void Loop();
+  void Reconcile();
+  // Starts the stages on their agents and adds the engine; stops what it started on failure.
+  Status Launch(const std::string& id, Engine engine, const ServingView& view);
+  void Release(const std::string& id, const Engine& engine, const ServingView& view);
+  Status StartHttp(const std::string& address, int port);
+
+  ServingConfig config_;
+  rpc::SecurityConfig security_;
+  ClusterState* state_ = nullptr;
+  std::unique_ptr<fabric::Transport> transport_;
+  std::unique_ptr<pipeline::PipelineNode> node_;
+  std::unique_ptr<pipeline::Router> router_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread http_thread_;
+  int http_port_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool poked_ = false, stopping_ = false;
+  std::map<std::string, Engine> engines_;        // id -> what it runs on
+  std::map<std::string, bool> gone_;             // engines that left the router (id -> drained ok)
+  std::map<std::string, double> retry_after_;    // engine id -> when a failed launch may be retried
+  uint64_t next_pipeline_ = 1;
+  std::thread thread_;
+};
+
+}  // namespace modelcast::coordinator

@@ -1,0 +1,288 @@
+// The serving API: Router.generate over Thrift, and POST /v1/completions over HTTP
+// (OpenAI-compatible: `prompt` as text or as an array of token ids, `max_tokens`,
+// `temperature`, `top_p`, `seed`, `stream` as server-sent events).
+#include <glog/logging.h>
+#include <httplib.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "Router.h"
+#include "modelcast/coordinator/serving.h"
+#include "modelcast/pipeline/tokenizer.h"
+#include "modelcast/rpc/errors.h"
+
+namespace modelcast::coordinator {
+namespace {
+
+using Json = nlohmann::json;
+
+// A request's tokens and end as they arrive from the router's threads.
+struct Stream {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<int32_t> fresh;  // tokens not yet taken by the writer
+  std::vector<int32_t> tokens;
+  bool done = false;
+  Status status;
+  pipeline::RequestTiming timing;
+};
+
+struct Prompt {
+  std::vector<int32_t> tokens;
+  bool text = false;  // the prompt was text: the answer is text too
+};
+
+// Fills the request's prompt, sampling and stop token from what the client sent, checked
+// against the model.
+Status Prepare(const ServingPlane& plane, const std::string& model, Prompt prompt, int max_tokens, double temperature,
+               double top_p, uint64_t seed, std::optional<int32_t> stop, pipeline::GenerateRequest* out,
+               const std::shared_ptr<Stream>& stream) {
+  MC_ASSIGN_OR_RETURN(model::LlamaConfig config, plane.ModelConfig(model));
+  for (int32_t t : prompt.tokens) {
+    if (t < 0 || t >= config.vocab_size) {
+      return InvalidArgument("prompt token " + std::to_string(t) + " is outside model '" + model +
+                             "''s vocabulary [0, " + std::to_string(config.vocab_size) + ")");
+    }
+  }
+  if (static_cast<int64_t>(prompt.tokens.size()) + max_tokens > config.max_position_embeddings) {
+    return OutOfRange("a prompt of " + std::to_string(prompt.tokens.size()) + " tokens plus max_tokens " +
+                      std::to_string(max_tokens) + " exceeds model '" + model + "''s " +
+                      std::to_string(config.max_position_embeddings) + " positions");
+  }
+  out->model = model;
+  out->prompt = std::move(prompt.tokens);
+  out->max_tokens = max_tokens;
+  out->sampling = {temperature, top_p, seed};
+  out->stop_token = stop ? *stop : (config.eos_token_id ? static_cast<int32_t>(*config.eos_token_id) : -1);
+  out->on_token = [stream](int32_t t) {
+    std::lock_guard<std::mutex> lock(stream->mu);
+    stream->tokens.push_back(t);
+    stream->fresh.push_back(t);
+    stream->cv.notify_all();
+  };
+  out->on_done = [stream](const Status& s, const pipeline::RequestTiming& timing) {
+    std::lock_guard<std::mutex> lock(stream->mu);
+    stream->done = true;
+    stream->status = s;
+    stream->timing = timing;
+    stream->cv.notify_all();
+  };
+  return Status::Ok();
+}
+
+std::string FinishReason(const Stream& s, int32_t stop_token) {
+  return !s.tokens.empty() && s.tokens.back() == stop_token ? "stop" : "length";
+}
+
+// Waits for the end of a request (the router fails it within its queue timeout plus the time
+// its steps take, each bounded by the step timeout).
+Status WaitDone(Stream& s, double limit) {
+  std::unique_lock<std::mutex> lock(s.mu);
+  if (!s.cv.wait_for(lock, std::chrono::duration<double>(limit), [&] { return s.done; })) {
+    return DeadlineExceeded("the request did not finish within " + std::to_string(limit) + " s");
+  }
+  return s.status;
+}
+
+class RouterHandler : public rpc::RouterIf {
+ public:
+  explicit RouterHandler(ServingPlane* plane) : plane_(plane) {}
+  void generate(rpc::GenerateResponse& out, const rpc::GenerateRequest& req) override {
+    rpc::ThrowIfError(rpc::CheckCaller(plane_->security(), req.header, "generate"));
+    Prompt prompt;
+    if (req.__isset.prompt_tokens) {
+      prompt.tokens = req.prompt_tokens;
+    } else if (req.__isset.prompt_text) {
+      auto config = plane_->ModelConfig(req.model);
+      rpc::ThrowIfError(config.status());
+      auto t = pipeline::ByteTokenizer::Encode(req.prompt_text, *config);
+      rpc::ThrowIfError(t.status());
+      prompt.tokens = std::move(*t);
+      prompt.text = true;
+    }
+    auto stream = std::make_shared<Stream>();
+    pipeline::GenerateRequest r;
+    rpc::ThrowIfError(Prepare(*plane_, req.model, prompt, req.max_tokens, req.temperature, req.top_p,
+                              static_cast<uint64_t>(req.seed),
+                              req.__isset.stop_token ? std::optional<int32_t>(req.stop_token) : std::nullopt, &r,
+                              stream));
+    const int32_t stop = r.stop_token;
+    rpc::ThrowIfError(plane_->router().Submit(std::move(r)));
+    rpc::ThrowIfError(WaitDone(*stream, 3600));
+    out.tokens = stream->tokens;
+    out.text = pipeline::ByteTokenizer::Decode(stream->tokens);
+    out.finish_reason = FinishReason(*stream, stop);
+    out.ttft_s = stream->timing.ttft_s;
+    out.tpot_s = stream->timing.tpot_s;
+    out.queued_s = stream->timing.queued_s;
+    out.served_by = stream->timing.served_by;
+    out.attempts = stream->timing.attempts;
+  }
+
+ private:
+  ServingPlane* plane_;
+};
+
+void Error(httplib::Response& res, int http, const Status& s) {
+  res.status = http;
+  Json j = {{"error",
+             {{"message", s.message()}, {"type", http == 401 ? "authentication_error" : "invalid_request_error"},
+              {"code", std::string(StatusCodeName(s.code()))}}}};
+  res.set_content(j.dump(), "application/json");
+}
+
+int HttpStatus(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kOutOfRange:
+      return 400;
+    case StatusCode::kNotFound:
+      return 404;
+    case StatusCode::kPermissionDenied:
+      return 401;
+    case StatusCode::kDeadlineExceeded:
+    case StatusCode::kUnavailable:
+    case StatusCode::kResourceExhausted:
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+Json Usage(size_t prompt, size_t completion) {
+  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+}
+
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+}  // namespace
+
+std::shared_ptr<rpc::RouterIf> MakeRouterHandler(ServingPlane* plane) { return std::make_shared<RouterHandler>(plane); }
+
+Status ServingPlane::StartHttp(const std::string& address, int port) {
+  http_ = std::make_unique<httplib::Server>();
+  // A request holds its connection's thread until its last token: the pool bounds how many
+  // requests the endpoint takes at once (the rest wait in the kernel's accept queue).
+  http_->new_task_queue = [n = static_cast<size_t>(config_.http_threads)] { return new httplib::ThreadPool(n); };
+  http_->Post("/v1/completions", [this](const httplib::Request& hreq, httplib::Response& res) {
+    // The credentials of the Thrift services: a bearer token where the cluster has one.
+    if (!security_.token.empty()) {
+      rpc::RequestHeader h;
+      const std::string auth = hreq.get_header_value("Authorization");
+      if (auth.rfind("Bearer ", 0) == 0) h.__set_token(auth.substr(7));
+      Status s = rpc::CheckCaller(security_, h, "/v1/completions");
+      if (!s.ok()) return Error(res, 401, s);
+    }
+    Json body = Json::parse(hreq.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) {
+      return Error(res, 400, InvalidArgument("the request body is not a JSON object"));
+    }
+    const std::string model = body.value("model", "");
+    if (model.empty()) return Error(res, 400, InvalidArgument("'model' is missing"));
+    Prompt prompt;
+    try {
+      const Json& p = body.at("prompt");
+      if (p.is_string()) {
+        auto config = ModelConfig(model);
+        if (!config.ok()) return Error(res, HttpStatus(config.status()), config.status());
+        auto t = pipeline::ByteTokenizer::Encode(p.get<std::string>(), *config);
+        if (!t.ok()) return Error(res, 400, t.status());
+        prompt.tokens = std::move(*t);
+        prompt.text = true;
+      } else if (p.is_array() && !p.empty() && p.front().is_number_integer()) {
+        prompt.tokens = p.get<std::vector<int32_t>>();
+      } else {
+        return Error(res, 400, InvalidArgument("'prompt' must be a string or an array of token ids"));
+      }
+    } catch (const Json::exception& e) {
+      return Error(res, 400, InvalidArgument(std::string("'prompt': ") + e.what()));
+    }
+    int max_tokens = 16;
+    double temperature = 1.0, top_p = 1.0;
+    uint64_t seed = 0;
+    bool stream_mode = false;
+    try {
+      max_tokens = body.value("max_tokens", 16);
+      temperature = body.value("temperature", 1.0);
+      top_p = body.value("top_p", 1.0);
+      seed = body.value("seed", uint64_t{0});
+      stream_mode = body.value("stream", false);
+    } catch (const Json::exception& e) {
+      return Error(res, 400, InvalidArgument(std::string("a field of the wrong type: ") + e.what()));
+    }
+    auto stream = std::make_shared<Stream>();
+    pipeline::GenerateRequest r;
+    Status s = Prepare(*this, model, prompt, max_tokens, temperature, top_p, seed, std::nullopt, &r, stream);
+    const size_t prompt_len = r.prompt.size();
+    const bool text = prompt.text;
+    const std::string id = "cmpl-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
+    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+    const int32_t stop = r.stop_token;
+    if (s.ok()) s = router().Submit(std::move(r));
+    if (!s.ok()) return Error(res, HttpStatus(s), s);
+    auto choice = [text](const std::vector<int32_t>& tokens) {
+      Json c = {{"index", 0}, {"logprobs", nullptr}};
+      c["text"] = text ? pipeline::ByteTokenizer::Decode(tokens) : std::string();
+      c["tokens"] = tokens;
+      return c;
+    };
+    // One completion object: a choice with `tokens`, and once the request has ended its usage
+    // and timing (the caller holds the stream's lock or the request has ended).
+    auto completion = [=](const std::vector<int32_t>& tokens, Json finish, bool final) {
+      Json c = choice(tokens);
+      c["finish_reason"] = std::move(finish);
+      Json j = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
+                {"choices", Json::array({c})}};
+      if (final) {
+        j["usage"] = Usage(prompt_len, stream->tokens.size());
+        j["modelcast"] = {{"ttft_s", stream->timing.ttft_s},
+                          {"tpot_s", stream->timing.tpot_s},
+                          {"queued_s", stream->timing.queued_s},
+                          {"served_by", stream->timing.served_by},
+                          {"attempts", stream->timing.attempts}};
+      }
+      return j;
+    };
+    if (!stream_mode) {
+      s = WaitDone(*stream, 3600);
+      if (!s.ok()) return Error(res, HttpStatus(s), s);
+      res.set_content(Dump(completion(stream->tokens, FinishReason(*stream, stop), true)), "application/json");
+      return;
+    }
+    // Server-sent events: one per token as it is generated, then the end and [DONE].
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider("text/event-stream", [=](size_t, httplib::DataSink& sink) {
+      std::unique_lock<std::mutex> lock(stream->mu);
+      stream->cv.wait_for(lock, std::chrono::seconds(60), [&] { return stream->done || !stream->fresh.empty(); });
+      while (!stream->fresh.empty()) {
+        const int32_t t = stream->fresh.front();
+        stream->fresh.pop_front();
+        const std::string ev = "data: " + Dump(completion({t}, nullptr, false)) + "\n\n";
+        if (!sink.write(ev.data(), ev.size())) return false;
+      }
+      if (!stream->done) return true;
+      Json end = stream->status.ok()
+                     ? completion({}, FinishReason(*stream, stop), true)
+                     : Json{{"error",
+                             {{"message", stream->status.message()},
+                              {"code", std::string(StatusCodeName(stream->status.code()))}}}};
+      const std::string ev = "data: " + Dump(end) + "\n\ndata: [DONE]\n\n";
+      sink.write(ev.data(), ev.size());
+      sink.done();
+      return true;
+    });
+  });
+  http_port_ = port == 0 ? http_->bind_to_any_port(address) : (http_->bind_to_port(address, port) ? port : -1);
+  if (http_port_ <= 0) return Unavailable("serving: cannot listen on " + address + ":" + std::to_string(port));
+  http_thread_ = std::thread([s = http_.get()] { s->listen_after_bind(); });
+  return Status::Ok();
+}
+
+}  // namespace modelcast::coordinator

@@ -1,0 +1,158 @@
+// The coordinator's Thrift services: every call checks the caller first, turns the request into
+// a call on ClusterState, and turns a failed Status into the IDL's typed exception.
+#include <thrift/processor/TMultiplexedProcessor.h>
+
+#include <glog/logging.h>
+
+#include "Coordinator.h"
+#include "Membership.h"
+#include "Router.h"
+#include "modelcast/coordinator/daemon.h"
+#include "modelcast/coordinator/serving.h"
+#include "modelcast/rpc/errors.h"
+
+namespace modelcast::coordinator {
+namespace {
+
+using rpc::ThrowStatus;
+void Check(const Status& st) { rpc::ThrowIfError(st); }
+
+// Checks the caller's credentials, counting a refusal.
+void Authorize(ClusterState* state, const rpc::SecurityConfig& security, const rpc::RequestHeader& header,
+               const char* method) {
+  Status st = rpc::CheckCaller(security, header, method);
+  if (!st.ok()) {
+    state->CountRefusal();
+    ThrowStatus(st);
+  }
+}
+
+class CoordinatorHandler : public rpc::CoordinatorIf {
+ public:
+  CoordinatorHandler(ClusterState* state, const rpc::SecurityConfig& security) : state_(state), security_(security) {}
+
+  void registerModel(rpc::ModelInfo& out, const rpc::RegisterModelRequest& req) override {
+    Authorize(state_, security_, req.header, "registerModel");
+    auto info = state_->RegisterModel(
+        req.name, req.manifest_json, req.__isset.keep_alive_s ? std::optional<double>(req.keep_alive_s) : std::nullopt);
+    Check(info.status());
+    out = std::move(*info);
+  }
+  void listModels(std::vector<rpc::ModelInfo>& out, const rpc::RequestHeader& header) override {
+    Authorize(state_, security_, header, "listModels");
+    out = state_->ListModels();
+  }
+  void scaleOut(rpc::ScaleOutResponse& out, const rpc::ScaleOutRequest& req) override {
+    Authorize(state_, security_, req.header, "scaleOut");
+    auto resp = state_->ScaleOut(req);
+    Check(resp.status());
+    out = std::move(*resp);
+  }
+  void scaleIn(std::string& out, const rpc::ScaleInRequest& req) override {
+    Authorize(state_, security_, req.header, "scaleIn");
+    auto id = state_->ScaleIn(req);
+    Check(id.status());
+    out = std::move(*id);
+  }
+  void getOperation(rpc::OperationStatus& out, const rpc::RequestHeader& header, const std::string& id) override {
+    Authorize(state_, security_, header, "getOperation");
+    auto op = state_->GetOperation(id);
+    Check(op.status());
+    out = std::move(*op);
+  }
+  void getClusterStatus(rpc::ClusterStatus& out, const rpc::RequestHeader& header) override {
+    Authorize(state_, security_, header, "getClusterStatus");
+    out = state_->GetStatus();
+  }
+  void listInstances(std::vector<rpc::Instance>& out, const rpc::RequestHeader& header,
+                     const std::string& model) override {
+    Authorize(state_, security_, header, "listInstances");
+    auto list = state_->ListInstances(model);
+    Check(list.status());
+    out = std::move(*list);
+  }
+
+ private:
+  ClusterState* state_;
+  rpc::SecurityConfig security_;
+};
+
+class MembershipHandler : public rpc::MembershipIf {
+ public:
+  MembershipHandler(ClusterState* state, const rpc::SecurityConfig& security, const CoordinatorConfig& config)
+      : state_(state), security_(security), config_(config) {}
+
+  void join(rpc::JoinResponse& out, const rpc::JoinRequest& req) override {
+    Authorize(state_, security_, req.header, "join");
+    Check(state_->Join(req));
+    out.cluster = state_->cluster_name();
+    out.epoch = state_->epoch();
+    out.heartbeat_interval_ms = static_cast<int32_t>(config_.heartbeat_interval * 1000);
+    out.heartbeat_deadline_ms = static_cast<int32_t>(config_.heartbeat_deadline * 1000);
+  }
+  void heartbeat(rpc::HeartbeatResponse& out, const rpc::HeartbeatRequest& req) override {
+    Authorize(state_, security_, req.header, "heartbeat");
+    auto known = state_->Heartbeat(req);
+    Check(known.status());
+    out.rejoin = !*known;
+  }
+  void reportProgress(const rpc::ProgressReport& report) override {
+    Authorize(state_, security_, report.header, "reportProgress");
+    Check(state_->Progress(report));
+  }
+
+ private:
+  ClusterState* state_;
+  rpc::SecurityConfig security_;
+  CoordinatorConfig config_;
+};
+
+}  // namespace
+
+std::shared_ptr<rpc::RouterIf> MakeRouterHandler(ServingPlane* plane);  // api.cc
+
+Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const ClusterConfig& cluster,
+                                                                    const CoordinatorConfig& config) {
+  auto d = std::make_unique<CoordinatorDaemon>();
+  MC_ASSIGN_OR_RETURN(d->state_, ClusterState::Open(cluster, config));
+  auto mux = std::make_shared<apache::thrift::TMultiplexedProcessor>();
+  mux->registerProcessor(kCoordinatorService,
+                         std::make_shared<rpc::CoordinatorProcessor>(
+                             std::make_shared<CoordinatorHandler>(d->state_.get(), config.security)));
+  mux->registerProcessor(kMembershipService,
+                         std::make_shared<rpc::MembershipProcessor>(
+                             std::make_shared<MembershipHandler>(d->state_.get(), config.security, config)));
+  if (config.serving.enabled) {
+    MC_ASSIGN_OR_RETURN(d->serving_, ServingPlane::Start(config.serving, config.security, d->state_.get()));
+    mux->registerProcessor(kRouterService, std::make_shared<rpc::RouterProcessor>(MakeRouterHandler(d->serving_.get())));
+  }
+  MC_ASSIGN_OR_RETURN(d->server_, rpc::RpcServer::Start(mux, config.address, config.port, config.security));
+  LOG(INFO) << "coordinator for cluster '" << cluster.name << "' listening on " << config.address << ":" << d->port();
+  if (config.metrics.enabled) {
+    MC_ASSIGN_OR_RETURN(d->metrics_,
+                        rpc::MetricsServer::Start(config.metrics.address, config.metrics.port,
+                                                  [state = d->state_.get()] { return state->RenderMetrics(); }));
+  }
+  d->watchdog_ = std::thread([self = d.get(), interval = config.heartbeat_interval] {
+    std::unique_lock lock(self->mu_);
+    while (!self->cv_.wait_for(lock, std::chrono::duration<double>(interval), [&] { return self->stopping_; })) {
+      lock.unlock();
+      self->state_->CheckLiveness();
+      lock.lock();
+    }
+  });
+  return d;
+}
+
+CoordinatorDaemon::~CoordinatorDaemon() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
+  server_.reset();
+  serving_.reset();
+}
+
+}  // namespace modelcast::coordinator
