@@ -218,6 +218,18 @@ int Run(int argc, char** argv) {
       std::this_thread::sleep_for(10ms);
     }
   };
+  // Until the operation ends (polled every 2 ms, for at most a minute); it must have succeeded.
+  auto wait_succeeded = [&](const std::string& id) {
+    const auto until = std::chrono::steady_clock::now() + 60s;
+    rpc::OperationStatus op;
+    do {
+      if (std::chrono::steady_clock::now() > until) Die(DeadlineExceeded(id + " still running after 60 s"));
+      std::this_thread::sleep_for(2ms);
+      c.getOperation(op, header, id);
+    } while (op.state == rpc::OperationState::RUNNING || op.state == rpc::OperationState::PENDING);
+    if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
+    return op;
+  };
   // One scale-out 1 -> 4 and back: returns (first byte after the call, whole operation) in seconds.
   auto scale = [&]() -> std::pair<double, double> {
     wait_settled();
@@ -228,12 +240,7 @@ int Run(int argc, char** argv) {
     rpc::ScaleOutResponse resp;
     const double t0 = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     c.scaleOut(resp, so);
-    rpc::OperationStatus op;
-    do {
-      std::this_thread::sleep_for(2ms);
-      c.getOperation(op, header, resp.operation_id);
-    } while (op.state == rpc::OperationState::RUNNING);
-    if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
+    const rpc::OperationStatus op = wait_succeeded(resp.operation_id);
     const double first = op.first_byte_unix - t0;
     const double total = op.finished_unix - t0;
     // Release the new instances (the coordinator serves through them until then), then evict
@@ -244,11 +251,7 @@ int Run(int argc, char** argv) {
     si.replicas = kAgents - 1;
     std::string in_id;
     c.scaleIn(in_id, si);
-    do {
-      std::this_thread::sleep_for(2ms);
-      c.getOperation(op, header, in_id);
-    } while (op.state == rpc::OperationState::RUNNING);
-    if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
+    wait_succeeded(in_id);
     rpc::ClusterStatus st;
     c.getClusterStatus(st, header);
     for (const auto& n : st.nodes) {
