@@ -1,5 +1,6 @@
 // The coordinator's Thrift services: every call checks the caller first, turns the request into
-// a call on ClusterState, and turns a failed Status into the IDL's typed exception.
+// the coordinator's own types (wire.h) and a call on ClusterState, and its answer into the IDL's
+// (a failed Status into the IDL's typed exception).
 #include <thrift/processor/TMultiplexedProcessor.h>
 
 #include <glog/logging.h>
@@ -7,9 +8,11 @@
 #include "Coordinator.h"
 #include "Membership.h"
 #include "Router.h"
+#include "cluster_state.h"
 #include "modelcast/coordinator/daemon.h"
 #include "modelcast/coordinator/serving.h"
 #include "modelcast/rpc/errors.h"
+#include "wire.h"
 
 namespace modelcast::coordinator {
 namespace {
@@ -36,21 +39,22 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
     auto info = state_->RegisterModel(
         req.name, req.manifest_json, req.__isset.keep_alive_s ? std::optional<double>(req.keep_alive_s) : std::nullopt);
     Check(info.status());
-    out = std::move(*info);
+    out = ToWire(*info);
   }
   void listModels(std::vector<rpc::ModelInfo>& out, const rpc::RequestHeader& header) override {
     Authorize(state_, security_, header, "listModels");
-    out = state_->ListModels();
+    out.clear();
+    for (const auto& m : state_->ListModels()) out.push_back(ToWire(m));
   }
   void scaleOut(rpc::ScaleOutResponse& out, const rpc::ScaleOutRequest& req) override {
     Authorize(state_, security_, req.header, "scaleOut");
-    auto resp = state_->ScaleOut(req);
+    auto resp = state_->ScaleOut(FromWire(req));
     Check(resp.status());
-    out = std::move(*resp);
+    out = ToWire(*resp);
   }
   void scaleIn(std::string& out, const rpc::ScaleInRequest& req) override {
     Authorize(state_, security_, req.header, "scaleIn");
-    auto id = state_->ScaleIn(req);
+    auto id = state_->ScaleIn(FromWire(req));
     Check(id.status());
     out = std::move(*id);
   }
@@ -58,18 +62,19 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
     Authorize(state_, security_, header, "getOperation");
     auto op = state_->GetOperation(id);
     Check(op.status());
-    out = std::move(*op);
+    out = ToWire(*op);
   }
   void getClusterStatus(rpc::ClusterStatus& out, const rpc::RequestHeader& header) override {
     Authorize(state_, security_, header, "getClusterStatus");
-    out = state_->GetStatus();
+    out = ToWire(state_->GetStatus());
   }
   void listInstances(std::vector<rpc::Instance>& out, const rpc::RequestHeader& header,
                      const std::string& model) override {
     Authorize(state_, security_, header, "listInstances");
     auto list = state_->ListInstances(model);
     Check(list.status());
-    out = std::move(*list);
+    out.clear();
+    for (const auto& i : *list) out.push_back(ToWire(i));
   }
 
  private:
@@ -84,7 +89,7 @@ class MembershipHandler : public rpc::MembershipIf {
 
   void join(rpc::JoinResponse& out, const rpc::JoinRequest& req) override {
     Authorize(state_, security_, req.header, "join");
-    Check(state_->Join(req));
+    Check(state_->Join(FromWire(req)));
     out.cluster = state_->cluster_name();
     out.epoch = state_->epoch();
     out.heartbeat_interval_ms = static_cast<int32_t>(config_.heartbeat_interval * 1000);
@@ -92,13 +97,13 @@ class MembershipHandler : public rpc::MembershipIf {
   }
   void heartbeat(rpc::HeartbeatResponse& out, const rpc::HeartbeatRequest& req) override {
     Authorize(state_, security_, req.header, "heartbeat");
-    auto known = state_->Heartbeat(req);
+    auto known = state_->Heartbeat(FromWire(req));
     Check(known.status());
     out.rejoin = !*known;
   }
   void reportProgress(const rpc::ProgressReport& report) override {
     Authorize(state_, security_, report.header, "reportProgress");
-    Check(state_->Progress(report));
+    Check(state_->Progress(FromWire(report)));
   }
 
  private:

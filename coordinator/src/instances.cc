@@ -1,82 +1,43 @@
-// Instances (where each model is loaded, as the coordinator placed it) and scale-in.
+// Scale-in (instances released and their GPU copies demoted), and what the serving plane sees of
+// the instances and of the scale-outs under way.
 #include <algorithm>
 
 #include <glog/logging.h>
 
 #include "Agent.h"
+#include "cluster_state.h"
 #include "inventory.h"
-#include "modelcast/coordinator/daemon.h"
 
 namespace modelcast::coordinator {
 
-void ClusterState::SetInstanceLocked(const std::string& model, const std::string& node,
-                                     rpc::InstanceState::type state, bool journal) {
-  auto& inst = instances_[model][node];
-  if (inst.node == node && inst.state == state) return;
-  inst.model = model;
-  inst.node = node;
-  inst.state = state;
-  inst.since_unix = UnixNow();
-  if (state != rpc::InstanceState::PIPELINE) inst.__isset.pipeline_id = false;
-  PokeServing();
-  // Loading instances are not journaled: after a restart they come back from their operation.
-  if (state == rpc::InstanceState::LOADING || !journal) return;
-  Status st = journal_->Append({{"op", "instance"},
-                                {"model", model},
-                                {"node", node},
-                                {"state", static_cast<int>(state)},
-                                {"since", inst.since_unix}});
-  if (!st.ok()) LOG(ERROR) << "coordinator: journaling an instance: " << st.message();
-}
-
-void ClusterState::RemoveInstanceLocked(const std::string& model, const std::string& node) {
-  auto m = instances_.find(model);
-  if (m == instances_.end() || !m->second.count(node)) return;
-  const bool journaled = m->second.at(node).state != rpc::InstanceState::LOADING;
-  m->second.erase(node);
-  if (m->second.empty()) instances_.erase(m);
-  PokeServing();
-  if (!journaled) return;
-  Status st = journal_->Append({{"op", "instance_removed"}, {"model", model}, {"node", node}});
-  if (!st.ok()) LOG(ERROR) << "coordinator: journaling an instance: " << st.message();
-}
-
-Result<std::vector<rpc::Instance>> ClusterState::ListInstances(const std::string& model) const {
+Result<std::vector<Instance>> ClusterState::ListInstances(const std::string& model) const {
   std::lock_guard lock(mu_);
   if (!models_.count(model)) return NotFound("listInstances: unknown model '" + model + "'");
-  std::vector<rpc::Instance> out;
-  auto it = instances_.find(model);
-  if (it != instances_.end()) {
-    for (const auto& [node, inst] : it->second) out.push_back(inst);
-  }
-  return out;
+  return instances_.List(model);
 }
 
-Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
+Result<std::string> ClusterState::ScaleIn(const ScaleInArgs& req) {
   std::vector<std::pair<std::string, std::string>> release;  // node, rpc address
   std::string id;
   {
     std::lock_guard lock(mu_);
     MC_ASSIGN_OR_RETURN(const Operation* prior,
-                        RepeatedLocked(req.header, rpc::OperationKind::SCALE_IN, req.model, "scaleIn"));
+                        ops_.Repeated(req.request_id, OperationKind::kScaleIn, req.model, "scaleIn"));
     if (prior != nullptr) return prior->status.id;  // repeated: nothing is released twice
     MC_RETURN_IF_ERROR(CheckScaleLocked("scaleIn", req.model, req.replicas));
-    std::vector<rpc::Instance> local;
-    if (auto it = instances_.find(req.model); it != instances_.end()) {
-      for (const auto& [node, inst] : it->second) {
-        if (inst.state == rpc::InstanceState::LOCAL || inst.state == rpc::InstanceState::PIPELINE)
-          local.push_back(inst);
-      }
+    std::vector<Instance> local;
+    for (const auto& inst : instances_.List(req.model)) {
+      if (inst.state == InstanceState::kLocal || inst.state == InstanceState::kPipeline) local.push_back(inst);
     }
     std::vector<std::string> chosen;
-    if (req.__isset.nodes && !req.nodes.empty()) {
+    if (!req.nodes.empty()) {
       if (req.nodes.size() != static_cast<size_t>(req.replicas)) {
         return InvalidArgument("scaleIn: " + std::to_string(req.replicas) + " replicas to release, but " +
                                std::to_string(req.nodes.size()) + " nodes named");
       }
       for (const auto& n : req.nodes) {
         const bool found =
-            std::any_of(local.begin(), local.end(), [&](const rpc::Instance& i) { return i.node == n; });
+            std::any_of(local.begin(), local.end(), [&](const Instance& i) { return i.node == n; });
         if (!found) {
           return InvalidArgument("scaleIn: node '" + n + "' has no serving instance of model '" + req.model + "'");
         }
@@ -91,21 +52,22 @@ Result<std::string> ClusterState::ScaleIn(const rpc::ScaleInRequest& req) {
       }
       // The newest go first: the oldest have been warm the longest.
       std::stable_sort(local.begin(), local.end(),
-                       [](const rpc::Instance& a, const rpc::Instance& b) { return a.since_unix > b.since_unix; });
+                       [](const Instance& a, const Instance& b) { return a.since_unix > b.since_unix; });
       for (int32_t i = 0; i < req.replicas; ++i) chosen.push_back(local[static_cast<size_t>(i)].node);
     }
     Operation op;
-    id = StartOperationLocked(op, rpc::OperationKind::SCALE_IN, req.model, req.replicas);
-    if (req.header.__isset.request_id) op.request_id = req.header.request_id;
+    ops_.Start(op, epoch_, OperationKind::kScaleIn, req.model, req.replicas);
+    id = op.status.id;
+    op.request_id = req.request_id;
     op.targets = chosen;
     for (const auto& n : chosen) {
-      AddProgressEntry(op, n, rpc::NodeRole::RELEASE, 0);
+      op.AddNode(n, NodeRole::kRelease, 0);
       op.pending.insert(n);
-      release.emplace_back(n, nodes_.at(n).rpc_address);
+      release.emplace_back(n, members_.at(n).rpc_address);
     }
-    MC_RETURN_IF_ERROR(journal_->Append(OperationRecord(op)));
-    for (const auto& n : chosen) SetInstanceLocked(req.model, n, rpc::InstanceState::DRAINING);
-    operations_.emplace(id, std::move(op));
+    MC_RETURN_IF_ERROR(journal_->Append(OperationTable::StartRecord(op)));
+    for (const auto& n : chosen) instances_.Set(req.model, n, InstanceState::kDraining);
+    ops_.Add(std::move(op));
     LOG(INFO) << "coordinator: " << id << ": scale-in of '" << req.model << "' by " << chosen.size();
   }
   worker_->Post([this, id, release] { RunScaleIn(id, release); });
@@ -117,7 +79,7 @@ void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::
   std::string model;
   {
     std::lock_guard lock(mu_);
-    model = operations_.at(id).status.model;
+    model = ops_.Find(id)->status.model;
   }
   // Each released node keeps the model in host memory (warm for the next scale-out, until
   // its keep-alive ends); its GPU copy goes.
@@ -130,22 +92,22 @@ void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::
     results[node] = CallAgent(address, 60000, [&](rpc::AgentClient& c) { c.demote(req); });
   }
   std::lock_guard lock(mu_);
-  Operation& op = operations_.at(id);
+  Operation& op = *ops_.Find(id);
   std::string errors;
   for (const auto& [node, st] : results) {
-    auto& np = op.status.nodes[op.node_index[node]];
+    auto& np = op.progress(node);
     // The instance is released either way: the coordinator no longer counts on it.
-    RemoveInstanceLocked(model, node);
+    instances_.Remove(model, node);
     op.pending.erase(node);
     if (st.ok()) {
-      np.state = rpc::NodeState::RELEASED;
+      np.state = NodeState::kReleased;
     } else {
-      np.state = rpc::NodeState::FAILED;
-      np.__set_error(st.message());
+      np.state = NodeState::kFailed;
+      np.error = st.message();
       errors += (errors.empty() ? "" : "; ") + ("node '" + node + "': " + st.message());
     }
   }
-  Status st = FinishLocked(op, errors.empty() ? rpc::OperationState::SUCCEEDED : rpc::OperationState::FAILED,
+  Status st = FinishLocked(op, errors.empty() ? OperationState::kSucceeded : OperationState::kFailed,
                            errors.empty() ? "" : "released, but demoting failed: " + errors);
   if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
 }
@@ -153,23 +115,21 @@ void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::
 ServingView ClusterState::ServingSnapshot() const {
   std::lock_guard lock(mu_);
   ServingView v;
-  for (const auto& [name, n] : nodes_) v.nodes[name] = {n.rpc_address, n.serving_address, AliveLocked(n)};
+  for (const auto& [name, n] : members_.nodes()) v.nodes[name] = {n.rpc_address, n.serving_address, members_.Alive(n)};
   for (const auto& [name, m] : models_) {
     auto& mv = v.models[name];
     mv.manifest = m.manifest;
-    auto it = instances_.find(name);
-    if (it != instances_.end()) {
-      for (const auto& [node, inst] : it->second) mv.instances[node] = inst.state;
+    if (const auto* by_node = instances_.Of(name)) {
+      for (const auto& [node, inst] : *by_node) mv.instances[node] = inst.state;
     }
   }
-  for (const auto& [id, op] : operations_) {
-    if (op.status.state != rpc::OperationState::RUNNING || op.status.kind != rpc::OperationKind::SCALE_OUT) continue;
+  for (const auto& [id, op] : ops_.all()) {
+    if (!op.running() || op.status.kind != OperationKind::kScaleOut) continue;
     auto mv = v.models.find(op.status.model);
     if (mv == v.models.end()) continue;
     for (const auto& t : op.targets) {
       if (op.lost.count(t)) continue;
-      const auto& np = op.status.nodes[op.node_index.at(t)];
-      if (np.state == rpc::NodeState::COMPLETE) continue;
+      if (op.progress(t).state == NodeState::kComplete) continue;
       auto got = op.received.find(t);
       mv->second.loading[t] = got == op.received.end() ? std::set<int32_t>() : got->second;
     }
@@ -191,28 +151,12 @@ void ClusterState::SetServingWatcher(std::function<void()> watcher) {
 void ClusterState::SetPipeline(const std::string& model, const std::vector<std::string>& nodes,
                                const std::string& pipeline_id) {
   std::lock_guard lock(mu_);
-  auto m = instances_.find(model);
-  if (m == instances_.end()) return;
-  for (const auto& n : nodes) {
-    auto it = m->second.find(n);
-    if (it == m->second.end()) continue;
-    rpc::Instance& inst = it->second;
-    if (!pipeline_id.empty() && inst.state == rpc::InstanceState::LOADING) {
-      inst.state = rpc::InstanceState::PIPELINE;
-      inst.__set_pipeline_id(pipeline_id);
-      inst.since_unix = UnixNow();
-    } else if (pipeline_id.empty() && inst.state == rpc::InstanceState::PIPELINE) {
-      inst.state = rpc::InstanceState::LOADING;
-      inst.__isset.pipeline_id = false;
-    }
-  }
-  if (pipeline_id.empty()) return;
+  if (!instances_.SetPipeline(model, nodes, pipeline_id) || pipeline_id.empty()) return;
   // The scale-out under way can serve from now: its first pipeline.
-  for (auto& [id, op] : operations_) {
-    if (op.status.model != model || op.status.state != rpc::OperationState::RUNNING) continue;
-    if (!op.status.__isset.first_pipeline_s) {
-      op.status.__set_first_pipeline_s(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count());
+  for (auto& [id, op] : ops_.all()) {
+    if (op.status.model != model || !op.running()) continue;
+    if (!op.status.first_pipeline_s) {
+      op.status.first_pipeline_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();
     }
   }
 }

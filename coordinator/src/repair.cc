@@ -9,7 +9,7 @@
 
 #include "Agent.h"
 #include "inventory.h"
-#include "modelcast/coordinator/daemon.h"
+#include "cluster_state.h"
 #include "modelcast/planner/planner.h"
 
 namespace modelcast::coordinator {
@@ -40,39 +40,39 @@ struct ClusterState::RepairRound {
 };
 
 void ClusterState::RepairLocked(Operation& op, const std::string& why) {
-  if (op.repairing || op.status.state != rpc::OperationState::RUNNING) return;
+  if (op.repairing || !op.running()) return;
   op.repairing = true;
   LOG(WARNING) << "coordinator: " << op.status.id << ": repairing: " << why;
   worker_->Post([this, id = op.status.id] { Repair(id); });
 }
 
 void ClusterState::LoseLocked(Operation& op, const std::string& node, const std::string& why) {
-  auto& np = op.status.nodes[op.node_index.at(node)];
-  np.state = rpc::NodeState::LOST;
-  np.__set_error(why);
+  auto& np = op.progress(node);
+  np.state = NodeState::kLost;
+  np.error = why;
   op.lost.insert(node);
   op.pending.erase(node);
-  if (np.role == rpc::NodeRole::TARGET) RemoveInstanceLocked(op.status.model, node);
+  if (np.role == NodeRole::kTarget) instances_.Remove(op.status.model, node);
 }
 
 void ClusterState::CheckLiveness() {
   std::lock_guard lock(mu_);
   const bool grace_over = std::chrono::duration<double>(std::chrono::steady_clock::now() - opened_).count() >
                           config_.heartbeat_deadline;
-  for (auto& [id, op] : operations_) {
-    if (op.status.state != rpc::OperationState::RUNNING || op.repairing) continue;
+  for (auto& [id, op] : ops_.all()) {
+    if (!op.running() || op.repairing) continue;
     if (op.adopt) {
       // Found running after a restart: reconcile once its nodes have rejoined, or once they
       // had the time to.
       bool all_back = true;
-      for (const auto& [node, i] : op.node_index) all_back = all_back && AliveLocked(nodes_.at(node));
+      for (const auto& [node, i] : op.node_index) all_back = all_back && members_.Alive(node);
       if (all_back || grace_over) RepairLocked(op, "the coordinator restarted mid-operation");
       continue;
     }
     for (const auto& [node, i] : op.node_index) {
       auto& np = op.status.nodes[i];
-      if (op.lost.count(node) || AliveLocked(nodes_.at(node))) continue;
-      const bool needed = op.pending.count(node) || (np.role == rpc::NodeRole::TARGET && np.state != rpc::NodeState::COMPLETE);
+      if (op.lost.count(node) || members_.Alive(node)) continue;
+      const bool needed = op.pending.count(node) || (np.role == NodeRole::kTarget && np.state != NodeState::kComplete);
       if (!needed) continue;
       LoseLocked(op, node, "no heartbeat for " + std::to_string(config_.heartbeat_deadline) + " s");
       RepairLocked(op, "node '" + node + "' was lost mid-operation (no heartbeat within " +
@@ -94,9 +94,9 @@ void ClusterState::Repair(const std::string& id) {
     std::vector<Dispatch> dispatches;
     {
       std::lock_guard lock(mu_);
-      auto it = operations_.find(id);
-      if (it == operations_.end() || it->second.status.state != rpc::OperationState::RUNNING) return;
-      Operation& op = it->second;
+      Operation* found = ops_.Find(id);
+      if (found == nullptr || !found->running()) return;
+      Operation& op = *found;
       if (op.FragmentId() != r.fragment_id) return;  // someone else moved it on
       const bool all_running_or_done = TakeAnswersLocked(op, r);
       if (r.adopt) {
@@ -123,7 +123,7 @@ void ClusterState::Repair(const std::string& id) {
       }
       if (op.status.replans >= kMaxReplans) {
         op.repairing = false;
-        Status st = FinishLocked(op, rpc::OperationState::FAILED,
+        Status st = FinishLocked(op, OperationState::kFailed,
                                  "gave up after " + std::to_string(op.status.replans) + " replans");
         if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
         return;
@@ -131,7 +131,7 @@ void ClusterState::Repair(const std::string& id) {
       auto d = ReplanLocked(op, r);
       op.repairing = false;
       if (!d.ok()) {
-        Status st = FinishLocked(op, rpc::OperationState::FAILED, d.status().message());
+        Status st = FinishLocked(op, OperationState::kFailed, d.status().message());
         if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
         return;
       }
@@ -150,18 +150,18 @@ void ClusterState::Repair(const std::string& id) {
 // 1. Who takes part: the operation's nodes not yet lost, alive or not. False when the operation
 // is no longer running.
 bool ClusterState::SurveyLocked(const std::string& id, RepairRound& r) {
-  auto it = operations_.find(id);
-  if (it == operations_.end() || it->second.status.state != rpc::OperationState::RUNNING) return false;
-  Operation& op = it->second;
+  const Operation* found = ops_.Find(id);
+  if (found == nullptr || !found->running()) return false;
+  const Operation& op = *found;
   r.id = id;
   r.fragment_id = op.FragmentId();
   r.model = op.status.model;
   r.adopt = op.adopt;
-  r.nslices = static_cast<uint32_t>(models_.at(r.model).manifest->slices.size());
+  r.nslices = static_cast<uint32_t>(SlicesLocked(r.model));
   for (const auto& [node, i] : op.node_index) {
     if (op.lost.count(node)) continue;
-    const Node& n = nodes_.at(node);
-    if (AliveLocked(n)) {
+    const auto& n = members_.at(node);
+    if (members_.Alive(n)) {
       r.participants[node] = n.rpc_address;
     } else {
       r.dead.insert(node);
@@ -214,16 +214,16 @@ bool ClusterState::TakeAnswersLocked(Operation& op, RepairRound& r) {
       all_running_or_done = false;
       continue;
     }
-    auto& np = op.status.nodes[op.node_index[node]];
-    if (np.role == rpc::NodeRole::TARGET && CompleteTier(a.inventory, r.model, r.nslices) != Tier::kNone) {
-      np.state = rpc::NodeState::COMPLETE;
+    auto& np = op.progress(node);
+    if (np.role == NodeRole::kTarget && CompleteTier(a.inventory, r.model, r.nslices) != Tier::kNone) {
+      np.state = NodeState::kComplete;
       np.slices_received = np.slices_total;
-      np.__isset.error = false;
+      np.error.reset();
       op.pending.erase(node);
-      SetInstanceLocked(r.model, node, rpc::InstanceState::LOCAL, /*journal=*/false);
+      instances_.Set(r.model, node, InstanceState::kLocal, /*journal=*/false);
     } else if (a.running) {
       op.pending.insert(node);
-    } else if (np.role == rpc::NodeRole::TARGET) {
+    } else if (np.role == NodeRole::kTarget) {
       all_running_or_done = false;  // stopped short of the whole model
       np.slices_received = static_cast<int32_t>(Held(a.inventory, r.model, r.nslices).Count());
     } else {
@@ -252,7 +252,7 @@ bool ClusterState::StandInsLocked(Operation& op, const RepairRound& r) {
   }
   for (const auto& t : op.targets) {
     if (!op.node_index.count(t)) return true;  // a stand-in
-    if (!op.lost.count(t) && op.status.nodes[op.node_index[t]].state != rpc::NodeState::COMPLETE) return true;
+    if (!op.lost.count(t) && op.progress(t).state != NodeState::kComplete) return true;
   }
   return false;
 }
@@ -262,7 +262,7 @@ bool ClusterState::StandInsLocked(Operation& op, const RepairRound& r) {
 // no plan covers the model any more.
 Result<std::vector<ClusterState::Dispatch>> ClusterState::ReplanLocked(Operation& op, RepairRound& r) {
   for (const auto& [node, a] : r.answers) {
-    if (a.reachable) nodes_.at(node).inventory = a.inventory;
+    if (a.reachable) members_.SetInventory(node, a.inventory);
   }
   const auto& manifest = *models_.at(r.model).manifest;
   PlanRequest pr = PlanRequestLocked(op, manifest);
@@ -279,7 +279,7 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::ReplanLocked(Operation
     } else if (r.answers.count(n)) {
       holdings.push_back(Held(r.answers[n].inventory, r.model, r.nslices));
     } else {
-      holdings.push_back(Held(nodes_.at(n).inventory, r.model, r.nslices));  // a stand-in
+      holdings.push_back(Held(members_.at(n).inventory, r.model, r.nslices));  // a stand-in
     }
   }
   auto plan = Replan(pr, holdings, failed);
@@ -288,29 +288,24 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::ReplanLocked(Operation
     std::string error = std::to_string(plan->lost_slices.size()) + " slice(s) (first " +
                         std::to_string(plan->lost_slices.front()) + ") are held by no surviving node; lost:";
     for (const auto& n : op.lost) {
-      const auto& np = op.status.nodes[op.node_index.at(n)];
-      error += " " + n + " (lost" + (np.__isset.error ? ": " + np.error : "") + ")";
+      const auto& np = op.progress(n);
+      error += " " + n + " (" + InSentence(np.state) + (np.error ? ": " + *np.error : "") + ")";
     }
     return FailedPrecondition(error);
   }
   op.attempt++;
   op.status.replans++;
-  op.channel = NextChannelLocked();
+  op.channel = ops_.NextChannel();
   MC_ASSIGN_OR_RETURN(std::vector<Dispatch> dispatches, FragmentsLocked(op, *plan));
-  std::vector<std::string> lost(op.lost.begin(), op.lost.end());
-  Status st = journal_->Append({{"op", "replan"},
-                                {"id", op.status.id},
-                                {"attempt", op.attempt},
-                                {"channel", op.channel},
-                                {"targets", op.targets},
-                                {"lost", lost}});
+  Status st = journal_->Append(OperationTable::ReplanRecord(op));
   if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
   for (const auto& t : op.targets) {
-    if (!op.lost.count(t) && op.status.nodes[op.node_index[t]].state != rpc::NodeState::COMPLETE)
-      SetInstanceLocked(r.model, t, rpc::InstanceState::LOADING);
+    if (!op.lost.count(t) && op.progress(t).state != NodeState::kComplete) {
+      instances_.Set(r.model, t, InstanceState::kLoading);
+    }
   }
   LOG(INFO) << "coordinator: " << op.status.id << ": replan " << op.status.replans << " (" << op.FragmentId()
-            << "): " << dispatches.size() << " fragment(s), " << lost.size() << " node(s) lost";
+            << "): " << dispatches.size() << " fragment(s), " << op.lost.size() << " node(s) lost";
   return dispatches;
 }
 

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "Agent.h"
+#include "cluster_state.h"
 #include "inventory.h"
 #include "modelcast/planner/pipelines.h"
 
@@ -220,13 +221,13 @@ void ServingPlane::Reconcile() {
   for (const auto& [model, mv] : view.models) {
     auto state_of = [&](const std::string& node) {
       auto it = mv.instances.find(node);
-      return it == mv.instances.end() ? rpc::InstanceState::DRAINING : it->second;
+      return it == mv.instances.end() ? InstanceState::kDraining : it->second;
     };
     const uint32_t nblocks = static_cast<uint32_t>(mv.manifest->blocks.size());
     // Every full local instance is served.
     for (const auto& [node, st] : mv.instances) {
       const std::string id = model + "@" + node;
-      if (st != rpc::InstanceState::LOCAL || !alive(node) || engines.count(id)) continue;
+      if (st != InstanceState::kLocal || !alive(node) || engines.count(id)) continue;
       if (retry_after_.count(id) && retry_after_[id] > now) continue;
       Engine e;
       e.model = model;
@@ -241,8 +242,8 @@ void ServingPlane::Reconcile() {
       bool all_local = true, broken = false;
       for (const auto& [node, stage] : e.stages) {
         const auto st = state_of(node);
-        all_local = all_local && st == rpc::InstanceState::LOCAL;
-        broken = broken || !alive(node) || st == rpc::InstanceState::DRAINING;
+        all_local = all_local && st == InstanceState::kLocal;
+        broken = broken || !alive(node) || st == InstanceState::kDraining;
       }
       const bool drain = e.local ? broken || !all_local : broken || all_local;
       if (drain) {
@@ -263,7 +264,7 @@ void ServingPlane::Reconcile() {
     std::vector<NodeBlocks> candidates;
     std::vector<std::string> names;
     for (const auto& [node, slices] : mv.loading) {
-      if (busy.count(node) || !alive(node) || state_of(node) == rpc::InstanceState::LOCAL) continue;
+      if (busy.count(node) || !alive(node) || state_of(node) == InstanceState::kLocal) continue;
       SliceSet blocks = CompleteBlocks(shape, slices);
       // A tied LM head reads the embedding: the last block serves only beside block 0.
       if (mv.manifest->config.tie_word_embeddings && !blocks.Has(0)) blocks.Clear(nblocks - 1);

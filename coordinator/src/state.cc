@@ -1,8 +1,8 @@
 #include <glog/logging.h>
 
+#include "cluster_state.h"
 #include "inventory.h"
 #include "modelcast/common/checksum.h"
-#include "modelcast/coordinator/daemon.h"
 
 namespace modelcast::coordinator {
 namespace fs = std::filesystem;
@@ -10,14 +10,15 @@ using nlohmann::json;
 
 namespace {
 
-std::vector<std::string> Holders(const std::map<std::string, rpc::NodeInventory>& inv, const std::string& model,
-                                 int tier) {
+// Live nodes holding some of `model` in `tier` (0: SSD, 1: host memory, 2: GPU).
+std::vector<std::string> Holders(const Membership& members, const std::string& model, int tier) {
   std::vector<std::string> out;
-  for (const auto& [node, i] : inv) {
-    for (const auto& h : i.models) {
+  for (const auto& [name, n] : members.nodes()) {
+    if (!members.Alive(n)) continue;
+    for (const auto& h : n.inventory.models) {
       if (h.model != model) continue;
       const auto& runs = tier == 0 ? h.ssd : tier == 1 ? h.host : h.gpu;
-      if (!runs.empty()) out.push_back(node);
+      if (!runs.empty()) out.push_back(name);
     }
   }
   return out;
@@ -98,10 +99,15 @@ Result<ServingConfig> ServingConfig::FromConfig(const ConfigNode& node) {
   return c;
 }
 
-Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cluster,
+ClusterState::ClusterState(planner::ClusterConfig cluster, CoordinatorConfig config)
+    : cluster_(std::move(cluster)),
+      config_(std::move(config)),
+      members_(cluster_, config_.heartbeat_deadline),
+      instances_([this] { PokeServing(); }) {}
+
+Result<std::unique_ptr<ClusterState>> ClusterState::Open(const planner::ClusterConfig& cluster,
                                                          const CoordinatorConfig& config) {
   std::unique_ptr<ClusterState> s(new ClusterState(cluster, config));
-  for (const auto& n : cluster.nodes) s->nodes_[n.name].config = n;
   std::error_code ec;
   fs::create_directories(config.state_dir, ec);
   if (ec) return IOError("coordinator: cannot create state_dir " + config.state_dir.string() + ": " + ec.message());
@@ -109,6 +115,7 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
   MC_ASSIGN_OR_RETURN(s->journal_, Journal::Open(
                                        config.state_dir / "coordinator.journal",
                                        [&](const json& r) { return s->Replay(r); }, {}, &report));
+  s->instances_.AttachJournal(s->journal_.get());
   s->epoch_++;
   MC_RETURN_IF_ERROR(s->journal_->Append({{"op", "epoch"}, {"epoch", s->epoch_}}));
   {
@@ -123,18 +130,18 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const ClusterConfig& cl
   size_t resumed = 0;
   {
     std::lock_guard lock(s->mu_);
-    for (auto& [id, op] : s->operations_) {
-      if (op.status.state != rpc::OperationState::RUNNING) continue;
+    for (auto& [id, op] : s->ops_.all()) {
+      if (!op.running()) continue;
       resumed++;
       op.start = std::chrono::steady_clock::now();
-      if (op.status.kind == rpc::OperationKind::SCALE_OUT) {
+      if (op.status.kind == OperationKind::kScaleOut) {
         op.adopt = true;
         for (const auto& t : op.targets) {
-          if (!op.lost.count(t)) s->SetInstanceLocked(op.status.model, t, rpc::InstanceState::LOADING);
+          if (!op.lost.count(t)) s->instances_.Set(op.status.model, t, InstanceState::kLoading);
         }
       } else {
         std::vector<std::pair<std::string, std::string>> release;
-        for (const auto& t : op.targets) release.emplace_back(t, s->nodes_.at(t).rpc_address);
+        for (const auto& t : op.targets) release.emplace_back(t, s->members_.at(t).rpc_address);
         s->worker_->Post([self = s.get(), id = id, release] { self->RunScaleIn(id, release); });
       }
     }
@@ -149,63 +156,17 @@ ClusterState::~ClusterState() {
   worker_.reset();  // the task running finishes; queued ones return at once
 }
 
-// Replaying these gives the state as it is: the epoch, the models, every operation kept (its
-// start, its latest replan, its end), then the instances as they are now (a finish replays no
-// instances here: those it made may have gone since).
+// Replaying these gives the state as it is: the epoch, the models, every operation kept, then
+// the instances as they are now.
 std::vector<json> ClusterState::SnapshotLocked() const {
   std::vector<json> records;
   records.push_back({{"op", "epoch"}, {"epoch", epoch_}});
   for (const auto& [name, m] : models_) {
     records.push_back({{"op", "register_model"}, {"name", name}, {"manifest", m.manifest_json}, {"keep_alive", m.keep_alive}});
   }
-  std::vector<const Operation*> ops;
-  for (const auto& [id, o] : operations_) ops.push_back(&o);
-  std::sort(ops.begin(), ops.end(),
-            [](const Operation* a, const Operation* b) { return a->status.created_unix < b->status.created_unix; });
-  for (const Operation* o : ops) {
-    records.push_back(OperationRecord(*o));
-    if (o->attempt > 0) {
-      records.push_back({{"op", "replan"},
-                         {"id", o->status.id},
-                         {"attempt", o->attempt},
-                         {"channel", o->channel},
-                         {"targets", o->targets},
-                         {"lost", std::vector<std::string>(o->lost.begin(), o->lost.end())}});
-    }
-    if (o->status.state != rpc::OperationState::RUNNING && o->status.state != rpc::OperationState::PENDING) {
-      records.push_back({{"op", "finish"},
-                         {"id", o->status.id},
-                         {"state", static_cast<int>(o->status.state)},
-                         {"error", o->status.__isset.error ? o->status.error : ""},
-                         {"instances", json::array()},
-                         {"finished", o->status.__isset.finished_unix ? o->status.finished_unix : o->status.created_unix}});
-    }
-  }
-  for (const auto& [model, by_node] : instances_) {
-    for (const auto& [node, inst] : by_node) {
-      records.push_back({{"op", "instance"},
-                         {"model", model},
-                         {"node", node},
-                         {"state", static_cast<int>(inst.state)},
-                         {"since", inst.since_unix}});
-    }
-  }
+  ops_.Snapshot(records);
+  instances_.Snapshot(records);
   return records;
-}
-
-json ClusterState::OperationRecord(const Operation& op) {
-  return {{"op", "operation"},
-          {"kind", op.status.kind == rpc::OperationKind::SCALE_IN ? "scale_in" : "scale_out"},
-          {"id", op.status.id},
-          {"model", op.status.model},
-          {"replicas", op.status.replicas},
-          {"sources", op.sources},
-          {"targets", op.targets},
-          {"algorithm", op.algorithm},
-          {"deadline", op.deadline},
-          {"channel", op.channel},
-          {"request_id", op.request_id},
-          {"created", op.status.created_unix}};
 }
 
 // The journal grows with every operation; it is rewritten as a snapshot once it holds more
@@ -230,128 +191,61 @@ Status ClusterState::Replay(const json& r) {
   const std::string op = r.value("op", "");
   if (op == "epoch") {
     epoch_ = std::max<int64_t>(epoch_, r.at("epoch").get<int64_t>());
-  } else if (op == "register_model") {
+    return Status::Ok();
+  }
+  if (op == "register_model") {
     const std::string text = r.at("manifest").get<std::string>();
     MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(text, "journaled manifest"));
     models_[r.at("name").get<std::string>()] =
         Model{std::make_shared<const model::Manifest>(std::move(m)), text, r.at("keep_alive").get<double>()};
-  } else if (op == "operation") {
-    Operation o;
-    o.status.id = r.at("id").get<std::string>();
-    const bool scale_in = r.value("kind", "scale_out") == "scale_in";
-    o.status.kind = scale_in ? rpc::OperationKind::SCALE_IN : rpc::OperationKind::SCALE_OUT;
-    o.status.model = r.at("model").get<std::string>();
-    if (!models_.count(o.status.model)) return InvalidArgument("journal operation of unknown model " + o.status.model);
-    o.status.replicas = r.at("replicas").get<int32_t>();
-    o.status.state = rpc::OperationState::RUNNING;
-    o.status.created_unix = r.at("created").get<double>();
-    o.status.__set_started_unix(o.status.created_unix);
-    o.status.replans = 0;
-    o.sources = r.value("sources", std::vector<std::string>{});
-    o.targets = r.at("targets").get<std::vector<std::string>>();
-    o.algorithm = r.value("algorithm", "lambdapipe");
-    o.deadline = r.value("deadline", 600.0);
-    o.channel = r.value("channel", 0);
-    o.request_id = r.value("request_id", "");
-    last_channel_ = std::max(last_channel_, o.channel);
-    const auto nslices = static_cast<int32_t>(models_.at(o.status.model).manifest->slices.size());
-    for (const auto* list : {&o.sources, &o.targets}) {
-      for (const auto& n : *list) {
-        if (!nodes_.count(n)) return InvalidArgument("journal operation " + o.status.id + " names unknown node " + n);
-        AddProgressEntry(o, n, scale_in ? rpc::NodeRole::RELEASE : list == &o.sources ? rpc::NodeRole::SOURCE : rpc::NodeRole::TARGET, nslices);
-      }
-    }
-    operations_[o.status.id] = std::move(o);
-  } else if (op == "replan") {
-    auto it = operations_.find(r.at("id").get<std::string>());
-    if (it == operations_.end()) return InvalidArgument("journal replans unknown operation " + r.at("id").dump());
-    Operation& o = it->second;
-    o.attempt = r.at("attempt").get<int>();
-    o.status.replans = o.attempt;
-    o.channel = r.at("channel").get<int>();
-    last_channel_ = std::max(last_channel_, o.channel);
-    o.targets = r.at("targets").get<std::vector<std::string>>();
-    const auto nslices = static_cast<int32_t>(models_.at(o.status.model).manifest->slices.size());
-    for (const auto& n : o.targets) {
-      if (!nodes_.count(n)) return InvalidArgument("journal replan names unknown node " + n);
-      AddProgressEntry(o, n, rpc::NodeRole::TARGET, nslices);
-    }
-    for (const auto& n : r.at("lost").get<std::vector<std::string>>()) {
-      if (!o.node_index.count(n)) return InvalidArgument("journal replan loses unknown node " + n);
-      o.lost.insert(n);
-      o.status.nodes[o.node_index[n]].state = rpc::NodeState::LOST;
-    }
-  } else if (op == "instance") {
-    rpc::Instance inst;
-    inst.model = r.at("model").get<std::string>();
-    inst.node = r.at("node").get<std::string>();
-    inst.state = static_cast<rpc::InstanceState::type>(r.at("state").get<int>());
-    inst.since_unix = r.at("since").get<double>();
-    instances_[inst.model][inst.node] = inst;
-  } else if (op == "instance_removed") {
-    auto it = instances_.find(r.at("model").get<std::string>());
-    if (it != instances_.end()) {
-      it->second.erase(r.at("node").get<std::string>());
-      if (it->second.empty()) instances_.erase(it);
-    }
-  } else if (op == "finish") {
-    auto it = operations_.find(r.at("id").get<std::string>());
-    if (it == operations_.end()) return InvalidArgument("journal finishes unknown operation " + r.at("id").dump());
-    it->second.status.state = static_cast<rpc::OperationState::type>(r.at("state").get<int>());
-    it->second.status.__set_finished_unix(r.at("finished").get<double>());
+    return Status::Ok();
+  }
+  const OperationTable::ReplayContext ctx{
+      [this](const std::string& model) -> std::optional<int32_t> {
+        if (!models_.count(model)) return std::nullopt;
+        return SlicesLocked(model);
+      },
+      [this](const std::string& node) { return members_.Has(node); }};
+  MC_ASSIGN_OR_RETURN(bool operation, ops_.Replay(r, ctx));
+  if (operation) {
+    if (op != "finish") return Status::Ok();
+    // The targets that became instances when it finished.
+    const Operation& o = *ops_.Find(r.at("id").get<std::string>());
     for (const auto& node : r.value("instances", std::vector<std::string>{})) {
-      rpc::Instance inst;
-      inst.model = it->second.status.model;
-      inst.node = node;
-      inst.state = rpc::InstanceState::LOCAL;
-      inst.since_unix = it->second.status.finished_unix;
-      instances_[inst.model][node] = inst;
+      instances_.Restore({o.status.model, node, InstanceState::kLocal, std::nullopt, *o.status.finished_unix});
     }
-    if (!r.at("error").get<std::string>().empty()) it->second.status.__set_error(r.at("error").get<std::string>());
-  } else {
-    return InvalidArgument("unknown journal record '" + op + "'");
+    return Status::Ok();
   }
-  return Status::Ok();
+  MC_ASSIGN_OR_RETURN(bool instance, instances_.Replay(r));
+  if (instance) return Status::Ok();
+  return InvalidArgument("unknown journal record '" + op + "'");
 }
 
-rpc::ModelInfo ClusterState::InfoLocked(const std::string& name, const Model& m) const {
-  rpc::ModelInfo info;
-  const auto& man = *m.manifest;
-  info.summary.name = name;
-  info.summary.dtype = std::string(DTypeShortName(man.dtype));
-  info.summary.num_layers = man.config.num_hidden_layers;
-  info.summary.num_blocks = static_cast<int32_t>(man.blocks.size());
-  info.summary.num_slices = static_cast<int32_t>(man.slices.size());
-  info.summary.slice_bytes = static_cast<int64_t>(man.slice_bytes);
-  info.summary.total_bytes = static_cast<int64_t>(man.TotalBytes());
-  info.summary.parameters = man.config.ParameterCount();
-  info.keep_alive_s = m.keep_alive;
-  info.instances = 0;
-  info.loading = 0;
-  if (auto it = instances_.find(name); it != instances_.end()) {
-    for (const auto& [node, inst] : it->second) {
-      if (inst.state == rpc::InstanceState::LOCAL) info.instances++;
-      if (inst.state == rpc::InstanceState::LOADING || inst.state == rpc::InstanceState::PIPELINE) info.loading++;
+ModelReport ClusterState::ReportLocked(const std::string& name, const Model& m) const {
+  ModelReport r;
+  r.name = name;
+  r.manifest = m.manifest;
+  r.keep_alive = m.keep_alive;
+  if (const auto* by_node = instances_.Of(name)) {
+    for (const auto& [node, inst] : *by_node) {
+      if (inst.state == InstanceState::kLocal) r.instances++;
+      if (inst.state == InstanceState::kLoading || inst.state == InstanceState::kPipeline) r.loading++;
     }
   }
-  std::map<std::string, rpc::NodeInventory> inv;
-  for (const auto& [n, node] : nodes_) {
-    if (AliveLocked(node)) inv[n] = node.inventory;
-  }
-  info.ssd_holders = Holders(inv, name, 0);
-  info.host_holders = Holders(inv, name, 1);
-  info.gpu_holders = Holders(inv, name, 2);
-  for (const auto& [n, i] : inv) {
-    for (const auto& h : i.models) {
-      if (h.model == name && h.__isset.ssd_error) info.ssd_errors[n] = h.ssd_error;
+  r.ssd_holders = Holders(members_, name, 0);
+  r.host_holders = Holders(members_, name, 1);
+  r.gpu_holders = Holders(members_, name, 2);
+  for (const auto& [n, node] : members_.nodes()) {
+    if (!members_.Alive(node)) continue;
+    for (const auto& h : node.inventory.models) {
+      if (h.model == name && h.__isset.ssd_error) r.ssd_errors[n] = h.ssd_error;
     }
   }
-  if (!info.ssd_errors.empty()) info.__isset.ssd_errors = true;
-  return info;
+  return r;
 }
 
-Result<rpc::ModelInfo> ClusterState::RegisterModel(const std::string& name, const std::string& manifest_json,
-                                                   std::optional<double> keep_alive) {
+Result<ModelReport> ClusterState::RegisterModel(const std::string& name, const std::string& manifest_json,
+                                                std::optional<double> keep_alive) {
   if (name.empty()) return InvalidArgument("registerModel: the model name is empty");
   MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(manifest_json, "model '" + name + "' manifest"));
   if (m.name != name) {
@@ -363,7 +257,7 @@ Result<rpc::ModelInfo> ClusterState::RegisterModel(const std::string& name, cons
   auto it = models_.find(name);
   if (it != models_.end()) {
     if (it->second.manifest->Serialize() == m.Serialize() && it->second.keep_alive == ka) {
-      return InfoLocked(name, it->second);  // the same registration again: nothing to do
+      return ReportLocked(name, it->second);  // the same registration again: nothing to do
     }
     return AlreadyExists("model '" + name + "' is already registered with a different manifest or keep-alive");
   }
@@ -372,87 +266,63 @@ Result<rpc::ModelInfo> ClusterState::RegisterModel(const std::string& name, cons
   auto& entry = models_[name];
   entry = Model{std::make_shared<const model::Manifest>(std::move(m)), manifest_json, ka};
   LOG(INFO) << "coordinator: registered model '" << name << "'";
-  return InfoLocked(name, entry);
+  return ReportLocked(name, entry);
 }
 
-std::vector<rpc::ModelInfo> ClusterState::ListModels() const {
+std::vector<ModelReport> ClusterState::ListModels() const {
   std::lock_guard lock(mu_);
-  std::vector<rpc::ModelInfo> out;
-  for (const auto& [name, m] : models_) out.push_back(InfoLocked(name, m));
+  std::vector<ModelReport> out;
+  for (const auto& [name, m] : models_) out.push_back(ReportLocked(name, m));
   return out;
 }
 
-bool ClusterState::AliveLocked(const Node& n) const {
-  return n.joined && std::chrono::duration<double>(std::chrono::steady_clock::now() - n.last_heartbeat).count() <=
-                         config_.heartbeat_deadline;
-}
-
-Status ClusterState::Join(const rpc::JoinRequest& req) {
+Status ClusterState::Join(const JoinArgs& args) {
   std::lock_guard lock(mu_);
-  auto it = nodes_.find(req.node);
-  if (it == nodes_.end()) {
-    return NotFound("node '" + req.node + "' is not in cluster '" + cluster_.name + "' (" +
-                    std::to_string(nodes_.size()) + " nodes in its config)");
-  }
-  if (req.rpc_address.empty()) return InvalidArgument("join: node '" + req.node + "' gave no rpc_address");
-  Node& n = it->second;
-  n.joined = true;
-  n.rpc_address = req.rpc_address;
-  n.fabric_address = req.fabric_address;
-  n.serving_address = req.__isset.serving_address ? req.serving_address : req.fabric_address;
-  n.inventory = req.inventory;
-  n.last_heartbeat = std::chrono::steady_clock::now();
-  n.last_heartbeat_unix = UnixNow();
-  LOG(INFO) << "coordinator: node '" << req.node << "' joined from " << req.rpc_address;
+  MC_RETURN_IF_ERROR(members_.Join(args));
   // Reconcile: an instance the journal places here whose weights the node no longer holds
   // (its store was wiped, or it restarted without them) is gone.
   std::vector<std::string> gone;
-  for (const auto& [model, by_node] : instances_) {
-    auto it = by_node.find(req.node);
-    if (it == by_node.end() || it->second.state == rpc::InstanceState::LOADING) continue;
-    const auto nslices = static_cast<uint32_t>(models_.at(model).manifest->slices.size());
-    if (CompleteTier(req.inventory, model, nslices) == Tier::kNone) gone.push_back(model);
+  for (const auto& [model, by_node] : instances_.all()) {
+    auto it = by_node.find(args.node);
+    if (it == by_node.end() || it->second.state == InstanceState::kLoading) continue;
+    if (CompleteTier(args.inventory, model, static_cast<uint32_t>(SlicesLocked(model))) == Tier::kNone) {
+      gone.push_back(model);
+    }
   }
   for (const auto& model : gone) {
-    LOG(WARNING) << "coordinator: node '" << req.node << "' rejoined without model '" << model
+    LOG(WARNING) << "coordinator: node '" << args.node << "' rejoined without model '" << model
                  << "': its instance is gone";
-    RemoveInstanceLocked(model, req.node);
+    instances_.Remove(model, args.node);
   }
   return Status::Ok();
 }
 
-Result<bool> ClusterState::Heartbeat(const rpc::HeartbeatRequest& req) {
+Result<bool> ClusterState::Heartbeat(const HeartbeatArgs& args) {
   std::lock_guard lock(mu_);
-  auto it = nodes_.find(req.node);
-  if (it == nodes_.end()) return NotFound("node '" + req.node + "' is not in cluster '" + cluster_.name + "'");
-  Node& n = it->second;
-  if (!n.joined || req.epoch != epoch_) return false;
-  n.last_heartbeat = std::chrono::steady_clock::now();
-  n.last_heartbeat_unix = UnixNow();
-  if (req.__isset.inventory) n.inventory = req.inventory;
-  return true;
+  return members_.Heartbeat(args, epoch_);
 }
 
 std::string ClusterState::RenderMetrics() const {
   std::lock_guard lock(mu_);
   rpc::MetricsText m;
   int alive = 0;
-  for (const auto& [name, n] : nodes_) alive += AliveLocked(n);
-  m.Gauge("modelcast_nodes", "Nodes in the cluster config", static_cast<double>(nodes_.size()));
+  for (const auto& [name, n] : members_.nodes()) alive += members_.Alive(n);
+  m.Gauge("modelcast_nodes", "Nodes in the cluster config", static_cast<double>(members_.size()));
   m.Gauge("modelcast_nodes_alive", "Nodes whose agent heartbeats within the deadline", alive);
   m.Gauge("modelcast_models", "Registered models", static_cast<double>(models_.size()));
   std::map<std::string, int> states;
-  for (const auto& [id, op] : operations_) states[rpc::to_string(op.status.state)]++;
+  for (const auto& [id, op] : ops_.all()) states[NameOf(op.status.state)]++;
   for (const auto& [state, count] : states) {
     m.Gauge("modelcast_operations", "Operations known to the coordinator, by state", count, "state=\"" + state + "\"");
   }
-  m.Counter("modelcast_bytes_moved_total", "Bytes that targets reported received", static_cast<double>(bytes_moved_));
+  const auto& t = ops_.totals();
+  m.Counter("modelcast_bytes_moved_total", "Bytes that targets reported received", static_cast<double>(t.bytes_moved));
   m.Counter("modelcast_slices_moved_total", "Slices that targets reported received",
-            static_cast<double>(slices_moved_));
-  m.Counter("modelcast_operation_seconds_total", "Wall time of finished operations", operation_seconds_);
+            static_cast<double>(t.slices_moved));
+  m.Counter("modelcast_operation_seconds_total", "Wall time of finished operations", t.seconds);
   m.Counter("modelcast_operations_finished_total", "Operations finished (succeeded or failed)",
-            static_cast<double>(operations_finished_));
-  m.Counter("modelcast_operation_errors_total", "Operations that failed", static_cast<double>(operation_errors_));
+            static_cast<double>(t.finished));
+  m.Counter("modelcast_operation_errors_total", "Operations that failed", static_cast<double>(t.errors));
   m.Gauge("modelcast_journal_records", "Records in the coordinator's journal", static_cast<double>(journal_->records()));
   m.Gauge("modelcast_journal_bytes", "Size of the coordinator's journal", static_cast<double>(journal_->bytes()));
   m.Counter("modelcast_journal_compactions_total", "Times the journal was rewritten as a snapshot",
@@ -462,21 +332,12 @@ std::string ClusterState::RenderMetrics() const {
   return m.text();
 }
 
-rpc::ClusterStatus ClusterState::GetStatus() const {
+ClusterReport ClusterState::GetStatus() const {
   std::lock_guard lock(mu_);
-  rpc::ClusterStatus s;
+  ClusterReport s;
   s.cluster = cluster_.name;
-  for (const auto& [name, n] : nodes_) {
-    rpc::NodeStatus ns;
-    ns.name = name;
-    ns.rpc_address = n.rpc_address;
-    ns.alive = AliveLocked(n);
-    ns.last_heartbeat_unix = n.last_heartbeat_unix;
-    ns.inventory = n.inventory;
-    if (n.measured_nic > 0) ns.__set_measured_nic_bytes_per_s(n.measured_nic);
-    s.nodes.push_back(std::move(ns));
-  }
-  for (const auto& [name, m] : models_) s.models.push_back(InfoLocked(name, m));
+  for (const auto& [name, n] : members_.nodes()) s.nodes.push_back(members_.Report(name));
+  for (const auto& [name, m] : models_) s.models.push_back(ReportLocked(name, m));
   return s;
 }
 
