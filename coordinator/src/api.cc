@@ -49,10 +49,10 @@ Status Prepare(const ServingPlane& plane, const std::string& model, Prompt promp
                              "''s vocabulary [0, " + std::to_string(config.vocab_size) + ")");
     }
   }
-  if (static_cast<int64_t>(prompt.tokens.size()) + max_tokens > config.max_position_embeddings) {
+  if (static_cast<int64_t>(prompt.tokens.size()) + max_tokens > config.MaxPositions()) {
     return OutOfRange("a prompt of " + std::to_string(prompt.tokens.size()) + " tokens plus max_tokens " +
                       std::to_string(max_tokens) + " exceeds model '" + model + "''s " +
-                      std::to_string(config.max_position_embeddings) + " positions");
+                      std::to_string(config.MaxPositions()) + " positions");
   }
   out->model = model;
   out->prompt = std::move(prompt.tokens);

@@ -107,8 +107,30 @@ Result<LlamaConfig> SynthConfig(const SynthOptions& o) {
   }
   c.tie_word_embeddings = o.tie_word_embeddings;
   c.torch_dtype = o.dtype;
+  if (o.max_positions) c.max_position_embeddings = *o.max_positions;
   MC_RETURN_IF_ERROR(c.Validate("synth options"));
-  return c;
+  // The family's config keys, read back as a checkpoint's would be.
+  nlohmann::json j = c.ToJson();
+  if (o.family != "llama" && o.family != "mistral" && o.family != "qwen2" && o.family != "qwen3") {
+    return InvalidArgument("--family '" + o.family + "' is not one of llama, mistral, qwen2, qwen3");
+  }
+  j["model_type"] = o.family;
+  j.erase("architectures");
+  if (o.family != "llama") j.erase("mlp_bias");
+  if (o.family == "mistral" || o.family == "qwen2") j.erase("attention_bias");
+  if (!o.rope_scaling.empty()) {
+    nlohmann::json r = nlohmann::json::parse(o.rope_scaling, nullptr, /*allow_exceptions=*/false);
+    if (r.is_discarded()) return InvalidArgument("--rope-scaling is not JSON: " + o.rope_scaling);
+    j["rope_scaling"] = r;
+  }
+  if (o.sliding_window) {
+    j["sliding_window"] = *o.sliding_window;
+    if (o.family == "qwen2" || o.family == "qwen3") {
+      j["use_sliding_window"] = true;
+      j["max_window_layers"] = 0;
+    }
+  }
+  return LlamaConfig::FromJson(j, "synth options");
 }
 
 void SynthTensorValues(const TensorSpec& spec, uint64_t seed, std::span<float> out) {

@@ -95,11 +95,24 @@ class CpuStage final : public CachingStage<RequestCache> {
     }
     const int64_t half = D / 2;
     std::vector<float> cosv(T * half), sinv(T * half);
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t i = 0; i < half; ++i) {
-        const double angle = static_cast<double>(pos[t]) * w_.inv_freq[i];
-        cosv[t * half + i] = static_cast<float>(std::cos(angle));
-        sinv[t * half + i] = static_cast<float>(std::sin(angle));
+    {
+      // Dynamic NTK scaling rotates by frequencies of the sequence's length as of this call
+      // (as transformers does per forward call); every other kind by fixed ones. Yarn scales
+      // the rotation by its attention factor.
+      const bool dynamic = c.rope_scaling.type == model::RopeScaling::Type::kDynamic;
+      const double factor = c.RopeAttentionFactor();
+      int64_t t = 0;
+      for (const auto& item : input.items) {
+        const std::vector<double> inv =
+            dynamic ? c.RopeInvFreq(item.position + item.num_tokens) : std::vector<double>();
+        const std::vector<double>& freq = dynamic ? inv : w_.inv_freq;
+        for (int32_t j = 0; j < item.num_tokens; ++j, ++t) {
+          for (int64_t i = 0; i < half; ++i) {
+            const double angle = static_cast<double>(pos[t]) * freq[i];
+            cosv[t * half + i] = static_cast<float>(std::cos(angle) * factor);
+            sinv[t * half + i] = static_cast<float>(std::sin(angle) * factor);
+          }
+        }
       }
     }
     auto rope = [&](float* v, int64_t heads, int64_t t) {
@@ -138,6 +151,10 @@ class CpuStage final : public CachingStage<RequestCache> {
         vc.resize((item.position + item.num_tokens) * KV);
         for (int32_t j = 0; j < item.num_tokens; ++j) {
           float* row = qkv.data() + (t0 + j) * QKV;
+          if (!L.q_norm.empty()) {  // Qwen3: each head of q and k normalised before the rotation
+            RmsNorm(row, L.q_norm, c.rms_norm_eps, NH, row);
+            RmsNorm(row + NH * D, L.k_norm, c.rms_norm_eps, NKV, row + NH * D);
+          }
           rope(row, NH, t0 + j);
           rope(row + NH * D, NKV, t0 + j);
           std::memcpy(kc.data() + (item.position + j) * KV, row + NH * D, sizeof(float) * KV);

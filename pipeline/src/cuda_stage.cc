@@ -322,6 +322,12 @@ class CudaStage final : public CachingStage<DeviceCache> {
 
 Result<std::unique_ptr<Stage>> CreateCudaStage(const model::LlamaConfig& config, LayerRange layers,
                                                const WeightLookup& weights, StageOptions options) {
+  // What the CUDA kernels do not do yet is refused, never computed without.
+  if (config.qk_norm) return Unimplemented("the CUDA stage does not normalise q and k per head (Qwen3) yet");
+  if (config.rope_scaling.type == model::RopeScaling::Type::kDynamic ||
+      config.rope_scaling.type == model::RopeScaling::Type::kYarn) {
+    return Unimplemented("the CUDA stage does not implement rope_scaling " + config.rope_scaling.Describe() + " yet");
+  }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     return FailedPrecondition("a CUDA stage was asked for, but this machine has no usable GPU");

@@ -439,7 +439,7 @@ Result<std::unique_ptr<Pipeline>> PipelineNode::Connect(std::vector<Hop> hops, c
     state_->lost.erase(h.node);
   }
   return std::unique_ptr<Pipeline>(new RemotePipeline(state_, std::move(hops), config.vocab_size,
-                                                      config.max_position_embeddings, step_timeout));
+                                                      config.MaxPositions(), step_timeout));
 }
 
 }  // namespace modelcast::pipeline

@@ -135,8 +135,14 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
     MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "post_attention_layernorm.weight", {H}, L.post_norm.data()));
     MC_RETURN_IF_ERROR(LoadLinear(
         lookup, {{p + "self_attn.q_proj", NH * D}, {p + "self_attn.k_proj", NKV * D}, {p + "self_attn.v_proj", NKV * D}},
-        H, c.attention_bias, &L.qkv));
+        H, c.q_bias(), &L.qkv));
     MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "self_attn.o_proj", H}}, NH * D, c.attention_bias, &L.o));
+    if (c.qk_norm) {
+      L.q_norm.resize(D);
+      L.k_norm.resize(D);
+      MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "self_attn.q_norm.weight", {D}, L.q_norm.data()));
+      MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "self_attn.k_norm.weight", {D}, L.k_norm.data()));
+    }
     MC_RETURN_IF_ERROR(
         LoadLinear(lookup, {{p + "mlp.gate_proj", I}, {p + "mlp.up_proj", I}}, H, c.mlp_bias, &L.gate_up));
     MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "mlp.down_proj", H}}, I, c.mlp_bias, &L.down));
@@ -157,9 +163,7 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
       MC_RETURN_IF_ERROR(LoadLinear(lookup, {{"lm_head", V}}, H, false, w.head.get()));
     }
   }
-  for (int64_t i = 0; i < D / 2; ++i) {
-    w.inv_freq.push_back(1.0 / std::pow(c.rope_theta, static_cast<double>(2 * i) / static_cast<double>(D)));
-  }
+  w.inv_freq = c.RopeInvFreq(c.max_position_embeddings);
   return w;
 }
 
@@ -188,9 +192,12 @@ Status CheckStep(const Stage& stage, const StepInput& input, int64_t max_request
       return FailedPrecondition(who + " arrives at position " + std::to_string(item.position) + " but " +
                                 stage.layers().ToString() + " holds " + std::to_string(have) + " of its tokens");
     }
-    if (item.position + item.num_tokens > c.max_position_embeddings) {
-      return OutOfRange(who + " would reach " + std::to_string(item.position + item.num_tokens) +
-                        " tokens, past max_position_embeddings " + std::to_string(c.max_position_embeddings));
+    if (item.position + item.num_tokens > c.MaxPositions()) {
+      return OutOfRange(who + " would reach " + std::to_string(item.position + item.num_tokens) + " tokens, past " +
+                        (c.MaxPositions() < c.max_position_embeddings
+                             ? "the sliding window of " + std::to_string(c.MaxPositions()) +
+                                   " (modelcast serves sequences within it, where attention is full)"
+                             : "max_position_embeddings " + std::to_string(c.max_position_embeddings)));
     }
     if (have == 0) ++fresh;
   }

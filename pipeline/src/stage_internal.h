@@ -55,6 +55,7 @@ struct Linear {
 // another ([gate; up] rows): fewer, larger matrix products per step.
 struct Layer {
   std::vector<float> input_norm, post_norm;
+  std::vector<float> q_norm, k_norm;  // Qwen3: [head_dim] each; empty otherwise
   Linear qkv, o, gate_up, down;
 };
 
@@ -63,7 +64,7 @@ struct StageWeights {
   std::shared_ptr<Linear> embedding;  // [vocab, hidden]: the first stage, and a tied last one
   std::vector<float> final_norm;      // the last stage
   std::shared_ptr<Linear> head;       // the last stage: lm_head, or the embedding when tied
-  std::vector<double> inv_freq;       // rotary: theta^(-2i/head_dim), i < head_dim / 2
+  std::vector<double> inv_freq;       // rotary, scaled as the config says (for dynamic NTK: at max_position_embeddings)
 
   static Result<StageWeights> Load(const model::LlamaConfig& config, LayerRange layers, const WeightLookup& lookup);
   // Bytes of weights a step reads (the layers' matrices and norms, and the head).

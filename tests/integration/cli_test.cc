@@ -4,7 +4,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "modelcast/model/checkpoint.h"
 #include "support/process.h"
+#include "support/reference_llama.h"
 #include "support/temp_dir.h"
 
 namespace modelcast {
@@ -131,6 +137,69 @@ TEST_F(CliTest, ShardedSynthAndVersion) {
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("modelcast 0."), std::string::npos);
   EXPECT_NE(r.out.find("GPUs"), std::string::npos);
+}
+
+// `modelcast run`: a Qwen3 checkpoint with yarn scaling and its package, run here alone; the
+// .npy file read by NumPy (its format's owners) and its logits against the float64 reference.
+TEST_F(CliTest, RunWritesLogitsNumpyReadsAndTheReferenceAgreesWith) {
+  const fs::path hf = dir_ / "qwen3";
+  auto r = Modelcast({"synth", "--preset", "tiny", "--seed", "5", "--family", "qwen3", "--rope-scaling",
+                      R"({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64})", "--out",
+                      hf.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Modelcast({"inspect", hf.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("Qwen3ForCausalLM (qwen3)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("scaling yarn (factor 4, original 64)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("q/k norms per head"), std::string::npos) << r.out;
+  const std::vector<int> prompt = {1, 17, 300, 42, 9};
+  r = Modelcast({"run", hf.string(), "--tokens", "1,17,300,42,9", "--max-tokens", "4", "--logits",
+                 (dir_ / "logits.npy").string(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["tokens"].size(), 4u) << r.out;
+  // NumPy reads the file: float32, shape [vocab].
+  auto py = RunProcess({"/usr/bin/python3", "-c",
+                        "import sys, numpy; a = numpy.load(sys.argv[1]); "
+                        "print(a.dtype, a.shape[0], len(a.shape)); print(' '.join(repr(float(x)) for x in a))",
+                        (dir_ / "logits.npy").string()});
+  if (py.exit_code != 0 && py.err.find("No module named 'numpy'") != std::string::npos) {
+    GTEST_SKIP() << "no NumPy here to read the .npy file: " << py.err;
+  }
+  ASSERT_EQ(py.exit_code, 0) << py.err;
+  std::istringstream in(py.out);
+  std::string dtype;
+  size_t n = 0, dims = 0;
+  in >> dtype >> n >> dims;
+  EXPECT_EQ(dtype, "float32");
+  EXPECT_EQ(dims, 1u);
+  std::vector<float> logits(n);
+  for (auto& v : logits) in >> v;
+  auto ck = model::HfCheckpoint::Open(hf);
+  ASSERT_TRUE(ck.ok());
+  ASSERT_EQ(n, static_cast<size_t>(ck->config().vocab_size));
+  auto ref = testing::LoadReferenceWeights(*ck);
+  ASSERT_TRUE(ref.ok());
+  const auto want = testing::ReferenceForward(*ref, prompt).logits.back();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (logits[i] - want[i]) * (logits[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  EXPECT_LT(std::sqrt(num / den), 1e-5);
+  // The first token generated is the reference's argmax.
+  EXPECT_EQ(j["tokens"][0].get<int>(), std::max_element(want.begin(), want.end()) - want.begin());
+  // The package gives the same tokens; bad input is refused with one line.
+  r = Modelcast({"prepare", hf.string(), (dir_ / "qpkg").string(), "--blocks", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto again = Modelcast({"run", (dir_ / "qpkg").string(), "--tokens", "1,17,300,42,9", "--max-tokens", "4", "--json"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(nlohmann::json::parse(again.out)["tokens"], j["tokens"]);
+  ExpectOneLineError(Modelcast({"run", hf.string(), "--tokens", "1,x"}), "run", "'x' is not a token id");
+  ExpectOneLineError(Modelcast({"run", hf.string(), "--tokens", "99999"}), "run", "outside the vocabulary");
+  ExpectOneLineError(Modelcast({"run", hf.string(), "--tokens", "1", "--max-tokens", "100000"}), "run",
+                     "passes the model's");
+  EXPECT_EQ(Modelcast({"run", hf.string()}).exit_code, 2);
 }
 
 TEST(PlanCliTest, PlansSimulatesAndDraws) {

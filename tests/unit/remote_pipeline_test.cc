@@ -49,12 +49,12 @@ class RemotePipelineTest : public ::testing::Test {
   }
 
   // Stages of a `stages`-way split hosted on nodes 0.., the route through them.
-  std::vector<Hop> Host(int stages) {
+  std::vector<Hop> Host(int stages, const std::string& prefix = "tiny") {
     auto ranges = SplitLayers(model_->package->manifest().config.num_hidden_layers, stages);
     EXPECT_TRUE(ranges.ok());
     std::vector<Hop> hops;
     for (int s = 0; s < stages; ++s) {
-      const std::string key = "tiny:" + std::to_string(stages) + ":" + (*ranges)[s].ToString();
+      const std::string key = prefix + ":" + std::to_string(stages) + ":" + (*ranges)[s].ToString();
       EXPECT_TRUE(nodes_[s].node->AddStage(key, testing::StageFromBlocks(*model_->package, (*ranges)[s])).ok());
       hops.push_back({nodes_[s].transport->name(), nodes_[s].transport->address(), key});
     }
@@ -103,6 +103,41 @@ TEST_F(RemotePipelineTest, SplitAcrossNodesGivesTheSameLogitsAndTokens) {
     if (held) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(held, 0u);
+}
+
+// The other families' layouts and rope scalings across nodes: the same logits as in one process
+// (which families_test checks against the float64 reference).
+TEST_F(RemotePipelineTest, EveryFamilyAcrossNodesGivesTheSameLogits) {
+  struct Case {
+    const char* family;
+    const char* rope;
+    bool tie;
+  };
+  const Case cases[] = {
+      {"qwen3", R"({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64})", false},
+      {"qwen2", "", true},
+      {"llama", R"({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64})", true},
+      {"mistral", R"({"type": "dynamic", "factor": 2.0})", false},
+  };
+  int n = 0;
+  for (const auto& c : cases) {
+    auto o = testing::Tiny(DType::kBF16, 40 + n);
+    o.family = c.family;
+    o.rope_scaling = c.rope;
+    o.tie_word_embeddings = c.tie;
+    model_ = testing::PrepareModel(o, 4);
+    auto local = testing::SplitPipeline(*model_->package, 1);
+    auto want = Generate(*local, 1, kPrompt, 6, SamplingParams{});
+    ASSERT_TRUE(want.ok()) << c.family;
+    const auto hops = Host(4, std::string(c.family) + std::to_string(n++));
+    auto remote = driver_.node->Connect(hops, config(), 10);
+    ASSERT_TRUE(remote.ok()) << remote.status().ToString();
+    auto got = Generate(**remote, 2, kPrompt, 6, SamplingParams{});
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_EQ(got->tokens, want->tokens) << c.family;
+    EXPECT_EQ(got->logits, want->logits) << c.family;
+  }
 }
 
 TEST_F(RemotePipelineTest, BatchedStepsCarryEveryRequest) {

@@ -46,6 +46,8 @@ int RunScaleOut(const std::vector<std::string>& args);
 int RunScaleIn(const std::vector<std::string>& args);
 int RunInstances(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
+// `modelcast run DIR --tokens IDS|--prompt TEXT [--logits FILE.npy]`: a model run here alone.
+int RunRun(const std::vector<std::string>& args);
 // `modelcast plan --dry-run MODEL -n N`: the coordinator's plan for the live cluster.
 int RunLivePlan(const std::vector<std::string>& args);
 

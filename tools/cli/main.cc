@@ -27,10 +27,11 @@ int ParseOrExit(const char* command, ArgParser& parser, const std::vector<std::s
 namespace {
 
 constexpr Command kCommands[] = {
-    {"synth", "write a synthetic Llama model in the Hugging Face format", RunSynth},
+    {"synth", "write a synthetic Llama, Mistral, Qwen2 or Qwen3 model in the Hugging Face format", RunSynth},
     {"prepare", "re-lay an HF checkpoint out into a loading-optimised package", RunPrepare},
     {"inspect", "summarise a package or an HF checkpoint", RunInspect},
     {"verify", "re-check every slice checksum of a package", RunVerify},
+    {"run", "run a checkpoint or package here alone: generated tokens, last logits as .npy", RunRun},
     {"plan", "show the planner's plan for a scale-out on a cluster (text, JSON or SVG)", RunPlan},
     {"cluster", "the coordinator's view of the cluster (cluster status)", RunCluster},
     {"models", "registered models and where their copies are; --register PKG", RunModels},

@@ -24,12 +24,38 @@ namespace {
 std::string DescribeConfig(const LlamaConfig& c, DType dtype) {
   char buf[256];
   std::snprintf(buf, sizeof(buf),
-                "%s, %lld layers, hidden %lld, %lld heads (%lld kv, dim %lld), mlp %lld, vocab %lld, %s%s",
-                c.architecture.c_str(), (long long)c.num_hidden_layers, (long long)c.hidden_size,
-                (long long)c.num_attention_heads, (long long)c.num_key_value_heads, (long long)c.head_dim,
-                (long long)c.intermediate_size, (long long)c.vocab_size, std::string(DTypeShortName(dtype)).c_str(),
+                "%s (%s), %lld layers, hidden %lld, %lld heads (%lld kv, dim %lld), mlp %lld, vocab %lld, %s%s",
+                c.architecture.c_str(), std::string(model::FamilyName(c.family)).c_str(),
+                (long long)c.num_hidden_layers, (long long)c.hidden_size, (long long)c.num_attention_heads,
+                (long long)c.num_key_value_heads, (long long)c.head_dim, (long long)c.intermediate_size,
+                (long long)c.vocab_size, std::string(DTypeShortName(dtype)).c_str(),
                 c.tie_word_embeddings ? ", tied embeddings" : "");
   return buf;
+}
+
+// What a layer holds beyond Llama's plain projections, the rotation and the positions served.
+std::string DescribeAttention(const LlamaConfig& c) {
+  char theta[32];
+  std::snprintf(theta, sizeof theta, "%g", c.rope_theta);
+  std::string s = "rope theta " + std::string(theta) + ", scaling " + c.rope_scaling.Describe() + "; " +
+                  std::to_string(c.MaxPositions()) + " positions";
+  if (c.sliding_window) s += " (sliding window " + std::to_string(*c.sliding_window) + ")";
+  if (c.attention_bias) s += "; q/k/v/o biases";
+  if (c.qkv_bias) s += "; q/k/v biases";
+  if (c.qk_norm) s += "; q/k norms per head";
+  if (c.mlp_bias) s += "; mlp biases";
+  return s;
+}
+
+nlohmann::json ConfigJson(const LlamaConfig& c) {
+  nlohmann::json j = {{"family", model::FamilyName(c.family)},
+                      {"rope_theta", c.rope_theta},
+                      {"rope_scaling", c.rope_scaling.Describe()},
+                      {"max_positions", c.MaxPositions()},
+                      {"qkv_bias", c.q_bias()},
+                      {"qk_norm", c.qk_norm}};
+  if (c.sliding_window) j["sliding_window"] = *c.sliding_window;
+  return j;
 }
 
 std::string FormatCount(uint64_t n) {
@@ -75,6 +101,10 @@ int RunSynth(const std::vector<std::string>& args) {
   p.Flag("kv-heads", &o.kv_heads, "override num_key_value_heads");
   p.Flag("vocab", &o.vocab, "override vocab_size");
   p.Flag("tie", &o.tie_word_embeddings, "tie the LM head to the embeddings");
+  p.Flag("family", &o.family, "llama, mistral, qwen2 or qwen3: the family's tensors and config keys [llama]");
+  p.Flag("rope-scaling", &o.rope_scaling, "config.json's rope_scaling, as JSON (e.g. '{\"rope_type\": \"yarn\", \"factor\": 4}')");
+  p.Flag("sliding-window", &o.sliding_window, "an active sliding window of this many positions");
+  p.Flag("max-positions", &o.max_positions, "override max_position_embeddings");
   p.Flag("shard-mib", &shard_mib, "split into safetensors shards of at most this many MiB");
   p.Flag("force", &o.replace, "replace --out if it exists");
   if (int rc = ParseOrExit("synth", p, args); rc >= 0) return rc;
@@ -156,12 +186,14 @@ int InspectPackage(const model::Package& pkg, bool json) {
                         {"blocks", m.blocks.size()},
                         {"slices", m.slices.size()},
                         {"slice_bytes", m.slice_bytes},
-                        {"total_bytes", m.TotalBytes()}};
+                        {"total_bytes", m.TotalBytes()},
+                        {"config", ConfigJson(m.config)}};
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
   }
   std::printf("package    %s (%s v%d)\n", pkg.dir().c_str(), model::kPackageFormat, model::kPackageFormatVersion);
   std::printf("model      %s: %s\n", m.name.c_str(), DescribeConfig(m.config, m.dtype).c_str());
+  std::printf("attention  %s\n", DescribeAttention(m.config).c_str());
   std::printf("parameters %s (%s)\n", FormatCount(m.config.ParameterCount()).c_str(),
               FormatBytes(m.TotalBytes()).c_str());
   std::printf("slices     %zu of %s\n", m.slices.size(), FormatBytes(m.slice_bytes).c_str());
@@ -191,13 +223,15 @@ int InspectCheckpoint(const model::HfCheckpoint& ck, bool json) {
                         {"files", ck.files().size()},
                         {"tensors", ck.tensors().size()},
                         {"tensor_bytes", ck.TensorBytes()},
-                        {"unused_tensors", unexpected}};
+                        {"unused_tensors", unexpected},
+                        {"config", ConfigJson(ck.config())}};
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
   }
   std::printf("checkpoint %s (Hugging Face, %zu safetensors file%s)\n", ck.dir().c_str(), ck.files().size(),
               ck.files().size() == 1 ? "" : "s");
   std::printf("model      %s\n", DescribeConfig(ck.config(), *dtype).c_str());
+  std::printf("attention  %s\n", DescribeAttention(ck.config()).c_str());
   std::printf("parameters %s (%s)\n", FormatCount(ck.config().ParameterCount()).c_str(),
               FormatBytes(ck.TensorBytes()).c_str());
   std::printf("tensors    %zu, every one the config implies present with its shape\n", ck.tensors().size());

@@ -1,4 +1,4 @@
-// `modelcast synth`: Llama-architecture models in exactly the HF on-disk format, with weights
+// `modelcast synth`: Llama-architecture models (Llama, Mistral, Qwen2, Qwen3 layouts) in exactly the HF on-disk format, with weights
 // from a seeded generator, for tests, demos and benchmarks.
 #pragma once
 
@@ -21,6 +21,12 @@ struct SynthOptions {
   // Overrides of the preset's shape.
   std::optional<int64_t> layers, hidden, intermediate, heads, kv_heads, vocab;
   bool tie_word_embeddings = false;
+  // The family's layout and config keys: llama, mistral, qwen2 (q/k/v biases) or qwen3
+  // (per-head q/k norms, explicit head_dim).
+  std::string family = "llama";
+  // config.json's rope_scaling as JSON text (e.g. {"rope_type": "llama3", ...}); empty: none.
+  std::string rope_scaling;
+  std::optional<int64_t> sliding_window, max_positions;
   // Split into shards of at most this many bytes (plus an index), as HF does for large
   // models. 0: one model.safetensors whatever the size.
   uint64_t shard_bytes = 0;

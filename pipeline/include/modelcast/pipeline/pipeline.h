@@ -32,7 +32,7 @@ class LocalPipeline final : public Pipeline {
   Status Step(const StepInput& input, StepOutput* output) override;
   void Drop(uint64_t request) override;
   int64_t vocab_size() const override { return stages_.front()->config().vocab_size; }
-  int64_t max_positions() const override { return stages_.front()->config().max_position_embeddings; }
+  int64_t max_positions() const override { return stages_.front()->config().MaxPositions(); }
   const std::vector<std::unique_ptr<Stage>>& stages() const { return stages_; }
 
  private:
