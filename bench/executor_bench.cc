@@ -4,6 +4,7 @@
 // per token). The figure is the ratio of the two.
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <thread>
 #include <vector>
 
@@ -64,6 +65,16 @@ double ReadBandwidth(uint64_t bytes, int reps) {
   return best;
 }
 
+// The process's resident set (VmRSS), in bytes.
+uint64_t ResidentBytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
 // Tokens per second over `steps` decode steps of `batch` requests, each prefilled first.
 double DecodeRate(pipeline::Stage& stage, int batch, int steps, uint64_t first_request) {
   const auto& c = stage.config();
@@ -106,6 +117,8 @@ int main(int argc, char** argv) {
   p.Flag("reps", &reps, "repetitions [5]");
   p.Flag("steps", &steps, "decode steps per repetition [48]");
   p.Flag("memcpy-mib", &memcpy_mib, "size of each memcpy buffer, beyond the last-level cache [1024]");
+  bool widen = false;
+  p.Flag("widen", &widen, "compute from fp32 copies of the weights (OpenBLAS), for comparison");
   Check(p.Parse(argc, argv));
   if (p.help_requested()) {
     std::fputs(p.Usage().c_str(), stdout);
@@ -118,13 +131,19 @@ int main(int argc, char** argv) {
   if (!ck.ok()) bench::Die(ck.status());
   auto weights = pipeline::CheckpointWeights::Load(*ck);
   if (!weights.ok()) bench::Die(weights.status());
+  // The weights in memory, as the store's host buffers hold them; the stage reads them there
+  // (or, with --widen, from fp32 copies, as the CPU stage did before it computed from bf16).
+  std::shared_ptr<pipeline::CheckpointWeights> source = std::move(*weights);
   pipeline::StageOptions so;
   so.device = device == "cuda" ? pipeline::Device::kCuda : pipeline::Device::kCpu;
+  so.weights_owner = source;
+  so.widen_weights = widen;
+  const uint64_t rss_before = ResidentBytes();
   const double build_start = Now();
-  auto stage = pipeline::Stage::Create(ck->config(), {0, ck->config().num_hidden_layers}, (*weights)->lookup(), so);
+  auto stage = pipeline::Stage::Create(ck->config(), {0, ck->config().num_hidden_layers}, source->lookup(), so);
   const double build_s = Now() - build_start;
   if (!stage.ok()) bench::Die(stage.status());
-  weights->reset();  // the stage holds its own copy
+  const uint64_t rss_stage = ResidentBytes() - rss_before;
   const double weight_bytes = static_cast<double>((*stage)->weight_bytes());
 
   std::vector<double> bw, rbw, b1, b16;
@@ -138,9 +157,11 @@ int main(int argc, char** argv) {
   const double bandwidth = bench::Median(bw), rate1 = bench::Median(b1), rate16 = bench::Median(b16);
   const double bound = bandwidth / weight_bytes;
   const double read_bandwidth = bench::Median(rbw), read_bound = read_bandwidth / weight_bytes;
-  std::printf("model %s (%s, %.1f MB of weights read per step as fp32), device %s\n", preset.c_str(),
-              std::string(DTypeShortName(ck->config().torch_dtype)).c_str(), weight_bytes / 1e6, device.c_str());
-  std::printf("stage built (weights converted) in %.0f ms\n", build_s * 1000);
+  std::printf("model %s (%s, %.1f MB of weights read per step%s), device %s\n", preset.c_str(),
+              std::string(DTypeShortName(ck->config().torch_dtype)).c_str(), weight_bytes / 1e6,
+              widen ? " as fp32 copies" : "", device.c_str());
+  std::printf("stage built in %.1f ms (%.1f ms per GB of weights), %.1f MB resident beyond the weights' source\n",
+              build_s * 1000, build_s * 1000 / (weight_bytes / 1e9), static_cast<double>(rss_stage) / 1e6);
   std::printf("memcpy bandwidth            %8.2f GB/s (%lld MiB buffers, median of %lld)\n", bandwidth / 1e9,
               static_cast<long long>(memcpy_mib), static_cast<long long>(reps));
   std::printf("read bandwidth, all cores   %8.2f GB/s\n", read_bandwidth / 1e9);
@@ -159,7 +180,10 @@ int main(int argc, char** argv) {
                       {"batch1_over_bound", rate1 / bound},
                       {"read_gbps", read_bandwidth / 1e9},
                       {"batch1_over_read_bound", rate1 / read_bound},
-                      {"stage_build_s", build_s}};
+                      {"stage_build_s", build_s},
+                      {"stage_build_ms_per_gb", build_s * 1000 / (weight_bytes / 1e9)},
+                      {"stage_resident_bytes", rss_stage},
+                      {"widen", widen}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

@@ -47,11 +47,14 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   MC_ASSIGN_OR_RETURN(auto load, store_->Promote(req.model, blocks, Tier::kHost));
   MC_RETURN_IF_ERROR(load->Wait(std::chrono::minutes(10)).WithContext("startServing: loading " + key));
   Serving s;
+  // The stage reads its weights in the blocks' host buffers, as they are: it holds the leases
+  // (they pin the blocks against eviction) for as long as it lives.
+  auto leases = std::make_shared<std::vector<tiers::Lease>>();
   std::map<uint32_t, const uint8_t*> data;
   for (uint32_t b : blocks) {
     MC_ASSIGN_OR_RETURN(tiers::Lease lease, store_->Acquire(req.model, b, Tier::kHost));
     data[b] = lease.data();
-    s.leases.push_back(std::move(lease));
+    leases->push_back(std::move(lease));
   }
   const pipeline::LayerRange layers{manifest->blocks[req.first_block].first_layer,
                                     manifest->blocks[req.end_block - 1].end_layer};
@@ -60,7 +63,10 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
     return it == data.end() ? nullptr : it->second;
   });
   const auto resident_ms = ms();
-  MC_ASSIGN_OR_RETURN(std::unique_ptr<pipeline::Stage> stage, pipeline::Stage::Create(manifest->config, layers, lookup));
+  pipeline::StageOptions options;
+  options.weights_owner = leases;
+  MC_ASSIGN_OR_RETURN(std::unique_ptr<pipeline::Stage> stage,
+                      pipeline::Stage::Create(manifest->config, layers, lookup, options));
   MC_RETURN_IF_ERROR(pipelines_->AddStage(key, std::move(stage)));
   s.instance.model = req.model;
   s.instance.node = node_;
@@ -81,7 +87,7 @@ Status ServingHost::Stop(const rpc::ServeRequest& req) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!serving_.count(key)) return NotFound("stopServing: " + node_ + " does not serve " + key);
   MC_RETURN_IF_ERROR(pipelines_->RemoveStage(key));
-  serving_.erase(key);  // the leases go: the blocks may be evicted again
+  serving_.erase(key);  // the stage goes, and with it its leases: the blocks may be evicted again
   LOG(INFO) << "agent " << node_ << ": stopped serving " << key;
   return Status::Ok();
 }

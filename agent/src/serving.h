@@ -29,7 +29,6 @@ class ServingHost {
  private:
   struct Serving {
     rpc::Instance instance;
-    std::vector<tiers::Lease> leases;
   };
   ServingHost() = default;
   tiers::Store* store_ = nullptr;

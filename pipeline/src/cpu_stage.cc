@@ -1,4 +1,5 @@
-// The CPU stage: fp32 compute, matrix products through OpenBLAS.
+// The CPU stage: fp32 arithmetic; bf16 and fp16 weights read as they are (half_matmul.h), fp32
+// ones through OpenBLAS.
 #include <cblas.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <unordered_map>
 
 #include "modelcast/pipeline/stage.h"
+#include "half_matmul.h"
 #include "stage_internal.h"
 
 namespace modelcast::pipeline {
@@ -15,7 +17,13 @@ namespace {
 
 // y[T, out] = x[T, in] W^T (+ b), W row-major [out, in] as HF stores nn.Linear weights.
 void Apply(const Linear& l, const float* x, int64_t tokens, float* y) {
-  if (tokens == 1) {
+  if (l.is_half()) {
+    int64_t row = 0;
+    for (const auto& p : l.half) {
+      HalfMatMul(p.w, l.half_dtype, p.rows, l.in, x, tokens, y + row, l.out);
+      row += p.rows;
+    }
+  } else if (tokens == 1) {
     cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(l.out), static_cast<int>(l.in), 1.0f, l.w.data(),
                 static_cast<int>(l.in), x, 1, 0.0f, y, 1);
   } else {
@@ -78,8 +86,12 @@ class CpuStage final : public CachingStage<RequestCache> {
     std::vector<float> x(static_cast<size_t>(T * H));
     if (first()) {
       for (int64_t t = 0; t < T; ++t) {
-        std::memcpy(x.data() + t * H, w_.embedding->w.data() + static_cast<int64_t>(input.tokens[t]) * H,
-                    sizeof(float) * H);
+        const Linear& e = *w_.embedding;
+        if (e.is_half()) {
+          WidenRow(e.half[0].w, e.half_dtype, H, input.tokens[t], x.data() + t * H);
+        } else {
+          std::memcpy(x.data() + t * H, e.w.data() + static_cast<int64_t>(input.tokens[t]) * H, sizeof(float) * H);
+        }
       }
     } else {
       x = input.hidden;
@@ -222,7 +234,8 @@ class CpuStage final : public CachingStage<RequestCache> {
 
 Result<std::unique_ptr<Stage>> CreateCpuStage(const model::LlamaConfig& config, LayerRange layers,
                                               const WeightLookup& weights, StageOptions options) {
-  MC_ASSIGN_OR_RETURN(StageWeights w, StageWeights::Load(config, layers, weights));
+  MC_ASSIGN_OR_RETURN(StageWeights w,
+                      StageWeights::Load(config, layers, weights, /*half=*/!options.widen_weights, options.weights_owner));
   return std::unique_ptr<Stage>(new CpuStage(config, layers, std::move(w), options));
 }
 

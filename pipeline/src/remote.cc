@@ -393,12 +393,18 @@ PipelineNode::~PipelineNode() {
   }
   state_->task_cv.notify_all();
   if (state_->worker.joinable()) state_->worker.join();
-  std::lock_guard<std::mutex> lock(state_->mu);
-  for (auto& [seq, p] : state_->pending) {
-    p->done = true;
-    p->status = Cancelled("the pipeline node stopped");
+  std::map<std::string, std::shared_ptr<Stage>> stages;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    for (auto& [seq, p] : state_->pending) {
+      p->done = true;
+      p->status = Cancelled("the pipeline node stopped");
+    }
+    state_->cv.notify_all();
+    // The stages go with the node, not with the last reference to its state: a stage may hold
+    // what keeps its weights alive (the store's leases), which must not outlive the store.
+    stages.swap(state_->stages);
   }
-  state_->cv.notify_all();
 }
 
 const std::string& PipelineNode::name() const { return state_->self; }

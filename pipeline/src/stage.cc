@@ -67,24 +67,55 @@ Status LoadTensor(const WeightLookup& lookup, const std::string& name, const std
   }
 }
 
-// Fills `l` with the tensors `parts` stacked by rows (each [rows_i, in]), and their biases.
+// Fills `l` with the tensors `parts` stacked by rows (each [rows_i, in]), and their biases. With
+// `w->half`, bf16/fp16 parts of one dtype stay as they are (views, or copies when the stage owns
+// no source); otherwise they are widened to fp32.
 Status LoadLinear(const WeightLookup& lookup, const std::vector<std::pair<std::string, int64_t>>& parts, int64_t in,
-                  bool bias, Linear* l) {
+                  bool bias, Linear* l, StageWeights* w) {
   l->in = in;
   l->out = 0;
   for (const auto& p : parts) l->out += p.second;
-  l->w.resize(static_cast<size_t>(l->out * in));
   if (bias) l->b.resize(static_cast<size_t>(l->out));
-  int64_t row = 0;
+  std::vector<TensorRef> refs;
+  bool half = w->half;
   for (const auto& [prefix, rows] : parts) {
-    MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".weight", {rows, in}, l->w.data() + row * in));
+    MC_ASSIGN_OR_RETURN(TensorRef t, lookup(prefix + ".weight"));
+    if (t.shape != std::vector<int64_t>{rows, in}) {
+      return InvalidArgument("tensor " + prefix + ".weight has shape " + ShapeString(t.shape) +
+                             ", the config implies " + ShapeString({rows, in}));
+    }
+    refs.push_back(std::move(t));
+  }
+  for (const auto& t : refs) half = half && (t.dtype == DType::kBF16 || t.dtype == DType::kF16) && t.dtype == refs[0].dtype;
+  int64_t row = 0;
+  if (half) {
+    l->half_dtype = refs[0].dtype;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const auto* data = reinterpret_cast<const uint16_t*>(refs[i].data);
+      if (!w->owner) {  // nothing keeps the source alive: the same bytes, copied
+        w->copies.emplace_back(data, data + parts[i].second * in);
+        data = w->copies.back().data();
+      }
+      l->half.push_back({data, parts[i].second});
+    }
+  } else {
+    l->w.resize(static_cast<size_t>(l->out * in));
+    for (const auto& [prefix, rows] : parts) {
+      MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".weight", {rows, in}, l->w.data() + row * in));
+      row += rows;
+    }
+  }
+  row = 0;
+  for (const auto& [prefix, rows] : parts) {
     if (bias) MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".bias", {rows}, l->b.data() + row));
     row += rows;
   }
   return Status::Ok();
 }
 
-uint64_t LinearBytes(const Linear& l) { return sizeof(float) * (l.w.size() + l.b.size()); }
+uint64_t LinearBytes(const Linear& l) {
+  return (l.is_half() ? 2 * static_cast<uint64_t>(l.out * l.in) : sizeof(float) * l.w.size()) + sizeof(float) * l.b.size();
+}
 
 }  // namespace
 
@@ -112,7 +143,8 @@ size_t StepInput::total_tokens() const {
   return n;
 }
 
-Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange range, const WeightLookup& lookup) {
+Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange range, const WeightLookup& lookup,
+                                        bool half, std::shared_ptr<const void> owner) {
   MC_RETURN_IF_ERROR(c.Validate("config"));
   if (c.hidden_act != "silu") {
     return Unimplemented("hidden_act '" + c.hidden_act + "': the executor implements Llama's silu");
@@ -126,6 +158,8 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
   const int64_t H = c.hidden_size, D = c.head_dim, NH = c.num_attention_heads, NKV = c.num_key_value_heads;
   const int64_t I = c.intermediate_size, V = c.vocab_size;
   StageWeights w;
+  w.half = half;
+  w.owner = std::move(owner);
   for (int64_t l = range.first; l < range.end; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer L;
@@ -135,8 +169,8 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
     MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "post_attention_layernorm.weight", {H}, L.post_norm.data()));
     MC_RETURN_IF_ERROR(LoadLinear(
         lookup, {{p + "self_attn.q_proj", NH * D}, {p + "self_attn.k_proj", NKV * D}, {p + "self_attn.v_proj", NKV * D}},
-        H, c.q_bias(), &L.qkv));
-    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "self_attn.o_proj", H}}, NH * D, c.attention_bias, &L.o));
+        H, c.q_bias(), &L.qkv, &w));
+    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "self_attn.o_proj", H}}, NH * D, c.attention_bias, &L.o, &w));
     if (c.qk_norm) {
       L.q_norm.resize(D);
       L.k_norm.resize(D);
@@ -144,14 +178,14 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
       MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "self_attn.k_norm.weight", {D}, L.k_norm.data()));
     }
     MC_RETURN_IF_ERROR(
-        LoadLinear(lookup, {{p + "mlp.gate_proj", I}, {p + "mlp.up_proj", I}}, H, c.mlp_bias, &L.gate_up));
-    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "mlp.down_proj", H}}, I, c.mlp_bias, &L.down));
+        LoadLinear(lookup, {{p + "mlp.gate_proj", I}, {p + "mlp.up_proj", I}}, H, c.mlp_bias, &L.gate_up, &w));
+    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{p + "mlp.down_proj", H}}, I, c.mlp_bias, &L.down, &w));
     w.layers.push_back(std::move(L));
   }
   const bool last = range.end == c.num_hidden_layers;
   if (range.first == 0 || (last && c.tie_word_embeddings)) {
     w.embedding = std::make_shared<Linear>();
-    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{"model.embed_tokens", V}}, H, false, w.embedding.get()));
+    MC_RETURN_IF_ERROR(LoadLinear(lookup, {{"model.embed_tokens", V}}, H, false, w.embedding.get(), &w));
   }
   if (last) {
     w.final_norm.resize(H);
@@ -160,7 +194,7 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
       w.head = w.embedding;
     } else {
       w.head = std::make_shared<Linear>();
-      MC_RETURN_IF_ERROR(LoadLinear(lookup, {{"lm_head", V}}, H, false, w.head.get()));
+      MC_RETURN_IF_ERROR(LoadLinear(lookup, {{"lm_head", V}}, H, false, w.head.get(), &w));
     }
   }
   w.inv_freq = c.RopeInvFreq(c.max_position_embeddings);

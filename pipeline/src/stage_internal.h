@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
 #include <unordered_map>
 #include <new>
@@ -44,11 +45,21 @@ T* WeightAllocator<T>::allocate(size_t n) {
 }
 using WeightVector = std::vector<float, WeightAllocator<float>>;
 
-// One nn.Linear: w is [out, in] row-major; b is empty without a bias.
+// One nn.Linear, or several stacked by rows (q/k/v, gate/up): either fp32 weights `w` ([out, in]
+// row-major), or bf16/fp16 ones read where they lie (`half`: the parts in row order, each a view
+// on a tensor in the stage's blocks, or in `StageWeights::copies` when the stage holds no owner
+// of its blocks). b is empty without a bias.
 struct Linear {
+  struct Part {
+    const uint16_t* w = nullptr;  // [rows, in]
+    int64_t rows = 0;
+  };
   WeightVector w;
+  std::vector<Part> half;
+  DType half_dtype = DType::kBF16;
   std::vector<float> b;
   int64_t out = 0, in = 0;
+  bool is_half() const { return !half.empty(); }
 };
 
 // One decoder layer, with q/k/v fused into one product ([q; k; v] rows) and gate/up into
@@ -66,7 +77,15 @@ struct StageWeights {
   std::shared_ptr<Linear> head;       // the last stage: lm_head, or the embedding when tied
   std::vector<double> inv_freq;       // rotary, scaled as the config says (for dynamic NTK: at max_position_embeddings)
 
-  static Result<StageWeights> Load(const model::LlamaConfig& config, LayerRange layers, const WeightLookup& lookup);
+  // bf16/fp16 matrices stay in their dtype when `half` (the CPU stage): views on the lookup's
+  // memory when `owner` keeps it alive, else copies of the same bytes; otherwise (the CUDA stage
+  // uploads fp32) they are widened to fp32.
+  bool half = false;
+  std::shared_ptr<const void> owner;
+  std::deque<std::vector<uint16_t>> copies;
+
+  static Result<StageWeights> Load(const model::LlamaConfig& config, LayerRange layers, const WeightLookup& lookup,
+                                   bool half = false, std::shared_ptr<const void> owner = nullptr);
   // Bytes of weights a step reads (the layers' matrices and norms, and the head).
   uint64_t StepBytes() const;
 };

@@ -84,8 +84,7 @@ int RunRun(const std::vector<std::string>& args) {
   // The weights, from a package or a checkpoint.
   std::error_code ec;
   std::unique_ptr<model::Package> package;
-  std::unique_ptr<pipeline::PackageWeights> package_weights;
-  std::unique_ptr<pipeline::CheckpointWeights> checkpoint_weights;
+  std::shared_ptr<const void> weights;  // what the stage reads its weights in
   model::LlamaConfig config;
   pipeline::WeightLookup lookup;
   bool own_tokenizer = false;
@@ -95,9 +94,10 @@ int RunRun(const std::vector<std::string>& args) {
     package = std::make_unique<model::Package>(std::move(*pkg));
     auto w = pipeline::PackageWeights::Load(*package);
     if (!w.ok()) return Fail("run", w.status());
-    package_weights = std::move(*w);
+    std::shared_ptr<pipeline::PackageWeights> held = std::move(*w);
     config = package->manifest().config;
-    lookup = package_weights->lookup();
+    lookup = held->lookup();
+    weights = held;
   } else {
     auto ck = model::HfCheckpoint::Open(path);
     if (!ck.ok()) return Fail("run", ck.status());
@@ -105,9 +105,10 @@ int RunRun(const std::vector<std::string>& args) {
     if (!dtype.ok()) return Fail("run", dtype.status());
     auto w = pipeline::CheckpointWeights::Load(*ck);
     if (!w.ok()) return Fail("run", w.status());
-    checkpoint_weights = std::move(*w);
+    std::shared_ptr<pipeline::CheckpointWeights> held = std::move(*w);
     config = ck->config();
-    lookup = checkpoint_weights->lookup();
+    lookup = held->lookup();
+    weights = held;
     own_tokenizer = fs::exists(fs::path(path) / "tokenizer.json", ec);
   }
   std::vector<int32_t> prompt;
@@ -135,7 +136,9 @@ int RunRun(const std::vector<std::string>& args) {
                                   std::to_string(max_tokens) + " passes the model's " +
                                   std::to_string(config.MaxPositions()) + " positions"));
   }
-  auto stage = pipeline::Stage::Create(config, {0, config.num_hidden_layers}, lookup);
+  pipeline::StageOptions options;
+  options.weights_owner = weights;  // read in place
+  auto stage = pipeline::Stage::Create(config, {0, config.num_hidden_layers}, lookup, options);
   if (!stage.ok()) return Fail("run", stage.status());
   std::vector<std::unique_ptr<pipeline::Stage>> stages;
   stages.push_back(std::move(*stage));

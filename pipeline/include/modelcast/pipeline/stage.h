@@ -56,13 +56,22 @@ struct StageOptions {
   Device device = Device::kCpu;
   int gpu_device = 0;
   int64_t max_requests = 256;  // requests holding a KV cache at once
+  // Keeps alive the memory the lookup's tensors live in (the store's leases on the blocks, a
+  // package read into memory): the CPU stage then reads bf16 and fp16 weights there, in place.
+  // Without one it copies them (the same bytes, no widening).
+  std::shared_ptr<const void> weights_owner;
+  // The CPU stage computes from fp32 copies of bf16/fp16 weights instead (as it did before it
+  // read them in their own dtype): for comparisons only.
+  bool widen_weights = false;
 };
 
 class Stage {
  public:
-  // Converts the range's weights (bf16, fp16 or fp32) for fp32 compute. Every tensor the range
-  // needs must be found with the shape the config implies; the error names the first that is
-  // not. The weights are copied: the source may be released once Create returns.
+  // Builds a stage of the range's weights (bf16, fp16 or fp32; the CPU stage computes from bf16
+  // and fp16 weights as they are, in fp32 arithmetic; the CUDA stage widens them to fp32). Every
+  // tensor the range needs must be found with the shape the config implies; the error names the
+  // first that is not. Unless options.weights_owner keeps the source alive, nothing of it is
+  // read after Create returns.
   static Result<std::unique_ptr<Stage>> Create(const model::LlamaConfig& config, LayerRange layers,
                                                const WeightLookup& weights, StageOptions options = {});
   virtual ~Stage() = default;
