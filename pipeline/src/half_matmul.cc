@@ -96,7 +96,8 @@ bool HaveAvx512() {
 // 16 weights widened to fp32.
 template <bool kBf16>
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline __m512 Load16(const uint16_t* p, __mmask16 m) {
-  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  const __m256i h = m == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                                : _mm256_maskz_loadu_epi16(m, p);
   if constexpr (kBf16) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   } else {
@@ -104,34 +105,57 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline __m512 Load16(c
   }
 }
 
-// Rows [r0, r1) of y for `tokens` (small) tokens: four rows at a time, each weight loaded once
-// for every token.
+// 16 columns from i of four rows, for nt (<= 4) tokens.
+template <bool kBf16>
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"), always_inline)) inline void Step4(
+    const uint16_t* p0, const uint16_t* p1, const uint16_t* p2, const uint16_t* p3, const float* x, int64_t in, int nt,
+    int64_t i, __mmask16 m, __m512 (&acc)[4][4]) {
+  const __m512 w0 = Load16<kBf16>(p0 + i, m);
+  const __m512 w1 = Load16<kBf16>(p1 + i, m);
+  const __m512 w2 = Load16<kBf16>(p2 + i, m);
+  const __m512 w3 = Load16<kBf16>(p3 + i, m);
+  for (int t = 0; t < nt; ++t) {
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * in + i);
+    acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
+    acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
+    acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
+    acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
+  }
+}
+
+// Rows [r0, r1) of y for `tokens` tokens: four rows at a time, each weight loaded once for up to
+// four tokens (the rows' weights stay in L1/L2 for the next four). Full vectors unmasked, the
+// tail masked.
 template <bool kBf16>
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void RowsAvx512(const uint16_t* w, int64_t in,
                                                                         const float* x, int64_t tokens, float* y,
                                                                         int64_t ldy, int64_t r0, int64_t r1) {
-  constexpr int kT = 4;  // tokens per pass
+  constexpr int kT = 4;          // tokens per pass
+  constexpr int64_t kAhead = 512;  // elements (1 KiB) of each row prefetched ahead
+  const int64_t body = in / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (in - body)) - 1);
   for (int64_t t0 = 0; t0 < tokens; t0 += kT) {
     const int nt = static_cast<int>(std::min<int64_t>(kT, tokens - t0));
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) {
-      __m512 acc[4][kT];
+      __m512 acc[4][4];
       for (auto& row : acc)
         for (auto& a : row) a = _mm512_setzero_ps();
-      for (int64_t i = 0; i < in; i += 16) {
-        const __mmask16 m = in - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (in - i)) - 1);
-        const __m512 w0 = Load16<kBf16>(w + (r + 0) * in + i, m);
-        const __m512 w1 = Load16<kBf16>(w + (r + 1) * in + i, m);
-        const __m512 w2 = Load16<kBf16>(w + (r + 2) * in + i, m);
-        const __m512 w3 = Load16<kBf16>(w + (r + 3) * in + i, m);
-        for (int t = 0; t < nt; ++t) {
-          const __m512 xv = _mm512_maskz_loadu_ps(m, x + (t0 + t) * in + i);
-          acc[0][t] = _mm512_fmadd_ps(w0, xv, acc[0][t]);
-          acc[1][t] = _mm512_fmadd_ps(w1, xv, acc[1][t]);
-          acc[2][t] = _mm512_fmadd_ps(w2, xv, acc[2][t]);
-          acc[3][t] = _mm512_fmadd_ps(w3, xv, acc[3][t]);
+      const uint16_t* p0 = w + (r + 0) * in;
+      const uint16_t* p1 = w + (r + 1) * in;
+      const uint16_t* p2 = w + (r + 2) * in;
+      const uint16_t* p3 = w + (r + 3) * in;
+      for (int64_t i = 0; i < body; i += 16) {
+        // The rows stream from memory: ask for them a few cache lines ahead.
+        if ((i & 31) == 0 && i + kAhead < in) {
+          _mm_prefetch(reinterpret_cast<const char*>(p0 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(p1 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(p2 + i + kAhead), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(p3 + i + kAhead), _MM_HINT_T0);
         }
+        Step4<kBf16>(p0, p1, p2, p3, x + t0 * in, in, nt, i, 0xffff, acc);
       }
+      if (tail) Step4<kBf16>(p0, p1, p2, p3, x + t0 * in, in, nt, body, tail, acc);
       for (int t = 0; t < nt; ++t) {
         for (int k = 0; k < 4; ++k) y[(t0 + t) * ldy + r + k] = _mm512_reduce_add_ps(acc[k][t]);
       }
@@ -140,13 +164,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void RowsAvx512(const 
       for (int t = 0; t < nt; ++t) {
         __m512 acc = _mm512_setzero_ps();
         for (int64_t i = 0; i < in; i += 16) {
-          const __mmask16 m =
-              in - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (in - i)) - 1);
+          const __mmask16 m = i < body ? static_cast<__mmask16>(0xffff) : tail;
           acc = _mm512_fmadd_ps(Load16<kBf16>(w + r * in + i, m), _mm512_maskz_loadu_ps(m, x + (t0 + t) * in + i), acc);
         }
         y[(t0 + t) * ldy + r] = _mm512_reduce_add_ps(acc);
       }
     }
+  }
+}
+
+// Row r of w widened, 16 at a time.
+template <bool kBf16>
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) void WidenAvx512(const uint16_t* p, int64_t in,
+                                                                         float* out) {
+  for (int64_t i = 0; i < in; i += 16) {
+    const __mmask16 m = in - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (in - i)) - 1);
+    _mm512_mask_storeu_ps(out + i, m, Load16<kBf16>(p + i, m));
   }
 }
 
@@ -172,12 +205,15 @@ void Rows(const uint16_t* w, DType dtype, int64_t in, const float* x, int64_t to
 
 void WidenRow(const uint16_t* w, DType dtype, int64_t in, int64_t row, float* out) {
   const uint16_t* p = w + row * in;
+  if (HaveAvx512()) return dtype == DType::kBF16 ? WidenAvx512<true>(p, in, out) : WidenAvx512<false>(p, in, out);
   for (int64_t i = 0; i < in; ++i) out[i] = Widen(p[i], dtype);
 }
 
 void HalfMatMul(const uint16_t* w, DType dtype, int64_t rows, int64_t in, const float* x, int64_t tokens, float* y,
                 int64_t ldy) {
-  constexpr int64_t kDirectTokens = 8;
+  // Up to a batch of decode steps, each weight is read once per four tokens from L1/L2; longer
+  // prompts widen tiles of rows once and multiply them with OpenBLAS.
+  constexpr int64_t kDirectTokens = 32;
   if (tokens <= kDirectTokens) {
     // Each core its share of the rows, in multiples of 4.
     RowPool::Get().Run([&](unsigned part, unsigned parts) {
