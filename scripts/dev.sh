@@ -23,7 +23,7 @@ JOBS="${MODELCAST_JOBS:-$(nproc)}"
 PACKAGES=(
   cmake ninja-build g++ pkg-config git
   libucx-dev libibverbs-dev librdmacm-dev
-  libthrift-dev thrift-compiler libboost-dev libevent-dev python3 python3-thrift python3-matplotlib libcpp-httplib-dev
+  libthrift-dev thrift-compiler libboost-dev libevent-dev python3 python3-thrift python3-matplotlib python3-numpy libcpp-httplib-dev
   libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev libopenblas-dev
   clang libclang-rt-14-dev
