@@ -92,7 +92,8 @@ namespace {
 const std::set<std::string_view> kImplementedKeys = {
     "architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "vocab_size", "max_position_embeddings", "head_dim", "rms_norm_eps", "rope_theta",
-    "rope_scaling", "rope_parameters", "tie_word_embeddings", "attention_bias", "mlp_bias", "bos_token_id",
+    "rope_scaling", "rope_parameters", "partial_rotary_factor" /* 1 only: Unsupported refuses others */,
+    "tie_word_embeddings", "attention_bias", "mlp_bias", "bos_token_id",
     "eos_token_id", "hidden_act", "torch_dtype", "dtype", "sliding_window", "use_sliding_window",
     "max_window_layers", "layer_types"};
 
@@ -104,13 +105,11 @@ std::optional<std::string> Unsupported(const std::string& key, const json& v) {
   if (key == "partial_rotary_factor" && !(v.is_number() && v.get<double>() == 1.0)) {
     return "a partial rotary embedding is not implemented";
   }
-  if (key == "partial_rotary_factor") return std::nullopt;
   if (key == "auto_map") return "the checkpoint names modelling code of its own, which modelcast does not run";
   return std::nullopt;
 }
 
-Status ParseRopeScaling(const json& r, const std::string& source, const std::string& key, int64_t max_positions,
-                        RopeScaling* out) {
+Status ParseRopeScaling(const json& r, const std::string& source, const std::string& key, RopeScaling* out) {
   if (!r.is_object()) return KeyError(source, key, "expected an object or null, got " + r.dump());
   std::string type;
   if (auto it = r.find("rope_type"); it != r.end() && it->is_string()) {
@@ -186,7 +185,6 @@ Status ParseRopeScaling(const json& r, const std::string& source, const std::str
     }
   }
   if (s.type != RopeScaling::Type::kNone && !(s.factor > 0)) return KeyError(source, key + ".factor", "must be positive");
-  (void)max_positions;
   *out = s;
   return Status::Ok();
 }
@@ -239,10 +237,9 @@ Result<LlamaConfig> LlamaConfig::FromJson(const json& j, const std::string& sour
   }
   // Every key: implemented, harmless, or refused by name.
   for (const auto& [key, value] : j.items()) {
-    if (kImplementedKeys.count(key)) continue;
-    if (std::find(kHarmlessConfigKeys.begin(), kHarmlessConfigKeys.end(), key) != kHarmlessConfigKeys.end()) continue;
     if (auto why = Unsupported(key, value)) return KeyError(source, key, *why);
-    if (value.is_null() || key == "partial_rotary_factor") continue;
+    if (kImplementedKeys.count(key) || value.is_null()) continue;
+    if (std::find(kHarmlessConfigKeys.begin(), kHarmlessConfigKeys.end(), key) != kHarmlessConfigKeys.end()) continue;
     return KeyError(source, key,
                     "not known to modelcast: it may change the model's output, so the checkpoint is refused");
   }
@@ -289,7 +286,7 @@ Result<LlamaConfig> LlamaConfig::FromJson(const json& j, const std::string& sour
     if (it->is_object() && it->contains("rope_theta")) {
       MC_RETURN_IF_ERROR(GetDouble(*it, source + ": " + key, "rope_theta", &c.rope_theta));
     }
-    MC_RETURN_IF_ERROR(ParseRopeScaling(*it, source, key, c.max_position_embeddings, &c.rope_scaling));
+    MC_RETURN_IF_ERROR(ParseRopeScaling(*it, source, key, &c.rope_scaling));
   }
   // Sliding-window attention, where the family's modelling code applies it.
   int64_t window = 0;
@@ -303,7 +300,7 @@ Result<LlamaConfig> LlamaConfig::FromJson(const json& j, const std::string& sour
   } else if (c.family == Family::kQwen2 || c.family == Family::kQwen3) {
     bool use = false;
     MC_RETURN_IF_ERROR(GetBool(j, source, "use_sliding_window", &use));
-    int64_t max_window_layers = c.family == Family::kQwen2 ? 28 : 28;
+    int64_t max_window_layers = 28;  // Qwen2Config's and Qwen3Config's default
     MC_RETURN_IF_ERROR(GetInt(j, source, "max_window_layers", false, &max_window_layers));
     bool any_sliding = use && max_window_layers < c.num_hidden_layers;
     if (auto it = j.find("layer_types"); it != j.end() && !it->is_null()) {

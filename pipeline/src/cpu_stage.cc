@@ -112,7 +112,6 @@ class CpuStage final : public CachingStage<RequestCache> {
       // (as transformers does per forward call); every other kind by fixed ones. Yarn scales
       // the rotation by its attention factor.
       const bool dynamic = c.rope_scaling.type == model::RopeScaling::Type::kDynamic;
-      const double factor = c.RopeAttentionFactor();
       int64_t t = 0;
       for (const auto& item : input.items) {
         const std::vector<double> inv =
@@ -121,8 +120,8 @@ class CpuStage final : public CachingStage<RequestCache> {
         for (int32_t j = 0; j < item.num_tokens; ++j, ++t) {
           for (int64_t i = 0; i < half; ++i) {
             const double angle = static_cast<double>(pos[t]) * freq[i];
-            cosv[t * half + i] = static_cast<float>(std::cos(angle) * factor);
-            sinv[t * half + i] = static_cast<float>(std::sin(angle) * factor);
+            cosv[t * half + i] = static_cast<float>(std::cos(angle) * w_.rope_scale);
+            sinv[t * half + i] = static_cast<float>(std::sin(angle) * w_.rope_scale);
           }
         }
       }

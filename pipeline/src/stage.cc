@@ -41,16 +41,20 @@ void Convert(const uint8_t* src, float* dst, uint64_t n, Widen widen) {
   for (auto& t : ts) t.join();
 }
 
-// Reads tensor `name` (of `shape`) into dst, widened to fp32.
-Status LoadTensor(const WeightLookup& lookup, const std::string& name, const std::vector<int64_t>& shape,
-                  float* dst) {
+// Tensor `name`, which must have `shape`.
+Result<TensorRef> FindTensor(const WeightLookup& lookup, const std::string& name, const std::vector<int64_t>& shape) {
   MC_ASSIGN_OR_RETURN(TensorRef t, lookup(name));
   if (t.shape != shape) {
     return InvalidArgument("tensor " + name + " has shape " + ShapeString(t.shape) + ", the config implies " +
                            ShapeString(shape));
   }
+  return t;
+}
+
+// Tensor `t` (named `name`) into dst, widened to fp32.
+Status WidenTensor(const TensorRef& t, const std::string& name, float* dst) {
   uint64_t n = 1;
-  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
   switch (t.dtype) {
     case DType::kF32:
       std::memcpy(dst, t.data, n * sizeof(float));
@@ -67,6 +71,13 @@ Status LoadTensor(const WeightLookup& lookup, const std::string& name, const std
   }
 }
 
+// Reads tensor `name` (of `shape`) into dst, widened to fp32.
+Status LoadTensor(const WeightLookup& lookup, const std::string& name, const std::vector<int64_t>& shape,
+                  float* dst) {
+  MC_ASSIGN_OR_RETURN(TensorRef t, FindTensor(lookup, name, shape));
+  return WidenTensor(t, name, dst);
+}
+
 // Fills `l` with the tensors `parts` stacked by rows (each [rows_i, in]), and their biases. With
 // `w->half`, bf16/fp16 parts of one dtype stay as they are (views, or copies when the stage owns
 // no source); otherwise they are widened to fp32.
@@ -77,15 +88,11 @@ Status LoadLinear(const WeightLookup& lookup, const std::vector<std::pair<std::s
   for (const auto& p : parts) l->out += p.second;
   if (bias) l->b.resize(static_cast<size_t>(l->out));
   std::vector<TensorRef> refs;
-  bool half = w->half;
   for (const auto& [prefix, rows] : parts) {
-    MC_ASSIGN_OR_RETURN(TensorRef t, lookup(prefix + ".weight"));
-    if (t.shape != std::vector<int64_t>{rows, in}) {
-      return InvalidArgument("tensor " + prefix + ".weight has shape " + ShapeString(t.shape) +
-                             ", the config implies " + ShapeString({rows, in}));
-    }
+    MC_ASSIGN_OR_RETURN(TensorRef t, FindTensor(lookup, prefix + ".weight", {rows, in}));
     refs.push_back(std::move(t));
   }
+  bool half = w->half;
   for (const auto& t : refs) half = half && (t.dtype == DType::kBF16 || t.dtype == DType::kF16) && t.dtype == refs[0].dtype;
   int64_t row = 0;
   if (half) {
@@ -100,9 +107,9 @@ Status LoadLinear(const WeightLookup& lookup, const std::vector<std::pair<std::s
     }
   } else {
     l->w.resize(static_cast<size_t>(l->out * in));
-    for (const auto& [prefix, rows] : parts) {
-      MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".weight", {rows, in}, l->w.data() + row * in));
-      row += rows;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      MC_RETURN_IF_ERROR(WidenTensor(refs[i], parts[i].first + ".weight", l->w.data() + row * in));
+      row += parts[i].second;
     }
   }
   row = 0;
@@ -198,6 +205,7 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
     }
   }
   w.inv_freq = c.RopeInvFreq(c.max_position_embeddings);
+  w.rope_scale = c.RopeAttentionFactor();
   return w;
 }
 
@@ -227,11 +235,14 @@ Status CheckStep(const Stage& stage, const StepInput& input, int64_t max_request
                                 stage.layers().ToString() + " holds " + std::to_string(have) + " of its tokens");
     }
     if (item.position + item.num_tokens > c.MaxPositions()) {
+      const std::string limit = std::to_string(c.MaxPositions());
       return OutOfRange(who + " would reach " + std::to_string(item.position + item.num_tokens) + " tokens, past " +
-                        (c.MaxPositions() < c.max_position_embeddings
-                             ? "the sliding window of " + std::to_string(c.MaxPositions()) +
+                        (c.sliding_window && *c.sliding_window == c.MaxPositions()
+                             ? "the sliding window of " + limit +
                                    " (modelcast serves sequences within it, where attention is full)"
-                             : "max_position_embeddings " + std::to_string(c.max_position_embeddings)));
+                         : c.MaxPositions() == c.max_position_embeddings
+                             ? "max_position_embeddings " + limit
+                             : "the " + limit + " positions its rope_scaling reaches"));
     }
     if (have == 0) ++fresh;
   }

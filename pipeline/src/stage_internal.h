@@ -76,6 +76,7 @@ struct StageWeights {
   std::vector<float> final_norm;      // the last stage
   std::shared_ptr<Linear> head;       // the last stage: lm_head, or the embedding when tied
   std::vector<double> inv_freq;       // rotary, scaled as the config says (for dynamic NTK: at max_position_embeddings)
+  double rope_scale = 1;              // the rotation's cos and sin multiplied by it (yarn's attention factor)
 
   // bf16/fp16 matrices stay in their dtype when `half` (the CPU stage): views on the lookup's
   // memory when `owner` keeps it alive, else copies of the same bytes; otherwise (the CUDA stage
