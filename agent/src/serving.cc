@@ -44,15 +44,19 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   auto ms = [&t0] {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   };
-  MC_ASSIGN_OR_RETURN(auto load, store_->Promote(req.model, blocks, Tier::kHost));
+  // A node whose store has a GPU tier serves on its GPU, from the blocks in its arena; others on
+  // the CPU, from the blocks in host memory.
+  const bool gpu = store_->has_gpu();
+  const Tier tier = gpu ? Tier::kGpu : Tier::kHost;
+  MC_ASSIGN_OR_RETURN(auto load, store_->Promote(req.model, blocks, tier));
   MC_RETURN_IF_ERROR(load->Wait(std::chrono::minutes(10)).WithContext("startServing: loading " + key));
   Serving s;
-  // The stage reads its weights in the blocks' host buffers, as they are: it holds the leases
-  // (they pin the blocks against eviction) for as long as it lives.
+  // The stage reads its weights in the blocks' buffers, as they are: it holds the leases (they
+  // pin the blocks against eviction) for as long as it lives.
   auto leases = std::make_shared<std::vector<tiers::Lease>>();
   std::map<uint32_t, const uint8_t*> data;
   for (uint32_t b : blocks) {
-    MC_ASSIGN_OR_RETURN(tiers::Lease lease, store_->Acquire(req.model, b, Tier::kHost));
+    MC_ASSIGN_OR_RETURN(tiers::Lease lease, store_->Acquire(req.model, b, tier));
     data[b] = lease.data();
     leases->push_back(std::move(lease));
   }
@@ -65,9 +69,14 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   const auto resident_ms = ms();
   pipeline::StageOptions options;
   options.weights_owner = leases;
-  MC_ASSIGN_OR_RETURN(std::unique_ptr<pipeline::Stage> stage,
-                      pipeline::Stage::Create(manifest->config, layers, lookup, options));
-  MC_RETURN_IF_ERROR(pipelines_->AddStage(key, std::move(stage)));
+  if (gpu) {
+    options.device = pipeline::Device::kCuda;
+    options.gpu_device = store_->gpu_device();
+    options.weights_on_device = true;
+  }
+  auto stage = pipeline::Stage::Create(manifest->config, layers, lookup, options);
+  if (!stage.ok()) return stage.status().WithContext("startServing: " + key + " on " + node_);
+  MC_RETURN_IF_ERROR(pipelines_->AddStage(key, std::move(*stage)));
   s.instance.model = req.model;
   s.instance.node = node_;
   const bool whole = req.first_block == 0 && req.end_block == nblocks;
@@ -75,7 +84,8 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   if (req.__isset.pipeline_id) s.instance.__set_pipeline_id(req.pipeline_id);
   s.instance.since_unix = UnixNow();
   LOG(INFO) << "agent " << node_ << ": serving " << key << " (" << layers.ToString() << ")"
-            << (req.__isset.pipeline_id ? " in pipeline " + req.pipeline_id : std::string()) << ": blocks resident in "
+            << (req.__isset.pipeline_id ? " in pipeline " + req.pipeline_id : std::string()) << " on the "
+            << (gpu ? "GPU" : "CPU") << ": blocks resident in "
             << resident_ms << " ms, stage built in " << ms() - resident_ms << " ms";
   std::lock_guard<std::mutex> lock(mu_);
   serving_[key] = std::move(s);

@@ -97,35 +97,9 @@ class CpuStage final : public CachingStage<RequestCache> {
       x = input.hidden;
     }
 
-    // Positions of every token of the step, and the rotary angles' cos/sin for them.
-    std::vector<int64_t> pos(T);
-    {
-      int64_t t = 0;
-      for (const auto& item : input.items) {
-        for (int32_t j = 0; j < item.num_tokens; ++j) pos[t++] = item.position + j;
-      }
-    }
     const int64_t half = D / 2;
-    std::vector<float> cosv(T * half), sinv(T * half);
-    {
-      // Dynamic NTK scaling rotates by frequencies of the sequence's length as of this call
-      // (as transformers does per forward call); every other kind by fixed ones. Yarn scales
-      // the rotation by its attention factor.
-      const bool dynamic = c.rope_scaling.type == model::RopeScaling::Type::kDynamic;
-      int64_t t = 0;
-      for (const auto& item : input.items) {
-        const std::vector<double> inv =
-            dynamic ? c.RopeInvFreq(item.position + item.num_tokens) : std::vector<double>();
-        const std::vector<double>& freq = dynamic ? inv : w_.inv_freq;
-        for (int32_t j = 0; j < item.num_tokens; ++j, ++t) {
-          for (int64_t i = 0; i < half; ++i) {
-            const double angle = static_cast<double>(pos[t]) * freq[i];
-            cosv[t * half + i] = static_cast<float>(std::cos(angle) * w_.rope_scale);
-            sinv[t * half + i] = static_cast<float>(std::sin(angle) * w_.rope_scale);
-          }
-        }
-      }
-    }
+    std::vector<float> cosv, sinv;
+    RopeTables(c, w_, input.items, &cosv, &sinv);
     auto rope = [&](float* v, int64_t heads, int64_t t) {
       for (int64_t h = 0; h < heads; ++h) {
         float* xh = v + h * D;

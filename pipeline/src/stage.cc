@@ -51,10 +51,17 @@ Result<TensorRef> FindTensor(const WeightLookup& lookup, const std::string& name
   return t;
 }
 
-// Tensor `t` (named `name`) into dst, widened to fp32.
-Status WidenTensor(const TensorRef& t, const std::string& name, float* dst) {
+// Tensor `t` (named `name`) into dst, widened to fp32; read through `fetch` when it is given (the
+// tensor then lies in device memory).
+Status WidenTensor(TensorRef t, const std::string& name, float* dst, const StageWeights::HostFetch& fetch) {
   uint64_t n = 1;
   for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
+  std::vector<uint8_t> staged;
+  if (fetch && (t.dtype == DType::kF32 || t.dtype == DType::kBF16 || t.dtype == DType::kF16)) {
+    staged.resize(n * DTypeSize(t.dtype));
+    MC_RETURN_IF_ERROR(fetch(t.data, staged.size(), staged.data()).WithContext("reading tensor " + name));
+    t.data = staged.data();
+  }
   switch (t.dtype) {
     case DType::kF32:
       std::memcpy(dst, t.data, n * sizeof(float));
@@ -73,9 +80,9 @@ Status WidenTensor(const TensorRef& t, const std::string& name, float* dst) {
 
 // Reads tensor `name` (of `shape`) into dst, widened to fp32.
 Status LoadTensor(const WeightLookup& lookup, const std::string& name, const std::vector<int64_t>& shape,
-                  float* dst) {
+                  float* dst, const StageWeights::HostFetch& fetch) {
   MC_ASSIGN_OR_RETURN(TensorRef t, FindTensor(lookup, name, shape));
-  return WidenTensor(t, name, dst);
+  return WidenTensor(t, name, dst, fetch);
 }
 
 // Fills `l` with the tensors `parts` stacked by rows (each [rows_i, in]), and their biases. With
@@ -108,13 +115,13 @@ Status LoadLinear(const WeightLookup& lookup, const std::vector<std::pair<std::s
   } else {
     l->w.resize(static_cast<size_t>(l->out * in));
     for (size_t i = 0; i < parts.size(); ++i) {
-      MC_RETURN_IF_ERROR(WidenTensor(refs[i], parts[i].first + ".weight", l->w.data() + row * in));
+      MC_RETURN_IF_ERROR(WidenTensor(refs[i], parts[i].first + ".weight", l->w.data() + row * in, w->fetch));
       row += parts[i].second;
     }
   }
   row = 0;
   for (const auto& [prefix, rows] : parts) {
-    if (bias) MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".bias", {rows}, l->b.data() + row));
+    if (bias) MC_RETURN_IF_ERROR(LoadTensor(lookup, prefix + ".bias", {rows}, l->b.data() + row, w->fetch));
     row += rows;
   }
   return Status::Ok();
@@ -151,7 +158,7 @@ size_t StepInput::total_tokens() const {
 }
 
 Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange range, const WeightLookup& lookup,
-                                        bool half, std::shared_ptr<const void> owner) {
+                                        bool half, std::shared_ptr<const void> owner, HostFetch fetch) {
   MC_RETURN_IF_ERROR(c.Validate("config"));
   if (c.hidden_act != "silu") {
     return Unimplemented("hidden_act '" + c.hidden_act + "': the executor implements Llama's silu");
@@ -167,13 +174,14 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
   StageWeights w;
   w.half = half;
   w.owner = std::move(owner);
+  w.fetch = std::move(fetch);
   for (int64_t l = range.first; l < range.end; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer L;
     L.input_norm.resize(H);
     L.post_norm.resize(H);
-    MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "input_layernorm.weight", {H}, L.input_norm.data()));
-    MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "post_attention_layernorm.weight", {H}, L.post_norm.data()));
+    MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "input_layernorm.weight", {H}, L.input_norm.data(), w.fetch));
+    MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "post_attention_layernorm.weight", {H}, L.post_norm.data(), w.fetch));
     MC_RETURN_IF_ERROR(LoadLinear(
         lookup, {{p + "self_attn.q_proj", NH * D}, {p + "self_attn.k_proj", NKV * D}, {p + "self_attn.v_proj", NKV * D}},
         H, c.q_bias(), &L.qkv, &w));
@@ -181,8 +189,8 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
     if (c.qk_norm) {
       L.q_norm.resize(D);
       L.k_norm.resize(D);
-      MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "self_attn.q_norm.weight", {D}, L.q_norm.data()));
-      MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "self_attn.k_norm.weight", {D}, L.k_norm.data()));
+      MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "self_attn.q_norm.weight", {D}, L.q_norm.data(), w.fetch));
+      MC_RETURN_IF_ERROR(LoadTensor(lookup, p + "self_attn.k_norm.weight", {D}, L.k_norm.data(), w.fetch));
     }
     MC_RETURN_IF_ERROR(
         LoadLinear(lookup, {{p + "mlp.gate_proj", I}, {p + "mlp.up_proj", I}}, H, c.mlp_bias, &L.gate_up, &w));
@@ -196,7 +204,7 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
   }
   if (last) {
     w.final_norm.resize(H);
-    MC_RETURN_IF_ERROR(LoadTensor(lookup, "model.norm.weight", {H}, w.final_norm.data()));
+    MC_RETURN_IF_ERROR(LoadTensor(lookup, "model.norm.weight", {H}, w.final_norm.data(), w.fetch));
     if (c.tie_word_embeddings) {
       w.head = w.embedding;
     } else {
@@ -207,6 +215,29 @@ Result<StageWeights> StageWeights::Load(const model::LlamaConfig& c, LayerRange 
   w.inv_freq = c.RopeInvFreq(c.max_position_embeddings);
   w.rope_scale = c.RopeAttentionFactor();
   return w;
+}
+
+void RopeTables(const model::LlamaConfig& c, const StageWeights& w, const std::vector<StepItem>& items,
+                std::vector<float>* cos, std::vector<float>* sin) {
+  const int64_t half = c.head_dim / 2;
+  int64_t tokens = 0;
+  for (const auto& item : items) tokens += item.num_tokens;
+  cos->resize(static_cast<size_t>(tokens * half));
+  sin->resize(static_cast<size_t>(tokens * half));
+  const bool dynamic = c.rope_scaling.type == model::RopeScaling::Type::kDynamic;
+  int64_t t = 0;
+  for (const auto& item : items) {
+    const std::vector<double> inv = dynamic ? c.RopeInvFreq(item.position + item.num_tokens) : std::vector<double>();
+    const std::vector<double>& freq = dynamic ? inv : w.inv_freq;
+    for (int32_t j = 0; j < item.num_tokens; ++j, ++t) {
+      const double pos = static_cast<double>(item.position + j);
+      for (int64_t i = 0; i < half; ++i) {
+        const double angle = pos * freq[i];
+        (*cos)[t * half + i] = static_cast<float>(std::cos(angle) * w.rope_scale);
+        (*sin)[t * half + i] = static_cast<float>(std::sin(angle) * w.rope_scale);
+      }
+    }
+  }
 }
 
 uint64_t StageWeights::StepBytes() const {

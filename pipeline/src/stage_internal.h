@@ -1,5 +1,5 @@
-// What the CPU and CUDA stages share: their weights converted to fp32 on the host, and the
-// checks every step passes before it changes anything.
+// What the CPU and CUDA stages share: their weights (bf16/fp16 matrices as they are, or widened
+// to fp32), the rotation's tables, and the checks every step passes before it changes anything.
 #pragma once
 
 #include <cstdint>
@@ -71,6 +71,7 @@ struct Layer {
 };
 
 struct StageWeights {
+  using HostFetch = std::function<Status(const uint8_t* src, uint64_t bytes, uint8_t* dst)>;
   std::vector<Layer> layers;
   std::shared_ptr<Linear> embedding;  // [vocab, hidden]: the first stage, and a tied last one
   std::vector<float> final_norm;      // the last stage
@@ -83,10 +84,15 @@ struct StageWeights {
   // uploads fp32) they are widened to fp32.
   bool half = false;
   std::shared_ptr<const void> owner;
+  HostFetch fetch;
   std::deque<std::vector<uint16_t>> copies;
 
+  // `fetch`, when given, reads a tensor's bytes into host memory: the lookup's addresses are then
+  // device memory (the store's GPU arena), read only through it (norms, biases, and anything
+  // widened); the half matrices stay views there.
   static Result<StageWeights> Load(const model::LlamaConfig& config, LayerRange layers, const WeightLookup& lookup,
-                                   bool half = false, std::shared_ptr<const void> owner = nullptr);
+                                   bool half = false, std::shared_ptr<const void> owner = nullptr,
+                                   HostFetch fetch = nullptr);
   // Bytes of weights a step reads (the layers' matrices and norms, and the head).
   uint64_t StepBytes() const;
 };
@@ -118,6 +124,13 @@ class CachingStage : public Stage {
   mutable std::mutex mu_;  // held for a whole step
   std::unordered_map<uint64_t, Cache> caches_;
 };
+
+// The rotation of every token of a step ([tokens, head_dim / 2] each): the cos and sin of
+// position x frequency, times yarn's attention factor. Dynamic NTK scaling rotates by the
+// frequencies of each request's length as of this step (as transformers does per forward call);
+// every other kind by the fixed `w.inv_freq`.
+void RopeTables(const model::LlamaConfig& config, const StageWeights& w, const std::vector<StepItem>& items,
+                std::vector<float>* cos, std::vector<float>* sin);
 
 // The checks of Stage::Forward's contract; `held` gives the tokens a stage holds for a request.
 Status CheckStep(const Stage& stage, const StepInput& input, int64_t max_requests,

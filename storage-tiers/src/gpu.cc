@@ -2,6 +2,8 @@
 
 #include <glog/logging.h>
 
+#include <algorithm>
+
 #if MODELCAST_HAVE_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -44,6 +46,39 @@ Status HostRegister(void* ptr, uint64_t bytes) {
 }
 
 void HostUnregister(void* ptr) { cudaHostUnregister(ptr); }
+
+Result<double> DeviceCopyBandwidth(int device, uint64_t bytes, int reps) {
+  MC_ASSIGN_OR_RETURN(auto a, DeviceMemory::Allocate(device, bytes));
+  MC_ASSIGN_OR_RETURN(auto b, DeviceMemory::Allocate(device, bytes));
+  cudaEvent_t start = nullptr, stop = nullptr;
+  cudaError_t err = cudaEventCreate(&start);
+  if (err == cudaSuccess) err = cudaEventCreate(&stop);
+  double best = 0;
+  for (int r = 0; err == cudaSuccess && r < reps + 1; ++r) {  // the first is a warm-up
+    err = cudaEventRecord(start);
+    if (err == cudaSuccess) err = cudaMemcpy(b->base(), a->base(), bytes, cudaMemcpyDeviceToDevice);
+    if (err == cudaSuccess) err = cudaEventRecord(stop);
+    if (err == cudaSuccess) err = cudaEventSynchronize(stop);
+    float ms = 0;
+    if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, start, stop);
+    if (err == cudaSuccess && r > 0 && ms > 0) best = std::max(best, 2.0 * static_cast<double>(bytes) / (ms / 1e3));
+  }
+  if (start) cudaEventDestroy(start);
+  if (stop) cudaEventDestroy(stop);
+  if (err != cudaSuccess) return CudaError("timing a device-to-device copy", err);
+  return best;
+}
+
+Result<uint64_t> MemoryInUse(int device) {
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) return CudaError("cudaSetDevice(" + std::to_string(device) + ")", err);
+  err = cudaDeviceSynchronize();
+  if (err != cudaSuccess) return CudaError("cudaDeviceSynchronize", err);
+  size_t free = 0, total = 0;
+  err = cudaMemGetInfo(&free, &total);
+  if (err != cudaSuccess) return CudaError("cudaMemGetInfo", err);
+  return static_cast<uint64_t>(total - free);
+}
 
 Result<std::unique_ptr<DeviceMemory>> DeviceMemory::Allocate(int device, uint64_t bytes) {
   cudaError_t err = cudaSetDevice(device);
@@ -154,6 +189,8 @@ std::vector<DeviceInfo> Probe(std::string* why) {
 
 Status HostRegister(void*, uint64_t) { return NotBuilt(); }
 void HostUnregister(void*) {}
+Result<uint64_t> MemoryInUse(int) { return NotBuilt(); }
+Result<double> DeviceCopyBandwidth(int, uint64_t, int) { return NotBuilt(); }
 
 Result<std::unique_ptr<DeviceMemory>> DeviceMemory::Allocate(int, uint64_t) { return NotBuilt(); }
 DeviceMemory::~DeviceMemory() = default;

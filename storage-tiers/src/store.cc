@@ -210,6 +210,7 @@ Store::~Store() {
 }
 
 bool Store::has_gpu() const { return impl_->HasGpu(); }
+int Store::gpu_device() const { return impl_->opt.gpu_device; }
 uint8_t* Store::host_pool_base() const { return impl_->host->base(); }
 uint64_t Store::host_pool_size() const { return impl_->host->capacity(); }
 

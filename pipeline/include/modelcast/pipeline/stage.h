@@ -60,15 +60,21 @@ struct StageOptions {
   // package read into memory): the CPU stage then reads bf16 and fp16 weights there, in place.
   // Without one it copies them (the same bytes, no widening).
   std::shared_ptr<const void> weights_owner;
-  // The CPU stage computes from fp32 copies of bf16/fp16 weights instead (as it did before it
-  // read them in their own dtype): for comparisons only.
+  // The lookup's addresses are device memory on gpu_device (the store's GPU arena; the CUDA stage
+  // only): bf16/fp16 matrices are read there in place, the rest copied out once; weights_owner
+  // must keep them there.
+  bool weights_on_device = false;
+  // Compute from fp32 copies of bf16/fp16 weights instead: the CPU stage as it did before it
+  // read them in their own dtype, the CUDA stage in fp32 throughout (to rounding of the float64
+  // reference, where its bf16 products round their inputs). For comparisons.
   bool widen_weights = false;
 };
 
 class Stage {
  public:
   // Builds a stage of the range's weights (bf16, fp16 or fp32; the CPU stage computes from bf16
-  // and fp16 weights as they are, in fp32 arithmetic; the CUDA stage widens them to fp32). Every
+  // and fp16 weights as they are, in fp32 arithmetic; the CUDA stage keeps them in their dtype on
+  // the device and multiplies activations rounded to it, accumulating in fp32). Every
   // tensor the range needs must be found with the shape the config implies; the error names the
   // first that is not. Unless options.weights_owner keeps the source alive, nothing of it is
   // read after Create returns.

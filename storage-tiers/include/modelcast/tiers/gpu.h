@@ -37,6 +37,12 @@ std::vector<DeviceInfo> Probe(std::string* why = nullptr);
 Status HostRegister(void* ptr, uint64_t bytes);
 void HostUnregister(void* ptr);
 
+// The device memory's bandwidth: bytes read plus bytes written per second by a device-to-device
+// cudaMemcpy of `bytes` (best of `reps`, after a warm-up).
+Result<double> DeviceCopyBandwidth(int device, uint64_t bytes, int reps);
+// Bytes of the device's memory in use (by every process), after the device's queued work.
+Result<uint64_t> MemoryInUse(int device);
+
 // A region of device memory allocated once (cudaMalloc) and freed on destruction.
 class DeviceMemory {
  public:

@@ -167,6 +167,7 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   bool has_gpu() const;
+  int gpu_device() const;  // the device of the GPU tier (when has_gpu())
   Inventory GetInventory() const;
   StoreCounters counters() const;
   std::shared_ptr<const model::Manifest> FindModel(const std::string& model) const;
