@@ -18,11 +18,7 @@ namespace {
 // y[T, out] = x[T, in] W^T (+ b), W row-major [out, in] as HF stores nn.Linear weights.
 void Apply(const Linear& l, const float* x, int64_t tokens, float* y) {
   if (l.is_half()) {
-    int64_t row = 0;
-    for (const auto& p : l.half) {
-      HalfMatMul(p.w, l.half_dtype, p.rows, l.in, x, tokens, y + row, l.out);
-      row += p.rows;
-    }
+    HalfMatMul(l.half, l.half_dtype, l.in, x, tokens, y, l.out);
   } else if (tokens == 1) {
     cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(l.out), static_cast<int>(l.in), 1.0f, l.w.data(),
                 static_cast<int>(l.in), x, 1, 0.0f, y, 1);

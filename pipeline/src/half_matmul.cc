@@ -201,6 +201,22 @@ void Rows(const uint16_t* w, DType dtype, int64_t in, const float* x, int64_t to
   return RowsAvx512<false>(w, in, x, tokens, y, ldy, r0, r1);
 }
 
+// A prompt: tiles of rows widened into a scratch buffer, each multiplied by OpenBLAS (which uses
+// every core itself); a weight is widened once per step, not once per token.
+void WidenedProduct(const uint16_t* w, DType dtype, int64_t rows, int64_t in, const float* x, int64_t tokens, float* y,
+                    int64_t ldy) {
+  constexpr int64_t kTileRows = 256;
+  thread_local std::vector<float> tile;
+  tile.resize(static_cast<size_t>(std::min(rows, kTileRows) * in));
+  for (int64_t r = 0; r < rows; r += kTileRows) {
+    const int64_t n = std::min(kTileRows, rows - r);
+    for (int64_t k = 0; k < n; ++k) WidenRow(w, dtype, in, r + k, tile.data() + k * in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tokens), static_cast<int>(n),
+                static_cast<int>(in), 1.0f, x, static_cast<int>(in), tile.data(), static_cast<int>(in), 0.0f, y + r,
+                static_cast<int>(ldy));
+  }
+}
+
 }  // namespace
 
 void WidenRow(const uint16_t* w, DType dtype, int64_t in, int64_t row, float* out) {
@@ -211,29 +227,34 @@ void WidenRow(const uint16_t* w, DType dtype, int64_t in, int64_t row, float* ou
 
 void HalfMatMul(const uint16_t* w, DType dtype, int64_t rows, int64_t in, const float* x, int64_t tokens, float* y,
                 int64_t ldy) {
+  HalfMatMul(std::vector<HalfRows>{{w, rows}}, dtype, in, x, tokens, y, ldy);
+}
+
+void HalfMatMul(const std::vector<HalfRows>& mats, DType dtype, int64_t in, const float* x, int64_t tokens, float* y,
+                int64_t ldy) {
   // Up to a batch of decode steps, each weight is read once per four tokens from L1/L2; longer
   // prompts widen tiles of rows once and multiply them with OpenBLAS.
   constexpr int64_t kDirectTokens = 32;
   if (tokens <= kDirectTokens) {
-    // Each core its share of the rows, in multiples of 4.
+    int64_t rows = 0;
+    for (const auto& m : mats) rows += m.rows;
+    // Each core its share of the stacked rows, in multiples of 4, cut where one matrix ends.
     RowPool::Get().Run([&](unsigned part, unsigned parts) {
       const int64_t per = (rows / 4 + parts - 1) / parts * 4;
-      const int64_t r0 = std::min(rows, per * part), r1 = part + 1 == parts ? rows : std::min(rows, r0 + per);
-      if (r0 < r1) Rows(w, dtype, in, x, tokens, y, ldy, r0, r1);
+      const int64_t g0 = std::min(rows, per * part), g1 = part + 1 == parts ? rows : std::min(rows, g0 + per);
+      int64_t base = 0;
+      for (const auto& m : mats) {
+        const int64_t r0 = std::max<int64_t>(g0 - base, 0), r1 = std::min(g1 - base, m.rows);
+        if (r0 < r1) Rows(m.w, dtype, in, x, tokens, y + base, ldy, r0, r1);
+        base += m.rows;
+      }
     });
     return;
   }
-  // A prompt: tiles of rows widened into a scratch buffer, each multiplied by OpenBLAS (which
-  // uses every core itself); a weight is widened once per step, not once per token.
-  constexpr int64_t kTileRows = 256;
-  thread_local std::vector<float> tile;
-  tile.resize(static_cast<size_t>(std::min(rows, kTileRows) * in));
-  for (int64_t r = 0; r < rows; r += kTileRows) {
-    const int64_t n = std::min(kTileRows, rows - r);
-    for (int64_t k = 0; k < n; ++k) WidenRow(w, dtype, in, r + k, tile.data() + k * in);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(tokens), static_cast<int>(n),
-                static_cast<int>(in), 1.0f, x, static_cast<int>(in), tile.data(), static_cast<int>(in), 0.0f, y + r,
-                static_cast<int>(ldy));
+  int64_t base = 0;
+  for (const auto& m : mats) {
+    WidenedProduct(m.w, dtype, m.rows, in, x, tokens, y + base, ldy);
+    base += m.rows;
   }
 }
 

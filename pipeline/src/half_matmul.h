@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "modelcast/common/dtype.h"
 
@@ -15,6 +16,15 @@ namespace modelcast::pipeline {
 // Batch 1 and small batches read each weight once; larger ones widen tiles of the weights and
 // multiply them with OpenBLAS. Rows are shared among the machine's cores.
 void HalfMatMul(const uint16_t* w, DType dtype, int64_t rows, int64_t in, const float* x, int64_t tokens, float* y,
+                int64_t ldy);
+
+// Matrices stacked by rows (q/k/v, gate/up), each [rows, in] where it lies: one product, whose
+// rows are shared among the cores as one (one hand-off per product, not per matrix).
+struct HalfRows {
+  const uint16_t* w = nullptr;
+  int64_t rows = 0;
+};
+void HalfMatMul(const std::vector<HalfRows>& parts, DType dtype, int64_t in, const float* x, int64_t tokens, float* y,
                 int64_t ldy);
 
 // Row r of w widened to fp32 (the embedding's rows).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "modelcast/pipeline/stage.h"
+#include "half_matmul.h"
 
 namespace modelcast::pipeline {
 
@@ -50,10 +51,7 @@ using WeightVector = std::vector<float, WeightAllocator<float>>;
 // on a tensor in the stage's blocks, or in `StageWeights::copies` when the stage holds no owner
 // of its blocks). b is empty without a bias.
 struct Linear {
-  struct Part {
-    const uint16_t* w = nullptr;  // [rows, in]
-    int64_t rows = 0;
-  };
+  using Part = HalfRows;  // w: [rows, in]
   WeightVector w;
   std::vector<Part> half;
   DType half_dtype = DType::kBF16;

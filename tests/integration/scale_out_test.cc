@@ -3,6 +3,8 @@
 // the operation reports success with every target's slices counted. Then what goes wrong: bad
 // requests, an agent killed mid-operation (with and without a spare), the coordinator killed
 // mid-operation, two models at once; and the Python autoscaler scaling out and in.
+#include <nlohmann/json.hpp>
+
 #include "support/loopback_cluster.h"
 #include "support/wait.h"
 
@@ -182,6 +184,18 @@ TEST_F(ScaleOutTest, AnAgentRefusesFragmentsThatReadWhatItDoesNotHold) {
                                   "names slice 1048576 (peer 'node-0'), but the model has"),
             std::string::npos)
       << refused(outside);
+  // A package whose config this agent cannot serve (made by a newer modelcast, say) is refused
+  // before anything is received, in the words `prepare` uses for the same config.
+  auto unservable = fragment();
+  {
+    auto j = nlohmann::json::parse(unservable.manifest_json);
+    j["config"]["hidden_act"] = "gelu_pytorch_tanh";
+    unservable.manifest_json = j.dump();
+  }
+  EXPECT_NE(refused(unservable).find("runFragment: model 'tiny-llm' manifest: config: key 'hidden_act': "
+                                     "\"gelu_pytorch_tanh\" is not implemented (only silu)"),
+            std::string::npos)
+      << refused(unservable);
   auto anonymous = send;
   anonymous.header = rpc::RequestHeader();
   EXPECT_EQ(refused(anonymous).rfind("NOT_AUTHORIZED", 0), 0u) << refused(anonymous);
