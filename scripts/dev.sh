@@ -27,7 +27,8 @@ PACKAGES=(
   libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev libopenblas-dev
   clang libclang-rt-14-dev
-  iproute2 iputils-ping iperf3 fio openssl
+  libpcre2-dev libutf8proc-dev
+  iproute2 iputils-ping iperf3 fio openssl nodejs npm
 )
 
 log() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }

@@ -28,6 +28,9 @@ int Fail(const char* command, const Status& status);
 // returns kExitOk; otherwise returns -1 (go on).
 int ParseOrExit(const char* command, ArgParser& parser, const std::vector<std::string>& args);
 
+// Comma-separated token ids ("1,17,300"); errors name `flag`.
+Result<std::vector<int32_t>> ParseTokens(const std::string& text, const std::string& flag);
+
 // The plan's length and when it first serves, one line ending with `after`.
 void PrintPlanTiming(const planner::Plan& plan, const char* after);
 // The plan as text: the first `show_ticks` ticks of transfers, the pipelines, the full instances.
@@ -48,6 +51,10 @@ int RunInstances(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
 // `modelcast run DIR --tokens IDS|--prompt TEXT [--logits FILE.npy]`: a model run here alone.
 int RunRun(const std::vector<std::string>& args);
+// `modelcast tokenize DIR --text-file F` / `detokenize DIR --ids IDS`: the checkpoint's (or
+// package's) own tokenizer.
+int RunTokenize(const std::vector<std::string>& args);
+int RunDetokenize(const std::vector<std::string>& args);
 // `modelcast plan --dry-run MODEL -n N`: the coordinator's plan for the live cluster.
 int RunLivePlan(const std::vector<std::string>& args);
 

@@ -32,6 +32,8 @@ constexpr Command kCommands[] = {
     {"inspect", "summarise a package or an HF checkpoint", RunInspect},
     {"verify", "re-check every slice checksum of a package", RunVerify},
     {"run", "run a checkpoint or package here alone: generated tokens, last logits as .npy", RunRun},
+    {"tokenize", "the token ids of a text by the model's own tokenizer (tokenizer.json)", RunTokenize},
+    {"detokenize", "the text of token ids by the model's own tokenizer", RunDetokenize},
     {"plan", "show the planner's plan for a scale-out on a cluster (text, JSON or SVG)", RunPlan},
     {"cluster", "the coordinator's view of the cluster (cluster status)", RunCluster},
     {"models", "registered models and where their copies are; --register PKG", RunModels},

@@ -40,7 +40,9 @@ std::string NpyFloat32(const std::vector<float>& values) {
   return out;
 }
 
-Result<std::vector<int32_t>> ParseTokens(const std::string& text) {
+}  // namespace
+
+Result<std::vector<int32_t>> ParseTokens(const std::string& text, const std::string& flag) {
   std::vector<int32_t> out;
   size_t i = 0;
   while (i < text.size()) {
@@ -48,16 +50,15 @@ Result<std::vector<int32_t>> ParseTokens(const std::string& text) {
     if (end == std::string::npos) end = text.size();
     const std::string item = text.substr(i, end - i);
     if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9) {
-      return InvalidArgument("--tokens: '" + item + "' is not a token id (expected comma-separated ids, e.g. 1,17,300)");
+      return InvalidArgument(flag + ": '" + item + "' is not a token id (expected comma-separated ids, e.g. 1,17,300)");
     }
     out.push_back(static_cast<int32_t>(std::stol(item)));
     i = end + 1;
   }
-  if (out.empty()) return InvalidArgument("--tokens: no token ids");
+  if (out.empty()) return InvalidArgument(flag + ": no token ids");
   return out;
 }
 
-}  // namespace
 
 int RunRun(const std::vector<std::string>& args) {
   std::string path, tokens_text, prompt_text, logits_path;
@@ -113,7 +114,7 @@ int RunRun(const std::vector<std::string>& args) {
   }
   std::vector<int32_t> prompt;
   if (!tokens_text.empty()) {
-    auto t = ParseTokens(tokens_text);
+    auto t = ParseTokens(tokens_text, "--tokens");
     if (!t.ok()) return Fail("run", t.status());
     prompt = std::move(*t);
   } else {
