@@ -203,6 +203,22 @@ Result<Manifest> Manifest::Parse(std::string_view text, const std::string& sourc
       m.skipped_tensors.push_back(s.raw().get<std::string>());
     }
   }
+  if (j.contains("text_files")) {
+    MC_ASSIGN_OR_RETURN(auto files, r.Array("text_files", 16));
+    for (const auto& f : files) {
+      TextFileEntry e;
+      MC_ASSIGN_OR_RETURN(e.name, f.String("name"));
+      if (std::none_of(std::begin(kTextFiles), std::end(kTextFiles), [&](const char* n) { return e.name == n; })) {
+        return f.Error("name '" + e.name + "' is not one of the tokenizer's files a package carries");
+      }
+      MC_ASSIGN_OR_RETURN(e.bytes, f.U64("bytes"));
+      MC_ASSIGN_OR_RETURN(std::string hex, f.String("xxh3"));
+      auto c = ChecksumFromHex(hex);
+      if (!c.ok()) return f.Error("xxh3: " + c.status().message());
+      e.xxh3 = *c;
+      m.text_files.push_back(std::move(e));
+    }
+  }
   MC_ASSIGN_OR_RETURN(uint64_t total, r.U64("total_bytes"));
   MC_RETURN_IF_ERROR(m.Validate(source));
   if (total != m.TotalBytes()) {
@@ -365,6 +381,11 @@ std::string Manifest::Serialize() const {
   }
   j["tensors"] = std::move(jt);
   if (!skipped_tensors.empty()) j["skipped_tensors"] = skipped_tensors;
+  if (!text_files.empty()) {
+    json jf = json::array();
+    for (const auto& f : text_files) jf.push_back({{"name", f.name}, {"bytes", f.bytes}, {"xxh3", ChecksumToHex(f.xxh3)}});
+    j["text_files"] = std::move(jf);
+  }
   return j.dump(1) + "\n";
 }
 

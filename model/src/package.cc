@@ -121,6 +121,21 @@ Result<VerifyReport> Package::Verify(const std::function<void(uint64_t)>& progre
   }
   std::stable_sort(report.bad.begin(), report.bad.end(),
                    [](const auto& a, const auto& c) { return a.slice < c.slice; });
+  // The tokenizer's files.
+  for (const auto& f : manifest_.text_files) {
+    const auto path = dir_ / f.name;
+    auto bytes = ReadFileToString(path, 1ull << 30);
+    std::string problem;
+    if (!bytes.ok()) {
+      problem = bytes.status().message();
+    } else if (bytes->size() != f.bytes) {
+      problem = "it has " + std::to_string(bytes->size()) + " bytes, the manifest says " + std::to_string(f.bytes);
+    } else if (uint64_t got = Xxh3(bytes->data(), bytes->size()); got != f.xxh3) {
+      problem = ChecksumMismatch(f.xxh3, got);
+    }
+    if (!problem.empty()) report.bad_files.push_back(path.string() + ": " + problem);
+    ++report.files_checked;
+  }
   return report;
 }
 

@@ -216,6 +216,14 @@ Result<PrepareReport> Prepare(const fs::path& src, const fs::path& dst, const Pr
   MC_RETURN_IF_ERROR(read_status.WithContext("prepare " + src.string()));
   MC_RETURN_IF_ERROR(write_status.WithContext("prepare " + dst.string()));
 
+  // The tokenizer's files travel with the package, checksummed in its manifest.
+  for (const char* name : kTextFiles) {
+    std::error_code ec;
+    if (!fs::exists(src / name, ec)) continue;
+    MC_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(src / name, 1ull << 30));
+    MC_RETURN_IF_ERROR(WriteFileAtomic(staging.path() / name, bytes));
+    m.text_files.push_back({name, bytes.size(), Xxh3(bytes.data(), bytes.size())});
+  }
   MC_RETURN_IF_ERROR(WriteFileAtomic(staging.path() / kManifestFile, m.Serialize()));
   MC_RETURN_IF_ERROR(WriteFileAtomic(staging.path() / "config.json", ckpt.raw_config().dump(2) + "\n"));
   MC_RETURN_IF_ERROR(staging.Commit(options.replace));

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <sstream>
 
 #include "modelcast/model/checkpoint.h"
@@ -65,6 +66,59 @@ TEST_F(CliTest, SynthPrepareVerifyInspect) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("embeddings + layers 0-1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("layers 2-3 + norm, lm_head"), std::string::npos) << r.out;
+}
+
+// The tokenizer's files go into the package with the model (checksummed in the manifest, checked
+// by verify), and `tokenize`/`detokenize` read them there as in the checkpoint. A hand-made
+// byte-level BPE: "h i" merges first, so " hi" is "Ġ" then "hi".
+TEST_F(CliTest, ThePackageCarriesTheTokenizer) {
+  const nlohmann::json tokenizer = {
+      {"model",
+       {{"type", "BPE"},
+        {"vocab", {{"h", 0}, {"i", 1}, {"\u0120", 2}, {"hi", 3}, {"\u0120hi", 4}, {"\u0120h", 5}}},
+        {"merges", {"h i", "\u0120 h", "\u0120h i"}}}},
+      {"added_tokens", {{{"id", 6}, {"content", "<|eot|>"}, {"special", true}}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}}};
+  std::ofstream(dir_ / "hf" / "tokenizer.json") << tokenizer.dump();
+  std::ofstream(dir_ / "hf" / "tokenizer_config.json") << R"({"eos_token": "<|eot|>"})";
+  std::ofstream(dir_ / "hf" / "generation_config.json") << R"({"eos_token_id": 6})";
+  auto r = Modelcast({"prepare", (dir_ / "hf").string(), (dir_ / "pkg").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
+    EXPECT_TRUE(fs::exists(dir_ / "pkg" / f)) << f;
+  }
+  r = Modelcast({"inspect", (dir_ / "pkg").string(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["tokenizer"], "byte-level BPE, 6 tokens + 1 added (tokenizer.json)");
+  for (const char* where : {"hf", "pkg"}) {
+    r = Modelcast({"tokenize", (dir_ / where).string(), "--text", "hi hi<|eot|>", "--json"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["ids"], nlohmann::json({3, 2, 3, 6})) << where;
+  }
+  r = Modelcast({"detokenize", (dir_ / "pkg").string(), "--ids", "3,2,3,6", "--skip-special-tokens", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["text"], "hi hi");
+  r = Modelcast({"verify", (dir_ / "pkg").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("3 tokenizer file(s), all checksums match"), std::string::npos) << r.out;
+  // Bad input: text that is not UTF-8, an id the tokenizer lacks, a changed file.
+  std::ofstream(dir_ / "bad.txt") << "ok \xC3\x28";
+  ExpectOneLineError(Modelcast({"tokenize", (dir_ / "pkg").string(), "--text-file", (dir_ / "bad.txt").string()}),
+                     "tokenize", "the text is not valid UTF-8 at byte 3");
+  ExpectOneLineError(Modelcast({"detokenize", (dir_ / "pkg").string(), "--ids", "3,77"}), "detokenize",
+                     "token id 77 is not in the tokenizer's vocabulary");
+  std::ofstream(dir_ / "pkg" / "generation_config.json") << R"({"eos_token_id": 7})";
+  ExpectOneLineError(Modelcast({"verify", (dir_ / "pkg").string()}), "verify",
+                     (dir_ / "pkg" / "generation_config.json").string() + ": checksum mismatch");
+  // A tokenizer modelcast does not implement is named; the model is served through ids.
+  std::ofstream(dir_ / "hf" / "tokenizer.json") << R"({"model": {"type": "Unigram", "vocab": []}})";
+  r = Modelcast({"inspect", (dir_ / "hf").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("tokenizer.json cannot be used: " + (dir_ / "hf" / "tokenizer.json").string() +
+                       ": model type \"Unigram\" is not implemented (BPE is) (send token ids)"),
+            std::string::npos)
+      << r.out;
 }
 
 TEST_F(CliTest, VerifyNamesTheFirstBadSlice) {

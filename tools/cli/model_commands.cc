@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "modelcast/text/tokenizer.h"
 #include "modelcast/common/build_info.h"
 #include "modelcast/common/progress.h"
 #include "modelcast/common/units.h"
@@ -174,6 +175,17 @@ int RunPrepare(const std::vector<std::string>& args) {
 
 namespace {
 
+// What serves text for the model in `dir`: its tokenizer.json, or why it cannot, or the fallback.
+std::string DescribeTokenizer(const std::filesystem::path& dir) {
+  std::error_code ec;
+  if (!std::filesystem::exists(dir / "tokenizer.json", ec)) {
+    return "none (no tokenizer.json): text is served through the byte-level fallback";
+  }
+  auto t = text::Tokenizer::Load(dir / "tokenizer.json");
+  if (!t.ok()) return "tokenizer.json cannot be used: " + t.status().message() + " (send token ids)";
+  return (*t)->Describe() + " (tokenizer.json)";
+}
+
 int InspectPackage(const model::Package& pkg, bool json) {
   const auto& m = pkg.manifest();
   if (json) {
@@ -187,6 +199,7 @@ int InspectPackage(const model::Package& pkg, bool json) {
                         {"slices", m.slices.size()},
                         {"slice_bytes", m.slice_bytes},
                         {"total_bytes", m.TotalBytes()},
+                        {"tokenizer", DescribeTokenizer(pkg.dir())},
                         {"config", ConfigJson(m.config)}};
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
@@ -197,6 +210,7 @@ int InspectPackage(const model::Package& pkg, bool json) {
   std::printf("parameters %s (%s)\n", FormatCount(m.config.ParameterCount()).c_str(),
               FormatBytes(m.TotalBytes()).c_str());
   std::printf("slices     %zu of %s\n", m.slices.size(), FormatBytes(m.slice_bytes).c_str());
+  std::printf("tokenizer  %s\n", DescribeTokenizer(pkg.dir()).c_str());
   std::printf("\n  block  layers     bytes       slices       contents\n");
   for (const auto& b : m.blocks) {
     std::string contents = (b.embeddings ? "embeddings + " : "") + std::string("layers ") +
@@ -224,6 +238,7 @@ int InspectCheckpoint(const model::HfCheckpoint& ck, bool json) {
                         {"tensors", ck.tensors().size()},
                         {"tensor_bytes", ck.TensorBytes()},
                         {"unused_tensors", unexpected},
+                        {"tokenizer", DescribeTokenizer(ck.dir())},
                         {"config", ConfigJson(ck.config())}};
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
@@ -235,6 +250,7 @@ int InspectCheckpoint(const model::HfCheckpoint& ck, bool json) {
   std::printf("parameters %s (%s)\n", FormatCount(ck.config().ParameterCount()).c_str(),
               FormatBytes(ck.TensorBytes()).c_str());
   std::printf("tensors    %zu, every one the config implies present with its shape\n", ck.tensors().size());
+  std::printf("tokenizer  %s\n", DescribeTokenizer(ck.dir()).c_str());
   if (!unexpected.empty())
     std::printf("unused     %zu tensor(s), first '%s'\n", unexpected.size(), unexpected.front().c_str());
   return kExitOk;
@@ -280,14 +296,16 @@ int RunVerify(const std::vector<std::string>& args) {
   auto report = pkg->Verify([&](uint64_t n) { bar.Add(n); });
   bar.Finish();
   if (!report.ok()) return Fail("verify", report.status());
-  if (!report->ok()) {
+  if (!report->bad.empty()) {
     std::string msg = pkg->Describe(report->bad.front());
     if (report->bad.size() > 1) msg += " (" + std::to_string(report->bad.size()) + " bad slices in all)";
     return Fail("verify", Corruption(msg));
   }
+  if (!report->bad_files.empty()) return Fail("verify", Corruption(report->bad_files.front()));
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("verified '%s': %llu slices, %s, all checksums match (%.2f s, %s)\n", pkg->manifest().name.c_str(),
-              (unsigned long long)report->slices_checked, FormatBytes(report->bytes_checked).c_str(), secs,
+  std::printf("verified '%s': %llu slices, %s, %llu tokenizer file(s), all checksums match (%.2f s, %s)\n",
+              pkg->manifest().name.c_str(), (unsigned long long)report->slices_checked,
+              FormatBytes(report->bytes_checked).c_str(), (unsigned long long)report->files_checked, secs,
               FormatRate(report->bytes_checked / std::max(secs, 1e-9)).c_str());
   return kExitOk;
 }

@@ -64,6 +64,16 @@ struct BlockEntry {
 // equal cut, rounded up to 4 KiB.
 uint64_t BlockSliceBytes(uint64_t bytes, uint64_t max_slice_bytes);
 
+// A file of the checkpoint's tokenizer kept beside the blocks (tokenizer.json,
+// tokenizer_config.json, generation_config.json), with its size and checksum.
+struct TextFileEntry {
+  std::string name;
+  uint64_t bytes = 0;
+  uint64_t xxh3 = 0;
+};
+// The files a package may carry beside its blocks.
+inline constexpr const char* kTextFiles[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+
 struct Manifest {
   std::string name;
   DType dtype = DType::kBF16;
@@ -74,6 +84,7 @@ struct Manifest {
   std::vector<SliceEntry> slices;
   std::vector<TensorEntry> tensors;
   std::vector<std::string> skipped_tensors;  // in the source checkpoint, not used by the model
+  std::vector<TextFileEntry> text_files;     // empty: no tokenizer (served with the byte-level fallback)
 
   uint64_t TotalBytes() const;  // sum of blocks' bytes
   const TensorEntry* FindTensor(const std::string& name) const;

@@ -27,8 +27,10 @@ struct VerifyReport {
   uint64_t slices_checked = 0;
   uint64_t bytes_checked = 0;
   std::vector<BadSlice> bad;  // in slice order; bad.front() is the first bad slice
+  uint64_t files_checked = 0;          // the tokenizer's files beside the blocks
+  std::vector<std::string> bad_files;  // "PATH: PROBLEM"
 
-  bool ok() const { return bad.empty(); }
+  bool ok() const { return bad.empty() && bad_files.empty(); }
 };
 
 // "model 'tiny': block 2 slice 5 (slice 17 of the model) in PATH at offset N: PROBLEM": how
