@@ -121,6 +121,7 @@ struct RegisterModelRequest {
   2: string name,
   3: string manifest_json,       // the package's manifest.json
   4: optional double keep_alive_s,
+  5: optional map<string, binary> text_files,  // the files its manifest lists in text_files (the tokenizer's)
 }
 
 struct ScaleOptions {

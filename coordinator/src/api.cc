@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -35,6 +36,64 @@ struct Stream {
 struct Prompt {
   std::vector<int32_t> tokens;
   bool text = false;  // the prompt was text: the answer is text too
+};
+
+// How a model's text becomes token ids and back: its own tokenizer (special tokens added as its
+// post-processor says: Llama's bos), or the byte-level fallback for a model without one.
+struct TextCodec {
+  std::shared_ptr<const text::Tokenizer> tokenizer;
+  model::LlamaConfig config;
+
+  Result<std::vector<int32_t>> Encode(const std::string& s) const {
+    if (!tokenizer) return pipeline::ByteTokenizer::Encode(s, config);
+    if (s.empty()) return InvalidArgument("an empty prompt");
+    return tokenizer->Encode(s, /*add_special_tokens=*/true);
+  }
+  // The ids the tokenizer knows (a model's vocabulary may be padded past its tokenizer's).
+  std::vector<int32_t> Known(const std::vector<int32_t>& ids) const {
+    std::vector<int32_t> out;
+    for (int32_t t : ids) {
+      if (tokenizer->IdToken(t)) out.push_back(t);
+    }
+    return out;
+  }
+  // The answer's text, special tokens left out.
+  std::string Decode(const std::vector<int32_t>& ids) const {
+    if (!tokenizer) return pipeline::ByteTokenizer::Decode(ids);
+    auto r = tokenizer->Decode(Known(ids), /*skip_special_tokens=*/true);
+    return r.ok() ? *r : std::string();
+  }
+};
+
+Result<TextCodec> CodecFor(const ServingPlane& plane, const std::string& model) {
+  TextCodec c;
+  MC_ASSIGN_OR_RETURN(c.config, plane.ModelConfig(model));
+  MC_ASSIGN_OR_RETURN(c.tokenizer, plane.ModelTokenizer(model));
+  return c;
+}
+
+// The text of tokens as they are generated, never part of a character (the byte-level fallback
+// gives each token's byte).
+class TextStream {
+ public:
+  explicit TextStream(const TextCodec& codec) : codec_(codec) {
+    if (codec_.tokenizer) decoder_.emplace(*codec_.tokenizer, true);
+  }
+  std::string Next(int32_t t) {
+    if (!decoder_) return pipeline::ByteTokenizer::Decode({t});
+    if (!codec_.tokenizer->IdToken(t)) return std::string();
+    auto r = decoder_->Next(t);
+    return r.ok() ? *r : std::string();
+  }
+  std::string Finish() {
+    if (!decoder_) return std::string();
+    auto r = decoder_->Finish();
+    return r.ok() ? *r : std::string();
+  }
+
+ private:
+  TextCodec codec_;
+  std::optional<text::StreamDecoder> decoder_;
 };
 
 // Fills the request's prompt, sampling and stop token from what the client sent, checked
@@ -98,9 +157,9 @@ class RouterHandler : public rpc::RouterIf {
     if (req.__isset.prompt_tokens) {
       prompt.tokens = req.prompt_tokens;
     } else if (req.__isset.prompt_text) {
-      auto config = plane_->ModelConfig(req.model);
-      rpc::ThrowIfError(config.status());
-      auto t = pipeline::ByteTokenizer::Encode(req.prompt_text, *config);
+      auto codec = CodecFor(*plane_, req.model);
+      rpc::ThrowIfError(codec.status());
+      auto t = codec->Encode(req.prompt_text);
       rpc::ThrowIfError(t.status());
       prompt.tokens = std::move(*t);
       prompt.text = true;
@@ -115,7 +174,11 @@ class RouterHandler : public rpc::RouterIf {
     rpc::ThrowIfError(plane_->router().Submit(std::move(r)));
     rpc::ThrowIfError(WaitDone(*stream, 3600));
     out.tokens = stream->tokens;
-    out.text = pipeline::ByteTokenizer::Decode(stream->tokens);
+    if (prompt.text) {
+      auto codec = CodecFor(*plane_, req.model);
+      rpc::ThrowIfError(codec.status());
+      out.text = codec->Decode(stream->tokens);
+    }
     out.finish_reason = FinishReason(*stream, stop);
     out.ttft_s = stream->timing.ttft_s;
     out.tpot_s = stream->timing.tpot_s;
@@ -185,12 +248,12 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     const std::string model = body.value("model", "");
     if (model.empty()) return Error(res, 400, InvalidArgument("'model' is missing"));
     Prompt prompt;
+    auto codec = CodecFor(*this, model);
+    if (!codec.ok()) return Error(res, HttpStatus(codec.status()), codec.status());
     try {
       const Json& p = body.at("prompt");
       if (p.is_string()) {
-        auto config = ModelConfig(model);
-        if (!config.ok()) return Error(res, HttpStatus(config.status()), config.status());
-        auto t = pipeline::ByteTokenizer::Encode(p.get<std::string>(), *config);
+        auto t = codec->Encode(p.get<std::string>());
         if (!t.ok()) return Error(res, 400, t.status());
         prompt.tokens = std::move(*t);
         prompt.text = true;
@@ -227,16 +290,13 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     const int32_t stop = r.stop_token;
     if (s.ok()) s = router().Submit(std::move(r));
     if (!s.ok()) return Error(res, HttpStatus(s), s);
-    auto choice = [text](const std::vector<int32_t>& tokens) {
+    // One completion object: a choice with `tokens` and their text, and once the request has
+    // ended its usage and timing (the caller holds the stream's lock or the request has ended).
+    const TextCodec text_codec = *codec;
+    auto completion = [=](const std::vector<int32_t>& tokens, const std::string& piece, Json finish, bool final) {
       Json c = {{"index", 0}, {"logprobs", nullptr}};
-      c["text"] = text ? pipeline::ByteTokenizer::Decode(tokens) : std::string();
+      c["text"] = text ? piece : std::string();
       c["tokens"] = tokens;
-      return c;
-    };
-    // One completion object: a choice with `tokens`, and once the request has ended its usage
-    // and timing (the caller holds the stream's lock or the request has ended).
-    auto completion = [=](const std::vector<int32_t>& tokens, Json finish, bool final) {
-      Json c = choice(tokens);
       c["finish_reason"] = std::move(finish);
       Json j = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
                 {"choices", Json::array({c})}};
@@ -253,23 +313,25 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     if (!stream_mode) {
       s = WaitDone(*stream, 3600);
       if (!s.ok()) return Error(res, HttpStatus(s), s);
-      res.set_content(Dump(completion(stream->tokens, FinishReason(*stream, stop), true)), "application/json");
+      res.set_content(Dump(completion(stream->tokens, text_codec.Decode(stream->tokens), FinishReason(*stream, stop), true)),
+                      "application/json");
       return;
     }
     // Server-sent events: one per token as it is generated, then the end and [DONE].
     res.set_header("Cache-Control", "no-cache");
+    auto pieces = std::make_shared<TextStream>(text_codec);  // only the provider below touches it
     res.set_chunked_content_provider("text/event-stream", [=](size_t, httplib::DataSink& sink) {
       std::unique_lock<std::mutex> lock(stream->mu);
       stream->cv.wait_for(lock, std::chrono::seconds(60), [&] { return stream->done || !stream->fresh.empty(); });
       while (!stream->fresh.empty()) {
         const int32_t t = stream->fresh.front();
         stream->fresh.pop_front();
-        const std::string ev = "data: " + Dump(completion({t}, nullptr, false)) + "\n\n";
+        const std::string ev = "data: " + Dump(completion({t}, pieces->Next(t), nullptr, false)) + "\n\n";
         if (!sink.write(ev.data(), ev.size())) return false;
       }
       if (!stream->done) return true;
       Json end = stream->status.ok()
-                     ? completion({}, FinishReason(*stream, stop), true)
+                     ? completion({}, pieces->Finish(), FinishReason(*stream, stop), true)
                      : Json{{"error",
                              {{"message", stream->status.message()},
                               {"code", std::string(StatusCodeName(stream->status.code()))}}}};

@@ -69,8 +69,13 @@ class ClusterState {
   int64_t epoch() const { return epoch_; }
   const std::string& cluster_name() const { return cluster_.name; }
 
+  // `text_files`: the files the manifest lists in text_files (the tokenizer's), each checked
+  // against its size and checksum, kept under state_dir/models/NAME/ for the serving API.
+  using TextFiles = std::map<std::string, std::string>;
   Result<ModelReport> RegisterModel(const std::string& name, const std::string& manifest_json,
-                                    std::optional<double> keep_alive);
+                                    std::optional<double> keep_alive, const TextFiles& text_files = {});
+  // A registered model's text files (null when it has none, or they could not be read back).
+  std::shared_ptr<const TextFiles> FindTextFiles(const std::string& model) const;
   std::vector<ModelReport> ListModels() const;
 
   // Membership. A node must be in the cluster config; joining replaces what it said before.
@@ -117,7 +122,11 @@ class ClusterState {
     std::shared_ptr<const model::Manifest> manifest;
     std::string manifest_json;
     double keep_alive = 300;
+    std::shared_ptr<const TextFiles> text_files;
   };
+  // Reads a model's text files back from state_dir (after a restart), checked against its
+  // manifest; null, with a warning, when one is missing or differs.
+  std::shared_ptr<const TextFiles> LoadTextFilesLocked(const std::string& name, const model::Manifest& m) const;
   // A fragment to send to one node's agent.
   struct Dispatch {
     std::string node, rpc_address;

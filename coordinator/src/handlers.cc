@@ -37,7 +37,8 @@ class CoordinatorHandler : public rpc::CoordinatorIf {
   void registerModel(rpc::ModelInfo& out, const rpc::RegisterModelRequest& req) override {
     Authorize(state_, security_, req.header, "registerModel");
     auto info = state_->RegisterModel(
-        req.name, req.manifest_json, req.__isset.keep_alive_s ? std::optional<double>(req.keep_alive_s) : std::nullopt);
+        req.name, req.manifest_json, req.__isset.keep_alive_s ? std::optional<double>(req.keep_alive_s) : std::nullopt,
+        ClusterState::TextFiles(req.text_files.begin(), req.text_files.end()));
     Check(info.status());
     out = ToWire(*info);
   }

@@ -1,8 +1,11 @@
 #include <glog/logging.h>
 
+#include <algorithm>
+
 #include "cluster_state.h"
 #include "inventory.h"
 #include "modelcast/common/checksum.h"
+#include "modelcast/common/file_util.h"
 
 namespace modelcast::coordinator {
 namespace fs = std::filesystem;
@@ -196,8 +199,10 @@ Status ClusterState::Replay(const json& r) {
   if (op == "register_model") {
     const std::string text = r.at("manifest").get<std::string>();
     MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(text, "journaled manifest"));
-    models_[r.at("name").get<std::string>()] =
-        Model{std::make_shared<const model::Manifest>(std::move(m)), text, r.at("keep_alive").get<double>()};
+    const std::string name = r.at("name").get<std::string>();
+    auto files = LoadTextFilesLocked(name, m);
+    models_[name] =
+        Model{std::make_shared<const model::Manifest>(std::move(m)), text, r.at("keep_alive").get<double>(), files};
     return Status::Ok();
   }
   const OperationTable::ReplayContext ctx{
@@ -244,14 +249,46 @@ ModelReport ClusterState::ReportLocked(const std::string& name, const Model& m) 
   return r;
 }
 
+namespace {
+
+fs::path TextFileDir(const fs::path& state_dir, const std::string& model) { return state_dir / "models" / model; }
+
+// The file `f` as the manifest lists it, or why `bytes` is not it.
+Status CheckTextFile(const model::TextFileEntry& f, const std::string& bytes, const std::string& model) {
+  if (bytes.size() != f.bytes || Xxh3(bytes.data(), bytes.size()) != f.xxh3) {
+    return InvalidArgument("registerModel: " + f.name + " of model '" + model +
+                           "' differs from its manifest's size and checksum");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<ModelReport> ClusterState::RegisterModel(const std::string& name, const std::string& manifest_json,
-                                                std::optional<double> keep_alive) {
+                                                std::optional<double> keep_alive, const TextFiles& text_files) {
   if (name.empty()) return InvalidArgument("registerModel: the model name is empty");
+  if (name.find('/') != std::string::npos || name[0] == '.') {
+    return InvalidArgument("registerModel: the model name '" + name + "' has a '/' or starts with '.'");
+  }
   MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(manifest_json, "model '" + name + "' manifest"));
   if (m.name != name) {
     return InvalidArgument("registerModel: the manifest is of model '" + m.name + "', not '" + name + "'");
   }
   if (keep_alive && !(*keep_alive >= 0)) return InvalidArgument("registerModel: keep_alive_s must not be negative");
+  for (const auto& [file, bytes] : text_files) {
+    auto it = std::find_if(m.text_files.begin(), m.text_files.end(), [&](const auto& f) { return f.name == file; });
+    if (it == m.text_files.end()) {
+      return InvalidArgument("registerModel: " + file + " is not among the text files model '" + name +
+                             "''s manifest lists");
+    }
+    MC_RETURN_IF_ERROR(CheckTextFile(*it, bytes, name));
+  }
+  for (const auto& f : m.text_files) {
+    if (!text_files.count(f.name)) {
+      return InvalidArgument("registerModel: model '" + name + "''s manifest lists " + f.name +
+                             ", which the request does not carry");
+    }
+  }
   const double ka = keep_alive.value_or(300);
   std::lock_guard lock(mu_);
   auto it = models_.find(name);
@@ -261,12 +298,46 @@ Result<ModelReport> ClusterState::RegisterModel(const std::string& name, const s
     }
     return AlreadyExists("model '" + name + "' is already registered with a different manifest or keep-alive");
   }
+  // The text files first (a restart reads them back), then the journal record.
+  std::shared_ptr<const TextFiles> files;
+  if (!text_files.empty()) {
+    const fs::path dir = TextFileDir(config_.state_dir, name);
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) return IOError("registerModel: cannot create " + dir.string() + ": " + ec.message());
+    for (const auto& [file, bytes] : text_files) MC_RETURN_IF_ERROR(WriteFileAtomic(dir / file, bytes));
+    files = std::make_shared<const TextFiles>(text_files);
+  }
   MC_RETURN_IF_ERROR(
       journal_->Append({{"op", "register_model"}, {"name", name}, {"manifest", manifest_json}, {"keep_alive", ka}}));
   auto& entry = models_[name];
-  entry = Model{std::make_shared<const model::Manifest>(std::move(m)), manifest_json, ka};
+  entry = Model{std::make_shared<const model::Manifest>(std::move(m)), manifest_json, ka, std::move(files)};
   LOG(INFO) << "coordinator: registered model '" << name << "'";
   return ReportLocked(name, entry);
+}
+
+std::shared_ptr<const ClusterState::TextFiles> ClusterState::LoadTextFilesLocked(const std::string& name,
+                                                                                 const model::Manifest& m) const {
+  if (m.text_files.empty()) return nullptr;
+  auto files = std::make_shared<TextFiles>();
+  for (const auto& f : m.text_files) {
+    const fs::path path = TextFileDir(config_.state_dir, name) / f.name;
+    auto bytes = ReadFileToString(path, 1ull << 30);
+    Status st = bytes.ok() ? CheckTextFile(f, *bytes, name) : bytes.status();
+    if (!st.ok()) {
+      LOG(WARNING) << "coordinator: model '" << name << "' is served without its text files: " << path.string()
+                   << ": " << st.message();
+      return nullptr;
+    }
+    (*files)[f.name] = std::move(*bytes);
+  }
+  return files;
+}
+
+std::shared_ptr<const ClusterState::TextFiles> ClusterState::FindTextFiles(const std::string& model) const {
+  std::lock_guard lock(mu_);
+  auto it = models_.find(model);
+  return it == models_.end() ? nullptr : it->second.text_files;
 }
 
 std::vector<ModelReport> ClusterState::ListModels() const {

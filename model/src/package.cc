@@ -123,20 +123,33 @@ Result<VerifyReport> Package::Verify(const std::function<void(uint64_t)>& progre
                    [](const auto& a, const auto& c) { return a.slice < c.slice; });
   // The tokenizer's files.
   for (const auto& f : manifest_.text_files) {
-    const auto path = dir_ / f.name;
-    auto bytes = ReadFileToString(path, 1ull << 30);
-    std::string problem;
-    if (!bytes.ok()) {
-      problem = bytes.status().message();
-    } else if (bytes->size() != f.bytes) {
-      problem = "it has " + std::to_string(bytes->size()) + " bytes, the manifest says " + std::to_string(f.bytes);
-    } else if (uint64_t got = Xxh3(bytes->data(), bytes->size()); got != f.xxh3) {
-      problem = ChecksumMismatch(f.xxh3, got);
-    }
-    if (!problem.empty()) report.bad_files.push_back(path.string() + ": " + problem);
+    auto bytes = ReadTextFile(f);
+    if (!bytes.ok()) report.bad_files.push_back(bytes.status().message());
     ++report.files_checked;
   }
   return report;
+}
+
+Result<std::string> Package::ReadTextFile(const TextFileEntry& f) const {
+  const auto path = dir_ / f.name;
+  auto bytes = ReadFileToString(path, 1ull << 30);
+  if (!bytes.ok()) return Corruption(path.string() + ": " + bytes.status().message());
+  if (bytes->size() != f.bytes) {
+    return Corruption(path.string() + ": it has " + std::to_string(bytes->size()) + " bytes, the manifest says " +
+                      std::to_string(f.bytes));
+  }
+  if (uint64_t got = Xxh3(bytes->data(), bytes->size()); got != f.xxh3) {
+    return Corruption(path.string() + ": " + ChecksumMismatch(f.xxh3, got));
+  }
+  return bytes;
+}
+
+Result<std::map<std::string, std::string>> Package::ReadTextFiles() const {
+  std::map<std::string, std::string> out;
+  for (const auto& f : manifest_.text_files) {
+    MC_ASSIGN_OR_RETURN(out[f.name], ReadTextFile(f));
+  }
+  return out;
 }
 
 }  // namespace modelcast::model

@@ -6,8 +6,11 @@
 
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "Coordinator.h"
 #include "Membership.h"
+#include "modelcast/common/checksum.h"
 #include "modelcast/common/config.h"
 #include "modelcast/coordinator/daemon.h"
 #include "modelcast/rpc/server.h"
@@ -122,6 +125,31 @@ TEST_F(CoordinatorDaemonTest, RegistersModelsTracksNodesAndKeepsStateAcrossARest
   EXPECT_EQ(last_message_, "registerModel: the manifest is of model 'tiny-llm', not 'other'");
   reg.manifest_json = "{\"format\": \"modelcast-package\"";
   EXPECT_EQ(Refusal([&] { coordinator_->registerModel(info, reg); }), rpc::ErrorCode::INVALID_ARGUMENT);
+  // A model with a tokenizer: the request carries exactly the files its manifest lists, as listed.
+  {
+    auto m = nlohmann::json::parse(manifest_json_);
+    m["name"] = "with-tokenizer";
+    const std::string tok = R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
+    m["text_files"] = {{{"name", "tokenizer.json"}, {"bytes", tok.size()}, {"xxh3", ChecksumToHex(Xxh3(tok.data(), tok.size()))}}};
+    rpc::RegisterModelRequest t;
+    t.header = Header();
+    t.name = "with-tokenizer";
+    t.manifest_json = m.dump();
+    EXPECT_EQ(Refusal([&] { coordinator_->registerModel(info, t); }), rpc::ErrorCode::INVALID_ARGUMENT);
+    EXPECT_EQ(last_message_,
+              "registerModel: model 'with-tokenizer''s manifest lists tokenizer.json, which the request does not carry");
+    t.__set_text_files({{"tokenizer.json", tok + " "}});
+    EXPECT_EQ(Refusal([&] { coordinator_->registerModel(info, t); }), rpc::ErrorCode::INVALID_ARGUMENT);
+    EXPECT_EQ(last_message_,
+              "registerModel: tokenizer.json of model 'with-tokenizer' differs from its manifest's size and checksum");
+    t.__set_text_files({{"tokenizer.json", tok}, {"generation_config.json", "{}"}});
+    EXPECT_EQ(Refusal([&] { coordinator_->registerModel(info, t); }), rpc::ErrorCode::INVALID_ARGUMENT);
+    EXPECT_EQ(last_message_,
+              "registerModel: generation_config.json is not among the text files model 'with-tokenizer''s manifest lists");
+    t.__set_text_files({{"tokenizer.json", tok}});
+    coordinator_->registerModel(info, t);
+    EXPECT_EQ(testing::ReadAll(dir_ / "state" / "models" / "with-tokenizer" / "tokenizer.json"), tok);
+  }
 
   // Scale requests are checked (the operations themselves are not built yet).
   rpc::ScaleOutRequest so;
@@ -182,8 +210,9 @@ TEST_F(CoordinatorDaemonTest, RegistersModelsTracksNodesAndKeepsStateAcrossARest
   Start();
   std::vector<rpc::ModelInfo> models;
   coordinator_->listModels(models, Header());
-  ASSERT_EQ(models.size(), 1u);
+  ASSERT_EQ(models.size(), 2u);
   EXPECT_EQ(models[0].summary.name, "tiny-llm");
+  EXPECT_EQ(models[1].summary.name, "with-tokenizer");
   membership_->heartbeat(hbr, hb);
   EXPECT_TRUE(hbr.rejoin);
 
@@ -198,7 +227,7 @@ TEST_F(CoordinatorDaemonTest, RegistersModelsTracksNodesAndKeepsStateAcrossARest
   }
   ASSERT_EQ(py.exit_code, 0) << py.err;
   EXPECT_EQ(py.out,
-            "{\"models\": [\"tiny-llm\"], \"cluster\": \"box\", \"nodes\": [\"node-1\", \"node-2\", \"node-3\"], "
+            "{\"models\": [\"tiny-llm\", \"with-tokenizer\"], \"cluster\": \"box\", \"nodes\": [\"node-1\", \"node-2\", \"node-3\"], "
             "\"refused\": {\"code\": \"NOT_FOUND\", \"message\": \"scaleOut: unknown model 'nope'\"}, "
             "\"denied\": \"listModels: the call carries no token\"}\n");
   Stop();

@@ -4,6 +4,7 @@
 #include "modelcast/pipeline/remote.h"
 #include "modelcast/pipeline/router.h"
 #include "modelcast/pipeline/tokenizer.h"
+#include "modelcast/text/tokenizer.h"
 #include "Router.h"
 #include "support/loopback_cluster.h"
 #include "support/pipeline_models.h"
@@ -456,6 +457,118 @@ TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
   } catch (const rpc::InvalidRequest& e) {
     EXPECT_NE(e.message.find("99999"), std::string::npos) << e.message;
   }
+}
+
+// A byte-level BPE tokenizer.json covering the tiny model's 1,024 ids: the 256 bytes (GPT-2's
+// mapping), letter pairs, a space before a letter, two special tokens (bos added in front).
+std::string TinyTokenizerJson() {
+  std::vector<std::string> byte_char(256);
+  int extra = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const uint32_t cp = printable ? b : 256 + extra++;
+    std::string s;
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    byte_char[b] = s;
+  }
+  nlohmann::json vocab = nlohmann::json::object(), merges = nlohmann::json::array();
+  int id = 0;
+  for (int b = 0; b < 256; ++b) vocab[byte_char[b]] = id++;
+  const std::string space = byte_char[' '];
+  for (char a = 'a'; a <= 'z'; ++a) {
+    vocab[space + a] = id++;
+    merges.push_back(space + " " + a);
+  }
+  for (char a = 'a'; a <= 'z' && id < 1022; ++a) {
+    for (char b = 'a'; b <= 'z' && id < 1022; ++b) {
+      vocab[std::string{a, b}] = id++;
+      merges.push_back(std::string{a, ' ', b});
+    }
+  }
+  nlohmann::json t = {
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}},
+      {"added_tokens",
+       {{{"id", 1022}, {"content", "<|bos|>"}, {"special", true}}, {{"id", 1023}, {"content", "<|eot|>"}, {"special", true}}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", {{{"SpecialToken", {{"id", "<|bos|>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"special_tokens", {{"<|bos|>", {{"id", "<|bos|>"}, {"ids", {1022}}, {"tokens", {"<|bos|>"}}}}}}}},
+      {"decoder", {{"type", "ByteLevel"}}}};
+  return t.dump();
+}
+
+// A model whose package carries its tokenizer: registration hands the files to the coordinator,
+// and text in and out of the API goes through that tokenizer (bos added, special tokens left out
+// of the answer, streamed pieces never split a character and add up to the whole answer).
+TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
+  const std::string tokenizer_json = TinyTokenizerJson();
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2, .serving = true, .model_files = {{"tokenizer.json", tokenizer_json}}}));
+  const int port = AnnouncedPort(*coordinator, "serving http on ");
+  ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
+  auto tokenizer = text::Tokenizer::FromJson(tokenizer_json, "tokenizer.json");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+  const std::string prompt_text = "hello world, the quick brown fox <|eot|> jumps";
+  auto prompt = (*tokenizer)->Encode(prompt_text, true);
+  ASSERT_TRUE(prompt.ok());
+  ASSERT_EQ(prompt->front(), 1022);
+  httplib::Client http("127.0.0.1", port);
+  http.set_read_timeout(60, 0);
+  const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
+  const nlohmann::json body = {{"model", "tiny-llm"}, {"prompt", prompt_text}, {"max_tokens", 12}, {"temperature", 0}};
+  const auto by = std::chrono::steady_clock::now() + 30s;
+  auto res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+  while ((!res || res->status != 200) && std::chrono::steady_clock::now() < by) {
+    std::this_thread::sleep_for(100ms);
+    res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+  }
+  ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no answer");
+  const auto j = nlohmann::json::parse(res->body);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], prompt->size());
+  const auto tokens = j["choices"][0]["tokens"].get<std::vector<int32_t>>();
+  EXPECT_EQ(tokens, Reference(dir / "pkg-tiny-llm", *prompt, 12, 0.0, 0));
+  auto want = (*tokenizer)->Decode(tokens, true);
+  ASSERT_TRUE(want.ok());
+  EXPECT_EQ(j["choices"][0]["text"], *want);
+
+  nlohmann::json sbody = body;
+  sbody["stream"] = true;
+  auto sres = http.Post("/v1/completions", auth, sbody.dump(), "application/json");
+  ASSERT_TRUE(sres && sres->status == 200);
+  std::string streamed;
+  for (size_t at = 0; (at = sres->body.find("data: ", at)) != std::string::npos; at += 6) {
+    const std::string data = sres->body.substr(at + 6, sres->body.find("\n\n", at) - at - 6);
+    if (data == "[DONE]") continue;
+    const std::string piece = nlohmann::json::parse(data)["choices"][0]["text"];
+    EXPECT_FALSE(text::FirstInvalidUtf8(piece)) << "a streamed piece is not whole UTF-8";
+    streamed += piece;
+  }
+  EXPECT_EQ(streamed, *want);
+
+  // Thrift: Router.generate with the same text.
+  auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*coordinator, "listening on "), security);
+  ASSERT_TRUE(c.ok());
+  rpc::RouterClient router(
+      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Router"));
+  rpc::GenerateRequest g;
+  g.header = header;
+  g.model = "tiny-llm";
+  g.__set_prompt_text(prompt_text);
+  g.max_tokens = 12;
+  rpc::GenerateResponse out;
+  router.generate(out, g);
+  EXPECT_EQ(out.tokens, tokens);
+  EXPECT_EQ(out.text, *want);
+  // A body whose text is not UTF-8 is refused.
+  auto r = http.Post("/v1/completions", auth, std::string("{\"model\": \"tiny-llm\", \"prompt\": \"ok \xC3\x28\"}"),
+                     "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400) << r->body;
 }
 
 }  // namespace

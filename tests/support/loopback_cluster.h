@@ -69,6 +69,7 @@ struct ClusterOptions {
   bool serving = false;                            // the coordinator's router, HTTP on a free port
   std::string coordinator_extra;                   // more keys of the coordinator mapping ("  key: value\n")
   std::map<int, std::string> host_capacity;        // by node index; 64MiB where not given
+  std::map<std::string, std::string> model_files;  // more files of every model's checkpoint (a tokenizer)
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -95,7 +96,7 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
     // The models, on node-0's SSD only (imported the way received slices are written).
     for (size_t m = 0; m < o.models.size(); ++m) {
       const auto pkg = dir / ("pkg-" + o.models[m]);
-      testing::MakePackage(dir.path(), pkg, o.models[m], m, 4, 32 << 10);
+      testing::MakePackage(dir.path(), pkg, o.models[m], m, 4, 32 << 10, o.model_files);
       auto import = testing::RunProcess(
           {ToolPath("modelcast"), "store", "import", pkg.string(), "--ssd-dir", (dir / "node-0").string()}, 60s);
       ASSERT_EQ(import.exit_code, 0) << import.err;
@@ -121,6 +122,11 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
       reg.header = header;
       reg.name = m;
       reg.manifest_json = testing::ReadAll(dir / ("pkg-" + m) / "manifest.json");
+      auto pkg = model::Package::Open(dir / ("pkg-" + m));
+      ASSERT_TRUE(pkg.ok()) << pkg.status().ToString();
+      auto files = pkg->ReadTextFiles();  // a tokenizer, when the test put one in the package
+      ASSERT_TRUE(files.ok()) << files.status().ToString();
+      if (!files->empty()) reg.__set_text_files(*files);
       rpc::ModelInfo info;
       client->registerModel(info, reg);
       nslices = static_cast<uint32_t>(info.summary.num_slices);

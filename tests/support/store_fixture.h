@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -17,10 +19,13 @@ namespace modelcast::testing {
 
 // Synthesizes a tiny model with `seed` and prepares it into `dst` as model `name`, cut into
 // `blocks` blocks of `slice_bytes` slices.
+// `files`: more files of the checkpoint (its tokenizer's), written before it is prepared.
 inline void MakePackage(const std::filesystem::path& work, const std::filesystem::path& dst, const std::string& name,
-                        uint64_t seed = 0, int64_t blocks = 4, uint64_t slice_bytes = 64 << 10) {
+                        uint64_t seed = 0, int64_t blocks = 4, uint64_t slice_bytes = 64 << 10,
+                        const std::map<std::string, std::string>& files = {}) {
   const auto src = work / (".src-" + name + "-" + std::to_string(seed));
   if (!std::filesystem::exists(src)) Synth(Tiny(DType::kBF16, seed), src);
+  for (const auto& [file, bytes] : files) std::ofstream(src / file, std::ios::binary) << bytes;
   std::filesystem::create_directories(dst.parent_path());
   model::PrepareOptions o;
   o.blocks = blocks;

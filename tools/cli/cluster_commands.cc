@@ -12,6 +12,7 @@
 #include "Coordinator.h"
 #include "Router.h"
 #include "command.h"
+#include "modelcast/model/package.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/units.h"
 #include "modelcast/planner/plan_svg.h"
@@ -222,15 +223,17 @@ int RunModels(const std::vector<std::string>& args) {
   auto c = f.Connect();
   if (!c.ok()) return Fail("models", c.status());
   if (!register_pkg.empty()) {
+    auto pkg = model::Package::Open(register_pkg);
+    if (!pkg.ok()) return Fail("models", pkg.status());
     auto text = ReadFileToString(std::filesystem::path(register_pkg) / "manifest.json", 512ull << 20);
     if (!text.ok()) return Fail("models", text.status());
-    auto name = nlohmann::json::parse(*text, nullptr, false);
-    if (name.is_discarded() || !name.contains("name"))
-      return Fail("models", InvalidArgument(register_pkg + ": bad manifest"));
+    auto files = pkg->ReadTextFiles();  // the tokenizer's, for the coordinator's serving API
+    if (!files.ok()) return Fail("models", files.status());
     rpc::RegisterModelRequest req;
     req.header = c->header;
-    req.name = name["name"].get<std::string>();
+    req.name = pkg->manifest().name;
     req.manifest_json = *text;
+    if (!files->empty()) req.__set_text_files(*files);
     rpc::ModelInfo info;
     if (Status st = Call([&] { c->client->registerModel(info, req); }); !st.ok()) return Fail("models", st);
   }

@@ -20,6 +20,7 @@
 #include "modelcast/fabric/transport.h"
 #include "modelcast/pipeline/remote.h"
 #include "modelcast/pipeline/router.h"
+#include "modelcast/text/tokenizer.h"
 
 namespace httplib {
 class Server;
@@ -36,6 +37,10 @@ class ServingPlane {
   pipeline::Router& router() { return *router_; }
   // The model's config; NotFound naming the model when it is not registered.
   Result<model::LlamaConfig> ModelConfig(const std::string& model) const;
+  // The model's own tokenizer (its registered tokenizer.json, parsed once); null when it has
+  // none (its text goes through the byte-level fallback); an error naming why when its
+  // tokenizer.json cannot be used.
+  Result<std::shared_ptr<const text::Tokenizer>> ModelTokenizer(const std::string& model) const;
   std::string fabric_address() const { return transport_->address(); }
   int http_port() const { return http_port_; }
   const rpc::SecurityConfig& security() const { return security_; }
@@ -64,6 +69,9 @@ class ServingPlane {
   std::unique_ptr<httplib::Server> http_;
   std::thread http_thread_;
   int http_port_ = 0;
+
+  mutable std::mutex tokenizers_mu_;
+  mutable std::map<std::string, std::shared_ptr<const text::Tokenizer>> tokenizers_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -62,12 +63,16 @@ class Package {
   // the last slice is zero. A bad slice is reported, not returned as an error; I/O failures
   // are errors. `progress` is called with byte counts as they are checked.
   Result<VerifyReport> Verify(const std::function<void(uint64_t)>& progress = nullptr) const;
+  // The tokenizer's files the manifest lists (name -> bytes), each checked against its size and
+  // checksum (Corruption naming the first that differs).
+  Result<std::map<std::string, std::string>> ReadTextFiles() const;
 
   // The package's first-bad-slice error message for a report, e.g.
   // "model 'tiny': block 2 slice 5 (slice 17 of the model) in .../block-0002.bin at offset ...".
   std::string Describe(const BadSlice& bad) const;
 
  private:
+  Result<std::string> ReadTextFile(const TextFileEntry& f) const;
   std::filesystem::path dir_;
   Manifest manifest_;
 };
