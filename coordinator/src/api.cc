@@ -4,6 +4,7 @@
 #include <glog/logging.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "Router.h"
+#include "cluster_state.h"
 #include "modelcast/coordinator/serving.h"
 #include "modelcast/pipeline/tokenizer.h"
 #include "modelcast/rpc/errors.h"
@@ -117,7 +119,11 @@ Status Prepare(const ServingPlane& plane, const std::string& model, Prompt promp
   out->prompt = std::move(prompt.tokens);
   out->max_tokens = max_tokens;
   out->sampling = {temperature, top_p, seed};
-  out->stop_token = stop ? *stop : (config.eos_token_id ? static_cast<int32_t>(*config.eos_token_id) : -1);
+  if (stop) {
+    if (*stop >= 0) out->stop_tokens = {*stop};
+  } else {
+    MC_ASSIGN_OR_RETURN(out->stop_tokens, plane.ModelEosIds(model));
+  }
   out->on_token = [stream](int32_t t) {
     std::lock_guard<std::mutex> lock(stream->mu);
     stream->tokens.push_back(t);
@@ -134,8 +140,10 @@ Status Prepare(const ServingPlane& plane, const std::string& model, Prompt promp
   return Status::Ok();
 }
 
-std::string FinishReason(const Stream& s, int32_t stop_token) {
-  return !s.tokens.empty() && s.tokens.back() == stop_token ? "stop" : "length";
+std::string FinishReason(const Stream& s, const std::vector<int32_t>& stop_tokens) {
+  return !s.tokens.empty() && std::find(stop_tokens.begin(), stop_tokens.end(), s.tokens.back()) != stop_tokens.end()
+             ? "stop"
+             : "length";
 }
 
 // Waits for the end of a request (the router fails it within its queue timeout plus the time
@@ -170,7 +178,7 @@ class RouterHandler : public rpc::RouterIf {
                               static_cast<uint64_t>(req.seed),
                               req.__isset.stop_token ? std::optional<int32_t>(req.stop_token) : std::nullopt, &r,
                               stream));
-    const int32_t stop = r.stop_token;
+    const std::vector<int32_t> stop = r.stop_tokens;
     rpc::ThrowIfError(plane_->router().Submit(std::move(r)));
     rpc::ThrowIfError(WaitDone(*stream, 3600));
     out.tokens = stream->tokens;
@@ -232,15 +240,37 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
   // A request holds its connection's thread until its last token: the pool bounds how many
   // requests the endpoint takes at once (the rest wait in the kernel's accept queue).
   http_->new_task_queue = [n = static_cast<size_t>(config_.http_threads)] { return new httplib::ThreadPool(n); };
-  http_->Post("/v1/completions", [this](const httplib::Request& hreq, httplib::Response& res) {
-    // The credentials of the Thrift services: a bearer token where the cluster has one.
-    if (!security_.token.empty()) {
-      rpc::RequestHeader h;
-      const std::string auth = hreq.get_header_value("Authorization");
-      if (auth.rfind("Bearer ", 0) == 0) h.__set_token(auth.substr(7));
-      Status s = rpc::CheckCaller(security_, h, "/v1/completions");
-      if (!s.ok()) return Error(res, 401, s);
+  // The credentials of the Thrift services: a bearer token where the cluster has one.
+  auto authorized = [this](const httplib::Request& hreq, httplib::Response& res, const char* what) {
+    if (security_.token.empty()) return true;
+    rpc::RequestHeader h;
+    const std::string auth = hreq.get_header_value("Authorization");
+    if (auth.rfind("Bearer ", 0) == 0) h.__set_token(auth.substr(7));
+    Status s = rpc::CheckCaller(security_, h, what);
+    if (s.ok()) return true;
+    Error(res, 401, s);
+    return false;
+  };
+  // The registered models, as OpenAI's clients list them.
+  auto model_object = [](const ModelReport& m) {
+    return Json{{"id", m.name}, {"object", "model"}, {"created", 0}, {"owned_by", "modelcast"}};
+  };
+  http_->Get("/v1/models", [=, this](const httplib::Request& hreq, httplib::Response& res) {
+    if (!authorized(hreq, res, "/v1/models")) return;
+    Json data = Json::array();
+    for (const auto& m : state_->ListModels()) data.push_back(model_object(m));
+    res.set_content(Dump(Json{{"object", "list"}, {"data", data}}), "application/json");
+  });
+  http_->Get(R"(/v1/models/(.+))", [=, this](const httplib::Request& hreq, httplib::Response& res) {
+    if (!authorized(hreq, res, "/v1/models")) return;
+    const std::string name = hreq.matches[1];
+    for (const auto& m : state_->ListModels()) {
+      if (m.name == name) return res.set_content(Dump(model_object(m)), "application/json");
     }
+    Error(res, 404, NotFound("model '" + name + "' is not registered"));
+  });
+  http_->Post("/v1/completions", [=, this](const httplib::Request& hreq, httplib::Response& res) {
+    if (!authorized(hreq, res, "/v1/completions")) return;
     Json body = Json::parse(hreq.body, nullptr, false);
     if (body.is_discarded() || !body.is_object()) {
       return Error(res, 400, InvalidArgument("the request body is not a JSON object"));
@@ -287,7 +317,7 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
                                 std::chrono::system_clock::now().time_since_epoch())
                                 .count();
-    const int32_t stop = r.stop_token;
+    const std::vector<int32_t> stop = r.stop_tokens;
     if (s.ok()) s = router().Submit(std::move(r));
     if (!s.ok()) return Error(res, HttpStatus(s), s);
     // One completion object: a choice with `tokens` and their text, and once the request has

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "Agent.h"
 #include "cluster_state.h"
 #include "inventory.h"
@@ -113,6 +115,23 @@ Result<std::shared_ptr<const text::Tokenizer>> ServingPlane::ModelTokenizer(cons
   std::shared_ptr<const text::Tokenizer> shared = std::move(*t);
   tokenizers_[model] = shared;
   return shared;
+}
+
+Result<std::vector<int32_t>> ServingPlane::ModelEosIds(const std::string& model) const {
+  auto manifest = state_->FindManifest(model);
+  if (manifest == nullptr) return NotFound("model '" + model + "' is not registered");
+  nlohmann::json eos = manifest->hf_config.value("eos_token_id", nlohmann::json());
+  if (auto files = state_->FindTextFiles(model); files != nullptr && files->count("generation_config.json")) {
+    const auto g = nlohmann::json::parse(files->at("generation_config.json"), nullptr, false);
+    if (g.is_object() && g.contains("eos_token_id")) eos = g["eos_token_id"];
+  }
+  std::vector<int32_t> ids;
+  for (const auto& id : eos.is_array() ? eos : nlohmann::json::array({eos})) {
+    if (id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < manifest->config.vocab_size) {
+      ids.push_back(id.get<int32_t>());
+    }
+  }
+  return ids;
 }
 
 Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingView& view) {

@@ -264,7 +264,8 @@ struct Router::Impl {
         req->last_token = now;
         req->engine = e->id;
         if (req->r.on_token) req->r.on_token(token);
-        if (static_cast<int>(req->generated.size()) >= req->r.max_tokens || token == req->r.stop_token) {
+        if (static_cast<int>(req->generated.size()) >= req->r.max_tokens ||
+            std::find(req->r.stop_tokens.begin(), req->r.stop_tokens.end(), token) != req->r.stop_tokens.end()) {
           p.Drop(req->cache_id);
           Finish(req, Status::Ok());
           finished.push_back(req);

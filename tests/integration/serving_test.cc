@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <optional>
 
 namespace modelcast {
 namespace {
@@ -266,14 +267,15 @@ Completion Complete(int port, const std::vector<int32_t>& prompt, int max_tokens
 }
 
 // The answers the unsplit model gives, from the package the scale-out multicasts.
+// `stop`: the token that ends it (-1: none; absent: the config's eos).
 std::vector<int32_t> Reference(const fs::path& pkg_dir, const std::vector<int32_t>& prompt, int max_tokens,
-                               double temperature, uint64_t seed) {
+                               double temperature, uint64_t seed, std::optional<int32_t> stop = std::nullopt) {
   auto pkg = model::Package::Open(pkg_dir);
   EXPECT_TRUE(pkg.ok());
   const auto& c = pkg->manifest().config;
   auto local = testing::SplitPipeline(*pkg, 1);
   auto g = pipeline::Generate(*local, 1, prompt, max_tokens, pipeline::SamplingParams{temperature, 1.0, seed},
-                              c.eos_token_id ? static_cast<int32_t>(*c.eos_token_id) : -1);
+                              stop ? *stop : c.eos_token_id ? static_cast<int32_t>(*c.eos_token_id) : -1);
   EXPECT_TRUE(g.ok());
   return g->tokens;
 }
@@ -440,6 +442,25 @@ TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   EXPECT_EQ(nlohmann::json::parse(cli.out)["tokens"].get<std::vector<int32_t>>(), tokens);
 
+  // The models, as OpenAI's clients list them.
+  auto models = http.Get("/v1/models", auth);
+  ASSERT_TRUE(models && models->status == 200);
+  const auto list = nlohmann::json::parse(models->body);
+  EXPECT_EQ(list["object"], "list");
+  ASSERT_EQ(list["data"].size(), 1u);
+  EXPECT_EQ(list["data"][0]["id"], "tiny-llm");
+  EXPECT_EQ(list["data"][0]["object"], "model");
+  auto one = http.Get("/v1/models/tiny-llm", auth);
+  ASSERT_TRUE(one && one->status == 200);
+  EXPECT_EQ(nlohmann::json::parse(one->body)["id"], "tiny-llm");
+  auto missing = http.Get("/v1/models/nope", auth);
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_EQ(nlohmann::json::parse(missing->body)["error"]["message"], "model 'nope' is not registered");
+  auto anonymous = http.Get("/v1/models");
+  ASSERT_TRUE(anonymous);
+  EXPECT_EQ(anonymous->status, 401);
+
   // Refusals.
   auto status_of = [&](const nlohmann::json& b, const httplib::Headers& h) {
     auto r = http.Post("/v1/completions", h, b.dump(), "application/json");
@@ -508,7 +529,10 @@ std::string TinyTokenizerJson() {
 // of the answer, streamed pieces never split a character and add up to the whole answer).
 TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
   const std::string tokenizer_json = TinyTokenizerJson();
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2, .serving = true, .model_files = {{"tokenizer.json", tokenizer_json}}}));
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2,
+                                        .serving = true,
+                                        .model_files = {{"tokenizer.json", tokenizer_json},
+                                                        {"generation_config.json", R"({"eos_token_id": [1023, 7]})"}}}));
   const int port = AnnouncedPort(*coordinator, "serving http on ");
   ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
   auto tokenizer = text::Tokenizer::FromJson(tokenizer_json, "tokenizer.json");
@@ -531,7 +555,14 @@ TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
   const auto j = nlohmann::json::parse(res->body);
   EXPECT_EQ(j["usage"]["prompt_tokens"], prompt->size());
   const auto tokens = j["choices"][0]["tokens"].get<std::vector<int32_t>>();
-  EXPECT_EQ(tokens, Reference(dir / "pkg-tiny-llm", *prompt, 12, 0.0, 0));
+  // The reference runs to max_tokens; the router stops after either eos id of
+  // generation_config.json.
+  auto all = Reference(dir / "pkg-tiny-llm", *prompt, 12, 0.0, 0, -1);
+  auto eos = std::find_if(all.begin(), all.end(), [](int32_t t) { return t == 1023 || t == 7; });
+  const bool stopped = eos != all.end();
+  if (stopped) all.erase(eos + 1, all.end());
+  EXPECT_EQ(tokens, all);
+  EXPECT_EQ(j["choices"][0]["finish_reason"], stopped ? "stop" : "length");
   auto want = (*tokenizer)->Decode(tokens, true);
   ASSERT_TRUE(want.ok());
   EXPECT_EQ(j["choices"][0]["text"], *want);

@@ -41,6 +41,9 @@ class ServingPlane {
   // none (its text goes through the byte-level fallback); an error naming why when its
   // tokenizer.json cannot be used.
   Result<std::shared_ptr<const text::Tokenizer>> ModelTokenizer(const std::string& model) const;
+  // The ids that end a generation: generation_config.json's eos_token_id (one or a list) where
+  // the model came with one, else config.json's.
+  Result<std::vector<int32_t>> ModelEosIds(const std::string& model) const;
   std::string fabric_address() const { return transport_->address(); }
   int http_port() const { return http_port_; }
   const rpc::SecurityConfig& security() const { return security_; }

@@ -38,7 +38,7 @@ struct GenerateRequest {
   std::vector<int32_t> prompt;
   int max_tokens = 16;
   SamplingParams sampling;
-  int32_t stop_token = -1;  // generation ends after this token (the model's eos); -1: none
+  std::vector<int32_t> stop_tokens;  // generation ends after any of these (the model's eos ids); empty: none
   // Called on the router's threads, in order; they must not block for long.
   std::function<void(int32_t token)> on_token;
   std::function<void(const Status& status, const RequestTiming& timing)> on_done;
