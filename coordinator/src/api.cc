@@ -371,6 +371,169 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
       return true;
     });
   });
+  // Chat: the messages rendered by the model's chat template (with the generation prompt), the
+  // rendered text tokenized as it stands (its special tokens are in it), the answer as an
+  // assistant message.
+  http_->Post("/v1/chat/completions", [=, this](const httplib::Request& hreq, httplib::Response& res) {
+    if (!authorized(hreq, res, "/v1/chat/completions")) return;
+    Json body = Json::parse(hreq.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) {
+      return Error(res, 400, InvalidArgument("the request body is not a JSON object"));
+    }
+    const std::string model = body.value("model", "");
+    if (model.empty()) return Error(res, 400, InvalidArgument("'model' is missing"));
+    auto codec = CodecFor(*this, model);
+    if (!codec.ok()) return Error(res, HttpStatus(codec.status()), codec.status());
+    if (!codec->tokenizer) {
+      return Error(res, 400, InvalidArgument("model '" + model + "' has no tokenizer of its own: chat needs one"));
+    }
+    auto chat = ModelChat(model);
+    if (!chat.ok()) {  // no template, or one that cannot be parsed: the request cannot be served as asked
+      return Error(res, chat.status().code() == StatusCode::kFailedPrecondition ? 400 : HttpStatus(chat.status()),
+                   chat.status());
+    }
+    // The messages: roles the templates know, content a string or text parts.
+    if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) {
+      return Error(res, 400, InvalidArgument("'messages' must be a non-empty array"));
+    }
+    nlohmann::ordered_json context = nlohmann::ordered_json::parse(body.dump());
+    nlohmann::ordered_json& messages = context["messages"];
+    for (size_t k = 0; k < messages.size(); ++k) {
+      auto& m = messages[k];
+      const std::string at = "'messages[" + std::to_string(k) + "]";
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+        return Error(res, 400, InvalidArgument(at + "' must be an object with a 'role'"));
+      }
+      const std::string role = m["role"];
+      if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "developer") {
+        return Error(res, 400, InvalidArgument(at + ".role' is '" + role + "': system, user, assistant, tool or developer"));
+      }
+      if (m.contains("content") && m["content"].is_array()) {  // text parts, joined
+        std::string text;
+        for (const auto& part : m["content"]) {
+          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text")) {
+            return Error(res, 400, InvalidArgument(at + ".content' has a part that is not text; this model reads text"));
+          }
+          text += part["text"].get<std::string>();
+        }
+        m["content"] = text;
+      } else if (m.contains("content") && !m["content"].is_string() && !m["content"].is_null()) {
+        return Error(res, 400, InvalidArgument(at + ".content' must be a string or an array of text parts"));
+      } else if (!m.contains("content") || m["content"].is_null()) {
+        m["content"] = "";
+      }
+    }
+    if (body.contains("n") && !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
+      return Error(res, 400, InvalidArgument("'n': only one choice per request (n = 1) is served"));
+    }
+    if (body.contains("stop") && !body["stop"].is_null()) {
+      return Error(res, 400, InvalidArgument("'stop': stop strings are not supported yet (the model's eos ids end an answer)"));
+    }
+    const bool has_tools = body.contains("tools") && body["tools"].is_array() && !body["tools"].empty();
+    for (const char* key : {"stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stop",
+                            "stream_options", "model", "user", "frequency_penalty", "presence_penalty", "logprobs"}) {
+      context.erase(key);
+    }
+    context["add_generation_prompt"] = true;
+    context["bos_token"] = (*chat)->bos_token;
+    context["eos_token"] = (*chat)->eos_token;
+    const text::ChatTemplate& tmpl = has_tools && (*chat)->with_tools ? *(*chat)->with_tools : *(*chat)->plain;
+    auto rendered = tmpl.Render(context);
+    if (!rendered.ok()) return Error(res, 400, rendered.status().WithContext("the chat template"));
+    auto ids = codec->tokenizer->Encode(*rendered, /*add_special_tokens=*/false);
+    if (!ids.ok()) return Error(res, 400, ids.status());
+    int max_tokens = 0;
+    double temperature = 1.0, top_p = 1.0;
+    uint64_t seed = 0;
+    bool stream_mode = false, include_usage = false;
+    try {
+      const int64_t room = codec->config.MaxPositions() - static_cast<int64_t>(ids->size());
+      max_tokens = body.value("max_completion_tokens", body.value("max_tokens", static_cast<int>(std::clamp<int64_t>(room, 1, 4096))));
+      temperature = body.value("temperature", 1.0);
+      top_p = body.value("top_p", 1.0);
+      seed = body.value("seed", uint64_t{0});
+      stream_mode = body.value("stream", false);
+      if (body.contains("stream_options") && body["stream_options"].is_object()) {
+        include_usage = body["stream_options"].value("include_usage", false);
+      }
+    } catch (const Json::exception& e) {
+      return Error(res, 400, InvalidArgument(std::string("a field of the wrong type: ") + e.what()));
+    }
+    if (max_tokens < 1) return Error(res, 400, InvalidArgument("'max_completion_tokens' must be at least 1"));
+    auto stream = std::make_shared<Stream>();
+    pipeline::GenerateRequest r;
+    Prompt prompt{std::move(*ids), true};
+    Status s = Prepare(*this, model, prompt, max_tokens, temperature, top_p, seed, std::nullopt, &r, stream);
+    const size_t prompt_len = r.prompt.size();
+    const std::string id = "chatcmpl-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
+    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+    const std::vector<int32_t> stop = r.stop_tokens;
+    if (s.ok()) s = router().Submit(std::move(r));
+    if (!s.ok()) return Error(res, HttpStatus(s), s);
+    const TextCodec text_codec = *codec;
+    auto object = [=](const char* kind, Json choices) {
+      return Json{{"id", id}, {"object", kind}, {"created", created}, {"model", model}, {"choices", std::move(choices)}};
+    };
+    if (!stream_mode) {
+      s = WaitDone(*stream, 3600);
+      if (!s.ok()) return Error(res, HttpStatus(s), s);
+      Json j = object("chat.completion",
+                      Json::array({{{"index", 0},
+                                    {"message", {{"role", "assistant"}, {"content", text_codec.Decode(stream->tokens)}}},
+                                    {"logprobs", nullptr},
+                                    {"finish_reason", FinishReason(*stream, stop)}}}));
+      j["usage"] = Usage(prompt_len, stream->tokens.size());
+      res.set_content(Dump(j), "application/json");
+      return;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    auto pieces = std::make_shared<TextStream>(text_codec);  // only the provider below touches it
+    auto started = std::make_shared<bool>(false);
+    res.set_chunked_content_provider("text/event-stream", [=](size_t, httplib::DataSink& sink) {
+      auto send = [&](const Json& j) {
+        const std::string ev = "data: " + Dump(j) + "\n\n";
+        return sink.write(ev.data(), ev.size());
+      };
+      auto delta = [&](Json d, Json finish) {
+        return object("chat.completion.chunk",
+                      Json::array({{{"index", 0}, {"delta", std::move(d)}, {"logprobs", nullptr}, {"finish_reason", finish}}}));
+      };
+      if (!*started) {
+        *started = true;
+        if (!send(delta({{"role", "assistant"}, {"content", ""}}, nullptr))) return false;
+      }
+      std::unique_lock<std::mutex> lock(stream->mu);
+      stream->cv.wait_for(lock, std::chrono::seconds(60), [&] { return stream->done || !stream->fresh.empty(); });
+      while (!stream->fresh.empty()) {
+        const int32_t t = stream->fresh.front();
+        stream->fresh.pop_front();
+        const std::string piece = pieces->Next(t);
+        if (!piece.empty() && !send(delta({{"content", piece}}, nullptr))) return false;
+      }
+      if (!stream->done) return true;
+      if (!stream->status.ok()) {
+        send(Json{{"error",
+                   {{"message", stream->status.message()},
+                    {"type", "server_error"},
+                    {"code", std::string(StatusCodeName(stream->status.code()))}}}});
+      } else {
+        const std::string rest = pieces->Finish();
+        if (!rest.empty()) send(delta({{"content", rest}}, nullptr));
+        send(delta(Json::object(), FinishReason(*stream, stop)));
+        if (include_usage) {
+          Json u = object("chat.completion.chunk", Json::array());
+          u["usage"] = Usage(prompt_len, stream->tokens.size());
+          send(u);
+        }
+      }
+      const std::string done = "data: [DONE]\n\n";
+      sink.write(done.data(), done.size());
+      sink.done();
+      return true;
+    });
+  });
   http_port_ = port == 0 ? http_->bind_to_any_port(address) : (http_->bind_to_port(address, port) ? port : -1);
   if (http_port_ <= 0) return Unavailable("serving: cannot listen on " + address + ":" + std::to_string(port));
   http_thread_ = std::thread([s = http_.get()] { s->listen_after_bind(); });

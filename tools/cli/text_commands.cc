@@ -7,6 +7,7 @@
 
 #include "command.h"
 #include "modelcast/common/file_util.h"
+#include "modelcast/text/chat_template.h"
 #include "modelcast/text/tokenizer.h"
 
 namespace modelcast::cli {
@@ -25,19 +26,57 @@ Result<std::unique_ptr<text::Tokenizer>> OpenTokenizer(const std::string& dir) {
 
 }  // namespace
 
+// The chat `messages_file` (a JSON array of messages, or an object with "messages" and perhaps
+// "tools") rendered by DIR's chat template with the generation prompt.
+Result<std::string> RenderChat(const std::string& dir, const std::string& messages_file) {
+  MC_ASSIGN_OR_RETURN(std::string config_text, ReadFileToString(fs::path(dir) / "tokenizer_config.json"));
+  const auto config = nlohmann::ordered_json::parse(config_text, nullptr, false);
+  if (!config.is_object() || !config.contains("chat_template")) {
+    return NotFound(dir + "/tokenizer_config.json has no chat_template");
+  }
+  std::string source;
+  if (config["chat_template"].is_string()) {
+    source = config["chat_template"];
+  } else {
+    for (const auto& named : config["chat_template"]) {
+      if (named.value("name", "") == "default") source = named.value("template", "");
+    }
+  }
+  MC_ASSIGN_OR_RETURN(auto tmpl, text::ChatTemplate::Parse(source, dir + "/tokenizer_config.json: chat_template"));
+  MC_ASSIGN_OR_RETURN(std::string messages_text, ReadFileToString(messages_file));
+  auto messages = nlohmann::ordered_json::parse(messages_text, nullptr, false);
+  if (messages.is_discarded()) return InvalidArgument(messages_file + ": not JSON");
+  nlohmann::ordered_json context = messages.is_array() ? nlohmann::ordered_json{{"messages", messages}} : messages;
+  if (!context.is_object() || !context.contains("messages")) {
+    return InvalidArgument(messages_file + ": expected an array of messages or an object with \"messages\"");
+  }
+  context["add_generation_prompt"] = true;
+  for (const char* key : {"bos_token", "eos_token"}) {
+    if (!config.contains(key) || config[key].is_null()) continue;
+    context[key] = config[key].is_string() ? config[key].get<std::string>() : config[key].value("content", "");
+  }
+  return tmpl->Render(context);
+}
+
 int RunTokenize(const std::vector<std::string>& args) {
-  std::string text_file, text;
+  std::string text_file, text, chat_file;
   bool json_out = false, add_special = false;
   ArgParser p("modelcast tokenize DIR", "The token ids of a text by DIR's tokenizer.json (DIR a checkpoint or a package).");
   p.Flag("text-file", &text_file, "the text (UTF-8), read as it is");
   p.Flag("text", &text, "the text, given inline");
+  p.Flag("chat-file", &chat_file, "a chat (a JSON array of messages): rendered by the chat template, then tokenized");
   p.Flag("add-special-tokens", &add_special, "add what the tokenizer's post-processor adds (Llama's bos)");
   p.Flag("json", &json_out, "print {\"ids\": [...]}");
   std::string dir;
   p.Positional("DIR", &dir, "the checkpoint or package");
   if (int rc = ParseOrExit("tokenize", p, args); rc >= 0) return rc;
-  if (text_file.empty() == !p.WasSet("text")) {
-    return Fail("tokenize", InvalidArgument("give the text with exactly one of --text-file or --text"));
+  if ((text_file.empty() ? 0 : 1) + (p.WasSet("text") ? 1 : 0) + (chat_file.empty() ? 0 : 1) != 1) {
+    return Fail("tokenize", InvalidArgument("give the text with exactly one of --text-file, --text or --chat-file"));
+  }
+  if (!chat_file.empty()) {
+    auto rendered = RenderChat(dir, chat_file);
+    if (!rendered.ok()) return Fail("tokenize", rendered.status());
+    text = std::move(*rendered);
   }
   if (!text_file.empty()) {
     auto t = ReadFileToString(text_file, 1ull << 30);
@@ -46,10 +85,13 @@ int RunTokenize(const std::vector<std::string>& args) {
   }
   auto tok = OpenTokenizer(dir);
   if (!tok.ok()) return Fail("tokenize", tok.status());
-  auto ids = (*tok)->Encode(text, add_special);
+  // A rendered chat holds its special tokens already.
+  auto ids = (*tok)->Encode(text, add_special && chat_file.empty());
   if (!ids.ok()) return Fail("tokenize", ids.status());
   if (json_out) {
-    std::printf("%s\n", nlohmann::json{{"ids", *ids}}.dump().c_str());
+    nlohmann::json j = {{"ids", *ids}};
+    if (!chat_file.empty()) j = {{"text", text}, {"ids", *ids}};
+    std::printf("%s\n", j.dump().c_str());
   } else {
     for (size_t i = 0; i < ids->size(); ++i) std::printf("%s%d", i ? "," : "", (*ids)[i]);
     std::printf("\n");
