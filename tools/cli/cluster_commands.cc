@@ -374,7 +374,7 @@ int RunGenerate(const std::vector<std::string>& args) {
               "answer, who served it, and its time to first token.");
   f.Declare(p);
   p.Positional("model", &model, "the registered model");
-  p.Flag("prompt", &prompt, "text (byte-level tokenizer)");
+  p.Flag("prompt", &prompt, "text, through the model's own tokenizer (byte-level for a model without one)");
   p.Flag("tokens", &tokens, "token ids, comma-separated, instead of --prompt");
   p.Flag("max-tokens", &max_tokens, "tokens to generate [16]");
   p.Flag("temperature", &temperature, "0: greedy [0]");
