@@ -162,11 +162,13 @@ class RouterHandler : public rpc::RouterIf {
   void generate(rpc::GenerateResponse& out, const rpc::GenerateRequest& req) override {
     rpc::ThrowIfError(rpc::CheckCaller(plane_->security(), req.header, "generate"));
     Prompt prompt;
+    std::optional<TextCodec> codec;  // a text prompt's, which decodes the answer too
     if (req.__isset.prompt_tokens) {
       prompt.tokens = req.prompt_tokens;
     } else if (req.__isset.prompt_text) {
-      auto codec = CodecFor(*plane_, req.model);
-      rpc::ThrowIfError(codec.status());
+      auto c = CodecFor(*plane_, req.model);
+      rpc::ThrowIfError(c.status());
+      codec = std::move(*c);
       auto t = codec->Encode(req.prompt_text);
       rpc::ThrowIfError(t.status());
       prompt.tokens = std::move(*t);
@@ -182,11 +184,7 @@ class RouterHandler : public rpc::RouterIf {
     rpc::ThrowIfError(plane_->router().Submit(std::move(r)));
     rpc::ThrowIfError(WaitDone(*stream, 3600));
     out.tokens = stream->tokens;
-    if (prompt.text) {
-      auto codec = CodecFor(*plane_, req.model);
-      rpc::ThrowIfError(codec.status());
-      out.text = codec->Decode(stream->tokens);
-    }
+    if (codec) out.text = codec->Decode(stream->tokens);
     out.finish_reason = FinishReason(*stream, stop);
     out.ttft_s = stream->timing.ttft_s;
     out.tpot_s = stream->timing.tpot_s;
@@ -251,6 +249,35 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     Error(res, 401, s);
     return false;
   };
+  // What every generation request starts with: the caller's token, a JSON body naming a model,
+  // and that model's text codec; nullopt once the error has been answered.
+  struct Begun {
+    Json body;
+    std::string model;
+    TextCodec codec;
+  };
+  auto begin = [this, authorized](const httplib::Request& hreq, httplib::Response& res,
+                                  const char* what) -> std::optional<Begun> {
+    if (!authorized(hreq, res, what)) return std::nullopt;
+    Begun b;
+    b.body = Json::parse(hreq.body, nullptr, false);
+    if (b.body.is_discarded() || !b.body.is_object()) {
+      Error(res, 400, InvalidArgument("the request body is not a JSON object"));
+      return std::nullopt;
+    }
+    b.model = b.body.value("model", "");
+    if (b.model.empty()) {
+      Error(res, 400, InvalidArgument("'model' is missing"));
+      return std::nullopt;
+    }
+    auto codec = CodecFor(*this, b.model);
+    if (!codec.ok()) {
+      Error(res, HttpStatus(codec.status()), codec.status());
+      return std::nullopt;
+    }
+    b.codec = std::move(*codec);
+    return b;
+  };
   // The registered models, as OpenAI's clients list them.
   auto model_object = [](const ModelReport& m) {
     return Json{{"id", m.name}, {"object", "model"}, {"created", 0}, {"owned_by", "modelcast"}};
@@ -270,16 +297,12 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     Error(res, 404, NotFound("model '" + name + "' is not registered"));
   });
   http_->Post("/v1/completions", [=, this](const httplib::Request& hreq, httplib::Response& res) {
-    if (!authorized(hreq, res, "/v1/completions")) return;
-    Json body = Json::parse(hreq.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) {
-      return Error(res, 400, InvalidArgument("the request body is not a JSON object"));
-    }
-    const std::string model = body.value("model", "");
-    if (model.empty()) return Error(res, 400, InvalidArgument("'model' is missing"));
+    auto begun = begin(hreq, res, "/v1/completions");
+    if (!begun) return;
+    const Json& body = begun->body;
+    const std::string& model = begun->model;
+    const TextCodec* codec = &begun->codec;
     Prompt prompt;
-    auto codec = CodecFor(*this, model);
-    if (!codec.ok()) return Error(res, HttpStatus(codec.status()), codec.status());
     try {
       const Json& p = body.at("prompt");
       if (p.is_string()) {
@@ -375,15 +398,11 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
   // rendered text tokenized as it stands (its special tokens are in it), the answer as an
   // assistant message.
   http_->Post("/v1/chat/completions", [=, this](const httplib::Request& hreq, httplib::Response& res) {
-    if (!authorized(hreq, res, "/v1/chat/completions")) return;
-    Json body = Json::parse(hreq.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) {
-      return Error(res, 400, InvalidArgument("the request body is not a JSON object"));
-    }
-    const std::string model = body.value("model", "");
-    if (model.empty()) return Error(res, 400, InvalidArgument("'model' is missing"));
-    auto codec = CodecFor(*this, model);
-    if (!codec.ok()) return Error(res, HttpStatus(codec.status()), codec.status());
+    auto begun = begin(hreq, res, "/v1/chat/completions");
+    if (!begun) return;
+    const Json& body = begun->body;
+    const std::string& model = begun->model;
+    const TextCodec* codec = &begun->codec;
     if (!codec->tokenizer) {
       return Error(res, 400, InvalidArgument("model '" + model + "' has no tokenizer of its own: chat needs one"));
     }
@@ -434,11 +453,7 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
                             "stream_options", "model", "user", "frequency_penalty", "presence_penalty", "logprobs"}) {
       context.erase(key);
     }
-    context["add_generation_prompt"] = true;
-    context["bos_token"] = (*chat)->bos_token;
-    context["eos_token"] = (*chat)->eos_token;
-    const text::ChatTemplate& tmpl = has_tools && (*chat)->with_tools ? *(*chat)->with_tools : *(*chat)->plain;
-    auto rendered = tmpl.Render(context);
+    auto rendered = (*chat)->RenderForGeneration(std::move(context), has_tools);
     if (!rendered.ok()) return Error(res, 400, rendered.status().WithContext("the chat template"));
     auto ids = codec->tokenizer->Encode(*rendered, /*add_special_tokens=*/false);
     if (!ids.ok()) return Error(res, 400, ids.status());

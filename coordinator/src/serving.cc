@@ -117,7 +117,7 @@ Result<std::shared_ptr<const text::Tokenizer>> ServingPlane::ModelTokenizer(cons
   return shared;
 }
 
-Result<std::shared_ptr<const ServingPlane::Chat>> ServingPlane::ModelChat(const std::string& model) const {
+Result<std::shared_ptr<const text::ChatSetup>> ServingPlane::ModelChat(const std::string& model) const {
   auto files = state_->FindTextFiles(model);
   if (files == nullptr || !files->count("tokenizer_config.json")) {
     if (state_->FindManifest(model) == nullptr) return NotFound("model '" + model + "' is not registered");
@@ -125,39 +125,18 @@ Result<std::shared_ptr<const ServingPlane::Chat>> ServingPlane::ModelChat(const 
   }
   std::lock_guard<std::mutex> lock(tokenizers_mu_);
   if (auto it = chats_.find(model); it != chats_.end()) return it->second;
-  const std::string where = "model '" + model + "''s tokenizer_config.json";
-  const auto config = nlohmann::ordered_json::parse(files->at("tokenizer_config.json"), nullptr, false);
-  if (!config.is_object()) return FailedPrecondition(where + " is not a JSON object");
-  auto chat = std::make_shared<Chat>();
-  auto special = [&](const char* key) -> std::string {
-    if (!config.contains(key) || config[key].is_null()) return "";
-    return config[key].is_string() ? config[key].get<std::string>() : config[key].value("content", "");
-  };
-  chat->bos_token = special("bos_token");
-  chat->eos_token = special("eos_token");
-  // chat_template: one template, or named ones ("default", "tool_use").
-  const auto& t = config.value("chat_template", nlohmann::ordered_json());
-  std::string plain, tools;
-  if (t.is_string()) {
-    plain = t.get<std::string>();
-  } else if (t.is_array()) {
-    for (const auto& named : t) {
-      if (named.value("name", "") == "default") plain = named.value("template", "");
-      if (named.value("name", "") == "tool_use") tools = named.value("template", "");
-    }
-  }
-  if (plain.empty()) return FailedPrecondition("model '" + model + "' has no chat template (" + where + " has none)");
-  MC_ASSIGN_OR_RETURN(chat->plain, text::ChatTemplate::Parse(plain, where + ": chat_template"));
-  if (!tools.empty()) {
-    MC_ASSIGN_OR_RETURN(chat->with_tools, text::ChatTemplate::Parse(tools, where + ": tool_use"));
-  }
+  MC_ASSIGN_OR_RETURN(std::shared_ptr<const text::ChatSetup> chat,
+                      text::ChatSetupFromTokenizerConfig(files->at("tokenizer_config.json"),
+                                                         "model '" + model + "''s tokenizer_config.json"));
   chats_[model] = chat;
-  return std::shared_ptr<const Chat>(chat);
+  return chat;
 }
 
 Result<std::vector<int32_t>> ServingPlane::ModelEosIds(const std::string& model) const {
   auto manifest = state_->FindManifest(model);
   if (manifest == nullptr) return NotFound("model '" + model + "' is not registered");
+  std::lock_guard<std::mutex> lock(tokenizers_mu_);  // worked out once per model, not per request
+  if (auto it = eos_ids_.find(model); it != eos_ids_.end()) return it->second;
   nlohmann::json eos = manifest->hf_config.value("eos_token_id", nlohmann::json());
   if (auto files = state_->FindTextFiles(model); files != nullptr && files->count("generation_config.json")) {
     const auto g = nlohmann::json::parse(files->at("generation_config.json"), nullptr, false);
@@ -169,6 +148,7 @@ Result<std::vector<int32_t>> ServingPlane::ModelEosIds(const std::string& model)
       ids.push_back(id.get<int32_t>());
     }
   }
+  eos_ids_[model] = ids;
   return ids;
 }
 

@@ -225,11 +225,6 @@ void WidenRow(const uint16_t* w, DType dtype, int64_t in, int64_t row, float* ou
   for (int64_t i = 0; i < in; ++i) out[i] = Widen(p[i], dtype);
 }
 
-void HalfMatMul(const uint16_t* w, DType dtype, int64_t rows, int64_t in, const float* x, int64_t tokens, float* y,
-                int64_t ldy) {
-  HalfMatMul(std::vector<HalfRows>{{w, rows}}, dtype, in, x, tokens, y, ldy);
-}
-
 void HalfMatMul(const std::vector<HalfRows>& mats, DType dtype, int64_t in, const float* x, int64_t tokens, float* y,
                 int64_t ldy) {
   // Up to a batch of decode steps, each weight is read once per four tokens from L1/L2; longer

@@ -11,19 +11,16 @@
 
 namespace modelcast::pipeline {
 
-// y[t, o] = sum_i w[o, i] * x[t, i] for t < tokens, o < rows; w row-major [rows, in] of
-// `dtype` (kBF16 or kF16); y has row stride `ldy`.
-// Batch 1 and small batches read each weight once; larger ones widen tiles of the weights and
-// multiply them with OpenBLAS. Rows are shared among the machine's cores.
-void HalfMatMul(const uint16_t* w, DType dtype, int64_t rows, int64_t in, const float* x, int64_t tokens, float* y,
-                int64_t ldy);
-
-// Matrices stacked by rows (q/k/v, gate/up), each [rows, in] where it lies: one product, whose
-// rows are shared among the cores as one (one hand-off per product, not per matrix).
+// One matrix [rows, in], row-major, of bf16 or fp16, where it lies.
 struct HalfRows {
   const uint16_t* w = nullptr;
   int64_t rows = 0;
 };
+
+// y[t, o] = sum_i w[o, i] * x[t, i] for t < tokens, o < the matrices' rows, the matrices
+// stacked by rows (q/k/v, gate/up: one product, one hand-off to the cores); y has row stride
+// `ldy`. Batch 1 and small batches read each weight once; larger ones widen tiles of the
+// weights and multiply them with OpenBLAS. Rows are shared among the machine's cores.
 void HalfMatMul(const std::vector<HalfRows>& parts, DType dtype, int64_t in, const float* x, int64_t tokens, float* y,
                 int64_t ldy);
 

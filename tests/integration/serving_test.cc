@@ -8,6 +8,7 @@
 #include "modelcast/text/tokenizer.h"
 #include "Router.h"
 #include "support/loopback_cluster.h"
+#include "support/npm_reference.h"
 #include "support/pipeline_models.h"
 #include "support/transports.h"
 
@@ -356,6 +357,18 @@ TEST_F(ServingTest, RequestsDuringAScaleOutAreAnsweredByTheNewCapacity) {
             << "had the whole model; first pipeline " << op.first_pipeline_s << " s after scaleOut\n";
 }
 
+// Posts `body` to /v1/completions until it is answered 200 (the scaled-out node serves), for at
+// most 30 s; the last answer.
+httplib::Result PostWhenServed(httplib::Client& http, const httplib::Headers& auth, const nlohmann::json& body) {
+  const auto by = std::chrono::steady_clock::now() + 30s;
+  auto res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+  while ((!res || res->status != 200) && std::chrono::steady_clock::now() < by) {
+    std::this_thread::sleep_for(100ms);  // a poll with a deadline
+    res = http.Post("/v1/completions", auth, body.dump(), "application/json");
+  }
+  return res;
+}
+
 // The serving API itself: a text prompt over HTTP (byte-level tokenizer), the same answer
 // streamed as server-sent events, Router.generate over Thrift, and refusals that name the
 // problem (no token, no model, a prompt of the wrong type, a token outside the vocabulary).
@@ -367,12 +380,7 @@ TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
   http.set_read_timeout(60, 0);
   const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
   const nlohmann::json body = {{"model", "tiny-llm"}, {"prompt", "Hello"}, {"max_tokens", 6}, {"temperature", 0}};
-  const auto by = std::chrono::steady_clock::now() + 30s;
-  auto res = http.Post("/v1/completions", auth, body.dump(), "application/json");
-  while ((!res || res->status != 200) && std::chrono::steady_clock::now() < by) {  // until node-1 serves
-    std::this_thread::sleep_for(100ms);
-    res = http.Post("/v1/completions", auth, body.dump(), "application/json");
-  }
+  auto res = PostWhenServed(http, auth, body);  // until node-1 serves
   ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no answer");
   const auto j = nlohmann::json::parse(res->body);
   EXPECT_EQ(j["object"], "text_completion");
@@ -555,12 +563,7 @@ TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
   http.set_read_timeout(60, 0);
   const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
   const nlohmann::json body = {{"model", "tiny-llm"}, {"prompt", prompt_text}, {"max_tokens", 12}, {"temperature", 0}};
-  const auto by = std::chrono::steady_clock::now() + 30s;
-  auto res = http.Post("/v1/completions", auth, body.dump(), "application/json");
-  while ((!res || res->status != 200) && std::chrono::steady_clock::now() < by) {
-    std::this_thread::sleep_for(100ms);
-    res = http.Post("/v1/completions", auth, body.dump(), "application/json");
-  }
+  auto res = PostWhenServed(http, auth, body);
   ASSERT_TRUE(res && res->status == 200) << (res ? res->body : "no answer");
   const auto j = nlohmann::json::parse(res->body);
   EXPECT_EQ(j["usage"]["prompt_tokens"], prompt->size());
@@ -616,8 +619,7 @@ TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
 // template (tests/text/openai_client.mjs): models.list, a completion, a chat answer, the same
 // chat streamed with its usage, and a bad request of each kind, each answered in OpenAI's shape.
 TEST_F(ServingTest, TheOfficialOpenAiClientListsCompletesAndChats) {
-  auto fetched = testing::RunProcess({testing::SourcePath("tests/text/fetch_reference.sh"), MODELCAST_NPM_DIR}, 600s);
-  ASSERT_EQ(fetched.exit_code, 0) << fetched.err;
+  ASSERT_NO_FATAL_FAILURE(testing::FetchNpmReference());
   const std::string tokenizer_json = TinyTokenizerJson();
   const std::string chat_template =
       "{% for m in messages %}<|bos|>{{ m.role }}\n{{ m.content | trim }}<|eot|>\n{% endfor %}"
@@ -635,17 +637,12 @@ TEST_F(ServingTest, TheOfficialOpenAiClientListsCompletesAndChats) {
     httplib::Client http("127.0.0.1", port);
     const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
     const nlohmann::json body = {{"model", "tiny-llm"}, {"prompt", {1, 2}}, {"max_tokens", 1}};
-    const auto by = std::chrono::steady_clock::now() + 30s;
-    auto res = http.Post("/v1/completions", auth, body.dump(), "application/json");
-    while ((!res || res->status != 200) && std::chrono::steady_clock::now() < by) {
-      std::this_thread::sleep_for(100ms);
-      res = http.Post("/v1/completions", auth, body.dump(), "application/json");
-    }
+    auto res = PostWhenServed(http, auth, body);
     ASSERT_TRUE(res && res->status == 200);
   }
   auto r = testing::RunProcess({"node", testing::SourcePath("tests/text/openai_client.mjs"),
                                 "http://127.0.0.1:" + std::to_string(port) + "/v1", kToken, "tiny-llm",
-                                MODELCAST_NPM_DIR, (dir / "openai.json").string()},
+                                testing::NpmDir().string(), (dir / "openai.json").string()},
                                120s);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto got = nlohmann::json::parse(testing::ReadAll(dir / "openai.json"));

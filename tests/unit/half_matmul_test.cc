@@ -22,7 +22,7 @@ void Check(DType dtype, int64_t rows, int64_t in, int64_t tokens) {
   for (auto& v : x) v = u(rng);
   const int64_t ldy = rows + 3;  // a stride wider than the rows, as q/k/v parts write
   std::vector<float> y(static_cast<size_t>(tokens * ldy), 12345.0f);
-  HalfMatMul(w.data(), dtype, rows, in, x.data(), tokens, y.data(), ldy);
+  HalfMatMul({{w.data(), rows}}, dtype, in, x.data(), tokens, y.data(), ldy);
   double worst = 0;
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t r = 0; r < rows; ++r) {

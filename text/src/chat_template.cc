@@ -1748,4 +1748,39 @@ Result<std::string> ChatTemplate::Render(const nlohmann::ordered_json& context) 
   return out;
 }
 
+Result<std::unique_ptr<ChatSetup>> ChatSetupFromTokenizerConfig(std::string_view text, const std::string& where) {
+  const auto config = ojson::parse(text, nullptr, false);
+  if (!config.is_object()) return FailedPrecondition(where + " is not a JSON object");
+  auto setup = std::make_unique<ChatSetup>();
+  auto special = [&](const char* key) -> std::string {
+    if (!config.contains(key) || config[key].is_null()) return "";
+    return config[key].is_string() ? config[key].get<std::string>() : config[key].value("content", "");
+  };
+  setup->bos_token = special("bos_token");
+  setup->eos_token = special("eos_token");
+  const auto& t = config.value("chat_template", ojson());
+  std::string plain, tools;
+  if (t.is_string()) {
+    plain = t.get<std::string>();
+  } else if (t.is_array()) {
+    for (const auto& named : t) {
+      if (named.value("name", "") == "default") plain = named.value("template", "");
+      if (named.value("name", "") == "tool_use") tools = named.value("template", "");
+    }
+  }
+  if (plain.empty()) return FailedPrecondition(where + " has no chat template");
+  MC_ASSIGN_OR_RETURN(setup->plain, ChatTemplate::Parse(plain, where + ": chat_template"));
+  if (!tools.empty()) {
+    MC_ASSIGN_OR_RETURN(setup->with_tools, ChatTemplate::Parse(tools, where + ": tool_use"));
+  }
+  return setup;
+}
+
+Result<std::string> ChatSetup::RenderForGeneration(nlohmann::ordered_json context, bool tools) const {
+  context["add_generation_prompt"] = true;
+  context["bos_token"] = bos_token;
+  context["eos_token"] = eos_token;
+  return (tools && with_tools ? *with_tools : *plain).Render(context);
+}
+
 }  // namespace modelcast::text

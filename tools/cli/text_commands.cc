@@ -30,19 +30,7 @@ Result<std::unique_ptr<text::Tokenizer>> OpenTokenizer(const std::string& dir) {
 // "tools") rendered by DIR's chat template with the generation prompt.
 Result<std::string> RenderChat(const std::string& dir, const std::string& messages_file) {
   MC_ASSIGN_OR_RETURN(std::string config_text, ReadFileToString(fs::path(dir) / "tokenizer_config.json"));
-  const auto config = nlohmann::ordered_json::parse(config_text, nullptr, false);
-  if (!config.is_object() || !config.contains("chat_template")) {
-    return NotFound(dir + "/tokenizer_config.json has no chat_template");
-  }
-  std::string source;
-  if (config["chat_template"].is_string()) {
-    source = config["chat_template"];
-  } else {
-    for (const auto& named : config["chat_template"]) {
-      if (named.value("name", "") == "default") source = named.value("template", "");
-    }
-  }
-  MC_ASSIGN_OR_RETURN(auto tmpl, text::ChatTemplate::Parse(source, dir + "/tokenizer_config.json: chat_template"));
+  MC_ASSIGN_OR_RETURN(auto chat, text::ChatSetupFromTokenizerConfig(config_text, dir + "/tokenizer_config.json"));
   MC_ASSIGN_OR_RETURN(std::string messages_text, ReadFileToString(messages_file));
   auto messages = nlohmann::ordered_json::parse(messages_text, nullptr, false);
   if (messages.is_discarded()) return InvalidArgument(messages_file + ": not JSON");
@@ -50,12 +38,8 @@ Result<std::string> RenderChat(const std::string& dir, const std::string& messag
   if (!context.is_object() || !context.contains("messages")) {
     return InvalidArgument(messages_file + ": expected an array of messages or an object with \"messages\"");
   }
-  context["add_generation_prompt"] = true;
-  for (const char* key : {"bos_token", "eos_token"}) {
-    if (!config.contains(key) || config[key].is_null()) continue;
-    context[key] = config[key].is_string() ? config[key].get<std::string>() : config[key].value("content", "");
-  }
-  return tmpl->Render(context);
+  const bool tools = context.contains("tools") && !context["tools"].empty();
+  return chat->RenderForGeneration(std::move(context), tools);
 }
 
 int RunTokenize(const std::vector<std::string>& args) {

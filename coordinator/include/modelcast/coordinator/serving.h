@@ -45,13 +45,9 @@ class ServingPlane {
   // The ids that end a generation: generation_config.json's eos_token_id (one or a list) where
   // the model came with one, else config.json's.
   Result<std::vector<int32_t>> ModelEosIds(const std::string& model) const;
-  // The model's chat template (tokenizer_config.json's chat_template, parsed once) and the
-  // special tokens it is rendered with; FailedPrecondition when the model has none.
-  struct Chat {
-    std::unique_ptr<text::ChatTemplate> plain, with_tools;  // with_tools: a named "tool_use" template, if any
-    std::string bos_token, eos_token;
-  };
-  Result<std::shared_ptr<const Chat>> ModelChat(const std::string& model) const;
+  // The model's chat template (tokenizer_config.json's, parsed once) and the special tokens it
+  // is rendered with; FailedPrecondition when the model has none.
+  Result<std::shared_ptr<const text::ChatSetup>> ModelChat(const std::string& model) const;
   std::string fabric_address() const { return transport_->address(); }
   int http_port() const { return http_port_; }
   const rpc::SecurityConfig& security() const { return security_; }
@@ -83,7 +79,8 @@ class ServingPlane {
 
   mutable std::mutex tokenizers_mu_;
   mutable std::map<std::string, std::shared_ptr<const text::Tokenizer>> tokenizers_;
-  mutable std::map<std::string, std::shared_ptr<const Chat>> chats_;
+  mutable std::map<std::string, std::shared_ptr<const text::ChatSetup>> chats_;
+  mutable std::map<std::string, std::vector<int32_t>> eos_ids_;
 
   std::mutex mu_;
   std::condition_variable cv_;

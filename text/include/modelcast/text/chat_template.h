@@ -38,4 +38,16 @@ class ChatTemplate {
   std::vector<std::unique_ptr<Node>> body_;
 };
 
+// What a model's tokenizer_config.json says about chat: its template (one, or named ones of which
+// "default" and "tool_use" are used) and the special tokens templates are rendered with.
+// FailedPrecondition naming `where` when it has no template or is not a JSON object.
+struct ChatSetup {
+  std::unique_ptr<ChatTemplate> plain, with_tools;  // with_tools: a named "tool_use" template, if any
+  std::string bos_token, eos_token;
+  // The context's bos_token/eos_token set, add_generation_prompt on; `tools` picks the template.
+  Result<std::string> RenderForGeneration(nlohmann::ordered_json context, bool tools) const;
+};
+Result<std::unique_ptr<ChatSetup>> ChatSetupFromTokenizerConfig(std::string_view tokenizer_config,
+                                                                const std::string& where);
+
 }  // namespace modelcast::text
