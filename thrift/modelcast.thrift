@@ -415,22 +415,33 @@ service Agent {
 
 // Serving: requests to the model's instances and pipelines, through the coordinator's router
 // (also `POST /v1/completions`, OpenAI-compatible, on the serving HTTP port).
+// One message of a chat, as OpenAI's chat API has it (text content).
+struct ChatMessage {
+  1: string role,                       // system, user, assistant, tool or developer
+  2: string content,
+}
+
 struct GenerateRequest {
   1: RequestHeader header,
   2: string model,
-  3: optional list<i32> prompt_tokens,  // token ids, or:
-  4: optional string prompt_text,       // text, through the byte-level fallback tokenizer
+  // The prompt, one of: token ids; text, through the model's own tokenizer (special tokens
+  // added as its post-processor says; byte-level for a model without one); or chat messages,
+  // rendered by the model's chat template with its generation prompt.
+  3: optional list<i32> prompt_tokens,
+  4: optional string prompt_text,
+  10: optional list<ChatMessage> messages,
   5: i32 max_tokens = 16,
   6: double temperature = 0,            // 0: greedy
   7: double top_p = 1.0,
   8: i64 seed = 0,
-  9: optional i32 stop_token,           // absent: the model's eos token; -1: none
+  9: optional i32 stop_token,           // absent: the model's eos ids; -1: none
+  11: optional list<string> stop,       // stop strings: the answer ends before the first one its text holds
 }
 
 struct GenerateResponse {
   1: list<i32> tokens,
-  2: string text,                       // the tokens that are bytes, as bytes
-  3: string finish_reason,              // "length" or "stop"
+  2: string text,                       // the answer's text (special tokens left out), before any stop string
+  3: string finish_reason,              // "length" or "stop" (a stop token or string)
   4: double ttft_s,                     // from arrival to the first token
   5: double tpot_s,                     // mean time per output token after the first
   6: double queued_s,

@@ -1,6 +1,7 @@
-// The serving API: Router.generate over Thrift, and POST /v1/completions over HTTP
-// (OpenAI-compatible: `prompt` as text or as an array of token ids, `max_tokens`,
-// `temperature`, `top_p`, `seed`, `stream` as server-sent events).
+// The serving API: Router.generate over Thrift (token ids, text or chat messages), and over HTTP
+// OpenAI's: GET /v1/models, POST /v1/completions (`prompt` as text or token ids) and POST
+// /v1/chat/completions (messages through the model's chat template); `max_tokens`,
+// `temperature`, `top_p`, `seed`, `stop` strings, `stream` as server-sent events.
 #include <glog/logging.h>
 #include <httplib.h>
 
@@ -18,26 +19,27 @@
 #include "modelcast/coordinator/serving.h"
 #include "modelcast/pipeline/tokenizer.h"
 #include "modelcast/rpc/errors.h"
+#include "modelcast/text/stop_strings.h"
 
 namespace modelcast::coordinator {
 namespace {
 
 using Json = nlohmann::json;
 
-// A request's tokens and end as they arrive from the router's threads.
+// A request's answer as it arrives from the router's threads: its tokens, and its text (the
+// model's stream decoder's, less whatever could still begin a stop string), up to a stop token,
+// a stop string or max_tokens.
 struct Stream {
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<int32_t> fresh;  // tokens not yet taken by the writer
+  std::deque<std::pair<int32_t, std::string>> fresh;  // tokens and the text each let show, not yet taken
+  std::string tail;                                   // the text shown at the end (held back until then)
   std::vector<int32_t> tokens;
+  std::string text;  // all the text shown
   bool done = false;
+  bool stop_string = false;  // a stop string ended it
   Status status;
   pipeline::RequestTiming timing;
-};
-
-struct Prompt {
-  std::vector<int32_t> tokens;
-  bool text = false;  // the prompt was text: the answer is text too
 };
 
 // How a model's text becomes token ids and back: its own tokenizer (special tokens added as its
@@ -51,20 +53,6 @@ struct TextCodec {
     if (s.empty()) return InvalidArgument("an empty prompt");
     return tokenizer->Encode(s, /*add_special_tokens=*/true);
   }
-  // The ids the tokenizer knows (a model's vocabulary may be padded past its tokenizer's).
-  std::vector<int32_t> Known(const std::vector<int32_t>& ids) const {
-    std::vector<int32_t> out;
-    for (int32_t t : ids) {
-      if (tokenizer->IdToken(t)) out.push_back(t);
-    }
-    return out;
-  }
-  // The answer's text, special tokens left out.
-  std::string Decode(const std::vector<int32_t>& ids) const {
-    if (!tokenizer) return pipeline::ByteTokenizer::Decode(ids);
-    auto r = tokenizer->Decode(Known(ids), /*skip_special_tokens=*/true);
-    return r.ok() ? *r : std::string();
-  }
 };
 
 Result<TextCodec> CodecFor(const ServingPlane& plane, const std::string& model) {
@@ -75,63 +63,87 @@ Result<TextCodec> CodecFor(const ServingPlane& plane, const std::string& model) 
 }
 
 // The text of tokens as they are generated, never part of a character (the byte-level fallback
-// gives each token's byte).
-class TextStream {
+// gives each token's byte), special tokens left out, held back where it could begin a stop string.
+class AnswerText {
  public:
-  explicit TextStream(const TextCodec& codec) : codec_(codec) {
+  AnswerText(const TextCodec& codec, text::StopStrings stops) : codec_(codec), stops_(std::move(stops)) {
     if (codec_.tokenizer) decoder_.emplace(*codec_.tokenizer, true);
   }
-  std::string Next(int32_t t) {
+  std::string Next(int32_t t) { return stops_.Feed(Piece(t)); }
+  std::string Finish() {
+    std::string rest;
+    if (decoder_) {
+      auto r = decoder_->Finish();
+      if (r.ok()) rest = std::move(*r);
+    }
+    std::string out = stops_.Feed(rest);
+    return out + stops_.Finish();
+  }
+  bool stopped() const { return stops_.stopped(); }
+
+ private:
+  std::string Piece(int32_t t) {
     if (!decoder_) return pipeline::ByteTokenizer::Decode({t});
-    if (!codec_.tokenizer->IdToken(t)) return std::string();
+    if (!codec_.tokenizer->IdToken(t)) return std::string();  // a vocabulary padded past the tokenizer's
     auto r = decoder_->Next(t);
     return r.ok() ? *r : std::string();
   }
-  std::string Finish() {
-    if (!decoder_) return std::string();
-    auto r = decoder_->Finish();
-    return r.ok() ? *r : std::string();
-  }
-
- private:
   TextCodec codec_;
   std::optional<text::StreamDecoder> decoder_;
+  text::StopStrings stops_;
 };
 
-// Fills the request's prompt, sampling and stop token from what the client sent, checked
-// against the model.
-Status Prepare(const ServingPlane& plane, const std::string& model, Prompt prompt, int max_tokens, double temperature,
-               double top_p, uint64_t seed, std::optional<int32_t> stop, pipeline::GenerateRequest* out,
-               const std::shared_ptr<Stream>& stream) {
-  MC_ASSIGN_OR_RETURN(model::LlamaConfig config, plane.ModelConfig(model));
-  for (int32_t t : prompt.tokens) {
+// What a client asked for besides the prompt.
+struct Asked {
+  int max_tokens = 16;
+  double temperature = 1.0, top_p = 1.0;
+  uint64_t seed = 0;
+  std::optional<int32_t> stop_token;  // absent: the model's eos ids; negative: none
+  text::StopStrings stops;
+};
+
+// Fills the request's prompt, sampling and stops from what the client sent, checked against the
+// model; the answer (tokens and text) goes to `stream`.
+Status Prepare(const ServingPlane& plane, const std::string& model, const TextCodec& codec, std::vector<int32_t> prompt,
+               Asked asked, pipeline::GenerateRequest* out, const std::shared_ptr<Stream>& stream) {
+  const model::LlamaConfig& config = codec.config;
+  for (int32_t t : prompt) {
     if (t < 0 || t >= config.vocab_size) {
       return InvalidArgument("prompt token " + std::to_string(t) + " is outside model '" + model +
                              "''s vocabulary [0, " + std::to_string(config.vocab_size) + ")");
     }
   }
-  if (static_cast<int64_t>(prompt.tokens.size()) + max_tokens > config.MaxPositions()) {
-    return OutOfRange("a prompt of " + std::to_string(prompt.tokens.size()) + " tokens plus max_tokens " +
-                      std::to_string(max_tokens) + " exceeds model '" + model + "''s " +
+  if (static_cast<int64_t>(prompt.size()) + asked.max_tokens > config.MaxPositions()) {
+    return OutOfRange("a prompt of " + std::to_string(prompt.size()) + " tokens plus max_tokens " +
+                      std::to_string(asked.max_tokens) + " exceeds model '" + model + "''s " +
                       std::to_string(config.MaxPositions()) + " positions");
   }
   out->model = model;
-  out->prompt = std::move(prompt.tokens);
-  out->max_tokens = max_tokens;
-  out->sampling = {temperature, top_p, seed};
-  if (stop) {
-    if (*stop >= 0) out->stop_tokens = {*stop};
+  out->prompt = std::move(prompt);
+  out->max_tokens = asked.max_tokens;
+  out->sampling = {asked.temperature, asked.top_p, asked.seed};
+  if (asked.stop_token) {
+    if (*asked.stop_token >= 0) out->stop_tokens = {*asked.stop_token};
   } else {
     MC_ASSIGN_OR_RETURN(out->stop_tokens, plane.ModelEosIds(model));
   }
-  out->on_token = [stream](int32_t t) {
+  auto answer = std::make_shared<AnswerText>(codec, std::move(asked.stops));  // the router's threads only
+  out->on_token = [stream, answer](int32_t t) {
+    std::string shown = answer->Next(t);
     std::lock_guard<std::mutex> lock(stream->mu);
     stream->tokens.push_back(t);
-    stream->fresh.push_back(t);
+    stream->text += shown;
+    stream->fresh.emplace_back(t, std::move(shown));
+    stream->stop_string = answer->stopped();
     stream->cv.notify_all();
+    return !answer->stopped();
   };
-  out->on_done = [stream](const Status& s, const pipeline::RequestTiming& timing) {
+  out->on_done = [stream, answer](const Status& s, const pipeline::RequestTiming& timing) {
+    std::string tail = s.ok() ? answer->Finish() : std::string();
     std::lock_guard<std::mutex> lock(stream->mu);
+    stream->text += tail;
+    stream->tail = std::move(tail);
+    stream->stop_string = answer->stopped();
     stream->done = true;
     stream->status = s;
     stream->timing = timing;
@@ -141,7 +153,8 @@ Status Prepare(const ServingPlane& plane, const std::string& model, Prompt promp
 }
 
 std::string FinishReason(const Stream& s, const std::vector<int32_t>& stop_tokens) {
-  return !s.tokens.empty() && std::find(stop_tokens.begin(), stop_tokens.end(), s.tokens.back()) != stop_tokens.end()
+  return s.stop_string || (!s.tokens.empty() &&
+                           std::find(stop_tokens.begin(), stop_tokens.end(), s.tokens.back()) != stop_tokens.end())
              ? "stop"
              : "length";
 }
@@ -156,35 +169,115 @@ Status WaitDone(Stream& s, double limit) {
   return s.status;
 }
 
+// A chat's prompt: the messages (roles the templates know; content a string or text parts)
+// rendered by the model's chat template with its generation prompt, the rendered text tokenized
+// as it stands (its special tokens are in it). `context` holds "messages" and whatever else the
+// template reads ("tools", ...).
+Result<std::vector<int32_t>> ChatPrompt(const ServingPlane& plane, const std::string& model, const TextCodec& codec,
+                                        nlohmann::ordered_json context) {
+  if (!codec.tokenizer) {
+    return InvalidArgument("model '" + model + "' has no tokenizer of its own: chat needs one");
+  }
+  auto chat = plane.ModelChat(model);
+  if (!chat.ok()) {  // no template (FailedPrecondition), or one that cannot be parsed
+    return chat.status().code() == StatusCode::kFailedPrecondition ? InvalidArgument(chat.status().message())
+                                                                   : chat.status();
+  }
+  if (!context.contains("messages") || !context["messages"].is_array() || context["messages"].empty()) {
+    return InvalidArgument("'messages' must be a non-empty array");
+  }
+  nlohmann::ordered_json& messages = context["messages"];
+  for (size_t k = 0; k < messages.size(); ++k) {
+    auto& m = messages[k];
+    const std::string at = "'messages[" + std::to_string(k) + "]";
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+      return InvalidArgument(at + "' must be an object with a 'role'");
+    }
+    const std::string role = m["role"];
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "developer") {
+      return InvalidArgument(at + ".role' is '" + role + "': system, user, assistant, tool or developer");
+    }
+    if (m.contains("content") && m["content"].is_array()) {  // text parts, joined
+      std::string text;
+      for (const auto& part : m["content"]) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+          return InvalidArgument(at + ".content' has a part that is not text; this model reads text");
+        }
+        text += part["text"].get<std::string>();
+      }
+      m["content"] = text;
+    } else if (m.contains("content") && !m["content"].is_string() && !m["content"].is_null()) {
+      return InvalidArgument(at + ".content' must be a string or an array of text parts");
+    } else if (!m.contains("content") || m["content"].is_null()) {
+      m["content"] = "";
+    }
+    if (auto bad = text::FirstInvalidUtf8(m["content"].get<std::string>())) {
+      return InvalidArgument(at + ".content' is not valid UTF-8 (at byte " + std::to_string(*bad) + ")");
+    }
+  }
+  const bool has_tools = context.contains("tools") && context["tools"].is_array() && !context["tools"].empty();
+  auto rendered = (*chat)->RenderForGeneration(std::move(context), has_tools);
+  if (!rendered.ok()) return InvalidArgument(rendered.status().WithContext("the chat template").message());
+  return codec.tokenizer->Encode(*rendered, /*add_special_tokens=*/false);
+}
+
+// OpenAI's `stop`: absent or null, a string, or an array of strings.
+Result<text::StopStrings> StopsFrom(const nlohmann::json& body) {
+  if (!body.contains("stop") || body["stop"].is_null()) return text::StopStrings();
+  const auto& v = body["stop"];
+  if (v.is_string()) return text::StopStrings::Make({v.get<std::string>()});
+  if (!v.is_array()) return InvalidArgument("'stop' must be a string or an array of strings");
+  std::vector<std::string> stops;
+  for (const auto& s : v) {
+    if (!s.is_string()) return InvalidArgument("'stop' must be a string or an array of strings");
+    stops.push_back(s.get<std::string>());
+  }
+  return text::StopStrings::Make(std::move(stops));
+}
+
 class RouterHandler : public rpc::RouterIf {
  public:
   explicit RouterHandler(ServingPlane* plane) : plane_(plane) {}
   void generate(rpc::GenerateResponse& out, const rpc::GenerateRequest& req) override {
     rpc::ThrowIfError(rpc::CheckCaller(plane_->security(), req.header, "generate"));
-    Prompt prompt;
-    std::optional<TextCodec> codec;  // a text prompt's, which decodes the answer too
+    auto codec = CodecFor(*plane_, req.model);
+    rpc::ThrowIfError(codec.status());
+    const int given = req.__isset.prompt_tokens + req.__isset.prompt_text + req.__isset.messages;
+    if (given != 1) {
+      rpc::ThrowIfError(InvalidArgument("give one of prompt_tokens, prompt_text and messages (" +
+                                        std::to_string(given) + " given)"));
+    }
+    std::vector<int32_t> prompt;
     if (req.__isset.prompt_tokens) {
-      prompt.tokens = req.prompt_tokens;
+      prompt = req.prompt_tokens;
     } else if (req.__isset.prompt_text) {
-      auto c = CodecFor(*plane_, req.model);
-      rpc::ThrowIfError(c.status());
-      codec = std::move(*c);
       auto t = codec->Encode(req.prompt_text);
       rpc::ThrowIfError(t.status());
-      prompt.tokens = std::move(*t);
-      prompt.text = true;
+      prompt = std::move(*t);
+    } else {
+      nlohmann::ordered_json context = {{"messages", nlohmann::ordered_json::array()}};
+      for (const auto& m : req.messages) context["messages"].push_back({{"role", m.role}, {"content", m.content}});
+      auto t = ChatPrompt(*plane_, req.model, *codec, std::move(context));
+      rpc::ThrowIfError(t.status());
+      prompt = std::move(*t);
+    }
+    Asked asked{.max_tokens = req.max_tokens, .temperature = req.temperature, .top_p = req.top_p,
+                .seed = static_cast<uint64_t>(req.seed),
+                .stop_token = req.__isset.stop_token ? std::optional<int32_t>(req.stop_token) : std::nullopt};
+    if (req.__isset.stop) {
+      auto stops = text::StopStrings::Make(req.stop);
+      rpc::ThrowIfError(stops.status());
+      asked.stops = std::move(*stops);
     }
     auto stream = std::make_shared<Stream>();
     pipeline::GenerateRequest r;
-    rpc::ThrowIfError(Prepare(*plane_, req.model, prompt, req.max_tokens, req.temperature, req.top_p,
-                              static_cast<uint64_t>(req.seed),
-                              req.__isset.stop_token ? std::optional<int32_t>(req.stop_token) : std::nullopt, &r,
-                              stream));
+    rpc::ThrowIfError(Prepare(*plane_, req.model, *codec, std::move(prompt), std::move(asked), &r, stream));
     const std::vector<int32_t> stop = r.stop_tokens;
     rpc::ThrowIfError(plane_->router().Submit(std::move(r)));
     rpc::ThrowIfError(WaitDone(*stream, 3600));
+    std::lock_guard<std::mutex> lock(stream->mu);
     out.tokens = stream->tokens;
-    if (codec) out.text = codec->Decode(stream->tokens);
+    out.text = stream->text;
     out.finish_reason = FinishReason(*stream, stop);
     out.ttft_s = stream->timing.ttft_s;
     out.tpot_s = stream->timing.tpot_s;
@@ -296,59 +389,78 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     }
     Error(res, 404, NotFound("model '" + name + "' is not registered"));
   });
+  // What both generation endpoints read besides the prompt; nullopt once the error is answered.
+  auto asked_of = [](const Json& body, httplib::Response& res, int default_max_tokens) -> std::optional<Asked> {
+    Asked a;
+    try {
+      a.max_tokens = body.value("max_completion_tokens", body.value("max_tokens", default_max_tokens));
+      a.temperature = body.value("temperature", 1.0);
+      a.top_p = body.value("top_p", 1.0);
+      a.seed = body.value("seed", uint64_t{0});
+    } catch (const Json::exception& e) {
+      Error(res, 400, InvalidArgument(std::string("a field of the wrong type: ") + e.what()));
+      return std::nullopt;
+    }
+    if (a.max_tokens < 1) {
+      Error(res, 400, InvalidArgument(std::string(body.contains("max_completion_tokens") ? "'max_completion_tokens'"
+                                                                                          : "'max_tokens'") +
+                                      " must be at least 1"));
+      return std::nullopt;
+    }
+    auto stops = StopsFrom(body);
+    if (!stops.ok()) {
+      Error(res, 400, stops.status());
+      return std::nullopt;
+    }
+    a.stops = std::move(*stops);
+    return a;
+  };
+  auto created_now = [] {
+    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  };
   http_->Post("/v1/completions", [=, this](const httplib::Request& hreq, httplib::Response& res) {
     auto begun = begin(hreq, res, "/v1/completions");
     if (!begun) return;
     const Json& body = begun->body;
     const std::string& model = begun->model;
-    const TextCodec* codec = &begun->codec;
-    Prompt prompt;
+    std::vector<int32_t> prompt;
     try {
       const Json& p = body.at("prompt");
       if (p.is_string()) {
-        auto t = codec->Encode(p.get<std::string>());
+        auto t = begun->codec.Encode(p.get<std::string>());
         if (!t.ok()) return Error(res, 400, t.status());
-        prompt.tokens = std::move(*t);
-        prompt.text = true;
+        prompt = std::move(*t);
       } else if (p.is_array() && !p.empty() && p.front().is_number_integer()) {
-        prompt.tokens = p.get<std::vector<int32_t>>();
+        prompt = p.get<std::vector<int32_t>>();
       } else {
         return Error(res, 400, InvalidArgument("'prompt' must be a string or an array of token ids"));
       }
     } catch (const Json::exception& e) {
       return Error(res, 400, InvalidArgument(std::string("'prompt': ") + e.what()));
     }
-    int max_tokens = 16;
-    double temperature = 1.0, top_p = 1.0;
-    uint64_t seed = 0;
     bool stream_mode = false;
     try {
-      max_tokens = body.value("max_tokens", 16);
-      temperature = body.value("temperature", 1.0);
-      top_p = body.value("top_p", 1.0);
-      seed = body.value("seed", uint64_t{0});
       stream_mode = body.value("stream", false);
     } catch (const Json::exception& e) {
-      return Error(res, 400, InvalidArgument(std::string("a field of the wrong type: ") + e.what()));
+      return Error(res, 400, InvalidArgument(std::string("'stream': ") + e.what()));
     }
+    auto asked = asked_of(body, res, 16);
+    if (!asked) return;
     auto stream = std::make_shared<Stream>();
     pipeline::GenerateRequest r;
-    Status s = Prepare(*this, model, prompt, max_tokens, temperature, top_p, seed, std::nullopt, &r, stream);
+    Status s = Prepare(*this, model, begun->codec, std::move(prompt), std::move(*asked), &r, stream);
     const size_t prompt_len = r.prompt.size();
-    const bool text = prompt.text;
     const std::string id = "cmpl-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
-    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count();
+    const int64_t created = created_now();
     const std::vector<int32_t> stop = r.stop_tokens;
     if (s.ok()) s = router().Submit(std::move(r));
     if (!s.ok()) return Error(res, HttpStatus(s), s);
-    // One completion object: a choice with `tokens` and their text, and once the request has
-    // ended its usage and timing (the caller holds the stream's lock or the request has ended).
-    const TextCodec text_codec = *codec;
+    // One completion object: a choice with `tokens` and the text they let show, and once the
+    // request has ended its usage and timing (the caller holds the stream's lock or the request
+    // has ended).
     auto completion = [=](const std::vector<int32_t>& tokens, const std::string& piece, Json finish, bool final) {
       Json c = {{"index", 0}, {"logprobs", nullptr}};
-      c["text"] = text ? piece : std::string();
+      c["text"] = piece;
       c["tokens"] = tokens;
       c["finish_reason"] = std::move(finish);
       Json j = {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model},
@@ -366,25 +478,25 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     if (!stream_mode) {
       s = WaitDone(*stream, 3600);
       if (!s.ok()) return Error(res, HttpStatus(s), s);
-      res.set_content(Dump(completion(stream->tokens, text_codec.Decode(stream->tokens), FinishReason(*stream, stop), true)),
+      std::lock_guard<std::mutex> lock(stream->mu);
+      res.set_content(Dump(completion(stream->tokens, stream->text, FinishReason(*stream, stop), true)),
                       "application/json");
       return;
     }
     // Server-sent events: one per token as it is generated, then the end and [DONE].
     res.set_header("Cache-Control", "no-cache");
-    auto pieces = std::make_shared<TextStream>(text_codec);  // only the provider below touches it
     res.set_chunked_content_provider("text/event-stream", [=](size_t, httplib::DataSink& sink) {
       std::unique_lock<std::mutex> lock(stream->mu);
       stream->cv.wait_for(lock, std::chrono::seconds(60), [&] { return stream->done || !stream->fresh.empty(); });
       while (!stream->fresh.empty()) {
-        const int32_t t = stream->fresh.front();
+        const auto [t, piece] = std::move(stream->fresh.front());
         stream->fresh.pop_front();
-        const std::string ev = "data: " + Dump(completion({t}, pieces->Next(t), nullptr, false)) + "\n\n";
+        const std::string ev = "data: " + Dump(completion({t}, piece, nullptr, false)) + "\n\n";
         if (!sink.write(ev.data(), ev.size())) return false;
       }
       if (!stream->done) return true;
       Json end = stream->status.ok()
-                     ? completion({}, pieces->Finish(), FinishReason(*stream, stop), true)
+                     ? completion({}, stream->tail, FinishReason(*stream, stop), true)
                      : Json{{"error",
                              {{"message", stream->status.message()},
                               {"code", std::string(StatusCodeName(stream->status.code()))}}}};
@@ -394,79 +506,26 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
       return true;
     });
   });
-  // Chat: the messages rendered by the model's chat template (with the generation prompt), the
-  // rendered text tokenized as it stands (its special tokens are in it), the answer as an
-  // assistant message.
+  // Chat: the messages rendered by the model's chat template, the answer as an assistant message.
   http_->Post("/v1/chat/completions", [=, this](const httplib::Request& hreq, httplib::Response& res) {
     auto begun = begin(hreq, res, "/v1/chat/completions");
     if (!begun) return;
     const Json& body = begun->body;
     const std::string& model = begun->model;
-    const TextCodec* codec = &begun->codec;
-    if (!codec->tokenizer) {
-      return Error(res, 400, InvalidArgument("model '" + model + "' has no tokenizer of its own: chat needs one"));
-    }
-    auto chat = ModelChat(model);
-    if (!chat.ok()) {  // no template, or one that cannot be parsed: the request cannot be served as asked
-      return Error(res, chat.status().code() == StatusCode::kFailedPrecondition ? 400 : HttpStatus(chat.status()),
-                   chat.status());
-    }
-    // The messages: roles the templates know, content a string or text parts.
-    if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) {
-      return Error(res, 400, InvalidArgument("'messages' must be a non-empty array"));
-    }
-    nlohmann::ordered_json context = nlohmann::ordered_json::parse(body.dump());
-    nlohmann::ordered_json& messages = context["messages"];
-    for (size_t k = 0; k < messages.size(); ++k) {
-      auto& m = messages[k];
-      const std::string at = "'messages[" + std::to_string(k) + "]";
-      if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
-        return Error(res, 400, InvalidArgument(at + "' must be an object with a 'role'"));
-      }
-      const std::string role = m["role"];
-      if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "developer") {
-        return Error(res, 400, InvalidArgument(at + ".role' is '" + role + "': system, user, assistant, tool or developer"));
-      }
-      if (m.contains("content") && m["content"].is_array()) {  // text parts, joined
-        std::string text;
-        for (const auto& part : m["content"]) {
-          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text")) {
-            return Error(res, 400, InvalidArgument(at + ".content' has a part that is not text; this model reads text"));
-          }
-          text += part["text"].get<std::string>();
-        }
-        m["content"] = text;
-      } else if (m.contains("content") && !m["content"].is_string() && !m["content"].is_null()) {
-        return Error(res, 400, InvalidArgument(at + ".content' must be a string or an array of text parts"));
-      } else if (!m.contains("content") || m["content"].is_null()) {
-        m["content"] = "";
-      }
-    }
     if (body.contains("n") && !(body["n"].is_number_integer() && body["n"].get<int64_t>() == 1)) {
       return Error(res, 400, InvalidArgument("'n': only one choice per request (n = 1) is served"));
     }
-    if (body.contains("stop") && !body["stop"].is_null()) {
-      return Error(res, 400, InvalidArgument("'stop': stop strings are not supported yet (the model's eos ids end an answer)"));
-    }
-    const bool has_tools = body.contains("tools") && body["tools"].is_array() && !body["tools"].empty();
+    // The template sees the request less what only the server reads (tools, and whatever else
+    // a template may use, stay).
+    nlohmann::ordered_json context = nlohmann::ordered_json::parse(body.dump());
     for (const char* key : {"stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "n", "stop",
                             "stream_options", "model", "user", "frequency_penalty", "presence_penalty", "logprobs"}) {
       context.erase(key);
     }
-    auto rendered = (*chat)->RenderForGeneration(std::move(context), has_tools);
-    if (!rendered.ok()) return Error(res, 400, rendered.status().WithContext("the chat template"));
-    auto ids = codec->tokenizer->Encode(*rendered, /*add_special_tokens=*/false);
-    if (!ids.ok()) return Error(res, 400, ids.status());
-    int max_tokens = 0;
-    double temperature = 1.0, top_p = 1.0;
-    uint64_t seed = 0;
+    auto ids = ChatPrompt(*this, model, begun->codec, std::move(context));
+    if (!ids.ok()) return Error(res, HttpStatus(ids.status()), ids.status());
     bool stream_mode = false, include_usage = false;
     try {
-      const int64_t room = codec->config.MaxPositions() - static_cast<int64_t>(ids->size());
-      max_tokens = body.value("max_completion_tokens", body.value("max_tokens", static_cast<int>(std::clamp<int64_t>(room, 1, 4096))));
-      temperature = body.value("temperature", 1.0);
-      top_p = body.value("top_p", 1.0);
-      seed = body.value("seed", uint64_t{0});
       stream_mode = body.value("stream", false);
       if (body.contains("stream_options") && body["stream_options"].is_object()) {
         include_usage = body["stream_options"].value("include_usage", false);
@@ -474,38 +533,36 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     } catch (const Json::exception& e) {
       return Error(res, 400, InvalidArgument(std::string("a field of the wrong type: ") + e.what()));
     }
-    if (max_tokens < 1) return Error(res, 400, InvalidArgument("'max_completion_tokens' must be at least 1"));
+    // Unless the client says, the answer may fill the context (up to 4,096 tokens).
+    const int64_t room = begun->codec.config.MaxPositions() - static_cast<int64_t>(ids->size());
+    auto asked = asked_of(body, res, static_cast<int>(std::clamp<int64_t>(room, 1, 4096)));
+    if (!asked) return;
     auto stream = std::make_shared<Stream>();
     pipeline::GenerateRequest r;
-    Prompt prompt{std::move(*ids), true};
-    Status s = Prepare(*this, model, prompt, max_tokens, temperature, top_p, seed, std::nullopt, &r, stream);
+    Status s = Prepare(*this, model, begun->codec, std::move(*ids), std::move(*asked), &r, stream);
     const size_t prompt_len = r.prompt.size();
     const std::string id = "chatcmpl-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
-    const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count();
+    const int64_t created = created_now();
     const std::vector<int32_t> stop = r.stop_tokens;
     if (s.ok()) s = router().Submit(std::move(r));
     if (!s.ok()) return Error(res, HttpStatus(s), s);
-    const TextCodec text_codec = *codec;
     auto object = [=](const char* kind, Json choices) {
       return Json{{"id", id}, {"object", kind}, {"created", created}, {"model", model}, {"choices", std::move(choices)}};
     };
     if (!stream_mode) {
       s = WaitDone(*stream, 3600);
       if (!s.ok()) return Error(res, HttpStatus(s), s);
-      Json j = object("chat.completion",
-                      Json::array({{{"index", 0},
-                                    {"message", {{"role", "assistant"}, {"content", text_codec.Decode(stream->tokens)}}},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", FinishReason(*stream, stop)}}}));
+      std::lock_guard<std::mutex> lock(stream->mu);
+      Json j = object("chat.completion", Json::array({{{"index", 0},
+                                                       {"message", {{"role", "assistant"}, {"content", stream->text}}},
+                                                       {"logprobs", nullptr},
+                                                       {"finish_reason", FinishReason(*stream, stop)}}}));
       j["usage"] = Usage(prompt_len, stream->tokens.size());
       res.set_content(Dump(j), "application/json");
       return;
     }
     res.set_header("Cache-Control", "no-cache");
-    auto pieces = std::make_shared<TextStream>(text_codec);  // only the provider below touches it
-    auto started = std::make_shared<bool>(false);
+    auto started = std::make_shared<bool>(false);  // only the provider below touches it
     res.set_chunked_content_provider("text/event-stream", [=](size_t, httplib::DataSink& sink) {
       auto send = [&](const Json& j) {
         const std::string ev = "data: " + Dump(j) + "\n\n";
@@ -521,12 +578,9 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
       }
       std::unique_lock<std::mutex> lock(stream->mu);
       stream->cv.wait_for(lock, std::chrono::seconds(60), [&] { return stream->done || !stream->fresh.empty(); });
-      while (!stream->fresh.empty()) {
-        const int32_t t = stream->fresh.front();
-        stream->fresh.pop_front();
-        const std::string piece = pieces->Next(t);
-        if (!piece.empty() && !send(delta({{"content", piece}}, nullptr))) return false;
-      }
+      std::string pieces;  // what the fresh tokens let show, in one chunk
+      for (; !stream->fresh.empty(); stream->fresh.pop_front()) pieces += stream->fresh.front().second;
+      if (!pieces.empty() && !send(delta({{"content", pieces}}, nullptr))) return false;
       if (!stream->done) return true;
       if (!stream->status.ok()) {
         send(Json{{"error",
@@ -534,8 +588,7 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
                     {"type", "server_error"},
                     {"code", std::string(StatusCodeName(stream->status.code()))}}}});
       } else {
-        const std::string rest = pieces->Finish();
-        if (!rest.empty()) send(delta({{"content", rest}}, nullptr));
+        if (!stream->tail.empty()) send(delta({{"content", stream->tail}}, nullptr));
         send(delta(Json::object(), FinishReason(*stream, stop)));
         if (include_usage) {
           Json u = object("chat.completion.chunk", Json::array());

@@ -263,8 +263,8 @@ struct Router::Impl {
         if (req->generated.size() == 1) req->first_token = now;
         req->last_token = now;
         req->engine = e->id;
-        if (req->r.on_token) req->r.on_token(token);
-        if (static_cast<int>(req->generated.size()) >= req->r.max_tokens ||
+        const bool go_on = !req->r.on_token || req->r.on_token(token);
+        if (!go_on || static_cast<int>(req->generated.size()) >= req->r.max_tokens ||
             std::find(req->r.stop_tokens.begin(), req->r.stop_tokens.end(), token) != req->r.stop_tokens.end()) {
           p.Drop(req->cache_id);
           Finish(req, Status::Ok());

@@ -208,6 +208,7 @@ TEST_F(ServingTest, AStageNodeKilledMidRequestFailsOverToAnotherEngine) {
       std::lock_guard<std::mutex> lock(mu);
       tokens[r].push_back(t);
       cv.notify_all();
+      return true;
     };
     req.on_done = [&, r](const Status& s, const pipeline::RequestTiming& t) {
       std::lock_guard<std::mutex> lock(mu);
@@ -687,16 +688,79 @@ TEST_F(ServingTest, TheOfficialOpenAiClientListsCompletesAndChats) {
   EXPECT_EQ(got["stream"]["content"], want);
   EXPECT_EQ(got["stream"]["finish_reason"], got["chat"]["finish_reason"]);
   EXPECT_EQ(got["stream"]["usage"], got["chat"]["usage"]);
+  // Stop strings: the chat's answer (and the completion's) cut before the first occurrence of one
+  // taken from its middle, streamed or not, ended as "stop" with fewer tokens.
+  const std::string stop = got["stop"]["stop"];
+  ASSERT_GE(stop.size(), 2u) << "the answer is too short to take a stop string from: " << want;
+  const std::string cut = want.substr(0, want.find(stop));
+  EXPECT_LT(cut.size(), want.size());
+  EXPECT_EQ(got["stop"]["chat"]["content"], cut);
+  EXPECT_EQ(got["stop"]["chat"]["finish_reason"], "stop");
+  EXPECT_LE(got["stop"]["chat"]["usage"]["completion_tokens"].get<size_t>(), n);
+  EXPECT_EQ(got["stop"]["stream"]["content"], cut);
+  EXPECT_EQ(got["stop"]["stream"]["finish_reason"], "stop");
+  EXPECT_EQ(got["stop"]["stream"]["usage"], got["stop"]["chat"]["usage"]);
+  const std::string completion_text = got["completion"]["text"], completion_stop = got["stop"]["completion_stop"];
+  ASSERT_GE(completion_stop.size(), 2u) << completion_text;
+  EXPECT_EQ(got["stop"]["completion"]["text"], completion_text.substr(0, completion_text.find(completion_stop)));
+  EXPECT_EQ(got["stop"]["completion"]["finish_reason"], "stop");
   // Bad requests: 400s (404 for an unknown model) naming the field, none accepted.
   const auto& errors = got["errors"];
   EXPECT_EQ(errors["n2"]["status"], 400);
   EXPECT_EQ(errors["n2"]["message"], "'n': only one choice per request (n = 1) is served");
   EXPECT_EQ(errors["unknown_role"]["status"], 400);
   EXPECT_EQ(errors["unknown_role"]["message"], "'messages[0].role' is 'wizard': system, user, assistant, tool or developer");
-  EXPECT_EQ(errors["stop"]["status"], 400);
+  EXPECT_EQ(errors["empty_stop"]["status"], 400);
+  EXPECT_EQ(errors["empty_stop"]["message"], "'stop'[1] is empty");
+  EXPECT_EQ(errors["stop_type"]["status"], 400);
+  EXPECT_EQ(errors["stop_type"]["message"], "'stop' must be a string or an array of strings");
   EXPECT_EQ(errors["no_model"]["status"], 404);
   EXPECT_EQ(errors["empty"]["status"], 400);
   EXPECT_EQ(errors["empty"]["message"], "'messages' must be a non-empty array");
+
+  // Thrift: Router.generate with the same chat as messages, and the same stop string; the command
+  // line's generate from a chat file says the same.
+  auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*coordinator, "listening on "), security);
+  ASSERT_TRUE(c.ok());
+  rpc::RouterClient router(
+      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Router"));
+  rpc::GenerateRequest g;
+  g.header = header;
+  g.model = "tiny-llm";
+  std::vector<rpc::ChatMessage> messages(2);
+  messages[0].role = "system";
+  messages[0].content = "You are terse.";
+  messages[1].role = "user";
+  messages[1].content = "hello there, the quick brown fox";
+  g.__set_messages(messages);
+  g.max_tokens = 10;
+  rpc::GenerateResponse out;
+  router.generate(out, g);
+  EXPECT_EQ(out.text, want);
+  g.__set_stop({stop});
+  router.generate(out, g);
+  EXPECT_EQ(out.text, cut);
+  EXPECT_EQ(out.finish_reason, "stop");
+  messages[1].role = "wizard";
+  g.__set_messages(messages);
+  try {
+    router.generate(out, g);
+    ADD_FAILURE() << "an unknown role was accepted";
+  } catch (const rpc::InvalidRequest& e) {
+    EXPECT_EQ(e.message, "'messages[1].role' is 'wizard': system, user, assistant, tool or developer");
+  }
+  testing::WriteAll(dir / "token", kToken);
+  testing::WriteAll(dir / "chat.json", R"([
+    {"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello there, the quick brown fox"}])");
+  auto cli = testing::RunProcess({ToolPath("modelcast"), "generate", "tiny-llm", "--chat-file", (dir / "chat.json").string(),
+                                  "--max-tokens", "10", "--stop", stop, "--json", "--coordinator",
+                                  "127.0.0.1:" + std::to_string(AnnouncedPort(*coordinator, "listening on ")),
+                                  "--token-file", (dir / "token").string()},
+                                 60s);
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  const auto j = nlohmann::json::parse(cli.out);
+  EXPECT_EQ(j["text"], cut);
+  EXPECT_EQ(j["finish_reason"], "stop");
 }
 
 }  // namespace

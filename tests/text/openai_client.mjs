@@ -39,12 +39,43 @@ for await (const chunk of stream) {
 }
 out.stream = { role, content: streamed, finish_reason: finish, usage, chunks };
 
+// Stop strings: one from the middle of the answers above (code points, not UTF-16 units), with
+// one that never occurs beside it; the same answers cut before it, streamed or not.
+const middle = (text) => { const c = Array.from(text); const m = Math.floor(c.length / 2); return c.slice(m, m + 2).join(''); };
+const stop = middle(out.chat.content);
+out.stop = { stop };
+const stopped = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0,
+                                                       stop: [stop, '\u0001never'] });
+out.stop.chat = { content: stopped.choices[0].message.content, finish_reason: stopped.choices[0].finish_reason,
+                  usage: stopped.usage };
+const stoppedStream = await client.chat.completions.create({ model, messages, max_tokens: 10, temperature: 0, stop,
+                                                             stream: true, stream_options: { include_usage: true } });
+out.stop.stream = { content: '', finish_reason: null, usage: null };
+for await (const chunk of stoppedStream) {
+  if (chunk.usage) out.stop.stream.usage = chunk.usage;
+  for (const c of chunk.choices) {
+    if (c.delta.content) out.stop.stream.content += c.delta.content;
+    if (c.finish_reason) out.stop.stream.finish_reason = c.finish_reason;
+  }
+}
+out.stop.completion_stop = middle(out.completion.text);
+const completionStream = await client.completions.create({ model, prompt: 'hello world', max_tokens: 8, temperature: 0,
+                                                          stop: out.stop.completion_stop, stream: true });
+out.stop.completion = { text: '', finish_reason: null };
+for await (const chunk of completionStream) {
+  for (const c of chunk.choices) {
+    out.stop.completion.text += c.text;
+    if (c.finish_reason) out.stop.completion.finish_reason = c.finish_reason;
+  }
+}
+
 // Bad requests: each an APIError with OpenAI's error shape.
 out.errors = {};
 const bad = {
   n2: { model, messages, n: 2 },
   unknown_role: { model, messages: [{ role: 'wizard', content: 'hi' }] },
-  stop: { model, messages, stop: ['\n'] },
+  empty_stop: { model, messages, stop: ['\n', ''] },
+  stop_type: { model, messages, stop: 3 },
   no_model: { model: 'no-such-model', messages },
   empty: { model, messages: [] },
 };

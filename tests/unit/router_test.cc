@@ -59,6 +59,7 @@ class Collector {
     r.on_token = [this, key](int32_t t) {
       std::lock_guard<std::mutex> lock(mu_);
       out_[key].tokens.push_back(t);
+      return static_cast<int>(out_[key].tokens.size()) != stop_after_[key];
     };
     r.on_done = [this, key](const Status& s, const RequestTiming& t) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -78,6 +79,11 @@ class Collector {
       return done == n;
     });
   }
+  // on_token says to end request `key` after its n-th token (as a stop string found in its text).
+  void StopAfter(int key, int n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_after_[key] = n;
+  }
   Outcome Get(int key) {
     std::lock_guard<std::mutex> lock(mu_);
     return out_[key];
@@ -87,6 +93,7 @@ class Collector {
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<int, Outcome> out_;
+  std::map<int, int> stop_after_;
 };
 
 class RouterTest : public ::testing::Test {
@@ -128,6 +135,30 @@ TEST_F(RouterTest, ConcurrentRequestsAreBatchedAndEachGetsItsOwnAnswer) {
   // 20 requests at once overflow the local instance's batch of 8: the pipeline takes some.
   EXPECT_GT(by_engine["local-a"], 0);
   EXPECT_GT(by_engine["pipe-b"], 0);
+}
+
+// A request whose on_token says stop ends after that token, its answer a prefix of what it would
+// have been; the requests batched with it go on, and the engine serves the next ones.
+TEST_F(RouterTest, ARequestEndsWhenItsOnTokenSaysStop) {
+  Router router(RouterOptions{.max_batch = 4});
+  ASSERT_TRUE(router.AddEngine("local-a", "tiny", EngineKind::kLocal, Local(2)).ok());
+  Collector c;
+  for (int i = 0; i < 4; ++i) {
+    if (i % 2 == 0) c.StopAfter(i, 2 + i);
+    ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 10)).ok());
+  }
+  ASSERT_TRUE(c.WaitAll(4));
+  for (int i = 0; i < 4; ++i) {
+    const Outcome o = c.Get(i);
+    ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+    std::vector<int32_t> want = Alone(i, 10);
+    if (i % 2 == 0) want.resize(2 + i);
+    EXPECT_EQ(o.tokens, want) << "request " << i;
+  }
+  ASSERT_TRUE(router.Submit(c.Make(9, Prompt(1), 3)).ok());
+  ASSERT_TRUE(c.WaitAll(5));
+  EXPECT_EQ(c.Get(9).tokens, Alone(1, 3));
+  for (const auto& e : router.Engines()) EXPECT_EQ(e.running, 0u);
 }
 
 // The emulated accelerator: every step lasts at least step + token x its tokens, and the

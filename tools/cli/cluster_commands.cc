@@ -18,6 +18,7 @@
 #include "modelcast/planner/plan_svg.h"
 #include "modelcast/rpc/errors.h"
 #include "modelcast/rpc/server.h"
+#include "modelcast/text/tokenizer.h"
 
 namespace modelcast::cli {
 namespace {
@@ -366,7 +367,7 @@ int RunInstances(const std::vector<std::string>& args) {
 
 int RunGenerate(const std::vector<std::string>& args) {
   CoordinatorFlags f;
-  std::string model, prompt, tokens;
+  std::string model, prompt, tokens, chat_file, stop;
   int64_t max_tokens = 16, seed = 0;
   double temperature = 0, top_p = 1;
   ArgParser p("modelcast generate",
@@ -376,36 +377,57 @@ int RunGenerate(const std::vector<std::string>& args) {
   p.Positional("model", &model, "the registered model");
   p.Flag("prompt", &prompt, "text, through the model's own tokenizer (byte-level for a model without one)");
   p.Flag("tokens", &tokens, "token ids, comma-separated, instead of --prompt");
+  p.Flag("chat-file", &chat_file,
+         "a chat instead of --prompt: a JSON array of {\"role\", \"content\"} messages, rendered by the model's chat template");
   p.Flag("max-tokens", &max_tokens, "tokens to generate [16]");
   p.Flag("temperature", &temperature, "0: greedy [0]");
   p.Flag("top-p", &top_p, "nucleus sampling mass [1]");
   p.Flag("seed", &seed, "sampling seed [0]");
+  p.Flag("stop", &stop, "a stop string: the answer ends before it");
   if (int rc = ParseOrExit("generate", p, args); rc >= 0) return rc;
-  if (prompt.empty() == tokens.empty()) return Fail("generate", InvalidArgument("give --prompt or --tokens (one)"));
-  auto c = f.Connect();
-  if (!c.ok()) return Fail("generate", c.status());
-  rpc::RouterClient router(
-      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(c->conn->protocol, "Router"));
+  if (!prompt.empty() + !tokens.empty() + !chat_file.empty() != 1) {
+    return Fail("generate", InvalidArgument("give one of --prompt, --tokens and --chat-file"));
+  }
   rpc::GenerateRequest req;
-  req.header = c->header;
   req.model = model;
   if (!prompt.empty()) {
     req.__set_prompt_text(prompt);
+  } else if (!tokens.empty()) {
+    auto ids = ParseTokens(tokens, "--tokens");
+    if (!ids.ok()) return Fail("generate", ids.status());
+    req.__set_prompt_tokens(*ids);
   } else {
-    std::vector<int32_t> ids;
-    for (const std::string& id : SplitList(tokens)) {
-      try {
-        ids.push_back(std::stoi(id));
-      } catch (const std::exception&) {
-        return Fail("generate", InvalidArgument("--tokens: '" + id + "' is not a token id"));
-      }
+    auto text = ReadFileToString(chat_file, 64ull << 20);
+    if (!text.ok()) return Fail("generate", text.status());
+    auto j = nlohmann::json::parse(*text, nullptr, false);
+    if (j.is_discarded() || !j.is_array()) {
+      return Fail("generate", InvalidArgument("--chat-file " + chat_file + ": not a JSON array of messages"));
     }
-    req.__set_prompt_tokens(ids);
+    std::vector<rpc::ChatMessage> messages;
+    for (size_t k = 0; k < j.size(); ++k) {
+      const auto& m = j[k];
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
+          (m.contains("content") && !m["content"].is_string() && !m["content"].is_null())) {
+        return Fail("generate", InvalidArgument("--chat-file " + chat_file + ": message " + std::to_string(k) +
+                                                " is not {\"role\": string, \"content\": string}"));
+      }
+      rpc::ChatMessage cm;
+      cm.role = m["role"];
+      if (m.contains("content") && m["content"].is_string()) cm.content = m["content"];
+      messages.push_back(std::move(cm));
+    }
+    req.__set_messages(messages);
   }
+  if (!stop.empty()) req.__set_stop({stop});
   req.max_tokens = static_cast<int32_t>(max_tokens);
   req.temperature = temperature;
   req.top_p = top_p;
   req.seed = seed;
+  auto c = f.Connect();
+  if (!c.ok()) return Fail("generate", c.status());
+  rpc::RouterClient router(
+      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(c->conn->protocol, "Router"));
+  req.header = c->header;
   rpc::GenerateResponse out;
   if (Status st = Call([&] { router.generate(out, req); }); !st.ok()) return Fail("generate", st);
   if (f.json) {
@@ -417,8 +439,9 @@ int RunGenerate(const std::vector<std::string>& args) {
   }
   std::string ids;
   for (int32_t t : out.tokens) ids += (ids.empty() ? "" : ",") + std::to_string(t);
-  std::printf("tokens: %s (%s)\nserved by %s, first token after %.1f ms, %.1f ms per token after it\n", ids.c_str(),
-              out.finish_reason.c_str(), out.served_by.c_str(), out.ttft_s * 1000, out.tpot_s * 1000);
+  std::printf("%s\ntokens: %s (%s)\nserved by %s, first token after %.1f ms, %.1f ms per token after it\n",
+              text::Utf8Lossy(out.text).c_str(), ids.c_str(), out.finish_reason.c_str(), out.served_by.c_str(),
+              out.ttft_s * 1000, out.tpot_s * 1000);
   return kExitOk;
 }
 

@@ -39,8 +39,10 @@ struct GenerateRequest {
   int max_tokens = 16;
   SamplingParams sampling;
   std::vector<int32_t> stop_tokens;  // generation ends after any of these (the model's eos ids); empty: none
-  // Called on the router's threads, in order; they must not block for long.
-  std::function<void(int32_t token)> on_token;
+  // Called on the router's threads, in order; they must not block for long. on_token returns
+  // whether to go on: false ends the request after this token, as a stop token does (how stop
+  // strings, found in the text, end an answer).
+  std::function<bool(int32_t token)> on_token;
   std::function<void(const Status& status, const RequestTiming& timing)> on_done;
 };
 
