@@ -27,7 +27,7 @@ PACKAGES=(
   libgoogle-glog-dev libgtest-dev libgmock-dev libbenchmark-dev
   liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev libopenblas-dev
   clang libclang-rt-14-dev
-  libpcre2-dev libutf8proc-dev python3-jinja2
+  libpcre2-dev libutf8proc-dev libsentencepiece-dev python3-jinja2 python3-sentencepiece python3-protobuf
   iproute2 iputils-ping iperf3 fio openssl nodejs npm
 )
 

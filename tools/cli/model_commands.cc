@@ -175,15 +175,16 @@ int RunPrepare(const std::vector<std::string>& args) {
 
 namespace {
 
-// What serves text for the model in `dir`: its tokenizer.json, or why it cannot, or the fallback.
+// What serves text for the model in `dir`: its tokenizer.json or tokenizer.model, or why it
+// cannot, or the fallback.
 std::string DescribeTokenizer(const std::filesystem::path& dir) {
-  std::error_code ec;
-  if (!std::filesystem::exists(dir / "tokenizer.json", ec)) {
-    return "none (no tokenizer.json): text is served through the byte-level fallback";
+  auto t = text::LoadTokenizer(dir);
+  if (t.status().code() == StatusCode::kNotFound) {
+    return "none (no tokenizer.json or tokenizer.model): text is served through the byte-level fallback";
   }
-  auto t = text::Tokenizer::Load(dir / "tokenizer.json");
-  if (!t.ok()) return "tokenizer.json cannot be used: " + t.status().message() + " (send token ids)";
-  return (*t)->Describe() + " (tokenizer.json)";
+  if (!t.ok()) return "the tokenizer cannot be used: " + t.status().message() + " (send token ids)";
+  std::error_code ec;
+  return (*t)->Describe() + (std::filesystem::exists(dir / "tokenizer.json", ec) ? " (tokenizer.json)" : " (tokenizer.model)");
 }
 
 int InspectPackage(const model::Package& pkg, bool json) {

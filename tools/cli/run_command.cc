@@ -14,6 +14,7 @@
 #include "modelcast/pipeline/pipeline.h"
 #include "modelcast/pipeline/tokenizer.h"
 #include "modelcast/pipeline/weights.h"
+#include "modelcast/text/tokenizer.h"
 
 namespace modelcast::cli {
 namespace fs = std::filesystem;
@@ -70,7 +71,7 @@ int RunRun(const std::vector<std::string>& args) {
               "position written as a NumPy .npy file (float32, shape [vocab]).");
   p.Positional("DIR", &path, "package or HF checkpoint directory");
   p.Flag("tokens", &tokens_text, "the prompt as comma-separated token ids");
-  p.Flag("prompt", &prompt_text, "the prompt as text (models without a tokenizer of their own: byte-level)");
+  p.Flag("prompt", &prompt_text, "the prompt as text, through the model's own tokenizer (byte-level for a model without one)");
   p.Flag("max-tokens", &max_tokens, "tokens to generate [16]");
   p.Flag("logits", &logits_path, "write the prompt's last-position logits here (.npy)");
   p.Flag("json", &json, "print one JSON object");
@@ -88,7 +89,6 @@ int RunRun(const std::vector<std::string>& args) {
   std::shared_ptr<const void> weights;  // what the stage reads its weights in
   model::LlamaConfig config;
   pipeline::WeightLookup lookup;
-  bool own_tokenizer = false;
   if (fs::exists(fs::path(path) / model::kManifestFile, ec)) {
     auto pkg = model::Package::Open(path);
     if (!pkg.ok()) return Fail("run", pkg.status());
@@ -110,7 +110,13 @@ int RunRun(const std::vector<std::string>& args) {
     config = ck->config();
     lookup = held->lookup();
     weights = held;
-    own_tokenizer = fs::exists(fs::path(path) / "tokenizer.json", ec);
+  }
+  // Text through the model's own tokenizer where it has one (tokenizer.json or tokenizer.model).
+  std::unique_ptr<text::Tokenizer> tokenizer;
+  if (auto t = text::LoadTokenizer(path); t.ok()) {
+    tokenizer = std::move(*t);
+  } else if (t.status().code() != StatusCode::kNotFound && !prompt_text.empty()) {
+    return Fail("run", t.status().WithContext("the model's tokenizer (give the prompt's ids with --tokens)"));
   }
   std::vector<int32_t> prompt;
   if (!tokens_text.empty()) {
@@ -118,11 +124,8 @@ int RunRun(const std::vector<std::string>& args) {
     if (!t.ok()) return Fail("run", t.status());
     prompt = std::move(*t);
   } else {
-    if (own_tokenizer) {
-      return Fail("run", InvalidArgument(path + " has a tokenizer of its own (tokenizer.json), which `run` does not read yet: "
-                                                "give the prompt's ids with --tokens"));
-    }
-    auto t = pipeline::ByteTokenizer::Encode(prompt_text, config);
+    auto t = tokenizer ? tokenizer->Encode(prompt_text, /*add_special_tokens=*/true)
+                       : pipeline::ByteTokenizer::Encode(prompt_text, config);
     if (!t.ok()) return Fail("run", t.status());
     prompt = std::move(*t);
   }
@@ -152,9 +155,23 @@ int RunRun(const std::vector<std::string>& args) {
     Status st = WriteFileAtomic(logits_path, NpyFloat32(gen->logits.front()));
     if (!st.ok()) return Fail("run", st);
   }
+  // The answer's text, special tokens left out (ids past a padded vocabulary's tokenizer too).
+  std::string answer;
+  if (!prompt_text.empty()) {
+    if (tokenizer) {
+      std::vector<int32_t> known;
+      for (int32_t t : gen->tokens) {
+        if (tokenizer->IdToken(t)) known.push_back(t);
+      }
+      auto decoded = tokenizer->Decode(known, /*skip_special_tokens=*/true);
+      if (decoded.ok()) answer = std::move(*decoded);
+    } else {
+      answer = pipeline::ByteTokenizer::Decode(gen->tokens);
+    }
+  }
   if (json) {
     nlohmann::json j = {{"prompt_tokens", prompt}, {"tokens", gen->tokens}};
-    if (!prompt_text.empty()) j["text"] = pipeline::ByteTokenizer::Decode(gen->tokens);
+    if (!prompt_text.empty()) j["text"] = answer;
     if (!logits_path.empty()) j["logits"] = logits_path;
     std::printf("%s\n", j.dump().c_str());
     return kExitOk;
@@ -162,7 +179,7 @@ int RunRun(const std::vector<std::string>& args) {
   std::string ids;
   for (int32_t t : gen->tokens) ids += (ids.empty() ? "" : ",") + std::to_string(t);
   std::printf("%s\n", ids.c_str());
-  if (!prompt_text.empty()) std::printf("%s\n", pipeline::ByteTokenizer::Decode(gen->tokens).c_str());
+  if (!prompt_text.empty()) std::printf("%s\n", answer.c_str());
   return kExitOk;
 }
 

@@ -16,12 +16,11 @@ namespace fs = std::filesystem;
 namespace {
 
 Result<std::unique_ptr<text::Tokenizer>> OpenTokenizer(const std::string& dir) {
-  const fs::path file = fs::path(dir) / "tokenizer.json";
-  std::error_code ec;
-  if (!fs::exists(file, ec)) {
-    return NotFound(dir + " has no tokenizer.json (a checkpoint without one is served with the byte-level fallback)");
+  auto t = text::LoadTokenizer(dir);
+  if (t.status().code() == StatusCode::kNotFound) {
+    return NotFound(t.status().message() + " (a checkpoint without one is served with the byte-level fallback)");
   }
-  return text::Tokenizer::Load(file);
+  return t;
 }
 
 }  // namespace

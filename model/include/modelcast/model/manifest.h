@@ -64,15 +64,16 @@ struct BlockEntry {
 // equal cut, rounded up to 4 KiB.
 uint64_t BlockSliceBytes(uint64_t bytes, uint64_t max_slice_bytes);
 
-// A file of the checkpoint's tokenizer kept beside the blocks (tokenizer.json,
-// tokenizer_config.json, generation_config.json), with its size and checksum.
+// A file of the checkpoint's tokenizer kept beside the blocks (tokenizer.json or a SentencePiece
+// tokenizer.model, tokenizer_config.json, generation_config.json), with its size and checksum.
 struct TextFileEntry {
   std::string name;
   uint64_t bytes = 0;
   uint64_t xxh3 = 0;
 };
 // The files a package may carry beside its blocks.
-inline constexpr const char* kTextFiles[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+inline constexpr const char* kTextFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                             "generation_config.json"};
 
 struct Manifest {
   std::string name;

@@ -5,7 +5,8 @@
 //     tokenizers;
 //   - SentencePiece-style BPE with byte fallback and the metaspace ("▁"): Llama 1/2, Mistral v0.1.
 // Anything else in a tokenizer.json (another model type, normalizer, pre-tokenizer or decoder) is
-// refused by name when it is loaded, never approximated.
+// refused by name when it is loaded, never approximated. A checkpoint with only a SentencePiece
+// tokenizer.model is read with Debian's libsentencepiece.
 //
 // Encoding follows the `tokenizers` library that transformers uses: added tokens are found in the
 // raw text first (longest first, honouring lstrip/rstrip/single_word), each stretch between them
@@ -15,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,6 +32,15 @@ class Tokenizer {
   // Parses tokenizer.json's text; `source` names it in errors.
   static Result<std::unique_ptr<Tokenizer>> FromJson(std::string_view json, const std::string& source);
   static Result<std::unique_ptr<Tokenizer>> Load(const std::filesystem::path& tokenizer_json);
+  // A SentencePiece model (tokenizer.model's bytes), for a checkpoint that has no tokenizer.json:
+  // Google's libsentencepiece encodes; its control pieces and <unk> are special tokens found in
+  // the text, and decoding is as transformers' converted tokenizer does it.
+  struct SentencePieceOptions {
+    bool add_bos = true;  // tokenizer_config.json's add_bos_token (transformers' default for Llama)
+    bool add_eos = false;
+  };
+  static Result<std::unique_ptr<Tokenizer>> FromSentencePiece(std::string_view model, const std::string& source,
+                                                              const SentencePieceOptions& options);
   ~Tokenizer();
 
   // The ids of `text` (UTF-8; InvalidArgument naming the byte offset where it is not). Special
@@ -52,6 +63,17 @@ class Tokenizer {
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// A checkpoint's tokenizer from its files (name -> bytes): tokenizer.json where there is one, else
+// tokenizer.model (tokenizer_config.json's add_bos_token and add_eos_token as transformers reads
+// them; its `legacy: false` is refused by name). NotFound when there is neither; `source` names the
+// files in errors ("model 'x'", "/path/ckpt").
+Result<std::unique_ptr<Tokenizer>> TokenizerFromFiles(const std::map<std::string, std::string>& files,
+                                                      const std::string& source);
+// The same from a checkpoint's or a package's folder.
+Result<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& dir);
+// The files TokenizerFromFiles reads, in the order it prefers them.
+inline constexpr const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model"};
 
 // Text as tokens arrive, never part of a UTF-8 character: each Next returns what the new token
 // completes (possibly nothing), as a decode of everything so far would show it.
