@@ -367,6 +367,7 @@ struct RunFragmentRequest {
   10: string method,                   // "auto", "messages", "writes"
   11: i32 channel,                     // 1..255: the fabric channel of this operation's messages
                                        // (distinct among the operations running on a node)
+  12: optional map<string, binary> text_files,  // to a receiver: the files the manifest lists beside its blocks
 }
 
 struct MoveRequest {

@@ -60,6 +60,10 @@ class AgentHandler : public rpc::AgentIf {
     Check(fragment.status());
     Check(Readable(req.model, *fragment));
     Check(impl_->store->AddModel(*parsed));
+    if (req.__isset.text_files) {  // checked against the manifest; written with the SSD copy
+      Check(impl_->store->PutTextFiles(req.model, {req.text_files.begin(), req.text_files.end()})
+                .WithContext("runFragment: model '" + req.model + "'"));
+    }
     Check(impl_->fragments->Start(req, std::move(*fragment), impl_->store->FindModel(req.model)));
   }
   void cancelOperation(const rpc::RequestHeader& header, const std::string& id) override {

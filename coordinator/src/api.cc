@@ -295,7 +295,7 @@ void Error(httplib::Response& res, int http, const Status& s) {
   Json j = {{"error",
              {{"message", s.message()}, {"type", http == 401 ? "authentication_error" : "invalid_request_error"},
               {"code", std::string(StatusCodeName(s.code()))}}}};
-  res.set_content(j.dump(), "application/json");
+  res.set_content(j.dump(-1, ' ', false, Json::error_handler_t::replace), "application/json");  // messages may quote bad bytes
 }
 
 int HttpStatus(const Status& s) {
@@ -353,8 +353,13 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
                                   const char* what) -> std::optional<Begun> {
     if (!authorized(hreq, res, what)) return std::nullopt;
     Begun b;
-    b.body = Json::parse(hreq.body, nullptr, false);
-    if (b.body.is_discarded() || !b.body.is_object()) {
+    try {
+      b.body = Json::parse(hreq.body);
+    } catch (const Json::exception& e) {  // its message says where (a lone surrogate, bad UTF-8, ...)
+      Error(res, 400, InvalidArgument(std::string("the request body is not valid JSON: ") + e.what()));
+      return std::nullopt;
+    }
+    if (!b.body.is_object()) {
       Error(res, 400, InvalidArgument("the request body is not a JSON object"));
       return std::nullopt;
     }
@@ -524,6 +529,11 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     }
     auto ids = ChatPrompt(*this, model, begun->codec, std::move(context));
     if (!ids.ok()) return Error(res, HttpStatus(ids.status()), ids.status());
+    if (static_cast<int64_t>(ids->size()) >= begun->codec.config.MaxPositions()) {
+      return Error(res, 400, InvalidArgument("'messages' render to " + std::to_string(ids->size()) + " tokens: model '" +
+                                             model + "' has " + std::to_string(begun->codec.config.MaxPositions()) +
+                                             " positions, and the answer needs one"));
+    }
     bool stream_mode = false, include_usage = false;
     try {
       stream_mode = body.value("stream", false);

@@ -215,6 +215,8 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::FragmentsLocked(Operat
     f.operation_id = op.FragmentId();
     f.model = op.status.model;
     f.manifest_json = model.manifest_json;
+    // A receiver's copy is a whole package: the tokenizer's files travel with the slices.
+    if (!frag.receives.empty() && model.text_files) f.__set_text_files(*model.text_files);
     f.peers = peers;
     f.deadline_s = op.deadline;
     f.method = "auto";

@@ -312,7 +312,23 @@ Status SsdTier::WriteBlock(const std::string& model, uint32_t block, std::span<c
   return Status::Ok();
 }
 
-Status SsdTier::Commit(const std::string& model) {
+Status SsdTier::WriteTextFiles(const std::string& model, const std::map<std::string, std::string>& text_files) {
+  fs::path dir;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(model);
+    if (it == entries_.end() || !it->second.committed) {
+      return FailedPrecondition("ssd tier: model '" + model + "' is not committed");
+    }
+    dir = it->second.dir;
+  }
+  for (const auto& [name, bytes] : text_files) {
+    MC_RETURN_IF_ERROR(WriteFileAtomic(dir / name, bytes).WithContext("ssd tier: model '" + model + "'"));
+  }
+  return Status::Ok();
+}
+
+Status SsdTier::Commit(const std::string& model, const std::map<std::string, std::string>& text_files) {
   std::unique_lock lock(mu_);
   auto it = entries_.find(model);
   if (it == entries_.end() || !it->second.staging) {
@@ -323,6 +339,7 @@ Status SsdTier::Commit(const std::string& model) {
     if (!e.blocks[b]) return FailedPrecondition("ssd tier: model '" + model + "' lacks block " + std::to_string(b));
   }
   const fs::path dir = e.dir;
+  for (const auto& [name, bytes] : text_files) MC_RETURN_IF_ERROR(WriteFileAtomic(dir / name, bytes));
   MC_RETURN_IF_ERROR(WriteFileAtomic(dir / model::kManifestFile, e.manifest->Serialize()));
   MC_RETURN_IF_ERROR(WriteFileAtomic(dir / "config.json", e.manifest->hf_config.dump(2) + "\n"));
   MC_RETURN_IF_ERROR(WriteTrustFile(dir, *e.manifest, e.blocks));

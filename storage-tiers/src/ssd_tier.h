@@ -68,9 +68,12 @@ class SsdTier {
   // Writes one block file (file_bytes of data) into the staging directory and fsyncs it.
   // Capacity is checked first; a failed write leaves no file behind.
   Status WriteBlock(const std::string& model, uint32_t block, std::span<const uint8_t> data);
-  // Every block written: manifest, config and trust file are written, the directory is
+  // Every block written: the text files, manifest, config and trust file are written, the directory is
   // fsynced and renamed into place (replacing an older copy atomically).
-  Status Commit(const std::string& model);
+  Status Commit(const std::string& model, const std::map<std::string, std::string>& text_files = {});
+  // Writes files beside a committed model's blocks (each atomically); FailedPrecondition when the
+  // model is not committed here.
+  Status WriteTextFiles(const std::string& model, const std::map<std::string, std::string>& text_files);
   // Drops a write in progress (its staging directory is removed).
   void AbortWrite(const std::string& model);
   // Deletes the model's package.

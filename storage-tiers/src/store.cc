@@ -5,6 +5,7 @@
 
 #include <glog/logging.h>
 
+#include "modelcast/common/checksum.h"
 #include "store_impl.h"
 
 namespace modelcast::tiers {
@@ -276,6 +277,46 @@ Result<BlockState*> Store::Impl::FindBlock(const std::string& model, uint32_t bl
                       std::to_string(ms->blocks.size()) + ")");
   }
   return &ms->blocks[block];
+}
+
+Status Store::PutTextFiles(const std::string& model, std::map<std::string, std::string> files) {
+  std::shared_ptr<const model::Manifest> manifest;
+  bool committed = false;
+  {
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->models.find(model);
+    if (it == impl_->models.end()) return NotFound("model '" + model + "' is not in the store");
+    manifest = it->second.manifest;
+    committed = it->second.ssd_committed;
+  }
+  for (const auto& [name, bytes] : files) {
+    auto e = std::find_if(manifest->text_files.begin(), manifest->text_files.end(),
+                          [&](const model::TextFileEntry& f) { return f.name == name; });
+    if (e == manifest->text_files.end()) {
+      return InvalidArgument("model '" + model + "': its manifest lists no file '" + name + "'");
+    }
+    if (bytes.size() != e->bytes || Xxh3(bytes.data(), bytes.size()) != e->xxh3) {
+      return Corruption("model '" + model + "': " + name + " is not the file its manifest lists (" +
+                        std::to_string(bytes.size()) + " bytes, the manifest says " + std::to_string(e->bytes) +
+                        ", or another checksum)");
+    }
+  }
+  for (const auto& f : manifest->text_files) {
+    if (!files.count(f.name)) return InvalidArgument("model '" + model + "': " + f.name + " is missing");
+  }
+  auto shared = std::make_shared<const std::map<std::string, std::string>>(std::move(files));
+  {
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->models.find(model);
+    if (it == impl_->models.end() || it->second.manifest != manifest) {
+      return FailedPrecondition("model '" + model + "' was replaced while its files were checked");
+    }
+    it->second.text_files = shared;
+    committed = it->second.ssd_committed;
+  }
+  // Already on SSD (committed before the files came, or an earlier copy): written beside it now.
+  if (committed) return impl_->ssd->WriteTextFiles(model, *shared);
+  return Status::Ok();
 }
 
 Status Store::AddModel(const model::Manifest& manifest, bool replace) {

@@ -41,6 +41,8 @@ struct ModelState {
   int writes_pending = 0;
   Status write_error;
   bool ssd_committed = false;
+  // The tokenizer's files its manifest lists, when they were given: written beside the blocks.
+  std::shared_ptr<const std::map<std::string, std::string>> text_files;
 };
 
 struct Store::Impl {

@@ -513,6 +513,7 @@ void Store::Impl::QueueWriteBehindLocked(const std::string& model, uint32_t bloc
 
 void Store::Impl::WriteBehind(const std::string& model, uint32_t block) {
   std::shared_ptr<const model::Manifest> manifest;
+  std::shared_ptr<const std::map<std::string, std::string>> text_files;
   const uint8_t* data = nullptr;
   {
     std::lock_guard lock(mu);
@@ -520,6 +521,7 @@ void Store::Impl::WriteBehind(const std::string& model, uint32_t block) {
     Copy& h = ms.blocks[block].copy[int(Tier::kHost)];
     h.busy++;
     manifest = ms.manifest;
+    text_files = ms.text_files;
     data = Address(Tier::kHost, h.offset);
   }
   const uint64_t file_bytes = manifest->blocks[block].file_bytes;
@@ -538,11 +540,18 @@ void Store::Impl::WriteBehind(const std::string& model, uint32_t block) {
                !ms.ssd_committed;
     }
   }
-  if (st.ok() && commit) st = ssd->Commit(model);
-  std::lock_guard lock(mu);
+  if (st.ok() && commit) st = ssd->Commit(model, text_files ? *text_files : std::map<std::string, std::string>());
+  std::unique_lock lock(mu);
   ModelState& ms = models.at(model);
   if (st.ok()) {
     if (commit) ms.ssd_committed = true;
+    // Files that came while it was being committed (PutTextFiles saw it uncommitted).
+    if (commit && ms.text_files && ms.text_files != text_files) {
+      auto late = ms.text_files;
+      lock.unlock();
+      if (Status w = ssd->WriteTextFiles(model, *late); !w.ok()) LOG(ERROR) << w.message();
+      lock.lock();
+    }
   } else {
     LOG(ERROR) << "write-behind of " << BlockName(model, block) << " failed: " << st.message();
     if (ms.write_error.ok()) ms.write_error = st;

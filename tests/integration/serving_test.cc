@@ -552,6 +552,9 @@ TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
                                                         {"generation_config.json", R"({"eos_token_id": [1023, 7]})"}}}));
   const int port = AnnouncedPort(*coordinator, "serving http on ");
   ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
+  // The receiver's copy is a whole package: the tokenizer's files came with the slices.
+  ASSERT_NO_FATAL_FAILURE(ExpectVerifiedCopy("node-1"));
+  EXPECT_EQ(testing::ReadAll(dir / "node-1" / "tiny-llm" / "tokenizer.json"), tokenizer_json);
   auto tokenizer = text::Tokenizer::FromJson(tokenizer_json, "tokenizer.json");
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
   ASSERT_EQ((*tokenizer)->vocab_size(), 1024);  // every id the model can generate
@@ -623,7 +626,8 @@ TEST_F(ServingTest, TheOfficialOpenAiClientListsCompletesAndChats) {
   ASSERT_NO_FATAL_FAILURE(testing::FetchNpmReference());
   const std::string tokenizer_json = TinyTokenizerJson();
   const std::string chat_template =
-      "{% for m in messages %}<|bos|>{{ m.role }}\n{{ m.content | trim }}<|eot|>\n{% endfor %}"
+      "{% if messages[0].role == 'assistant' %}{{ raise_exception('a chat starts with a system or user message') }}"
+      "{% endif %}{% for m in messages %}<|bos|>{{ m.role }}\n{{ m.content | trim }}<|eot|>\n{% endfor %}"
       "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}";
   const nlohmann::json tokenizer_config = {{"bos_token", "<|bos|>"}, {"eos_token", "<|eot|>"},
                                            {"chat_template", chat_template}};
@@ -717,6 +721,17 @@ TEST_F(ServingTest, TheOfficialOpenAiClientListsCompletesAndChats) {
   EXPECT_EQ(errors["no_model"]["status"], 404);
   EXPECT_EQ(errors["empty"]["status"], 400);
   EXPECT_EQ(errors["empty"]["message"], "'messages' must be a non-empty array");
+  EXPECT_EQ(errors["raises"]["status"], 400);
+  EXPECT_EQ(errors["raises"]["message"], "the chat template: a chat starts with a system or user message");
+  EXPECT_EQ(errors["too_long"]["status"], 400);
+  EXPECT_EQ(errors["too_long"]["message"].get<std::string>().rfind("'messages' render to ", 0), 0u)
+      << errors["too_long"]["message"];
+  EXPECT_EQ(errors["surrogate"]["status"], 400);
+  EXPECT_NE(errors["surrogate"]["message"].get<std::string>().find("surrogate"), std::string::npos)
+      << errors["surrogate"]["message"];
+  EXPECT_EQ(errors["completion_too_long"]["status"], 400);
+  EXPECT_EQ(errors["completion_too_long"]["message"].get<std::string>().rfind("a prompt of ", 0), 0u)
+      << errors["completion_too_long"]["message"];
 
   // Thrift: Router.generate with the same chat as messages, and the same stop string; the command
   // line's generate from a chat file says the same.

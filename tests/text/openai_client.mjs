@@ -78,6 +78,9 @@ const bad = {
   stop_type: { model, messages, stop: 3 },
   no_model: { model: 'no-such-model', messages },
   empty: { model, messages: [] },
+  raises: { model, messages: [{ role: 'assistant', content: 'I speak first.' }] },
+  too_long: { model, messages: [{ role: 'user', content: 'hello '.repeat(2000) }] },
+  surrogate: { model, messages: [{ role: 'user', content: 'a lone \ud800 surrogate' }] },
 };
 for (const [name, body] of Object.entries(bad)) {
   try {
@@ -86,5 +89,11 @@ for (const [name, body] of Object.entries(bad)) {
   } catch (e) {
     out.errors[name] = { status: e.status, message: e.error ? e.error.message : String(e) };
   }
+}
+try {
+  await client.completions.create({ model, prompt: 'hello '.repeat(2000), max_tokens: 4 });
+  out.errors.completion_too_long = { accepted: true };
+} catch (e) {
+  out.errors.completion_too_long = { status: e.status, message: e.error ? e.error.message : String(e) };
 }
 fs.writeFileSync(outFile, JSON.stringify(out));

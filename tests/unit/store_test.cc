@@ -305,6 +305,54 @@ TEST_F(StoreTest, ReceivedBlocksAreWrittenBehindAndFoundAfterRestart) {
   }
 }
 
+// The tokenizer's files a manifest lists are checked and written beside the received blocks, so
+// that the SSD copy is a whole package; given before the copy is committed or after it.
+TEST_F(StoreTest, TheManifestsTextFilesAreCheckedAndWrittenWithTheCopy) {
+  const std::map<std::string, std::string> files = {{"tokenizer.json", R"({"model": {"type": "BPE"}})"},
+                                                    {"generation_config.json", R"({"eos_token_id": 2})"}};
+  MakePackage(dir_.path(), dir_ / "incoming", "texty", 5, 4, 64 << 10, files);
+  auto src = model::Package::Open(dir_ / "incoming");
+  ASSERT_TRUE(src.ok());
+  const auto& m = src->manifest();
+  ASSERT_EQ(m.text_files.size(), 2u);
+  auto store = Open(64 << 20);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->PutTextFiles("texty", files).code(), StatusCode::kNotFound);
+  ASSERT_TRUE(store->AddModel(m).ok());
+  // Bad files: another file's bytes, one missing, one the manifest does not list.
+  auto wrong = files;
+  wrong["tokenizer.json"] = "{}";
+  const Status bad = store->PutTextFiles("texty", wrong);
+  EXPECT_EQ(bad.code(), StatusCode::kCorruption);
+  EXPECT_NE(bad.message().find("tokenizer.json is not the file its manifest lists (2 bytes"), std::string::npos)
+      << bad.message();
+  EXPECT_EQ(store->PutTextFiles("texty", {{"tokenizer.json", files.at("tokenizer.json")}}).message(),
+            "model 'texty': generation_config.json is missing");
+  auto extra = files;
+  extra["vocab.txt"] = "x";
+  EXPECT_EQ(store->PutTextFiles("texty", extra).message(), "model 'texty': its manifest lists no file 'vocab.txt'");
+  ASSERT_TRUE(store->PutTextFiles("texty", files).ok());
+  for (const auto& b : m.blocks) {
+    auto lease = store->ReserveForReceive("texty", b.index);
+    ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+    for (uint32_t i = b.first_slice; i < b.first_slice + b.num_slices; ++i) {
+      ASSERT_TRUE(src->ReadSlice(i, {lease->data() + m.slices[i].offset, m.slices[i].length}).ok());
+      ASSERT_TRUE(store->Landed("texty", i).ok());
+    }
+  }
+  ASSERT_TRUE(store->FlushWriteBehind("texty", 30s).ok());
+  auto copy = model::Package::Open(ssd_ / "texty");
+  ASSERT_TRUE(copy.ok()) << copy.status().ToString();
+  auto report = copy->Verify();
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->ok()) << (report->bad_files.empty() ? "" : report->bad_files[0]);
+  EXPECT_EQ(report->files_checked, 2u);
+  // Given again after the commit (a copy whose files were lost): written beside it at once.
+  fs::remove(ssd_ / "texty" / "tokenizer.json");
+  ASSERT_TRUE(store->PutTextFiles("texty", files).ok());
+  EXPECT_TRUE(model::Package::Open(ssd_ / "texty")->Verify()->ok());
+}
+
 TEST_F(StoreTest, AnotherVersionReplacesTheOldOnlyWhenComplete) {
   MakePackage(dir_.path(), dir_ / "v2", "m", 11);
   auto v2 = model::Package::Open(dir_ / "v2");

@@ -97,6 +97,11 @@ int Import(const std::vector<std::string>& args) {
   tiers::Store& s = **store;
   const auto& m = pkg->manifest();
   if (Status st = s.AddModel(m, replace); !st.ok()) return Fail("store import", st);
+  if (!m.text_files.empty()) {  // the tokenizer's files, written with the copy
+    auto files = pkg->ReadTextFiles();
+    if (!files.ok()) return Fail("store import", files.status());
+    if (Status st = s.PutTextFiles(m.name, std::move(*files)); !st.ok()) return Fail("store import", st);
+  }
   for (const auto& b : m.blocks) {
     auto lease = s.ReserveForReceive(m.name, b.index);
     if (!lease.ok() && lease.status().code() == StatusCode::kResourceExhausted) {

@@ -177,6 +177,10 @@ class Store {
   // not be pinned) and its SSD copy is replaced once the new one is written.
   Status AddModel(const model::Manifest& manifest, bool replace = false);
   void SetKeepAlive(const std::string& model, double seconds);
+  // The files the model's manifest lists beside its blocks (tokenizer.json, ...), each checked
+  // against the manifest (name, size, checksum; every listed file, nothing else): the SSD copy
+  // gets them when it is committed (at once, if it already is), so that it is a whole package.
+  Status PutTextFiles(const std::string& model, std::map<std::string, std::string> files);
 
   // Copies `blocks` (empty: all) of a model up to `to` (host or GPU) from wherever they are,
   // allocating (and evicting) in the target tier. SSD -> GPU goes through the host pool, each
