@@ -101,7 +101,7 @@ nlohmann::json ChatShare(const std::vector<std::string>& docs, const std::string
     messages.push_back({{"role", "system"}, {"content", "You are a helpful assistant. Answer briefly."}});
     size_t next = 0, tokens = 0;
     auto render = [&](const text::Tokenizer& t, size_t* n) {
-      auto r = (*chat)->RenderForGeneration(nlohmann::ordered_json{{"messages", messages}}, false);
+      auto r = (*chat)->RenderForGeneration(nlohmann::ordered_json{{"messages", messages}});
       if (!r.ok()) Die(r.status());
       auto ids = t.Encode(*r, false);
       if (!ids.ok()) Die(ids.status());

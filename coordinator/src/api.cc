@@ -215,8 +215,7 @@ Result<std::vector<int32_t>> ChatPrompt(const ServingPlane& plane, const std::st
       return InvalidArgument(at + ".content' is not valid UTF-8 (at byte " + std::to_string(*bad) + ")");
     }
   }
-  const bool has_tools = context.contains("tools") && context["tools"].is_array() && !context["tools"].empty();
-  auto rendered = (*chat)->RenderForGeneration(std::move(context), has_tools);
+  auto rendered = (*chat)->RenderForGeneration(std::move(context));
   if (!rendered.ok()) return InvalidArgument(rendered.status().WithContext("the chat template").message());
   return codec.tokenizer->Encode(*rendered, /*add_special_tokens=*/false);
 }
@@ -290,12 +289,15 @@ class RouterHandler : public rpc::RouterIf {
   ServingPlane* plane_;
 };
 
+// JSON text of what the API answers; bytes that are not UTF-8 (a message may quote them) as U+FFFD.
+std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
 void Error(httplib::Response& res, int http, const Status& s) {
   res.status = http;
   Json j = {{"error",
              {{"message", s.message()}, {"type", http == 401 ? "authentication_error" : "invalid_request_error"},
               {"code", std::string(StatusCodeName(s.code()))}}}};
-  res.set_content(j.dump(-1, ' ', false, Json::error_handler_t::replace), "application/json");  // messages may quote bad bytes
+  res.set_content(Dump(j), "application/json");
 }
 
 int HttpStatus(const Status& s) {
@@ -319,8 +321,6 @@ int HttpStatus(const Status& s) {
 Json Usage(size_t prompt, size_t completion) {
   return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
-
-std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
 }  // namespace
 

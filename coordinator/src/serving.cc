@@ -103,7 +103,7 @@ Result<model::LlamaConfig> ServingPlane::ModelConfig(const std::string& model) c
 
 Result<std::shared_ptr<const text::Tokenizer>> ServingPlane::ModelTokenizer(const std::string& model) const {
   auto files = state_->FindTextFiles(model);
-  if (files == nullptr || (!files->count("tokenizer.json") && !files->count("tokenizer.model"))) {
+  if (files == nullptr) {
     if (state_->FindManifest(model) == nullptr) return NotFound("model '" + model + "' is not registered");
     return std::shared_ptr<const text::Tokenizer>();
   }
@@ -111,6 +111,8 @@ Result<std::shared_ptr<const text::Tokenizer>> ServingPlane::ModelTokenizer(cons
   auto it = tokenizers_.find(model);
   if (it != tokenizers_.end()) return it->second;
   auto t = text::TokenizerFromFiles(*files, "model '" + model + "'");
+  // No tokenizer of its own: text goes through the byte-level fallback.
+  if (t.status().code() == StatusCode::kNotFound) return std::shared_ptr<const text::Tokenizer>();
   if (!t.ok()) return FailedPrecondition(t.status().message() + ": send token ids");
   std::shared_ptr<const text::Tokenizer> shared = std::move(*t);
   tokenizers_[model] = shared;

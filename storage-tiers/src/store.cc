@@ -281,13 +281,11 @@ Result<BlockState*> Store::Impl::FindBlock(const std::string& model, uint32_t bl
 
 Status Store::PutTextFiles(const std::string& model, std::map<std::string, std::string> files) {
   std::shared_ptr<const model::Manifest> manifest;
-  bool committed = false;
   {
     std::lock_guard lock(impl_->mu);
     auto it = impl_->models.find(model);
     if (it == impl_->models.end()) return NotFound("model '" + model + "' is not in the store");
     manifest = it->second.manifest;
-    committed = it->second.ssd_committed;
   }
   for (const auto& [name, bytes] : files) {
     auto e = std::find_if(manifest->text_files.begin(), manifest->text_files.end(),
@@ -305,6 +303,7 @@ Status Store::PutTextFiles(const std::string& model, std::map<std::string, std::
     if (!files.count(f.name)) return InvalidArgument("model '" + model + "': " + f.name + " is missing");
   }
   auto shared = std::make_shared<const std::map<std::string, std::string>>(std::move(files));
+  bool committed = false;
   {
     std::lock_guard lock(impl_->mu);
     auto it = impl_->models.find(model);

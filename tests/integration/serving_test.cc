@@ -37,6 +37,38 @@ class ServingTest : public ScaleOutTest {
     a.client = std::make_unique<rpc::AgentClient>(a.conn->protocol);
     return a;
   }
+  // A client of the coordinator's Router service, and a request to tiny-llm as the cluster's caller.
+  struct RouterConn {
+    std::unique_ptr<rpc::RpcConnection> conn;
+    std::unique_ptr<rpc::RouterClient> client;
+  };
+  RouterConn Router() {
+    RouterConn r;
+    auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*coordinator, "listening on "), security);
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    r.conn = std::move(*c);
+    r.client = std::make_unique<rpc::RouterClient>(
+        std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(r.conn->protocol, "Router"));
+    return r;
+  }
+  rpc::GenerateRequest TinyRequest(int max_tokens) {
+    rpc::GenerateRequest g;
+    g.header = header;
+    g.model = "tiny-llm";
+    g.max_tokens = max_tokens;
+    return g;
+  }
+  // `modelcast generate tiny-llm ARGS --json` against the coordinator, as the cluster's caller.
+  testing::ProcessResult GenerateCommand(std::vector<std::string> args) {
+    testing::WriteAll(dir / "token", kToken);
+    std::vector<std::string> argv = {ToolPath("modelcast"), "generate", "tiny-llm"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::vector<std::string> caller = {
+        "--json", "--coordinator", "127.0.0.1:" + std::to_string(AnnouncedPort(*coordinator, "listening on ")),
+        "--token-file", (dir / "token").string()};
+    argv.insert(argv.end(), caller.begin(), caller.end());
+    return testing::RunProcess(argv, 60s);
+  }
   std::string ServingAddress(int i) {
     const std::string out = agents[i]->Stdout();
     const std::string what = "serving fabric at ";
@@ -425,30 +457,19 @@ TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
   EXPECT_EQ(finish, j["choices"][0]["finish_reason"]);
 
   // Thrift: Router.generate with token ids.
-  auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*coordinator, "listening on "), security);
-  ASSERT_TRUE(c.ok());
-  rpc::RouterClient router(
-      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Router"));
-  rpc::GenerateRequest g;
-  g.header = header;
-  g.model = "tiny-llm";
+  auto router = Router();
+  rpc::GenerateRequest g = TinyRequest(6);
   g.__set_prompt_tokens(*prompt);
-  g.max_tokens = 6;
   rpc::GenerateResponse out;
-  router.generate(out, g);
+  router.client->generate(out, g);
   EXPECT_EQ(out.tokens, tokens);
   EXPECT_EQ(out.served_by, "tiny-llm@node-1");
   EXPECT_GT(out.ttft_s, 0);
 
   // The command line's `generate` says the same.
-  testing::WriteAll(dir / "token", kToken);
   std::string ids;
   for (int32_t t : *prompt) ids += (ids.empty() ? "" : ",") + std::to_string(t);
-  auto cli = testing::RunProcess({ToolPath("modelcast"), "generate", "tiny-llm", "--tokens", ids, "--max-tokens", "6",
-                                  "--json", "--coordinator",
-                                  "127.0.0.1:" + std::to_string(AnnouncedPort(*coordinator, "listening on ")),
-                                  "--token-file", (dir / "token").string()},
-                                 60s);
+  auto cli = GenerateCommand({"--tokens", ids, "--max-tokens", "6"});
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   EXPECT_EQ(nlohmann::json::parse(cli.out)["tokens"].get<std::vector<int32_t>>(), tokens);
 
@@ -483,7 +504,7 @@ TEST_F(ServingTest, TheApiAnswersOverHttpWithAndWithoutStreamingAndOverThrift) {
   EXPECT_EQ(status_of({{"prompt", {1, 2}}}, auth), 400);
   g.__set_prompt_tokens({1, 99999});
   try {
-    router.generate(out, g);
+    router.client->generate(out, g);
     ADD_FAILURE() << "a token outside the vocabulary was accepted";
   } catch (const rpc::InvalidRequest& e) {
     EXPECT_NE(e.message.find("99999"), std::string::npos) << e.message;
@@ -599,17 +620,11 @@ TEST_F(ServingTest, TextGoesThroughTheModelsOwnTokenizer) {
   EXPECT_EQ(streamed, *want);
 
   // Thrift: Router.generate with the same text.
-  auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*coordinator, "listening on "), security);
-  ASSERT_TRUE(c.ok());
-  rpc::RouterClient router(
-      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Router"));
-  rpc::GenerateRequest g;
-  g.header = header;
-  g.model = "tiny-llm";
+  auto router = Router();
+  rpc::GenerateRequest g = TinyRequest(12);
   g.__set_prompt_text(prompt_text);
-  g.max_tokens = 12;
   rpc::GenerateResponse out;
-  router.generate(out, g);
+  router.client->generate(out, g);
   EXPECT_EQ(out.tokens, tokens);
   EXPECT_EQ(out.text, *want);
   // A body whose text is not UTF-8 is refused.
@@ -735,43 +750,32 @@ TEST_F(ServingTest, TheOfficialOpenAiClientListsCompletesAndChats) {
 
   // Thrift: Router.generate with the same chat as messages, and the same stop string; the command
   // line's generate from a chat file says the same.
-  auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*coordinator, "listening on "), security);
-  ASSERT_TRUE(c.ok());
-  rpc::RouterClient router(
-      std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Router"));
-  rpc::GenerateRequest g;
-  g.header = header;
-  g.model = "tiny-llm";
+  auto router = Router();
+  rpc::GenerateRequest g = TinyRequest(10);
   std::vector<rpc::ChatMessage> messages(2);
   messages[0].role = "system";
   messages[0].content = "You are terse.";
   messages[1].role = "user";
   messages[1].content = "hello there, the quick brown fox";
   g.__set_messages(messages);
-  g.max_tokens = 10;
   rpc::GenerateResponse out;
-  router.generate(out, g);
+  router.client->generate(out, g);
   EXPECT_EQ(out.text, want);
   g.__set_stop({stop});
-  router.generate(out, g);
+  router.client->generate(out, g);
   EXPECT_EQ(out.text, cut);
   EXPECT_EQ(out.finish_reason, "stop");
   messages[1].role = "wizard";
   g.__set_messages(messages);
   try {
-    router.generate(out, g);
+    router.client->generate(out, g);
     ADD_FAILURE() << "an unknown role was accepted";
   } catch (const rpc::InvalidRequest& e) {
     EXPECT_EQ(e.message, "'messages[1].role' is 'wizard': system, user, assistant, tool or developer");
   }
-  testing::WriteAll(dir / "token", kToken);
   testing::WriteAll(dir / "chat.json", R"([
     {"role": "system", "content": "You are terse."}, {"role": "user", "content": "hello there, the quick brown fox"}])");
-  auto cli = testing::RunProcess({ToolPath("modelcast"), "generate", "tiny-llm", "--chat-file", (dir / "chat.json").string(),
-                                  "--max-tokens", "10", "--stop", stop, "--json", "--coordinator",
-                                  "127.0.0.1:" + std::to_string(AnnouncedPort(*coordinator, "listening on ")),
-                                  "--token-file", (dir / "token").string()},
-                                 60s);
+  auto cli = GenerateCommand({"--chat-file", (dir / "chat.json").string(), "--max-tokens", "10", "--stop", stop});
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   const auto j = nlohmann::json::parse(cli.out);
   EXPECT_EQ(j["text"], cut);

@@ -1798,7 +1798,8 @@ Result<std::unique_ptr<ChatSetup>> ChatSetupFromTokenizerConfig(std::string_view
   return setup;
 }
 
-Result<std::string> ChatSetup::RenderForGeneration(nlohmann::ordered_json context, bool tools) const {
+Result<std::string> ChatSetup::RenderForGeneration(nlohmann::ordered_json context) const {
+  const bool tools = context.contains("tools") && context["tools"].is_array() && !context["tools"].empty();
   context["add_generation_prompt"] = true;
   context["bos_token"] = bos_token;
   context["eos_token"] = eos_token;

@@ -397,18 +397,18 @@ int RunGenerate(const std::vector<std::string>& args) {
     if (!ids.ok()) return Fail("generate", ids.status());
     req.__set_prompt_tokens(*ids);
   } else {
-    auto text = ReadFileToString(chat_file, 64ull << 20);
-    if (!text.ok()) return Fail("generate", text.status());
-    auto j = nlohmann::json::parse(*text, nullptr, false);
-    if (j.is_discarded() || !j.is_array()) {
-      return Fail("generate", InvalidArgument("--chat-file " + chat_file + ": not a JSON array of messages"));
+    auto context = ReadChatFile(chat_file);
+    if (!context.ok()) return Fail("generate", context.status());
+    if (context->size() != 1) {
+      return Fail("generate", InvalidArgument(chat_file + ": Router.generate takes the messages only (not tools)"));
     }
+    const auto& j = (*context)["messages"];
     std::vector<rpc::ChatMessage> messages;
     for (size_t k = 0; k < j.size(); ++k) {
       const auto& m = j[k];
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
           (m.contains("content") && !m["content"].is_string() && !m["content"].is_null())) {
-        return Fail("generate", InvalidArgument("--chat-file " + chat_file + ": message " + std::to_string(k) +
+        return Fail("generate", InvalidArgument(chat_file + ": message " + std::to_string(k) +
                                                 " is not {\"role\": string, \"content\": string}"));
       }
       rpc::ChatMessage cm;

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "modelcast/common/args.h"
 #include "modelcast/common/status.h"
 #include "modelcast/planner/plan.h"
@@ -30,6 +32,10 @@ int ParseOrExit(const char* command, ArgParser& parser, const std::vector<std::s
 
 // Comma-separated token ids ("1,17,300"); errors name `flag`.
 Result<std::vector<int32_t>> ParseTokens(const std::string& text, const std::string& flag);
+
+// A chat file (--chat-file): a JSON array of messages, or an object with "messages" and perhaps
+// "tools"; returned as the context a chat template is rendered with.
+Result<nlohmann::ordered_json> ReadChatFile(const std::string& path);
 
 // The plan's length and when it first serves, one line ending with `after`.
 void PrintPlanTiming(const planner::Plan& plan, const char* after);

@@ -25,20 +25,23 @@ Result<std::unique_ptr<text::Tokenizer>> OpenTokenizer(const std::string& dir) {
 
 }  // namespace
 
-// The chat `messages_file` (a JSON array of messages, or an object with "messages" and perhaps
-// "tools") rendered by DIR's chat template with the generation prompt.
+Result<nlohmann::ordered_json> ReadChatFile(const std::string& path) {
+  MC_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, 64ull << 20));
+  auto messages = nlohmann::ordered_json::parse(text, nullptr, false);
+  if (messages.is_discarded()) return InvalidArgument(path + ": not JSON");
+  nlohmann::ordered_json context = messages.is_array() ? nlohmann::ordered_json{{"messages", messages}} : messages;
+  if (!context.is_object() || !context.contains("messages") || !context["messages"].is_array()) {
+    return InvalidArgument(path + ": expected an array of messages or an object with \"messages\"");
+  }
+  return context;
+}
+
+// The chat `messages_file` rendered by DIR's chat template with the generation prompt.
 Result<std::string> RenderChat(const std::string& dir, const std::string& messages_file) {
   MC_ASSIGN_OR_RETURN(std::string config_text, ReadFileToString(fs::path(dir) / "tokenizer_config.json"));
   MC_ASSIGN_OR_RETURN(auto chat, text::ChatSetupFromTokenizerConfig(config_text, dir + "/tokenizer_config.json"));
-  MC_ASSIGN_OR_RETURN(std::string messages_text, ReadFileToString(messages_file));
-  auto messages = nlohmann::ordered_json::parse(messages_text, nullptr, false);
-  if (messages.is_discarded()) return InvalidArgument(messages_file + ": not JSON");
-  nlohmann::ordered_json context = messages.is_array() ? nlohmann::ordered_json{{"messages", messages}} : messages;
-  if (!context.is_object() || !context.contains("messages")) {
-    return InvalidArgument(messages_file + ": expected an array of messages or an object with \"messages\"");
-  }
-  const bool tools = context.contains("tools") && !context["tools"].empty();
-  return chat->RenderForGeneration(std::move(context), tools);
+  MC_ASSIGN_OR_RETURN(auto context, ReadChatFile(messages_file));
+  return chat->RenderForGeneration(std::move(context));
 }
 
 int RunTokenize(const std::vector<std::string>& args) {

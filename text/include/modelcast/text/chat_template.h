@@ -44,8 +44,9 @@ class ChatTemplate {
 struct ChatSetup {
   std::unique_ptr<ChatTemplate> plain, with_tools;  // with_tools: a named "tool_use" template, if any
   std::string bos_token, eos_token;
-  // The context's bos_token/eos_token set, add_generation_prompt on; `tools` picks the template.
-  Result<std::string> RenderForGeneration(nlohmann::ordered_json context, bool tools) const;
+  // The context's bos_token/eos_token set, add_generation_prompt on; a context with tools is
+  // rendered by the "tool_use" template where there is one.
+  Result<std::string> RenderForGeneration(nlohmann::ordered_json context) const;
 };
 Result<std::unique_ptr<ChatSetup>> ChatSetupFromTokenizerConfig(std::string_view tokenizer_config,
                                                                 const std::string& where);

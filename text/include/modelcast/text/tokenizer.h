@@ -72,8 +72,6 @@ Result<std::unique_ptr<Tokenizer>> TokenizerFromFiles(const std::map<std::string
                                                       const std::string& source);
 // The same from a checkpoint's or a package's folder.
 Result<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& dir);
-// The files TokenizerFromFiles reads, in the order it prefers them.
-inline constexpr const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model"};
 
 // Text as tokens arrive, never part of a UTF-8 character: each Next returns what the new token
 // completes (possibly nothing), as a decode of everything so far would show it.
