@@ -141,6 +141,10 @@ int main(int argc, char** argv) {
   p.Flag("window", &window, "slices in flight from each node [4]");
   p.Flag("work", &work, "working directory (default: a fresh one under /tmp, removed after)");
   p.Flag("prefix", &prefix, "namespace prefix [mcb]");
+  bool timeline = false;
+  p.Flag("timeline", &timeline,
+         "every node writes its slices' timeline (run-K/node-I.timeline.csv under --work, kept): see "
+         "scripts/slice-timeline.py");
   Status s = p.Parse(argc, argv);
   if (!s.ok()) Die(s.message());
   if (p.help_requested()) {
@@ -253,6 +257,7 @@ int main(int argc, char** argv) {
                                          std::to_string(start_at),
                                          "--report",
                                          (rdir / (name + ".json")).string()};
+        if (timeline) args.insert(args.end(), {"--timeline", (rdir / (name + ".timeline.csv")).string()});
         if (i == 1) {
           args.push_back("--source");
         } else {
@@ -292,6 +297,6 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("%s\n", out.dump().c_str());
-  if (all_ok && work.empty()) fs::remove_all(dir);  // else the logs stay for a look
+  if (all_ok && work.empty() && !timeline) fs::remove_all(dir);  // else the logs stay for a look
   return all_ok ? 0 : 1;
 }

@@ -106,6 +106,8 @@ bool IsExec(const std::string& mode) { return mode.rfind("exec-", 0) == 0; }
 
 // The receiving executor's --recv-window (slices landing at once), set once from the flags.
 size_t g_recv_window = 2;
+// --timeline: where both ends write their slices' timelines (empty: not recorded).
+std::string g_timeline;
 
 ExecutorOptions ExecOptions(const std::string& mode, const MemoryRegion* region, size_t window) {
   ExecutorOptions o;
@@ -114,6 +116,7 @@ ExecutorOptions ExecOptions(const std::string& mode, const MemoryRegion* region,
   o.window = window;
   o.recv_window = g_recv_window;
   o.deadline = 120;
+  o.timeline = !g_timeline.empty();
   return o;
 }
 
@@ -158,6 +161,7 @@ int Send(const std::string& address, const std::string& mode, const std::string&
     auto report = ExecuteFragment(*t, exec->layout, data.data(), std::vector<bool>(exec->layout.slices.size(), true),
                                   exec->sender, ExecOptions(mode, local->get(), window));
     Check(report.status());
+    if (!g_timeline.empty()) Check(WriteFileAtomic(g_timeline + ".sender.csv", TimelineCsv("sender", *report)));
     local->reset();
     t->Stop();
     return 0;
@@ -254,7 +258,11 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
                                    "--slice",
                                    std::to_string(slice),
                                    "--window",
-                                   std::to_string(window)};
+                                   std::to_string(window),
+                                   "--recv-window",
+                                   std::to_string(g_recv_window),
+                                   "--timeline",
+                                   g_timeline};
   // The sender dies with the benchmark, however it ends (SpawnChild).
   auto spawned = SpawnChild(args);
   if (!spawned.ok()) Die("cannot start the sender: " + spawned.status().message());
@@ -281,6 +289,7 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
     auto report = ExecuteFragment(*t, exec->layout, buffer.data(), std::vector<bool>(exec->layout.slices.size(), false),
                                   exec->receiver, ExecOptions(mode, region->get(), window));
     Check(report.status());
+    if (!g_timeline.empty()) Check(WriteFileAtomic(g_timeline + ".receiver.csv", TimelineCsv("receiver", *report)));
     int status = 0;
     waitpid(pid, &status, 0);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die("the sender failed");
@@ -331,6 +340,9 @@ int main(int argc, char** argv) {
   p.Flag("modes", &modes, "modes to measure [am,put,exec-messages,exec-writes]");
   p.Flag("segs", &segs, "UCX TCP segment sizes to try [64k,256k,1m]");
   p.Flag("slices", &slices, "slice sizes in MiB to try [4,16,64]");
+  p.Flag("timeline", &g_timeline,
+         "exec modes: both ends write their slices' timelines to PREFIX.sender.csv and PREFIX.receiver.csv (the "
+         "last configuration run wins): see scripts/slice-timeline.py");
   p.Flag("baseline-runs", &baseline_runs, "iperf3 runs (the median is the baseline; 0 skips it) [3]");
   p.Flag("reps", &reps, "repetitions of each configuration (the best is kept) [2]");
   Status s = p.Parse(argc, argv);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -55,6 +56,38 @@ const char* SliceMethodName(SliceMethod m) {
       return "writes";
   }
   return "?";
+}
+
+const char* SliceStageName(SliceStage stage) {
+  switch (stage) {
+    case SliceStage::kPosted:
+      return "posted";
+    case SliceStage::kSent:
+      return "sent";
+    case SliceStage::kFlushed:
+      return "flushed";
+    case SliceStage::kConfirmed:
+      return "confirmed";
+    case SliceStage::kAnnounced:
+      return "announced";
+    case SliceStage::kAdmitted:
+      return "admitted";
+    case SliceStage::kLanded:
+      return "landed";
+    case SliceStage::kVerified:
+      return "verified";
+  }
+  return "?";
+}
+
+std::string TimelineCsv(const std::string& node, const ExecutorReport& report) {
+  std::string out = "node,slice,peer,stage,at\n";
+  char at[32];
+  for (const auto& m : report.timeline) {
+    std::snprintf(at, sizeof(at), "%.6f", m.at);
+    out += node + "," + std::to_string(m.slice) + "," + m.peer + "," + SliceStageName(m.stage) + "," + at + "\n";
+  }
+  return out;
 }
 
 Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& layout, uint8_t* buffer,

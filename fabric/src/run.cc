@@ -33,6 +33,7 @@ class Run : public std::enable_shared_from_this<Run> {
         writes_(writes),
         start_(std::chrono::steady_clock::now()),
         held_(held) {
+    report_.started_at = Monotonic(start_);
     held_.resize(layout.slices.size(), false);
     block_bytes_.assign(layout.block_offsets.size(), 0);
     for (const auto& sl : layout.slices) {
@@ -213,6 +214,13 @@ class Run : public std::enable_shared_from_this<Run> {
   };
 
   double Now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+  static double Monotonic(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(t.time_since_epoch()).count();
+  }
+  // Records a stage of `slice`'s timeline (with ExecutorOptions::timeline).
+  void Mark(uint32_t slice, const std::string& peer, SliceStage stage) {
+    if (o_.timeline) report_.timeline.push_back({slice, peer, stage, Monotonic(std::chrono::steady_clock::now())});
+  }
 
   bool Done() const { return verified_ == expected_.size() && unfinished_receivers_.empty() && in_flight_total_ == 0; }
 
@@ -287,6 +295,7 @@ class Run : public std::enable_shared_from_this<Run> {
                                   " it is to receive from node '" + f_.node + "' belongs to"));
     }
     if (report_.first_send < 0) report_.first_send = Now();
+    Mark(slice, peer, SliceStage::kPosted);
     ++in_flight_total_;
     Busy& b = busy_[peer];
     if (b.in_flight++ == 0) b.since = Now();
@@ -306,6 +315,7 @@ class Run : public std::enable_shared_from_this<Run> {
     t_.Write(peer, *local_[s.block].region, local_[s.block].base + within, remote->second.region,
              remote->second.base + within, s.length, [self, peer, slice](Status st) {
                std::lock_guard lock(self->mu_);
+               self->Mark(slice, peer, SliceStage::kSent);
                if (self->Completed(peer) && !st.ok()) self->Fail(st.WithContext(self->What("writing", slice, peer)));
              });
     Flushing& f = flushing_[peer];
@@ -338,6 +348,7 @@ class Run : public std::enable_shared_from_this<Run> {
         given_up.push_back(slice);
         continue;
       }
+      Mark(slice, peer, SliceStage::kFlushed);
       t_.Send(peer, kLandedMessage, EncodeU32(slice), {},
               [self = shared_from_this(), peer, slice](Status st) { self->Sent(peer, slice, true, st); });
     }
@@ -357,6 +368,8 @@ class Run : public std::enable_shared_from_this<Run> {
     std::lock_guard lock(mu_);
     VLOG(1) << f_.node << ": sent slice " << slice << " to " << peer << ": " << st.ToString();
     if (!Completed(peer)) return;
+    if (!written) Mark(slice, peer, SliceStage::kSent);
+    Mark(slice, peer, SliceStage::kConfirmed);
     --in_flight_total_;
     Busy& b = busy_[peer];
     if (st.ok()) b.bytes += layout_.slices[slice].length;
@@ -466,6 +479,7 @@ class Run : public std::enable_shared_from_this<Run> {
         return Fail(InvalidArgument("'" + m.peer + "' says it wrote slice " + std::to_string(value) + " into node '" +
                                     f_.node + "', which offered no region"));
       }
+      Mark(value, m.peer, SliceStage::kAnnounced);
       const auto last = last_landed_.find(m.peer);
       return LandedLocked(value, m.peer, last == last_landed_.end() ? 0 : last->second, Status::Ok());
     }
@@ -480,6 +494,7 @@ class Run : public std::enable_shared_from_this<Run> {
       accept(nullptr, [](Status) {});
       return Fail(InvalidArgument("'" + m.peer + "' sent slice " + std::to_string(value) + " twice"));
     }
+    Mark(value, m.peer, SliceStage::kAnnounced);
     Arrivals& a = arrivals_[m.peer];
     const double now = Now();
     if (a.last >= 0 && now > a.last) a.rates.push_back(static_cast<double>(s.length) / (now - a.last));
@@ -499,6 +514,7 @@ class Run : public std::enable_shared_from_this<Run> {
       auto w = waiting_.extract(slice);
       const double started = Now();
       Hold(w.mapped().peer);
+      Mark(slice, w.mapped().peer, SliceStage::kAdmitted);
       ++landing_;
       w.mapped().accept(buffer_ + layout_.slices[slice].offset,
                         [self = shared_from_this(), slice, started, peer = w.mapped().peer](Status st) {
@@ -532,6 +548,7 @@ class Run : public std::enable_shared_from_this<Run> {
     std::lock_guard lock(mu_);
     --landing_;
     if (!Completed(peer)) return;
+    Mark(slice, peer, SliceStage::kLanded);
     LandedLocked(slice, peer, started, st);
     if (error_.ok()) Admit();
   }
@@ -595,6 +612,7 @@ class Run : public std::enable_shared_from_this<Run> {
                                      "' from '" + peer + "'"));
       }
     }
+    Mark(slice, peer, SliceStage::kVerified);
     e.verified = true;
     held_[slice] = true;
     ++verified_;

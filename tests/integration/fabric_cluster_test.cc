@@ -51,6 +51,29 @@ testing::TempDir* FabricClusterTest::dir_ = nullptr;
 
 TEST_F(FabricClusterTest, LambdaPipeOnLoopback) { RunAndVerify(Nodes(1, 4), "lambdapipe"); }
 
+// Every node records its slices' timeline; scripts/slice-timeline.py lines them up: a line per
+// link with the stages' times, each relay's forward delay, each receiver's first slice.
+TEST_F(FabricClusterTest, TimelinesLineUpAcrossProcesses) {
+  auto nodes = Nodes(1, 3);
+  run_ = work_ / "timeline";
+  fs::create_directories(run_);
+  std::vector<std::string> argv = {"/usr/bin/python3", testing::SourcePath("scripts/slice-timeline.py")};
+  for (auto& n : nodes) {
+    n.args = {"--timeline", (run_ / (n.name + ".csv")).string()};
+    argv.push_back((run_ / (n.name + ".csv")).string());
+  }
+  testing::RunAndVerify(nodes, "lambdapipe", Package(), run_);
+  auto r = testing::RunProcess(argv);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (int i = 1; i < 4; ++i) {
+    const std::string node = "agent-" + std::to_string(i);
+    EXPECT_NE(r.out.find(node + ": first slice verified"), std::string::npos) << r.out;
+  }
+  EXPECT_NE(r.out.find("agent-0 -> agent-"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("posted -> verified"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("forwards: verified -> posted onward"), std::string::npos) << r.out;
+}
+
 TEST_F(FabricClusterTest, KWayOnLoopback) { RunAndVerify(Nodes(2, 4), "lambdapipe"); }
 
 // Slices travel by one-sided write or by message (UCX's default here: its writes cannot tell

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstring>
 #include <future>
+#include <map>
 #include <random>
 #include <thread>
 #include <tuple>
@@ -88,6 +89,7 @@ TEST_P(ExecutorTest, EverySliceArrivesIntact) {
   EXPECT_EQ(received->bytes_received, m.layout.buffer_bytes);
   EXPECT_EQ(sent->slices_sent, 32u);
   EXPECT_EQ(sent->slices_written, GetParam() == SliceMethod::kMessages ? 0u : 32u);
+  EXPECT_TRUE(sent->timeline.empty() && received->timeline.empty());  // recorded only when asked
   EXPECT_GE(sent->first_send, 0);
   EXPECT_GT(received->last_receive, 0);
   // Each end says what it measured of the link, for finding stragglers: the sender all it sent
@@ -111,6 +113,66 @@ TEST_P(ExecutorTest, EverySliceArrivesIntact) {
     EXPECT_EQ(e.bytes, 256u << 10);
     EXPECT_LE(e.started, e.finished);
   }
+}
+
+// With its timeline on, each end records every slice's stages, in the order they happen, on the
+// one clock both ends share (what scripts/slice-timeline.py lines up).
+TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
+  Model m(16, 64 << 10);
+  auto a = Make("a"), b = Make("b");
+  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+  AlignedBuffer target(m.layout.buffer_bytes);
+  auto ra = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
+  auto rb = b->Register(target.data(), target.size(), MemoryKind::kHost);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  auto [fa, fb] = OneHop(16);
+  ExecutorOptions oa, ob;
+  oa.method = ob.method = GetParam();
+  oa.region = ra->get();
+  ob.region = rb->get();
+  oa.timeline = ob.timeline = true;
+  auto sender = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, true), fa, oa);
+  });
+  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(16, false), fb, ob);
+  auto sent = sender.get();
+  ASSERT_TRUE(received.ok() && sent.ok());
+  const bool writes = sent->slices_written > 0;
+  const std::vector<SliceStage> send_stages =
+      writes ? std::vector<SliceStage>{SliceStage::kPosted, SliceStage::kSent, SliceStage::kFlushed,
+                                       SliceStage::kConfirmed}
+             : std::vector<SliceStage>{SliceStage::kPosted, SliceStage::kSent, SliceStage::kConfirmed};
+  // A write is announced by its landed notice, when it has landed: no admission, no landing.
+  const std::vector<SliceStage> receive_stages =
+      writes ? std::vector<SliceStage>{SliceStage::kAnnounced, SliceStage::kVerified}
+             : std::vector<SliceStage>{SliceStage::kAnnounced, SliceStage::kAdmitted, SliceStage::kLanded,
+                                       SliceStage::kVerified};
+  std::map<uint32_t, std::vector<std::pair<SliceStage, double>>> at_a, at_b;
+  for (const auto& mark : sent->timeline) {
+    EXPECT_EQ(mark.peer, "b");
+    at_a[mark.slice].push_back({mark.stage, mark.at});
+  }
+  for (const auto& mark : received->timeline) {
+    EXPECT_EQ(mark.peer, "a");
+    at_b[mark.slice].push_back({mark.stage, mark.at});
+  }
+  ASSERT_EQ(at_a.size(), 16u);
+  ASSERT_EQ(at_b.size(), 16u);
+  for (uint32_t i = 0; i < 16; ++i) {
+    std::vector<SliceStage> stages_a, stages_b;
+    for (const auto& [stage, t] : at_a[i]) stages_a.push_back(stage);
+    for (const auto& [stage, t] : at_b[i]) stages_b.push_back(stage);
+    EXPECT_EQ(stages_a, send_stages) << "slice " << i;
+    EXPECT_EQ(stages_b, receive_stages) << "slice " << i;
+    // One clock: the receiver hears of a slice after it was posted, and the times only grow.
+    EXPECT_GE(at_b[i].front().second, at_a[i].front().second) << "slice " << i;
+    EXPECT_GE(at_a[i].front().second, sent->started_at);
+    for (size_t k = 1; k < at_b[i].size(); ++k) EXPECT_GE(at_b[i][k].second, at_b[i][k - 1].second);
+    for (size_t k = 1; k < at_a[i].size(); ++k) EXPECT_GE(at_a[i][k].second, at_a[i][k - 1].second);
+  }
+  const std::string csv = TimelineCsv("b", *received);
+  EXPECT_EQ(csv.rfind("node,slice,peer,stage,at\nb,", 0), 0u) << csv.substr(0, 80);
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), static_cast<long>(received->timeline.size() + 1));
 }
 
 // Writes into per-block regions, each node keeping its blocks at places of its own (as the

@@ -64,7 +64,7 @@ Result<std::string> PeerAddress(const std::string& peer, const planner::ClusterC
 int main(int argc, char** argv) {
   InitLogging(argv[0], 1);
   std::string name, listen = "127.0.0.1:0", cluster_path, rendezvous, plan_path, package, out, tls, devices, seg = "1m",
-                    fault, report_path, progress_path, method = "auto", transport_name = "auto";
+                    fault, report_path, progress_path, timeline_path, method = "auto", transport_name = "auto";
   bool source = false, verbose = false;
   int64_t window = 4, recv_window = 2, lookahead = 8;
   double deadline = 60, start_at = 0;
@@ -96,6 +96,9 @@ int main(int argc, char** argv) {
   p.Flag("report", &report_path, "also write the JSON report to this file");
   p.Flag("progress", &progress_path,
          "append a JSON line to this file as each slice arrives (model, slice, source, bytes, started, finished)");
+  p.Flag("timeline", &timeline_path,
+         "write every slice's stages here as CSV (node,slice,peer,stage,at; CLOCK_MONOTONIC seconds), for "
+         "scripts/slice-timeline.py");
   p.Flag("verbose", &verbose, "log at INFO (and VLOG per GLOG_v)");
   Status s = p.Parse(argc, argv);
   if (!s.ok()) {
@@ -197,6 +200,7 @@ int main(int argc, char** argv) {
   eo.method = *slice_method;
   eo.region = region->get();
   eo.deadline = deadline;
+  eo.timeline = !timeline_path.empty();
   uint64_t events = 0;
   std::unique_ptr<std::ofstream> progress;
   if (!progress_path.empty()) progress = std::make_unique<std::ofstream>(progress_path, std::ios::app);
@@ -216,6 +220,10 @@ int main(int argc, char** argv) {
   region->reset();
   transport->Stop();
   if (!result.ok()) return Fail(result.status());
+  if (!timeline_path.empty()) {
+    s = WriteFileAtomic(timeline_path, fabric::TimelineCsv(name, *result));
+    if (!s.ok()) return Fail(s);
+  }
 
   if (!out.empty()) {
     auto staging = StagingDirectory::Create(out);

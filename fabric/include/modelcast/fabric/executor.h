@@ -62,6 +62,28 @@ enum class SliceMethod {
 Result<SliceMethod> ParseSliceMethod(const std::string& name);  // "auto", "messages", "writes"
 const char* SliceMethodName(SliceMethod m);
 
+// Where a slice was, when, at one node: its timeline (ExecutorOptions::timeline). Times are
+// CLOCK_MONOTONIC seconds (steady_clock), the same clock in every process of a machine, so the
+// timelines of two ends on one host line up.
+enum class SliceStage : uint8_t {
+  kPosted,     // sender: the send (message or write) handed to the transport
+  kSent,       // sender: its completion (a message's payload left; a write's local completion)
+  kFlushed,    // sender, writes: the flush covering it completed (it has landed at the peer)
+  kConfirmed,  // sender: it has gone and left the window (a write: its landed notice has been sent)
+  kAnnounced,  // receiver: its message's header (or landed notice) arrived
+  kAdmitted,   // receiver: its payload let in (AcceptPayload called)
+  kLanded,     // receiver: its payload in the buffer
+  kVerified,   // receiver: its checksum passed and the caller kept it
+};
+const char* SliceStageName(SliceStage stage);
+
+struct SliceMark {
+  uint32_t slice = 0;
+  std::string peer;
+  SliceStage stage = SliceStage::kPosted;
+  double at = 0;  // CLOCK_MONOTONIC seconds
+};
+
 struct ExecutorOptions {
   SliceMethod method = SliceMethod::kAuto;
   // Registered memory for writes, either `region`: the whole model buffer, or `block_regions`:
@@ -89,6 +111,7 @@ struct ExecutorOptions {
   // caller puts there what that memory depends on (the buffer's lease, the regions), so that
   // no late transfer lands in memory that has gone to someone else.
   std::shared_ptr<const void> keep_alive;
+  bool timeline = false;  // record every slice's stages in ExecutorReport::timeline
 };
 
 // What one end of a link measured of it in a run: the bytes that crossed it, and how long the
@@ -120,6 +143,8 @@ struct ExecutorReport {
   double last_receive = -1;  // when the last slice landed and passed its checksum; -1: none
   std::vector<LinkUse> sent_to;        // per receiver this node sent to, timed by its sends
   std::vector<LinkUse> received_from;  // per sender of slice messages, timed by their arrivals
+  double started_at = 0;               // CLOCK_MONOTONIC seconds when the run began
+  std::vector<SliceMark> timeline;     // with ExecutorOptions::timeline, in the order they happened
 };
 
 // `buffer` holds the model per `layout`: filled where `held` says so (a source holds it all),
@@ -131,6 +156,10 @@ struct ExecutorReport {
 // them before it returns, and a callback the transport still makes after that finds the run
 // ended and does nothing the caller could see. The transport (or channel) passed in may be
 // destroyed once the call has returned.
+// The report's timeline as CSV (`node,slice,peer,stage,at`, a header line first), for
+// scripts/slice-timeline.py, which lines up the timelines of every node of a run.
+std::string TimelineCsv(const std::string& node, const ExecutorReport& report);
+
 Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& layout, uint8_t* buffer,
                                        const std::vector<bool>& held, const PlanFragment& fragment,
                                        const ExecutorOptions& options);
