@@ -3,7 +3,9 @@
 //
 // Modes: the transport alone, both ways it can move a slice (`am`: active messages that the
 // receiver lands where it accepts them; `put`: one-sided RMA puts into the receiver's
-// registered buffer, one flush at the end), and the plan executor that agents run, with
+// registered buffer, one flush at the end; `am-verify`: active messages whose receiver checks
+// each slice's XXH3 on a thread of its own as it lands, the executor's verification alone), and
+// the plan executor that agents run, with
 // either (`exec-messages`, `exec-writes`: per slice a put, a flush and a "landed"
 // notification, the receiver checking each slice's XXH3 before counting it). For each,
 // several UCX TCP segment sizes and slice sizes, a window of slices in flight. The receiver
@@ -18,6 +20,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -157,7 +160,7 @@ int Send(const std::string& address, const std::string& mode, const std::string&
   // The executor's messages are held from here until it takes them.
   if (IsExec(mode)) t->SetMessageHandler(nullptr);
   Check(WaitFor([&](Done d) { t->Send("receiver", kStart, {}, {}, d); }));
-  if (exec) {
+  if (IsExec(mode)) {
     auto report = ExecuteFragment(*t, exec->layout, data.data(), std::vector<bool>(exec->layout.slices.size(), true),
                                   exec->sender, ExecOptions(mode, local->get(), window));
     Check(report.status());
@@ -206,7 +209,10 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
   auto t = MakeTransport("receiver", seg);
   AlignedBuffer buffer(bytes);
   std::unique_ptr<Exec> exec;
-  if (IsExec(mode)) {
+  // am-verify: active messages, each slice's XXH3 checked on a thread of its own as it lands
+  // (what the executor's verifier does, without the rest of the executor).
+  const bool verify = mode == "am-verify";
+  if (IsExec(mode) || verify) {
     Fill(buffer.data(), bytes);
     exec = std::make_unique<Exec>(buffer.data(), bytes, slice);
   }
@@ -216,9 +222,30 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
   std::mutex mu;
   std::condition_variable cv;
   std::chrono::steady_clock::time_point start, end;
-  uint64_t landed = 0, expected_sum = 0;
+  uint64_t landed = 0, expected_sum = 0, verified = 0;
   bool done = false;
   Status failure;
+  std::deque<uint64_t> to_verify;  // offsets of landed slices (am-verify)
+  std::thread verifier;
+  if (verify) {
+    verifier = std::thread([&] {
+      std::unique_lock lock(mu);
+      while (verified < bytes && failure.ok()) {
+        cv.wait(lock, [&] { return !to_verify.empty() || !failure.ok(); });
+        if (to_verify.empty()) break;
+        const uint64_t off = to_verify.front();
+        to_verify.pop_front();
+        const SliceInfo& info = exec->layout.slices[off / slice];
+        lock.unlock();
+        const bool good = Xxh3(buffer.data() + off, info.length) == info.xxh3;
+        lock.lock();
+        if (!good) failure = Corruption("slice at " + std::to_string(off) + " failed its checksum");
+        verified += info.length;
+        if (verified == bytes) end = std::chrono::steady_clock::now();
+        cv.notify_all();
+      }
+    });
+  }
   t->SetMessageHandler([&](const IncomingMessage& m, AcceptPayload accept) {
     std::lock_guard lock(mu);
     if (m.type == kStart) {
@@ -232,11 +259,12 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
     } else if (m.type == kData) {
       const uint64_t off = ReadU64(m.header);
       if (off + m.payload_size > bytes) return accept(nullptr, [](Status) {});
-      accept(buffer.data() + off, [&, size = m.payload_size](Status s) {
+      accept(buffer.data() + off, [&, off, size = m.payload_size](Status s) {
         std::lock_guard l(mu);
         if (!s.ok()) failure = s;
         landed += size;
-        if (landed == bytes) end = std::chrono::steady_clock::now();
+        if (verify) to_verify.push_back(off);
+        if (landed == bytes && !verify) end = std::chrono::steady_clock::now();
         cv.notify_all();
       });
       return;
@@ -279,7 +307,7 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
     }
     Check(sent);
   }
-  if (exec) {
+  if (IsExec(mode)) {
     {
       std::unique_lock lock(mu);
       if (!cv.wait_for(lock, std::chrono::seconds(60), [&] { return start.time_since_epoch().count() != 0; })) {
@@ -301,10 +329,13 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
   }
   {
     std::unique_lock lock(mu);
-    if (!cv.wait_for(lock, std::chrono::seconds(120), [&] { return done && (mode == "put" || landed == bytes); })) {
+    if (!cv.wait_for(lock, std::chrono::seconds(120), [&] {
+          return done && (mode == "put" || landed == bytes) && (!verify || verified == bytes || !failure.ok());
+        })) {
       Die("the transfer did not finish within 120 s");
     }
   }
+  if (verifier.joinable()) verifier.join();
   Check(failure);
   int status = 0;
   waitpid(pid, &status, 0);
@@ -331,7 +362,7 @@ int main(int argc, char** argv) {
   ArgParser p("fabric_p2p", "UCX between two processes on loopback against iperf3 (see the file's header).");
   p.Flag("role", &role, "receive (the benchmark) or send (started by it)");
   p.Flag("connect", &connect, "sender: the receiver's address");
-  p.Flag("mode", &mode, "sender: am, put, exec-messages or exec-writes");
+  p.Flag("mode", &mode, "sender: am, am-verify, put, exec-messages or exec-writes");
   p.Flag("seg-size", &seg, "sender: UCX TCP segment size");
   p.Flag("bytes", &bytes, "bytes to move [1 GiB]");
   p.Flag("slice", &slice, "sender: slice bytes");
