@@ -3,6 +3,8 @@
 #include <glog/logging.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 
 #include "modelcast/fabric/transport.h"
 
@@ -178,22 +180,33 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
     if (!received.count(s.slice) && !on_host[s.slice]) own_blocks.insert(m.slices[s.slice].block);
   }
   for (uint32_t s : fragment.local_loads) own_blocks.insert(m.slices[s].block);
-  if (!own_blocks.empty()) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto up = store_.Promote(model, {own_blocks.begin(), own_blocks.end()}, Tier::kHost);
-    if (!up.ok()) return refused(up.status());
-    Status loaded = (*up)->Wait(deadline);
-    if (!loaded.ok()) return refused(loaded.WithContext("loading model '" + model + "' from this node's tiers"));
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    for (uint32_t s : fragment.local_loads) {
-      rpc::SliceProgress p;
-      p.slice = static_cast<int32_t>(s);
-      p.source = "local";
-      p.bytes = static_cast<int64_t>(m.slices[s].length);
-      p.started = 0;
-      p.finished = secs;
-      progress.Add(std::move(p));
+  // A cold source streams: its blocks are read up from SSD while the run goes on, and each slice,
+  // once read and verified, is handed to the run (the supply), which sends it at once. The run
+  // does not wait for the whole model to be in host memory before its first byte.
+  const auto load_t0 = std::chrono::steady_clock::now();
+  std::shared_ptr<tiers::Request> loading;
+  std::shared_ptr<fabric::SliceSupply> supply;
+  auto load_failed = std::make_shared<std::atomic<bool>>(false);
+  std::thread load_watch;  // fails the supply when the load fails; joined before returning
+  struct JoinAtExit {
+    std::thread& t;
+    ~JoinAtExit() {
+      if (t.joinable()) t.join();
     }
+  } join_load_watch{load_watch};
+  if (!own_blocks.empty()) {
+    supply = std::make_shared<fabric::SliceSupply>();
+    tiers::MoveOptions mo;
+    mo.on_slice = [supply](const SliceEvent& e) { supply->Add(e.slice); };
+    auto up = store_.Promote(model, {own_blocks.begin(), own_blocks.end()}, Tier::kHost, std::move(mo));
+    if (!up.ok()) return refused(up.status());
+    loading = *up;
+    load_watch = std::thread([loading, supply, deadline, model, load_failed] {
+      Status loaded = loading->Wait(deadline);
+      if (loaded.ok()) return;
+      *load_failed = true;
+      supply->Fail(loaded.WithContext("loading model '" + model + "' from this node's tiers"));
+    });
   }
   // Every block gets its host buffer, pinned for the run: held ones as they are, the others
   // reserved for what arrives. The leases, and the regions registered below, belong to the
@@ -211,6 +224,7 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
     offsets.push_back(lease->pool_offset());
     pinned->leases.push_back(std::move(*lease));
   }
+  // Held: what host memory has now (the supply adds the rest of what is loading as it comes).
   std::vector<bool> held(m.slices.size(), false);
   const auto inventory = store_.GetInventory();
   if (const auto* h = inventory.Find(model)) {
@@ -267,9 +281,33 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
     progress.Add(std::move(p));
     return Status::Ok();
   };
+  opts.supply = supply;
+  const auto run_t0 = std::chrono::steady_clock::now();
   auto executed = fabric::ExecuteFragment(*channel, layout, store_.host_pool_base(), held, fragment, opts);
+  if (loading) {
+    // The load ends with the run's sends; what it still reads is for this node alone (local loads).
+    Status loaded = loading->Wait(deadline);
+    if (executed.ok() && !loaded.ok()) {
+      return refused(loaded.WithContext("loading model '" + model + "' from this node's tiers"));
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_t0).count();
+    for (uint32_t s : fragment.local_loads) {
+      rpc::SliceProgress p;
+      p.slice = static_cast<int32_t>(s);
+      p.source = "local";
+      p.bytes = static_cast<int64_t>(m.slices[s].length);
+      p.started = 0;
+      p.finished = secs;
+      progress.Add(std::move(p));
+    }
+    if (executed.ok() && executed->first_send >= 0) {
+      LOG(INFO) << "agent " << config_.node << ": operation " << req.operation_id << ": first slice out "
+                << 1e3 * (std::chrono::duration<double>(run_t0 - load_t0).count() + executed->first_send)
+                << " ms after its blocks began loading from this node's tiers";
+    }
+  }
   if (!executed.ok()) {
-    if (landing_refused) failure = rpc::FragmentFailure::STORE;
+    if (landing_refused || *load_failed) failure = rpc::FragmentFailure::STORE;
     return executed.status();
   }
   const auto& report = *executed;

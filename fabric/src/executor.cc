@@ -58,6 +58,42 @@ const char* SliceMethodName(SliceMethod m) {
   return "?";
 }
 
+void SliceSupply::Add(uint32_t slice) {
+  {
+    std::lock_guard lock(mu_);
+    added_.push_back(slice);
+  }
+  Tell();
+}
+
+void SliceSupply::Fail(Status status) {
+  {
+    std::lock_guard lock(mu_);
+    if (failed_.ok()) failed_ = std::move(status);
+  }
+  Tell();
+}
+
+void SliceSupply::Tell() {
+  std::function<void()> listener;
+  {
+    std::lock_guard lock(mu_);
+    listener = listener_;
+  }
+  if (listener) listener();  // outside the lock: it takes the run's
+}
+
+std::vector<uint32_t> SliceSupply::Take(Status* failure) {
+  std::lock_guard lock(mu_);
+  *failure = failed_;
+  return std::exchange(added_, {});
+}
+
+void SliceSupply::SetListener(std::function<void()> listener) {
+  std::lock_guard lock(mu_);
+  listener_ = std::move(listener);
+}
+
 const char* SliceStageName(SliceStage stage) {
   switch (stage) {
     case SliceStage::kPosted:
@@ -99,7 +135,7 @@ Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& 
     // A slice sent must be held at the start or received in this fragment.
     const bool received = std::any_of(fragment.receives.begin(), fragment.receives.end(),
                                       [&](const FragmentStep& r) { return r.slice == s.slice; });
-    if (!held[s.slice] && !received) {
+    if (!held[s.slice] && !received && options.supply == nullptr) {
       return InvalidArgument("plan fragment of '" + fragment.node + "' sends slice " + std::to_string(s.slice) +
                              " to '" + s.peer + "' but neither holds nor receives it");
     }

@@ -87,7 +87,14 @@ class Run : public std::enable_shared_from_this<Run> {
       std::lock_guard lock(mu_);
       return Fail(Unavailable(Missing("cannot begin: no connection to peer '" + peer + "' from " + f_.node)));
     }
+    if (o_.supply) {
+      std::weak_ptr<Run> weak = self;
+      o_.supply->SetListener([weak] {
+        if (auto run = weak.lock()) run->Supplied();
+      });
+    }
     std::lock_guard lock(mu_);
+    if (o_.supply) TakeSupplied();
     for (auto& [peer, n] : expected_from_) {
       if (n == 0) {
         FinishedWith(peer);
@@ -123,6 +130,7 @@ class Run : public std::enable_shared_from_this<Run> {
     }
     ended_ = true;
     succeeded_ = error_.ok() && finished;
+    if (o_.supply) o_.supply->SetListener(nullptr);
     DropWaiting();
     Result<ExecutorReport> result = Report(finished);
     lock.unlock();
@@ -252,6 +260,9 @@ class Run : public std::enable_shared_from_this<Run> {
            std::to_string(slices.front()) + "); ";
     }
     for (const auto& r : unfinished_receivers_) m += "'" + r + "' has not confirmed its slices; ";
+    size_t unsupplied = 0;
+    for (const auto& step : order_) unsupplied += held_[step.slice] ? 0 : 1;
+    if (unsupplied > 0) m += std::to_string(unsupplied) + " send(s) waiting for slices not yet held; ";
     return m;
   }
 
@@ -622,6 +633,22 @@ class Run : public std::enable_shared_from_this<Run> {
     if (--expected_from_[peer] == 0) FinishedWith(peer);
     Pump();
     Admit();
+  }
+
+  // Slices the supply added (on whichever thread added them).
+  void Supplied() {
+    std::lock_guard lock(mu_);
+    if (ended_) return;
+    TakeSupplied();
+    Pump();
+  }
+
+  void TakeSupplied() {
+    Status failed;
+    for (uint32_t slice : o_.supply->Take(&failed)) {
+      if (slice < held_.size() && !expected_.count(slice)) held_[slice] = true;  // not one it receives
+    }
+    if (!failed.ok()) Fail(failed.WithContext("node '" + f_.node + "' supplying the slices it sends"));
   }
 
   // On the transport's thread.

@@ -175,6 +175,85 @@ TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), static_cast<long>(received->timeline.size() + 1));
 }
 
+// A source that streams its slices in (from SSD, as it reads them): each is sent once added, the
+// receiver gets every byte, and a read that fails ends the run naming the failure.
+TEST_P(ExecutorTest, SuppliedSlicesAreSentAsTheyArrive) {
+  Model m(16, 64 << 10);
+  auto a = Make("a"), b = Make("b");
+  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+  AlignedBuffer target(m.layout.buffer_bytes);
+  std::memset(target.data(), 0, target.size());
+  auto ra = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
+  auto rb = b->Register(target.data(), target.size(), MemoryKind::kHost);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  auto [fa, fb] = OneHop(16);
+  ExecutorOptions oa, ob;
+  oa.method = ob.method = GetParam();
+  oa.region = ra->get();
+  ob.region = rb->get();
+  oa.timeline = true;
+  oa.supply = std::make_shared<SliceSupply>();
+  // Held at the start: none. Slice 3 first, then the rest, 5 ms apart.
+  std::vector<double> added_at(16, 0);
+  auto feeder = std::async(std::launch::async, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (int k = 0; k < 16; ++k) {
+      const uint32_t slice = k == 0 ? 3 : static_cast<uint32_t>(k <= 3 ? k - 1 : k);
+      added_at[slice] = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+      oa.supply->Add(slice);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  auto sender = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, false), fa, oa);
+  });
+  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(16, false), fb, ob);
+  auto sent = sender.get();
+  feeder.get();
+  ASSERT_TRUE(received.ok()) << received.status().ToString();
+  ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+  EXPECT_EQ(std::memcmp(target.data(), m.source.data(), target.size()), 0);
+  // Nothing went before it was added, and slice 3 (added first) went first.
+  std::vector<std::pair<double, uint32_t>> posts;
+  for (const auto& mark : sent->timeline) {
+    if (mark.stage != SliceStage::kPosted) continue;
+    EXPECT_GE(mark.at, added_at[mark.slice]) << "slice " << mark.slice;
+    posts.push_back({mark.at, mark.slice});
+  }
+  ASSERT_EQ(posts.size(), 16u);
+  std::sort(posts.begin(), posts.end());
+  EXPECT_EQ(posts.front().second, 3u);
+
+  // A supply that fails: the run ends with its cause.
+  auto c = Make("c"), d = Make("d");
+  ASSERT_TRUE(Wait([&](Done done) { c->Connect("d", d->address(), done); }).ok());
+  PlanFragment fc{"c", {}, {}}, fd{"d", {}, {}};
+  for (uint32_t i = 0; i < 16; ++i) {
+    fc.sends.push_back({i, "d", i});
+    fd.receives.push_back({i, "c", i});
+  }
+  ExecutorOptions oc, od;
+  oc.method = od.method = SliceMethod::kMessages;
+  oc.deadline = od.deadline = 10;
+  oc.supply = std::make_shared<SliceSupply>();
+  oc.supply->Add(0);
+  oc.supply->Fail(IOError("reading block 1 of 'm'", EIO));
+  auto failing = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*c, m.layout, m.source.data(), std::vector<bool>(16, false), fc, oc);
+  });
+  auto starving = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*d, m.layout, target.data(), std::vector<bool>(16, false), fd, od);
+  });
+  auto failed = failing.get();
+  c->Stop();  // its receiver hears it leave, and gives up at once
+  auto starved = starving.get();
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("node 'c' supplying the slices it sends"), std::string::npos)
+      << failed.status().message();
+  EXPECT_NE(failed.status().message().find("reading block 1 of 'm'"), std::string::npos) << failed.status().message();
+  EXPECT_FALSE(starved.ok());
+}
+
 // Writes into per-block regions, each node keeping its blocks at places of its own (as the
 // agents' host pools do): every slice lands where the receiver's layout has it, and the receiver,
 // which receives two of the four blocks, offers those two and registers nothing else.

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,29 @@ struct SliceMark {
   double at = 0;  // CLOCK_MONOTONIC seconds
 };
 
+// Slices a node comes to hold while its run goes on: a source that streams its blocks from SSD
+// adds each slice once it is in the buffer and verified, and the run sends it at once (in plan
+// order among those ready), instead of waiting for the whole model to be loaded. A read that
+// fails fails the supply, and with it the run. Thread-safe; Add and Fail never block on the run.
+class SliceSupply {
+ public:
+  void Add(uint32_t slice);
+  void Fail(Status status);
+
+  // For the run: takes what was added (and the failure) since the last call, and sets who is
+  // told of more (nullptr: nobody).
+  std::vector<uint32_t> Take(Status* failure);
+  void SetListener(std::function<void()> listener);
+
+ private:
+  void Tell();
+
+  std::mutex mu_;
+  std::vector<uint32_t> added_;
+  Status failed_;
+  std::function<void()> listener_;
+};
+
 struct ExecutorOptions {
   SliceMethod method = SliceMethod::kAuto;
   // Registered memory for writes, either `region`: the whole model buffer, or `block_regions`:
@@ -112,6 +136,9 @@ struct ExecutorOptions {
   // no late transfer lands in memory that has gone to someone else.
   std::shared_ptr<const void> keep_alive;
   bool timeline = false;  // record every slice's stages in ExecutorReport::timeline
+  // Slices to send that are neither held at the start nor received come from here (nullptr:
+  // every slice sent must be held or received).
+  std::shared_ptr<SliceSupply> supply;
 };
 
 // What one end of a link measured of it in a run: the bytes that crossed it, and how long the
