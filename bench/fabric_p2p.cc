@@ -356,7 +356,7 @@ double Iperf3Loopback() {
 
 int main(int argc, char** argv) {
   InitLogging(argv[0], getenv("P2P_VERBOSE") ? 0 : 2);
-  std::string role = "receive", connect, mode = "am", seg = "256k", modes = "am,put,exec-messages,exec-writes",
+  std::string role = "receive", connect, mode = "am", seg = "256k", modes = "am,am-verify,put,exec-messages,exec-writes",
               segs = "64k,256k,1m", slices = "4,16,64";
   int64_t bytes = 1ll << 30, slice = 16 << 20, window = 4, recv_window = 2, reps = 2, baseline_runs = 3;
   ArgParser p("fabric_p2p", "UCX between two processes on loopback against iperf3 (see the file's header).");
@@ -368,7 +368,7 @@ int main(int argc, char** argv) {
   p.Flag("slice", &slice, "sender: slice bytes");
   p.Flag("window", &window, "slices in flight [4]");
   p.Flag("recv-window", &recv_window, "the receiving executor's slices landing at once [2]");
-  p.Flag("modes", &modes, "modes to measure [am,put,exec-messages,exec-writes]");
+  p.Flag("modes", &modes, "modes to measure [am,am-verify,put,exec-messages,exec-writes]");
   p.Flag("segs", &segs, "UCX TCP segment sizes to try [64k,256k,1m]");
   p.Flag("slices", &slices, "slice sizes in MiB to try [4,16,64]");
   p.Flag("timeline", &g_timeline,

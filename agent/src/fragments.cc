@@ -194,6 +194,14 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
       if (t.joinable()) t.join();
     }
   } join_load_watch{load_watch};
+  // Their buffers are pinned before the load starts, so that none can be evicted between the load
+  // and the run (the run sends from them as the supply says).
+  std::map<uint32_t, tiers::Lease> own_leases;
+  for (uint32_t b : own_blocks) {
+    auto lease = store_.ReserveForReceive(model, b);
+    if (!lease.ok()) return refused(lease.status().WithContext("a host buffer for block " + std::to_string(b)));
+    own_leases.emplace(b, std::move(*lease));
+  }
   if (!own_blocks.empty()) {
     supply = std::make_shared<fabric::SliceSupply>();
     tiers::MoveOptions mo;
@@ -218,6 +226,11 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
   auto pinned = std::make_shared<Pinned>();
   std::vector<uint64_t> offsets;
   for (const auto& b : m.blocks) {
+    if (auto own = own_leases.find(b.index); own != own_leases.end()) {
+      offsets.push_back(own->second.pool_offset());
+      pinned->leases.push_back(std::move(own->second));
+      continue;
+    }
     auto lease = store_.Acquire(model, b.index, Tier::kHost);
     if (!lease.ok()) lease = store_.ReserveForReceive(model, b.index);
     if (!lease.ok()) return refused(lease.status().WithContext("a host buffer for block " + std::to_string(b.index)));
