@@ -17,6 +17,7 @@
 #include <atomic>
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -235,6 +236,29 @@ int Run(int argc, char** argv) {
     if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
     return op;
   };
+  // A client of the agent at `rpc_address` ("ip:port").
+  auto agent_at = [&](const std::string& rpc_address) {
+    const auto colon = rpc_address.rfind(':');
+    auto ac = rpc::Connect(rpc_address.substr(0, colon), std::stoi(rpc_address.substr(colon + 1)), sec);
+    if (!ac.ok()) Die(ac.status());
+    return std::move(*ac);
+  };
+  // Calls `call` until the agent stops refusing it as FAILED_PRECONDITION (a copy still pinned or
+  // being written behind by the last operation), for at most 30 s.
+  auto until_unpinned = [&](const std::string& what, const std::function<void()>& call) {
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    for (;;) {
+      try {
+        call();
+        return;
+      } catch (const rpc::InvalidRequest& e) {
+        if (e.code != rpc::ErrorCode::FAILED_PRECONDITION || std::chrono::steady_clock::now() > until) {
+          Die(Internal(what + ": " + e.message));
+        }
+        std::this_thread::sleep_for(5ms);
+      }
+    }
+  };
   // One scale-out 1 -> 4 and back: returns (first byte after the call, whole operation) in seconds.
   auto scale = [&]() -> std::pair<double, double> {
     wait_settled();
@@ -261,26 +285,12 @@ int Run(int argc, char** argv) {
     c.getClusterStatus(st, header);
     for (const auto& n : st.nodes) {
       if (n.name == "agent-0") continue;
-      const auto colon = n.rpc_address.rfind(':');
-      auto ac = rpc::Connect(n.rpc_address.substr(0, colon), std::stoi(n.rpc_address.substr(colon + 1)), sec);
-      if (!ac.ok()) Die(ac.status());
-      rpc::AgentClient agent((*ac)->protocol);
+      auto ac = agent_at(n.rpc_address);
+      rpc::AgentClient agent(ac->protocol);
       rpc::MoveRequest evict;
       evict.header = header;
       evict.model = "bench-llm";
-      // Refused while the received copy is still being written behind to SSD: retry a while.
-      const auto until = std::chrono::steady_clock::now() + 30s;
-      for (;;) {
-        try {
-          agent.evict(evict);
-          break;
-        } catch (const rpc::InvalidRequest& e) {
-          if (e.code != rpc::ErrorCode::FAILED_PRECONDITION || std::chrono::steady_clock::now() > until) {
-            Die(Internal("evict on " + n.name + ": " + e.message));
-          }
-          std::this_thread::sleep_for(5ms);
-        }
-      }
+      until_unpinned("evict on " + n.name, [&] { agent.evict(evict); });
     }
     return {first, total};
   };
@@ -304,27 +314,14 @@ int Run(int argc, char** argv) {
     for (const auto& n : st.nodes) {
       if (n.name == "agent-0") address = n.rpc_address;
     }
-    const auto colon = address.rfind(':');
-    auto ac = rpc::Connect(address.substr(0, colon), std::stoi(address.substr(colon + 1)), sec);
-    if (!ac.ok()) Die(ac.status());
-    rpc::AgentClient source((*ac)->protocol);
+    auto ac = agent_at(address);
+    rpc::AgentClient source(ac->protocol);
     for (int64_t r = 0; r < cold_reps; ++r) {
       rpc::MoveRequest down;
       down.header = header;
       down.model = "bench-llm";
       down.tier = "ssd";
-      const auto until = std::chrono::steady_clock::now() + 30s;
-      for (;;) {  // refused while a block is still pinned by the last operation: retry a while
-        try {
-          source.demote(down);
-          break;
-        } catch (const rpc::InvalidRequest& e) {
-          if (e.code != rpc::ErrorCode::FAILED_PRECONDITION || std::chrono::steady_clock::now() > until) {
-            Die(Internal("demote on agent-0: " + e.message));
-          }
-          std::this_thread::sleep_for(5ms);
-        }
-      }
+      until_unpinned("demote on agent-0", [&] { source.demote(down); });
       auto [f, t] = scale();
       first_cold.push_back(f * 1e3);
       total_cold.push_back(t * 1e3);
@@ -336,8 +333,8 @@ int Run(int argc, char** argv) {
     for (const auto& e : fs::recursive_directory_iterator(w / "agent-0")) {
       if (e.is_regular_file() && e.file_size() > biggest) biggest = e.file_size(), block = e.path();
     }
+    const uintmax_t bs = std::min<uintmax_t>(4 << 20, biggest / 4096 * 4096);  // a smaller block: all of it
     for (int i = 0; i < 5; ++i) {
-      const uintmax_t bs = std::min<uintmax_t>(4 << 20, biggest / 4096 * 4096);  // a smaller block: all of it
       auto out = bench::Shell("fio --name=slice --filename=" + block.string() + " --rw=randread --bs=" +
                               std::to_string(bs) + " --io_size=" + std::to_string(bs) +
                               " --direct=1 --ioengine=psync --output-format=json");

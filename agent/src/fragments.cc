@@ -4,7 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <thread>
+#include <future>
 
 #include "modelcast/fabric/transport.h"
 
@@ -184,16 +184,10 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
   // once read and verified, is handed to the run (the supply), which sends it at once. The run
   // does not wait for the whole model to be in host memory before its first byte.
   const auto load_t0 = std::chrono::steady_clock::now();
-  std::shared_ptr<tiers::Request> loading;
   std::shared_ptr<fabric::SliceSupply> supply;
-  auto load_failed = std::make_shared<std::atomic<bool>>(false);
-  std::thread load_watch;  // fails the supply when the load fails; joined before returning
-  struct JoinAtExit {
-    std::thread& t;
-    ~JoinAtExit() {
-      if (t.joinable()) t.join();
-    }
-  } join_load_watch{load_watch};
+  // The load's outcome, once it has ended; it fails the supply when the load fails. (A future of
+  // std::async waits for the load when destroyed, however this function returns.)
+  std::future<Status> loaded;
   // Their buffers are pinned before the load starts, so that none can be evicted between the load
   // and the run (the run sends from them as the supply says).
   std::map<uint32_t, tiers::Lease> own_leases;
@@ -208,12 +202,10 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
     mo.on_slice = [supply](const SliceEvent& e) { supply->Add(e.slice); };
     auto up = store_.Promote(model, {own_blocks.begin(), own_blocks.end()}, Tier::kHost, std::move(mo));
     if (!up.ok()) return refused(up.status());
-    loading = *up;
-    load_watch = std::thread([loading, supply, deadline, model, load_failed] {
-      Status loaded = loading->Wait(deadline);
-      if (loaded.ok()) return;
-      *load_failed = true;
-      supply->Fail(loaded.WithContext("loading model '" + model + "' from this node's tiers"));
+    loaded = std::async(std::launch::async, [loading = *up, supply, deadline, model] {
+      Status st = loading->Wait(deadline).WithContext("loading model '" + model + "' from this node's tiers");
+      if (!st.ok()) supply->Fail(st);
+      return st;
     });
   }
   // Every block gets its host buffer, pinned for the run: held ones as they are, the others
@@ -297,12 +289,11 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
   opts.supply = supply;
   const auto run_t0 = std::chrono::steady_clock::now();
   auto executed = fabric::ExecuteFragment(*channel, layout, store_.host_pool_base(), held, fragment, opts);
-  if (loading) {
+  Status load = Status::Ok();
+  if (loaded.valid()) {
     // The load ends with the run's sends; what it still reads is for this node alone (local loads).
-    Status loaded = loading->Wait(deadline);
-    if (executed.ok() && !loaded.ok()) {
-      return refused(loaded.WithContext("loading model '" + model + "' from this node's tiers"));
-    }
+    load = loaded.get();
+    if (executed.ok() && !load.ok()) return refused(load);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_t0).count();
     for (uint32_t s : fragment.local_loads) {
       rpc::SliceProgress p;
@@ -320,7 +311,7 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
     }
   }
   if (!executed.ok()) {
-    if (landing_refused || *load_failed) failure = rpc::FragmentFailure::STORE;
+    if (landing_refused || !load.ok()) failure = rpc::FragmentFailure::STORE;
     return executed.status();
   }
   const auto& report = *executed;
