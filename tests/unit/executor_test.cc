@@ -56,23 +56,37 @@ std::pair<PlanFragment, PlanFragment> OneHop(uint32_t slices) {
 class ExecutorTest : public ::testing::TestWithParam<SliceMethod> {
  protected:
   void SetUp() override { MODELCAST_SKIP_WITHOUT_BACKEND(); }
+
+  // "a" holds `m` and sends every slice to "b", connected, into a zeroed `target`: the
+  // transports, registered regions, fragments and both ends' options (the method under test).
+  void OneHopOf(Model& m) {
+    a = Make("a");
+    b = Make("b");
+    ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+    target = AlignedBuffer(m.layout.buffer_bytes);
+    std::memset(target.data(), 0, target.size());
+    auto registered_a = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
+    auto registered_b = b->Register(target.data(), target.size(), MemoryKind::kHost);
+    ASSERT_TRUE(registered_a.ok() && registered_b.ok());
+    ra = std::move(*registered_a);
+    rb = std::move(*registered_b);
+    std::tie(fa, fb) = OneHop(static_cast<uint32_t>(m.layout.slices.size()));
+    oa.method = ob.method = GetParam();
+    oa.region = ra.get();
+    ob.region = rb.get();
+  }
+
+  std::unique_ptr<Transport> a, b;
+  AlignedBuffer target;
+  std::unique_ptr<MemoryRegion> ra, rb;  // declared after the transports: unregistered first
+  PlanFragment fa, fb;
+  ExecutorOptions oa, ob;
 };
 
 TEST_P(ExecutorTest, EverySliceArrivesIntact) {
   Model m(32, 256 << 10);
-  auto a = Make("a"), b = Make("b");
-  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
-  AlignedBuffer target(m.layout.buffer_bytes);
-  std::memset(target.data(), 0, target.size());
-  auto ra = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
-  auto rb = b->Register(target.data(), target.size(), MemoryKind::kHost);
-  ASSERT_TRUE(ra.ok() && rb.ok());
-  auto [fa, fb] = OneHop(32);
+  ASSERT_NO_FATAL_FAILURE(OneHopOf(m));
   std::vector<SliceEvent> events;
-  ExecutorOptions oa, ob;
-  oa.method = ob.method = GetParam();
-  oa.region = ra->get();
-  ob.region = rb->get();
   ob.on_slice = [&](const SliceEvent& e) {
     events.push_back(e);
     return Status::Ok();
@@ -119,17 +133,7 @@ TEST_P(ExecutorTest, EverySliceArrivesIntact) {
 // one clock both ends share (what scripts/slice-timeline.py lines up).
 TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
   Model m(16, 64 << 10);
-  auto a = Make("a"), b = Make("b");
-  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
-  AlignedBuffer target(m.layout.buffer_bytes);
-  auto ra = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
-  auto rb = b->Register(target.data(), target.size(), MemoryKind::kHost);
-  ASSERT_TRUE(ra.ok() && rb.ok());
-  auto [fa, fb] = OneHop(16);
-  ExecutorOptions oa, ob;
-  oa.method = ob.method = GetParam();
-  oa.region = ra->get();
-  ob.region = rb->get();
+  ASSERT_NO_FATAL_FAILURE(OneHopOf(m));
   oa.timeline = ob.timeline = true;
   auto sender = std::async(std::launch::async, [&] {
     return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, true), fa, oa);
@@ -179,37 +183,35 @@ TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
 // receiver gets every byte, and a read that fails ends the run naming the failure.
 TEST_P(ExecutorTest, SuppliedSlicesAreSentAsTheyArrive) {
   Model m(16, 64 << 10);
-  auto a = Make("a"), b = Make("b");
-  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
-  AlignedBuffer target(m.layout.buffer_bytes);
-  std::memset(target.data(), 0, target.size());
-  auto ra = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
-  auto rb = b->Register(target.data(), target.size(), MemoryKind::kHost);
-  ASSERT_TRUE(ra.ok() && rb.ok());
-  auto [fa, fb] = OneHop(16);
-  ExecutorOptions oa, ob;
-  oa.method = ob.method = GetParam();
-  oa.region = ra->get();
-  ob.region = rb->get();
+  ASSERT_NO_FATAL_FAILURE(OneHopOf(m));
   oa.timeline = true;
   oa.supply = std::make_shared<SliceSupply>();
-  // Held at the start: none. Slice 3 first, then the rest, 5 ms apart.
+  // Held at the start: none. Slice 3 first; the rest once "b" has it (so nothing else can be
+  // ready before it, however the threads run).
+  std::promise<void> got_3;
+  ob.on_slice = [&](const SliceEvent& e) {
+    if (e.slice == 3) got_3.set_value();
+    return Status::Ok();
+  };
   std::vector<double> added_at(16, 0);
+  const auto add = [&](uint32_t slice) {
+    added_at[slice] = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    oa.supply->Add(slice);
+  };
   auto feeder = std::async(std::launch::async, [&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    for (int k = 0; k < 16; ++k) {
-      const uint32_t slice = k == 0 ? 3 : static_cast<uint32_t>(k <= 3 ? k - 1 : k);
-      added_at[slice] = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-      oa.supply->Add(slice);
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    add(3);
+    const bool arrived = got_3.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    for (uint32_t slice = 0; slice < 16; ++slice) {
+      if (slice != 3) add(slice);
     }
+    return arrived;
   });
   auto sender = std::async(std::launch::async, [&] {
     return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, false), fa, oa);
   });
   auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(16, false), fb, ob);
   auto sent = sender.get();
-  feeder.get();
+  EXPECT_TRUE(feeder.get()) << "slice 3 did not arrive alone within 10 s";
   ASSERT_TRUE(received.ok()) << received.status().ToString();
   ASSERT_TRUE(sent.ok()) << sent.status().ToString();
   EXPECT_EQ(std::memcmp(target.data(), m.source.data(), target.size()), 0);
