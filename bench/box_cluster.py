@@ -43,13 +43,19 @@ def run(argv, check=True, timeout=300):
     return r
 
 
-def prepare_model(work, preset, blocks, slice_mib=1):
-    """A synthesized model prepared into work/pkg (kept between runs); returns its name."""
-    pkg = os.path.join(work, "pkg")
+def prepare_model(work, preset, blocks, slice_mib=1, name=None, pkg="pkg"):
+    """A synthesized model prepared into work/<pkg> under `name` (default llama-<preset>), kept
+    between runs; returns its name."""
+    pkg = os.path.join(work, pkg)
+    hf = os.path.join(work, "hf")
+    made = os.path.join(work, "hf.preset")  # which preset work/hf holds (packages of one share it)
     os.makedirs(work, exist_ok=True)
     if not os.path.exists(os.path.join(pkg, "manifest.json")):
-        run([os.path.join(BIN, "modelcast"), "synth", "--preset", preset, "--out", os.path.join(work, "hf"), "--force"])
-        run([os.path.join(BIN, "modelcast"), "prepare", os.path.join(work, "hf"), pkg, "--name", "llama-" + preset, "--blocks", str(blocks),
+        if not os.path.exists(made) or open(made).read() != preset:
+            run([os.path.join(BIN, "modelcast"), "synth", "--preset", preset, "--out", hf, "--force"])
+            with open(made, "w") as f:
+                f.write(preset)
+        run([os.path.join(BIN, "modelcast"), "prepare", hf, pkg, "--name", name or "llama-" + preset, "--blocks", str(blocks),
              "--slice-mib", str(slice_mib)])
     return json.load(open(os.path.join(pkg, "manifest.json")))["name"]
 
@@ -59,12 +65,18 @@ class BoxCluster:
     `ssd_copies`: node numbers (1-based) whose SSD holds work/pkg at the start; `store_extra`:
     YAML text added to the store section of the agents in `store_extra_nodes` (default: all), e.g.
     "ssd_read_rate: 3MB/s"; `metrics`: the agents serve /metrics (on a free port, announced in
-    their logs)."""
+    their logs); `packages`: the package folders under work that ssd_copies hold; `fabric_extra`: YAML
+    text added to every agent's fabric section (e.g. "nice: 0"); `cpus`: process name (node-N,
+    coordinator) -> the CPUs it may run on (taskset's list, e.g. "0"), `other_cpus` for the rest;
+    `niceness`: process name -> the nice value it runs at;
+    `host_capacities`: node number -> its host_capacity, where it differs."""
 
     def __init__(self, work, nodes, link="200mbit", loopback=False, serving="", ssd_copies=(), store_extra="",
                  prefix="mce", host_capacity="512MiB", store_extra_nodes=None, ssd="1GB/s",
-                 metrics=False):
+                 metrics=False, packages=("pkg",), fabric_extra="", cpus=None, other_cpus=None,
+                 host_capacities=None, niceness=None):
         self.work, self.nodes, self.loopback, self.prefix = work, nodes, loopback, prefix
+        self.cpus, self.other_cpus, self.niceness = cpus or {}, other_cpus, niceness or {}
         self.procs = []
         self.run_dir = os.path.join(work, "run")
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -91,19 +103,21 @@ class BoxCluster:
         self.coordinator = self.start(1, [os.path.join(BIN, "modelcast-coordinator"), "--config",
                                            os.path.join(self.run_dir, "cluster.yaml")], "coordinator")
         for i in ssd_copies:
-            run([os.path.join(BIN, "modelcast"), "store", "import", os.path.join(work, "pkg"), "--ssd-dir",
-                 self.ssd(i)])
+            for pkg in packages:
+                run([os.path.join(BIN, "modelcast"), "store", "import", os.path.join(work, pkg), "--ssd-dir",
+                     self.ssd(i)])
         self.agents = {}
         for i in range(1, nodes + 1):
             n = "node-%d" % i
             with open(os.path.join(self.run_dir, n + ".yaml"), "w") as f:
                 f.write("node: %s\naddress: %s\nport: %d\ncoordinator: {address: %s, port: 7300}\n"
-                        "fabric: {listen: '%s:%s', transport: ucx, tls: tcp%s}\n"
+                        "fabric: {listen: '%s:%s', transport: ucx, tls: tcp%s%s}\n"
                         "store: {ssd_dir: %s, ssd_capacity: 4GiB, host_capacity: %s%s}\n"
                         "security: {token_file: %s}\n%s" % (
                             n, self.ip(i), self.agent_port(i), self.ip(1), self.ip(i),
-                            "0" if loopback else "7500", "" if loopback else ", net_devices: eth0", self.ssd(i),
-                            host_capacity, (", " + store_extra) if store_extra and (
+                            "0" if loopback else "7500", "" if loopback else ", net_devices: eth0",
+                            (", " + fabric_extra) if fabric_extra else "", self.ssd(i),
+                            (host_capacities or {}).get(i, host_capacity), (", " + store_extra) if store_extra and (
                                 store_extra_nodes is None or i in store_extra_nodes) else "", self.token_file,
                             "metrics: {address: %s, port: 0}\n" % self.ip(i) if metrics else ""))
             self.agents[n] = self.start(i, [os.path.join(BIN, "modelcast-agent"), "--config",
@@ -125,12 +139,19 @@ class BoxCluster:
     def url(self):
         return "http://%s:8000" % self.ip(1)
 
+    def pinned(self, name, argv):
+        """argv run on the CPUs given for `name` (or the others'), when any are given."""
+        cpus = self.cpus.get(name, self.other_cpus)
+        if name in self.niceness:
+            argv = ["nice", "-n", str(self.niceness[name])] + argv
+        return ["taskset", "-c", cpus] + argv if cpus else argv
+
     def start(self, i, argv, name):
         log = open(os.path.join(self.run_dir, name + ".log"), "w")
         # One BLAS thread per daemon: OpenBLAS's worker threads spin while they wait, and a box's
         # nodes share its few cores (each node stands for a machine of its own).
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        p = subprocess.Popen(self.in_ns(i, argv), stdout=log, stderr=subprocess.STDOUT, env=env,
+        p = subprocess.Popen(self.pinned(name, self.in_ns(i, argv)), stdout=log, stderr=subprocess.STDOUT, env=env,
                              preexec_fn=die_with_parent)
         self.procs.append(p)
         return p

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <future>
 
+#include "modelcast/common/thread_nice.h"
 #include "modelcast/fabric/transport.h"
 
 namespace modelcast::agent {
@@ -34,7 +35,12 @@ struct FragmentRunner::Progress {
 
 FragmentRunner::FragmentRunner(const AgentConfig& config, tiers::Store& store, fabric::Transport& transport,
                                fabric::ChannelMux& mux, CoordinatorLink& link)
-    : config_(config), store_(store), transport_(transport), mux_(mux), link_(link) {}
+    : config_(config),
+      store_(store),
+      transport_(transport),
+      mux_(mux),
+      link_(link),
+      pacer_(config.max_send_rate > 0 ? std::make_shared<fabric::SendPacer>(config.max_send_rate) : nullptr) {}
 
 FragmentRunner::~FragmentRunner() { Stop(); }
 
@@ -112,6 +118,11 @@ void FragmentRunner::Stop() {
 void FragmentRunner::Main(const rpc::RunFragmentRequest& req, const fabric::PlanFragment& fragment,
                           std::shared_ptr<const model::Manifest> manifest,
                           std::shared_ptr<std::atomic<bool>> cancel) {
+  if (config_.fabric.nice != 0) {
+    if (Status st = SetThreadNice(config_.fabric.nice); !st.ok()) {
+      LOG(WARNING) << "agent " << config_.node << ": operation " << req.operation_id << ": " << st.ToString();
+    }
+  }
   Progress progress;
   // Progress goes to the coordinator in batches (every 200 ms) while the fragment runs; the
   // end wakes the reporter at once.
@@ -287,6 +298,8 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
     return Status::Ok();
   };
   opts.supply = supply;
+  opts.pacer = pacer_;
+  opts.nice = config_.fabric.nice;
   const auto run_t0 = std::chrono::steady_clock::now();
   auto executed = fabric::ExecuteFragment(*channel, layout, store_.host_pool_base(), held, fragment, opts);
   Status load = Status::Ok();

@@ -74,6 +74,7 @@ class FragmentRunner {
   fabric::ChannelMux& mux_;
   CoordinatorLink& link_;
   Counters counters_;
+  const std::shared_ptr<fabric::SendPacer> pacer_;  // every run's share of the uplink (nullptr: unbounded)
 
   mutable std::mutex mu_;
   std::condition_variable cv_;  // a fragment left `running_`

@@ -29,7 +29,9 @@ class EventLoop {
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
-  Status Start(std::string thread_name, Hooks hooks);
+  // Starts the loop thread, named `thread_name`, at nice value `nice` (0: the process's own; see
+  // SetThreadNice).
+  Status Start(std::string thread_name, Hooks hooks, int nice = 0);
   // Runs `fn` on the loop thread, soon. Commands posted after Stop are dropped.
   void Post(std::function<void()> fn);
   // Runs `fn` on the loop thread after `seconds`. Returns an id for Cancel.

@@ -94,6 +94,22 @@ void SliceSupply::SetListener(std::function<void()> listener) {
   listener_ = std::move(listener);
 }
 
+SendPacer::SendPacer(double bytes_per_second, double burst_seconds)
+    : rate_(bytes_per_second), burst_(burst_seconds) {}
+
+// The generic cell rate algorithm: `free_at_` is when the link would be free had every send
+// counted so far gone at the rate; a send may start once that is at most `burst_` ahead.
+double SendPacer::Take(uint64_t bytes, double now) {
+  std::lock_guard lock(mu_);
+  if (free_at_ - burst_ > now) return free_at_ - burst_ - now;
+  free_at_ = std::max(free_at_, now) + static_cast<double>(bytes) / rate_;
+  return 0;
+}
+
+double SendPacer::Take(uint64_t bytes) {
+  return Take(bytes, std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+
 const char* SliceStageName(SliceStage stage) {
   switch (stage) {
     case SliceStage::kPosted:

@@ -9,11 +9,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <utility>
 
 #include "modelcast/common/checksum.h"
+#include "modelcast/common/thread_nice.h"
 #include "modelcast/fabric/wire.h"
 
 namespace modelcast::fabric {
@@ -107,26 +109,34 @@ class Run : public std::enable_shared_from_this<Run> {
 
   // On the caller's thread: waits for the run to succeed, fail, be cancelled or run out of
   // time, then ends it (callbacks from now on find it ended) and lets go of the transport's
-  // handlers.
+  // handlers. Meanwhile it starts the sends that waited for the send budget (o_.pacer), when
+  // their time comes, and looks at the cancel flag every 20 ms.
   Result<ExecutorReport> WaitAndEnd() {
     std::unique_lock lock(mu_);
     const auto until =
         std::chrono::steady_clock::now() +
         std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(o_.deadline));
-    const auto stop = [&] { return !error_.ok() || Done(); };
     bool finished = false;
-    if (o_.cancel == nullptr) {
-      finished = cv_.wait_until(lock, until, stop);
-    } else {
-      // Cancellable: look at the flag every 20 ms.
-      while (!(finished = cv_.wait_until(
-                   lock, std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(20)), stop))) {
-        if (o_.cancel->load()) {
-          Fail(Cancelled(Missing("cancelled")));
-          break;
-        }
-        if (std::chrono::steady_clock::now() >= until) break;
+    while (true) {
+      if (!error_.ok() || Done()) {
+        finished = true;
+        break;
       }
+      const auto now = std::chrono::steady_clock::now();
+      if (o_.cancel != nullptr && o_.cancel->load()) {
+        Fail(Cancelled(Missing("cancelled")));
+        break;
+      }
+      if (now >= until) break;
+      if (pace_due_ && now >= *pace_due_) {
+        pace_due_.reset();
+        Pump();
+        continue;
+      }
+      auto wake = until;
+      if (o_.cancel != nullptr) wake = std::min(wake, now + std::chrono::milliseconds(20));
+      if (pace_due_) wake = std::min(wake, *pace_due_);
+      cv_.wait_until(lock, wake);
     }
     ended_ = true;
     succeeded_ = error_.ok() && finished;
@@ -282,12 +292,23 @@ class Run : public std::enable_shared_from_this<Run> {
   // Starts sends in plan order, within the node's window: among the next `lookahead` sends,
   // those whose slice is held (and whose receiver has said how it takes slices). The
   // lookahead keeps the link busy when a slice arrives later than the plan expected.
+  // With a send budget (o_.pacer), a send it has no room for yet waits for WaitAndEnd to pump
+  // again when there is.
   void Pump() {
     for (size_t i = 0; i < order_.size() && i < o_.lookahead && in_flight_total_ < o_.window;) {
       const FragmentStep next = order_[i];
       if (!held_[next.slice] || !offers_.count(next.peer)) {
         ++i;
         continue;
+      }
+      if (o_.pacer) {
+        if (const double wait = o_.pacer->Take(layout_.slices[next.slice].length); wait > 0) {
+          const auto due = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                  std::chrono::duration<double>(wait));
+          if (!pace_due_ || due < *pace_due_) pace_due_ = due;
+          cv_.notify_all();
+          return;
+        }
       }
       order_.erase(order_.begin() + static_cast<std::ptrdiff_t>(i));
       SendSlice(next.peer, next.slice);
@@ -579,6 +600,9 @@ class Run : public std::enable_shared_from_this<Run> {
   // The verifier thread: the caller's StopVerifier joins it before the run's last reference
   // can go, so it may use `this`.
   void Verifier() {
+    if (o_.nice != 0) {
+      if (Status st = SetThreadNice(o_.nice); !st.ok()) LOG(WARNING) << f_.node << ": the verifier thread: " << st.ToString();
+    }
     std::unique_lock lock(mu_);
     while (true) {
       verify_cv_.wait(lock, [&] { return stop_verifier_ || !to_verify_.empty(); });
@@ -700,6 +724,7 @@ class Run : public std::enable_shared_from_this<Run> {
   bool stop_verifier_ = false;
   std::thread verifier_;              // started with the first slice to check
   std::deque<FragmentStep> order_;    // sends not yet started, in plan order
+  std::optional<std::chrono::steady_clock::time_point> pace_due_;  // when the send budget has room again
   std::deque<uint32_t> admit_order_;  // receives not yet let in, in plan order
   std::set<uint32_t> admitted_;       // receives let in once (a resend lands at once)
   std::map<uint32_t, Waiting> waiting_;

@@ -14,6 +14,7 @@
 
 #include "modelcast/common/checksum.h"
 #include "modelcast/common/file_util.h"
+#include "modelcast/common/thread_nice.h"
 #include "modelcast/fabric/channel_mux.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/wire.h"
@@ -177,6 +178,53 @@ TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
   const std::string csv = TimelineCsv("b", *received);
   EXPECT_EQ(csv.rfind("node,slice,peer,stage,at\nb,", 0), 0u) << csv.substr(0, 80);
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), static_cast<long>(received->timeline.size() + 1));
+}
+
+// A node's send budget (fabric.max_send_rate): each send starts no earlier than the budget
+// allows (the bytes posted before it at the rate, less the burst allowance), every byte still
+// arrives, and the receiver's checksums run on a thread at the run's nice value.
+TEST_P(ExecutorTest, APacedSenderKeepsToItsRate) {
+  Model m(16, 64 << 10);
+  ASSERT_NO_FATAL_FAILURE(OneHopOf(m));
+  const double rate = 4e6;  // bytes/s: 1 MiB takes ~0.26 s
+  oa.pacer = std::make_shared<SendPacer>(rate, 0.005);
+  oa.timeline = true;
+  ob.nice = 7;
+  std::vector<int> nice_at_check;
+  ob.on_slice = [&](const SliceEvent&) {
+    nice_at_check.push_back(ThreadNice());
+    return Status::Ok();
+  };
+  auto sender = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, true), fa, oa);
+  });
+  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(16, false), fb, ob);
+  auto sent = sender.get();
+  ASSERT_TRUE(received.ok()) << received.status().ToString();
+  ASSERT_TRUE(sent.ok()) << sent.status().ToString();
+  EXPECT_EQ(std::memcmp(target.data(), m.source.data(), target.size()), 0);
+  std::vector<double> posted;
+  for (const auto& mark : sent->timeline) {
+    if (mark.stage == SliceStage::kPosted) posted.push_back(mark.at);
+  }
+  ASSERT_EQ(posted.size(), 16u);
+  for (size_t i = 1; i < posted.size(); ++i) {
+    EXPECT_GE(posted[i] - posted[0], static_cast<double>(i * (64 << 10)) / rate - 0.005 - 1e-4) << "slice " << i;
+  }
+  EXPECT_EQ(nice_at_check, std::vector<int>(16, 7));
+}
+
+// SendPacer on its own, on a given clock: a send goes when the budget allows, and the wait it
+// names is exactly until then.
+TEST(SendPacerTest, SendsStartAtTheRateWithinTheBurst) {
+  SendPacer p(1000, 0.01);  // 1,000 bytes/s, 10 ms early at most
+  EXPECT_EQ(p.Take(100, 5.0), 0);     // free: goes, the link is busy until 5.1
+  EXPECT_NEAR(p.Take(100, 5.0), 0.09, 1e-9);  // may start at 5.09
+  EXPECT_EQ(p.Take(100, 5.09), 0);    // busy until 5.2
+  EXPECT_NEAR(p.Take(50, 5.1), 0.09, 1e-9);
+  EXPECT_EQ(p.Take(50, 7.0), 0);      // idle time is not saved up beyond the burst
+  EXPECT_NEAR(p.Take(50, 7.0), 0.04, 1e-9);
+  EXPECT_EQ(p.rate(), 1000);
 }
 
 // A source that streams its slices in (from SSD, as it reads them): each is sent once added, the

@@ -7,12 +7,14 @@
 #include <future>
 #include <random>
 
+#include "modelcast/common/thread_nice.h"
 #include "support/transports.h"
 
 namespace modelcast::fabric {
 namespace {
 
 using testing::Host;
+using testing::kBackend;
 using testing::Make;
 using testing::Wait;
 
@@ -48,6 +50,36 @@ TEST_F(TransportTest, MessagesWithPayloadLandWhereAccepted) {
   EXPECT_EQ(inbox, payload);
   EXPECT_EQ(a->stats().bytes_sent, payload.size());
   EXPECT_EQ(b->stats().bytes_received, payload.size());
+}
+
+// A transport's callbacks run on its progress thread, at the nice value it was made with (an
+// agent's fabric yields the CPU to its serving); the caller's own thread keeps its value.
+TEST_F(TransportTest, TheProgressThreadRunsAtItsNiceValue) {
+  const int mine = ThreadNice();
+  auto a = Make("a"), b = Make("b", 9);
+  std::promise<int> seen;
+  b->SetMessageHandler([&](const IncomingMessage&, AcceptPayload accept) {
+    seen.set_value(ThreadNice());
+    accept(nullptr, [](Status) {});
+  });
+  ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+  ASSERT_TRUE(Wait([&](Done d) { a->Send("b", 1, {}, {}, d); }).ok());
+  auto f = seen.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_EQ(f.get(), 9);
+  EXPECT_EQ(ThreadNice(), mine);
+  UcxOptions bad;
+  bad.name = "c";
+  bad.tls = "tcp";
+  bad.listen_address = "127.0.0.1:0";
+  bad.nice = 20;
+  if (kBackend == "ucx") {
+    auto c = MakeUcxTransport(bad);
+    ASSERT_TRUE(c.ok());
+    const Status st = (*c)->Start();
+    EXPECT_FALSE(st.ok());
+    EXPECT_NE(st.message().find("nice value 20 is outside -20..19"), std::string::npos) << st.ToString();
+  }
 }
 
 TEST_F(TransportTest, SmallMessagesAndDiscardedPayloads) {

@@ -270,7 +270,7 @@ int RunModels(const std::vector<std::string>& args) {
 
 int RunScaleOut(const std::vector<std::string>& args) {
   CoordinatorFlags f;
-  std::string model, algorithm = "lambdapipe";
+  std::string model, algorithm = "lambdapipe", targets;
   int64_t replicas = 1;
   bool wait = false, dry_run = false;
   double timeout = 600;
@@ -279,6 +279,7 @@ int RunScaleOut(const std::vector<std::string>& args) {
   p.Positional("model", &model, "the registered model");
   p.Flag("replicas", &replicas, "new replicas; -n N says the same [1]");
   p.Flag("algorithm", &algorithm, "planner algorithm [lambdapipe]");
+  p.Flag("targets", &targets, "only these nodes may receive (comma-separated names) [any]");
   p.Flag("wait", &wait, "follow the operation to its end, showing each target's progress");
   p.Flag("dry-run", &dry_run, "plan and print, move nothing");
   p.Flag("timeout", &timeout, "seconds to wait with --wait [600]");
@@ -291,6 +292,7 @@ int RunScaleOut(const std::vector<std::string>& args) {
   req.replicas = static_cast<int32_t>(replicas);
   req.options.__set_algorithm(algorithm);
   req.options.__set_dry_run(dry_run);
+  if (!targets.empty()) req.options.__set_targets(SplitList(targets));
   req.__isset.options = true;
   rpc::ScaleOutResponse resp;
   if (Status st = Call([&] { c->client->scaleOut(resp, req); }); !st.ok()) return Fail("scale-out", st);

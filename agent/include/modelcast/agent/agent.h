@@ -34,6 +34,12 @@
 
 namespace modelcast::agent {
 
+// The fabric's threads (transport progress, channel dispatch, checksums, fragment runs) run at
+// this nice value unless fabric.nice says otherwise: a node that serves while it sends keeps
+// the CPU for its requests (a nice-10 thread gets about 5 % of a core next to two busy nice-0
+// ones) and the fabric has every cycle serving leaves idle (bench/serving_share.py).
+inline constexpr int kDefaultFabricNice = 10;
+
 struct AgentConfig {
   std::string node;
   std::string address = "127.0.0.1";
@@ -42,7 +48,8 @@ struct AgentConfig {
   int coordinator_port = 0;
   std::string transport = "auto";
   std::string fault;  // fabric.fault: the fault injector's spec (tests), e.g. "delay=50ms"
-  fabric::UcxOptions fabric;
+  fabric::UcxOptions fabric;  // fabric.nice lands in fabric.nice: the nice value of every fabric thread
+  double max_send_rate = 0;   // fabric.max_send_rate in bytes/s: the multicast's share of the uplink (0: all)
   std::string serving_listen;  // fabric.serving_listen: the serving transport's ip:port (default: listen's ip, any port)
   tiers::StoreOptions store;
   rpc::SecurityConfig security;

@@ -20,7 +20,8 @@ class ChannelMux {
  public:
   // Takes over `inner`'s message and peer-failure handlers; `inner` must outlive the mux and
   // every channel it opened.
-  static Result<std::unique_ptr<ChannelMux>> Create(Transport& inner);
+  // `nice`: its dispatch thread's nice value (0: the process's own).
+  static Result<std::unique_ptr<ChannelMux>> Create(Transport& inner, int nice = 0);
   ~ChannelMux();
 
   // The view on `channel` (1..255). One open view per channel: opening one that is open is an

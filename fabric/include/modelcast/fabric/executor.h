@@ -108,6 +108,26 @@ class SliceSupply {
   std::function<void()> listener_;
 };
 
+// A node's budget for the bytes it sends, shared by every run on the node (the agent's
+// fabric.max_send_rate), so that a multicast leaves room on the link for what else the node
+// does (serving). Sends start at most `bytes_per_second` on average; one may start up to
+// `burst_seconds` of the rate early, so short gaps between sends are not lost. Thread-safe.
+class SendPacer {
+ public:
+  explicit SendPacer(double bytes_per_second, double burst_seconds = 0.005);
+  // Counts `bytes` and returns 0 when they may start at `now` (steady_clock seconds); otherwise
+  // counts nothing and returns the seconds until they may.
+  double Take(uint64_t bytes, double now);
+  double Take(uint64_t bytes);  // at the steady clock's now
+  double rate() const { return rate_; }
+
+ private:
+  const double rate_;
+  const double burst_;
+  std::mutex mu_;
+  double free_at_ = -1e300;  // when what was counted so far has gone at the rate
+};
+
 struct ExecutorOptions {
   SliceMethod method = SliceMethod::kAuto;
   // Registered memory for writes, either `region`: the whole model buffer, or `block_regions`:
@@ -139,6 +159,13 @@ struct ExecutorOptions {
   // Slices to send that are neither held at the start nor received come from here (nullptr:
   // every slice sent must be held or received).
   std::shared_ptr<SliceSupply> supply;
+  // The node's send budget (nullptr: as fast as the transport takes them). Sends wait, in plan
+  // order, until it has room.
+  std::shared_ptr<SendPacer> pacer;
+  // The nice value of the run's verifier thread, which checks every received slice (0: the
+  // caller's). An agent runs its fabric below its serving (fabric.nice), so checksums yield the
+  // CPU to requests.
+  int nice = 0;
 };
 
 // What one end of a link measured of it in a run: the bytes that crossed it, and how long the

@@ -19,6 +19,7 @@ struct UcxOptions {
   double connect_timeout = 10;                 // seconds for a peer to answer Connect
   double keepalive_interval = 1;               // seconds: how soon a silent peer counts as dead
   std::map<std::string, std::string> extra;    // any other UCX setting, without "UCX_"
+  int nice = 0;                                // the progress thread's nice value (agent: fabric.nice)
 };
 
 Result<std::unique_ptr<Transport>> MakeUcxTransport(const UcxOptions& options);

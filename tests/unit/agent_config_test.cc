@@ -1,0 +1,55 @@
+// The agent's configuration: the fabric's share of the node (fabric.nice, fabric.max_send_rate),
+// its defaults, and bad values refused with the line and key that are wrong.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "modelcast/agent/agent.h"
+#include "modelcast/common/config.h"
+
+namespace modelcast::agent {
+namespace {
+
+Result<AgentConfig> Parse(const std::string& fabric) {
+  const std::string text = "node: n1\ncoordinator: {address: 127.0.0.1, port: 7300}\n" + fabric +
+                           "store: {ssd_dir: /tmp/x, ssd_capacity: 1GiB, host_capacity: 64MiB}\n"
+                           "security: {insecure: true}\n";
+  auto root = ConfigNode::ParseString(text, "agent.yaml");
+  if (!root.ok()) return root.status();
+  return AgentConfig::FromConfig(*root);
+}
+
+TEST(AgentConfigTest, TheFabricYieldsToServingByDefault) {
+  auto c = Parse("");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->fabric.nice, kDefaultFabricNice);
+  EXPECT_EQ(c->max_send_rate, 0);  // no bound on the link unless asked
+}
+
+TEST(AgentConfigTest, TheFabricsShareIsConfigured) {
+  auto c = Parse("fabric: {listen: '127.0.0.1:0', nice: 0, max_send_rate: 40Gbit}\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->fabric.nice, 0);
+  EXPECT_DOUBLE_EQ(c->max_send_rate, 5e9);  // bytes/s
+  c = Parse("fabric: {nice: 19}\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->fabric.nice, 19);
+}
+
+TEST(AgentConfigTest, BadSharesAreRefusedNamingTheKey) {
+  auto expect_error = [](const std::string& fabric, const std::string& want) {
+    auto c = Parse(fabric);
+    ASSERT_FALSE(c.ok()) << fabric;
+    EXPECT_NE(c.status().message().find(want), std::string::npos) << c.status().ToString();
+    EXPECT_EQ(c.status().message().rfind("agent.yaml:", 0), 0u) << c.status().ToString();
+  };
+  expect_error("fabric: {nice: 20}\n", "fabric.nice: must be between 0 and 19");
+  expect_error("fabric: {nice: -5}\n", "fabric.nice: must be between 0 and 19");
+  expect_error("fabric: {nice: low}\n", "fabric.nice");
+  expect_error("fabric: {max_send_rate: 0Gbit}\n", "fabric.max_send_rate: must be more than 0");
+  expect_error("fabric: {max_send_rate: fast}\n", "fabric.max_send_rate");
+  expect_error("fabric: {nicee: 5}\n", "fabric.nicee: unknown key");
+}
+
+}  // namespace
+}  // namespace modelcast::agent
