@@ -13,13 +13,17 @@ answer's tokens spread over the time from its first token to its end), summed ov
 windows of each kind: the figure is sending / idle (target >= 0.9).
 
 node-1's agent runs alone on CPU 0 (taskset) and everything else on the other CPUs, so that the
-node's serving competes only with its own fabric, as on a machine of its own. Each
-configuration of `--configs` runs on a fresh cluster: `default` (the agent's defaults: the fabric
-at nice 10), `nice0` (fabric.nice: 0, the fabric at the serving's priority), and
-`rate:<link rate>` (fabric.max_send_rate; e.g. rate:1gbit).
+node's serving competes only with its own fabric, as on a machine of its own (and each node's
+network work runs on its own CPUs: see steer_network_work). Each configuration of `--configs`
+runs on a fresh cluster: `default` (the agent's defaults: the fabric at nice 10), `nice<N>`
+(fabric.nice: N; nice0 puts the fabric at the serving's priority), `rate:<link rate>`
+(fabric.max_send_rate, e.g. rate:1gbit), and `cpus:<list>` (fabric.cpus: node-1's fabric on
+CPUs of its own, e.g. cpus:1, a node with a core for its fabric). Each window's line shows
+where CPU 0's time went (and the other CPUs' load), node-1's agent's threads' share of it, and
+the softirqs CPU 0 ran.
 
 Needs root, iproute2, taskset, and a build (build/bin). Run from the repository root:
-  bench/serving_share.py [--configs default,nice0] [--rate 2gbit] [--reps 3] [--work DIR]
+  bench/serving_share.py [--configs default,nice0,cpus:1] [--rate 2gbit] [--reps 3] [--work DIR]
 The last line printed is one JSON object with every figure.
 """
 import argparse
@@ -42,7 +46,19 @@ def fabric_extra(config):
         return "nice: " + config[len("nice"):]
     if config.startswith("rate:"):
         return "max_send_rate: " + config[len("rate:"):]
-    sys.exit("serving_share: unknown configuration '%s' (default, nice<N>, rate:<link rate>)" % config)
+    if config.startswith("cpus:"):
+        return "cpus: '%s'" % config[len("cpus:"):]
+    sys.exit("serving_share: unknown configuration '%s' (default, nice<N>, rate:<link rate>, cpus:<list>)" % config)
+
+
+def cpu_mask(cpus):
+    """taskset's list ("1-3,5") -> the hex mask rps_cpus takes."""
+    mask = 0
+    for part in cpus.split(","):
+        lo, _, hi = part.partition("-")
+        for c in range(int(lo), int(hi or lo) + 1):
+            mask |= 1 << c
+    return "%x" % mask
 
 
 def cpu_snapshot(pid):
@@ -96,10 +112,10 @@ def cpu_between(a, b):
             "context_switches_per_s": {k: v for k, v in sorted(switches.items()) if v},
             "cpu0_softirqs_per_s": {k: round((b["softirqs"][k] - a["softirqs"][k]) / dt) for k in b["softirqs"]
                                     if b["softirqs"][k] > a["softirqs"][k]},
-            "agent_threads_share_of_cpu0": {k: round(v / total, 3) for k, v in sorted(threads.items()) if v > 0}}
+            "agent_threads_cpu": {k: round(v / total, 3) for k, v in sorted(threads.items()) if v > 0}}
 
 
-def steer_network_work(c, nodes, rate, other_mask):
+def steer_network_work(c, nodes, rate, other_mask, node1_mask):
     """Each node's network work on its own CPUs, as on machines of their own. In the box a veth
     hands a packet to its peer on the sending CPU, and tc's tbf sends what it held back from a
     timer, in softirq: without this, shaping node-1's uplink, the bridge's forwarding and every
@@ -107,8 +123,9 @@ def steer_network_work(c, nodes, rate, other_mask):
     a real node, the NIC does that work, and the peers' CPUs theirs). So node-1's uplink is
     shaped where it enters the bridge instead of on node-1's eth0 (the same rate), and receive
     packet steering (rps_cpus) puts the bridge's ports and the other nodes' interfaces on the
-    other CPUs, node-1's own on CPU 0. node-1 keeps its TCP sends (its fabric threads') and
-    everything it receives."""
+    other CPUs, node-1's own on `node1_mask` (CPU 0, or its fabric's CPUs when it has its own, as
+    an operator steers a NIC's interrupts). node-1 keeps its TCP sends (its fabric threads')
+    and everything it receives."""
     def sh(ns, script):
         subprocess.run(["ip", "netns", "exec", ns, "sh", "-ec", script], check=True)
 
@@ -124,7 +141,7 @@ def steer_network_work(c, nodes, rate, other_mask):
     for i in range(1, nodes + 1):
         rps(br, "v%d" % i, other_mask)
         for dev in ("eth0", "ifb0"):
-            rps("%s-n%d" % (c.prefix, i), dev, "1" if i == 1 else other_mask)
+            rps("%s-n%d" % (c.prefix, i), dev, node1_mask if i == 1 else other_mask)
 
 
 def tokens_in(answers, t0, t1):
@@ -143,12 +160,14 @@ def measure(args, work, config, model_a, model_b):
     c = BoxCluster(work, nodes, link=args.rate, serving="max_batch: %d, pipelines: false" % args.max_batch,
                    ssd_copies=[1], packages=["pkg-a", "pkg-b"], fabric_extra=fabric_extra(config),
                    host_capacity=args.host_capacity, host_capacities={1: args.source_capacity},
-                   cpus={"node-1": "0"}, other_cpus="1-%d" % (os.cpu_count() - 1), prefix="mcs",
+                   cpus={"node-1": "0"}, other_cpus="1-%d" % (os.cpu_count() - 1), prefix="mcv",
                    niceness={"node-%d" % i: 19 for i in range(2, nodes + 1)} if args.quiet_targets else None)
     clients = []
     try:
         if args.steer:
-            steer_network_work(c, nodes, args.rate, "%x" % (((1 << os.cpu_count()) - 1) & ~1))
+            others = "1-%d" % (os.cpu_count() - 1)
+            steer_network_work(c, nodes, args.rate, cpu_mask(others),
+                               cpu_mask(config[len("cpus:"):]) if config.startswith("cpus:") else "1")
         for pkg in ("pkg-a", "pkg-b"):
             c.mc(["models", "--register", os.path.join(work, pkg)])
         c.wait_held(model_b, 1)
@@ -262,11 +281,11 @@ def main():
               "failed)" % (config, r["idle_tokens_per_s"], r["sending_tokens_per_s"], r["ratio"],
                            ", ".join("%.2f" % t for t in r["transfer_s"]), r["answers"], r["failed"]), flush=True)
         for w in r["windows"]:
-            print("    %-7s %5.1f s %6.1f tokens/s  cpu0 %s  node-1's threads %s" % (
+            print("    %-7s %5.1f s %6.1f tokens/s  cpu0 %s  node-1's threads (of one CPU) %s" % (
                 w["kind"], w["seconds"], w["tokens_per_s"],
                 " ".join("%s %.0f%%" % (k, 100 * v) for k, v in w["cpu0_share"].items()) +
                 ", other CPUs %.0f%% busy" % (100 * w["other_cpus_busy"]),
-                " ".join("%s %.0f%%" % (k, 100 * v) for k, v in w["agent_threads_share_of_cpu0"].items())), flush=True)
+                " ".join("%s %.0f%%" % (k, 100 * v) for k, v in w["agent_threads_cpu"].items())), flush=True)
             print("            switches/s %s; CPU 0's softirqs/s %s" % (w["context_switches_per_s"], w["cpu0_softirqs_per_s"]))
     print(json.dumps({"bench": "serving_share", "rate": args.rate, "preset": args.preset, "targets": args.targets,
                       "runs": results, "ratios": {r["config"]: r["ratio"] for r in results}}))

@@ -146,10 +146,10 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
     impl.transport = fabric::MakeFaultTransport(std::move(impl.transport), faults);
   }
   MC_RETURN_IF_ERROR(impl.transport->Start());
-  MC_ASSIGN_OR_RETURN(impl.mux, fabric::ChannelMux::Create(*impl.transport, config.fabric.nice));
+  MC_ASSIGN_OR_RETURN(impl.mux, fabric::ChannelMux::Create(*impl.transport, config.fabric.thread));
   fabric::UcxOptions serving_options = config.fabric;
   serving_options.listen_address = config.serving_listen;
-  serving_options.nice = 0;  // serving's own transport is not the fabric's to slow down
+  serving_options.thread = {};  // serving's own transport is not the fabric's to slow down
   MC_ASSIGN_OR_RETURN(impl.serving_transport, fabric::MakeUcxTransport(serving_options));
   MC_RETURN_IF_ERROR(impl.serving_transport->Start());
   MC_ASSIGN_OR_RETURN(impl.serving, ServingHost::Create(*d->store_, *impl.serving_transport, config.node));

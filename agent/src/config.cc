@@ -62,13 +62,20 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
   if (cport < 1 || cport > 65535) return coord.Child("port")->Error("must be between 1 and 65535");
   c.coordinator_port = static_cast<int>(cport);
   c.fabric.name = c.node;
-  c.fabric.nice = kDefaultFabricNice;
+  c.fabric.thread.nice = kDefaultFabricNice;
   if (auto f = root.OptionalChild("fabric")) {
     MC_RETURN_IF_ERROR(f->CheckKeys(
-        {"listen", "serving_listen", "transport", "tls", "net_devices", "fault", "nice", "max_send_rate"}));
-    MC_ASSIGN_OR_RETURN(int64_t nice, f->GetInt("nice", c.fabric.nice));
+        {"listen", "serving_listen", "transport", "tls", "net_devices", "fault", "nice", "cpus", "max_send_rate"}));
+    MC_ASSIGN_OR_RETURN(int64_t nice, f->GetInt("nice", c.fabric.thread.nice));
     if (nice < 0 || nice > 19) return f->Child("nice")->Error("must be between 0 and 19 (0: as the agent's other threads)");
-    c.fabric.nice = static_cast<int>(nice);
+    c.fabric.thread.nice = static_cast<int>(nice);
+    if (f->Has("cpus")) {
+      MC_ASSIGN_OR_RETURN(ConfigNode cpus, f->Child("cpus"));
+      MC_ASSIGN_OR_RETURN(std::string text, cpus.AsString());
+      auto list = ParseCpuList(text);
+      if (!list.ok()) return cpus.Error(list.status().message());
+      c.fabric.thread.cpus = std::move(*list);
+    }
     if (f->Has("max_send_rate")) {
       MC_ASSIGN_OR_RETURN(ConfigNode rate, f->Child("max_send_rate"));
       MC_ASSIGN_OR_RETURN(double bits, rate.AsBitRate());

@@ -6,7 +6,7 @@
 #include <atomic>
 #include <future>
 
-#include "modelcast/common/thread_nice.h"
+#include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/transport.h"
 
 namespace modelcast::agent {
@@ -118,8 +118,8 @@ void FragmentRunner::Stop() {
 void FragmentRunner::Main(const rpc::RunFragmentRequest& req, const fabric::PlanFragment& fragment,
                           std::shared_ptr<const model::Manifest> manifest,
                           std::shared_ptr<std::atomic<bool>> cancel) {
-  if (config_.fabric.nice != 0) {
-    if (Status st = SetThreadNice(config_.fabric.nice); !st.ok()) {
+  if (!config_.fabric.thread.is_default()) {
+    if (Status st = config_.fabric.thread.Apply(); !st.ok()) {
       LOG(WARNING) << "agent " << config_.node << ": operation " << req.operation_id << ": " << st.ToString();
     }
   }
@@ -299,7 +299,7 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
   };
   opts.supply = supply;
   opts.pacer = pacer_;
-  opts.nice = config_.fabric.nice;
+  opts.verifier_thread = config_.fabric.thread;
   const auto run_t0 = std::chrono::steady_clock::now();
   auto executed = fabric::ExecuteFragment(*channel, layout, store_.host_pool_base(), held, fragment, opts);
   Status load = Status::Ok();

@@ -119,10 +119,10 @@ class ChannelTransport final : public Transport {
 
 }  // namespace
 
-Result<std::unique_ptr<ChannelMux>> ChannelMux::Create(Transport& inner, int nice) {
+Result<std::unique_ptr<ChannelMux>> ChannelMux::Create(Transport& inner, const ThreadPlacement& thread) {
   std::unique_ptr<ChannelMux> mux(new ChannelMux());
   mux->state_ = std::make_shared<State>(inner);
-  MC_RETURN_IF_ERROR(mux->state_->loop.Start("mux-" + inner.name(), {}, nice));
+  MC_RETURN_IF_ERROR(mux->state_->loop.Start("mux-" + inner.name(), {}, thread));
   // The inner transport may still run a handler it took before ~ChannelMux cleared them: a
   // handler finds the state gone rather than freed.
   std::weak_ptr<State> weak = mux->state_;

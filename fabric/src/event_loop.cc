@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <future>
 
-#include "modelcast/common/thread_nice.h"
 
 namespace modelcast::fabric {
 
@@ -20,8 +19,10 @@ EventLoop::~EventLoop() {
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
 }
 
-Status EventLoop::Start(std::string thread_name, Hooks hooks, int nice) {
-  if (nice < -20 || nice > 19) return InvalidArgument("nice value " + std::to_string(nice) + " is outside -20..19");
+Status EventLoop::Start(std::string thread_name, Hooks hooks, const ThreadPlacement& placement) {
+  if (placement.nice < -20 || placement.nice > 19) {
+    return InvalidArgument("nice value " + std::to_string(placement.nice) + " is outside -20..19");
+  }
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) return IOError("epoll_create1", errno);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -37,16 +38,16 @@ Status EventLoop::Start(std::string thread_name, Hooks hooks, int nice) {
   running_ = true;
   std::promise<void> started;
   auto ready = started.get_future();
-  Status niced;
-  thread_ = std::thread([this, hooks = std::move(hooks), &started, &niced, thread_name, nice]() mutable {
+  Status placed;
+  thread_ = std::thread([this, hooks = std::move(hooks), &started, &placed, thread_name, placement]() mutable {
     thread_id_ = std::this_thread::get_id();
     ::pthread_setname_np(::pthread_self(), thread_name.substr(0, 15).c_str());
-    if (nice != 0) niced = SetThreadNice(nice);
+    if (!placement.is_default()) placed = placement.Apply();
     started.set_value();
     Run(std::move(hooks));
   });
   ready.wait();
-  return niced.WithContext("the " + thread_name + " thread");
+  return placed.WithContext("placing the " + thread_name + " thread");
 }
 
 void EventLoop::Wake() {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "modelcast/common/status.h"
+#include "modelcast/common/thread_placement.h"
 
 namespace modelcast::fabric {
 
@@ -29,9 +30,8 @@ class EventLoop {
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
-  // Starts the loop thread, named `thread_name`, at nice value `nice` (0: the process's own; see
-  // SetThreadNice).
-  Status Start(std::string thread_name, Hooks hooks, int nice = 0);
+  // Starts the loop thread, named `thread_name`, placed per `placement` (its nice value and CPUs).
+  Status Start(std::string thread_name, Hooks hooks, const ThreadPlacement& placement = {});
   // Runs `fn` on the loop thread, soon. Commands posted after Stop are dropped.
   void Post(std::function<void()> fn);
   // Runs `fn` on the loop thread after `seconds`. Returns an id for Cancel.

@@ -15,7 +15,7 @@
 #include <utility>
 
 #include "modelcast/common/checksum.h"
-#include "modelcast/common/thread_nice.h"
+#include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/wire.h"
 
 namespace modelcast::fabric {
@@ -600,8 +600,10 @@ class Run : public std::enable_shared_from_this<Run> {
   // The verifier thread: the caller's StopVerifier joins it before the run's last reference
   // can go, so it may use `this`.
   void Verifier() {
-    if (o_.nice != 0) {
-      if (Status st = SetThreadNice(o_.nice); !st.ok()) LOG(WARNING) << f_.node << ": the verifier thread: " << st.ToString();
+    if (!o_.verifier_thread.is_default()) {
+      if (Status st = o_.verifier_thread.Apply(); !st.ok()) {
+        LOG(WARNING) << f_.node << ": placing the verifier thread: " << st.ToString();
+      }
     }
     std::unique_lock lock(mu_);
     while (true) {

@@ -16,7 +16,7 @@ Result<std::unique_ptr<Transport>> MakeTransport(const std::string& backend, con
   vo.name = options.name;
   vo.listen_address = options.listen_address;
   vo.connect_timeout = options.connect_timeout;
-  vo.nice = options.nice;
+  vo.thread = options.thread;
   if (backend == "verbs") return MakeVerbsTransport(vo);
   // auto: verbs when the listen address belongs to an RDMA device.
   std::string why;

@@ -236,7 +236,7 @@ Status UcxTransport::Start() {
   hooks.event_fd = efd_;
   hooks.progress = [this] { return ucp_worker_progress(worker_) != 0; };
   hooks.arm = [this] { return ucp_worker_arm(worker_) != UCS_ERR_BUSY; };
-  MC_RETURN_IF_ERROR(loop_.Start("ucx-" + options_.name, std::move(hooks), options_.nice));
+  MC_RETURN_IF_ERROR(loop_.Start("ucx-" + options_.name, std::move(hooks), options_.thread));
   LOG(INFO) << "fabric: ucx transport for " << options_.name << " listening on " << address_
             << (caps_.gpu_memory ? " (CUDA memory supported)" : "");
   return Status::Ok();

@@ -347,7 +347,7 @@ Status VerbsTransport::Start() {
   hooks.event_fd = epoll_fd_;
   hooks.progress = [this] { return Progress(); };
   hooks.arm = [this] { return Arm(); };
-  MC_RETURN_IF_ERROR(loop_.Start("verbs-" + options_.name, std::move(hooks), options_.nice));
+  MC_RETURN_IF_ERROR(loop_.Start("verbs-" + options_.name, std::move(hooks), options_.thread));
   LOG(INFO) << "fabric: verbs transport for " << options_.name << " on " << ibv_get_device_name(context_->device)
             << ", listening on " << address_ << (caps_.gpu_memory ? " (GPU memory through dma-buf)" : "");
   return Status::Ok();

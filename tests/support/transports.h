@@ -46,11 +46,11 @@ inline std::string WhyNot() {
     if (::modelcast::fabric::testing::Host().empty()) GTEST_SKIP() << ::modelcast::fabric::testing::WhyNot(); \
   } while (0)
 
-// `nice`: the progress thread's nice value.
-inline std::unique_ptr<Transport> Make(const std::string& name, int nice = 0) {
+// `thread`: where the progress thread runs.
+inline std::unique_ptr<Transport> Make(const std::string& name, const ThreadPlacement& thread = {}) {
   UcxOptions o;
   o.name = name;
-  o.nice = nice;
+  o.thread = thread;
   o.tls = "tcp";
   o.listen_address = Host() + ":0";
   auto t = MakeTransport(std::string(kBackend), o);

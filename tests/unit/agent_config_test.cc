@@ -22,18 +22,20 @@ Result<AgentConfig> Parse(const std::string& fabric) {
 TEST(AgentConfigTest, TheFabricYieldsToServingByDefault) {
   auto c = Parse("");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  EXPECT_EQ(c->fabric.nice, kDefaultFabricNice);
+  EXPECT_EQ(c->fabric.thread.nice, kDefaultFabricNice);
+  EXPECT_TRUE(c->fabric.thread.cpus.empty());  // wherever the agent runs
   EXPECT_EQ(c->max_send_rate, 0);  // no bound on the link unless asked
 }
 
 TEST(AgentConfigTest, TheFabricsShareIsConfigured) {
-  auto c = Parse("fabric: {listen: '127.0.0.1:0', nice: 0, max_send_rate: 40Gbit}\n");
+  auto c = Parse("fabric: {listen: '127.0.0.1:0', nice: 0, cpus: '2-3,6', max_send_rate: 40Gbit}\n");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  EXPECT_EQ(c->fabric.nice, 0);
+  EXPECT_EQ(c->fabric.thread.nice, 0);
+  EXPECT_EQ(c->fabric.thread.cpus, (std::vector<int>{2, 3, 6}));
   EXPECT_DOUBLE_EQ(c->max_send_rate, 5e9);  // bytes/s
   c = Parse("fabric: {nice: 19}\n");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  EXPECT_EQ(c->fabric.nice, 19);
+  EXPECT_EQ(c->fabric.thread.nice, 19);
 }
 
 TEST(AgentConfigTest, BadSharesAreRefusedNamingTheKey) {
@@ -46,6 +48,9 @@ TEST(AgentConfigTest, BadSharesAreRefusedNamingTheKey) {
   expect_error("fabric: {nice: 20}\n", "fabric.nice: must be between 0 and 19");
   expect_error("fabric: {nice: -5}\n", "fabric.nice: must be between 0 and 19");
   expect_error("fabric: {nice: low}\n", "fabric.nice");
+  expect_error("fabric: {cpus: '3-1'}\n", "fabric.cpus: '3-1' is not a CPU list like 0-3,8 ('3-1' is not a range low-high)");
+  expect_error("fabric: {cpus: '1,1'}\n", "fabric.cpus: '1,1' is not a CPU list like 0-3,8 (CPU 1 is listed twice)");
+  expect_error("fabric: {cpus: ''}\n", "fabric.cpus");
   expect_error("fabric: {max_send_rate: 0Gbit}\n", "fabric.max_send_rate: must be more than 0");
   expect_error("fabric: {max_send_rate: fast}\n", "fabric.max_send_rate");
   expect_error("fabric: {nicee: 5}\n", "fabric.nicee: unknown key");

@@ -14,7 +14,7 @@
 
 #include "modelcast/common/checksum.h"
 #include "modelcast/common/file_util.h"
-#include "modelcast/common/thread_nice.h"
+#include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/channel_mux.h"
 #include "modelcast/fabric/executor.h"
 #include "modelcast/fabric/wire.h"
@@ -182,17 +182,18 @@ TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
 
 // A node's send budget (fabric.max_send_rate): each send starts no earlier than the budget
 // allows (the bytes posted before it at the rate, less the burst allowance), every byte still
-// arrives, and the receiver's checksums run on a thread at the run's nice value.
+// arrives, and the receiver's checksums run on a thread placed as the run says.
 TEST_P(ExecutorTest, APacedSenderKeepsToItsRate) {
   Model m(16, 64 << 10);
   ASSERT_NO_FATAL_FAILURE(OneHopOf(m));
   const double rate = 4e6;  // bytes/s: 1 MiB takes ~0.26 s
   oa.pacer = std::make_shared<SendPacer>(rate, 0.005);
   oa.timeline = true;
-  ob.nice = 7;
-  std::vector<int> nice_at_check;
+  const std::vector<int> cpus = ThreadCpus();
+  ob.verifier_thread = {7, {cpus.front()}};
+  std::vector<std::pair<int, std::vector<int>>> placed_at_check;
   ob.on_slice = [&](const SliceEvent&) {
-    nice_at_check.push_back(ThreadNice());
+    placed_at_check.push_back({ThreadNice(), ThreadCpus()});
     return Status::Ok();
   };
   auto sender = std::async(std::launch::async, [&] {
@@ -211,7 +212,7 @@ TEST_P(ExecutorTest, APacedSenderKeepsToItsRate) {
   for (size_t i = 1; i < posted.size(); ++i) {
     EXPECT_GE(posted[i] - posted[0], static_cast<double>(i * (64 << 10)) / rate - 0.005 - 1e-4) << "slice " << i;
   }
-  EXPECT_EQ(nice_at_check, std::vector<int>(16, 7));
+  EXPECT_EQ(placed_at_check, decltype(placed_at_check)(16, {7, {cpus.front()}}));
 }
 
 // SendPacer on its own, on a given clock: a send goes when the budget allows, and the wait it

@@ -7,7 +7,7 @@
 #include <future>
 #include <random>
 
-#include "modelcast/common/thread_nice.h"
+#include "modelcast/common/thread_placement.h"
 #include "support/transports.h"
 
 namespace modelcast::fabric {
@@ -52,34 +52,41 @@ TEST_F(TransportTest, MessagesWithPayloadLandWhereAccepted) {
   EXPECT_EQ(b->stats().bytes_received, payload.size());
 }
 
-// A transport's callbacks run on its progress thread, at the nice value it was made with (an
-// agent's fabric yields the CPU to its serving); the caller's own thread keeps its value.
-TEST_F(TransportTest, TheProgressThreadRunsAtItsNiceValue) {
+// A transport's callbacks run on its progress thread, placed as it was made (an agent's fabric
+// yields the CPU to its serving: a nice value, CPUs of its own); the caller's thread keeps its own.
+TEST_F(TransportTest, TheProgressThreadRunsWhereItWasPlaced) {
   const int mine = ThreadNice();
-  auto a = Make("a"), b = Make("b", 9);
-  std::promise<int> seen;
+  const std::vector<int> my_cpus = ThreadCpus();
+  ASSERT_FALSE(my_cpus.empty());
+  auto a = Make("a"), b = Make("b", ThreadPlacement{9, {my_cpus.back()}});
+  std::promise<std::pair<int, std::vector<int>>> seen;
   b->SetMessageHandler([&](const IncomingMessage&, AcceptPayload accept) {
-    seen.set_value(ThreadNice());
+    seen.set_value({ThreadNice(), ThreadCpus()});
     accept(nullptr, [](Status) {});
   });
   ASSERT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
   ASSERT_TRUE(Wait([&](Done d) { a->Send("b", 1, {}, {}, d); }).ok());
   auto f = seen.get_future();
   ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  EXPECT_EQ(f.get(), 9);
+  EXPECT_EQ(f.get(), std::make_pair(9, std::vector<int>{my_cpus.back()}));
   EXPECT_EQ(ThreadNice(), mine);
-  UcxOptions bad;
-  bad.name = "c";
-  bad.tls = "tcp";
-  bad.listen_address = "127.0.0.1:0";
-  bad.nice = 20;
-  if (kBackend == "ucx") {
-    auto c = MakeUcxTransport(bad);
-    ASSERT_TRUE(c.ok());
-    const Status st = (*c)->Start();
-    EXPECT_FALSE(st.ok());
-    EXPECT_NE(st.message().find("nice value 20 is outside -20..19"), std::string::npos) << st.ToString();
-  }
+  EXPECT_EQ(ThreadCpus(), my_cpus);
+  if (kBackend != "ucx") return;
+  // Placements the machine cannot honour fail the start, saying which.
+  auto start_with = [](ThreadPlacement thread) {
+    UcxOptions o;
+    o.name = "c";
+    o.tls = "tcp";
+    o.listen_address = "127.0.0.1:0";
+    o.thread = std::move(thread);
+    auto c = MakeUcxTransport(o);
+    EXPECT_TRUE(c.ok());
+    return c.ok() ? (*c)->Start() : c.status();
+  };
+  Status st = start_with({20, {}});
+  EXPECT_NE(st.message().find("nice value 20 is outside -20..19"), std::string::npos) << st.ToString();
+  st = start_with({0, {1000}});
+  EXPECT_NE(st.message().find("placing the ucx-c thread: running on CPUs 1000"), std::string::npos) << st.ToString();
 }
 
 TEST_F(TransportTest, SmallMessagesAndDiscardedPayloads) {

@@ -37,7 +37,9 @@ namespace modelcast::agent {
 // The fabric's threads (transport progress, channel dispatch, checksums, fragment runs) run at
 // this nice value unless fabric.nice says otherwise: a node that serves while it sends keeps
 // the CPU for its requests (a nice-10 thread gets about 5 % of a core next to two busy nice-0
-// ones) and the fabric has every cycle serving leaves idle (bench/serving_share.py).
+// ones) and the fabric has every cycle serving leaves idle. fabric.cpus puts them on CPUs of
+// their own, which also takes the kernel's TCP send work (softirq, which no nice value bounds)
+// off the serving's CPUs (bench/serving_share.py).
 inline constexpr int kDefaultFabricNice = 10;
 
 struct AgentConfig {
@@ -48,7 +50,7 @@ struct AgentConfig {
   int coordinator_port = 0;
   std::string transport = "auto";
   std::string fault;  // fabric.fault: the fault injector's spec (tests), e.g. "delay=50ms"
-  fabric::UcxOptions fabric;  // fabric.nice lands in fabric.nice: the nice value of every fabric thread
+  fabric::UcxOptions fabric;  // fabric.thread: where every fabric thread runs (fabric.nice, fabric.cpus)
   double max_send_rate = 0;   // fabric.max_send_rate in bytes/s: the multicast's share of the uplink (0: all)
   std::string serving_listen;  // fabric.serving_listen: the serving transport's ip:port (default: listen's ip, any port)
   tiers::StoreOptions store;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/transport.h"
 
 namespace modelcast::fabric {
@@ -20,8 +21,8 @@ class ChannelMux {
  public:
   // Takes over `inner`'s message and peer-failure handlers; `inner` must outlive the mux and
   // every channel it opened.
-  // `nice`: its dispatch thread's nice value (0: the process's own).
-  static Result<std::unique_ptr<ChannelMux>> Create(Transport& inner, int nice = 0);
+  // `thread`: its dispatch thread's nice value and CPUs.
+  static Result<std::unique_ptr<ChannelMux>> Create(Transport& inner, const ThreadPlacement& thread = {});
   ~ChannelMux();
 
   // The view on `channel` (1..255). One open view per channel: opening one that is open is an

@@ -18,6 +18,7 @@
 
 #include "modelcast/common/slice_event.h"
 #include "modelcast/common/status.h"
+#include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/fragment.h"
 #include "modelcast/fabric/transport.h"
 #include "modelcast/model/manifest.h"
@@ -162,10 +163,10 @@ struct ExecutorOptions {
   // The node's send budget (nullptr: as fast as the transport takes them). Sends wait, in plan
   // order, until it has room.
   std::shared_ptr<SendPacer> pacer;
-  // The nice value of the run's verifier thread, which checks every received slice (0: the
-  // caller's). An agent runs its fabric below its serving (fabric.nice), so checksums yield the
-  // CPU to requests.
-  int nice = 0;
+  // Where the run's verifier thread, which checks every received slice, runs (its nice value and
+  // CPUs; default: as the process's threads). An agent places it with the rest of its fabric
+  // (fabric.nice, fabric.cpus), so checksums yield the CPU to requests.
+  ThreadPlacement verifier_thread;
 };
 
 // What one end of a link measured of it in a run: the bytes that crossed it, and how long the

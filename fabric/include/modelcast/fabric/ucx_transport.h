@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/transport.h"
 
 namespace modelcast::fabric {
@@ -19,7 +20,7 @@ struct UcxOptions {
   double connect_timeout = 10;                 // seconds for a peer to answer Connect
   double keepalive_interval = 1;               // seconds: how soon a silent peer counts as dead
   std::map<std::string, std::string> extra;    // any other UCX setting, without "UCX_"
-  int nice = 0;                                // the progress thread's nice value (agent: fabric.nice)
+  ThreadPlacement thread;                      // the progress thread's nice value and CPUs (agent: fabric.nice, .cpus)
 };
 
 Result<std::unique_ptr<Transport>> MakeUcxTransport(const UcxOptions& options);

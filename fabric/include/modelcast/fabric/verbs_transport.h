@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/transport.h"
 #include "modelcast/fabric/ucx_transport.h"
 
@@ -29,7 +30,7 @@ struct VerbsOptions {
   double connect_timeout = 10;          // seconds for a peer to answer Connect
   uint32_t queue_depth = 128;           // receive buffers and outstanding sends per peer
   uint32_t eager_limit = 16 * 1024;     // header + payload up to this size travel inline
-  int nice = 0;                         // the progress thread's nice value
+  ThreadPlacement thread;               // the progress thread's nice value and CPUs
 };
 
 // Whether this build has the verbs backend.
