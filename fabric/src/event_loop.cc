@@ -20,9 +20,6 @@ EventLoop::~EventLoop() {
 }
 
 Status EventLoop::Start(std::string thread_name, Hooks hooks, const ThreadPlacement& placement) {
-  if (placement.nice < -20 || placement.nice > 19) {
-    return InvalidArgument("nice value " + std::to_string(placement.nice) + " is outside -20..19");
-  }
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) return IOError("epoll_create1", errno);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -77,6 +77,20 @@ class ExecutorTest : public ::testing::TestWithParam<SliceMethod> {
     ob.region = rb.get();
   }
 
+  // Runs both ends of the hop: "a" (holding every slice, or none with a supply) sends, "b" receives.
+  struct Ends {
+    Result<ExecutorReport> sent, received;
+  };
+  Ends RunOneHop(Model& m, bool a_holds = true) {
+    const size_t n = m.layout.slices.size();
+    auto sender = std::async(std::launch::async, [&] {
+      return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(n, a_holds), fa, oa);
+    });
+    auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(n, false), fb, ob);
+    auto sent = sender.get();
+    return {std::move(sent), std::move(received)};
+  }
+
   std::unique_ptr<Transport> a, b;
   AlignedBuffer target;
   std::unique_ptr<MemoryRegion> ra, rb;  // declared after the transports: unregistered first
@@ -92,11 +106,7 @@ TEST_P(ExecutorTest, EverySliceArrivesIntact) {
     events.push_back(e);
     return Status::Ok();
   };
-  auto sender = std::async(std::launch::async, [&] {
-    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(32, true), fa, oa);
-  });
-  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(32, false), fb, ob);
-  auto sent = sender.get();
+  auto [sent, received] = RunOneHop(m);
   ASSERT_TRUE(received.ok()) << received.status().ToString();
   ASSERT_TRUE(sent.ok()) << sent.status().ToString();
   EXPECT_EQ(std::memcmp(target.data(), m.source.data(), target.size()), 0);
@@ -136,11 +146,7 @@ TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
   Model m(16, 64 << 10);
   ASSERT_NO_FATAL_FAILURE(OneHopOf(m));
   oa.timeline = ob.timeline = true;
-  auto sender = std::async(std::launch::async, [&] {
-    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, true), fa, oa);
-  });
-  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(16, false), fb, ob);
-  auto sent = sender.get();
+  auto [sent, received] = RunOneHop(m);
   ASSERT_TRUE(received.ok() && sent.ok());
   const bool writes = sent->slices_written > 0;
   const std::vector<SliceStage> send_stages =
@@ -196,11 +202,7 @@ TEST_P(ExecutorTest, APacedSenderKeepsToItsRate) {
     placed_at_check.push_back({ThreadNice(), ThreadCpus()});
     return Status::Ok();
   };
-  auto sender = std::async(std::launch::async, [&] {
-    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, true), fa, oa);
-  });
-  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(16, false), fb, ob);
-  auto sent = sender.get();
+  auto [sent, received] = RunOneHop(m);
   ASSERT_TRUE(received.ok()) << received.status().ToString();
   ASSERT_TRUE(sent.ok()) << sent.status().ToString();
   EXPECT_EQ(std::memcmp(target.data(), m.source.data(), target.size()), 0);
@@ -255,11 +257,7 @@ TEST_P(ExecutorTest, SuppliedSlicesAreSentAsTheyArrive) {
     }
     return arrived;
   });
-  auto sender = std::async(std::launch::async, [&] {
-    return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(16, false), fa, oa);
-  });
-  auto received = ExecuteFragment(*b, m.layout, target.data(), std::vector<bool>(16, false), fb, ob);
-  auto sent = sender.get();
+  auto [sent, received] = RunOneHop(m, false);
   EXPECT_TRUE(feeder.get()) << "slice 3 did not arrive alone within 10 s";
   ASSERT_TRUE(received.ok()) << received.status().ToString();
   ASSERT_TRUE(sent.ok()) << sent.status().ToString();
