@@ -33,7 +33,8 @@ def Cluster(args, work, k, pipelines):
     serving from a first scale-out off an extra node that then leaves."""
     extra = 1 if args.serve_copies else 0
     c = BoxCluster(work, extra + k + args.targets, link=args.rate,
-                   serving="max_batch: %d, pipelines: %s" % (args.max_batch, "true" if pipelines else "false"),
+                   serving="max_batch: %d, pipelines: %s, lookahead: %gs" % (
+                       args.max_batch, "true" if pipelines else "false", args.lookahead),
                    ssd_copies=range(1, (1 if args.serve_copies else k) + 1))
     c.extra = extra
     return c
@@ -88,16 +89,25 @@ def measure(args, work, k, pipelines):
         first_new = min((a["start"] + a["ttft_s"] for a in new), default=float("nan")) - t0
         first_done = min((a["end"] for a in new), default=float("nan")) - t0
         completes = [n["complete_unix"] - t0 for n in op["nodes"] if n["role"] == "TARGET" and "complete_unix" in n]
+        # A pipeline's step during the load: the decode steps of the answers pipelines served
+        # (after the first token, one step per token).
+        steps = sorted((a["end"] - a["start"] - a["ttft_s"]) / (len(a["tokens"]) - 1) for a in new
+                       if "/p" in a["served_by"] and len(a["tokens"]) > 1)
+        step = steps[len(steps) // 2] if steps else float("nan")
+        blocks = op.get("first_pipeline_blocks_s")
         end = max(completes) + args.tail
         ramp = []
-        step = 0.5
+        width = 0.5
         t = -1.0
         while t < end:
-            ramp.append({"t": round(t, 2), "rps": sum(1 for a in answers if t <= a["end"] - t0 < t + step) / step,
-                         "new_rps": sum(1 for a in new if t <= a["end"] - t0 < t + step) / step})
-            t += step
+            ramp.append({"t": round(t, 2), "rps": sum(1 for a in answers if t <= a["end"] - t0 < t + width) / width,
+                         "new_rps": sum(1 for a in new if t <= a["end"] - t0 < t + width) / width})
+            t += width
         return {"k": k, "mode": "ewl" if pipelines else "full", "scale_out_s": op.get("seconds"),
-                "first_pipeline_s": op.get("first_pipeline_s"), "first_full_copy_s": min(completes),
+                "first_pipeline_s": op.get("first_pipeline_s"), "first_pipeline_blocks_s": blocks,
+                "pipeline_step_s": step,
+                "first_token_after_blocks_s": first_new - blocks if blocks is not None else None,
+                "first_full_copy_s": min(completes),
                 "first_new_token_s": first_new, "first_new_answer_s": first_done, "answers": len(answers), "failed": failed, "ramp": ramp}
     finally:
         c.down()
@@ -115,6 +125,8 @@ def main():
     ap.add_argument("--serve-copies", action="store_true",
                     help="the K copies serve (loaded first); on a 2-core box their compute starves the rest")
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--lookahead", type=float, default=1.0,
+                    help="serving.lookahead: seconds ahead of their blocks that pipelines are prepared (0: off)")
     ap.add_argument("--tail", type=float, default=4.0, help="seconds of load after the scale-out")
     ap.add_argument("--work", default="")
     ap.add_argument("--modes", default="ewl,full", help="ewl, full or both")
@@ -131,6 +143,11 @@ def main():
                       k, r["mode"], r["scale_out_s"],
                       "%.2f s" % r["first_pipeline_s"] if r["first_pipeline_s"] else "-", r["first_full_copy_s"],
                       r["first_new_token_s"], r["first_new_answer_s"], r["answers"], r["failed"]), flush=True)
+            if r["first_pipeline_blocks_s"] is not None:
+                print("      the first pipeline's last block landed at %.2f s; the first token %.2f s after it; "
+                      "a pipeline's decode step during the load: %.3f s (median)" % (
+                          r["first_pipeline_blocks_s"], r["first_token_after_blocks_s"], r["pipeline_step_s"]),
+                      flush=True)
     summary = {"bench": "ewl_bench", "rate": args.rate, "targets": args.targets, "preset": args.preset,
                "runs": results, "ratios": {}}
     print("\ncapacity ramp (requests/s finished in each 0.5 s, from scaleOut):")

@@ -210,8 +210,9 @@ struct OperationStatus {
   9: list<NodeProgress> nodes,
   10: optional string error,
   11: i32 replans,                     // times the plan was redone (a node died)
-  12: optional double first_pipeline_s, // since start: the first time a group of targets could serve
+  12: optional double first_pipeline_s, // since start: when the first pipeline of its targets formed (with serving.lookahead, before its last blocks land)
   13: optional double first_byte_unix,  // when the first slice started moving to a target
+  14: optional double first_pipeline_blocks_s, // since start: when the first pipeline's last block landed
 }
 
 struct NodeStatus {
@@ -384,6 +385,11 @@ struct ServeRequest {
   4: i32 first_block,
   5: i32 end_block,
   6: optional string next_stage,       // the node that takes this stage's activations
+  // Set when the stage's blocks are still landing (the plan says they land soon): the agent
+  // answers at once, holds steps that arrive for the stage, builds it when its last block
+  // lands, and gives up (failing the held steps) if that takes longer than this many seconds.
+  7: optional double wait_for_blocks_s,
+  8: optional string next_stage_address, // next_stage's serving address: connected to at once, not on the first step
 }
 
 struct AgentStatus {

@@ -21,11 +21,16 @@ struct FragmentRunner::Progress {
   std::mutex mu;
   std::condition_variable cv;
   bool finished = false;
+  bool urgent = false;  // a block completed: report now, not at the next batch
   std::vector<rpc::SliceProgress> pending;
 
-  void Add(rpc::SliceProgress p) {
-    std::lock_guard lock(mu);
-    pending.push_back(std::move(p));
+  void Add(rpc::SliceProgress p, bool now = false) {
+    {
+      std::lock_guard lock(mu);
+      pending.push_back(std::move(p));
+      urgent = urgent || now;
+    }
+    if (now) cv.notify_all();
   }
   // Seconds from the fragment's start to `t` (SliceProgress times count from it).
   double Since(std::chrono::steady_clock::time_point t) const {
@@ -124,13 +129,14 @@ void FragmentRunner::Main(const rpc::RunFragmentRequest& req, const fabric::Plan
     }
   }
   Progress progress;
-  // Progress goes to the coordinator in batches (every 200 ms) while the fragment runs; the
-  // end wakes the reporter at once.
+  // Progress goes to the coordinator in batches (every 200 ms) while the fragment runs; a block
+  // completed (which may let a pipeline form) and the end wake the reporter at once.
   std::thread reporter([&] {
     std::unique_lock l(progress.mu);
     while (!progress.finished) {
-      progress.cv.wait_for(l, 200ms, [&] { return progress.finished; });
+      progress.cv.wait_for(l, 200ms, [&] { return progress.finished || progress.urgent; });
       if (progress.finished) break;
+      progress.urgent = false;
       std::vector<rpc::SliceProgress> batch;
       batch.swap(progress.pending);
       l.unlock();
@@ -282,19 +288,25 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
   opts.cancel = &cancel;
   // A slice the store cannot record is not reported received: the run fails with it.
   std::atomic<bool> landing_refused{false};
+  // Slices each block still waits for (on_slice calls come one at a time).
+  std::vector<uint32_t> missing(m.blocks.size(), 0);
+  for (uint32_t s : received) missing[m.slices[s].block]++;
   opts.on_slice = [&](const SliceEvent& e) {
     Status st = store_.Landed(e.model, e.slice);
     if (!st.ok()) {
       landing_refused = true;
       return st;
     }
+    if (landed_hook_) landed_hook_(e.model);
+    const uint32_t block = m.slices[e.slice].block;
+    const bool block_done = missing[block] > 0 && --missing[block] == 0;
     rpc::SliceProgress p;
     p.slice = static_cast<int32_t>(e.slice);
     p.source = e.source;
     p.bytes = static_cast<int64_t>(e.bytes);
     p.started = e.started + offset;
     p.finished = e.finished + offset;
-    progress.Add(std::move(p));
+    progress.Add(std::move(p), block_done);
     return Status::Ok();
   };
   opts.supply = supply;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,6 +55,9 @@ class FragmentRunner {
   void Stop();
 
   const Counters& counters() const { return counters_; }
+  // Called (on a run's thread; it must not block) with the model of every slice that lands and
+  // is recorded in the store. Set before the first fragment starts.
+  void SetLandedHook(std::function<void(const std::string& model)> hook) { landed_hook_ = std::move(hook); }
 
  private:
   struct Progress;  // one fragment's pending progress and its reporter
@@ -74,6 +78,7 @@ class FragmentRunner {
   fabric::ChannelMux& mux_;
   CoordinatorLink& link_;
   Counters counters_;
+  std::function<void(const std::string&)> landed_hook_;
   const std::shared_ptr<fabric::SendPacer> pacer_;  // every run's share of the uplink (nullptr: unbounded)
 
   mutable std::mutex mu_;

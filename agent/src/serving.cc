@@ -3,6 +3,8 @@
 #include <glog/logging.h>
 
 #include <chrono>
+#include <cstdio>
+#include <set>
 
 namespace modelcast::agent {
 namespace {
@@ -22,6 +24,15 @@ Result<std::unique_ptr<ServingHost>> ServingHost::Create(tiers::Store& store, fa
   return h;
 }
 
+ServingHost::~ServingHost() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  landed_.notify_all();
+  for (auto& w : waiters_) w.thread.join();
+}
+
 Status ServingHost::Start(const rpc::ServeRequest& req) {
   auto manifest = store_->FindModel(req.model);
   if (manifest == nullptr) return NotFound("startServing: model '" + req.model + "' is not known on " + node_);
@@ -31,15 +42,126 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
                            std::to_string(req.end_block) + ") are not a non-empty range of model '" + req.model +
                            "''s " + std::to_string(nblocks) + " blocks");
   }
-  const std::string key = pipeline::StageKey(req.model, req.first_block, req.end_block);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (serving_.count(key)) return AlreadyExists("startServing: " + node_ + " already serves " + key);
+  if (req.__isset.wait_for_blocks_s && !(req.wait_for_blocks_s >= 0 && req.wait_for_blocks_s <= 3600)) {
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%g", req.wait_for_blocks_s);
+    return InvalidArgument(std::string("startServing: wait_for_blocks_s must be 0 to 3600 seconds, not ") + secs);
   }
+  const std::string key = pipeline::StageKey(req.model, req.first_block, req.end_block);
   std::vector<uint32_t> blocks;
   for (int b = req.first_block; b < req.end_block; ++b) blocks.push_back(static_cast<uint32_t>(b));
   // A tied LM head reads the embedding, which block 0 holds.
   if (req.end_block == nblocks && manifest->config.tie_word_embeddings && req.first_block > 0) blocks.push_back(0);
+  if (req.__isset.next_stage && req.__isset.next_stage_address && !req.next_stage.empty()) {
+    pipelines_->Warm(req.next_stage, req.next_stage_address);
+  }
+  const bool wait = req.__isset.wait_for_blocks_s && req.wait_for_blocks_s > 0 && !Resident(req.model, blocks);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (serving_.count(key)) return AlreadyExists("startServing: " + node_ + " already serves " + key);
+    if (stopping_) return Unavailable("startServing: " + node_ + " is stopping");
+    if (wait) {
+      MC_RETURN_IF_ERROR(pipelines_->ExpectStage(key).WithContext("startServing"));
+      Serving& s = serving_[key];
+      s.instance.model = req.model;
+      s.instance.node = node_;
+      s.instance.state = rpc::InstanceState::PIPELINE;
+      if (req.__isset.pipeline_id) s.instance.__set_pipeline_id(req.pipeline_id);
+      s.instance.since_unix = UnixNow();
+      // Waiters that have ended are joined here, so that finished ones hold no thread.
+      for (auto w = waiters_.begin(); w != waiters_.end();) {
+        if (!*w->done) {
+          ++w;
+          continue;
+        }
+        w->thread.join();
+        w = waiters_.erase(w);
+      }
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      waiters_.push_back({std::thread([this, req, key, blocks, done] {
+                            Await(req, key, blocks);
+                            *done = true;
+                          }),
+                          done});
+      LOG(INFO) << "agent " << node_ << ": " << key
+                << (req.__isset.pipeline_id ? " in pipeline " + req.pipeline_id : std::string())
+                << " is built when its blocks land (held steps wait up to " << req.wait_for_blocks_s << " s)";
+      return Status::Ok();
+    }
+  }
+  return Build(req, key, blocks, /*expected=*/false);
+}
+
+bool ServingHost::Resident(const std::string& model, const std::vector<uint32_t>& blocks) const {
+  for (uint32_t b : blocks) {
+    if (!store_->Acquire(model, b, Tier::kHost).ok() && !store_->Acquire(model, b, Tier::kGpu).ok()) return false;
+  }
+  return true;
+}
+
+void ServingHost::Landed(const std::string& model) {
+  (void)model;  // every waiter looks; there are few (one per stage of a forming pipeline)
+  landed_.notify_all();
+}
+
+void ServingHost::Await(rpc::ServeRequest req, std::string key, std::vector<uint32_t> blocks) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto until = t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(req.wait_for_blocks_s));
+  Status st;
+  // On a GPU, each block goes up as soon as it has landed, not all of them after the last.
+  const bool gpu = store_->has_gpu();
+  std::set<uint32_t> promoting;
+  std::vector<std::shared_ptr<tiers::Request>> promotions;
+  while (true) {
+    if (gpu) {
+      for (uint32_t b : blocks) {
+        if (promoting.count(b) || !store_->Acquire(req.model, b, Tier::kHost).ok()) continue;
+        auto up = store_->Promote(req.model, {b}, Tier::kGpu);
+        if (!up.ok()) break;  // Build promotes what is left, and names what fails
+        promoting.insert(b);
+        promotions.push_back(*up);
+      }
+    }
+    if (Resident(req.model, blocks)) break;
+    std::unique_lock<std::mutex> lock(mu_);
+    auto it = serving_.find(key);
+    if (stopping_ || it == serving_.end() || it->second.cancelled) {
+      st = Cancelled("stopped before its blocks landed");
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= until) {
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%g", req.wait_for_blocks_s);
+      st = DeadlineExceeded(std::string("its blocks did not land within ") + secs + " s");
+      break;
+    }
+    // Woken by a landed slice; the bound only covers a store that filled its blocks otherwise.
+    landed_.wait_for(lock, std::chrono::milliseconds(50));
+  }
+  const double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  for (const auto& up : promotions) {
+    if (Status w = up->Wait(std::chrono::minutes(10)); !w.ok() && st.ok()) st = w.WithContext("moving a block to the GPU");
+  }
+  if (st.ok()) {
+    st = Build(req, key, blocks, /*expected=*/true);
+    if (st.ok()) {
+      LOG(INFO) << "agent " << node_ << ": " << key << ": its blocks landed " << static_cast<int>(waited_ms)
+                << " ms after the stage was asked for";
+      return;
+    }
+  }
+  LOG(WARNING) << "agent " << node_ << ": " << key << ": gave up serving it: " << st.message();
+  pipelines_->FailExpected(key, st.WithContext("startServing " + key));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = serving_.find(key); it != serving_.end() && !it->second.built) serving_.erase(it);
+}
+
+Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, const std::vector<uint32_t>& blocks,
+                          bool expected) {
+  auto manifest = store_->FindModel(req.model);
+  if (manifest == nullptr) return NotFound("startServing: model '" + req.model + "' is not known on " + node_);
+  const int nblocks = static_cast<int>(manifest->blocks.size());
   const auto t0 = std::chrono::steady_clock::now();
   auto ms = [&t0] {
     return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
@@ -83,11 +205,19 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   s.instance.state = whole && !req.__isset.pipeline_id ? rpc::InstanceState::LOCAL : rpc::InstanceState::PIPELINE;
   if (req.__isset.pipeline_id) s.instance.__set_pipeline_id(req.pipeline_id);
   s.instance.since_unix = UnixNow();
+  s.built = true;
   LOG(INFO) << "agent " << node_ << ": serving " << key << " (" << layers.ToString() << ")"
             << (req.__isset.pipeline_id ? " in pipeline " + req.pipeline_id : std::string()) << " on the "
             << (gpu ? "GPU" : "CPU") << ": blocks resident in "
             << resident_ms << " ms, stage built in " << ms() - resident_ms << " ms";
   std::lock_guard<std::mutex> lock(mu_);
+  if (expected) {
+    auto it = serving_.find(key);
+    if (it == serving_.end() || it->second.cancelled) {
+      (void)pipelines_->RemoveStage(key);  // stopped while it was being built
+      return Cancelled("stopped while it was being built");
+    }
+  }
   serving_[key] = std::move(s);
   return Status::Ok();
 }
@@ -95,9 +225,19 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
 Status ServingHost::Stop(const rpc::ServeRequest& req) {
   const std::string key = pipeline::StageKey(req.model, req.first_block, req.end_block);
   std::lock_guard<std::mutex> lock(mu_);
-  if (!serving_.count(key)) return NotFound("stopServing: " + node_ + " does not serve " + key);
+  auto it = serving_.find(key);
+  if (it == serving_.end()) return NotFound("stopServing: " + node_ + " does not serve " + key);
+  if (!it->second.built) {
+    // Still waiting for its blocks: the waiter gives up (and fails the held steps) now.
+    it->second.cancelled = true;
+    landed_.notify_all();
+    pipelines_->FailExpected(key, Cancelled("stopServing " + key + " before its blocks landed"));
+    serving_.erase(it);
+    LOG(INFO) << "agent " << node_ << ": stopped waiting to serve " << key;
+    return Status::Ok();
+  }
   MC_RETURN_IF_ERROR(pipelines_->RemoveStage(key));
-  serving_.erase(key);  // the stage goes, and with it its leases: the blocks may be evicted again
+  serving_.erase(it);  // the stage goes, and with it its leases: the blocks may be evicted again
   LOG(INFO) << "agent " << node_ << ": stopped serving " << key;
   return Status::Ok();
 }

@@ -3,10 +3,13 @@
 // agent's serving channel. A serving stage pins its blocks: they are not evicted under it.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "modelcast/fabric/transport.h"
@@ -20,22 +23,46 @@ class ServingHost {
  public:
   static Result<std::unique_ptr<ServingHost>> Create(tiers::Store& store, fabric::Transport& channel,
                                                       std::string node);
+  ~ServingHost();
   // Loads blocks [first_block, end_block) into host memory (from wherever the store has them),
   // builds the stage and hosts it under pipeline::StageKey(model, first_block, end_block).
+  // With wait_for_blocks_s, blocks still landing are waited for instead: the stage is expected
+  // at once (steps for it are held), built the moment its last block lands, and given up on
+  // (its held steps failed, naming why) if they take longer than that.
   Status Start(const rpc::ServeRequest& req);
   Status Stop(const rpc::ServeRequest& req);
   std::vector<rpc::Instance> List() const;
+  // A slice of `model` landed in the store (the fragment runner says so): stages waiting for
+  // their blocks look again.
+  void Landed(const std::string& model);
 
  private:
   struct Serving {
     rpc::Instance instance;
+    bool built = false;
+    bool cancelled = false;  // stopped while waiting for its blocks
   };
   ServingHost() = default;
+  bool Resident(const std::string& model, const std::vector<uint32_t>& blocks) const;
+  // Makes the blocks resident in the tier the stage runs from, builds it and hosts it.
+  // `expected`: it was waited for (Await), and is given up if stopped meanwhile.
+  Status Build(const rpc::ServeRequest& req, const std::string& key, const std::vector<uint32_t>& blocks,
+               bool expected);
+  // Waits for the blocks of an expected stage, then builds it (or gives up on it).
+  void Await(rpc::ServeRequest req, std::string key, std::vector<uint32_t> blocks);
+
   tiers::Store* store_ = nullptr;
   std::string node_;
   std::unique_ptr<pipeline::PipelineNode> pipelines_;
   mutable std::mutex mu_;
+  std::condition_variable landed_;  // with mu_
+  bool stopping_ = false;
   std::map<std::string, Serving> serving_;
+  struct Waiter {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Waiter> waiters_;
 };
 
 }  // namespace modelcast::agent

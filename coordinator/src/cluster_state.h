@@ -37,6 +37,7 @@ struct ServingView {
     std::shared_ptr<const model::Manifest> manifest;
     std::map<std::string, InstanceState> instances;   // node -> state
     std::map<std::string, std::set<int32_t>> loading;  // targets still loading -> slices they hold
+    std::map<std::string, std::set<int32_t>> expected;  // loading targets -> slices they should hold next
   };
   std::map<std::string, NodeView> nodes;
   std::map<std::string, ModelView> models;
@@ -104,11 +105,15 @@ class ClusterState {
   // Serving: a snapshot for the serving plane, which is woken by `watcher` whenever holdings or
   // instances change; and what it formed (members of a pipeline show as PIPELINE instances; an
   // empty id dissolves it).
-  ServingView ServingSnapshot() const;
+  // `lookahead_s` > 0: each loading target's `expected` holds the slices its plan sends it next,
+  // as many as it received in that many seconds so far (its measured rate).
+  ServingView ServingSnapshot(double lookahead_s = 0) const;
   // The registered model's manifest; nullptr when there is none.
   std::shared_ptr<const model::Manifest> FindManifest(const std::string& model) const;
   void SetServingWatcher(std::function<void()> watcher);
-  void SetPipeline(const std::string& model, const std::vector<std::string>& nodes, const std::string& pipeline_id);
+  // `stages`: (node, first block, end block) of each of its stages, when forming one.
+  void SetPipeline(const std::string& model, const std::vector<std::string>& nodes, const std::string& pipeline_id,
+                   const std::vector<std::tuple<std::string, uint32_t, uint32_t>>& stages = {});
   // Calls an agent's service (a fresh connection with the coordinator's credentials).
   Status CallAgent(const std::string& rpc_address, int timeout_ms,
                    const std::function<void(rpc::AgentClient&)>& call) const;
@@ -164,6 +169,8 @@ class ClusterState {
   // Ends the operation once no node of the current attempt is pending: succeeded when every
   // target it still counts holds the model, failed (naming the lost) otherwise.
   Status SettleLocked(Operation& op);
+  // Records first_pipeline_blocks_s once every block of the op's first pipeline has landed.
+  void FirstPipelineLandedLocked(Operation& op);
 
   // --- Repairs (repair.cc). A repair (on the worker) runs in rounds of these steps: survey who
   // takes part (under the lock), ask them, with their fragments cancelled, what they hold (no

@@ -1,6 +1,8 @@
 // Scale-in (instances released and their GPU copies demoted), and what the serving plane sees of
 // the instances and of the scale-outs under way.
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 
 #include <glog/logging.h>
 
@@ -112,7 +114,7 @@ void ClusterState::RunScaleIn(const std::string& id, std::vector<std::pair<std::
   if (!st.ok()) LOG(ERROR) << "coordinator: " << st.message();
 }
 
-ServingView ClusterState::ServingSnapshot() const {
+ServingView ClusterState::ServingSnapshot(double lookahead_s) const {
   std::lock_guard lock(mu_);
   ServingView v;
   for (const auto& [name, n] : members_.nodes()) v.nodes[name] = {n.rpc_address, n.serving_address, members_.Alive(n)};
@@ -131,7 +133,21 @@ ServingView ClusterState::ServingSnapshot() const {
       if (op.lost.count(t)) continue;
       if (op.progress(t).state == NodeState::kComplete) continue;
       auto got = op.received.find(t);
-      mv->second.loading[t] = got == op.received.end() ? std::set<int32_t>() : got->second;
+      const auto& held = mv->second.loading[t] = got == op.received.end() ? std::set<int32_t>() : got->second;
+      // What it should hold `lookahead_s` from now: the next slices of its plan, as many as it
+      // took in over that long so far (nothing before its first slice: no rate yet).
+      auto planned = op.planned.find(t);
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();
+      if (lookahead_s <= 0 || held.empty() || planned == op.planned.end() || !(secs > 0)) continue;
+      const double per_s = static_cast<double>(held.size()) / secs;
+      auto n = static_cast<size_t>(std::ceil(per_s * lookahead_s));
+      auto& next = mv->second.expected[t];
+      for (int32_t s : planned->second) {
+        if (n == 0) break;
+        if (held.count(s)) continue;
+        next.insert(s);
+        --n;
+      }
     }
   }
   return v;
@@ -149,7 +165,8 @@ void ClusterState::SetServingWatcher(std::function<void()> watcher) {
 }
 
 void ClusterState::SetPipeline(const std::string& model, const std::vector<std::string>& nodes,
-                               const std::string& pipeline_id) {
+                               const std::string& pipeline_id,
+                               const std::vector<std::tuple<std::string, uint32_t, uint32_t>>& stages) {
   std::lock_guard lock(mu_);
   if (!instances_.SetPipeline(model, nodes, pipeline_id) || pipeline_id.empty()) return;
   // The scale-out under way can serve from now: its first pipeline.
@@ -157,6 +174,8 @@ void ClusterState::SetPipeline(const std::string& model, const std::vector<std::
     if (op.status.model != model || !op.running()) continue;
     if (!op.status.first_pipeline_s) {
       op.status.first_pipeline_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();
+      op.first_pipeline = stages;
+      FirstPipelineLandedLocked(op);
     }
   }
 }

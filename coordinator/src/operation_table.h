@@ -14,6 +14,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -28,6 +29,13 @@ struct Operation {
   OperationStatus status;
   std::map<std::string, size_t> node_index;  // into status.nodes
   std::map<std::string, std::set<int32_t>> received;
+  // Per target: the slices the current attempt's plan sends it, in the plan's tick order (what
+  // the serving plane expects it to hold next), and when each slice it reported landed (unix).
+  std::map<std::string, std::vector<int32_t>> planned;
+  std::map<std::string, std::map<int32_t, double>> landed_unix;
+  // The first pipeline formed of its targets: (node, first block, end block) per stage, to tell
+  // when its last block landed (first_pipeline_blocks_s).
+  std::vector<std::tuple<std::string, uint32_t, uint32_t>> first_pipeline;
   std::set<std::string> pending;  // nodes of the current attempt not done yet
   std::chrono::steady_clock::time_point start;
   // What a replan needs.

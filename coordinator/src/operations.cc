@@ -206,6 +206,13 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::FragmentsLocked(Operat
     const bool is_target = op.IsTarget(n);
     op.AddNode(n, is_target ? NodeRole::kTarget : NodeRole::kSource, nslices);
     MC_ASSIGN_OR_RETURN(auto frag, FragmentOf(plan, n));
+    if (is_target) {
+      auto order = frag.receives;
+      std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.tick < b.tick; });
+      auto& planned = op.planned[n];
+      planned.clear();
+      for (const auto& r : order) planned.push_back(static_cast<int32_t>(r.slice));
+    }
     if (frag.sends.empty() && frag.receives.empty() && frag.local_loads.empty()) continue;  // nothing to do
     Dispatch d;
     d.node = n;
@@ -275,6 +282,9 @@ Status ClusterState::CallAgent(const std::string& rpc_address, int timeout_ms,
 Status ClusterState::FinishLocked(Operation& op, OperationState state, const std::string& error) {
   if (!op.running()) return Status::Ok();
   ops_.Finish(op, state, error);
+  // Kept finished operations need no per-slice record (a large model has many slices).
+  op.planned.clear();
+  op.landed_unix.clear();
   // What the links carried: stragglers are planned at what they did from now on.
   members_.JudgeLinks(op.status.id, op.BestLinks());
   // Targets that did not end with the model are no instances; those that did are journaled
@@ -355,6 +365,7 @@ Status ClusterState::Progress(const ProgressUpdate& r) {
       if (!op.status.first_byte_unix || moved < *op.status.first_byte_unix) op.status.first_byte_unix = moved;
     }
     if (got.insert(s.slice).second) {
+      if (target && r.started_unix) op.landed_unix[r.node][s.slice] = *r.started_unix + s.finished;
       np.bytes_received += s.bytes;
       totals.bytes_moved += static_cast<uint64_t>(s.bytes);
       totals.slices_moved++;
@@ -372,7 +383,10 @@ Status ClusterState::Progress(const ProgressUpdate& r) {
     np.complete_unix = UnixNow();
     instances_.Set(op.status.model, r.node, InstanceState::kLocal, /*journal=*/false);
   }
-  if (target && !r.slices.empty()) PokeServing();
+  if (target && !r.slices.empty()) {
+    FirstPipelineLandedLocked(op);
+    PokeServing();
+  }
   // The end of a fragment counts only for the current attempt; older ones were cancelled.
   if (!r.done || r.operation_id != op.FragmentId() || !op.running()) return Status::Ok();
   op.pending.erase(r.node);
@@ -412,6 +426,33 @@ Result<OperationStatus> ClusterState::GetOperation(const std::string& id) const 
                     std::to_string(OperationTable::kKept) + ")");
   }
   return op->status;
+}
+
+}  // namespace modelcast::coordinator
+
+namespace modelcast::coordinator {
+
+void ClusterState::FirstPipelineLandedLocked(Operation& op) {
+  if (op.first_pipeline.empty() || op.status.first_pipeline_blocks_s) return;
+  const auto& manifest = *models_.at(op.status.model).manifest;
+  double last = 0;
+  for (const auto& [node, first, end] : op.first_pipeline) {
+    auto landed = op.landed_unix.find(node);
+    std::vector<uint32_t> blocks;
+    for (uint32_t b = first; b < end; ++b) blocks.push_back(b);
+    // A tied LM head reads the embedding, which block 0 holds.
+    if (end == manifest.blocks.size() && first > 0 && manifest.config.tie_word_embeddings) blocks.push_back(0);
+    for (uint32_t b : blocks) {
+      const auto& block = manifest.blocks[b];
+      for (uint32_t s = block.first_slice; s < block.first_slice + block.num_slices; ++s) {
+        if (landed == op.landed_unix.end()) return;
+        auto it = landed->second.find(static_cast<int32_t>(s));
+        if (it == landed->second.end()) return;
+        last = std::max(last, it->second);
+      }
+    }
+  }
+  op.status.first_pipeline_blocks_s = std::max(0.0, last - op.status.created_unix);
 }
 
 }  // namespace modelcast::coordinator

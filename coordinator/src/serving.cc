@@ -79,6 +79,7 @@ ServingPlane::~ServingPlane() {
   if (http_) http_->stop();
   if (http_thread_.joinable()) http_thread_.join();
   router_.reset();  // its engines stop before anything they use goes
+  prepared_.clear();
   node_.reset();
   if (transport_) transport_->Stop();
 }
@@ -170,6 +171,13 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
     if (!engine.local) req.__set_pipeline_id(id);
     req.first_block = static_cast<int32_t>(stage.first_block);
     req.end_block = static_cast<int32_t>(stage.end_block);
+    if (engine.waiting.count(node)) req.__set_wait_for_blocks_s(WaitForBlocks());
+    if (i + 1 < engine.stages.size()) {
+      // Its agent connects to the next stage's now, so that the first step does not wait for it.
+      const std::string& next = engine.stages[i + 1].first;
+      req.__set_next_stage(next);
+      req.__set_next_stage_address(view.nodes.at(next).serving_address);
+    }
     hops.push_back({node, nv.serving_address, pipeline::StageKey(engine.model, req.first_block, req.end_block)});
     threads.emplace_back([this, &started, i, req, addr = nv.rpc_address, node = node] {
       Status s = state_->CallAgent(addr, 60000, [&](rpc::AgentClient& a) { a.startServing(req); });
@@ -195,29 +203,45 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
       st = connected.status();
     }
   }
-  if (st.ok()) {
-    st = router_->AddEngine(id, engine.model, engine.local ? pipeline::EngineKind::kLocal : pipeline::EngineKind::kPipeline,
-                            std::move(p), [this, id](const Status& s) {
-                              std::lock_guard<std::mutex> lock(mu_);
-                              gone_[id] = s.ok();
-                              poked_ = true;
-                              cv_.notify_all();
-                            });
-  }
   if (!st.ok()) {
     Release(id, engine, view);  // stops what did start (NotFound from the others is ignored)
     return st;
   }
+  if (!engine.waiting.empty()) {
+    // Prepared ahead of its blocks: its agents build their stages as the blocks land, and it
+    // joins the router once they have all landed (Admit), not before: a prediction that was
+    // late then costs no request a wait.
+    std::lock_guard<std::mutex> lock(mu_);
+    prepared_[id] = {std::move(engine), std::move(p), t0};
+    return Status::Ok();
+  }
+  return Admit(id, std::move(engine), std::move(p), t0);
+}
+
+Status ServingPlane::Admit(const std::string& id, Engine engine, std::unique_ptr<pipeline::Pipeline> p, double t0) {
+  Status st = router_->AddEngine(id, engine.model, engine.local ? pipeline::EngineKind::kLocal : pipeline::EngineKind::kPipeline,
+                                 std::move(p), [this, id](const Status& s) {
+                                   std::lock_guard<std::mutex> lock(mu_);
+                                   gone_[id] = s.ok();
+                                   poked_ = true;
+                                   cv_.notify_all();
+                                 });
+  if (!st.ok()) return st;
   std::vector<std::string> nodes;
-  for (const auto& [node, stage] : engine.stages) nodes.push_back(node);
-  if (!engine.local) state_->SetPipeline(engine.model, nodes, id);
+  std::vector<std::tuple<std::string, uint32_t, uint32_t>> stages;
+  for (const auto& [node, stage] : engine.stages) {
+    nodes.push_back(node);
+    stages.emplace_back(node, stage.first_block, stage.end_block);
+  }
+  if (!engine.local) state_->SetPipeline(engine.model, nodes, id, stages);
   std::string route;
   for (const auto& [node, stage] : engine.stages) {
     route += (route.empty() ? "" : " -> ") + node + "[" + std::to_string(stage.first_block) + "," +
              std::to_string(stage.end_block) + ")";
   }
-  LOG(INFO) << "serving: " << id << " serves " << engine.model << " on " << route << " (ready in "
-            << static_cast<int>((SteadyNow() - t0) * 1000) << " ms)";
+  LOG(INFO) << "serving: " << id << " serves " << engine.model << " on " << route << " ("
+            << (engine.waiting.empty() ? "ready in " : "prepared ahead of its blocks; in the router ")
+            << static_cast<int>((SteadyNow() - t0) * 1000) << " ms after it formed)";
   std::lock_guard<std::mutex> lock(mu_);
   engines_[id] = std::move(engine);
   return Status::Ok();
@@ -243,7 +267,7 @@ void ServingPlane::Release(const std::string& id, const Engine& engine, const Se
 }
 
 void ServingPlane::Reconcile() {
-  const ServingView view = state_->ServingSnapshot();
+  const ServingView view = state_->ServingSnapshot(config_.pipelines ? config_.lookahead : 0);
   // Engines that left the router (drained, or failed with a stage's node): stop their stages.
   std::map<std::string, bool> gone;
   {
@@ -313,31 +337,123 @@ void ServingPlane::Reconcile() {
         for (const auto& [node, stage] : e.stages) busy.insert(node);
       }
     }
+    const ModelShape shape = ModelShape::FromManifest(*mv.manifest);
+    // Pipelines prepared ahead of their blocks: admitted once every stage's blocks have landed,
+    // let go when a member is gone, local, or its blocks are later than its agents wait.
+    std::map<std::string, Prepared> prepared;
+    std::map<std::string, std::string> waiting_in;  // member -> the prepared pipeline still waiting
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = prepared_.begin(); it != prepared_.end();) {
+        if (it->second.engine.model != model) {
+          ++it;
+          continue;
+        }
+        prepared.insert(prepared_.extract(it++));
+      }
+    }
+    for (auto& [id, pr] : prepared) {
+      bool landed = true, gone = false;
+      for (const auto& [node, stage] : pr.engine.stages) {
+        gone = gone || !alive(node) || state_of(node) == InstanceState::kLocal || !mv.loading.count(node);
+        if (gone) break;
+        const SliceSet have = CompleteBlocks(shape, mv.loading.at(node));
+        for (uint32_t b = stage.first_block; b < stage.end_block && landed; ++b) landed = have.Has(b);
+      }
+      if (!gone && !landed && now - pr.formed < WaitForBlocks()) {
+        for (const auto& [node, stage] : pr.engine.stages) waiting_in[node] = id;
+        std::lock_guard<std::mutex> lock(mu_);
+        prepared_.insert({id, std::move(pr)});
+        continue;
+      }
+      if (!gone && landed) {
+        if (Status st = Admit(id, pr.engine, std::move(pr.pipeline), pr.formed); st.ok()) {
+          for (const auto& [node, stage] : pr.engine.stages) busy.insert(node);
+          continue;
+        } else {
+          LOG(WARNING) << "serving: " << id << ": " << st.message();
+        }
+      } else {
+        LOG(INFO) << "serving: " << id << (gone ? ": a member is gone or local before it served"
+                                                : ": its blocks are later than predicted")
+                  << "; letting it go";
+      }
+      pr.pipeline.reset();
+      Release(id, pr.engine, view);
+    }
     // Execute-while-load: receivers not in a pipeline yet, grouped by what they hold.
     if (!config_.pipelines || mv.loading.empty()) continue;
-    const ModelShape shape = ModelShape::FromManifest(*mv.manifest);
-    std::vector<NodeBlocks> candidates;
-    std::vector<std::string> names;
-    for (const auto& [node, slices] : mv.loading) {
-      if (busy.count(node) || !alive(node) || state_of(node) == InstanceState::kLocal) continue;
-      SliceSet blocks = CompleteBlocks(shape, slices);
-      // A tied LM head reads the embedding: the last block serves only beside block 0.
-      if (mv.manifest->config.tie_word_embeddings && !blocks.Has(0)) blocks.Clear(nblocks - 1);
-      if (blocks.Count() == 0) continue;
-      candidates.push_back({static_cast<int32_t>(names.size()), blocks});
-      names.push_back(node);
+    // Pipelines of the receivers not in `exclude`: from the blocks that have landed, or (`ahead`)
+    // from those and the blocks the plan sends them next (their agents build each stage as its
+    // last block lands; stages still waiting name their nodes in Engine::waiting).
+    auto form = [&](bool ahead, const std::set<std::string>& exclude) {
+      std::vector<NodeBlocks> candidates;
+      std::vector<std::string> names;
+      std::map<std::string, SliceSet> landed;
+      for (const auto& [node, slices] : mv.loading) {
+        if (exclude.count(node) || !alive(node) || state_of(node) == InstanceState::kLocal) continue;
+        landed.emplace(node, CompleteBlocks(shape, slices));
+        std::set<int32_t> soon = slices;
+        if (auto e = mv.expected.find(node); ahead && e != mv.expected.end()) {
+          soon.insert(e->second.begin(), e->second.end());
+        }
+        SliceSet blocks = CompleteBlocks(shape, soon);
+        // A tied LM head reads the embedding: the last block serves only beside block 0.
+        if (mv.manifest->config.tie_word_embeddings && !blocks.Has(0)) blocks.Clear(nblocks - 1);
+        if (blocks.Count() == 0) continue;
+        candidates.push_back({static_cast<int32_t>(names.size()), blocks});
+        names.push_back(node);
+      }
+      std::vector<Engine> formed;
+      if (candidates.empty()) return formed;
+      for (const auto& p : FormPipelines(shape, candidates, config_.max_stages)) {
+        Engine e;
+        e.model = model;
+        for (const auto& s : p.stages) {
+          e.stages.push_back({names[s.node], s});
+          const SliceSet& have = landed.at(names[s.node]);
+          bool all = true;
+          for (uint32_t b = s.first_block; b < s.end_block && all; ++b) all = have.Has(b);
+          if (!all) e.waiting.insert(names[s.node]);
+        }
+        formed.push_back(std::move(e));
+      }
+      return formed;
+    };
+    auto launch = [&](Engine e) {
+      std::lock_guard<std::mutex> lock(mu_);
+      launches.emplace_back(model + "/p" + std::to_string(next_pipeline_++), std::move(e));
+    };
+    // First what the landed blocks allow now, members of prepared pipelines included: serving
+    // now beats serving soon, so a prepared pipeline that shares a node with one is let go.
+    std::set<std::string> used = busy;
+    std::set<std::string> let_go;
+    for (auto& e : form(false, busy)) {
+      for (const auto& [node, stage] : e.stages) {
+        used.insert(node);
+        if (auto w = waiting_in.find(node); w != waiting_in.end()) let_go.insert(w->second);
+      }
+      launch(std::move(e));
     }
-    if (candidates.empty()) continue;
-    for (const auto& p : FormPipelines(shape, candidates, config_.max_stages)) {
-      Engine e;
-      e.model = model;
-      for (const auto& s : p.stages) e.stages.push_back({names[s.node], s});
-      std::string id;
+    for (const auto& id : let_go) {
+      Prepared pr;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        id = model + "/p" + std::to_string(next_pipeline_++);
+        auto it = prepared_.find(id);
+        if (it == prepared_.end()) continue;
+        pr = std::move(it->second);
+        prepared_.erase(it);
       }
-      launches.emplace_back(id, e);
+      LOG(INFO) << "serving: " << id << ": its members can serve in a pipeline now; letting it go";
+      pr.pipeline.reset();
+      Release(id, pr.engine, view);
+    }
+    // Then, with a lookahead, what the rest will hold soon.
+    if (config_.lookahead > 0) {
+      for (const auto& [node, id] : waiting_in) {
+        if (!let_go.count(id)) used.insert(node);
+      }
+      for (auto& e : form(true, used)) launch(std::move(e));
     }
   }
   // Engines start at once, not one after another: each waits on its agents building stages.

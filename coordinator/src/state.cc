@@ -61,7 +61,7 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
 
 Result<ServingConfig> ServingConfig::FromConfig(const ConfigNode& node) {
   MC_RETURN_IF_ERROR(node.CheckKeys(
-      {"fabric", "http", "max_batch", "queue_timeout", "max_stages", "step_timeout", "pipelines", "emulate"}));
+      {"fabric", "http", "max_batch", "queue_timeout", "max_stages", "step_timeout", "pipelines", "lookahead", "emulate"}));
   ServingConfig c;
   c.enabled = true;
   c.fabric.name = "router";
@@ -92,6 +92,8 @@ Result<ServingConfig> ServingConfig::FromConfig(const ConfigNode& node) {
   MC_ASSIGN_OR_RETURN(c.step_timeout, node.GetDuration("step_timeout", c.step_timeout));
   if (!(c.step_timeout > 0)) return node.Child("step_timeout")->Error("must be more than 0");
   MC_ASSIGN_OR_RETURN(c.pipelines, node.GetBool("pipelines", c.pipelines));
+  MC_ASSIGN_OR_RETURN(c.lookahead, node.GetDuration("lookahead", c.lookahead));
+  if (!(c.lookahead >= 0 && c.lookahead <= 60)) return node.Child("lookahead")->Error("must be 0 to 60s");
   if (auto e = node.OptionalChild("emulate")) {
     MC_RETURN_IF_ERROR(e->CheckKeys({"step", "token"}));
     MC_ASSIGN_OR_RETURN(c.emulated_step, e->GetDuration("step", 0));

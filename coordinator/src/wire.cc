@@ -93,7 +93,7 @@ ProgressUpdate FromWire(const rpc::ProgressReport& r) {
   ProgressUpdate u;
   u.node = r.node;
   u.operation_id = r.operation_id;
-  for (const auto& s : r.slices) u.slices.push_back({s.slice, s.bytes, s.started});
+  for (const auto& s : r.slices) u.slices.push_back({s.slice, s.bytes, s.started, s.finished});
   u.done = r.done;
   if (r.__isset.error) u.error = r.error;
   u.store_failure = r.__isset.failure && r.failure == rpc::FragmentFailure::STORE;
@@ -145,6 +145,7 @@ rpc::OperationStatus ToWire(const OperationStatus& s) {
   if (s.error) r.__set_error(*s.error);
   r.replans = s.replans;
   if (s.first_pipeline_s) r.__set_first_pipeline_s(*s.first_pipeline_s);
+  if (s.first_pipeline_blocks_s) r.__set_first_pipeline_blocks_s(*s.first_pipeline_blocks_s);
   if (s.first_byte_unix) r.__set_first_byte_unix(*s.first_byte_unix);
   return r;
 }

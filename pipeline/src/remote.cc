@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -93,6 +94,9 @@ struct PipelineNode::State : std::enable_shared_from_this<State> {
   std::map<uint64_t, std::shared_ptr<Pending>> pending;
   uint64_t next_seq = 1;
   std::map<std::string, std::string> lost;  // peers that failed or left since we connected, and why
+  // Stages expected but not built yet (their blocks are landing) -> the steps that reached them.
+  std::map<std::string, std::vector<std::pair<StepMessage, Bytes>>> expected;
+  std::set<std::string> warming;  // peers being connected to ahead of a held step's hand-off
 
   // Stages run one step at a time on this thread, never on the transport's progress thread.
   std::mutex task_mu;
@@ -170,10 +174,23 @@ struct PipelineNode::State : std::enable_shared_from_this<State> {
   void RunStep(StepMessage m, Bytes payload) {
     const Hop& hop = m.route[m.hop];
     std::shared_ptr<Stage> stage;
+    bool held = false;
+    std::optional<Hop> ahead;
     {
       std::lock_guard<std::mutex> lock(mu);
       auto it = stages.find(hop.stage);
-      if (it != stages.end()) stage = it->second;
+      if (it != stages.end()) {
+        stage = it->second;
+      } else if (auto e = expected.find(hop.stage); e != expected.end()) {
+        if (m.hop + 1 < static_cast<int>(m.route.size())) ahead = m.route[m.hop + 1];
+        e->second.emplace_back(std::move(m), std::move(payload));
+        held = true;
+      }
+    }
+    if (held) {
+      // Held until the stage is built; the node of the next hop is connected to meanwhile.
+      if (ahead) Warm(*ahead);
+      return;
     }
     if (stage == nullptr) {
       SendResult(m.origin, m.seq, NotFound("node '" + self + "' serves no stage '" + hop.stage + "'"), {});
@@ -201,6 +218,10 @@ struct PipelineNode::State : std::enable_shared_from_this<State> {
     if (next.node == self) {
       RunStep(std::move(m), std::move(*ToBytes(out.hidden)));
       return;
+    }
+    {
+      std::unique_lock<std::mutex> lock(mu);  // a connection begun while the step was held
+      cv.wait_for(lock, std::chrono::seconds(5), [&] { return !warming.count(next.node); });
     }
     Status c = fabric::ConnectWithRetry(*transport, next.node, next.address, 5);
     if (!c.ok()) {
@@ -261,6 +282,37 @@ struct PipelineNode::State : std::enable_shared_from_this<State> {
       if (stage) stage->Drop(j.value("request", uint64_t{0}));
     } else if (accept) {
       accept(nullptr, [](Status) {});
+    }
+  }
+
+  // Starts connecting to `hop`'s node unless it is this node or already being connected to
+  // (mu not held: a transport may call back at once).
+  void Warm(const Hop& hop) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (hop.node == self || !warming.insert(hop.node).second) return;
+    }
+    auto weak = weak_from_this();
+    transport->Connect(hop.node, hop.address, [weak, node = hop.node](Status) {
+      if (auto st = weak.lock()) {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->warming.erase(node);
+        st->cv.notify_all();
+      }
+    });
+  }
+
+  // The held steps of an expected stage run (`cause` OK: it was built) or fail with `cause`.
+  void Release(std::vector<std::pair<StepMessage, Bytes>> held, const Status& cause) {
+    for (auto& [m, payload] : held) {
+      if (!cause.ok()) {
+        SendResult(m.origin, m.seq, cause, {});
+        continue;
+      }
+      auto weak = weak_from_this();
+      Post([weak, m = std::move(m), payload = std::move(payload)]() mutable {
+        if (auto st = weak.lock()) st->RunStep(std::move(m), std::move(payload));
+      });
     }
   }
 
@@ -387,6 +439,14 @@ PipelineNode::~PipelineNode() {
     if (accept) accept(nullptr, [](Status) {});
   });
   state_->transport->SetPeerFailureHandler(nullptr);
+  std::map<std::string, std::vector<std::pair<StepMessage, Bytes>>> expected;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    expected.swap(state_->expected);
+  }
+  for (auto& [key, held] : expected) {
+    state_->Release(std::move(held), Cancelled("node '" + state_->self + "' stopped before stage '" + key + "' was built"));
+  }
   {
     std::lock_guard<std::mutex> lock(state_->task_mu);
     state_->stopping = true;
@@ -410,16 +470,51 @@ PipelineNode::~PipelineNode() {
 const std::string& PipelineNode::name() const { return state_->self; }
 
 Status PipelineNode::AddStage(const std::string& key, std::shared_ptr<Stage> stage) {
-  std::lock_guard<std::mutex> lock(state_->mu);
-  if (!state_->stages.emplace(key, std::move(stage)).second) {
-    return AlreadyExists("node '" + state_->self + "' already serves stage '" + key + "'");
+  std::vector<std::pair<StepMessage, Bytes>> held;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->stages.emplace(key, std::move(stage)).second) {
+      return AlreadyExists("node '" + state_->self + "' already serves stage '" + key + "'");
+    }
+    if (auto e = state_->expected.find(key); e != state_->expected.end()) {
+      held = std::move(e->second);
+      state_->expected.erase(e);
+    }
   }
+  state_->Release(std::move(held), Status::Ok());
   return Status::Ok();
 }
 
-Status PipelineNode::RemoveStage(const std::string& key) {
+Status PipelineNode::ExpectStage(const std::string& key) {
   std::lock_guard<std::mutex> lock(state_->mu);
-  if (state_->stages.erase(key) == 0) return NotFound("node '" + state_->self + "' serves no stage '" + key + "'");
+  if (state_->stages.count(key) || state_->expected.count(key)) {
+    return AlreadyExists("node '" + state_->self + "' already serves stage '" + key + "'");
+  }
+  state_->expected[key];
+  return Status::Ok();
+}
+
+void PipelineNode::FailExpected(const std::string& key, const Status& cause) {
+  std::vector<std::pair<StepMessage, Bytes>> held;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    auto e = state_->expected.find(key);
+    if (e == state_->expected.end()) return;
+    held = std::move(e->second);
+    state_->expected.erase(e);
+  }
+  state_->Release(std::move(held), cause.WithContext("node '" + state_->self + "', stage '" + key + "'"));
+}
+
+void PipelineNode::Warm(const std::string& node, const std::string& address) { state_->Warm({node, address, ""}); }
+
+Status PipelineNode::RemoveStage(const std::string& key) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->stages.erase(key) > 0) return Status::Ok();
+    if (!state_->expected.count(key)) return NotFound("node '" + state_->self + "' serves no stage '" + key + "'");
+  }
+  FailExpected(key, Unavailable("the stage was stopped before it was built"));
   return Status::Ok();
 }
 

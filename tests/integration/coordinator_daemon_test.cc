@@ -246,8 +246,8 @@ TEST_F(CoordinatorDaemonTest, ConfigErrorsNameTheKey) {
       << r.err;
 }
 
-// coordinator.serving: the benchmark emulation and the HTTP endpoint's threads, with errors that
-// name the key.
+// coordinator.serving: the benchmark emulation, the HTTP endpoint's threads and the lookahead,
+// with errors that name the key.
 TEST(ServingConfigTest, EmulationAndHttpThreadsParseAndBadValuesAreNamed) {
   auto parse = [](const std::string& text) {
     auto node = ConfigNode::ParseString(text, "c.yaml");
@@ -266,6 +266,13 @@ TEST(ServingConfigTest, EmulationAndHttpThreadsParseAndBadValuesAreNamed) {
   EXPECT_EQ(parse("http: {threads: 0}\n").status().message(), "c.yaml:1: http.threads: must be between 1 and 65536");
   EXPECT_NE(parse("emulate: {step: 1ms, tokens: 1ms}\n").status().message().find("tokens"), std::string::npos);
   EXPECT_EQ(parse("emulate: {step: 20s}\n").status().message(), "c.yaml:1: emulate.step: must be 0 to 10s");
+  // lookahead: pipelines prepared that far ahead of their blocks (default 1 s; 0 turns it off).
+  EXPECT_DOUBLE_EQ(plain->lookahead, 1.0);
+  auto off = parse("lookahead: 0s\n");
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(off->lookahead, 0);
+  EXPECT_DOUBLE_EQ(parse("lookahead: 250ms\n")->lookahead, 0.25);
+  EXPECT_EQ(parse("lookahead: 90s\n").status().message(), "c.yaml:1: lookahead: must be 0 to 60s");
 }
 
 }  // namespace

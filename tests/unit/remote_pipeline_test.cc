@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <thread>
 
 #include "modelcast/pipeline/remote.h"
 #include "support/pipeline_models.h"
@@ -192,6 +193,73 @@ TEST_F(RemotePipelineTest, AnUnknownStageIsNamed) {
   EXPECT_EQ(nodes_[0].node->AddStage(nodes_[0].node->stage_keys().front(), nullptr).code(),
             StatusCode::kAlreadyExists);
   EXPECT_EQ(nodes_[0].node->RemoveStage("nope").code(), StatusCode::kNotFound);
+}
+
+// A stage expected before it is built (its weights still landing): a step that reaches it is
+// held, not refused, and goes on with the same logits the moment the stage is added.
+TEST_F(RemotePipelineTest, AStepForAnExpectedStageWaitsUntilItIsBuilt) {
+  auto ranges = SplitLayers(config().num_hidden_layers, 2);
+  ASSERT_TRUE(ranges.ok());
+  const std::string first = "late:0", second = "late:1";
+  ASSERT_TRUE(nodes_[0].node->AddStage(first, testing::StageFromBlocks(*model_->package, (*ranges)[0])).ok());
+  ASSERT_TRUE(nodes_[1].node->ExpectStage(second).ok());
+  EXPECT_EQ(nodes_[1].node->ExpectStage(second).code(), StatusCode::kAlreadyExists);
+  EXPECT_TRUE(nodes_[1].node->stage_keys().empty()) << "an expected stage is not served yet";
+  // Node 0 hands its activations to node 1: connected to ahead of the first step.
+  nodes_[0].node->Warm(nodes_[1].transport->name(), nodes_[1].transport->address());
+  const std::vector<Hop> hops = {{nodes_[0].transport->name(), nodes_[0].transport->address(), first},
+                                 {nodes_[1].transport->name(), nodes_[1].transport->address(), second}};
+  auto remote = driver_.node->Connect(hops, config(), 20);
+  ASSERT_TRUE(remote.ok()) << remote.status().ToString();
+  StepInput in;
+  in.items = {{1, 0, 3}};
+  in.tokens = {4, 5, 6};
+  StepOutput got;
+  Status stepped;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::thread step([&] { stepped = (*remote)->Step(in, &got); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(nodes_[1].node->AddStage(second, testing::StageFromBlocks(*model_->package, (*ranges)[1])).ok());
+  step.join();
+  ASSERT_TRUE(stepped.ok()) << stepped.ToString();
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(300)) << "it waited for the stage";
+  auto local = testing::SplitPipeline(*model_->package, 1);
+  StepOutput want;
+  ASSERT_TRUE(local->Step(in, &want).ok());
+  EXPECT_EQ(got.logits, want.logits);
+}
+
+// An expected stage given up on (its blocks never landed, or it was stopped) fails the steps it
+// held with the cause, naming the node and the stage, at once rather than at the step timeout.
+TEST_F(RemotePipelineTest, AStageGivenUpOnFailsItsHeldStepsWithTheCause) {
+  for (const bool stop : {false, true}) {
+    const std::string key = stop ? "stopped" : "never";
+    ASSERT_TRUE(nodes_[0].node->ExpectStage(key).ok());
+    auto remote = driver_.node->Connect({{nodes_[0].transport->name(), nodes_[0].transport->address(), key}},
+                                        config(), 20);
+    ASSERT_TRUE(remote.ok());
+    StepInput in;
+    in.items = {{1, 0, 1}};
+    in.tokens = {4};
+    StepOutput out;
+    Status stepped;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread step([&] { stepped = (*remote)->Step(in, &out); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (stop) {
+      EXPECT_TRUE(nodes_[0].node->RemoveStage(key).ok());
+    } else {
+      nodes_[0].node->FailExpected(key, DeadlineExceeded("its blocks did not land within 2 s"));
+    }
+    step.join();
+    EXPECT_FALSE(stepped.ok());
+    EXPECT_NE(stepped.message().find(stop ? "stopped before it was built" : "did not land"), std::string::npos)
+        << stepped.ToString();
+    EXPECT_NE(stepped.message().find("node-0"), std::string::npos) << stepped.ToString();
+    EXPECT_NE(stepped.message().find("'" + key + "'"), std::string::npos) << stepped.ToString();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10)) << "failed at once, not by the timeout";
+    EXPECT_EQ(nodes_[0].node->RemoveStage(key).code(), StatusCode::kNotFound) << "no longer expected";
+  }
 }
 
 }  // namespace

@@ -98,6 +98,7 @@ nlohmann::json OperationJson(const rpc::OperationStatus& op) {
   if (op.__isset.finished_unix) j["seconds"] = op.finished_unix - op.created_unix;
   if (op.__isset.error) j["error"] = op.error;
   if (op.__isset.first_pipeline_s) j["first_pipeline_s"] = op.first_pipeline_s;
+  if (op.__isset.first_pipeline_blocks_s) j["first_pipeline_blocks_s"] = op.first_pipeline_blocks_s;
   if (op.__isset.first_byte_unix) j["first_byte_unix"] = op.first_byte_unix;
   for (const auto& n : op.nodes) {
     j["nodes"].push_back({{"node", n.node},

@@ -65,6 +65,9 @@ struct OperationStatus {
   std::optional<std::string> error;
   int32_t replans = 0;
   std::optional<double> first_pipeline_s;  // since its start: when a group of targets could first serve
+  // Since its start: when the last block of the first pipeline's stages landed (the pipeline may
+  // have been formed before, from the plan's prediction).
+  std::optional<double> first_pipeline_blocks_s;
   std::optional<double> first_byte_unix;   // when the first slice started moving to a target
 };
 
@@ -117,7 +120,8 @@ struct ProgressUpdate {
   struct Slice {
     int32_t slice = 0;
     int64_t bytes = 0;
-    double started = 0;  // seconds after started_unix
+    double started = 0;   // seconds after started_unix
+    double finished = 0;  // when it landed, likewise
   };
   struct Link {
     std::string peer;

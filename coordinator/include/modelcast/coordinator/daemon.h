@@ -55,6 +55,8 @@ struct ServingConfig {
   int max_stages = 4;
   double step_timeout = 30;
   bool pipelines = true;
+  // Seconds ahead that pipelines form from the plan (0: only from blocks that have landed).
+  double lookahead = 1;
   double emulated_step = 0;   // seconds; see pipeline::RouterOptions
   double emulated_token = 0;
 

@@ -2,16 +2,21 @@
 // engines in step with the cluster (level-triggered, woken whenever holdings or instances
 // change): every full local instance is served (its agent hosts a stage of every block);
 // during a scale-out the receivers whose complete blocks together cover the model are formed
-// into pipelines (planner::FormPipelines on what the agents report, not on the plan's ticks),
-// their agents host the stages and the router sends requests through them; a pipeline
+// into pipelines (planner::FormPipelines on what the agents report, and, `serving.lookahead`
+// ahead, on what each target's plan sends it next at the rate it has been receiving), their
+// agents host the stages (a stage whose blocks are still landing is built by its agent the
+// moment its last block lands, holding the steps that reach it before) and the router sends
+// requests through them; a pipeline
 // dissolves (drains: requests in flight finish) once its members are all full local instances,
 // and a released instance's engine drains before its agent stops serving.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,12 +63,18 @@ class ServingPlane {
     std::vector<std::pair<std::string, planner::Stage>> stages;  // node, blocks
     bool local = false;
     bool draining = false;
+    std::set<std::string> waiting;  // nodes whose stage's blocks were still landing when it formed
   };
   ServingPlane() = default;
   void Loop();
   void Reconcile();
-  // Starts the stages on their agents and adds the engine; stops what it started on failure.
+  // Starts the stages on their agents and adds the engine (or, when some of its blocks are
+  // still landing, keeps it prepared); stops what it started on failure.
   Status Launch(const std::string& id, Engine engine, const ServingView& view);
+  // Adds a started engine to the router; `formed`: when it was formed (SteadyNow).
+  Status Admit(const std::string& id, Engine engine, std::unique_ptr<pipeline::Pipeline> p, double formed);
+  // How long an agent holds a stage formed ahead of its blocks, and a prepared engine waits.
+  double WaitForBlocks() const { return std::max(2.0, 4 * config_.lookahead); }
   void Release(const std::string& id, const Engine& engine, const ServingView& view);
   Status StartHttp(const std::string& address, int port);
 
@@ -86,6 +97,12 @@ class ServingPlane {
   std::condition_variable cv_;
   bool poked_ = false, stopping_ = false;
   std::map<std::string, Engine> engines_;        // id -> what it runs on
+  struct Prepared {
+    Engine engine;
+    std::unique_ptr<pipeline::Pipeline> pipeline;
+    double formed = 0;  // SteadyNow()
+  };
+  std::map<std::string, Prepared> prepared_;     // formed ahead of their blocks, not in the router yet
   std::map<std::string, bool> gone_;             // engines that left the router (id -> drained ok)
   std::map<std::string, double> retry_after_;    // engine id -> when a failed launch may be retried
   uint64_t next_pipeline_ = 1;

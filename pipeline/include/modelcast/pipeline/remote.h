@@ -40,7 +40,17 @@ class PipelineNode {
   // Hosts a stage under `key` (AlreadyExists when the key is taken). Steps for a key this node
   // does not host fail with NotFound naming the node and the key.
   Status AddStage(const std::string& key, std::shared_ptr<Stage> stage);
-  // Stops hosting; steps already running on it finish. NotFound when absent.
+  // A stage that will be hosted under `key` once built (its weights are still arriving): steps
+  // for it are held, not refused, and the node its activations go to next is connected to
+  // meanwhile. AddStage(key) runs the held steps; FailExpected(key, cause) fails them with the
+  // cause (and the key is no longer expected). AlreadyExists when the key is hosted or expected.
+  Status ExpectStage(const std::string& key);
+  void FailExpected(const std::string& key, const Status& cause);
+  // Starts connecting to `node` at `address` (where a stage of this node hands its activations
+  // on), unless connected or connecting: the first step through it then finds it connected.
+  void Warm(const std::string& node, const std::string& address);
+  // Stops hosting (or expecting: the held steps fail); steps already running on it finish.
+  // NotFound when absent.
   Status RemoveStage(const std::string& key);
   std::shared_ptr<Stage> FindStage(const std::string& key) const;
   std::vector<std::string> stage_keys() const;
