@@ -1,0 +1,239 @@
+// The coordinator's etcd client against real etcd members (Debian's etcd-server, on loopback):
+// reads, writes and transactions, leases that keep keys alive and expire, a watch, one member of
+// three killed without the client noticing, and endpoint lists that are wrong.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "etcd_client.h"
+#include "support/process.h"
+#include "support/temp_dir.h"
+
+namespace modelcast::coordinator {
+namespace {
+
+using namespace std::chrono_literals;
+
+int FreeLoopbackPort();
+
+const char* EtcdBinary() {
+  for (const char* p : {"/usr/bin/etcd", "/usr/local/bin/etcd"}) {
+    if (std::filesystem::exists(p)) return p;
+  }
+  return nullptr;
+}
+
+// Three etcd members on loopback, each with a data dir of its own.
+class EtcdClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (EtcdBinary() == nullptr) GTEST_SKIP() << "no etcd binary (scripts/dev.sh installs etcd-server)";
+    std::string cluster;
+    for (int i = 0; i < 3; ++i) {
+      client_ports_[i] = FreeLoopbackPort();
+      peer_ports_[i] = FreeLoopbackPort();
+      cluster += (i ? "," : "") + Name(i) + "=http://127.0.0.1:" + std::to_string(peer_ports_[i]);
+    }
+    cluster_ = cluster;
+    for (int i = 0; i < 3; ++i) Start(i, "new");
+    auto c = EtcdClient::Create(Endpoints(), 5);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    client_ = std::move(*c);
+    const auto by = std::chrono::steady_clock::now() + 30s;
+    Result<std::string> v = Unavailable("not asked");
+    while (std::chrono::steady_clock::now() < by) {
+      v = client_->Version();
+      if (v.ok() && client_->Put("/ready", "1").ok()) break;
+      std::this_thread::sleep_for(100ms);  // a poll with a deadline: the members elect a leader
+    }
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+  }
+  static std::string Name(int i) { return "m" + std::to_string(i); }
+  std::vector<std::string> Endpoints() const {
+    std::vector<std::string> e;
+    for (int p : client_ports_) e.push_back("127.0.0.1:" + std::to_string(p));
+    return e;
+  }
+  void Start(int i, const std::string& state) {
+    const std::string client = "http://127.0.0.1:" + std::to_string(client_ports_[i]);
+    const std::string peer = "http://127.0.0.1:" + std::to_string(peer_ports_[i]);
+    members_[i] = std::make_unique<testing::Child>(std::vector<std::string>{
+        EtcdBinary(), "--name", Name(i), "--data-dir", (dir_ / Name(i)).string(), "--listen-client-urls", client,
+        "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", cluster_, "--initial-cluster-state", state, "--initial-cluster-token", "mc-test",
+        "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "warn"});
+  }
+
+  testing::TempDir dir_;
+  int client_ports_[3] = {}, peer_ports_[3] = {};
+  std::string cluster_;
+  std::unique_ptr<testing::Child> members_[3];
+  std::unique_ptr<EtcdClient> client_;
+};
+
+TEST(Base64Test, RoundTripsEveryByteAndRefusesWhatIsNotBase64) {
+  std::string all;
+  for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+  for (size_t n = 0; n < 7; ++n) {
+    auto back = Base64Decode(Base64Encode(all.substr(0, n)));
+    ASSERT_TRUE(back.ok());
+    EXPECT_EQ(*back, all.substr(0, n));
+  }
+  EXPECT_EQ(Base64Encode("foo"), "Zm9v");  // etcd's own example
+  EXPECT_EQ(*Base64Decode(Base64Encode(all)), all);
+  EXPECT_FALSE(Base64Decode("Zm9v!").ok());
+  EXPECT_EQ(EtcdClient::PrefixEnd("/mc/"), "/mc0");
+}
+
+TEST(EtcdEndpointsTest, WrongListsAreRefusedNamingTheEndpoint) {
+  EXPECT_FALSE(EtcdClient::Create({}).ok());
+  for (const std::string bad : {"localhost", "127.0.0.1:", ":2379", "127.0.0.1:port", "127.0.0.1:70000"}) {
+    auto c = EtcdClient::Create({"127.0.0.1:2379", bad});
+    ASSERT_FALSE(c.ok()) << bad;
+    EXPECT_NE(c.status().message().find("'" + bad + "'"), std::string::npos) << c.status().ToString();
+  }
+  // Well-formed but nobody there: each call says which members it tried.
+  const int nobody = FreeLoopbackPort();
+  auto c = EtcdClient::Create({"127.0.0.1:" + std::to_string(nobody)}, 1);
+  ASSERT_TRUE(c.ok());
+  auto v = (*c)->Version();
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(v.status().message().find(std::to_string(nobody)), std::string::npos) << v.status().ToString();
+}
+
+TEST_F(EtcdClientTest, ReadsWritesAndCompareAndSwap) {
+  auto rev = client_->Put("/mc/a", std::string("x\0y", 3));
+  ASSERT_TRUE(rev.ok()) << rev.status().ToString();
+  ASSERT_TRUE(client_->Put("/mc/b", "2").ok());
+  ASSERT_TRUE(client_->Put("/other", "3").ok());
+  int64_t header = 0;
+  auto kvs = client_->Range("/mc/", EtcdClient::PrefixEnd("/mc/"), &header);
+  ASSERT_TRUE(kvs.ok()) << kvs.status().ToString();
+  ASSERT_EQ(kvs->size(), 2u);
+  EXPECT_EQ((*kvs)[0].key, "/mc/a");
+  EXPECT_EQ((*kvs)[0].value, std::string("x\0y", 3)) << "binary values survive";
+  EXPECT_EQ((*kvs)[0].create_revision, *rev);
+  EXPECT_GT(header, *rev);
+  // Create only if absent: the first wins, the second is told no and reads what is there.
+  const EtcdCompare absent{"/mc/leader", EtcdCompare::Target::kCreate, EtcdCompare::Op::kEqual, 0, ""};
+  auto first = client_->Txn({absent}, {EtcdOp::Put("/mc/leader", "c1")}, {EtcdOp::Get("/mc/leader")});
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_TRUE(first->succeeded);
+  auto second = client_->Txn({absent}, {EtcdOp::Put("/mc/leader", "c2")}, {EtcdOp::Get("/mc/leader")});
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(second->succeeded);
+  ASSERT_EQ(second->reads.size(), 1u);
+  ASSERT_EQ(second->reads[0].size(), 1u);
+  EXPECT_EQ(second->reads[0][0].value, "c1");
+  // A write fenced on a revision that has moved on is refused.
+  const EtcdCompare stale{"/mc/b", EtcdCompare::Target::kMod, EtcdCompare::Op::kEqual, *rev, ""};
+  auto fenced = client_->Txn({stale}, {EtcdOp::Put("/mc/b", "late")});
+  ASSERT_TRUE(fenced.ok());
+  EXPECT_FALSE(fenced->succeeded);
+  EXPECT_EQ((*client_->Range("/mc/b"))[0].value, "2");
+  EXPECT_EQ(*client_->Delete("/mc/", EtcdClient::PrefixEnd("/mc/")), 3);
+  EXPECT_TRUE(client_->Range("/mc/", EtcdClient::PrefixEnd("/mc/"))->empty());
+}
+
+TEST_F(EtcdClientTest, ALeaseKeepsItsKeyWhileKeptAliveAndDeletesItWhenItExpires) {
+  auto lease = client_->LeaseGrant(2);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+  ASSERT_TRUE(client_->Put("/mc/alive", "1", *lease).ok());
+  for (int i = 0; i < 6; ++i) {
+    std::this_thread::sleep_for(500ms);
+    auto ttl = client_->LeaseKeepAlive(*lease);
+    ASSERT_TRUE(ttl.ok()) << ttl.status().ToString();
+  }
+  EXPECT_EQ(client_->Range("/mc/alive")->size(), 1u) << "kept alive past its TTL";
+  const auto by = std::chrono::steady_clock::now() + 10s;
+  while (!client_->Range("/mc/alive")->empty() && std::chrono::steady_clock::now() < by) {
+    std::this_thread::sleep_for(100ms);  // a poll with a deadline: the lease expires in ~2 s
+  }
+  EXPECT_TRUE(client_->Range("/mc/alive")->empty()) << "its key went with the lease";
+  EXPECT_EQ(client_->LeaseKeepAlive(*lease).status().code(), StatusCode::kNotFound);
+  auto other = client_->LeaseGrant(60);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(client_->Put("/mc/revoked", "1", *other).ok());
+  EXPECT_TRUE(client_->LeaseRevoke(*other).ok());
+  EXPECT_TRUE(client_->Range("/mc/revoked")->empty());
+}
+
+TEST_F(EtcdClientTest, AWatchSeesPutsAndDeletesInOrder) {
+  std::mutex mu;
+  std::vector<std::pair<bool, std::string>> seen;
+  auto w = client_->Watch(
+      "/mc/", EtcdClient::PrefixEnd("/mc/"), 0,
+      [&](const EtcdEvent& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        seen.push_back({e.deleted, e.kv.key + "=" + e.kv.value});
+      },
+      nullptr);
+  ASSERT_TRUE(w.ok());
+  std::this_thread::sleep_for(300ms);  // the watch is created before the writes
+  ASSERT_TRUE(client_->Put("/mc/x", "1").ok());
+  ASSERT_TRUE(client_->Put("/elsewhere", "1").ok());
+  ASSERT_TRUE(client_->Put("/mc/x", "2").ok());
+  ASSERT_TRUE(client_->Delete("/mc/x").ok());
+  const auto by = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < by) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (seen.size() >= 3) break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0], std::make_pair(false, std::string("/mc/x=1")));
+  EXPECT_EQ(seen[1], std::make_pair(false, std::string("/mc/x=2")));
+  EXPECT_TRUE(seen[2].first);
+  w->reset();  // stops at once though no event is coming
+}
+
+TEST_F(EtcdClientTest, OneMemberOfThreeKilledChangesNothing) {
+  ASSERT_TRUE(client_->Put("/mc/k", "before").ok());
+  members_[0]->Kill(SIGKILL);
+  members_[0]->Wait(10s);
+  for (int i = 0; i < 20; ++i) {
+    auto rev = client_->Put("/mc/k", std::to_string(i));
+    ASSERT_TRUE(rev.ok()) << "put " << i << ": " << rev.status().ToString();
+  }
+  EXPECT_EQ((*client_->Range("/mc/k"))[0].value, "19");
+  Start(0, "existing");  // back with its data dir: it catches up
+  auto alone = EtcdClient::Create({Endpoints()[0]}, 5);
+  ASSERT_TRUE(alone.ok());
+  const auto by = std::chrono::steady_clock::now() + 30s;
+  Result<std::vector<EtcdKv>> got = Unavailable("not asked");
+  while (std::chrono::steady_clock::now() < by) {
+    got = (*alone)->Range("/mc/k");
+    if (got.ok() && !got->empty() && (*got)[0].value == "19") break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ((*got)[0].value, "19");
+}
+
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+}  // namespace
+}  // namespace modelcast::coordinator
