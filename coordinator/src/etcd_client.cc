@@ -2,7 +2,9 @@
 
 #include <httplib.h>
 
+#include <chrono>
 #include <mutex>
+#include <thread>
 
 namespace modelcast::coordinator {
 namespace {
@@ -15,7 +17,8 @@ int64_t Num(const nlohmann::json& j, const char* field) {
   if (v.is_number_integer()) return v.get<int64_t>();
   if (v.is_string()) {
     try {
-      return std::stoll(v.get<std::string>());
+      // uint64 ids (members) come as strings past int64's range: kept as their bits.
+      return static_cast<int64_t>(std::stoull(v.get<std::string>()));
     } catch (const std::exception&) {
       return 0;
     }
@@ -200,9 +203,16 @@ Result<nlohmann::json> EtcdClient::Call(const std::string& path, const nlohmann:
   const std::string text = body.dump();
   std::string errors;
   const size_t n = parsed_.size();
-  const size_t first = preferred_.load() % n;
-  for (size_t k = 0; k < n; ++k) {
-    const size_t i = (first + k) % n;
+  // Round after round over the members until one answers or the timeout passes: a member that
+  // is down, or that has no leader while the others elect one, is passed over.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
+  for (size_t k = 0;; ++k) {
+    if (k > 0 && k % n == 0) {
+      if (std::chrono::steady_clock::now() >= until) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      errors.clear();
+    }
+    const size_t i = (preferred_.load() + k) % n;
     httplib::Client cli(parsed_[i].host, parsed_[i].port);
     const auto secs = static_cast<time_t>(timeout_s_);
     const auto usecs = static_cast<time_t>((timeout_s_ - static_cast<double>(secs)) * 1e6);
@@ -239,10 +249,19 @@ Result<nlohmann::json> EtcdClient::Call(const std::string& path, const nlohmann:
   return Unavailable("etcd: no member answered " + path + " (" + errors + ")");
 }
 
-Result<std::string> EtcdClient::Version() const {
+Result<EtcdClient::MemberStatus> EtcdClient::Member() const {
   // The maintenance status is a gRPC call too (/v3/maintenance/status).
   MC_ASSIGN_OR_RETURN(auto j, Call("/v3/maintenance/status", nlohmann::json::object()));
-  return j.value("version", std::string());
+  MemberStatus m;
+  m.version = j.value("version", std::string());
+  m.member_id = static_cast<uint64_t>(Num(j.value("header", nlohmann::json::object()), "member_id"));
+  m.leader = static_cast<uint64_t>(Num(j, "leader"));
+  return m;
+}
+
+Result<std::string> EtcdClient::Version() const {
+  MC_ASSIGN_OR_RETURN(auto m, Member());
+  return m.version;
 }
 
 Result<std::vector<EtcdKv>> EtcdClient::Range(const std::string& key, const std::string& range_end,

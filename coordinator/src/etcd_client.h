@@ -92,7 +92,12 @@ class EtcdClient {
   static Result<std::unique_ptr<EtcdClient>> Create(const std::vector<std::string>& endpoints,
                                                     double timeout_s = 5);
 
-  // The cluster's answer to a status call on some member: its version, or why none answered.
+  // A member's status (the first that answers): its version, its id and its leader's.
+  struct MemberStatus {
+    std::string version;
+    uint64_t member_id = 0, leader = 0;
+  };
+  Result<MemberStatus> Member() const;
   Result<std::string> Version() const;
 
   Result<std::vector<EtcdKv>> Range(const std::string& key, const std::string& range_end = "",

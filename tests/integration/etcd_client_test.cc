@@ -200,17 +200,27 @@ TEST_F(EtcdClientTest, AWatchSeesPutsAndDeletesInOrder) {
   w->reset();  // stops at once though no event is coming
 }
 
+// The leader itself killed: the others elect a new one while the client keeps writing.
 TEST_F(EtcdClientTest, OneMemberOfThreeKilledChangesNothing) {
   ASSERT_TRUE(client_->Put("/mc/k", "before").ok());
-  members_[0]->Kill(SIGKILL);
-  members_[0]->Wait(10s);
+  int leader = -1;
+  for (int i = 0; i < 3 && leader < 0; ++i) {
+    auto one = EtcdClient::Create({Endpoints()[i]}, 5);
+    ASSERT_TRUE(one.ok());
+    auto st = (*one)->Member();
+    ASSERT_TRUE(st.ok()) << st.status().ToString();
+    if (st->member_id == st->leader) leader = i;
+  }
+  ASSERT_GE(leader, 0) << "no member says it leads";
+  members_[leader]->Kill(SIGKILL);
+  members_[leader]->Wait(10s);
   for (int i = 0; i < 20; ++i) {
     auto rev = client_->Put("/mc/k", std::to_string(i));
     ASSERT_TRUE(rev.ok()) << "put " << i << ": " << rev.status().ToString();
   }
   EXPECT_EQ((*client_->Range("/mc/k"))[0].value, "19");
-  Start(0, "existing");  // back with its data dir: it catches up
-  auto alone = EtcdClient::Create({Endpoints()[0]}, 5);
+  Start(leader, "existing");  // back with its data dir: it catches up
+  auto alone = EtcdClient::Create({Endpoints()[leader]}, 5);
   ASSERT_TRUE(alone.ok());
   const auto by = std::chrono::steady_clock::now() + 30s;
   Result<std::vector<EtcdKv>> got = Unavailable("not asked");
