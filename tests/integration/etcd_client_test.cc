@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "etcd_client.h"
+#include "etcd_log.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -231,6 +232,79 @@ TEST_F(EtcdClientTest, OneMemberOfThreeKilledChangesNothing) {
   }
   ASSERT_TRUE(got.ok()) << got.status().ToString();
   EXPECT_EQ((*got)[0].value, "19");
+}
+
+// The coordinator's state as a record log in etcd: what is appended is replayed by whoever opens
+// the prefix next (a standby), in order, across a compaction; records larger than an etcd request
+// are cut into parts; a record cut short is not replayed; a deposed leader's writes are refused
+// (fencing); a prefix that is not ours, or a newer format, is refused and left as it is.
+TEST_F(EtcdClientTest, TheStateLogReplaysInOrderAndRefusesADeposedLeader) {
+  std::shared_ptr<EtcdClient> shared = std::move(client_);
+  auto open = [&](std::vector<nlohmann::json>* seen, JournalOpenReport* report = nullptr) {
+    return EtcdLog::Open(
+        shared, "/mc/state", [seen](const nlohmann::json& r) { seen->push_back(r); return Status::Ok(); }, report,
+        4096);
+  };
+  std::vector<nlohmann::json> none;
+  auto log = open(&none);
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  EXPECT_TRUE(none.empty());
+  // Elected: the leader key made with a lease, the log fenced on it.
+  auto lease = shared->LeaseGrant(30);
+  ASSERT_TRUE(lease.ok());
+  auto elected = shared->Txn({{"/mc/leader", EtcdCompare::Target::kCreate, EtcdCompare::Op::kEqual, 0, ""}},
+                             {EtcdOp::Put("/mc/leader", "c1", *lease)});
+  ASSERT_TRUE(elected.ok() && elected->succeeded);
+  (*log)->Fence("/mc/leader", elected->revision);
+  const std::string big(20000, 'm');  // five parts of 4 KiB
+  std::vector<nlohmann::json> want;
+  for (int i = 0; i < 5; ++i) want.push_back({{"op", "n"}, {"i", i}});
+  want.push_back({{"op", "big"}, {"manifest", big}});
+  for (const auto& r : want) ASSERT_TRUE((*log)->Append(r).ok());
+  std::vector<nlohmann::json> seen;
+  JournalOpenReport report;
+  ASSERT_TRUE(open(&seen, &report).ok());
+  EXPECT_EQ(seen, want);
+  // Compacted to two records, then one more: a standby sees exactly those three.
+  ASSERT_TRUE((*log)->Compact({want[0], want[5]}).ok());
+  ASSERT_TRUE((*log)->Append({{"op", "after"}}).ok());
+  seen.clear();
+  ASSERT_TRUE(open(&seen).ok());
+  EXPECT_EQ(seen, (std::vector<nlohmann::json>{want[0], want[5], {{"op", "after"}}}));
+  // A record whose end never got written (its writer died) is not replayed.
+  auto gen = shared->Range("/mc/state/gen");
+  ASSERT_TRUE(gen.ok() && gen->size() == 1);
+  char torn[128];
+  std::snprintf(torn, sizeof torn, "/mc/state/g/%012d/log/%012d/000000", std::stoi((*gen)[0].value), 1);
+  ASSERT_TRUE(shared->Put(torn, "{\"op\": \"half").ok());
+  seen.clear();
+  ASSERT_TRUE(open(&seen, &report).ok());
+  EXPECT_EQ(seen.size(), 3u);
+  EXPECT_EQ(report.torn_bytes, 1u);
+  // Deposed: the lease revoked (the leader key goes), another coordinator elected; the old
+  // leader's append and compaction are refused and change nothing.
+  ASSERT_TRUE(shared->LeaseRevoke(*lease).ok());
+  ASSERT_TRUE(shared->Txn({{"/mc/leader", EtcdCompare::Target::kCreate, EtcdCompare::Op::kEqual, 0, ""}},
+                          {EtcdOp::Put("/mc/leader", "c2")})->succeeded);
+  Status late = (*log)->Append({{"op", "late"}});
+  EXPECT_EQ(late.code(), StatusCode::kFailedPrecondition) << late.ToString();
+  EXPECT_NE(late.message().find("no longer leads"), std::string::npos) << late.ToString();
+  EXPECT_EQ((*log)->Compact({}).code(), StatusCode::kFailedPrecondition);
+  seen.clear();
+  ASSERT_TRUE(open(&seen).ok());
+  EXPECT_EQ(seen.size(), 3u) << "the deposed leader changed nothing";
+  // Not ours: keys of another program, another format marker, a newer version.
+  ASSERT_TRUE(shared->Put("/app/config", "x").ok());
+  auto foreign = EtcdLog::Open(shared, "/app", [](const nlohmann::json&) { return Status::Ok(); });
+  ASSERT_FALSE(foreign.ok());
+  EXPECT_NE(foreign.status().message().find("not a modelcast coordinator's state"), std::string::npos)
+      << foreign.status().ToString();
+  ASSERT_TRUE(shared->Put("/newer/format", R"({"format": "modelcast-coordinator-state", "version": 9})").ok());
+  auto newer = EtcdLog::Open(shared, "/newer", [](const nlohmann::json&) { return Status::Ok(); });
+  ASSERT_FALSE(newer.ok());
+  EXPECT_NE(newer.status().message().find("newer modelcast"), std::string::npos) << newer.status().ToString();
+  EXPECT_EQ((*shared->Range("/app/config"))[0].value, "x") << "left as it was";
+  EXPECT_FALSE(EtcdLog::Open(shared, "/trailing/", [](const nlohmann::json&) { return Status::Ok(); }).ok());
 }
 
 int FreeLoopbackPort() {

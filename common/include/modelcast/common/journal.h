@@ -29,9 +29,22 @@ struct JournalOpenReport {
   uint64_t torn_bytes = 0;  // dropped from the tail
 };
 
-class Journal {
+// Where the coordinator's state is kept as records: the journal on its own disk (below), or a
+// log in etcd that coordinators share (coordinator/src/etcd_log.h).
+class RecordLog {
  public:
   using Replay = std::function<Status(const nlohmann::json& record)>;
+  virtual ~RecordLog() = default;
+  // Durable when it returns OK; a failed append leaves the log as it was.
+  virtual Status Append(const nlohmann::json& record) = 0;
+  // Replaces the whole log with `records`, atomically for whoever reads it next.
+  virtual Status Compact(const std::vector<nlohmann::json>& records) = 0;
+  virtual uint64_t records() const = 0;
+  virtual uint64_t bytes() const = 0;
+};
+
+class Journal : public RecordLog {
+ public:
 
   // Opens the journal at `path`, creating it (and an empty journal) if it does not exist, and
   // calls `replay` for every record in order; an error from `replay` stops the open.
@@ -40,13 +53,13 @@ class Journal {
 
   // Appends one record; durable when it returns OK. A failed append (disk full) leaves the
   // journal as it was before the call. Thread-safe.
-  Status Append(const nlohmann::json& record);
+  Status Append(const nlohmann::json& record) override;
   // Replaces the whole journal with `records` (a snapshot of the state), atomically: a crash
   // leaves the old journal or the new one.
-  Status Compact(const std::vector<nlohmann::json>& records);
+  Status Compact(const std::vector<nlohmann::json>& records) override;
 
-  uint64_t records() const;
-  uint64_t bytes() const;
+  uint64_t records() const override;
+  uint64_t bytes() const override;
   const std::filesystem::path& path() const { return path_; }
 
  private:
