@@ -198,7 +198,7 @@ class ClusterState {
   planner::ClusterConfig cluster_;
   CoordinatorConfig config_;
   int64_t epoch_ = 0;
-  std::unique_ptr<Journal> journal_;
+  std::unique_ptr<RecordLog> journal_;  // the local journal, or the log in etcd
   uint64_t snapshot_records_ = 0;  // records the last compaction left
   uint64_t compactions_ = 0;
   std::chrono::steady_clock::time_point opened_ = std::chrono::steady_clock::now();

@@ -29,7 +29,7 @@ class InstanceTable {
   // `changed` runs whenever an instance appears, changes state or goes.
   explicit InstanceTable(std::function<void()> changed) : changed_(std::move(changed)) {}
   // Changes are journaled from now on (not while the journal replays).
-  void AttachJournal(Journal* journal) { journal_ = journal; }
+  void AttachJournal(RecordLog* journal) { journal_ = journal; }
 
   void Set(const std::string& model, const std::string& node, InstanceState state, bool journal = true);
   void Remove(const std::string& model, const std::string& node);
@@ -53,7 +53,7 @@ class InstanceTable {
   void Record(const nlohmann::json& record) const;
 
   std::function<void()> changed_;
-  Journal* journal_ = nullptr;
+  RecordLog* journal_ = nullptr;
   std::map<std::string, ByNode> instances_;  // model -> node -> instance
 };
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cluster_state.h"
+#include "etcd_log.h"
 #include "inventory.h"
 #include "modelcast/common/checksum.h"
 #include "modelcast/common/file_util.h"
@@ -32,7 +33,7 @@ std::vector<std::string> Holders(const Membership& members, const std::string& m
 Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) {
   MC_RETURN_IF_ERROR(node.CheckKeys(
       {"address", "port", "state_dir", "heartbeat_interval", "heartbeat_deadline", "journal_compact_records", "security",
-       "metrics", "serving"}));
+       "metrics", "serving", "state"}));
   CoordinatorConfig c;
   MC_ASSIGN_OR_RETURN(c.address, node.GetString("address", c.address));
   MC_ASSIGN_OR_RETURN(int64_t port, node.GetInt("port", c.port));
@@ -48,6 +49,27 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
   }
   MC_ASSIGN_OR_RETURN(c.journal_compact_records, node.GetInt("journal_compact_records", c.journal_compact_records));
   if (c.journal_compact_records < 100) return node.Child("journal_compact_records")->Error("must be at least 100");
+  if (auto st = node.OptionalChild("state")) {
+    MC_RETURN_IF_ERROR(st->CheckKeys({"etcd"}));
+    MC_ASSIGN_OR_RETURN(ConfigNode etcd, st->Child("etcd"));
+    MC_RETURN_IF_ERROR(etcd.CheckKeys({"endpoints", "prefix", "timeout"}));
+    MC_ASSIGN_OR_RETURN(ConfigNode eps, etcd.Child("endpoints"));
+    if (!eps.IsSequence()) return eps.Error("must be a list of host:port");
+    MC_ASSIGN_OR_RETURN(auto items, eps.Elements());
+    for (const auto& e : items) {
+      MC_ASSIGN_OR_RETURN(std::string ep, e.AsString());
+      c.etcd_endpoints.push_back(ep);
+    }
+    if (c.etcd_endpoints.empty()) return eps.Error("must name at least one etcd member");
+    // Checked here, so that a malformed list is named with its line, not at the first call.
+    if (auto client = EtcdClient::Create(c.etcd_endpoints); !client.ok()) return eps.Error(client.status().message());
+    MC_ASSIGN_OR_RETURN(c.etcd_prefix, etcd.GetString("prefix"));
+    if (c.etcd_prefix.empty() || c.etcd_prefix.front() != '/' || c.etcd_prefix.back() == '/') {
+      return etcd.Child("prefix")->Error("must start with '/' and not end with it");
+    }
+    MC_ASSIGN_OR_RETURN(c.etcd_timeout, etcd.GetDuration("timeout", c.etcd_timeout));
+    if (!(c.etcd_timeout > 0 && c.etcd_timeout <= 60)) return etcd.Child("timeout")->Error("must be more than 0, at most 60s");
+  }
   MC_ASSIGN_OR_RETURN(ConfigNode sec, node.Child("security"));
   MC_ASSIGN_OR_RETURN(c.security, rpc::SecurityConfig::FromConfig(sec));
   if (auto m = node.OptionalChild("metrics")) {
@@ -117,9 +139,16 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const planner::ClusterC
   fs::create_directories(config.state_dir, ec);
   if (ec) return IOError("coordinator: cannot create state_dir " + config.state_dir.string() + ": " + ec.message());
   JournalOpenReport report;
-  MC_ASSIGN_OR_RETURN(s->journal_, Journal::Open(
-                                       config.state_dir / "coordinator.journal",
-                                       [&](const json& r) { return s->Replay(r); }, {}, &report));
+  const auto replay = [&](const json& r) { return s->Replay(r); };
+  if (!config.etcd_endpoints.empty()) {
+    MC_ASSIGN_OR_RETURN(std::shared_ptr<EtcdClient> etcd, EtcdClient::Create(config.etcd_endpoints, config.etcd_timeout));
+    // An etcd nobody answers is an error at start, naming the members tried.
+    MC_ASSIGN_OR_RETURN(auto version, etcd->Version());
+    MC_ASSIGN_OR_RETURN(s->journal_, EtcdLog::Open(etcd, config.etcd_prefix, replay, &report));
+    LOG(INFO) << "coordinator: state in etcd " << version << " under '" << config.etcd_prefix << "/'";
+  } else {
+    MC_ASSIGN_OR_RETURN(s->journal_, Journal::Open(config.state_dir / "coordinator.journal", replay, {}, &report));
+  }
   s->instances_.AttachJournal(s->journal_.get());
   s->epoch_++;
   MC_RETURN_IF_ERROR(s->journal_->Append({{"op", "epoch"}, {"epoch", s->epoch_}}));

@@ -15,7 +15,11 @@
 #include <thread>
 
 #include "etcd_client.h"
+#include "cluster_state.h"
 #include "etcd_log.h"
+#include "modelcast/common/config.h"
+#include "modelcast/common/file_util.h"
+#include "support/pipeline_models.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -305,6 +309,65 @@ TEST_F(EtcdClientTest, TheStateLogReplaysInOrderAndRefusesADeposedLeader) {
   EXPECT_NE(newer.status().message().find("newer modelcast"), std::string::npos) << newer.status().ToString();
   EXPECT_EQ((*shared->Range("/app/config"))[0].value, "x") << "left as it was";
   EXPECT_FALSE(EtcdLog::Open(shared, "/trailing/", [](const nlohmann::json&) { return Status::Ok(); }).ok());
+}
+
+// `coordinator.state: {etcd: ...}`: the coordinator's state in etcd. One coordinator registers a
+// model; another, with a state_dir of its own, opens the same prefix and finds it, in the next
+// epoch. Wrong configs are named at parse time, an etcd nobody answers at start.
+TEST_F(EtcdClientTest, ACoordinatorsStateInEtcdIsFoundByTheNextOne) {
+  auto parse = [](const std::string& state) {
+    const std::string text = "address: 127.0.0.1\nstate_dir: /tmp/x\nsecurity: {insecure: true}\n" + state;
+    auto node = ConfigNode::ParseString(text, "c.yaml");
+    EXPECT_TRUE(node.ok()) << node.status().ToString();
+    return CoordinatorConfig::FromConfig(*node);
+  };
+  std::string eps;
+  for (const auto& e : Endpoints()) eps += (eps.empty() ? "" : ", ") + e;
+  auto config = parse("state: {etcd: {endpoints: [" + eps + "], prefix: /mc/box, timeout: 3s}}\n");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->etcd_endpoints, Endpoints());
+  EXPECT_EQ(config->etcd_prefix, "/mc/box");
+  EXPECT_NE(parse("state: {etcd: {endpoints: [127.0.0.1], prefix: /mc}}\n").status().message().find(
+                "c.yaml:4: state.etcd.endpoints: etcd: endpoint '127.0.0.1' is not host:port"),
+            std::string::npos);
+  EXPECT_NE(parse("state: {etcd: {endpoints: [], prefix: /mc}}\n").status().message().find("at least one"),
+            std::string::npos);
+  EXPECT_NE(parse("state: {etcd: {endpoints: [" + eps + "], prefix: mc/}}\n").status().message().find("prefix"),
+            std::string::npos);
+  EXPECT_NE(parse("state: {zookeeper: {}}\n").status().message().find("zookeeper"), std::string::npos);
+
+  auto model = testing::PrepareModel(testing::Tiny(DType::kBF16, 3), 2);
+  auto manifest_text = ReadFileToString(model->package->dir() / "manifest.json");
+  ASSERT_TRUE(manifest_text.ok()) << manifest_text.status().ToString();
+  const std::string manifest = *manifest_text;
+  planner::ClusterConfig cluster;
+  cluster.name = "box";
+  int64_t first_epoch = 0;
+  {
+    config->state_dir = dir_ / "c1";
+    auto c1 = ClusterState::Open(cluster, *config);
+    ASSERT_TRUE(c1.ok()) << c1.status().ToString();
+    first_epoch = (*c1)->epoch();
+    auto reg = (*c1)->RegisterModel(model->package->manifest().name, manifest, 120);
+    ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+  }
+  config->state_dir = dir_ / "c2";
+  auto c2 = ClusterState::Open(cluster, *config);
+  ASSERT_TRUE(c2.ok()) << c2.status().ToString();
+  EXPECT_EQ((*c2)->epoch(), first_epoch + 1);
+  const auto models = (*c2)->ListModels();
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0].name, model->package->manifest().name);
+  EXPECT_DOUBLE_EQ(models[0].keep_alive, 120);
+  // Nobody at the endpoints: an error at start that names them.
+  const int nobody = FreeLoopbackPort();
+  config->etcd_endpoints = {"127.0.0.1:" + std::to_string(nobody)};
+  config->etcd_timeout = 1;
+  config->state_dir = dir_ / "c3";
+  auto none = ClusterState::Open(cluster, *config);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(none.status().message().find(std::to_string(nobody)), std::string::npos) << none.status().ToString();
 }
 
 int FreeLoopbackPort() {

@@ -76,6 +76,12 @@ struct CoordinatorConfig {
   // The journal is rewritten as a snapshot of its state (models, the operations still kept,
   // instances) once it holds this many records (or twice what the last snapshot held).
   int64_t journal_compact_records = 20000;
+  // `state: {etcd: {endpoints: [host:port, ...], prefix: /modelcast/CLUSTER, timeout: 5s}}`: the
+  // state is kept in etcd (shared by the cluster's coordinators) rather than in the journal in
+  // state_dir (which still holds the models' text files). Empty: the local journal.
+  std::vector<std::string> etcd_endpoints;
+  std::string etcd_prefix;
+  double etcd_timeout = 5;
   rpc::SecurityConfig security;
   rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
   ServingConfig serving;       // off when absent
