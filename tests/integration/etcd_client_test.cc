@@ -16,6 +16,7 @@
 
 #include "etcd_client.h"
 #include "cluster_state.h"
+#include "election.h"
 #include "etcd_log.h"
 #include "modelcast/common/config.h"
 #include "modelcast/common/file_util.h"
@@ -368,6 +369,103 @@ TEST_F(EtcdClientTest, ACoordinatorsStateInEtcdIsFoundByTheNextOne) {
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.status().code(), StatusCode::kUnavailable);
   EXPECT_NE(none.status().message().find(std::to_string(nobody)), std::string::npos) << none.status().ToString();
+}
+
+// Leader election on a lease: one of two candidates leads; when it resigns the other leads at
+// once; when the leader is cut off from etcd (the only member it talks to killed) it stops
+// leading within the TTL, the other takes over, and the old leader's late write is refused.
+TEST_F(EtcdClientTest, OneCandidateLeadsAndACutOffLeaderIsFencedOut) {
+  struct Seen {
+    std::mutex mu;
+    std::vector<std::pair<bool, int64_t>> changes;
+  };
+  auto candidate = [&](std::shared_ptr<EtcdClient> c, const std::string& name, Seen* seen) {
+    LeaderElection::Options o;
+    o.key = "/mc/leader";
+    o.value = name;
+    o.ttl_s = 2;
+    o.on_change = [seen](bool led, int64_t rev) {
+      std::lock_guard<std::mutex> lock(seen->mu);
+      seen->changes.push_back({led, rev});
+    };
+    auto e = LeaderElection::Start(std::move(c), o);
+    EXPECT_TRUE(e.ok());
+    return std::move(*e);
+  };
+  auto wait_for = [](const std::function<bool()>& f, std::chrono::milliseconds within) {
+    const auto by = std::chrono::steady_clock::now() + within;
+    while (!f() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(20ms);
+    return f();
+  };
+  std::shared_ptr<EtcdClient> shared = std::move(client_);
+  Seen sa, sb;
+  auto a = candidate(shared, "a", &sa);
+  ASSERT_TRUE(wait_for([&] { return a->leading(); }, 5s));
+  auto b = candidate(shared, "b", &sb);
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_FALSE(b->leading()) << "one leader at a time";
+  EXPECT_EQ(*b->Leader(), "a");
+  EXPECT_EQ((*shared->Range("/mc/leader"))[0].create_revision, a->fence_revision());
+  // a resigns: b leads within a third of the TTL and a bit.
+  const auto t0 = std::chrono::steady_clock::now();
+  a.reset();
+  ASSERT_TRUE(wait_for([&] { return b->leading(); }, 3s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+  {
+    std::lock_guard<std::mutex> lock(sa.mu);
+    ASSERT_EQ(sa.changes.size(), 2u);
+    EXPECT_TRUE(sa.changes[0].first);
+    EXPECT_FALSE(sa.changes[1].first);
+  }
+  // b's only member killed: b stops leading within the TTL; c (on the other members) leads.
+  int b_member = -1;
+  for (int i = 0; i < 3; ++i) {
+    auto one = EtcdClient::Create({Endpoints()[i]}, 1);
+    ASSERT_TRUE(one.ok());
+    auto m = (*one)->Member();
+    if (m.ok() && m->member_id != m->leader) b_member = i;  // not the raft leader: the others keep a quorum
+  }
+  ASSERT_GE(b_member, 0);
+  b.reset();
+  Seen sb2, sc;
+  auto b_alone = EtcdClient::Create({Endpoints()[b_member]}, 1);
+  ASSERT_TRUE(b_alone.ok());
+  std::shared_ptr<EtcdClient> b_client = std::move(*b_alone);
+  auto b2 = candidate(b_client, "b", &sb2);
+  ASSERT_TRUE(wait_for([&] { return b2->leading(); }, 5s));
+  std::vector<std::string> others;
+  for (int i = 0; i < 3; ++i) {
+    if (i != b_member) others.push_back(Endpoints()[i]);
+  }
+  auto c_client = EtcdClient::Create(others, 2);
+  ASSERT_TRUE(c_client.ok());
+  std::shared_ptr<EtcdClient> cc = std::move(*c_client);
+  auto c = candidate(cc, "c", &sc);
+  // b's state log, fenced on its election.
+  std::vector<nlohmann::json> ignored;
+  auto b_log = EtcdLog::Open(b_client, "/mc/fenced", [&](const nlohmann::json& r) { ignored.push_back(r); return Status::Ok(); });
+  ASSERT_TRUE(b_log.ok()) << b_log.status().ToString();
+  (*b_log)->Fence("/mc/leader", b2->fence_revision());
+  ASSERT_TRUE((*b_log)->Append({{"op", "while-leading"}}).ok());
+  const auto cut = std::chrono::steady_clock::now();
+  members_[b_member]->Kill(SIGKILL);
+  members_[b_member]->Wait(10s);
+  ASSERT_TRUE(wait_for([&] { return !b2->leading(); }, 4s)) << "a cut-off leader stops within the TTL";
+  EXPECT_LT(std::chrono::steady_clock::now() - cut, 2500ms);
+  ASSERT_TRUE(wait_for([&] { return c->leading(); }, 6s));
+  // b's member comes back: b's late write, fenced on its old election, is refused.
+  Start(b_member, "existing");
+  Status late = Unavailable("not tried");
+  ASSERT_TRUE(wait_for([&] {
+    late = (*b_log)->Append({{"op", "late"}});
+    // (while its member catches up it may answer that it cannot yet)
+    return late.code() != StatusCode::kUnavailable && late.code() != StatusCode::kDeadlineExceeded;
+  }, 30s)) << late.ToString();
+  EXPECT_EQ(late.code(), StatusCode::kFailedPrecondition) << late.ToString();
+  std::vector<nlohmann::json> seen;
+  ASSERT_TRUE(EtcdLog::Open(cc, "/mc/fenced", [&](const nlohmann::json& r) { seen.push_back(r); return Status::Ok(); }).ok());
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0]["op"], "while-leading");
 }
 
 int FreeLoopbackPort() {

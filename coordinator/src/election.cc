@@ -1,0 +1,112 @@
+#include "election.h"
+
+#include <glog/logging.h>
+
+#include <chrono>
+
+namespace modelcast::coordinator {
+
+Result<std::unique_ptr<LeaderElection>> LeaderElection::Start(std::shared_ptr<EtcdClient> client, Options options) {
+  if (options.key.empty()) return InvalidArgument("election: no key");
+  if (options.ttl_s < 1) return InvalidArgument("election: the lease's TTL must be at least 1 s");
+  auto e = std::unique_ptr<LeaderElection>(new LeaderElection());
+  e->client_ = std::move(client);
+  e->options_ = std::move(options);
+  e->thread_ = std::thread([raw = e.get()] { raw->Run(); });
+  return e;
+}
+
+LeaderElection::~LeaderElection() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool LeaderElection::Sleep(double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return !cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return stopping_; });
+}
+
+Result<std::string> LeaderElection::Leader() const {
+  MC_ASSIGN_OR_RETURN(auto kvs, client_->Range(options_.key));
+  return kvs.empty() ? std::string() : kvs[0].value;
+}
+
+void LeaderElection::Run() {
+  const double ttl = static_cast<double>(options_.ttl_s);
+  auto stop_leading = [&](const std::string& why) {
+    if (!leading_) return;
+    leading_ = false;
+    fence_revision_ = 0;
+    LOG(WARNING) << "election: no longer leading (" << why << ")";
+    if (options_.on_change) options_.on_change(false, 0);
+  };
+  while (Sleep(0)) {
+    // A lease of our own, then the key if nobody holds it.
+    if (lease_ == 0) {
+      auto lease = client_->LeaseGrant(options_.ttl_s);
+      if (!lease.ok()) {
+        LOG(WARNING) << "election: " << lease.status().message();
+        if (!Sleep(ttl / 3)) break;
+        continue;
+      }
+      lease_ = *lease;
+    }
+    const auto lease_start = std::chrono::steady_clock::now();
+    auto won = client_->Txn({{options_.key, EtcdCompare::Target::kCreate, EtcdCompare::Op::kEqual, 0, ""}},
+                            {EtcdOp::Put(options_.key, options_.value, lease_)}, {EtcdOp::Get(options_.key)});
+    if (!won.ok()) {
+      LOG(WARNING) << "election: " << won.status().message();
+      if (!Sleep(ttl / 3)) break;
+      continue;
+    }
+    if (won->succeeded) {
+      fence_revision_ = won->revision;
+      leading_ = true;
+      LOG(INFO) << "election: leading (" << options_.key << " at revision " << won->revision << ")";
+      if (options_.on_change) options_.on_change(true, won->revision);
+      // Lead while the lease lives: kept alive every third of its TTL; a keep-alive that fails
+      // for longer than the TTL (less what one call may take) means the lease may be gone.
+      auto renewed = lease_start;
+      while (Sleep(ttl / 3)) {
+        auto left = client_->LeaseKeepAlive(lease_);
+        if (left.ok()) {
+          renewed = std::chrono::steady_clock::now();
+          continue;
+        }
+        if (left.status().code() == StatusCode::kNotFound) {
+          stop_leading("the lease expired");
+          lease_ = 0;
+          break;
+        }
+        if (std::chrono::steady_clock::now() - renewed > std::chrono::duration<double>(ttl * 2 / 3)) {
+          stop_leading("etcd unreachable for most of the lease: " + left.status().message());
+          lease_ = 0;  // whatever etcd thinks of it, it is not used again
+          break;
+        }
+      }
+      if (leading_) break;  // stopped while leading: resign below
+      continue;
+    }
+    // Someone leads: keep our lease alive and try again when the key is gone (checked every
+    // third of the TTL: a dead leader's key goes within its TTL).
+    while (Sleep(ttl / 3)) {
+      if (auto left = client_->LeaseKeepAlive(lease_); !left.ok() && left.status().code() == StatusCode::kNotFound) {
+        lease_ = 0;
+        break;
+      }
+      auto holder = client_->Range(options_.key);
+      if (holder.ok() && holder->empty()) break;
+    }
+  }
+  // Resigning: the lease (and the key, if ours) goes at once, so a standby need not wait.
+  if (lease_ != 0) {
+    if (Status st = client_->LeaseRevoke(lease_); !st.ok()) LOG(WARNING) << "election: resigning: " << st.message();
+  }
+  stop_leading("resigned");
+}
+
+}  // namespace modelcast::coordinator

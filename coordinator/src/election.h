@@ -1,0 +1,60 @@
+// Leader election among coordinators on an etcd lease (issue 24): whoever creates the election
+// key (with its lease) leads until its lease ends; the key's create revision is the leader's
+// fence (EtcdLog::Fence), so every write of a deposed leader is refused. A candidate keeps its
+// lease alive from a thread of its own; when it cannot (etcd unreachable past the TTL, or the
+// lease gone) it stops leading at once and says so, so that it never acts on a lease it no
+// longer holds. Standbys wait, watching the key, and campaign when it goes.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "etcd_client.h"
+
+namespace modelcast::coordinator {
+
+class LeaderElection {
+ public:
+  struct Options {
+    std::string key;       // the election key, e.g. <prefix>/leader
+    std::string value;     // what the leader publishes there (its address, for clients)
+    int64_t ttl_s = 3;     // the lease: a dead leader is replaced within this long
+    // Called on the election's thread: led = true with the fence's create revision when this
+    // candidate becomes the leader; led = false (revision 0) when it stops leading.
+    std::function<void(bool led, int64_t revision)> on_change;
+  };
+
+  // Starts campaigning at once (a thread of its own).
+  static Result<std::unique_ptr<LeaderElection>> Start(std::shared_ptr<EtcdClient> client, Options options);
+  // Resigns (the key is deleted with the lease, so a standby takes over at once) and stops.
+  ~LeaderElection();
+
+  bool leading() const { return leading_; }
+  int64_t fence_revision() const { return fence_revision_; }
+  // Who leads now (the election key's value), empty when nobody does.
+  Result<std::string> Leader() const;
+
+ private:
+  LeaderElection() = default;
+  void Run();
+  // Waits `seconds` or until stopped; false when stopped.
+  bool Sleep(double seconds);
+
+  std::shared_ptr<EtcdClient> client_;
+  Options options_;
+  std::atomic<bool> leading_{false};
+  std::atomic<int64_t> fence_revision_{0};
+  int64_t lease_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace modelcast::coordinator
