@@ -35,6 +35,8 @@ class ServingHost {
   // A slice of `model` landed in the store (the fragment runner says so): stages waiting for
   // their blocks look again.
   void Landed(const std::string& model);
+  // Steps held for a stage still waiting for its blocks.
+  size_t HeldSteps(const std::string& key) const { return pipelines_->HeldSteps(key); }
 
  private:
   struct Serving {

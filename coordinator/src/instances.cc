@@ -142,10 +142,10 @@ ServingView ClusterState::ServingSnapshot(double lookahead_s) const {
       const double per_s = static_cast<double>(held.size()) / secs;
       auto n = static_cast<size_t>(std::ceil(per_s * lookahead_s));
       auto& next = mv->second.expected[t];
-      for (int32_t s : planned->second) {
-        if (n == 0) break;
-        if (held.count(s)) continue;
-        next.insert(s);
+      const auto& plan = planned->second;
+      for (size_t i = op.planned_next.count(t) ? op.planned_next.at(t) : 0; i < plan.size() && n > 0; ++i) {
+        if (held.count(plan[i])) continue;
+        next.insert(plan[i]);
         --n;
       }
     }

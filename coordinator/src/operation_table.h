@@ -32,6 +32,7 @@ struct Operation {
   // Per target: the slices the current attempt's plan sends it, in the plan's tick order (what
   // the serving plane expects it to hold next), and when each slice it reported landed (unix).
   std::map<std::string, std::vector<int32_t>> planned;
+  std::map<std::string, size_t> planned_next;  // per target: the first of `planned` it lacks
   std::map<std::string, std::map<int32_t, double>> landed_unix;
   // The first pipeline formed of its targets: (node, first block, end block) per stage, to tell
   // when its last block landed (first_pipeline_blocks_s).

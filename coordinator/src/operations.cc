@@ -212,6 +212,7 @@ Result<std::vector<ClusterState::Dispatch>> ClusterState::FragmentsLocked(Operat
       auto& planned = op.planned[n];
       planned.clear();
       for (const auto& r : order) planned.push_back(static_cast<int32_t>(r.slice));
+      op.planned_next[n] = 0;
     }
     if (frag.sends.empty() && frag.receives.empty() && frag.local_loads.empty()) continue;  // nothing to do
     Dispatch d;
@@ -284,6 +285,7 @@ Status ClusterState::FinishLocked(Operation& op, OperationState state, const std
   ops_.Finish(op, state, error);
   // Kept finished operations need no per-slice record (a large model has many slices).
   op.planned.clear();
+  op.planned_next.clear();
   op.landed_unix.clear();
   // What the links carried: stragglers are planned at what they did from now on.
   members_.JudgeLinks(op.status.id, op.BestLinks());
@@ -372,6 +374,11 @@ Status ClusterState::Progress(const ProgressUpdate& r) {
     }
   }
   if (target) np.slices_received = std::max(np.slices_received, static_cast<int32_t>(got.size()));
+  if (auto plan = op.planned.find(r.node); target && plan != op.planned.end()) {
+    // Past what it holds of its plan, so that what it holds next is looked for from there.
+    auto& next = op.planned_next[r.node];
+    while (next < plan->second.size() && got.count(plan->second[next])) ++next;
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.start).count();
   np.rate_bytes_per_s = secs > 0 ? static_cast<double>(np.bytes_received) / secs : 0;
   if (target && np.state == NodeState::kWaiting && np.slices_received > 0) np.state = NodeState::kReceiving;

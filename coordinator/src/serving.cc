@@ -25,13 +25,13 @@ double SteadyNow() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// The blocks whose every slice `slices` holds.
-SliceSet CompleteBlocks(const ModelShape& shape, const std::set<int32_t>& slices) {
+// The blocks whose every slice `slices` (or `more`) holds.
+SliceSet CompleteBlocks(const ModelShape& shape, const std::set<int32_t>& slices, const std::set<int32_t>* more = nullptr) {
   SliceSet blocks(shape.num_blocks());
   for (uint32_t b = 0; b < shape.num_blocks(); ++b) {
     bool all = true;
     for (uint32_t s = shape.block_first_slice[b]; s < shape.block_first_slice[b + 1] && all; ++s) {
-      all = slices.count(static_cast<int32_t>(s)) > 0;
+      all = slices.count(static_cast<int32_t>(s)) > 0 || (more && more->count(static_cast<int32_t>(s)) > 0);
     }
     if (all) blocks.Set(b);
   }
@@ -392,12 +392,9 @@ void ServingPlane::Reconcile() {
       std::map<std::string, SliceSet> landed;
       for (const auto& [node, slices] : mv.loading) {
         if (exclude.count(node) || !alive(node) || state_of(node) == InstanceState::kLocal) continue;
-        landed.emplace(node, CompleteBlocks(shape, slices));
-        std::set<int32_t> soon = slices;
-        if (auto e = mv.expected.find(node); ahead && e != mv.expected.end()) {
-          soon.insert(e->second.begin(), e->second.end());
-        }
-        SliceSet blocks = CompleteBlocks(shape, soon);
+        const SliceSet& have = landed.emplace(node, CompleteBlocks(shape, slices)).first->second;
+        auto e = mv.expected.find(node);
+        SliceSet blocks = ahead && e != mv.expected.end() ? CompleteBlocks(shape, slices, &e->second) : have;
         // A tied LM head reads the embedding: the last block serves only beside block 0.
         if (mv.manifest->config.tie_word_embeddings && !blocks.Has(0)) blocks.Clear(nblocks - 1);
         if (blocks.Count() == 0) continue;

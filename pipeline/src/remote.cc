@@ -494,6 +494,12 @@ Status PipelineNode::ExpectStage(const std::string& key) {
   return Status::Ok();
 }
 
+size_t PipelineNode::HeldSteps(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  auto e = state_->expected.find(key);
+  return e == state_->expected.end() ? 0 : e->second.size();
+}
+
 void PipelineNode::FailExpected(const std::string& key, const Status& cause) {
   std::vector<std::pair<StepMessage, Bytes>> held;
   {

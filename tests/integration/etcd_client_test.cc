@@ -3,11 +3,7 @@
 // three killed without the client noticing, and endpoint lists that are wrong.
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -21,6 +17,7 @@
 #include "modelcast/common/config.h"
 #include "modelcast/common/file_util.h"
 #include "support/pipeline_models.h"
+#include "support/ports.h"
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -28,8 +25,6 @@ namespace modelcast::coordinator {
 namespace {
 
 using namespace std::chrono_literals;
-
-int FreeLoopbackPort();
 
 const char* EtcdBinary() {
   for (const char* p : {"/usr/bin/etcd", "/usr/local/bin/etcd"}) {
@@ -45,8 +40,8 @@ class EtcdClientTest : public ::testing::Test {
     if (EtcdBinary() == nullptr) GTEST_SKIP() << "no etcd binary (scripts/dev.sh installs etcd-server)";
     std::string cluster;
     for (int i = 0; i < 3; ++i) {
-      client_ports_[i] = FreeLoopbackPort();
-      peer_ports_[i] = FreeLoopbackPort();
+      client_ports_[i] = testing::FreePort();
+      peer_ports_[i] = testing::FreePort();
       cluster += (i ? "," : "") + Name(i) + "=http://127.0.0.1:" + std::to_string(peer_ports_[i]);
     }
     cluster_ = cluster;
@@ -108,7 +103,7 @@ TEST(EtcdEndpointsTest, WrongListsAreRefusedNamingTheEndpoint) {
     EXPECT_NE(c.status().message().find("'" + bad + "'"), std::string::npos) << c.status().ToString();
   }
   // Well-formed but nobody there: each call says which members it tried.
-  const int nobody = FreeLoopbackPort();
+  const int nobody = testing::FreePort();
   auto c = EtcdClient::Create({"127.0.0.1:" + std::to_string(nobody)}, 1);
   ASSERT_TRUE(c.ok());
   auto v = (*c)->Version();
@@ -177,15 +172,17 @@ TEST_F(EtcdClientTest, ALeaseKeepsItsKeyWhileKeptAliveAndDeletesItWhenItExpires)
 TEST_F(EtcdClientTest, AWatchSeesPutsAndDeletesInOrder) {
   std::mutex mu;
   std::vector<std::pair<bool, std::string>> seen;
+  // From the revision after now: every write below is seen, however soon the watch is set up.
+  int64_t now = 0;
+  ASSERT_TRUE(client_->Range("/mc/", EtcdClient::PrefixEnd("/mc/"), &now).ok());
   auto w = client_->Watch(
-      "/mc/", EtcdClient::PrefixEnd("/mc/"), 0,
+      "/mc/", EtcdClient::PrefixEnd("/mc/"), now + 1,
       [&](const EtcdEvent& e) {
         std::lock_guard<std::mutex> lock(mu);
         seen.push_back({e.deleted, e.kv.key + "=" + e.kv.value});
       },
       nullptr);
   ASSERT_TRUE(w.ok());
-  std::this_thread::sleep_for(300ms);  // the watch is created before the writes
   ASSERT_TRUE(client_->Put("/mc/x", "1").ok());
   ASSERT_TRUE(client_->Put("/elsewhere", "1").ok());
   ASSERT_TRUE(client_->Put("/mc/x", "2").ok());
@@ -361,7 +358,7 @@ TEST_F(EtcdClientTest, ACoordinatorsStateInEtcdIsFoundByTheNextOne) {
   EXPECT_EQ(models[0].name, model->package->manifest().name);
   EXPECT_DOUBLE_EQ(models[0].keep_alive, 120);
   // Nobody at the endpoints: an error at start that names them.
-  const int nobody = FreeLoopbackPort();
+  const int nobody = testing::FreePort();
   config->etcd_endpoints = {"127.0.0.1:" + std::to_string(nobody)};
   config->etcd_timeout = 1;
   config->state_dir = dir_ / "c3";
@@ -468,17 +465,6 @@ TEST_F(EtcdClientTest, OneCandidateLeadsAndACutOffLeaderIsFencedOut) {
   EXPECT_EQ(seen[0]["op"], "while-leading");
 }
 
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 }  // namespace
 }  // namespace modelcast::coordinator

@@ -20,6 +20,7 @@
 #include "Agent.h"
 #include "Coordinator.h"
 #include "modelcast/rpc/server.h"
+#include "support/ports.h"
 #include "support/coordinator_probe.h"
 #include "support/process.h"
 #include "support/store_fixture.h"
@@ -41,17 +42,7 @@ constexpr const char* kToken = "scale-out-test-token-0123456789";
 }
 
 // A port nobody listens on now (the coordinator keeps it across its restart).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
+using testing::FreePort;
 
 // The port a daemon announced on its stdout ("<what> ADDRESS:PORT").
 int AnnouncedPort(testing::Child& process, const std::string& what) {

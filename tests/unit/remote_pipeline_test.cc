@@ -8,6 +8,7 @@
 #include "modelcast/pipeline/remote.h"
 #include "support/pipeline_models.h"
 #include "support/transports.h"
+#include "support/wait.h"
 
 namespace modelcast::pipeline {
 namespace {
@@ -216,13 +217,13 @@ TEST_F(RemotePipelineTest, AStepForAnExpectedStageWaitsUntilItIsBuilt) {
   in.tokens = {4, 5, 6};
   StepOutput got;
   Status stepped;
-  const auto t0 = std::chrono::steady_clock::now();
   std::thread step([&] { stepped = (*remote)->Step(in, &got); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The step reaches node 1 before its stage exists, and waits there.
+  EXPECT_TRUE(testing::WaitUntil([&] { return nodes_[1].node->HeldSteps(second) == 1; }, std::chrono::seconds(10)));
   ASSERT_TRUE(nodes_[1].node->AddStage(second, testing::StageFromBlocks(*model_->package, (*ranges)[1])).ok());
   step.join();
   ASSERT_TRUE(stepped.ok()) << stepped.ToString();
-  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(300)) << "it waited for the stage";
+  EXPECT_EQ(nodes_[1].node->HeldSteps(second), 0u);
   auto local = testing::SplitPipeline(*model_->package, 1);
   StepOutput want;
   ASSERT_TRUE(local->Step(in, &want).ok());
@@ -245,7 +246,7 @@ TEST_F(RemotePipelineTest, AStageGivenUpOnFailsItsHeldStepsWithTheCause) {
     Status stepped;
     const auto t0 = std::chrono::steady_clock::now();
     std::thread step([&] { stepped = (*remote)->Step(in, &out); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_TRUE(testing::WaitUntil([&] { return nodes_[0].node->HeldSteps(key) == 1; }, std::chrono::seconds(10)));
     if (stop) {
       EXPECT_TRUE(nodes_[0].node->RemoveStage(key).ok());
     } else {

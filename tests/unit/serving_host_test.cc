@@ -12,6 +12,7 @@
 #include "support/pipeline_models.h"
 #include "support/store_fixture.h"
 #include "support/transports.h"
+#include "support/wait.h"
 
 namespace modelcast::agent {
 namespace {
@@ -92,7 +93,9 @@ TEST_F(ServingHostTest, AStageAskedForBeforeItsBlocksIsBuiltTheMomentTheyLand) {
   pipeline::StepOutput got;
   Status stepped;
   std::thread step([&] { stepped = StepThrough(&got); });
-  std::this_thread::sleep_for(300ms);  // the step reaches the stage before its blocks
+  // The step reaches the stage before its blocks, and waits there.
+  const std::string key = pipeline::StageKey(manifest().name, 0, static_cast<int>(manifest().blocks.size()));
+  EXPECT_TRUE(testing::WaitUntil([&] { return host_->HeldSteps(key) == 1; }, 10s));
   LandAll();
   step.join();
   ASSERT_TRUE(stepped.ok()) << stepped.ToString();
@@ -118,9 +121,7 @@ TEST_F(ServingHostTest, BlocksThatDoNotLandInTimeFailTheHeldStepNamingWhy) {
   EXPECT_NE(stepped.message().find("node-1"), std::string::npos) << stepped.ToString();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s) << "failed by the wait, not the step timeout";
   // Given up on, it is no longer served, and may be asked for again.
-  const auto by = std::chrono::steady_clock::now() + 5s;
-  while (!host_->List().empty() && std::chrono::steady_clock::now() < by) std::this_thread::sleep_for(10ms);
-  EXPECT_TRUE(host_->List().empty());
+  EXPECT_TRUE(testing::WaitUntil([&] { return host_->List().empty(); }, 5s));
   ASSERT_TRUE(host_->Start(Serve(5)).ok());
   // Stopped while it waits: the waiter gives up at once.
   EXPECT_TRUE(host_->Stop(Serve(0)).ok());

@@ -46,6 +46,8 @@ class PipelineNode {
   // cause (and the key is no longer expected). AlreadyExists when the key is hosted or expected.
   Status ExpectStage(const std::string& key);
   void FailExpected(const std::string& key, const Status& cause);
+  // Steps held for the expected stage `key` (0 when it is not expected).
+  size_t HeldSteps(const std::string& key) const;
   // Starts connecting to `node` at `address` (where a stage of this node hands its activations
   // on), unless connected or connecting: the first step through it then finds it connected.
   void Warm(const std::string& node, const std::string& address);
