@@ -27,6 +27,12 @@ class AgentClient;
 
 namespace modelcast::coordinator {
 
+// The key a leader was elected on and its create revision: writes are made only while it holds.
+struct EtcdFence {
+  std::string key;
+  int64_t create_revision = 0;
+};
+
 // What the serving plane needs to know of the cluster, at one moment.
 struct ServingView {
   struct NodeView {
@@ -63,8 +69,13 @@ struct ServingView {
 // the journal's order is the state's. The serving watcher is called under mu_ and only wakes.
 class ClusterState {
  public:
+  // With etcd state, every write is fenced on the leader's election key (EtcdLog::Fence).
   static Result<std::unique_ptr<ClusterState>> Open(const planner::ClusterConfig& cluster,
-                                                    const CoordinatorConfig& config);
+                                                    const CoordinatorConfig& config, const EtcdFence& fence);
+  static Result<std::unique_ptr<ClusterState>> Open(const planner::ClusterConfig& cluster,
+                                                    const CoordinatorConfig& config) {
+    return Open(cluster, config, EtcdFence{});
+  }
   ~ClusterState();
 
   int64_t epoch() const { return epoch_; }

@@ -3,6 +3,7 @@
 // under one key prefix:
 //
 //   <prefix>/format                       {"format": "modelcast-coordinator-state", "version": 1}
+//   <prefix>/leader                       the coordinators' election key (LeaderElection)
 //   <prefix>/gen                          G, the generation: every compaction starts a new one
 //   <prefix>/g/<G>/snap/<n>/<part>        the snapshot's n-th record, in parts
 //   <prefix>/g/<G>/log/<seq>/<part>       records appended since, in parts

@@ -5,10 +5,15 @@
 
 #include <glog/logging.h>
 
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
 #include "Coordinator.h"
 #include "Membership.h"
 #include "Router.h"
 #include "cluster_state.h"
+#include "election.h"
 #include "modelcast/coordinator/daemon.h"
 #include "modelcast/coordinator/serving.h"
 #include "modelcast/rpc/errors.h"
@@ -118,9 +123,42 @@ class MembershipHandler : public rpc::MembershipIf {
 std::shared_ptr<rpc::RouterIf> MakeRouterHandler(ServingPlane* plane);  // api.cc
 
 Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const ClusterConfig& cluster,
-                                                                    const CoordinatorConfig& config) {
+                                                                    const CoordinatorConfig& config,
+                                                                    const std::function<bool()>& stop_requested) {
   auto d = std::make_unique<CoordinatorDaemon>();
-  MC_ASSIGN_OR_RETURN(d->state_, ClusterState::Open(cluster, config));
+  EtcdFence fence;
+  if (!config.etcd_endpoints.empty()) {
+    // Coordinators that share the state elect one to lead; the others stand by until it goes.
+    MC_ASSIGN_OR_RETURN(std::shared_ptr<EtcdClient> etcd, EtcdClient::Create(config.etcd_endpoints, config.etcd_timeout));
+    MC_RETURN_IF_ERROR(etcd->Version().status());
+    LeaderElection::Options o;
+    o.key = config.etcd_prefix + "/leader";
+    o.value = config.address + ":" + std::to_string(config.port);
+    o.ttl_s = config.etcd_lease;
+    o.on_change = [raw = d.get(), led_once = std::make_shared<bool>(false)](bool led, int64_t) {
+      if (led) {
+        *led_once = true;
+        return;
+      }
+      if (!*led_once || raw->resigning_) return;
+      // Its lease is gone: another coordinator may lead already. It must act no more, and the
+      // surest way is to stop; whoever supervises it starts it again, as a standby.
+      LOG(ERROR) << "coordinator: lost the leadership (its etcd lease); exiting so that it acts no more";
+      google::FlushLogFiles(google::GLOG_INFO);
+      std::_Exit(75);
+    };
+    MC_ASSIGN_OR_RETURN(d->election_, LeaderElection::Start(etcd, o));
+    LOG(INFO) << "coordinator: standing by for the leadership of '" << config.etcd_prefix << "/'";
+    while (!d->election_->leading()) {
+      if (stop_requested && stop_requested()) {
+        d->resigning_ = true;
+        return Cancelled("coordinator: stopped while standing by");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the election's thread decides
+    }
+    fence = {o.key, d->election_->fence_revision()};
+  }
+  MC_ASSIGN_OR_RETURN(d->state_, ClusterState::Open(cluster, config, fence));
   auto mux = std::make_shared<apache::thrift::TMultiplexedProcessor>();
   mux->registerProcessor(kCoordinatorService,
                          std::make_shared<rpc::CoordinatorProcessor>(
@@ -151,6 +189,7 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
 }
 
 CoordinatorDaemon::~CoordinatorDaemon() {
+  resigning_ = true;
   {
     std::lock_guard lock(mu_);
     stopping_ = true;

@@ -52,7 +52,7 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
   if (auto st = node.OptionalChild("state")) {
     MC_RETURN_IF_ERROR(st->CheckKeys({"etcd"}));
     MC_ASSIGN_OR_RETURN(ConfigNode etcd, st->Child("etcd"));
-    MC_RETURN_IF_ERROR(etcd.CheckKeys({"endpoints", "prefix", "timeout"}));
+    MC_RETURN_IF_ERROR(etcd.CheckKeys({"endpoints", "prefix", "timeout", "lease"}));
     MC_ASSIGN_OR_RETURN(ConfigNode eps, etcd.Child("endpoints"));
     if (!eps.IsSequence()) return eps.Error("must be a list of host:port");
     MC_ASSIGN_OR_RETURN(auto items, eps.Elements());
@@ -69,6 +69,11 @@ Result<CoordinatorConfig> CoordinatorConfig::FromConfig(const ConfigNode& node) 
     }
     MC_ASSIGN_OR_RETURN(c.etcd_timeout, etcd.GetDuration("timeout", c.etcd_timeout));
     if (!(c.etcd_timeout > 0 && c.etcd_timeout <= 60)) return etcd.Child("timeout")->Error("must be more than 0, at most 60s");
+    MC_ASSIGN_OR_RETURN(double lease, etcd.GetDuration("lease", static_cast<double>(c.etcd_lease)));
+    if (!(lease >= 1 && lease <= 600) || lease != static_cast<double>(static_cast<int64_t>(lease))) {
+      return etcd.Child("lease")->Error("must be whole seconds, 1s to 600s");
+    }
+    c.etcd_lease = static_cast<int64_t>(lease);
   }
   MC_ASSIGN_OR_RETURN(ConfigNode sec, node.Child("security"));
   MC_ASSIGN_OR_RETURN(c.security, rpc::SecurityConfig::FromConfig(sec));
@@ -133,7 +138,7 @@ ClusterState::ClusterState(planner::ClusterConfig cluster, CoordinatorConfig con
       instances_([this] { PokeServing(); }) {}
 
 Result<std::unique_ptr<ClusterState>> ClusterState::Open(const planner::ClusterConfig& cluster,
-                                                         const CoordinatorConfig& config) {
+                                                         const CoordinatorConfig& config, const EtcdFence& fence) {
   std::unique_ptr<ClusterState> s(new ClusterState(cluster, config));
   std::error_code ec;
   fs::create_directories(config.state_dir, ec);
@@ -144,7 +149,9 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const planner::ClusterC
     MC_ASSIGN_OR_RETURN(std::shared_ptr<EtcdClient> etcd, EtcdClient::Create(config.etcd_endpoints, config.etcd_timeout));
     // An etcd nobody answers is an error at start, naming the members tried.
     MC_ASSIGN_OR_RETURN(auto version, etcd->Version());
-    MC_ASSIGN_OR_RETURN(s->journal_, EtcdLog::Open(etcd, config.etcd_prefix, replay, &report));
+    MC_ASSIGN_OR_RETURN(auto log, EtcdLog::Open(etcd, config.etcd_prefix, replay, &report));
+    if (!fence.key.empty()) log->Fence(fence.key, fence.create_revision);
+    s->journal_ = std::move(log);
     LOG(INFO) << "coordinator: state in etcd " << version << " under '" << config.etcd_prefix << "/'";
   } else {
     MC_ASSIGN_OR_RETURN(s->journal_, Journal::Open(config.state_dir / "coordinator.journal", replay, {}, &report));

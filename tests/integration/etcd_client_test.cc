@@ -18,6 +18,10 @@
 #include "modelcast/common/file_util.h"
 #include "support/pipeline_models.h"
 #include "support/ports.h"
+#include "support/store_fixture.h"
+#include "Coordinator.h"
+#include "modelcast/rpc/server.h"
+#include <thrift/protocol/TMultiplexedProtocol.h>
 #include "support/process.h"
 #include "support/temp_dir.h"
 
@@ -463,6 +467,71 @@ TEST_F(EtcdClientTest, OneCandidateLeadsAndACutOffLeaderIsFencedOut) {
   ASSERT_TRUE(EtcdLog::Open(cc, "/mc/fenced", [&](const nlohmann::json& r) { seen.push_back(r); return Status::Ok(); }).ok());
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0]["op"], "while-leading");
+}
+
+// Coordinator processes sharing their state in etcd: the first leads (it listens), the second
+// stands by (it does not); the leader SIGKILLed, the standby leads within the lease and has the
+// leader's models; a standby asked to stop while it waits stops at once, cleanly.
+TEST_F(EtcdClientTest, AStandbyCoordinatorLeadsWhenTheLeaderIsKilled) {
+  std::string eps;
+  for (const auto& e : Endpoints()) eps += (eps.empty() ? "" : ", ") + e;
+  auto config = [&](const std::string& name, int port) {
+    const auto path = dir_ / (name + ".yaml");
+    testing::WriteAll(path, "name: box\n"
+                            "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, "
+                            "nic: 16Gbit, pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n"
+                            "nodes:\n  - {name: node-1, address: 127.0.0.1, port: 7401}\n"
+                            "coordinator:\n  address: 127.0.0.1\n  port: " + std::to_string(port) +
+                            "\n  state_dir: " + (dir_ / name).string() +
+                            "\n  security: {insecure: true}\n"
+                            "  state: {etcd: {endpoints: [" + eps + "], prefix: /mc/box, lease: 2s}}\n");
+    return std::vector<std::string>{testing::ToolPath("modelcast-coordinator"), "--config", path.string()};
+  };
+  const int port_a = testing::FreePort(), port_b = testing::FreePort();
+  testing::Child a(config("a", port_a));
+  ASSERT_TRUE(a.WaitForOutput("listening on", 30s)) << a.Wait(1s).err;
+  testing::Child b(config("b", port_b));
+  EXPECT_FALSE(b.WaitForOutput("listening on", 2500ms)) << "a standby does not serve";
+  // A model registered with the leader.
+  testing::MakePackage(dir_.path(), dir_ / "pkg", "tiny-llm");
+  const std::string manifest = testing::ReadAll(dir_ / "pkg" / "manifest.json");
+  rpc::SecurityConfig security;
+  security.insecure = true;
+  {
+    auto c = rpc::Connect("127.0.0.1", port_a, security);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    rpc::CoordinatorClient coordinator(std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Coordinator"));
+    rpc::RegisterModelRequest reg;
+    reg.header = rpc::MakeHeader(security, "test");
+    reg.name = "tiny-llm";
+    reg.manifest_json = manifest;
+    rpc::ModelInfo info;
+    coordinator.registerModel(info, reg);
+  }
+  const auto killed = std::chrono::steady_clock::now();
+  a.Kill(SIGKILL);
+  a.Wait(10s);
+  ASSERT_TRUE(b.WaitForOutput("listening on", 10s)) << b.Wait(1s).err;
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  EXPECT_LT(took, 2 + 2.0) << "led within the lease and a third of it, plus its start";
+  std::cerr << "standby listening " << took << " s after the leader was killed\n";
+  auto c = rpc::Connect("127.0.0.1", port_b, security);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  rpc::CoordinatorClient coordinator(std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*c)->protocol, "Coordinator"));
+  std::vector<rpc::ModelInfo> models;
+  coordinator.listModels(models, rpc::MakeHeader(security, "test"));
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0].summary.name, "tiny-llm");
+  // A standby stopped while it waits: at once, exit 0.
+  testing::Child standby(config("c", testing::FreePort()));
+  std::this_thread::sleep_for(1s);
+  const auto asked = std::chrono::steady_clock::now();
+  standby.Kill(SIGTERM);
+  auto ended = standby.Wait(10s);
+  EXPECT_EQ(ended.exit_code, 0) << ended.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - asked, 3s);
+  b.Kill(SIGTERM);
+  EXPECT_EQ(b.Wait(30s).exit_code, 0);
 }
 
 

@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
       argc, argv, "modelcast-agent",
       "The node agent: joins the coordinator, keeps the node's tiered store, runs plan fragments with the fabric. "
       "Reads the node YAML (node, address, port, coordinator, fabric, store, security, metrics).",
-      [](const ConfigNode& root) -> Result<tools::Started> {
+      [](const ConfigNode& root, const std::function<bool()>&) -> Result<tools::Started> {
         MC_ASSIGN_OR_RETURN(auto config, agent::AgentConfig::FromConfig(root));
         MC_ASSIGN_OR_RETURN(std::shared_ptr<agent::AgentDaemon> daemon, agent::AgentDaemon::Start(config));
         std::string banner;

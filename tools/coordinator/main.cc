@@ -11,12 +11,18 @@ int main(int argc, char** argv) {
       "The coordinator daemon: registers models, tracks node agents, runs scale-outs, serves autoscalers over "
       "Thrift, and (with a `serving` section) routes generation requests to instances and pipelines. Reads the "
       "cluster YAML, whose `coordinator` section sets its address, port, state_dir, security, metrics and serving.",
-      [](const ConfigNode& root) -> Result<tools::Started> {
+      [](const ConfigNode& root, const std::function<bool()>& stop_requested) -> Result<tools::Started> {
         MC_ASSIGN_OR_RETURN(auto cluster, planner::ClusterConfig::Parse(root));
         MC_ASSIGN_OR_RETURN(ConfigNode section, root.Child("coordinator"));
         MC_ASSIGN_OR_RETURN(auto config, coordinator::CoordinatorConfig::FromConfig(section));
-        MC_ASSIGN_OR_RETURN(std::shared_ptr<coordinator::CoordinatorDaemon> daemon,
-                            coordinator::CoordinatorDaemon::Start(cluster, config));
+        // A standby (state in etcd, another coordinator leading) waits in Start until it leads
+        // or is asked to stop.
+        auto started = coordinator::CoordinatorDaemon::Start(cluster, config, stop_requested);
+        if (!started.ok() && started.status().code() == StatusCode::kCancelled && stop_requested()) {
+          return tools::Started{nullptr, ""};  // stopped while standing by
+        }
+        MC_RETURN_IF_ERROR(started.status());
+        std::shared_ptr<coordinator::CoordinatorDaemon> daemon = std::move(*started);
         std::string banner;
         if (daemon->metrics_port() > 0) {
           banner += "metrics on " + config.metrics.address + ":" + std::to_string(daemon->metrics_port()) + "\n";

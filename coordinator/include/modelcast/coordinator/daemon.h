@@ -11,7 +11,9 @@
 // ones are read from the agents' inventories, and whatever is missing is replanned.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -82,6 +84,10 @@ struct CoordinatorConfig {
   std::vector<std::string> etcd_endpoints;
   std::string etcd_prefix;
   double etcd_timeout = 5;
+  // With etcd, coordinators sharing the prefix elect a leader on a lease of this many seconds:
+  // the others stand by (not listening) and one of them leads within about this long of the
+  // leader's death. A leader that loses its lease exits, so that it acts no more.
+  int64_t etcd_lease = 3;
   rpc::SecurityConfig security;
   rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
   ServingConfig serving;       // off when absent
@@ -96,16 +102,23 @@ struct ServingView;
 // The running daemon: state plus its Thrift server (Coordinator and Membership multiplexed).
 class ServingPlane;
 
+class LeaderElection;
+
 class CoordinatorDaemon {
  public:
+  // With etcd state, waits to be elected first (`stop_requested`, polled meanwhile, ends the
+  // wait with Cancelled).
   static Result<std::unique_ptr<CoordinatorDaemon>> Start(const ClusterConfig& cluster,
-                                                          const CoordinatorConfig& config);
+                                                          const CoordinatorConfig& config,
+                                                          const std::function<bool()>& stop_requested = nullptr);
   int port() const { return server_->port(); }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   ServingPlane* serving() { return serving_.get(); }
   ~CoordinatorDaemon();
 
  private:
+  std::unique_ptr<LeaderElection> election_;  // with etcd state: this coordinator's candidacy
+  std::atomic<bool> resigning_{false};
   std::unique_ptr<ClusterState> state_;
   std::unique_ptr<ServingPlane> serving_;
   std::unique_ptr<rpc::RpcServer> server_;
