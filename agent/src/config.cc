@@ -56,11 +56,29 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
   if (port < 0 || port > 65535) return root.Child("port")->Error("must be between 0 and 65535");
   c.port = static_cast<int>(port);
   MC_ASSIGN_OR_RETURN(ConfigNode coord, root.Child("coordinator"));
-  MC_RETURN_IF_ERROR(coord.CheckKeys({"address", "port"}));
-  MC_ASSIGN_OR_RETURN(c.coordinator_address, coord.GetString("address"));
-  MC_ASSIGN_OR_RETURN(int64_t cport, coord.GetInt("port"));
-  if (cport < 1 || cport > 65535) return coord.Child("port")->Error("must be between 1 and 65535");
-  c.coordinator_port = static_cast<int>(cport);
+  MC_RETURN_IF_ERROR(coord.CheckKeys({"address", "port", "endpoints"}));
+  if (coord.Has("endpoints")) {
+    if (coord.Has("address") || coord.Has("port")) {
+      return coord.Error("has both endpoints and address/port: name every coordinator in endpoints");
+    }
+    MC_ASSIGN_OR_RETURN(ConfigNode eps, coord.Child("endpoints"));
+    if (!eps.IsSequence()) return eps.Error("must be a list of host:port");
+    MC_ASSIGN_OR_RETURN(auto items, eps.Elements());
+    for (const auto& e : items) {
+      MC_ASSIGN_OR_RETURN(std::string text, e.AsString());
+      auto one = rpc::ParseEndpoints(text);
+      if (!one.ok() || one->size() != 1) return e.Error(one.ok() ? "must be one host:port" : one.status().message());
+      c.coordinators.push_back((*one)[0]);
+    }
+    if (c.coordinators.empty()) return eps.Error("must name at least one coordinator");
+  } else {
+    rpc::Endpoint one;
+    MC_ASSIGN_OR_RETURN(one.host, coord.GetString("address"));
+    MC_ASSIGN_OR_RETURN(int64_t cport, coord.GetInt("port"));
+    if (cport < 1 || cport > 65535) return coord.Child("port")->Error("must be between 1 and 65535");
+    one.port = static_cast<int>(cport);
+    c.coordinators.push_back(one);
+  }
   c.fabric.name = c.node;
   c.fabric.thread.nice = kDefaultFabricNice;
   if (auto f = root.OptionalChild("fabric")) {

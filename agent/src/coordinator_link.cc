@@ -34,7 +34,8 @@ Status CoordinatorLink::WithCoordinator(const std::function<void(rpc::Membership
   std::lock_guard lock(conn_mu_);
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (!client_) {
-      auto c = rpc::Connect(config_.coordinator_address, config_.coordinator_port, config_.security, 5000);
+      // Whichever coordinator listens leads (standbys do not listen until elected).
+      auto c = rpc::ConnectAny(config_.coordinators, config_.security, 5000, &next_coordinator_);
       if (!c.ok()) return c.status();
       conn_ = std::move(*c);
       client_ = std::make_unique<rpc::MembershipClient>(

@@ -1,4 +1,5 @@
-// The agent's side of the coordinator's Membership service: one connection, shared under a
+// The agent's side of the coordinator's Membership service: one connection (to whichever of
+// the configured coordinators listens: the leader), shared under a
 // lock and made again when it breaks; joining (again whenever the coordinator asks), heartbeats
 // carrying the inventory, and fragments' progress reports.
 //
@@ -57,6 +58,7 @@ class CoordinatorLink {
   std::mutex conn_mu_;  // the connection
   std::unique_ptr<rpc::RpcConnection> conn_;
   std::unique_ptr<rpc::MembershipClient> client_;
+  size_t next_coordinator_ = 0;  // of config_.coordinators: the one that answered last
 };
 
 }  // namespace modelcast::agent

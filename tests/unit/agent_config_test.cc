@@ -10,8 +10,9 @@
 namespace modelcast::agent {
 namespace {
 
-Result<AgentConfig> Parse(const std::string& fabric) {
-  const std::string text = "node: n1\ncoordinator: {address: 127.0.0.1, port: 7300}\n" + fabric +
+Result<AgentConfig> Parse(const std::string& fabric,
+                          const std::string& coordinator = "{address: 127.0.0.1, port: 7300}") {
+  const std::string text = "node: n1\ncoordinator: " + coordinator + "\n" + fabric +
                            "store: {ssd_dir: /tmp/x, ssd_capacity: 1GiB, host_capacity: 64MiB}\n"
                            "security: {insecure: true}\n";
   auto root = ConfigNode::ParseString(text, "agent.yaml");
@@ -54,6 +55,43 @@ TEST(AgentConfigTest, BadSharesAreRefusedNamingTheKey) {
   expect_error("fabric: {max_send_rate: 0Gbit}\n", "fabric.max_send_rate: must be more than 0");
   expect_error("fabric: {max_send_rate: fast}\n", "fabric.max_send_rate");
   expect_error("fabric: {nicee: 5}\n", "fabric.nicee: unknown key");
+}
+
+// A head of several coordinators: the agent knows every one (and talks to whichever listens).
+TEST(AgentConfigTest, EveryCoordinatorOfAHeadIsListed) {
+  auto c = Parse("");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_EQ(c->coordinators.size(), 1u);
+  EXPECT_EQ(c->coordinators[0].ToString(), "127.0.0.1:7300");
+  c = Parse("", "{endpoints: ['10.0.0.1:7300', 'head-2:7301', '[::1]:7302']}");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  ASSERT_EQ(c->coordinators.size(), 3u);
+  EXPECT_EQ(c->coordinators[1].host, "head-2");
+  EXPECT_EQ(c->coordinators[1].port, 7301);
+  EXPECT_EQ(c->coordinators[2].host, "[::1]");
+  auto expect_error = [](const std::string& coordinator, const std::string& want) {
+    auto c = Parse("", coordinator);
+    ASSERT_FALSE(c.ok()) << coordinator;
+    EXPECT_NE(c.status().message().find(want), std::string::npos) << c.status().ToString();
+  };
+  expect_error("{endpoints: []}", "coordinator.endpoints: must name at least one coordinator");
+  expect_error("{endpoints: ['10.0.0.1']}", "'10.0.0.1' is not host:port");
+  expect_error("{endpoints: ['10.0.0.1:99999']}", "the port must be a number from 1 to 65535");
+  expect_error("{endpoints: ['a:1,b:2']}", "must be one host:port");
+  expect_error("{endpoints: 'a:1'}", "must be a list of host:port");
+  expect_error("{endpoints: ['a:1'], port: 7300}", "has both endpoints and address/port");
+}
+
+TEST(AgentConfigTest, AddressListsParse) {
+  auto e = rpc::ParseEndpoints("a:1, b:2,c:65535");
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  ASSERT_EQ(e->size(), 3u);
+  EXPECT_EQ((*e)[1].ToString(), "b:2");
+  EXPECT_EQ(rpc::ParseEndpoints("a:1,,b:2").status().message(), "empty entry in the address list 'a:1,,b:2'");
+  EXPECT_EQ(rpc::ParseEndpoints(":80").status().message(), "':80' is not host:port (in ':80')");
+  EXPECT_FALSE(rpc::ParseEndpoints("a:0").ok());
+  EXPECT_FALSE(rpc::ParseEndpoints("a:x1").ok());
+  EXPECT_FALSE(rpc::ParseEndpoints("").ok());
 }
 
 }  // namespace

@@ -282,4 +282,43 @@ Result<std::unique_ptr<RpcConnection>> Connect(const std::string& address, int p
   return c;
 }
 
+Result<std::vector<Endpoint>> ParseEndpoints(const std::string& list) {
+  std::vector<Endpoint> out;
+  for (size_t at = 0; at <= list.size();) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    std::string entry = list.substr(at, comma - at);
+    at = comma + 1;
+    while (!entry.empty() && entry.front() == ' ') entry.erase(entry.begin());
+    while (!entry.empty() && entry.back() == ' ') entry.pop_back();
+    const size_t colon = entry.rfind(':');
+    if (entry.empty()) return InvalidArgument("empty entry in the address list '" + list + "'");
+    if (colon == std::string::npos || colon == 0)
+      return InvalidArgument("'" + entry + "' is not host:port (in '" + list + "')");
+    const std::string port = entry.substr(colon + 1);
+    int p = 0;
+    if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit) ||
+        (p = std::stoi(port)) < 1 || p > 65535)
+      return InvalidArgument("'" + entry + "': the port must be a number from 1 to 65535");
+    out.push_back({entry.substr(0, colon), p});
+  }
+  return out;
+}
+
+Result<std::unique_ptr<RpcConnection>> ConnectAny(const std::vector<Endpoint>& endpoints, const SecurityConfig& security,
+                                                  int timeout_ms, size_t* next) {
+  if (endpoints.empty()) return InvalidArgument("no server address to connect to");
+  std::string tried;
+  const size_t start = *next % endpoints.size();
+  for (size_t k = 0; k < endpoints.size(); ++k) {
+    const size_t i = (start + k) % endpoints.size();
+    auto c = Connect(endpoints[i].host, endpoints[i].port, security, timeout_ms);
+    if (c.ok()) {
+      *next = i;
+      return c;
+    }
+    tried += (tried.empty() ? "" : "; ") + c.status().message();
+  }
+  return ::modelcast::Unavailable(tried);
+}
+
 }  // namespace modelcast::rpc

@@ -28,7 +28,8 @@ struct CoordinatorFlags {
   bool insecure = false, json = false;
 
   void Declare(ArgParser& p) {
-    p.Flag("coordinator", &coordinator, "HOST:PORT of the coordinator [$MODELCAST_COORDINATOR or 127.0.0.1:7300]");
+    p.Flag("coordinator", &coordinator,
+           "HOST:PORT of the coordinator, or a comma-separated list of every coordinator of the head (the leader answers) [$MODELCAST_COORDINATOR or 127.0.0.1:7300]");
     p.Flag("token-file", &token_file, "file holding the shared token [$MODELCAST_TOKEN_FILE]");
     p.Flag("tls-cert", &tls_cert, "client certificate (PEM), for mutual TLS");
     p.Flag("tls-key", &tls_key, "client key (PEM)");
@@ -47,8 +48,8 @@ struct CoordinatorFlags {
     std::string addr = coordinator;
     if (addr.empty())
       addr = std::getenv("MODELCAST_COORDINATOR") ? std::getenv("MODELCAST_COORDINATOR") : "127.0.0.1:7300";
-    const auto colon = addr.rfind(':');
-    if (colon == std::string::npos) return InvalidArgument("--coordinator " + addr + " has no port");
+    auto endpoints = rpc::ParseEndpoints(addr);
+    if (!endpoints.ok()) return endpoints.status().WithContext("--coordinator");
     rpc::SecurityConfig s;
     s.insecure = insecure;
     s.tls_cert = tls_cert;
@@ -62,7 +63,9 @@ struct CoordinatorFlags {
     }
     MC_RETURN_IF_ERROR(s.Validate());
     Client c;
-    MC_ASSIGN_OR_RETURN(c.conn, rpc::Connect(addr.substr(0, colon), std::stoi(addr.substr(colon + 1)), s));
+    // Of several coordinators, the one that listens leads.
+    size_t first = 0;
+    MC_ASSIGN_OR_RETURN(c.conn, rpc::ConnectAny(*endpoints, s, 5000, &first));
     c.client = std::make_unique<rpc::CoordinatorClient>(
         std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(c.conn->protocol, "Coordinator"));
     c.header = rpc::MakeHeader(s, "cli");

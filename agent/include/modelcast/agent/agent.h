@@ -7,6 +7,7 @@
 //   address: 127.0.0.1          # the Agent service binds here
 //   port: 7401
 //   coordinator: {address: 127.0.0.1, port: 7300}
+//                               # or {endpoints: [10.0.0.1:7300, 10.0.0.2:7300]}: every coordinator
 //   fabric: {listen: 127.0.0.1:7501, serving_listen: 127.0.0.1:7502, transport: auto, tls: tcp,
 //            net_devices: eth0}
 //                               # fault: "delay=50ms" wraps it in the fault injector (tests)
@@ -46,8 +47,9 @@ struct AgentConfig {
   std::string node;
   std::string address = "127.0.0.1";
   int port = 0;
-  std::string coordinator_address;
-  int coordinator_port = 0;
+  // coordinator: {address, port}, or {endpoints: [host:port, ...]} for a head of several
+  // coordinators (the agent talks to whichever listens: the leader).
+  std::vector<rpc::Endpoint> coordinators;
   std::string transport = "auto";
   std::string fault;  // fabric.fault: the fault injector's spec (tests), e.g. "delay=50ms"
   fabric::UcxOptions fabric;  // fabric.thread: where every fabric thread runs (fabric.nice, fabric.cpus)

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <thrift/TProcessor.h>
 #include <thrift/protocol/TProtocol.h>
@@ -71,5 +72,19 @@ struct RpcConnection {
 // Connects to address:port within `timeout_ms` (also each call's send/receive timeout).
 Result<std::unique_ptr<RpcConnection>> Connect(const std::string& address, int port, const SecurityConfig& security,
                                                int timeout_ms = 5000);
+
+// One server of several that stand in for each other (the coordinators of a highly available
+// head: only the leader listens).
+struct Endpoint {
+  std::string host;
+  int port = 0;
+  std::string ToString() const { return host + ":" + std::to_string(port); }
+};
+// "host:port" or "host:port,host:port,...": an error names the entry that is wrong.
+Result<std::vector<Endpoint>> ParseEndpoints(const std::string& list);
+// Connects to the first of `endpoints` that answers, trying them in turn from `*next` (which is
+// left at the one that answered, so the next call starts there); the error names every one tried.
+Result<std::unique_ptr<RpcConnection>> ConnectAny(const std::vector<Endpoint>& endpoints, const SecurityConfig& security,
+                                                  int timeout_ms, size_t* next);
 
 }  // namespace modelcast::rpc
