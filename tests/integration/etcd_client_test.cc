@@ -17,6 +17,7 @@
 #include "modelcast/common/config.h"
 #include "modelcast/common/file_util.h"
 #include "support/pipeline_models.h"
+#include "support/etcd_members.h"
 #include "support/ports.h"
 #include "support/store_fixture.h"
 #include "Coordinator.h"
@@ -30,58 +31,25 @@ namespace {
 
 using namespace std::chrono_literals;
 
-const char* EtcdBinary() {
-  for (const char* p : {"/usr/bin/etcd", "/usr/local/bin/etcd"}) {
-    if (std::filesystem::exists(p)) return p;
-  }
-  return nullptr;
-}
+using testing::EtcdBinary;
 
 // Three etcd members on loopback, each with a data dir of its own.
 class EtcdClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (EtcdBinary() == nullptr) GTEST_SKIP() << "no etcd binary (scripts/dev.sh installs etcd-server)";
-    std::string cluster;
-    for (int i = 0; i < 3; ++i) {
-      client_ports_[i] = testing::FreePort();
-      peer_ports_[i] = testing::FreePort();
-      cluster += (i ? "," : "") + Name(i) + "=http://127.0.0.1:" + std::to_string(peer_ports_[i]);
-    }
-    cluster_ = cluster;
-    for (int i = 0; i < 3; ++i) Start(i, "new");
+    ASSERT_TRUE(etcd_.Start(dir_.path()).ok());
     auto c = EtcdClient::Create(Endpoints(), 5);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     client_ = std::move(*c);
-    const auto by = std::chrono::steady_clock::now() + 30s;
-    Result<std::string> v = Unavailable("not asked");
-    while (std::chrono::steady_clock::now() < by) {
-      v = client_->Version();
-      if (v.ok() && client_->Put("/ready", "1").ok()) break;
-      std::this_thread::sleep_for(100ms);  // a poll with a deadline: the members elect a leader
-    }
-    ASSERT_TRUE(v.ok()) << v.status().ToString();
   }
-  static std::string Name(int i) { return "m" + std::to_string(i); }
-  std::vector<std::string> Endpoints() const {
-    std::vector<std::string> e;
-    for (int p : client_ports_) e.push_back("127.0.0.1:" + std::to_string(p));
-    return e;
-  }
-  void Start(int i, const std::string& state) {
-    const std::string client = "http://127.0.0.1:" + std::to_string(client_ports_[i]);
-    const std::string peer = "http://127.0.0.1:" + std::to_string(peer_ports_[i]);
-    members_[i] = std::make_unique<testing::Child>(std::vector<std::string>{
-        EtcdBinary(), "--name", Name(i), "--data-dir", (dir_ / Name(i)).string(), "--listen-client-urls", client,
-        "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-        "--initial-cluster", cluster_, "--initial-cluster-state", state, "--initial-cluster-token", "mc-test",
-        "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "warn"});
-  }
+  static std::string Name(int i) { return testing::EtcdMembers::Name(i); }
+  std::vector<std::string> Endpoints() const { return etcd_.Endpoints(); }
+  void Start(int i, const std::string& state) { etcd_.StartMember(i, state); }
+  void KillMember(int i) { etcd_.Kill(i); }
 
   testing::TempDir dir_;
-  int client_ports_[3] = {}, peer_ports_[3] = {};
-  std::string cluster_;
-  std::unique_ptr<testing::Child> members_[3];
+  testing::EtcdMembers etcd_;
   std::unique_ptr<EtcdClient> client_;
 };
 
@@ -219,8 +187,7 @@ TEST_F(EtcdClientTest, OneMemberOfThreeKilledChangesNothing) {
     if (st->member_id == st->leader) leader = i;
   }
   ASSERT_GE(leader, 0) << "no member says it leads";
-  members_[leader]->Kill(SIGKILL);
-  members_[leader]->Wait(10s);
+  KillMember(leader);
   for (int i = 0; i < 20; ++i) {
     auto rev = client_->Put("/mc/k", std::to_string(i));
     ASSERT_TRUE(rev.ok()) << "put " << i << ": " << rev.status().ToString();
@@ -449,8 +416,7 @@ TEST_F(EtcdClientTest, OneCandidateLeadsAndACutOffLeaderIsFencedOut) {
   (*b_log)->Fence("/mc/leader", b2->fence_revision());
   ASSERT_TRUE((*b_log)->Append({{"op", "while-leading"}}).ok());
   const auto cut = std::chrono::steady_clock::now();
-  members_[b_member]->Kill(SIGKILL);
-  members_[b_member]->Wait(10s);
+  KillMember(b_member);
   ASSERT_TRUE(wait_for([&] { return !b2->leading(); }, 4s)) << "a cut-off leader stops within the TTL";
   EXPECT_LT(std::chrono::steady_clock::now() - cut, 2500ms);
   ASSERT_TRUE(wait_for([&] { return c->leading(); }, 6s));

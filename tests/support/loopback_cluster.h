@@ -61,6 +61,11 @@ struct ClusterOptions {
   std::string coordinator_extra;                   // more keys of the coordinator mapping ("  key: value\n")
   std::map<int, std::string> host_capacity;        // by node index; 64MiB where not given
   std::map<std::string, std::string> model_files;  // more files of every model's checkpoint (a tokenizer)
+  std::string agent_fabric;                        // more keys of the agents' fabric mapping (", key: value")
+  // The coordinators' state in etcd ("[host:port, ...]", testing::EtcdMembers::YamlList): a head of
+  // two, a leader and a standby (StartStandby), known to the agents both. Empty: one coordinator,
+  // its journal on its disk.
+  std::string etcd;
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -69,20 +74,29 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
   void StartCluster(const ClusterOptions& o = {}) {
     options = o;
     port = FreePort();
+    standby_port = o.etcd.empty() ? 0 : FreePort();
     const std::string defaults =
         "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
         "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
-    std::string cluster = "name: loop\n" + defaults + "nodes:\n";
-    for (int i = 0; i < o.nodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
-    cluster += "coordinator:\n  address: 127.0.0.1\n  port: " + std::to_string(port) +
-               "\n  state_dir: " + (dir / "coord").string() +
-               "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
-               "}\n  metrics: {address: 127.0.0.1, port: 0}\n" + o.coordinator_extra;
-    if (o.serving) {
-      cluster += "  serving: {fabric: {listen: '127.0.0.1:0'}, http: {address: 127.0.0.1, port: 0}, max_batch: 8}\n";
-    }
-    testing::WriteAll(dir / "cluster.yaml", cluster);
+    auto cluster_yaml = [&](int coordinator_port, const std::string& state_dir) {
+      std::string cluster = "name: loop\n" + defaults + "nodes:\n";
+      for (int i = 0; i < o.nodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
+      cluster += "coordinator:\n  address: 127.0.0.1\n  port: " + std::to_string(coordinator_port) +
+                 "\n  state_dir: " + (dir / state_dir).string() +
+                 "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
+                 "}\n  metrics: {address: 127.0.0.1, port: 0}\n" + o.coordinator_extra;
+      if (!o.etcd.empty()) cluster += "  state: {etcd: {endpoints: " + o.etcd + ", prefix: /mc/loop, lease: 2s}}\n";
+      if (o.serving) {
+        cluster += "  serving: {fabric: {listen: '127.0.0.1:0'}, http: {address: 127.0.0.1, port: 0}, max_batch: 8}\n";
+      }
+      return cluster;
+    };
+    testing::WriteAll(dir / "cluster.yaml", cluster_yaml(port, "coord"));
+    if (standby_port) testing::WriteAll(dir / "cluster-standby.yaml", cluster_yaml(standby_port, "coord-standby"));
     ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+    if (standby_port) {
+      ASSERT_NO_FATAL_FAILURE(StartStandby());
+    }
 
     // The models, on node-0's SSD only (imported the way received slices are written).
     for (size_t m = 0; m < o.models.size(); ++m) {
@@ -92,13 +106,16 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
           {ToolPath("modelcast"), "store", "import", pkg.string(), "--ssd-dir", (dir / "node-0").string()}, 60s);
       ASSERT_EQ(import.exit_code, 0) << import.err;
     }
+    const std::string coordinators =
+        standby_port ? "{endpoints: ['127.0.0.1:" + std::to_string(port) + "', '127.0.0.1:" +
+                           std::to_string(standby_port) + "']}"
+                     : "{address: 127.0.0.1, port: " + std::to_string(port) + "}";
     for (int i = 0; i < o.nodes; ++i) {
       const std::string n = "node-" + std::to_string(i);
       testing::WriteAll(dir / (n + ".yaml"),
                         "node: " + n + "\naddress: 127.0.0.1\nport: 0\n" +
-                            "coordinator: {address: 127.0.0.1, port: " + std::to_string(port) +
-                            "}\nfabric: {listen: '127.0.0.1:0', transport: ucx" +
-                            (o.fault.empty() ? "" : ", fault: '" + o.fault + "'") + "}\n" +
+                            "coordinator: " + coordinators + "\nfabric: {listen: '127.0.0.1:0', transport: ucx" +
+                            (o.fault.empty() ? "" : ", fault: '" + o.fault + "'") + o.agent_fabric + "}\n" +
                             "store: {ssd_dir: " + (dir / n).string() +
                             ", ssd_capacity: 1GiB, host_capacity: " +
                             (o.host_capacity.count(i) ? o.host_capacity.at(i) : std::string("64MiB")) + "}\n" +
@@ -146,6 +163,12 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
     std::string error;
     ASSERT_TRUE(Connect("127.0.0.1", port, kToken, &error)) << error;
   }
+  // Starts the head's second coordinator, which stands by (it does not listen) while the first leads.
+  void StartStandby() {
+    standby = std::make_unique<testing::Child>(std::vector<std::string>{
+        ToolPath("modelcast-coordinator"), "--config", (dir / "cluster-standby.yaml").string()});
+    ASSERT_TRUE(standby->WaitForError("standing by", 30s)) << standby->Wait(1s).err;
+  }
   // GET /metrics from the process whose stdout announced "metrics on ADDRESS:PORT".
   static std::string Metrics(testing::Child& process) {
     const int p = AnnouncedPort(process, "metrics on ");
@@ -172,11 +195,15 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
       auto r = agents[i]->Wait(30s);
       if (logs) std::cerr << "---- node-" << i << "\n" << r.err;
     }
-    if (coordinator) {
-      coordinator->Kill(SIGTERM);
-      auto r = coordinator->Wait(30s);
-      EXPECT_EQ(r.exit_code, 0);
-      if (logs) std::cerr << "---- coordinator\n" << r.err;
+    for (auto* c : {&coordinator, &standby}) {
+      if (!*c) continue;
+      const bool running = (*c)->Running();  // not one a test killed
+      if (running) (*c)->Kill(SIGTERM);
+      auto r = (*c)->Wait(30s);
+      if (running) {
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+      }
+      if (logs) std::cerr << "---- " << (c == &coordinator ? "coordinator" : "standby") << "\n" << r.err;
     }
   }
   // Waits until `node` has received a slice of operation `id` (the operation still running).
@@ -209,6 +236,8 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
   ClusterOptions options;
   testing::TempDir dir;
   std::unique_ptr<testing::Child> coordinator;
+  std::unique_ptr<testing::Child> standby;  // options.etcd: the head's second coordinator
+  int standby_port = 0;
   std::vector<std::unique_ptr<testing::Child>> agents;
   int port = 0;
   uint32_t nslices = 0;

@@ -81,9 +81,26 @@ std::string Child::Stdout() const {
 }
 
 bool Child::WaitForOutput(const std::string& text, std::chrono::milliseconds deadline) {
+  return WaitFor(out_path_, text, deadline);
+}
+
+bool Child::WaitForError(const std::string& text, std::chrono::milliseconds deadline) {
+  return WaitFor(err_path_, text, deadline);
+}
+
+std::string Child::Stderr() const {
+  std::ifstream in(err_path_);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+bool Child::WaitFor(const std::string& path, const std::string& text, std::chrono::milliseconds deadline) {
   const auto until = std::chrono::steady_clock::now() + deadline;
   for (;;) {
-    if (Stdout().find(text) != std::string::npos) return true;
+    std::ifstream in(path);  // the child creates it: not there at first
+    if (std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()).find(text) !=
+        std::string::npos) {
+      return true;
+    }
     if (!Running() || std::chrono::steady_clock::now() > until) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }

@@ -33,12 +33,17 @@ class Child {
   // Waits until the process has written `text` to its stdout (true), or has exited or
   // `deadline` passed without it (false).
   bool WaitForOutput(const std::string& text, std::chrono::milliseconds deadline);
-  // What the process has written to stdout so far.
+  // The same for its stderr (where the daemons log).
+  bool WaitForError(const std::string& text, std::chrono::milliseconds deadline);
+  // What the process has written to stdout (stderr) so far.
   std::string Stdout() const;
+  std::string Stderr() const;
   // Waits for the process to exit, at most `deadline`; kills it when it does not.
   ProcessResult Wait(std::chrono::milliseconds deadline);
 
  private:
+  bool WaitFor(const std::string& path, const std::string& text, std::chrono::milliseconds deadline);
+
   int pid_ = -1;
   bool reaped_ = false;
   int status_ = 0;
