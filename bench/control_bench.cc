@@ -8,6 +8,14 @@
 //   the same scale-outs run: the calls' p99 latency, and the scale-outs' duration against the
 //   unloaded ones (target: at most 5 % slower).
 //
+//   --state etcd: the coordinator keeps its state in three etcd members (loopback) instead of its
+//   journal. --compare-state: the idle phase with the journal, then with etcd, in one run: the
+//   ratio of their scale-out throughputs (issue 24: at least 0.9).
+//   --failover K: a head of two coordinators on etcd (a leader and a standby, both known to the
+//   agents); K times the leader is SIGKILLed and the time until a coordinator accepts a scaleOut
+//   is measured (p50/p99 against the lease); the scale-out then runs to its end on the new leader
+//   and the killed coordinator comes back as the standby.
+//
 // Prints a table, then one JSON line.
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -32,6 +40,8 @@
 #include "modelcast/model/prepare.h"
 #include "modelcast/model/synth.h"
 #include "modelcast/rpc/server.h"
+#include "support/etcd_command.h"
+#include "support/ports.h"
 
 #include <nlohmann/json.hpp>
 
@@ -55,7 +65,9 @@ struct Daemon {
   int port = 0;
 };
 
-Daemon Spawn(const std::vector<std::string>& argv, const fs::path& out) {
+// Starts a daemon and waits until it listens (its port from its "listening on" line), or, with
+// `standby`, until it logs that it stands by for the leadership.
+Daemon Spawn(const std::vector<std::string>& argv, const fs::path& out, bool standby = false) {
   Daemon d;
   d.out = out;
   // It dies with the benchmark, however the benchmark ends (SpawnChild).
@@ -64,6 +76,10 @@ Daemon Spawn(const std::vector<std::string>& argv, const fs::path& out) {
   d.pid = *pid;
   const auto until = std::chrono::steady_clock::now() + 30s;
   while (std::chrono::steady_clock::now() < until) {
+    if (standby) {
+      auto log = ReadFileToString(out.string() + ".log", 1 << 20);
+      if (log.ok() && log->find("standing by") != std::string::npos) return d;
+    }
     auto text = ReadFileToString(out, 4096);
     const auto at = text.ok() ? text->find("listening on ") : std::string::npos;
     if (at != std::string::npos && text->find('\n', at) != std::string::npos) {
@@ -136,116 +152,248 @@ int main(int argc, char** argv) {
 
 namespace modelcast {
 namespace {
-int Run(int argc, char** argv) {
-  std::string work = "bench-work", preset = "small";
-  int64_t reps = 20, clients = 16, rate = 1000, cold_reps = 0;
-  std::string host_capacity = "512MiB";
-  ArgParser p("control_bench", "the control plane's overhead: scaleOut to first byte, and status calls under load");
-  p.Flag("work", &work, "scratch directory [bench-work]");
-  p.Flag("preset", &preset, "synthetic model [small]");
-  p.Flag("reps", &reps, "scale-outs per phase [20]");
-  p.Flag("clients", &clients, "status-polling clients in the loaded phase [16]");
-  p.Flag("rate", &rate, "their calls per second in all [1000]");
-  p.Flag("cold-reps", &cold_reps,
-         "then scale-outs from a cold source (its host copy demoted to SSD first): first byte against one slice read "
-         "(fio, O_DIRECT, the same run) [0]");
-  p.Flag("host-capacity", &host_capacity, "each agent's host pool [512MiB]");
-  Check(p.Parse(argc, argv));
-  if (p.help_requested()) {
-    std::fputs(p.Usage().c_str(), stdout);
-    return 0;
-  }
-  const fs::path bin = fs::canonical("/proc/self/exe").parent_path();
-  const fs::path w = fs::absolute(work) / "control";
-  fs::remove_all(w);
-  fs::create_directories(w);
-  const fs::path src = bench::SynthesizedModel(work, preset);
-  model::PrepareOptions po;
-  po.blocks = 4;
-  po.slice_bytes = 4 << 20;
-  po.name = "bench-llm";
-  po.fsync = false;
-  auto prepared = model::Prepare(src, w / "pkg", po);
-  if (!prepared.ok()) Die(prepared.status());
-  const std::string defaults =
-      "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
-      "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
-  std::string cluster = "name: bench\n" + defaults + "nodes:\n";
-  for (int i = 0; i < kAgents; ++i) cluster += "  - {name: agent-" + std::to_string(i) + "}\n";
-  cluster += "coordinator: {address: 127.0.0.1, port: 0, state_dir: " + (w / "state").string() +
-             ", heartbeat_interval: 50ms, heartbeat_deadline: 2s, security: {token: " + kToken + "}}\n";
-  Check(WriteFileAtomic(w / "cluster.yaml", cluster));
-  Daemon coord = Spawn({(bin / "modelcast-coordinator").string(), "--config", (w / "cluster.yaml").string()},
-                       w / "coordinator.out");
-  auto import = bench::Shell((bin / "modelcast").string() + " store import " + (w / "pkg").string() + " --ssd-dir " +
-                             (w / "agent-0").string() + " >/dev/null 2>&1 && echo ok");
-  if (!import.ok() || import->find("ok") == std::string::npos) Die(Unavailable("store import failed"));
-  std::vector<Daemon> agents;
-  for (int i = 0; i < kAgents; ++i) {
-    const std::string n = "agent-" + std::to_string(i);
-    Check(WriteFileAtomic(w / (n + ".yaml"),
-                          "node: " + n + "\naddress: 127.0.0.1\nport: 0\ncoordinator: {address: 127.0.0.1, port: " +
-                              std::to_string(coord.port) + "}\nfabric: {listen: '127.0.0.1:0', transport: ucx}\n" +
-                              "store: {ssd_dir: " + (w / n).string() +
-                              ", ssd_capacity: 4GiB, host_capacity: " + host_capacity + "}\nsecurity: {token: " + kToken + "}\n"));
-    agents.push_back(
-        Spawn({(bin / "modelcast-agent").string(), "--config", (w / (n + ".yaml")).string()}, w / (n + ".out")));
-  }
-  Client main_client = Connect(coord.port);
-  auto& c = *main_client.coordinator;
-  rpc::SecurityConfig sec;
-  sec.token = kToken;
-  const auto header = rpc::MakeHeader(sec, "bench");
-  rpc::RegisterModelRequest reg;
-  reg.header = header;
-  reg.name = "bench-llm";
-  auto manifest = ReadFileToString(w / "pkg" / "manifest.json", 64 << 20);
-  if (!manifest.ok()) Die(manifest.status());
-  reg.manifest_json = *manifest;
-  rpc::ModelInfo info;
-  c.registerModel(info, reg);
 
+struct ClusterOptions {
+  std::string host_capacity = "512MiB";
+  bool etcd = false;     // the coordinators' state in three etcd members
+  int coordinators = 1;  // with etcd: the first leads, the others stand by
+  double lease_s = 2;    // coordinator.state.etcd.lease
+};
+
+// Four agents (the model on agent-0's SSD) and a coordinator (or a head of several on etcd), as
+// processes under `dir`; the model registered, every agent joined.
+class ControlCluster {
+ public:
+  ControlCluster(const ClusterOptions& o, const fs::path& bin, const fs::path& dir, const fs::path& pkg)
+      : o_(o), bin_(bin), dir_(dir) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    sec_.token = kToken;
+    header_ = rpc::MakeHeader(sec_, "bench");
+    if (o.etcd) StartEtcd();
+    const std::string defaults =
+        "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
+        "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
+    std::string agents_coordinator = "{endpoints: [";
+    for (int k = 0; k < o.coordinators; ++k) {
+      ports_.push_back(testing::FreePort());
+      std::string cluster = "name: bench\n" + defaults + "nodes:\n";
+      for (int i = 0; i < kAgents; ++i) cluster += "  - {name: agent-" + std::to_string(i) + "}\n";
+      cluster += "coordinator: {address: 127.0.0.1, port: " + std::to_string(ports_[k]) +
+                 ", state_dir: " + (dir / ("state-" + std::to_string(k))).string() +
+                 ", heartbeat_interval: 50ms, heartbeat_deadline: 2s, security: {token: " + kToken + "}" +
+                 (o.etcd ? ", state: {etcd: {endpoints: " + etcd_list_ + ", prefix: /mc/bench, lease: " +
+                               std::to_string(o.lease_s) + "s}}"
+                         : "") +
+                 "}\n";
+      Check(WriteFileAtomic(Config(k), cluster));
+      coordinators_.push_back(Spawn(CoordinatorArgv(k), Out(k), /*standby=*/k > 0));
+      agents_coordinator += (k ? ", " : "") + std::string("'127.0.0.1:") + std::to_string(ports_[k]) + "'";
+    }
+    agents_coordinator += "]}";
+    auto import = bench::Shell((bin / "modelcast").string() + " store import " + pkg.string() + " --ssd-dir " +
+                               (dir / "agent-0").string() + " >/dev/null 2>&1 && echo ok");
+    if (!import.ok() || import->find("ok") == std::string::npos) Die(Unavailable("store import failed"));
+    for (int i = 0; i < kAgents; ++i) {
+      const std::string n = "agent-" + std::to_string(i);
+      Check(WriteFileAtomic(dir / (n + ".yaml"),
+                            "node: " + n + "\naddress: 127.0.0.1\nport: 0\ncoordinator: " + agents_coordinator +
+                                "\nfabric: {listen: '127.0.0.1:0', transport: ucx}\n" + "store: {ssd_dir: " +
+                                (dir / n).string() + ", ssd_capacity: 4GiB, host_capacity: " + o.host_capacity +
+                                "}\nsecurity: {token: " + kToken + "}\n"));
+      agents_.push_back(
+          Spawn({(bin / "modelcast-agent").string(), "--config", (dir / (n + ".yaml")).string()}, dir / (n + ".out")));
+    }
+    client_ = Connect(ports_[0]);
+    rpc::RegisterModelRequest reg;
+    reg.header = header_;
+    reg.name = "bench-llm";
+    auto manifest = ReadFileToString(pkg / "manifest.json", 64 << 20);
+    if (!manifest.ok()) Die(manifest.status());
+    reg.manifest_json = *manifest;
+    rpc::ModelInfo info;
+    c().registerModel(info, reg);
+  }
+  ~ControlCluster() {
+    client_ = {};
+    for (auto& a : agents_) Stop(a);
+    for (auto& d : coordinators_) Stop(d);
+    for (auto& m : etcd_) Stop(m);
+  }
+
+  rpc::CoordinatorClient& c() { return *client_.coordinator; }
+  const rpc::RequestHeader& header() const { return header_; }
+  int leader_port() const { return ports_[leader_]; }
+  pid_t leader_pid() const { return coordinators_[leader_].pid; }
+
+  // One scale-out 1 -> 4 and back: returns (first byte after the call, whole operation) in seconds.
+  std::pair<double, double> Scale() {
+    WaitSettled();
+    const double t0 = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    rpc::ScaleOutResponse resp;
+    c().scaleOut(resp, ScaleOutRequest());
+    return Finish(resp.operation_id, t0);
+  }
+
+  // The leader SIGKILLed; returns the seconds until a coordinator accepts a scaleOut (the scale-out
+  // then runs to its end and is undone; the killed coordinator comes back as a standby).
+  double KillLeader() {
+    WaitSettled();
+    client_ = {};
+    const size_t killed = leader_;
+    const double t0 = Now();
+    ::kill(coordinators_[killed].pid, SIGKILL);
+    int status = 0;
+    ::waitpid(coordinators_[killed].pid, &status, 0);
+    coordinators_[killed].pid = -1;
+    rpc::ScaleOutRequest so = ScaleOutRequest();
+    so.header.__set_request_id("failover-" + std::to_string(++kills_));  // a retry acts once
+    std::vector<rpc::Endpoint> endpoints;
+    for (int p : ports_) endpoints.push_back({"127.0.0.1", p});
+    std::string id, last_error;
+    double took = 0;
+    const double t0_unix = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    while (id.empty()) {
+      if (Now() - t0 > 60) Die(DeadlineExceeded("no coordinator accepted a scaleOut within 60 s: " + last_error));
+      size_t at = (killed + 1) % ports_.size();
+      auto conn = rpc::ConnectAny(endpoints, sec_, 2000, &at);
+      if (!conn.ok()) {
+        last_error = conn.status().message();
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      rpc::CoordinatorClient cc(
+          std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>((*conn)->protocol, "Coordinator"));
+      try {
+        rpc::ScaleOutResponse resp;
+        cc.scaleOut(resp, so);
+        id = resp.operation_id;
+        took = Now() - t0;
+        leader_ = at;
+      } catch (const rpc::InvalidRequest& e) {  // the agents not back yet: no targets
+        last_error = e.message;
+        std::this_thread::sleep_for(5ms);
+      } catch (const apache::thrift::TException& e) {
+        last_error = e.what();
+        std::this_thread::sleep_for(5ms);
+      }
+    }
+    client_ = Connect(ports_[leader_]);
+    Finish(id, t0_unix);
+    coordinators_[killed] = Spawn(CoordinatorArgv(killed), Out(killed), /*standby=*/true);
+    return took;
+  }
+
+  // The leader's CPU seconds so far (user + system, from /proc).
+  double LeaderCpuSeconds() const {
+    auto stat = ReadFileToString("/proc/" + std::to_string(leader_pid()) + "/stat", 4096);
+    if (!stat.ok()) return 0;
+    std::istringstream in(stat->substr(stat->rfind(')') + 2));
+    std::string field;
+    double utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && in >> field; ++i) {
+      if (i == 14) utime = std::stod(field);
+      if (i == 15) stime = std::stod(field);
+    }
+    return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+
+  // The source's host copy demoted to SSD (for a cold scale-out).
+  void DemoteSource() {
+    auto ac = AgentAt(Address("agent-0"));
+    rpc::AgentClient source(ac->protocol);
+    rpc::MoveRequest down;
+    down.header = header_;
+    down.model = "bench-llm";
+    down.tier = "ssd";
+    UntilUnpinned("demote on agent-0", [&] { source.demote(down); });
+  }
+
+ private:
+  void StartEtcd() {
+    if (testing::EtcdBinary() == nullptr) Die(NotFound("no etcd binary (scripts/dev.sh installs etcd-server)"));
+    int client_ports[3], peer_ports[3];
+    std::string cluster;
+    etcd_list_ = "[";
+    for (int i = 0; i < 3; ++i) {
+      client_ports[i] = testing::FreePort();
+      peer_ports[i] = testing::FreePort();
+      cluster += (i ? "," : "") + testing::EtcdMemberName(i) + "=http://127.0.0.1:" + std::to_string(peer_ports[i]);
+      etcd_list_ += (i ? ", " : "") + std::string("127.0.0.1:") + std::to_string(client_ports[i]);
+    }
+    etcd_list_ += "]";
+    for (int i = 0; i < 3; ++i) {
+      Daemon d;
+      auto pid = SpawnChild(testing::EtcdMemberArgv(i, dir_ / "etcd", client_ports[i], peer_ports[i], cluster, "new"),
+                            {(dir_ / ("etcd-" + std::to_string(i) + ".out")).string(),
+                             (dir_ / ("etcd-" + std::to_string(i) + ".log")).string()});
+      if (!pid.ok()) Die(pid.status().WithContext("cannot start etcd"));
+      d.pid = *pid;
+      etcd_.push_back(d);
+    }
+    // The coordinator waits for etcd at start; the members elect their leader in about a second.
+  }
+  fs::path Config(size_t k) const { return dir_ / ("cluster-" + std::to_string(k) + ".yaml"); }
+  fs::path Out(size_t k) const { return dir_ / ("coordinator-" + std::to_string(k) + ".out"); }
+  std::vector<std::string> CoordinatorArgv(size_t k) const {
+    return {(bin_ / "modelcast-coordinator").string(), "--config", Config(k).string()};
+  }
+  rpc::ScaleOutRequest ScaleOutRequest() const {
+    rpc::ScaleOutRequest so;
+    so.header = header_;
+    so.model = "bench-llm";
+    so.replicas = kAgents - 1;
+    return so;
+  }
   // Until every agent is up and only agent-0 holds the model.
-  auto settled = [&] {
+  bool Settled() {
     rpc::ClusterStatus s;
-    c.getClusterStatus(s, header);
+    c().getClusterStatus(s, header_);
     int alive = 0;
     for (const auto& n : s.nodes) alive += n.alive;
     std::vector<rpc::ModelInfo> models;
-    c.listModels(models, header);
+    c().listModels(models, header_);
     std::set<std::string> holders(models[0].ssd_holders.begin(), models[0].ssd_holders.end());
     holders.insert(models[0].host_holders.begin(), models[0].host_holders.end());
     return alive == kAgents && holders == std::set<std::string>{"agent-0"};
-  };
-  auto wait_settled = [&] {
+  }
+  void WaitSettled() {
     const auto until = std::chrono::steady_clock::now() + 30s;
-    while (!settled()) {
+    while (!Settled()) {
       if (std::chrono::steady_clock::now() > until) Die(DeadlineExceeded("the cluster did not settle"));
       std::this_thread::sleep_for(10ms);
     }
-  };
+  }
   // Until the operation ends (polled every 2 ms, for at most a minute); it must have succeeded.
-  auto wait_succeeded = [&](const std::string& id) {
+  rpc::OperationStatus WaitSucceeded(const std::string& id) {
     const auto until = std::chrono::steady_clock::now() + 60s;
     rpc::OperationStatus op;
     do {
       if (std::chrono::steady_clock::now() > until) Die(DeadlineExceeded(id + " still running after 60 s"));
       std::this_thread::sleep_for(2ms);
-      c.getOperation(op, header, id);
+      c().getOperation(op, header_, id);
     } while (op.state == rpc::OperationState::RUNNING || op.state == rpc::OperationState::PENDING);
     if (op.state != rpc::OperationState::SUCCEEDED) Die(Internal(op.id + " failed: " + op.error));
     return op;
-  };
+  }
+  std::string Address(const std::string& node) {
+    rpc::ClusterStatus st;
+    c().getClusterStatus(st, header_);
+    for (const auto& n : st.nodes) {
+      if (n.name == node) return n.rpc_address;
+    }
+    Die(NotFound(node + " is not in the cluster"));
+  }
   // A client of the agent at `rpc_address` ("ip:port").
-  auto agent_at = [&](const std::string& rpc_address) {
+  std::unique_ptr<rpc::RpcConnection> AgentAt(const std::string& rpc_address) {
     const auto colon = rpc_address.rfind(':');
-    auto ac = rpc::Connect(rpc_address.substr(0, colon), std::stoi(rpc_address.substr(colon + 1)), sec);
+    auto ac = rpc::Connect(rpc_address.substr(0, colon), std::stoi(rpc_address.substr(colon + 1)), sec_);
     if (!ac.ok()) Die(ac.status());
     return std::move(*ac);
-  };
+  }
   // Calls `call` until the agent stops refusing it as FAILED_PRECONDITION (a copy still pinned or
   // being written behind by the last operation), for at most 30 s.
-  auto until_unpinned = [&](const std::string& what, const std::function<void()>& call) {
+  static void UntilUnpinned(const std::string& what, const std::function<void()>& call) {
     const auto until = std::chrono::steady_clock::now() + 30s;
     for (;;) {
       try {
@@ -258,71 +406,182 @@ int Run(int argc, char** argv) {
         std::this_thread::sleep_for(5ms);
       }
     }
-  };
-  // One scale-out 1 -> 4 and back: returns (first byte after the call, whole operation) in seconds.
-  auto scale = [&]() -> std::pair<double, double> {
-    wait_settled();
-    rpc::ScaleOutRequest so;
-    so.header = header;
-    so.model = "bench-llm";
-    so.replicas = kAgents - 1;
-    rpc::ScaleOutResponse resp;
-    const double t0 = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-    c.scaleOut(resp, so);
-    const rpc::OperationStatus op = wait_succeeded(resp.operation_id);
+  }
+  // Waits for operation `id` (called at t0, Unix seconds), then releases the new instances (the
+  // coordinator serves through them until then) and evicts their copies, so that the next
+  // repetition starts from one copy again.
+  std::pair<double, double> Finish(const std::string& id, double t0) {
+    const rpc::OperationStatus op = WaitSucceeded(id);
     const double first = op.first_byte_unix - t0;
     const double total = op.finished_unix - t0;
-    // Release the new instances (the coordinator serves through them until then), then evict
-    // their copies, so the next repetition starts from one copy again.
     rpc::ScaleInRequest si;
-    si.header = header;
+    si.header = header_;
     si.model = "bench-llm";
     si.replicas = kAgents - 1;
     std::string in_id;
-    c.scaleIn(in_id, si);
-    wait_succeeded(in_id);
+    c().scaleIn(in_id, si);
+    WaitSucceeded(in_id);
     rpc::ClusterStatus st;
-    c.getClusterStatus(st, header);
+    c().getClusterStatus(st, header_);
     for (const auto& n : st.nodes) {
       if (n.name == "agent-0") continue;
-      auto ac = agent_at(n.rpc_address);
+      auto ac = AgentAt(n.rpc_address);
       rpc::AgentClient agent(ac->protocol);
       rpc::MoveRequest evict;
-      evict.header = header;
+      evict.header = header_;
       evict.model = "bench-llm";
-      until_unpinned("evict on " + n.name, [&] { agent.evict(evict); });
+      UntilUnpinned("evict on " + n.name, [&] { agent.evict(evict); });
     }
     return {first, total};
+  }
+
+  const ClusterOptions o_;
+  const fs::path bin_, dir_;
+  rpc::SecurityConfig sec_;
+  rpc::RequestHeader header_;
+  std::string etcd_list_;
+  std::vector<Daemon> etcd_, coordinators_, agents_;
+  std::vector<int> ports_;
+  size_t leader_ = 0;
+  int kills_ = 0;
+  Client client_;
+};
+
+void Row(const char* name, const std::vector<double>& v) {
+  std::printf("  %-34s %8.2f %8.2f %8.2f\n", name, Percentile(v, 0.5), Percentile(v, 0.99),
+              *std::max_element(v.begin(), v.end()));
+}
+
+int Run(int argc, char** argv) {
+  std::string work = "bench-work", preset = "small", state = "journal";
+  int64_t reps = 20, clients = 16, rate = 1000, cold_reps = 0, failover = 0;
+  bool compare_state = false;
+  double lease = 2;
+  ClusterOptions co;
+  ArgParser p("control_bench", "the control plane's overhead: scaleOut to first byte, and status calls under load");
+  p.Flag("work", &work, "scratch directory [bench-work]");
+  p.Flag("preset", &preset, "synthetic model [small]");
+  p.Flag("reps", &reps, "scale-outs per phase [20]");
+  p.Flag("clients", &clients, "status-polling clients in the loaded phase [16]");
+  p.Flag("rate", &rate, "their calls per second in all [1000]");
+  p.Flag("cold-reps", &cold_reps,
+         "then scale-outs from a cold source (its host copy demoted to SSD first): first byte against one slice read "
+         "(fio, O_DIRECT, the same run) [0]");
+  p.Flag("host-capacity", &co.host_capacity, "each agent's host pool [512MiB]");
+  p.Flag("state", &state, "where the coordinator keeps its state: journal or etcd (three members on loopback) [journal]");
+  p.Flag("compare-state", &compare_state,
+         "only the idle phase, with the journal and then with etcd: the ratio of their throughputs");
+  p.Flag("failover", &failover,
+         "kill the leader of a head of two coordinators on etcd this many times, timing until a scaleOut is accepted [0]");
+  p.Flag("lease", &lease, "the coordinators' etcd lease in seconds, with --state etcd or --failover [2]");
+  Check(p.Parse(argc, argv));
+  if (p.help_requested()) {
+    std::fputs(p.Usage().c_str(), stdout);
+    return 0;
+  }
+  if (state != "journal" && state != "etcd") Die(InvalidArgument("--state must be journal or etcd, not '" + state + "'"));
+  if (reps < 1 || failover < 0 || !(lease >= 1 && lease <= 60)) {
+    Die(InvalidArgument("--reps must be at least 1, --failover at least 0, --lease from 1 to 60"));
+  }
+  co.etcd = state == "etcd";
+  co.lease_s = lease;
+  const fs::path bin = fs::canonical("/proc/self/exe").parent_path();
+  const fs::path w = fs::absolute(work) / "control";
+  fs::remove_all(w);
+  fs::create_directories(w);
+  const fs::path src = bench::SynthesizedModel(work, preset);
+  model::PrepareOptions po;
+  po.blocks = 4;
+  po.slice_bytes = 4 << 20;
+  po.name = "bench-llm";
+  po.fsync = false;
+  auto prepared = model::Prepare(src, w / "pkg", po);
+  if (!prepared.ok()) Die(prepared.status());
+  std::printf("\ncontrol_bench: %s (%s), 1 -> %d copies on loopback, %lld reps per phase\n", "bench-llm",
+              preset.c_str(), kAgents, (long long)reps);
+  std::printf("  %-34s %8s %8s %8s\n", "", "p50 ms", "p99 ms", "max ms");
+
+  // The idle phase: `reps` scale-outs after a warm-up; (first byte, whole) in ms.
+  auto idle_phase = [&](ControlCluster& cluster) {
+    std::pair<std::vector<double>, std::vector<double>> out;
+    cluster.Scale();  // warm-up: connections, page cache, first-touch
+    for (int64_t r = 0; r < reps; ++r) {
+      auto [f, t] = cluster.Scale();
+      out.first.push_back(f * 1e3);
+      out.second.push_back(t * 1e3);
+    }
+    return out;
   };
 
-  // Phase 1: no other load.
-  std::vector<double> first_idle, total_idle, first_load, total_load, call_ms;
-  scale();  // warm-up: connections, page cache, first-touch
-  for (int64_t r = 0; r < reps; ++r) {
-    auto [f, t] = scale();
-    first_idle.push_back(f * 1e3);
-    total_idle.push_back(t * 1e3);
+  if (failover > 0) {
+    ClusterOptions ha = co;
+    ha.etcd = true;
+    ha.coordinators = 2;
+    ControlCluster cluster(ha, bin, w / "ha", w / "pkg");
+    cluster.Scale();  // warm-up
+    std::vector<double> took_ms;
+    for (int64_t k = 0; k < failover; ++k) {
+      took_ms.push_back(cluster.KillLeader() * 1e3);
+      std::fprintf(stderr, "control_bench: kill %lld: a scaleOut accepted after %.0f ms\n", (long long)k + 1,
+                   took_ms.back());
+    }
+    Row("leader killed -> scaleOut accepted", took_ms);
+    const double p99 = Percentile(took_ms, 0.99) / 1e3;
+    std::printf("  %lld kills, lease %.1f s: p50 %.2f s, p99 %.2f s = %.2f x the lease (target p99 <= 3 s)\n",
+                (long long)failover, lease, Percentile(took_ms, 0.5) / 1e3, p99, p99 / lease);
+    nlohmann::json j{{"bench", "control_bench"},           {"failover_kills", failover},
+                     {"lease_s", lease},                   {"failover_ms_p50", Percentile(took_ms, 0.5)},
+                     {"failover_ms_p99", Percentile(took_ms, 0.99)}, {"failover_ms_max", *std::max_element(took_ms.begin(), took_ms.end())},
+                     {"failover_p99_over_lease", p99 / lease}};
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
   }
+
+  if (compare_state) {
+    std::pair<std::vector<double>, std::vector<double>> journal, etcd;
+    {
+      ClusterOptions jo = co;
+      jo.etcd = false;
+      ControlCluster cluster(jo, bin, w / "journal", w / "pkg");
+      journal = idle_phase(cluster);
+    }
+    {
+      ClusterOptions eo = co;
+      eo.etcd = true;
+      ControlCluster cluster(eo, bin, w / "etcd", w / "pkg");
+      etcd = idle_phase(cluster);
+    }
+    Row("scaleOut -> first byte (journal)", journal.first);
+    Row("scaleOut -> first byte (etcd)", etcd.first);
+    Row("scaleOut -> done (journal)", journal.second);
+    Row("scaleOut -> done (etcd)", etcd.second);
+    const double ratio = bench::Median(journal.second) / bench::Median(etcd.second);
+    std::printf("  throughput with etcd / with the journal (median scale-out time, journal over etcd): %.3f "
+                "(target >= 0.9)\n",
+                ratio);
+    nlohmann::json j{{"bench", "control_bench"},
+                     {"reps", reps},
+                     {"journal_first_byte_ms_p99", Percentile(journal.first, 0.99)},
+                     {"etcd_first_byte_ms_p99", Percentile(etcd.first, 0.99)},
+                     {"journal_scale_out_ms_p50", Percentile(journal.second, 0.5)},
+                     {"etcd_scale_out_ms_p50", Percentile(etcd.second, 0.5)},
+                     {"etcd_over_journal_throughput", ratio}};
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+
+  ControlCluster cluster(co, bin, w / "run", w / "pkg");
+  // Phase 1: no other load.
+  auto [first_idle, total_idle] = idle_phase(cluster);
+  std::vector<double> first_load, total_load, call_ms;
   // Phase 1b (--cold-reps): the source's host copy demoted to SSD before each scale-out, so that
   // it reads every block it sends from SSD: its first byte, against the warm ones above and one
   // slice read with fio in the same run.
   std::vector<double> first_cold, total_cold, fio_read_ms;
   if (cold_reps > 0) {
-    rpc::ClusterStatus st;
-    c.getClusterStatus(st, header);
-    std::string address;
-    for (const auto& n : st.nodes) {
-      if (n.name == "agent-0") address = n.rpc_address;
-    }
-    auto ac = agent_at(address);
-    rpc::AgentClient source(ac->protocol);
     for (int64_t r = 0; r < cold_reps; ++r) {
-      rpc::MoveRequest down;
-      down.header = header;
-      down.model = "bench-llm";
-      down.tier = "ssd";
-      until_unpinned("demote on agent-0", [&] { source.demote(down); });
-      auto [f, t] = scale();
+      cluster.DemoteSource();
+      auto [f, t] = cluster.Scale();
       first_cold.push_back(f * 1e3);
       total_cold.push_back(t * 1e3);
     }
@@ -330,7 +589,7 @@ int Run(int argc, char** argv) {
     // O_DIRECT, 5 times.
     fs::path block;
     uintmax_t biggest = 0;
-    for (const auto& e : fs::recursive_directory_iterator(w / "agent-0")) {
+    for (const auto& e : fs::recursive_directory_iterator(w / "run" / "agent-0")) {
       if (e.is_regular_file() && e.file_size() > biggest) biggest = e.file_size(), block = e.path();
     }
     const uintmax_t bs = std::min<uintmax_t>(4 << 20, biggest / 4096 * 4096);  // a smaller block: all of it
@@ -348,9 +607,11 @@ int Run(int argc, char** argv) {
   std::atomic<bool> stop{false};
   std::mutex lat_mu;
   std::vector<std::thread> pollers;
+  const auto header = cluster.header();
+  const int port = cluster.leader_port();
   for (int64_t i = 0; i < clients; ++i) {
     pollers.emplace_back([&, i] {
-      Client cl = Connect(coord.port);
+      Client cl = Connect(port);
       const auto period = std::chrono::duration<double>(static_cast<double>(clients) / static_cast<double>(rate));
       auto next = std::chrono::steady_clock::now();
       std::vector<double> mine;
@@ -376,40 +637,32 @@ int Run(int argc, char** argv) {
   }
   const double load_start = Now();
   for (int64_t r = 0; r < reps; ++r) {
-    auto [f, t] = scale();
+    auto [f, t] = cluster.Scale();
     first_load.push_back(f * 1e3);
     total_load.push_back(t * 1e3);
   }
   const double load_secs = Now() - load_start;
   stop = true;
   for (auto& t : pollers) t.join();
-  for (auto& a : agents) Stop(a);
-  Stop(coord);
 
   const double slowdown = bench::Median(total_load) / bench::Median(total_idle);
-  std::printf("\ncontrol_bench: %s (%s), 1 -> %d copies on loopback, %lld reps per phase\n", "bench-llm",
-              preset.c_str(), kAgents, (long long)reps);
-  std::printf("  %-34s %8s %8s %8s\n", "", "p50 ms", "p99 ms", "max ms");
-  auto row = [](const char* name, const std::vector<double>& v) {
-    std::printf("  %-34s %8.2f %8.2f %8.2f\n", name, Percentile(v, 0.5), Percentile(v, 0.99),
-                *std::max_element(v.begin(), v.end()));
-  };
-  row("scaleOut -> first byte (idle)", first_idle);
-  row("scaleOut -> done (idle)", total_idle);
+  Row("scaleOut -> first byte (idle)", first_idle);
+  Row("scaleOut -> done (idle)", total_idle);
   if (!first_cold.empty()) {
-    row("scaleOut -> first byte (cold source)", first_cold);
-    row("scaleOut -> done (cold source)", total_cold);
-    row("one 4 MiB slice read (fio, O_DIRECT)", fio_read_ms);
+    Row("scaleOut -> first byte (cold source)", first_cold);
+    Row("scaleOut -> done (cold source)", total_cold);
+    Row("one 4 MiB slice read (fio, O_DIRECT)", fio_read_ms);
     std::printf("  cold source: first byte p50 %.2f ms = warm p50 + %.2f ms, against one slice read (%.2f ms) + 10 ms\n",
                 Percentile(first_cold, 0.5), Percentile(first_cold, 0.5) - Percentile(first_idle, 0.5),
                 Percentile(fio_read_ms, 0.5));
   }
-  row("scaleOut -> first byte (loaded)", first_load);
-  row("scaleOut -> done (loaded)", total_load);
-  row("status calls under load", call_ms);
+  Row("scaleOut -> first byte (loaded)", first_load);
+  Row("scaleOut -> done (loaded)", total_load);
+  Row("status calls under load", call_ms);
   std::printf("  status calls: %zu in %.1f s (%.0f/s); scale-out median loaded/idle: %.3f (target <= 1.05)\n",
               call_ms.size(), load_secs, static_cast<double>(call_ms.size()) / load_secs, slowdown);
   nlohmann::json j{{"bench", "control_bench"},
+                   {"state", state},
                    {"reps", reps},
                    {"first_byte_ms_p50", Percentile(first_idle, 0.5)},
                    {"first_byte_ms_p99", Percentile(first_idle, 0.99)},

@@ -30,6 +30,12 @@ bool LeaderElection::Sleep(double seconds) {
   return !cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return stopping_; });
 }
 
+bool LeaderElection::SleepUnlessKeyGone(double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return stopping_ || key_gone_; });
+  return !stopping_;
+}
+
 Result<std::string> LeaderElection::Leader() const {
   MC_ASSIGN_OR_RETURN(auto kvs, client_->Range(options_.key));
   return kvs.empty() ? std::string() : kvs[0].value;
@@ -91,9 +97,32 @@ void LeaderElection::Run() {
       if (leading_) break;  // stopped while leading: resign below
       continue;
     }
-    // Someone leads: keep our lease alive and try again when the key is gone (checked every
-    // third of the TTL: a dead leader's key goes within its TTL).
-    while (Sleep(ttl / 3)) {
+    // Someone leads: keep our lease alive and campaign again the moment the key goes (a dead
+    // leader's key goes with its lease): a watch on it wakes us; every third of the TTL the key
+    // is also read, should the watch have ended.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      key_gone_ = false;
+    }
+    int64_t seen = 0;
+    std::unique_ptr<EtcdWatch> watch;
+    if (auto holder = client_->Range(options_.key, "", &seen); holder.ok() && !holder->empty()) {
+      auto w = client_->Watch(
+          options_.key, "", seen + 1,
+          [this](const EtcdEvent& e) {
+            if (!e.deleted) return;
+            std::lock_guard<std::mutex> lock(mu_);
+            key_gone_ = true;
+            cv_.notify_all();
+          },
+          [](const Status&) {});
+      if (w.ok()) watch = std::move(*w);
+    }
+    while (SleepUnlessKeyGone(ttl / 3)) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (key_gone_) break;
+      }
       if (auto left = client_->LeaseKeepAlive(lease_); !left.ok() && left.status().code() == StatusCode::kNotFound) {
         lease_ = 0;
         break;
@@ -101,6 +130,7 @@ void LeaderElection::Run() {
       auto holder = client_->Range(options_.key);
       if (holder.ok() && holder->empty()) break;
     }
+    watch.reset();  // joins its thread, which takes mu_: not held here
   }
   // Resigning: the lease (and the key, if ours) goes at once, so a standby need not wait.
   if (lease_ != 0) {

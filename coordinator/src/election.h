@@ -45,6 +45,8 @@ class LeaderElection {
   void Run();
   // Waits `seconds` or until stopped; false when stopped.
   bool Sleep(double seconds);
+  // The same, waking early (true) when a watch saw the leader's key deleted.
+  bool SleepUnlessKeyGone(double seconds);
 
   std::shared_ptr<EtcdClient> client_;
   Options options_;
@@ -54,6 +56,7 @@ class LeaderElection {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
+  bool key_gone_ = false;  // the leader's key, watched by a standby, was deleted
   std::thread thread_;
 };
 

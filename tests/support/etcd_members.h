@@ -13,17 +13,11 @@
 #include <vector>
 
 #include "etcd_client.h"
+#include "support/etcd_command.h"
 #include "support/ports.h"
 #include "support/process.h"
 
 namespace modelcast::testing {
-
-inline const char* EtcdBinary() {
-  for (const char* p : {"/usr/bin/etcd", "/usr/local/bin/etcd"}) {
-    if (std::filesystem::exists(p)) return p;
-  }
-  return nullptr;
-}
 
 class EtcdMembers {
  public:
@@ -52,7 +46,7 @@ class EtcdMembers {
     }
     return st;
   }
-  static std::string Name(int i) { return "m" + std::to_string(i); }
+  static std::string Name(int i) { return EtcdMemberName(i); }
   std::vector<std::string> Endpoints() const {
     std::vector<std::string> e;
     for (int p : client_ports_) e.push_back("127.0.0.1:" + std::to_string(p));
@@ -66,13 +60,7 @@ class EtcdMembers {
   }
   // Starts member i: "new" with the others at first, "existing" when it comes back.
   void StartMember(int i, const std::string& state) {
-    const std::string client = "http://127.0.0.1:" + std::to_string(client_ports_[i]);
-    const std::string peer = "http://127.0.0.1:" + std::to_string(peer_ports_[i]);
-    members_[i] = std::make_unique<Child>(std::vector<std::string>{
-        EtcdBinary(), "--name", Name(i), "--data-dir", (dir_ / Name(i)).string(), "--listen-client-urls", client,
-        "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-        "--initial-cluster", cluster_, "--initial-cluster-state", state, "--initial-cluster-token", "mc-test",
-        "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "warn"});
+    members_[i] = std::make_unique<Child>(EtcdMemberArgv(i, dir_, client_ports_[i], peer_ports_[i], cluster_, state));
   }
   void Kill(int i) {
     members_[i]->Kill(SIGKILL);
