@@ -52,6 +52,8 @@ class EtcdLog final : public RecordLog {
   EtcdLog() = default;
   std::string GenKey(uint64_t gen) const;
   // Writes `record` as the parts of `<base>/<part>` and then `<base>/end`, each write fenced.
+  // The refusal of a write fenced out: another coordinator leads now.
+  Status NotLeading(const std::string& what) const;
   Status WriteRecord(const std::string& base, const nlohmann::json& record);
   std::vector<EtcdCompare> FenceCompare() const;
 

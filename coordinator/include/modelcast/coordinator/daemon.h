@@ -87,7 +87,7 @@ struct CoordinatorConfig {
   // With etcd, coordinators sharing the prefix elect a leader on a lease of this many seconds:
   // the others stand by (not listening) and one of them leads within about this long of the
   // leader's death. A leader that loses its lease exits, so that it acts no more.
-  int64_t etcd_lease = 3;
+  int64_t etcd_lease = 2;
   rpc::SecurityConfig security;
   rpc::MetricsConfig metrics;  // `metrics: {address, port}`; off when absent
   ServingConfig serving;       // off when absent
