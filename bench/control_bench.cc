@@ -11,6 +11,10 @@
 //   --state etcd: the coordinator keeps its state in three etcd members (loopback) instead of its
 //   journal. --compare-state: the idle phase with the journal, then with etcd, in one run: the
 //   ratio of their scale-out throughputs (issue 24: at least 0.9).
+//   --members N: N more members (a load generator speaking the real Membership RPC: N
+//   connections, each joining as a node of the cluster config and heartbeating every second)
+//   while the same scale-outs run (pinned to the agents): the leader's CPU and scaleOut -> first
+//   byte p99, against the same run's phase without them (issue 24: p99 <= 20 ms at 1,000).
 //   --failover K: a head of two coordinators on etcd (a leader and a standby, both known to the
 //   agents); K times the leader is SIGKILLed and the time until a coordinator accepts a scaleOut
 //   is measured (p50/p99 against the lease); the scale-out then runs to its end on the new leader
@@ -25,6 +29,8 @@
 #include <atomic>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -32,6 +38,7 @@
 
 #include "Agent.h"
 #include "Coordinator.h"
+#include "Membership.h"
 #include "bench_util.h"
 #include "modelcast/common/args.h"
 #include "modelcast/common/subprocess.h"
@@ -158,6 +165,7 @@ struct ClusterOptions {
   bool etcd = false;     // the coordinators' state in three etcd members
   int coordinators = 1;  // with etcd: the first leads, the others stand by
   double lease_s = 2;    // coordinator.state.etcd.lease
+  int members = 0;       // more nodes in the cluster config ("member-0".."member-<N-1>"), for --members
 };
 
 // Four agents (the model on agent-0's SSD) and a coordinator (or a head of several on etcd), as
@@ -179,6 +187,7 @@ class ControlCluster {
       ports_.push_back(testing::FreePort());
       std::string cluster = "name: bench\n" + defaults + "nodes:\n";
       for (int i = 0; i < kAgents; ++i) cluster += "  - {name: agent-" + std::to_string(i) + "}\n";
+      for (int i = 0; i < o.members; ++i) cluster += "  - {name: member-" + std::to_string(i) + "}\n";
       cluster += "coordinator: {address: 127.0.0.1, port: " + std::to_string(ports_[k]) +
                  ", state_dir: " + (dir / ("state-" + std::to_string(k))).string() +
                  ", heartbeat_interval: 50ms, heartbeat_deadline: 2s, security: {token: " + kToken + "}" +
@@ -286,14 +295,25 @@ class ControlCluster {
     return took;
   }
 
+  // Nodes the leader takes as alive.
+  int Alive() {
+    rpc::ClusterStatus s;
+    c().getClusterStatus(s, header_);
+    int alive = 0;
+    for (const auto& n : s.nodes) alive += n.alive;
+    return alive;
+  }
+
   // The last KillLeader's seconds until a coordinator took a connection (it leads and listens).
   double connected_s() const { return connected_s_; }
 
   // The leader's CPU seconds so far (user + system, from /proc).
   double LeaderCpuSeconds() const {
-    auto stat = ReadFileToString("/proc/" + std::to_string(leader_pid()) + "/stat", 4096);
-    if (!stat.ok()) return 0;
-    std::istringstream in(stat->substr(stat->rfind(')') + 2));
+    std::ifstream f("/proc/" + std::to_string(leader_pid()) + "/stat");  // procfs: no size to read by
+    const std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const size_t paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 2 > stat.size()) Die(Internal("cannot read the leader's /proc stat"));
+    std::istringstream in(stat.substr(paren + 2));
     std::string field;
     double utime = 0, stime = 0;
     for (int i = 3; i <= 15 && in >> field; ++i) {
@@ -348,6 +368,13 @@ class ControlCluster {
     so.header = header_;
     so.model = "bench-llm";
     so.replicas = kAgents - 1;
+    if (o_.members > 0) {  // to the agents, not the generator's members (which move nothing)
+      rpc::ScaleOptions opts;
+      std::vector<std::string> targets;
+      for (int i = 1; i < kAgents; ++i) targets.push_back("agent-" + std::to_string(i));
+      opts.__set_targets(targets);
+      so.__set_options(opts);
+    }
     return so;
   }
   // Until every agent is up and only agent-0 holds the model.
@@ -355,7 +382,7 @@ class ControlCluster {
     rpc::ClusterStatus s;
     c().getClusterStatus(s, header_);
     int alive = 0;
-    for (const auto& n : s.nodes) alive += n.alive;
+    for (const auto& n : s.nodes) alive += n.alive && n.name.rfind("agent-", 0) == 0;
     std::vector<rpc::ModelInfo> models;
     c().listModels(models, header_);
     std::set<std::string> holders(models[0].ssd_holders.begin(), models[0].ssd_holders.end());
@@ -429,7 +456,7 @@ class ControlCluster {
     rpc::ClusterStatus st;
     c().getClusterStatus(st, header_);
     for (const auto& n : st.nodes) {
-      if (n.name == "agent-0") continue;
+      if (n.name == "agent-0" || n.name.rfind("agent-", 0) != 0) continue;  // the targets only
       auto ac = AgentAt(n.rpc_address);
       rpc::AgentClient agent(ac->protocol);
       rpc::MoveRequest evict;
@@ -453,6 +480,82 @@ class ControlCluster {
   Client client_;
 };
 
+// The membership load generator: `n` members, each on a connection of its own to the leader,
+// joining as node "member-<i>" and heartbeating every second (rejoining when asked), spread over
+// `threads` threads, until destroyed.
+class MemberLoad {
+ public:
+  MemberLoad(int port, int n, int threads) {
+    for (int t = 0; t < threads; ++t) {
+      threads_.emplace_back([this, port, n, threads, t] { Run(port, n, threads, t); });
+    }
+  }
+  ~MemberLoad() {
+    stop_ = true;
+    for (auto& t : threads_) t.join();
+  }
+  int64_t calls() const { return calls_; }
+  int64_t failures() const { return failures_; }
+
+ private:
+  struct Member {
+    std::string name;
+    std::unique_ptr<rpc::RpcConnection> conn;
+    std::unique_ptr<rpc::MembershipClient> client;
+    int64_t epoch = -1;  // not joined
+  };
+  void Run(int port, int n, int threads, int t) {
+    rpc::SecurityConfig sec;
+    sec.token = kToken;
+    std::vector<Member> mine;
+    for (int i = t; i < n; i += threads) mine.push_back({"member-" + std::to_string(i), nullptr, nullptr, -1});
+    const auto period = std::chrono::duration<double>(1.0 / static_cast<double>(std::max<size_t>(1, mine.size())));
+    auto next = std::chrono::steady_clock::now();
+    for (size_t k = 0; !stop_; k = (k + 1) % mine.size()) {
+      next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(period);
+      Member& m = mine[k];
+      try {
+        if (!m.client) {
+          auto c = rpc::Connect("127.0.0.1", port, sec, 5000);
+          if (!c.ok()) throw apache::thrift::TException(c.status().message());
+          m.conn = std::move(*c);
+          m.client = std::make_unique<rpc::MembershipClient>(
+              std::make_shared<apache::thrift::protocol::TMultiplexedProtocol>(m.conn->protocol, "Membership"));
+        }
+        if (m.epoch < 0) {
+          rpc::JoinRequest j;
+          j.header = rpc::MakeHeader(sec, m.name);
+          j.node = m.name;
+          j.rpc_address = "127.0.0.1:1";  // never called: the scale-outs are pinned to the agents
+          j.fabric_address = "127.0.0.1:1";
+          j.version = "control_bench member";
+          rpc::JoinResponse r;
+          m.client->join(r, j);
+          m.epoch = r.epoch;
+        } else {
+          rpc::HeartbeatRequest h;
+          h.header = rpc::MakeHeader(sec, m.name);
+          h.node = m.name;
+          h.epoch = m.epoch;
+          rpc::HeartbeatResponse r;
+          m.client->heartbeat(r, h);
+          if (r.rejoin) m.epoch = -1;
+        }
+        calls_++;
+      } catch (const apache::thrift::TException&) {
+        failures_++;
+        m.client.reset();
+        m.conn.reset();
+        m.epoch = -1;
+      }
+      std::this_thread::sleep_until(next);
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> calls_{0}, failures_{0};
+  std::vector<std::thread> threads_;
+};
+
 void Row(const char* name, const std::vector<double>& v) {
   std::printf("  %-34s %8.2f %8.2f %8.2f\n", name, Percentile(v, 0.5), Percentile(v, 0.99),
               *std::max_element(v.begin(), v.end()));
@@ -460,7 +563,7 @@ void Row(const char* name, const std::vector<double>& v) {
 
 int Run(int argc, char** argv) {
   std::string work = "bench-work", preset = "small", state = "journal";
-  int64_t reps = 20, clients = 16, rate = 1000, cold_reps = 0, failover = 0;
+  int64_t reps = 20, clients = 16, rate = 1000, cold_reps = 0, failover = 0, members = 0, member_threads = 8;
   bool compare_state = false;
   double lease = 2;
   ClusterOptions co;
@@ -479,6 +582,10 @@ int Run(int argc, char** argv) {
          "only the idle phase, with the journal and then with etcd: the ratio of their throughputs");
   p.Flag("failover", &failover,
          "kill the leader of a head of two coordinators on etcd this many times, timing until a scaleOut is accepted [0]");
+  p.Flag("members", &members,
+         "only the idle phase, then again with this many more members joined and heartbeating every second (the real "
+         "Membership RPC): the leader's CPU and scaleOut p99 [0]");
+  p.Flag("member-threads", &member_threads, "the member load generator's threads [8]");
   p.Flag("lease", &lease, "the coordinators' etcd lease in seconds, with --state etcd or --failover [2]");
   Check(p.Parse(argc, argv));
   if (p.help_requested()) {
@@ -486,8 +593,11 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (state != "journal" && state != "etcd") Die(InvalidArgument("--state must be journal or etcd, not '" + state + "'"));
-  if (reps < 1 || failover < 0 || !(lease >= 1 && lease <= 60)) {
-    Die(InvalidArgument("--reps must be at least 1, --failover at least 0, --lease from 1 to 60"));
+  if (reps < 1 || failover < 0 || !(lease >= 1 && lease <= 60) || members < 0 || members > 100000 ||
+      member_threads < 1 || member_threads > 256) {
+    Die(InvalidArgument(
+        "--reps must be at least 1, --failover at least 0, --lease from 1 to 60, --members from 0 to 100000, "
+        "--member-threads from 1 to 256"));
   }
   co.etcd = state == "etcd";
   co.lease_s = lease;
@@ -542,6 +652,70 @@ int Run(int argc, char** argv) {
                      {"failover_ms_p99", Percentile(took_ms, 0.99)}, {"failover_ms_max", *std::max_element(took_ms.begin(), took_ms.end())},
                      {"failover_p99_over_lease", p99 / lease},
                      {"listening_ms_p50", Percentile(listening_ms, 0.5)}};
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+
+  if (members > 0) {
+    ClusterOptions mo = co;
+    mo.members = static_cast<int>(members);
+    ControlCluster cluster(mo, bin, w / "members", w / "pkg");
+    // A phase of `reps` scale-outs: (first byte, whole) in ms, and the leader's CPU cores used.
+    auto phase = [&](const char* what) {
+      const double cpu0 = cluster.LeaderCpuSeconds(), t0 = Now();
+      auto r = idle_phase(cluster);
+      const double cores = (cluster.LeaderCpuSeconds() - cpu0) / (Now() - t0);
+      std::fprintf(stderr, "control_bench: %s: leader %.3f cores\n", what, cores);
+      return std::make_pair(r, cores);
+    };
+    // The leader's CPU with nothing but heartbeats, over `seconds`.
+    auto quiet_cpu = [&](double seconds) {
+      const double cpu0 = cluster.LeaderCpuSeconds(), t0 = Now();
+      std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+      return (cluster.LeaderCpuSeconds() - cpu0) / (Now() - t0);
+    };
+    const double quiet_alone = quiet_cpu(5);
+    auto [alone, alone_cores] = phase("4 agents");
+    MemberLoad load(cluster.leader_port(), static_cast<int>(members), static_cast<int>(member_threads));
+    const double joining = Now();
+    while (cluster.Alive() < kAgents + members) {
+      if (Now() - joining > 120) Die(DeadlineExceeded("the members did not all join within 120 s"));
+      std::this_thread::sleep_for(100ms);
+    }
+    const double joined_s = Now() - joining;
+    const double quiet_members = quiet_cpu(10);
+    const int64_t calls0 = load.calls();
+    const double calls_t0 = Now();
+    auto [with, with_cores] = phase("with members");
+    const double rate_seen = static_cast<double>(load.calls() - calls0) / (Now() - calls_t0);
+    const int alive_after = cluster.Alive();
+    Row("scaleOut -> first byte (4 agents)", alone.first);
+    Row("scaleOut -> first byte (+members)", with.first);
+    Row("scaleOut -> done (4 agents)", alone.second);
+    Row("scaleOut -> done (+members)", with.second);
+    std::printf("  %lld members joined in %.1f s; %.0f membership calls/s during the scale-outs, %lld failed; %d of "
+                "%lld nodes alive after\n",
+                (long long)members, joined_s, rate_seen, (long long)load.failures(), alive_after,
+                (long long)(members + kAgents));
+    std::printf("  leader CPU (cores): heartbeats only %.3f (4 agents %.3f); during scale-outs %.3f (4 agents %.3f)\n",
+                quiet_members, quiet_alone, with_cores, alone_cores);
+    std::printf("  scaleOut -> first byte p99 with %lld members: %.2f ms (target <= 20), %.2f x the 4-agent p99\n",
+                (long long)members, Percentile(with.first, 0.99),
+                Percentile(with.first, 0.99) / Percentile(alone.first, 0.99));
+    nlohmann::json j{{"bench", "control_bench"},
+                     {"members", members},
+                     {"reps", reps},
+                     {"joined_s", joined_s},
+                     {"membership_calls_per_s", rate_seen},
+                     {"membership_failures", load.failures()},
+                     {"leader_cores_heartbeats", quiet_members},
+                     {"leader_cores_heartbeats_alone", quiet_alone},
+                     {"leader_cores_scale_outs", with_cores},
+                     {"leader_cores_scale_outs_alone", alone_cores},
+                     {"first_byte_ms_p99", Percentile(with.first, 0.99)},
+                     {"first_byte_ms_p99_alone", Percentile(alone.first, 0.99)},
+                     {"scale_out_ms_p50", Percentile(with.second, 0.5)},
+                     {"scale_out_ms_p50_alone", Percentile(alone.second, 0.5)}};
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }

@@ -143,6 +143,13 @@ class ClusterState {
   // Reads a model's text files back from state_dir (after a restart), checked against its
   // manifest; null, with a warning, when one is missing or differs.
   std::shared_ptr<const TextFiles> LoadTextFilesLocked(const std::string& name, const model::Manifest& m) const;
+  // A model's registration as a state record. With the state in etcd it carries the text files
+  // (base64), so that whichever coordinator leads next has the tokenizer; with the journal they
+  // are files in state_dir.
+  nlohmann::json RegisterRecordLocked(const std::string& name, const Model& m) const;
+  // The text files a replayed registration record carries, checked against the manifest.
+  Result<std::shared_ptr<const TextFiles>> RecordedTextFiles(const nlohmann::json& record, const std::string& name,
+                                                             const model::Manifest& m) const;
   // A fragment to send to one node's agent.
   struct Dispatch {
     std::string node, rpc_address;

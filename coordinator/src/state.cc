@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cluster_state.h"
+#include "etcd_client.h"
 #include "etcd_log.h"
 #include "inventory.h"
 #include "modelcast/common/checksum.h"
@@ -202,9 +203,7 @@ ClusterState::~ClusterState() {
 std::vector<json> ClusterState::SnapshotLocked() const {
   std::vector<json> records;
   records.push_back({{"op", "epoch"}, {"epoch", epoch_}});
-  for (const auto& [name, m] : models_) {
-    records.push_back({{"op", "register_model"}, {"name", name}, {"manifest", m.manifest_json}, {"keep_alive", m.keep_alive}});
-  }
+  for (const auto& [name, m] : models_) records.push_back(RegisterRecordLocked(name, m));
   ops_.Snapshot(records);
   instances_.Snapshot(records);
   return records;
@@ -238,7 +237,12 @@ Status ClusterState::Replay(const json& r) {
     const std::string text = r.at("manifest").get<std::string>();
     MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(text, "journaled manifest"));
     const std::string name = r.at("name").get<std::string>();
-    auto files = LoadTextFilesLocked(name, m);
+    std::shared_ptr<const TextFiles> files;
+    if (r.contains("text_files")) {
+      MC_ASSIGN_OR_RETURN(files, RecordedTextFiles(r, name, m));
+    } else {
+      files = LoadTextFilesLocked(name, m);
+    }
     models_[name] =
         Model{std::make_shared<const model::Manifest>(std::move(m)), text, r.at("keep_alive").get<double>(), files};
     return Status::Ok();
@@ -336,22 +340,22 @@ Result<ModelReport> ClusterState::RegisterModel(const std::string& name, const s
     }
     return AlreadyExists("model '" + name + "' is already registered with a different manifest or keep-alive");
   }
-  // The text files first (a restart reads them back), then the journal record.
+  // The text files first (a restart reads them back), then the journal record; with the state
+  // in etcd they are in the record.
   std::shared_ptr<const TextFiles> files;
-  if (!text_files.empty()) {
+  if (!text_files.empty()) files = std::make_shared<const TextFiles>(text_files);
+  if (!text_files.empty() && config_.etcd_endpoints.empty()) {
     const fs::path dir = TextFileDir(config_.state_dir, name);
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) return IOError("registerModel: cannot create " + dir.string() + ": " + ec.message());
     for (const auto& [file, bytes] : text_files) MC_RETURN_IF_ERROR(WriteFileAtomic(dir / file, bytes));
-    files = std::make_shared<const TextFiles>(text_files);
   }
-  MC_RETURN_IF_ERROR(
-      journal_->Append({{"op", "register_model"}, {"name", name}, {"manifest", manifest_json}, {"keep_alive", ka}}));
-  auto& entry = models_[name];
-  entry = Model{std::make_shared<const model::Manifest>(std::move(m)), manifest_json, ka, std::move(files)};
+  Model entry{std::make_shared<const model::Manifest>(std::move(m)), manifest_json, ka, std::move(files)};
+  MC_RETURN_IF_ERROR(journal_->Append(RegisterRecordLocked(name, entry)));
+  models_[name] = std::move(entry);
   LOG(INFO) << "coordinator: registered model '" << name << "'";
-  return ReportLocked(name, entry);
+  return ReportLocked(name, models_.at(name));
 }
 
 std::shared_ptr<const ClusterState::TextFiles> ClusterState::LoadTextFilesLocked(const std::string& name,
@@ -370,6 +374,34 @@ std::shared_ptr<const ClusterState::TextFiles> ClusterState::LoadTextFilesLocked
     (*files)[f.name] = std::move(*bytes);
   }
   return files;
+}
+
+json ClusterState::RegisterRecordLocked(const std::string& name, const Model& m) const {
+  json r{{"op", "register_model"}, {"name", name}, {"manifest", m.manifest_json}, {"keep_alive", m.keep_alive}};
+  if (!config_.etcd_endpoints.empty() && m.text_files) {
+    json files = json::object();
+    for (const auto& [file, bytes] : *m.text_files) files[file] = Base64Encode(bytes);
+    r["text_files"] = std::move(files);
+  }
+  return r;
+}
+
+Result<std::shared_ptr<const ClusterState::TextFiles>> ClusterState::RecordedTextFiles(const json& r,
+                                                                                     const std::string& name,
+                                                                                     const model::Manifest& m) const {
+  if (m.text_files.empty()) return std::shared_ptr<const TextFiles>();
+  auto files = std::make_shared<TextFiles>();
+  for (const auto& f : m.text_files) {
+    const auto& recorded = r.at("text_files");
+    if (!recorded.contains(f.name) || !recorded.at(f.name).is_string()) {
+      return Corruption("model '" + name + "''s registration record lacks its text file " + f.name);
+    }
+    auto bytes = Base64Decode(recorded.at(f.name).get<std::string>());
+    if (!bytes.ok()) return Corruption("model '" + name + "''s text file " + f.name + ": " + bytes.status().message());
+    MC_RETURN_IF_ERROR(CheckTextFile(f, *bytes, name));
+    (*files)[f.name] = std::move(*bytes);
+  }
+  return std::shared_ptr<const TextFiles>(files);
 }
 
 std::shared_ptr<const ClusterState::TextFiles> ClusterState::FindTextFiles(const std::string& model) const {

@@ -312,6 +312,10 @@ TEST_F(EtcdClientTest, ACoordinatorsStateInEtcdIsFoundByTheNextOne) {
   planner::ClusterConfig cluster;
   cluster.name = "box";
   int64_t first_epoch = 0;
+  // Bytes that are not UTF-8 too: the files are carried as base64.
+  const std::map<std::string, std::string> tokenizer = {
+      {"tokenizer.json", "{\"model\": {\"type\": \"BPE\"}, \"bytes\": \"\xff\xfe\"}"},
+      {"tokenizer_config.json", "{\"bos_token\": \"<s>\"}"}};
   {
     config->state_dir = dir_ / "c1";
     auto c1 = ClusterState::Open(cluster, *config);
@@ -319,15 +323,30 @@ TEST_F(EtcdClientTest, ACoordinatorsStateInEtcdIsFoundByTheNextOne) {
     first_epoch = (*c1)->epoch();
     auto reg = (*c1)->RegisterModel(model->package->manifest().name, manifest, 120);
     ASSERT_TRUE(reg.ok()) << reg.status().ToString();
+    // A model with a tokenizer: its text files travel in the record, not in c1's state_dir.
+    ASSERT_NO_FATAL_FAILURE(testing::MakePackage(dir_.path(), dir_ / "tok", "tok-llm", 0, 2, 64 << 10, tokenizer));
+    auto pkg = model::Package::Open(dir_ / "tok");
+    ASSERT_TRUE(pkg.ok()) << pkg.status().ToString();
+    auto files = pkg->ReadTextFiles();
+    ASSERT_TRUE(files.ok()) << files.status().ToString();
+    ASSERT_EQ(files->size(), tokenizer.size());
+    auto tok_manifest = ReadFileToString(dir_ / "tok" / "manifest.json");
+    ASSERT_TRUE(tok_manifest.ok());
+    reg = (*c1)->RegisterModel("tok-llm", *tok_manifest, 60, *files);
+    ASSERT_TRUE(reg.ok()) << reg.status().ToString();
   }
   config->state_dir = dir_ / "c2";
   auto c2 = ClusterState::Open(cluster, *config);
   ASSERT_TRUE(c2.ok()) << c2.status().ToString();
   EXPECT_EQ((*c2)->epoch(), first_epoch + 1);
   const auto models = (*c2)->ListModels();
-  ASSERT_EQ(models.size(), 1u);
+  ASSERT_EQ(models.size(), 2u);
   EXPECT_EQ(models[0].name, model->package->manifest().name);
   EXPECT_DOUBLE_EQ(models[0].keep_alive, 120);
+  auto found = (*c2)->FindTextFiles("tok-llm");
+  ASSERT_NE(found, nullptr) << "the next coordinator has the tokenizer";
+  EXPECT_EQ(*found, (ClusterState::TextFiles(tokenizer.begin(), tokenizer.end())));
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "c1" / "models" / "tok-llm")) << "nothing of it in the first one's state_dir";
   // Nobody at the endpoints: an error at start that names them.
   const int nobody = testing::FreePort();
   config->etcd_endpoints = {"127.0.0.1:" + std::to_string(nobody)};
