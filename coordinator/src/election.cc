@@ -13,6 +13,7 @@ Result<std::unique_ptr<LeaderElection>> LeaderElection::Start(std::shared_ptr<Et
   e->client_ = std::move(client);
   e->options_ = std::move(options);
   e->thread_ = std::thread([raw = e.get()] { raw->Run(); });
+  e->watchdog_ = std::thread([raw = e.get()] { raw->Watchdog(); });
   return e;
 }
 
@@ -23,6 +24,31 @@ LeaderElection::~LeaderElection() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (watchdog_.joinable()) watchdog_.join();
+}
+
+namespace {
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+void LeaderElection::StopLeading(const std::string& why) {
+  std::lock_guard<std::mutex> lock(change_mu_);
+  if (!leading_.exchange(false)) return;
+  fence_revision_ = 0;
+  LOG(WARNING) << "election: no longer leading (" << why << ")";
+  if (options_.on_change) options_.on_change(false, 0);
+}
+
+void LeaderElection::Watchdog() {
+  const int64_t limit_ns = options_.ttl_s * 2'000'000'000 / 3;
+  while (Sleep(0.02)) {
+    if (leading_ && SteadyNs() - renewed_ns_ > limit_ns) {
+      StopLeading("no keep-alive of its lease answered for 2/3 of the TTL: etcd unreachable");
+    }
+  }
 }
 
 bool LeaderElection::Sleep(double seconds) {
@@ -43,16 +69,17 @@ Result<std::string> LeaderElection::Leader() const {
 
 void LeaderElection::Run() {
   const double ttl = static_cast<double>(options_.ttl_s);
-  auto stop_leading = [&](const std::string& why) {
-    if (!leading_) return;
-    leading_ = false;
-    fence_revision_ = 0;
-    LOG(WARNING) << "election: no longer leading (" << why << ")";
-    if (options_.on_change) options_.on_change(false, 0);
+  // Keeps our lease alive; false (the lease forgotten) when etcd says it is gone.
+  auto keep_alive = [&]() -> Result<int64_t> {
+    const int64_t sent = SteadyNs();
+    auto left = client_->LeaseKeepAlive(lease_);
+    if (left.ok()) renewed_ns_ = sent;
+    return left;
   };
   while (Sleep(0)) {
     // A lease of our own, then the key if nobody holds it.
     if (lease_ == 0) {
+      const int64_t sent = SteadyNs();
       auto lease = client_->LeaseGrant(options_.ttl_s);
       if (!lease.ok()) {
         LOG(WARNING) << "election: " << lease.status().message();
@@ -60,8 +87,8 @@ void LeaderElection::Run() {
         continue;
       }
       lease_ = *lease;
+      renewed_ns_ = sent;
     }
-    const auto lease_start = std::chrono::steady_clock::now();
     auto won = client_->Txn({{options_.key, EtcdCompare::Target::kCreate, EtcdCompare::Op::kEqual, 0, ""}},
                             {EtcdOp::Put(options_.key, options_.value, lease_)}, {EtcdOp::Get(options_.key)});
     if (!won.ok()) {
@@ -70,31 +97,25 @@ void LeaderElection::Run() {
       continue;
     }
     if (won->succeeded) {
-      fence_revision_ = won->revision;
-      leading_ = true;
+      if (SteadyNs() - renewed_ns_ > options_.ttl_s * 2'000'000'000 / 3) {
+        continue;  // won on a lease that may be about to end: renew it first
+      }
+      {
+        std::lock_guard<std::mutex> lock(change_mu_);
+        fence_revision_ = won->revision;
+        leading_ = true;
+      }
       LOG(INFO) << "election: leading (" << options_.key << " at revision " << won->revision << ")";
       if (options_.on_change) options_.on_change(true, won->revision);
-      // Lead while the lease lives: kept alive every third of its TTL; a keep-alive that fails
-      // for longer than the TTL (less what one call may take) means the lease may be gone.
-      auto renewed = lease_start;
-      while (Sleep(ttl / 3)) {
-        auto left = client_->LeaseKeepAlive(lease_);
-        if (left.ok()) {
-          renewed = std::chrono::steady_clock::now();
-          continue;
-        }
-        if (left.status().code() == StatusCode::kNotFound) {
-          stop_leading("the lease expired");
-          lease_ = 0;
-          break;
-        }
-        if (std::chrono::steady_clock::now() - renewed > std::chrono::duration<double>(ttl * 2 / 3)) {
-          stop_leading("etcd unreachable for most of the lease: " + left.status().message());
-          lease_ = 0;  // whatever etcd thinks of it, it is not used again
-          break;
-        }
+      // Lead while the lease lives: kept alive every third of its TTL. The watchdog stops
+      // leading once 2/3 of the TTL passes without an answered keep-alive, even while a call
+      // still waits; here an answer that the lease is gone stops it too.
+      while (Sleep(ttl / 3) && leading_) {
+        auto left = keep_alive();
+        if (!left.ok() && left.status().code() == StatusCode::kNotFound) StopLeading("the lease expired");
       }
       if (leading_) break;  // stopped while leading: resign below
+      lease_ = 0;  // whatever etcd thinks of it, it is not used again
       continue;
     }
     // Someone leads: keep our lease alive and campaign again the moment the key goes (a dead
@@ -123,7 +144,7 @@ void LeaderElection::Run() {
         std::lock_guard<std::mutex> lock(mu_);
         if (key_gone_) break;
       }
-      if (auto left = client_->LeaseKeepAlive(lease_); !left.ok() && left.status().code() == StatusCode::kNotFound) {
+      if (auto left = keep_alive(); !left.ok() && left.status().code() == StatusCode::kNotFound) {
         lease_ = 0;
         break;
       }
@@ -136,7 +157,7 @@ void LeaderElection::Run() {
   if (lease_ != 0) {
     if (Status st = client_->LeaseRevoke(lease_); !st.ok()) LOG(WARNING) << "election: resigning: " << st.message();
   }
-  stop_leading("resigned");
+  StopLeading("resigned");
 }
 
 }  // namespace modelcast::coordinator

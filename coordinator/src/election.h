@@ -47,17 +47,27 @@ class LeaderElection {
   bool Sleep(double seconds);
   // The same, waking early (true) when a watch saw the leader's key deleted.
   bool SleepUnlessKeyGone(double seconds);
+  // Stops leading (once) and says why.
+  void StopLeading(const std::string& why);
+  // While leading: stops leading once 2/3 of the TTL has passed since the last keep-alive that
+  // was answered was sent, whether or not a keep-alive call is still waiting (an unreachable
+  // etcd makes each call wait its timeout, per member).
+  void Watchdog();
 
   std::shared_ptr<EtcdClient> client_;
   Options options_;
   std::atomic<bool> leading_{false};
   std::atomic<int64_t> fence_revision_{0};
+  // When the last answered grant or keep-alive of our lease was sent (steady clock, ns): the
+  // lease lives at least the TTL from then.
+  std::atomic<int64_t> renewed_ns_{0};
+  std::mutex change_mu_;  // StopLeading
   int64_t lease_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
   bool key_gone_ = false;  // the leader's key, watched by a standby, was deleted
-  std::thread thread_;
+  std::thread thread_, watchdog_;
 };
 
 }  // namespace modelcast::coordinator
