@@ -16,6 +16,7 @@
 
 #include "Router.h"
 #include "cluster_state.h"
+#include "http_errors.h"
 #include "modelcast/coordinator/serving.h"
 #include "modelcast/pipeline/tokenizer.h"
 #include "modelcast/rpc/errors.h"
@@ -292,13 +293,7 @@ class RouterHandler : public rpc::RouterIf {
 // JSON text of what the API answers; bytes that are not UTF-8 (a message may quote them) as U+FFFD.
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
-void Error(httplib::Response& res, int http, const Status& s) {
-  res.status = http;
-  Json j = {{"error",
-             {{"message", s.message()}, {"type", http == 401 ? "authentication_error" : "invalid_request_error"},
-              {"code", std::string(StatusCodeName(s.code()))}}}};
-  res.set_content(Dump(j), "application/json");
-}
+void Error(httplib::Response& res, int http, const Status& s) { HttpError(res, http, s); }
 
 int HttpStatus(const Status& s) {
   switch (s.code()) {

@@ -60,9 +60,9 @@ Result<std::unique_ptr<EtcdLog>> EtcdLog::Open(std::shared_ptr<EtcdClient> clien
   int64_t revision = 0;
   MC_ASSIGN_OR_RETURN(auto kvs, log->client_->Range(all, EtcdClient::PrefixEnd(all), &revision));
   const std::string where = "etcd state under '" + prefix + "/'";
-  // The coordinators' election key lives beside the log (LeaderElection): not a sign of a
-  // foreign prefix.
-  std::erase_if(kvs, [&](const EtcdKv& kv) { return kv.key == prefix + "/leader"; });
+  // The election's keys live beside the log (who leads, and where its HTTP API is): not a sign
+  // of a foreign prefix.
+  std::erase_if(kvs, [&](const EtcdKv& kv) { return kv.key == prefix + "/leader" || kv.key == prefix + "/serving"; });
   if (kvs.empty()) {
     // A fresh prefix: marked as ours, unless another coordinator marked it first.
     const nlohmann::json format = {{"format", kFormat}, {"version", kFormatVersion}};

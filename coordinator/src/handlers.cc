@@ -14,6 +14,7 @@
 #include "Router.h"
 #include "cluster_state.h"
 #include "election.h"
+#include "forwarder.h"
 #include "modelcast/coordinator/daemon.h"
 #include "modelcast/coordinator/serving.h"
 #include "modelcast/rpc/errors.h"
@@ -149,6 +150,31 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
     };
     MC_ASSIGN_OR_RETURN(d->election_, LeaderElection::Start(etcd, o));
     LOG(INFO) << "coordinator: standing by for the leadership of '" << config.etcd_prefix << "/'";
+    // Standing by, it answers the HTTP API by forwarding to the leader's (published under
+    // <prefix>/serving); it gives the port up the moment it leads.
+    std::unique_ptr<ServingForwarder> forwarder;
+    if (config.serving.enabled && config.serving.http_port >= 0 && !d->election_->leading()) {
+      struct Cached {
+        std::mutex mu;
+        std::string at;
+        std::chrono::steady_clock::time_point read;
+      };
+      auto cache = std::make_shared<Cached>();
+      MC_ASSIGN_OR_RETURN(
+          forwarder,
+          ServingForwarder::Start(
+              config.serving.http_address, config.serving.http_port, config.serving.http_threads,
+              [etcd, cache, key = config.etcd_prefix + "/serving"]() -> Result<std::string> {
+                std::lock_guard lock(cache->mu);
+                const auto now = std::chrono::steady_clock::now();
+                if (cache->at.empty() || now - cache->read > std::chrono::milliseconds(500)) {
+                  MC_ASSIGN_OR_RETURN(auto kvs, etcd->Range(key));
+                  cache->at = kvs.empty() ? "" : kvs[0].value;
+                  cache->read = now;
+                }
+                return cache->at;
+              }));
+    }
     while (!d->election_->leading()) {
       if (stop_requested && stop_requested()) {
         d->resigning_ = true;
@@ -156,7 +182,9 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the election's thread decides
     }
+    forwarder.reset();
     fence = {o.key, d->election_->fence_revision()};
+    d->etcd_ = etcd;
   }
   MC_ASSIGN_OR_RETURN(d->state_, ClusterState::Open(cluster, config, fence));
   auto mux = std::make_shared<apache::thrift::TMultiplexedProcessor>();
@@ -169,6 +197,11 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
   if (config.serving.enabled) {
     MC_ASSIGN_OR_RETURN(d->serving_, ServingPlane::Start(config.serving, config.security, d->state_.get()));
     mux->registerProcessor(kRouterService, std::make_shared<rpc::RouterProcessor>(MakeRouterHandler(d->serving_.get())));
+    if (d->etcd_ && d->serving_->http_port() > 0) {
+      // Where the standbys forward the HTTP API to: on the leader's lease, so it goes with it.
+      const std::string at = config.serving.http_address + ":" + std::to_string(d->serving_->http_port());
+      MC_RETURN_IF_ERROR(d->etcd_->Put(config.etcd_prefix + "/serving", at, d->election_->lease()).status());
+    }
   }
   MC_ASSIGN_OR_RETURN(d->server_, rpc::RpcServer::Start(mux, config.address, config.port, config.security));
   LOG(INFO) << "coordinator for cluster '" << cluster.name << "' listening on " << config.address << ":" << d->port();

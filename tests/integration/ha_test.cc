@@ -1,11 +1,15 @@
 // A head of two coordinators sharing their state in three real etcd members, with real agents on
 // loopback: the leader SIGKILLed in the middle of a scale-out (the standby leads within the lease,
 // adopts the operation under the same id and finishes it; every copy verified, nothing left
-// running on any agent), and an etcd member killed and restarted while operations run.
+// running on any agent), an etcd member killed and restarted while operations run, and the three
+// coordinators of a serving head restarted one by one under a load of retrying OpenAI clients.
 #include <gtest/gtest.h>
+
+#include <fstream>
 
 #include "support/etcd_members.h"
 #include "support/loopback_cluster.h"
+#include "support/npm_reference.h"
 
 namespace modelcast {
 namespace {
@@ -88,6 +92,88 @@ TEST_F(HaTest, AnEtcdMemberKilledAndRestartedDuringOperations) {
   ASSERT_TRUE(alone.ok());
   testing::WaitUntil([&] { return (*alone)->Version().ok(); }, 10s, 100ms);
   EXPECT_TRUE((*alone)->Version().ok());
+}
+
+// Three coordinators, each answering the HTTP API (the leader serves, the standbys forward to
+// it), restarted one by one (SIGTERM: a leader resigns, and a standby leads at once) while the
+// official openai client (tests/text/openai_load.mjs) sends completions through all three and
+// retries as it does by default: not one request fails.
+TEST_F(HaTest, ThreeCoordinatorsRestartedOneByOneUnderLoadFailNoRequest) {
+  ASSERT_NO_FATAL_FAILURE(testing::FetchNpmReference());
+  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2, .serving = true, .etcd = etcd.YamlList(), .standbys = 2}));
+  ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
+  const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
+  const std::string body = R"({"model": "tiny-llm", "prompt": [1, 2, 3], "max_tokens": 2})";
+  for (int p : http_ports) {  // every coordinator answers, the standbys through the leader
+    httplib::Client http("127.0.0.1", p);
+    std::string seen;
+    auto served = [&] {
+      auto res = http.Post("/v1/completions", auth, body, "application/json");
+      seen = res ? std::to_string(res->status) + " " + res->body : httplib::to_string(res.error());
+      return res && res->status == 200;
+    };
+    testing::WaitUntil(served, 30s, 100ms);
+    ASSERT_TRUE(served()) << "port " << p << ": " << seen;
+  }
+  {  // a stream through a standby comes as server-sent events, the same as the leader's
+    httplib::Client leader("127.0.0.1", http_ports[0]), standby_http("127.0.0.1", http_ports[1]);
+    const std::string stream = R"({"model": "tiny-llm", "prompt": [1, 2, 3], "max_tokens": 3, "stream": true})";
+    auto direct = leader.Post("/v1/completions", auth, stream, "application/json");
+    auto forwarded = standby_http.Post("/v1/completions", auth, stream, "application/json");
+    ASSERT_TRUE(direct && forwarded);
+    EXPECT_EQ(forwarded->status, 200) << forwarded->body;
+    EXPECT_EQ(forwarded->get_header_value("Content-Type").rfind("text/event-stream", 0), 0u);
+    auto texts = [](const std::string& sse) {  // the events' text, without their ids and times
+      std::string all;
+      for (size_t at = sse.find("\"text\":\""); at != std::string::npos; at = sse.find("\"text\":\"", at + 1)) {
+        all += sse.substr(at, sse.find('"', at + 8) - at) + "|";
+      }
+      return all;
+    };
+    EXPECT_FALSE(texts(direct->body).empty()) << direct->body;
+    EXPECT_EQ(texts(forwarded->body), texts(direct->body));
+    EXPECT_NE(forwarded->body.find("data: [DONE]"), std::string::npos) << forwarded->body;
+    // A bad request is the leader's answer, passed on.
+    auto bad = standby_http.Post("/v1/completions", auth, R"({"prompt": [1]})", "application/json");
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->status, 400) << bad->body;
+    EXPECT_NE(bad->body.find("'model' is missing"), std::string::npos) << bad->body;
+  }
+  std::vector<std::string> argv = {"node", testing::SourcePath("tests/text/openai_load.mjs"), testing::NpmDir().string(),
+                                   kToken, "tiny-llm", (dir / "load.json").string(), (dir / "load.stop").string()};
+  for (int p : http_ports) argv.push_back("http://127.0.0.1:" + std::to_string(p) + "/v1");
+  testing::Child load(argv);
+  std::this_thread::sleep_for(2s);  // a steady load first
+  auto restart = [&](std::unique_ptr<testing::Child>& c, const std::string& config) {
+    c->Kill(SIGTERM);
+    auto r = c->Wait(30s);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    c = std::make_unique<testing::Child>(
+        std::vector<std::string>{ToolPath("modelcast-coordinator"), "--config", (dir / config).string()});
+    ASSERT_TRUE(c->WaitForError("standing by", 30s)) << c->Wait(1s).err;
+  };
+  for (size_t k = 0; k < standbys.size(); ++k) {
+    ASSERT_NO_FATAL_FAILURE(restart(standbys[k], StandbyConfig(k)));
+    std::this_thread::sleep_for(1s);
+  }
+  Disconnect();
+  const auto resigned = std::chrono::steady_clock::now();
+  ASSERT_NO_FATAL_FAILURE(restart(coordinator, "cluster.yaml"));  // the leader: one of the standbys leads
+  testing::WaitUntil([&] { return standbys[0]->Stdout().find("listening on") != std::string::npos ||
+                                  standbys[1]->Stdout().find("listening on") != std::string::npos; },
+                     15s, 10ms);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - resigned).count();
+  std::this_thread::sleep_for(3s);  // and the load goes on through the new leader
+  testing::WriteAll(dir / "load.stop", "");
+  auto ended = load.Wait(60s);
+  ASSERT_EQ(ended.exit_code, 0) << ended.err;
+  const auto counts = nlohmann::json::parse(testing::ReadAll(dir / "load.json"));
+  EXPECT_EQ(counts["failed"], 0) << counts.dump();
+  EXPECT_GT(counts["ok"].get<int>(), 50) << counts.dump();
+  std::printf("figure: 3 coordinators restarted one by one under load: %d requests answered, %d failed (new leader "
+              "listening %.2f s after the old one was asked to stop)\n",
+              counts["ok"].get<int>(), counts["failed"].get<int>(), took);
+  std::fflush(stdout);
 }
 
 }  // namespace

@@ -66,6 +66,7 @@ struct ClusterOptions {
   // two, a leader and a standby (StartStandby), known to the agents both. Empty: one coordinator,
   // its journal on its disk.
   std::string etcd;
+  int standbys = 1;  // with etcd: coordinators besides the first
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -74,11 +75,18 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
   void StartCluster(const ClusterOptions& o = {}) {
     options = o;
     port = FreePort();
-    standby_port = o.etcd.empty() ? 0 : FreePort();
+    standby_ports.clear();
+    http_ports.clear();
+    for (int k = 0; !o.etcd.empty() && k < o.standbys; ++k) standby_ports.push_back(FreePort());
+    // A head of several serving coordinators: each on an HTTP port known beforehand (a standby
+    // forwards its HTTP API to the leader's and says so only in its log).
+    for (size_t k = 0; o.serving && k < (o.etcd.empty() ? 0 : 1 + standby_ports.size()); ++k) {
+      http_ports.push_back(FreePort());
+    }
     const std::string defaults =
         "defaults: {gpus: 1, gpu_memory: 4GiB, gpu_hbm: 10GB/s, gpu_tflops: 0.2, host_memory: 8GiB, nic: 16Gbit, "
         "pcie: 10GB/s, ssd: 1GB/s, latency: 20us}\n";
-    auto cluster_yaml = [&](int coordinator_port, const std::string& state_dir) {
+    auto cluster_yaml = [&](int coordinator_port, const std::string& state_dir, int http_port) {
       std::string cluster = "name: loop\n" + defaults + "nodes:\n";
       for (int i = 0; i < o.nodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
       cluster += "coordinator:\n  address: 127.0.0.1\n  port: " + std::to_string(coordinator_port) +
@@ -87,16 +95,20 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
                  "}\n  metrics: {address: 127.0.0.1, port: 0}\n" + o.coordinator_extra;
       if (!o.etcd.empty()) cluster += "  state: {etcd: {endpoints: " + o.etcd + ", prefix: /mc/loop, lease: 2s}}\n";
       if (o.serving) {
-        cluster += "  serving: {fabric: {listen: '127.0.0.1:0'}, http: {address: 127.0.0.1, port: 0}, max_batch: 8}\n";
+        cluster += "  serving: {fabric: {listen: '127.0.0.1:0'}, http: {address: 127.0.0.1, port: " +
+                   std::to_string(http_port) + "}, max_batch: 8}\n";
       }
       return cluster;
     };
-    testing::WriteAll(dir / "cluster.yaml", cluster_yaml(port, "coord"));
-    if (standby_port) testing::WriteAll(dir / "cluster-standby.yaml", cluster_yaml(standby_port, "coord-standby"));
-    ASSERT_NO_FATAL_FAILURE(StartCoordinator());
-    if (standby_port) {
-      ASSERT_NO_FATAL_FAILURE(StartStandby());
+    testing::WriteAll(dir / "cluster.yaml", cluster_yaml(port, "coord", http_ports.empty() ? 0 : http_ports[0]));
+    for (size_t k = 0; k < standby_ports.size(); ++k) {
+      testing::WriteAll(dir / StandbyConfig(k), cluster_yaml(standby_ports[k], "coord-standby-" + std::to_string(k),
+                                                             http_ports.empty() ? 0 : http_ports[k + 1]));
     }
+    standby_port = standby_ports.empty() ? 0 : standby_ports[0];
+    ASSERT_NO_FATAL_FAILURE(StartCoordinator());
+    standbys.resize(standby_ports.size());
+    for (size_t k = 0; k < standby_ports.size(); ++k) ASSERT_NO_FATAL_FAILURE(StartStandby(k));
 
     // The models, on node-0's SSD only (imported the way received slices are written).
     for (size_t m = 0; m < o.models.size(); ++m) {
@@ -106,10 +118,12 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
           {ToolPath("modelcast"), "store", "import", pkg.string(), "--ssd-dir", (dir / "node-0").string()}, 60s);
       ASSERT_EQ(import.exit_code, 0) << import.err;
     }
-    const std::string coordinators =
-        standby_port ? "{endpoints: ['127.0.0.1:" + std::to_string(port) + "', '127.0.0.1:" +
-                           std::to_string(standby_port) + "']}"
-                     : "{address: 127.0.0.1, port: " + std::to_string(port) + "}";
+    std::string coordinators = "{address: 127.0.0.1, port: " + std::to_string(port) + "}";
+    if (!standby_ports.empty()) {
+      coordinators = "{endpoints: ['127.0.0.1:" + std::to_string(port) + "'";
+      for (int p : standby_ports) coordinators += ", '127.0.0.1:" + std::to_string(p) + "'";
+      coordinators += "]}";
+    }
     for (int i = 0; i < o.nodes; ++i) {
       const std::string n = "node-" + std::to_string(i);
       testing::WriteAll(dir / (n + ".yaml"),
@@ -163,11 +177,14 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
     std::string error;
     ASSERT_TRUE(Connect("127.0.0.1", port, kToken, &error)) << error;
   }
-  // Starts the head's second coordinator, which stands by (it does not listen) while the first leads.
-  void StartStandby() {
-    standby = std::make_unique<testing::Child>(std::vector<std::string>{
-        ToolPath("modelcast-coordinator"), "--config", (dir / "cluster-standby.yaml").string()});
-    ASSERT_TRUE(standby->WaitForError("standing by", 30s)) << standby->Wait(1s).err;
+  static std::string StandbyConfig(size_t k) { return "cluster-standby-" + std::to_string(k) + ".yaml"; }
+  // Starts (or restarts) the head's coordinator 1 + k, which stands by (its Thrift services do not
+  // listen) while another leads.
+  void StartStandby(size_t k = 0) {
+    standbys[k] = std::make_unique<testing::Child>(
+        std::vector<std::string>{ToolPath("modelcast-coordinator"), "--config", (dir / StandbyConfig(k)).string()});
+    ASSERT_TRUE(standbys[k]->WaitForError("standing by", 30s)) << standbys[k]->Wait(1s).err;
+    if (k == 0) standby = standbys[0].get();
   }
   // GET /metrics from the process whose stdout announced "metrics on ADDRESS:PORT".
   static std::string Metrics(testing::Child& process) {
@@ -195,15 +212,17 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
       auto r = agents[i]->Wait(30s);
       if (logs) std::cerr << "---- node-" << i << "\n" << r.err;
     }
-    for (auto* c : {&coordinator, &standby}) {
-      if (!*c) continue;
-      const bool running = (*c)->Running();  // not one a test killed
-      if (running) (*c)->Kill(SIGTERM);
-      auto r = (*c)->Wait(30s);
+    std::vector<testing::Child*> head = {coordinator.get()};
+    for (auto& c : standbys) head.push_back(c.get());
+    for (size_t k = 0; k < head.size(); ++k) {
+      if (!head[k]) continue;
+      const bool running = head[k]->Running();  // not one a test killed
+      if (running) head[k]->Kill(SIGTERM);
+      auto r = head[k]->Wait(30s);
       if (running) {
         EXPECT_EQ(r.exit_code, 0) << r.err;
       }
-      if (logs) std::cerr << "---- " << (c == &coordinator ? "coordinator" : "standby") << "\n" << r.err;
+      if (logs) std::cerr << "---- coordinator " << k << "\n" << r.err;
     }
   }
   // Waits until `node` has received a slice of operation `id` (the operation still running).
@@ -236,7 +255,10 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
   ClusterOptions options;
   testing::TempDir dir;
   std::unique_ptr<testing::Child> coordinator;
-  std::unique_ptr<testing::Child> standby;  // options.etcd: the head's second coordinator
+  // options.etcd: the head's other coordinators, their Thrift ports; standby is standbys[0].
+  std::vector<std::unique_ptr<testing::Child>> standbys;
+  std::vector<int> standby_ports, http_ports;  // http_ports: with serving, every coordinator's
+  testing::Child* standby = nullptr;
   int standby_port = 0;
   std::vector<std::unique_ptr<testing::Child>> agents;
   int port = 0;

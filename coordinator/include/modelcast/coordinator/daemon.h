@@ -103,6 +103,7 @@ struct ServingView;
 class ServingPlane;
 
 class LeaderElection;
+class EtcdClient;
 
 class CoordinatorDaemon {
  public:
@@ -118,6 +119,7 @@ class CoordinatorDaemon {
 
  private:
   std::unique_ptr<LeaderElection> election_;  // with etcd state: this coordinator's candidacy
+  std::shared_ptr<EtcdClient> etcd_;          // with etcd state
   std::atomic<bool> resigning_{false};
   std::unique_ptr<ClusterState> state_;
   std::unique_ptr<ServingPlane> serving_;
