@@ -18,6 +18,9 @@ report.md in --out.
 
   loadspike.py sim --cluster cluster-configs/lambdascale-testbed.yaml --model llama-2-13b [...]
   loadspike.py box [--nodes 8] [--link 200mbit] [...]       (root: network namespaces)
+  loadspike.py cost --workload azure --slo 0.5,1,2,5 [...]   (per mode, the GPU-seconds of the
+               cheapest autoscaler policy that holds each p90 TTFT SLO with 0 failed requests:
+               cost.py; simulator)
   loadspike.py demo                                          (loopback, modelcast vs local)
 The last line printed is one JSON object with every figure.
 """
@@ -110,6 +113,72 @@ def cmd_sim(args):
                    "node_capacity_rps": per_node_rps, "scaler": scaler})
 
 
+def cmd_cost(args):
+    import cost
+    import sim
+    try:
+        slos = cost.slo_list(args.slo)
+        lists = {name: sorted({float(x) for x in getattr(args, name).split(",") if x}) if getattr(args, name) else None
+                 for name in ("warm", "keep", "util")}
+    except ValueError as e:
+        sys.exit("loadspike: %s" % e)
+    modes = cost.SCALING_MODES if args.modes == "all" else parse_modes(args.modes)
+    if "ideal" in modes:
+        sys.exit("loadspike: cost compares scaling methods; 'ideal' never scales")
+    model = sim.ScaleOutModel(args.sim_bin, args.cluster, args.model, args.batch)
+    base = model.run("lambdapipe", 1, 1)
+    nodes = args.nodes or (lambda p: p["sources"] + p["targets"])(model.run("lambdapipe", 1, 0))
+    warm = [int(w) for w in lists["warm"]] if lists["warm"] else cost.default_warm(nodes)
+    keeps = lists["keep"] or cost.DEFAULT_KEEP
+    utils = lists["util"] or cost.DEFAULT_UTIL
+    if any(w < 1 or w > nodes for w in warm):
+        sys.exit("loadspike: --warm must be 1..%d replicas (the cluster's nodes), got %s" % (nodes, warm))
+    if any(k < 0 for k in keeps):
+        sys.exit("loadspike: --keep must not be negative, got %s" % keeps)
+    if any(not (0 < u <= 1) for u in utils):
+        sys.exit("loadspike: --util must be in (0, 1], got %s" % utils)
+    if not (1 <= args.base_nodes <= nodes):
+        sys.exit("loadspike: --base-nodes must be 1..%d" % nodes)
+    reqs0, _ = workload.build(args.workload, args.duration, 1.0, args.max_prompt, args.max_output, seed=args.seed,
+                              window=args.window)
+    mean_p = sum(r.prompt for r in reqs0) / len(reqs0)
+    mean_o = sum(r.output for r in reqs0) / len(reqs0)
+    rate = args.load * sim.capacity_rps(model, mean_p, mean_o) * args.base_nodes
+    reqs, source = workload.build(args.workload, args.duration, rate, args.max_prompt, args.max_output,
+                                  seed=args.seed, window=args.window)
+    service = mean_p / base["prefill_tokens_per_s"] + mean_o * args.batch / base["instance_tokens_per_s"]
+    slots = base["instances_per_node"] * args.batch
+    print("cost: %d requests over %g s (%s), %d nodes; %d policies per mode (warm %s, keep %s, util %s)" % (
+        len(reqs), args.duration, source, nodes, len(warm) * len(keeps) * len(utils), warm, keeps, utils), flush=True)
+    t0 = time.time()
+
+    def progress(mode, evals):
+        print("  %-11s %d policies simulated (%.0f s so far)" % (mode, len(evals), time.time() - t0), flush=True)
+
+    evaluations = cost.search(modes, reqs, args.duration, nodes, model, service, slots, warm, keeps, utils, progress)
+    table = cost.costs(evaluations, slos)
+    title = "cost at a p90 TTFT SLO: %s, %s on %d nodes, %s" % (os.path.basename(args.cluster), args.model, nodes,
+                                                                args.workload)
+    md = cost.markdown(table, modes)
+    os.makedirs(args.out, exist_ok=True)
+    picture = os.path.join(args.out, "cost.png")
+    drew = cost.plot(table, modes, picture, title)
+    with open(os.path.join(args.out, "cost.md"), "w") as f:
+        f.write("# %s\n\nWorkload: %s; %d requests over %g s.\n\nCommand: `%s`\n\n%s\n%s" % (
+            title, source, len(reqs), args.duration, " ".join(sys.argv), md,
+            "\n![cost](cost.png)\n" if drew else ""))
+    with open(os.path.join(args.out, "cost.json"), "w") as f:
+        json.dump({"title": title, "workload": source, "table": table, "evaluations": evaluations}, f)
+    print(md)
+    print("report: %s%s" % (os.path.join(args.out, "cost.md"), ", picture: " + picture if drew else " (no matplotlib)"))
+    print(json.dumps({"bench": "loadspike-cost", "title": title, "workload": source, "nodes": nodes,
+                      "rate_rps": rate, "policies_per_mode": len(warm) * len(keeps) * len(utils),
+                      "slos": [{"slo_s": r["slo_s"], "ratios": r["ratios"],
+                                **{m + "_gpu_s": (c["gpu_s"] if c else None) for m, c in r["modes"].items()},
+                                **{m + "_policy": (c["policy"] if c else None) for m, c in r["modes"].items()}}
+                               for r in table]}))
+
+
 def cmd_report(args):
     """Tables and pictures again from a run's results.json (e.g. after a change to the report)."""
     j = json.load(open(args.results))
@@ -175,6 +244,24 @@ def main():
     b.add_argument("--loopback", action="store_true", help="no namespaces: every node on 127.0.0.1 (the demo)")
     b.add_argument("--work", default="")
     b.set_defaults(fn=cmd_box)
+
+    c = sub.add_parser("cost", help="per mode, the cheapest policy that holds each TTFT SLO (simulator)")
+    common(c, 300, 30)
+    c.add_argument("--slo", default="0.5,1,2,5,10", help="p90 TTFT SLOs in seconds [0.5,1,2,5,10]")
+    c.add_argument("--warm", default="", help="warm minimums to search [1..8, then a ladder to every node]")
+    c.add_argument("--keep", default="", help="keep-alives to search, seconds [%s]" % ",".join(
+        "%g" % k for k in (0, 15, 30, 60, 120, 300)))
+    c.add_argument("--util", default="", help="planned slot use per replica to search [0.4..1.0 by 0.1]")
+    c.add_argument("--cluster", default=os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"))
+    c.add_argument("--model", default="llama-2-13b")
+    c.add_argument("--nodes", type=int, default=0, help="nodes to use (0: the cluster's)")
+    c.add_argument("--base-nodes", type=int, default=2, help="the workload's mean rate is --load x this many nodes' capacity")
+    c.add_argument("--batch", type=int, default=16, help="decode batch of a serving unit")
+    c.add_argument("--load", type=float, default=0.5, help="mean rate as a fraction of --base-nodes' capacity")
+    c.add_argument("--max-prompt", type=int, default=4096)
+    c.add_argument("--max-output", type=int, default=1024)
+    c.add_argument("--sim-bin", default=os.path.join(ROOT, "build", "bin", "modelcast-sim"))
+    c.set_defaults(fn=cmd_cost)
 
     r = sub.add_parser("report", help="tables and pictures again from a run's results.json")
     r.add_argument("results")

@@ -62,7 +62,7 @@ class Unit:
 
 def simulate(mode, reqs, duration, nodes, min_nodes, scaler_args, model, queue_timeout=60.0, tick=0.5):
     """One mode on one workload. `model` is a ScaleOutModel; `nodes` the cluster's node count."""
-    base = model.run("lambdapipe", min_nodes, 1)
+    base = model.run("lambdapipe", 1, 1)  # the node's figures (the same whatever the sources)
     batch = model.batch
     per_node = base["instances_per_node"]
     gpus_per_node = per_node * base["gpus_per_instance"]

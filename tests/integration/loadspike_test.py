@@ -9,6 +9,7 @@ import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "bench", "loadspike"))
+import cost  # noqa: E402
 import policy  # noqa: E402
 import report  # noqa: E402
 import sim  # noqa: E402
@@ -106,6 +107,60 @@ class SimulatorTest(unittest.TestCase):
                                   "no-such-model", 16)
         with self.assertRaisesRegex(sim.SimError, "no-such-model"):
             model.run("lambdapipe", 2, 1)
+
+
+class CostTest(unittest.TestCase):
+    """loadspike.py cost: the cheapest policy that holds an SLO, per mode."""
+
+    @staticmethod
+    def ev(gpu_s, p90, failed=0, warm=1, keep=0, util=1.0):
+        return {"policy": {"warm": warm, "keep": keep, "util": util}, "ttft_p90": p90, "failed": failed,
+                "gpu_s": gpu_s, "peak_gpus": 2, "scale_outs": 1}
+
+    def test_the_cheapest_policy_that_holds_the_slo(self):
+        evals = [self.ev(100, 3.0), self.ev(200, 0.9, warm=2), self.ev(150, 0.8, failed=1), self.ev(200, 0.5, warm=3),
+                 self.ev(300, 0.2, warm=4), self.ev(90, float("nan"))]
+        self.assertEqual(cost.cheapest(evals, 5)["gpu_s"], 100)
+        self.assertEqual(cost.cheapest(evals, 1)["policy"]["warm"], 2)  # the failed one is out; a tie: fewer warm
+        self.assertEqual(cost.cheapest(evals, 0.3)["gpu_s"], 300)
+        self.assertIsNone(cost.cheapest(evals, 0.1))
+        table = cost.costs({"modelcast": evals, "local": [self.ev(400, 0.9)], "chain": [self.ev(250, 0.9)]}, [1, 0.1])
+        self.assertAlmostEqual(table[0]["ratios"]["modelcast_over_local"], 0.5)
+        self.assertAlmostEqual(table[0]["ratios"]["modelcast_over_chain"], 0.8)
+        self.assertAlmostEqual(table[0]["ratios"]["modelcast_over_best_other_multicast"], 0.8)
+        self.assertIsNone(table[1]["modes"]["modelcast"])
+        self.assertEqual(table[1]["ratios"], {})
+        self.assertIn("not held", cost.markdown(table, ["modelcast", "chain", "local"]))
+
+    def test_slo_lists_are_checked(self):
+        self.assertEqual(cost.slo_list("2,0.5,1"), [0.5, 1, 2])
+        for bad in ("", "fast", "0,1", "-1", "inf"):
+            with self.assertRaisesRegex(ValueError, "--slo"):
+                cost.slo_list(bad)
+
+    def test_a_search_on_the_testbed(self):
+        """A burst on the testbed: each mode's chosen policy, simulated again, holds the SLO at the
+        cost reported; modelcast's multicast pays no more than local loading."""
+        model = sim.ScaleOutModel(SIM_BIN, os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"),
+                                  "llama-2-13b", 16)
+        reqs, _ = workload.build("burst", 60, 12.0, 4096, 256, seed=4)
+        base = model.run("lambdapipe", 1, 1)
+        service = 500 / base["prefill_tokens_per_s"] + 128 * 16 / base["instance_tokens_per_s"]
+        slots = base["instances_per_node"] * 16
+        evals = cost.search(["modelcast", "local"], reqs, 60, 12, model, service, slots, [1, 2, 4], [0, 30], [0.7, 1.0])
+        self.assertEqual(len(evals["modelcast"]), 12)
+        table = cost.costs(evals, [1.0, 5.0])
+        for row in table:
+            for mode, chosen in row["modes"].items():
+                if chosen is None:
+                    continue
+                again = cost.evaluate(mode, reqs, 60, 12, model, service, slots, chosen["policy"])
+                self.assertEqual(again["failed"], 0)
+                self.assertLessEqual(again["ttft_p90"], row["slo_s"])
+                self.assertAlmostEqual(again["gpu_s"], chosen["gpu_s"])
+            if row["modes"]["modelcast"] and row["modes"]["local"]:
+                self.assertLessEqual(row["ratios"]["modelcast_over_local"], 1.0 + 1e-9)
+        self.assertIsNotNone(table[-1]["modes"]["modelcast"])
 
 
 if __name__ == "__main__":
