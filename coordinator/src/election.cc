@@ -97,8 +97,11 @@ void LeaderElection::Run() {
       continue;
     }
     if (won->succeeded) {
-      if (SteadyNs() - renewed_ns_ > options_.ttl_s * 2'000'000'000 / 3) {
-        continue;  // won on a lease that may be about to end: renew it first
+      if (SteadyNs() - renewed_ns_ > options_.ttl_s * 2'000'000'000 / 3 && !keep_alive().ok()) {
+        // Won on a lease that may be about to end and cannot be renewed: not led on. The key
+        // goes with that lease; a new one campaigns again once it has.
+        lease_ = 0;
+        continue;
       }
       {
         std::lock_guard<std::mutex> lock(change_mu_);
