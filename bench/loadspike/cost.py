@@ -125,6 +125,10 @@ def plot(table, modes, path, title):
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
     ax.set_xscale("log")
+    slos = [row["slo_s"] for row in table]
+    ax.set_xticks(slos)
+    ax.set_xticklabels(["%g" % x for x in slos])
+    ax.minorticks_off()
     ax.set_xlabel("p90 TTFT SLO (s), 0 failed requests")
     ax.set_ylabel("GPU-seconds to hold it")
     ax.set_title(title, fontsize=9)
