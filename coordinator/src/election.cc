@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace modelcast::coordinator {
@@ -42,11 +43,18 @@ void LeaderElection::StopLeading(const std::string& why) {
   if (options_.on_change) options_.on_change(false, 0);
 }
 
+// How long after sending the last keep-alive that was answered a leader may still act: the lease
+// lives at least the TTL from then (etcd renewed it after it was sent), so this leaves a margin
+// of a fifth of the TTL (at least 0.3 s) before a standby can win.
+int64_t LeaderElection::LeadLimitNs() const {
+  const double ttl = static_cast<double>(options_.ttl_s);
+  return static_cast<int64_t>((ttl - std::max(0.3, ttl / 5)) * 1e9);
+}
+
 void LeaderElection::Watchdog() {
-  const int64_t limit_ns = options_.ttl_s * 2'000'000'000 / 3;
   while (Sleep(0.02)) {
-    if (leading_ && SteadyNs() - renewed_ns_ > limit_ns) {
-      StopLeading("no keep-alive of its lease answered for 2/3 of the TTL: etcd unreachable");
+    if (leading_ && SteadyNs() - renewed_ns_ > LeadLimitNs()) {
+      StopLeading("no keep-alive of its lease answered in time: etcd unreachable or too slow");
     }
   }
 }
@@ -97,7 +105,7 @@ void LeaderElection::Run() {
       continue;
     }
     if (won->succeeded) {
-      if (SteadyNs() - renewed_ns_ > options_.ttl_s * 2'000'000'000 / 3 && !keep_alive().ok()) {
+      if (SteadyNs() - renewed_ns_ > LeadLimitNs() / 2 && !keep_alive().ok()) {
         // Won on a lease that may be about to end and cannot be renewed: not led on. The key
         // goes with that lease; a new one campaigns again once it has.
         lease_ = 0;
@@ -111,10 +119,10 @@ void LeaderElection::Run() {
       }
       LOG(INFO) << "election: leading (" << options_.key << " at revision " << won->revision << ")";
       if (options_.on_change) options_.on_change(true, won->revision);
-      // Lead while the lease lives: kept alive every third of its TTL. The watchdog stops
-      // leading once 2/3 of the TTL passes without an answered keep-alive, even while a call
-      // still waits; here an answer that the lease is gone stops it too.
-      while (Sleep(ttl / 3) && leading_) {
+      // Lead while the lease lives: kept alive every quarter of its TTL. The watchdog stops
+      // leading once LeadLimitNs passes without an answered keep-alive, even while a call still
+      // waits; here an answer that the lease is gone stops it too.
+      while (Sleep(ttl / 4) && leading_) {
         auto left = keep_alive();
         if (!left.ok() && left.status().code() == StatusCode::kNotFound) StopLeading("the lease expired");
       }

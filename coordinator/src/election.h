@@ -51,10 +51,11 @@ class LeaderElection {
   bool SleepUnlessKeyGone(double seconds);
   // Stops leading (once) and says why.
   void StopLeading(const std::string& why);
-  // While leading: stops leading once 2/3 of the TTL has passed since the last keep-alive that
-  // was answered was sent, whether or not a keep-alive call is still waiting (an unreachable
-  // etcd makes each call wait its timeout, per member).
+  // While leading: stops leading once LeadLimitNs has passed since the last keep-alive that was
+  // answered was sent, whether or not a keep-alive call is still waiting (an unreachable etcd
+  // makes each call wait its timeout, per member).
   void Watchdog();
+  int64_t LeadLimitNs() const;
 
   std::shared_ptr<EtcdClient> client_;
   Options options_;
