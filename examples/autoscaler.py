@@ -11,6 +11,10 @@ from a file holding the current requests/s that the serving layer updates.
       --coordinator 127.0.0.1:7300 --token-file /tmp/modelcast-local/token --model llama-small \\
       --trace ../shared/traces/AzureLLMInferenceTrace_conv_2023.csv --speedup 60 --per-replica-rps 2
 
+A replicated head: --coordinator h1:7300,h2:7300 lists every coordinator; it talks to whichever
+listens (the leader), and when the leader dies mid-call it reconnects to the next one and calls
+again (a scale request carries an idempotency key, so a repeated one acts once).
+
 Needs Debian's python3-thrift; the bindings are generated into build/thrift/gen-py.
 """
 import argparse
@@ -19,6 +23,7 @@ import datetime
 import math
 import sys
 import time
+import uuid
 
 from thrift.protocol import TBinaryProtocol, TMultiplexedProtocol
 from thrift.transport import TSocket, TTransport
@@ -51,9 +56,61 @@ def file_rates(path, window_s):
         time.sleep(window_s)
 
 
+class Leader:
+    """The leading coordinator among `addresses` ("host:port,host:port"): standbys do not listen,
+    so the first that accepts a connection leads. A call whose connection breaks (the leader
+    died, or resigned) is made again on whichever leads next, for up to `patience` seconds."""
+
+    def __init__(self, addresses, patience=30.0):
+        self.addresses = []
+        for a in addresses.split(","):
+            host, _, port = a.strip().rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                sys.exit(f"autoscaler: --coordinator: '{a}' is not host:port")
+            self.addresses.append((host, int(port)))
+        self.patience = patience
+        self.transport = self.client = None
+
+    def connect(self):
+        errors = []
+        for host, port in self.addresses:
+            transport = TTransport.TFramedTransport(TSocket.TSocket(host, port))
+            try:
+                transport.open()
+            except TTransport.TTransportException as e:
+                errors.append(f"{host}:{port}: {e}")
+                continue
+            self.transport = transport
+            self.client = Coordinator.Client(TMultiplexedProtocol.TMultiplexedProtocol(
+                TBinaryProtocol.TBinaryProtocol(transport), "Coordinator"))
+            return
+        raise TTransport.TTransportException(message="no coordinator answers (" + "; ".join(errors) + ")")
+
+    def close(self):
+        if self.transport:
+            self.transport.close()
+        self.transport = self.client = None
+
+    def __getattr__(self, name):
+        def call(*args):
+            deadline = time.time() + self.patience
+            while True:
+                try:
+                    if self.client is None:
+                        self.connect()
+                    return getattr(self.client, name)(*args)
+                except (TTransport.TTransportException, OSError, EOFError):
+                    self.close()
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.2)
+        return call
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--coordinator", default="127.0.0.1:7300")
+    p.add_argument("--coordinator", default="127.0.0.1:7300",
+                   help="host:port, or every coordinator of a replicated head, comma-separated")
     p.add_argument("--token-file", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--trace", help="a request trace CSV (TIMESTAMP first) to replay")
@@ -69,11 +126,7 @@ def main():
     if bool(a.trace) == bool(a.rate_file):
         p.error("give --trace or --rate-file")
 
-    host, port = a.coordinator.rsplit(":", 1)
-    transport = TTransport.TFramedTransport(TSocket.TSocket(host, int(port)))
-    client = Coordinator.Client(TMultiplexedProtocol.TMultiplexedProtocol(
-        TBinaryProtocol.TBinaryProtocol(transport), "Coordinator"))
-    transport.open()
+    client = Leader(a.coordinator)
     with open(a.token_file) as f:
         header = ttypes.RequestHeader(token=f.read().strip(), caller="autoscaler-example")
 
@@ -98,17 +151,19 @@ def main():
         if a.once:
             break
 
-    transport.close()
+    client.close()
 
 
 def act_factory(client, header, model):
     def act(have, want):
         try:
+            # One key per decision: made again on the next leader, the request acts once.
+            keyed = ttypes.RequestHeader(token=header.token, caller=header.caller, request_id=str(uuid.uuid4()))
             if want > have:
-                op = client.scaleOut(ttypes.ScaleOutRequest(header=header, model=model, replicas=want - have))
+                op = client.scaleOut(ttypes.ScaleOutRequest(header=keyed, model=model, replicas=want - have))
                 op_id = op.operation_id
             else:
-                op_id = client.scaleIn(ttypes.ScaleInRequest(header=header, model=model, replicas=have - want))
+                op_id = client.scaleIn(ttypes.ScaleInRequest(header=keyed, model=model, replicas=have - want))
             while True:
                 status = client.getOperation(header, op_id)
                 if status.state not in (ttypes.OperationState.PENDING, ttypes.OperationState.RUNNING):

@@ -62,6 +62,24 @@ TEST_F(HaTest, TheLeaderKilledMidScaleOutAStandbyFinishesIt) {
   testing::WaitUntil([&] { return AliveNodes() == 3; }, 10s, 50ms);
   EXPECT_EQ(AliveNodes(), 3) << DeadNodes();
   EXPECT_LT(took, 2.0 + 3.0) << "led within the lease (2 s), its keep-alive and its start";
+  // The Python example autoscaler, given both coordinators (the dead one first), acts through
+  // the one that leads: 2 req/s at 2 per replica wants 1 of the 2 instances.
+  testing::WriteAll(dir / "token", kToken);
+  testing::WriteAll(dir / "rate", "2\n");
+  setenv("PYTHONPATH", MODELCAST_TEST_GEN_PY, 1);
+  auto py = testing::RunProcess(
+      {"/usr/bin/python3", testing::SourcePath("examples/autoscaler.py"), "--coordinator",
+       "127.0.0.1:" + std::to_string(port) + ",127.0.0.1:" + std::to_string(standby_port), "--token-file",
+       (dir / "token").string(), "--model", "tiny-llm", "--rate-file", (dir / "rate").string(), "--window", "0.1",
+       "--once"},
+      60s);
+  unsetenv("PYTHONPATH");
+  if (py.err.find("No module named 'thrift'") == std::string::npos) {
+    EXPECT_EQ(py.exit_code, 0) << py.err;
+    EXPECT_NE(py.out.find("replicas 2 -> 1"), std::string::npos) << py.out;
+    EXPECT_NE(py.out.find("(scale-in to node-"), std::string::npos) << py.out;
+    EXPECT_NE(py.out.find("): SUCCEEDED"), std::string::npos) << py.out;
+  }
   std::printf("figure: leader killed mid-scale-out: the standby listening after %.2f s (lease 2 s); operation %s "
               "%s with %d of %u slices landed when the standby took it, finished by it\n",
               took, id.c_str(), rpc::to_string(adopted.state).c_str(), landed, 2 * nslices);
