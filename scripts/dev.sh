@@ -7,7 +7,7 @@
 #   scripts/dev.sh deps          install the Debian packages modelcast needs (apt)
 #   scripts/dev.sh bench [NAME]  build and run the benchmarks (or one of them)
 #   scripts/dev.sh fuzz [SECS]   build the libFuzzer targets with clang and run each for SECS seconds
-#   scripts/dev.sh sanitize asan|tsan  unit + integration tests under ASan+UBSan (build-asan/), or the
+#   scripts/dev.sh sanitize asan|tsan  unit, integration and ha tests under ASan+UBSan (build-asan/), or the
 #                                fabric's and the store's tests under TSan (build-tsan/)
 #   scripts/dev.sh format        clang-format every C++ source in place
 #
@@ -102,7 +102,7 @@ case "$cmd" in
     fi
     ;;
   sanitize)
-    # asan: every unit and integration test built with ASan + UBSan; tsan: the fabric's and
+    # asan: every unit, integration and ha test built with ASan + UBSan; tsan: the fabric's and
     # the store's tests under ThreadSanitizer. Extra arguments go to ctest (asan) or to the
     # test binaries (tsan), e.g. `sanitize asan -L unit`. (soak_test drives build/'s binaries,
     # not these: it is left out.)
@@ -119,7 +119,7 @@ case "$cmd" in
       cmake --build "$dir" -j "$JOBS"
       log "unit and integration tests under ASan + UBSan"
       ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        ctest --test-dir "$dir" --output-on-failure -j "$JOBS" --timeout 900 -L 'unit|integration' -E soak_test "$@"
+        ctest --test-dir "$dir" --output-on-failure -j "$JOBS" --timeout 900 -L 'unit|integration|ha' -E soak_test "$@"
     else
       cmake --build "$dir" -j "$JOBS" --target fabric_test store_test
       log "fabric and store tests under TSan"
