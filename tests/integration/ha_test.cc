@@ -89,7 +89,10 @@ TEST_F(HaTest, TheLeaderKilledMidScaleOutAStandbyFinishesIt) {
 // One etcd member of three killed while a scale-out runs, and started again with its data while
 // the next one runs: no operation notices, and the leader keeps its lease throughout.
 TEST_F(HaTest, AnEtcdMemberKilledAndRestartedDuringOperations) {
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 4, .fault = "delay=50ms", .etcd = etcd.YamlList()}));
+  // A 3 s lease: the etcd members elect a new leader of theirs when one is killed, and the
+  // coordinator's keep-alives wait meanwhile.
+  ASSERT_NO_FATAL_FAILURE(
+      StartCluster({.nodes = 4, .fault = "delay=50ms", .etcd = etcd.YamlList(), .lease = "3s"}));
   std::string id = ScaleOut("tiny-llm", 1, {"node-1"});
   ASSERT_TRUE(WaitReceiving(id, "node-1")) << "the scale-out ended before the member could be killed";
   etcd.Kill(0);
@@ -118,7 +121,10 @@ TEST_F(HaTest, AnEtcdMemberKilledAndRestartedDuringOperations) {
 // retries as it does by default: not one request fails.
 TEST_F(HaTest, ThreeCoordinatorsRestartedOneByOneUnderLoadFailNoRequest) {
   ASSERT_NO_FATAL_FAILURE(testing::FetchNpmReference());
-  ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 2, .serving = true, .etcd = etcd.YamlList(), .standbys = 2}));
+  // A 3 s lease: a leader on a loaded machine keeps it through the restarts (with 2 s, TSan-slowed
+  // coordinators lost it; each restart here is asked for, not a death).
+  ASSERT_NO_FATAL_FAILURE(
+      StartCluster({.nodes = 2, .serving = true, .etcd = etcd.YamlList(), .standbys = 2, .lease = "3s"}));
   ASSERT_EQ(WaitForEnd(ScaleOut("tiny-llm", 1)).state, rpc::OperationState::SUCCEEDED);
   const httplib::Headers auth = {{"Authorization", std::string("Bearer ") + kToken}};
   const std::string body = R"({"model": "tiny-llm", "prompt": [1, 2, 3], "max_tokens": 2})";

@@ -67,6 +67,7 @@ struct ClusterOptions {
   // its journal on its disk.
   std::string etcd;
   int standbys = 1;  // with etcd: coordinators besides the first
+  std::string lease = "2s";  // with etcd: the coordinators' lease
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -93,7 +94,7 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
                  "\n  state_dir: " + (dir / state_dir).string() +
                  "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
                  "}\n  metrics: {address: 127.0.0.1, port: 0}\n" + o.coordinator_extra;
-      if (!o.etcd.empty()) cluster += "  state: {etcd: {endpoints: " + o.etcd + ", prefix: /mc/loop, lease: 2s}}\n";
+      if (!o.etcd.empty()) cluster += "  state: {etcd: {endpoints: " + o.etcd + ", prefix: /mc/loop, lease: " + o.lease + "}}\n";
       if (o.serving) {
         cluster += "  serving: {fabric: {listen: '127.0.0.1:0'}, http: {address: 127.0.0.1, port: " +
                    std::to_string(http_port) + "}, max_batch: 8}\n";
