@@ -337,19 +337,15 @@ class ControlCluster {
  private:
   void StartEtcd() {
     if (testing::EtcdBinary() == nullptr) Die(NotFound("no etcd binary (scripts/dev.sh installs etcd-server)"));
-    int client_ports[3], peer_ports[3];
-    std::string cluster;
-    etcd_list_ = "[";
-    for (int i = 0; i < 3; ++i) {
-      client_ports[i] = testing::FreePort();
-      peer_ports[i] = testing::FreePort();
-      cluster += (i ? "," : "") + testing::EtcdMemberName(i) + "=http://127.0.0.1:" + std::to_string(peer_ports[i]);
-      etcd_list_ += (i ? ", " : "") + std::string("127.0.0.1:") + std::to_string(client_ports[i]);
+    testing::EtcdCluster ports;
+    for (int i = 0; i < testing::EtcdCluster::kMembers; ++i) {
+      ports.client_ports[i] = testing::FreePort();
+      ports.peer_ports[i] = testing::FreePort();
     }
-    etcd_list_ += "]";
-    for (int i = 0; i < 3; ++i) {
+    etcd_list_ = ports.YamlList();
+    for (int i = 0; i < testing::EtcdCluster::kMembers; ++i) {
       Daemon d;
-      auto pid = SpawnChild(testing::EtcdMemberArgv(i, dir_ / "etcd", client_ports[i], peer_ports[i], cluster, "new"),
+      auto pid = SpawnChild(ports.MemberArgv(i, dir_ / "etcd", "new"),
                             {(dir_ / ("etcd-" + std::to_string(i) + ".out")).string(),
                              (dir_ / ("etcd-" + std::to_string(i) + ".log")).string()});
       if (!pid.ok()) Die(pid.status().WithContext("cannot start etcd"));

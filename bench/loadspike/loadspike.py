@@ -32,6 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cost  # noqa: E402
 import report  # noqa: E402
 import workload  # noqa: E402
 from modes import MODES  # noqa: E402
@@ -79,25 +80,38 @@ def write_outputs(args, results, reqs, source, title, extra):
                       "ratios": report.ratios(summaries), **extra}))
 
 
+class SimSetup:
+    """What `sim` and `cost` both start from: the scale-out model, the node count, and the workload
+    at `load` x the capacity of `rate_nodes` nodes, with its mean service time."""
+
+    def __init__(self, args, rate_nodes):
+        import sim
+        self.model = sim.ScaleOutModel(args.sim_bin, args.cluster, args.model, args.batch)
+        self.base = self.model.run("lambdapipe", 1, 1)  # the node's figures
+        if args.nodes == 0:  # the cluster's node count: every other node as a target
+            probe = self.model.run("lambdapipe", 1, 0)
+            args.nodes = probe["sources"] + probe["targets"]
+        self.nodes = args.nodes
+        reqs0, _ = workload.build(args.workload, args.duration, 1.0, args.max_prompt, args.max_output,
+                                  seed=args.seed, window=args.window)
+        mean_p = sum(r.prompt for r in reqs0) / len(reqs0)
+        mean_o = sum(r.output for r in reqs0) / len(reqs0)
+        self.node_rps = sim.capacity_rps(self.model, mean_p, mean_o)
+        self.rate = args.load * self.node_rps * rate_nodes
+        self.reqs, self.source = workload.build(args.workload, args.duration, self.rate, args.max_prompt,
+                                                args.max_output, seed=args.seed, window=args.window)
+        self.service = (mean_p / self.base["prefill_tokens_per_s"] +
+                        mean_o * args.batch / self.base["instance_tokens_per_s"])
+        self.slots = self.base["instances_per_node"] * args.batch  # a node's serving slots
+
+
 def cmd_sim(args):
     import sim
-    model = sim.ScaleOutModel(args.sim_bin, args.cluster, args.model, args.batch)
-    base = model.run("lambdapipe", args.min_nodes, 1)
-    if args.nodes == 0:  # the cluster's node count: every other node as a target
-        probe = model.run("lambdapipe", args.min_nodes, 0)
-        args.nodes = probe["sources"] + probe["targets"]
-    nodes = args.nodes
-    reqs0, _ = workload.build(args.workload, args.duration, 1.0, args.max_prompt, args.max_output, seed=args.seed,
-                              window=args.window)
-    mean_p = sum(r.prompt for r in reqs0) / len(reqs0)
-    mean_o = sum(r.output for r in reqs0) / len(reqs0)
-    per_node_rps = sim.capacity_rps(model, mean_p, mean_o)
-    rate = args.load * per_node_rps * args.min_nodes
-    reqs, source = workload.build(args.workload, args.duration, rate, args.max_prompt, args.max_output,
-                                  seed=args.seed, window=args.window)
-    service = mean_p / base["prefill_tokens_per_s"] + mean_o * args.batch / base["instance_tokens_per_s"]
+    setup = SimSetup(args, args.min_nodes)
+    model, nodes, reqs, source, rate = setup.model, setup.nodes, setup.reqs, setup.source, setup.rate
+    per_node_rps, service = setup.node_rps, setup.service
     scaler = {"min_replicas": args.min_nodes, "max_replicas": nodes,
-              "per_replica": base["instances_per_node"] * args.batch * args.target_util, "service_s": service,
+              "per_replica": setup.slots * args.target_util, "service_s": service,
               "keep_alive": args.keep_alive}
     results = []
     for mode in parse_modes(args.modes):
@@ -114,8 +128,6 @@ def cmd_sim(args):
 
 
 def cmd_cost(args):
-    import cost
-    import sim
     try:
         slos = cost.slo_list(args.slo)
         lists = {name: sorted({float(x) for x in getattr(args, name).split(",") if x}) if getattr(args, name) else None
@@ -125,9 +137,8 @@ def cmd_cost(args):
     modes = cost.SCALING_MODES if args.modes == "all" else parse_modes(args.modes)
     if "ideal" in modes:
         sys.exit("loadspike: cost compares scaling methods; 'ideal' never scales")
-    model = sim.ScaleOutModel(args.sim_bin, args.cluster, args.model, args.batch)
-    base = model.run("lambdapipe", 1, 1)
-    nodes = args.nodes or (lambda p: p["sources"] + p["targets"])(model.run("lambdapipe", 1, 0))
+    setup = SimSetup(args, args.base_nodes)
+    nodes, reqs, source, rate = setup.nodes, setup.reqs, setup.source, setup.rate
     warm = [int(w) for w in lists["warm"]] if lists["warm"] else cost.default_warm(nodes)
     keeps = lists["keep"] or cost.DEFAULT_KEEP
     utils = lists["util"] or cost.DEFAULT_UTIL
@@ -139,15 +150,6 @@ def cmd_cost(args):
         sys.exit("loadspike: --util must be in (0, 1], got %s" % utils)
     if not (1 <= args.base_nodes <= nodes):
         sys.exit("loadspike: --base-nodes must be 1..%d" % nodes)
-    reqs0, _ = workload.build(args.workload, args.duration, 1.0, args.max_prompt, args.max_output, seed=args.seed,
-                              window=args.window)
-    mean_p = sum(r.prompt for r in reqs0) / len(reqs0)
-    mean_o = sum(r.output for r in reqs0) / len(reqs0)
-    rate = args.load * sim.capacity_rps(model, mean_p, mean_o) * args.base_nodes
-    reqs, source = workload.build(args.workload, args.duration, rate, args.max_prompt, args.max_output,
-                                  seed=args.seed, window=args.window)
-    service = mean_p / base["prefill_tokens_per_s"] + mean_o * args.batch / base["instance_tokens_per_s"]
-    slots = base["instances_per_node"] * args.batch
     print("cost: %d requests over %g s (%s), %d nodes; %d policies per mode (warm %s, keep %s, util %s)" % (
         len(reqs), args.duration, source, nodes, len(warm) * len(keeps) * len(utils), warm, keeps, utils), flush=True)
     t0 = time.time()
@@ -155,7 +157,8 @@ def cmd_cost(args):
     def progress(mode, evals):
         print("  %-11s %d policies simulated (%.0f s so far)" % (mode, len(evals), time.time() - t0), flush=True)
 
-    evaluations = cost.search(modes, reqs, args.duration, nodes, model, service, slots, warm, keeps, utils, progress)
+    evaluations = cost.search(modes, reqs, args.duration, nodes, setup.model, setup.service, setup.slots, warm, keeps,
+                              utils, progress)
     table = cost.costs(evaluations, slos)
     title = "cost at a p90 TTFT SLO: %s, %s on %d nodes, %s" % (os.path.basename(args.cluster), args.model, nodes,
                                                                 args.workload)
@@ -205,24 +208,28 @@ def main():
         p.add_argument("--workload", default="step", help="azure, mooncake, servegen:MODEL, step or burst [step]")
         p.add_argument("--duration", type=float, default=duration, help="seconds of workload")
         p.add_argument("--modes", default="all", help="comma list of %s, or all" % ", ".join(MODES))
-        p.add_argument("--keep-alive", type=float, default=keep_alive, help="seconds before a scale-in")
+        if keep_alive is not None:  # cost searches keep-alives instead
+            p.add_argument("--keep-alive", type=float, default=keep_alive, help="seconds before a scale-in")
         p.add_argument("--window", type=window_arg, default=None,
                        help="LO:HI seconds of the trace to replay [the sharpest rise]")
         p.add_argument("--seed", type=int, default=1)
         p.add_argument("--out", default="", help="folder for results.json, report.md and the pictures")
 
+    def simulator(p, rate_nodes_help):
+        p.add_argument("--cluster", default=os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"))
+        p.add_argument("--model", default="llama-2-13b")
+        p.add_argument("--nodes", type=int, default=0, help="nodes to use (0: the cluster's)")
+        p.add_argument("--batch", type=int, default=16, help="decode batch of a serving unit")
+        p.add_argument("--load", type=float, default=0.5, help="mean rate as a fraction of %s capacity" % rate_nodes_help)
+        p.add_argument("--max-prompt", type=int, default=4096)
+        p.add_argument("--max-output", type=int, default=1024)
+        p.add_argument("--sim-bin", default=os.path.join(ROOT, "build", "bin", "modelcast-sim"))
+
     s = sub.add_parser("sim", help="the simulator (modelcast-sim) at any scale")
     common(s, 300, 30)
-    s.add_argument("--cluster", default=os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"))
-    s.add_argument("--model", default="llama-2-13b")
-    s.add_argument("--nodes", type=int, default=0, help="nodes to use (0: the cluster's)")
+    simulator(s, "the min nodes'")
     s.add_argument("--min-nodes", type=int, default=2, help="nodes serving before the spike (the sources)")
-    s.add_argument("--batch", type=int, default=16, help="decode batch of a serving unit")
-    s.add_argument("--load", type=float, default=0.5, help="mean rate as a fraction of the min nodes' capacity")
     s.add_argument("--target-util", type=float, default=0.8, help="the autoscaler's slots per replica wanted busy")
-    s.add_argument("--max-prompt", type=int, default=4096)
-    s.add_argument("--max-output", type=int, default=1024)
-    s.add_argument("--sim-bin", default=os.path.join(ROOT, "build", "bin", "modelcast-sim"))
     s.set_defaults(fn=cmd_sim)
 
     b = sub.add_parser("box", help="the cluster in a box: real daemons in network namespaces")
@@ -246,21 +253,15 @@ def main():
     b.set_defaults(fn=cmd_box)
 
     c = sub.add_parser("cost", help="per mode, the cheapest policy that holds each TTFT SLO (simulator)")
-    common(c, 300, 30)
+    common(c, 300, None)
     c.add_argument("--slo", default="0.5,1,2,5,10", help="p90 TTFT SLOs in seconds [0.5,1,2,5,10]")
     c.add_argument("--warm", default="", help="warm minimums to search [1..8, then a ladder to every node]")
     c.add_argument("--keep", default="", help="keep-alives to search, seconds [%s]" % ",".join(
-        "%g" % k for k in (0, 15, 30, 60, 120, 300)))
-    c.add_argument("--util", default="", help="planned slot use per replica to search [0.4..1.0 by 0.1]")
-    c.add_argument("--cluster", default=os.path.join(ROOT, "cluster-configs", "lambdascale-testbed.yaml"))
-    c.add_argument("--model", default="llama-2-13b")
-    c.add_argument("--nodes", type=int, default=0, help="nodes to use (0: the cluster's)")
+        "%g" % k for k in cost.DEFAULT_KEEP))
+    c.add_argument("--util", default="", help="planned slot use per replica to search [%s]" % ",".join(
+        "%g" % u for u in cost.DEFAULT_UTIL))
+    simulator(c, "--base-nodes'")
     c.add_argument("--base-nodes", type=int, default=2, help="the workload's mean rate is --load x this many nodes' capacity")
-    c.add_argument("--batch", type=int, default=16, help="decode batch of a serving unit")
-    c.add_argument("--load", type=float, default=0.5, help="mean rate as a fraction of --base-nodes' capacity")
-    c.add_argument("--max-prompt", type=int, default=4096)
-    c.add_argument("--max-output", type=int, default=1024)
-    c.add_argument("--sim-bin", default=os.path.join(ROOT, "build", "bin", "modelcast-sim"))
     c.set_defaults(fn=cmd_cost)
 
     r = sub.add_parser("report", help="tables and pictures again from a run's results.json")

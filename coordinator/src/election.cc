@@ -114,7 +114,6 @@ void LeaderElection::Run() {
       {
         std::lock_guard<std::mutex> lock(change_mu_);
         fence_revision_ = won->revision;
-        lease_id_ = lease_;
         leading_ = true;
       }
       LOG(INFO) << "election: leading (" << options_.key << " at revision " << won->revision << ")";

@@ -38,7 +38,7 @@ class LeaderElection {
   bool leading() const { return leading_; }
   int64_t fence_revision() const { return fence_revision_; }
   // The lease it leads on (while leading): keys put with it go when the leadership does.
-  int64_t lease() const { return lease_id_; }
+  int64_t lease() const { return lease_; }
   // Who leads now (the election key's value), empty when nobody does.
   Result<std::string> Leader() const;
 
@@ -65,8 +65,7 @@ class LeaderElection {
   // lease lives at least the TTL from then.
   std::atomic<int64_t> renewed_ns_{0};
   std::mutex change_mu_;  // StopLeading
-  int64_t lease_ = 0;
-  std::atomic<int64_t> lease_id_{0};  // lease_, for lease()
+  std::atomic<int64_t> lease_{0};  // written by the election's thread only
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;

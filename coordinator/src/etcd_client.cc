@@ -180,21 +180,12 @@ Result<std::unique_ptr<EtcdClient>> EtcdClient::Create(const std::vector<std::st
     if (hp.rfind("http://", 0) == 0) hp = hp.substr(7);
     if (hp.rfind("https://", 0) == 0) return InvalidArgument("etcd: endpoint '" + e + "': TLS is not supported yet");
     while (!hp.empty() && hp.back() == '/') hp.pop_back();
-    const auto colon = hp.rfind(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == hp.size()) {
-      return InvalidArgument("etcd: endpoint '" + e + "' is not host:port");
+    auto ep = rpc::ParseEndpoints(hp);
+    if (!ep.ok() || ep->size() != 1) {
+      return InvalidArgument("etcd: endpoint '" + e + "' is not host:port" +
+                             (ep.ok() ? std::string() : " (" + ep.status().message() + ")"));
     }
-    Endpoint ep;
-    ep.host = hp.substr(0, colon);
-    try {
-      size_t used = 0;
-      ep.port = std::stoi(hp.substr(colon + 1), &used);
-      if (used != hp.size() - colon - 1) throw std::invalid_argument("trailing");
-    } catch (const std::exception&) {
-      return InvalidArgument("etcd: endpoint '" + e + "' has no port number");
-    }
-    if (ep.port <= 0 || ep.port > 65535) return InvalidArgument("etcd: endpoint '" + e + "': port out of range");
-    c->parsed_.push_back(ep);
+    c->parsed_.push_back((*ep)[0]);
   }
   return c;
 }

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "modelcast/common/status.h"
+#include "modelcast/rpc/server.h"
 
 namespace httplib {
 class Client;
@@ -125,16 +126,12 @@ class EtcdClient {
   const std::vector<std::string>& endpoints() const { return endpoints_; }
 
  private:
-  struct Endpoint {
-    std::string host;
-    int port = 0;
-  };
   EtcdClient() = default;
   // POSTs `body` to `path` on each member in turn until one answers; the JSON answer.
   Result<nlohmann::json> Call(const std::string& path, const nlohmann::json& body) const;
 
   std::vector<std::string> endpoints_;
-  std::vector<Endpoint> parsed_;
+  std::vector<rpc::Endpoint> parsed_;
   double timeout_s_ = 5;
   mutable std::atomic<size_t> preferred_{0};  // the member that answered last
 };

@@ -8,6 +8,7 @@
 #include <deque>
 #include <mutex>
 
+#include "etcd_client.h"
 #include "http_errors.h"
 
 namespace modelcast::coordinator {
@@ -41,14 +42,26 @@ void Unavailable503(httplib::Response& res, const std::string& why) {
 
 }  // namespace
 
+Result<std::string> ServingForwarder::Leader() {
+  std::lock_guard lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (leader_.empty() || now - read_ > std::chrono::milliseconds(500)) {
+    MC_ASSIGN_OR_RETURN(auto kvs, etcd_->Range(key_));
+    leader_ = kvs.empty() ? "" : kvs[0].value;
+    read_ = now;
+  }
+  return leader_;
+}
+
 Result<std::unique_ptr<ServingForwarder>> ServingForwarder::Start(const std::string& address, int port, int threads,
-                                                                  std::function<Result<std::string>()> leader) {
+                                                                  std::shared_ptr<EtcdClient> etcd, std::string key) {
   auto f = std::unique_ptr<ServingForwarder>(new ServingForwarder());
-  f->leader_ = std::move(leader);
+  f->etcd_ = std::move(etcd);
+  f->key_ = std::move(key);
   f->http_ = std::make_unique<httplib::Server>();
   f->http_->new_task_queue = [n = static_cast<size_t>(threads)] { return new httplib::ThreadPool(n); };
   auto forward = [raw = f.get()](const httplib::Request& req, httplib::Response& res) {
-    auto at = raw->leader_();
+    auto at = raw->Leader();
     if (!at.ok() || at->empty()) {
       Unavailable503(res, "no coordinator leads now" + (at.ok() ? std::string() : " (" + at.status().message() + ")") +
                               ": retry");

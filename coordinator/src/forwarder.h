@@ -6,8 +6,9 @@
 // stream early, which they retry too. Clients may so be pointed at any coordinator of the head.
 #pragma once
 
-#include <functional>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -19,12 +20,14 @@ class Server;
 
 namespace modelcast::coordinator {
 
+class EtcdClient;
+
 class ServingForwarder {
  public:
-  // `leader` gives the leader API's "host:port" (empty: nobody leads now; an error: etcd did not
-  // answer); called for each request.
+  // The leader's API is at the value of `key` in etcd ("host:port"; absent: nobody leads now),
+  // read again when the last read is more than half a second old.
   static Result<std::unique_ptr<ServingForwarder>> Start(const std::string& address, int port, int threads,
-                                                         std::function<Result<std::string>()> leader);
+                                                         std::shared_ptr<EtcdClient> etcd, std::string key);
   // Stops listening; requests being forwarded are cut short.
   ~ServingForwarder();
   int port() const { return port_; }
@@ -34,7 +37,14 @@ class ServingForwarder {
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
   int port_ = 0;
-  std::function<Result<std::string>()> leader_;
+  // The leader API's "host:port" (empty: nobody leads; an error: etcd did not answer).
+  Result<std::string> Leader();
+
+  std::shared_ptr<EtcdClient> etcd_;
+  std::string key_;
+  std::mutex mu_;  // the address last read
+  std::string leader_;
+  std::chrono::steady_clock::time_point read_;
 };
 
 }  // namespace modelcast::coordinator

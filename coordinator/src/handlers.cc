@@ -154,26 +154,9 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
     // <prefix>/serving); it gives the port up the moment it leads.
     std::unique_ptr<ServingForwarder> forwarder;
     if (config.serving.enabled && config.serving.http_port >= 0 && !d->election_->leading()) {
-      struct Cached {
-        std::mutex mu;
-        std::string at;
-        std::chrono::steady_clock::time_point read;
-      };
-      auto cache = std::make_shared<Cached>();
-      MC_ASSIGN_OR_RETURN(
-          forwarder,
-          ServingForwarder::Start(
-              config.serving.http_address, config.serving.http_port, config.serving.http_threads,
-              [etcd, cache, key = config.etcd_prefix + "/serving"]() -> Result<std::string> {
-                std::lock_guard lock(cache->mu);
-                const auto now = std::chrono::steady_clock::now();
-                if (cache->at.empty() || now - cache->read > std::chrono::milliseconds(500)) {
-                  MC_ASSIGN_OR_RETURN(auto kvs, etcd->Range(key));
-                  cache->at = kvs.empty() ? "" : kvs[0].value;
-                  cache->read = now;
-                }
-                return cache->at;
-              }));
+      MC_ASSIGN_OR_RETURN(forwarder, ServingForwarder::Start(config.serving.http_address, config.serving.http_port,
+                                                             config.serving.http_threads, etcd,
+                                                             config.etcd_prefix + "/serving"));
     }
     while (!d->election_->leading()) {
       if (stop_requested && stop_requested()) {

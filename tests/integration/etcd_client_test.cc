@@ -476,7 +476,8 @@ TEST_F(EtcdClientTest, AStandbyCoordinatorLeadsWhenTheLeaderIsKilled) {
   testing::Child a(config("a", port_a));
   ASSERT_TRUE(a.WaitForOutput("listening on", 30s)) << a.Wait(1s).err;
   testing::Child b(config("b", port_b));
-  EXPECT_FALSE(b.WaitForOutput("listening on", 2500ms)) << "a standby does not serve";
+  ASSERT_TRUE(b.WaitForError("standing by", 30s)) << b.Wait(1s).err;
+  EXPECT_EQ(b.Stdout().find("listening on"), std::string::npos) << "a standby does not serve";
   // A model registered with the leader.
   testing::MakePackage(dir_.path(), dir_ / "pkg", "tiny-llm");
   const std::string manifest = testing::ReadAll(dir_ / "pkg" / "manifest.json");
@@ -509,7 +510,7 @@ TEST_F(EtcdClientTest, AStandbyCoordinatorLeadsWhenTheLeaderIsKilled) {
   EXPECT_EQ(models[0].summary.name, "tiny-llm");
   // A standby stopped while it waits: at once, exit 0.
   testing::Child standby(config("c", testing::FreePort()));
-  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(standby.WaitForError("standing by", 30s)) << standby.Wait(1s).err;
   const auto asked = std::chrono::steady_clock::now();
   standby.Kill(SIGTERM);
   auto ended = standby.Wait(10s);

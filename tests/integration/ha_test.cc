@@ -36,17 +36,17 @@ class HaTest : public ScaleOutTest {
 TEST_F(HaTest, TheLeaderKilledMidScaleOutAStandbyFinishesIt) {
   // Slices delayed in flight, so that the scale-out outlives the leader by seconds.
   ASSERT_NO_FATAL_FAILURE(StartCluster({.nodes = 3, .fault = "delay=150ms", .etcd = etcd.YamlList()}));
-  EXPECT_EQ(standby->Stdout().find("listening on"), std::string::npos) << "a standby does not serve";
+  EXPECT_EQ(standbys[0]->Stdout().find("listening on"), std::string::npos) << "a standby does not serve";
   const std::string id = ScaleOut("tiny-llm", 2);
   ASSERT_TRUE(WaitReceiving(id, "node-1")) << "the scale-out ended before the leader could be killed";
   Disconnect();
   const auto killed = std::chrono::steady_clock::now();
   coordinator->Kill(SIGKILL);
   coordinator->Wait(10s);
-  ASSERT_TRUE(standby->WaitForOutput("listening on", 15s)) << standby->Wait(1s).err;
+  ASSERT_TRUE(standbys[0]->WaitForOutput("listening on", 15s)) << standbys[0]->Wait(1s).err;
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   std::string error;
-  ASSERT_TRUE(Connect("127.0.0.1", standby_port, kToken, &error)) << error;
+  ASSERT_TRUE(Connect("127.0.0.1", standby_ports[0], kToken, &error)) << error;
   // The operation the standby found in etcd, under its id, still running (its slices are late).
   rpc::OperationStatus adopted = Operation(id);
   EXPECT_EQ(adopted.id, id);
@@ -69,7 +69,7 @@ TEST_F(HaTest, TheLeaderKilledMidScaleOutAStandbyFinishesIt) {
   setenv("PYTHONPATH", MODELCAST_TEST_GEN_PY, 1);
   auto py = testing::RunProcess(
       {"/usr/bin/python3", testing::SourcePath("examples/autoscaler.py"), "--coordinator",
-       "127.0.0.1:" + std::to_string(port) + ",127.0.0.1:" + std::to_string(standby_port), "--token-file",
+       "127.0.0.1:" + std::to_string(port) + ",127.0.0.1:" + std::to_string(standby_ports[0]), "--token-file",
        (dir / "token").string(), "--model", "tiny-llm", "--rate-file", (dir / "rate").string(), "--window", "0.1",
        "--once"},
       60s);
@@ -106,8 +106,8 @@ TEST_F(HaTest, AnEtcdMemberKilledAndRestartedDuringOperations) {
   op = WaitForEnd(id, 60s);
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   for (const std::string n : {"node-1", "node-2", "node-3"}) ExpectVerifiedCopy(n);
-  EXPECT_TRUE(standby->Running()) << "the standby stood by throughout";
-  EXPECT_EQ(standby->Stdout().find("listening on"), std::string::npos) << "the leader never lost its lease";
+  EXPECT_TRUE(standbys[0]->Running()) << "the standby stood by throughout";
+  EXPECT_EQ(standbys[0]->Stdout().find("listening on"), std::string::npos) << "the leader never lost its lease";
   // The member that came back answers again.
   auto alone = coordinator::EtcdClient::Create({etcd.Endpoints()[0]}, 5);
   ASSERT_TRUE(alone.ok());

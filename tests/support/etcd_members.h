@@ -21,18 +21,15 @@ namespace modelcast::testing {
 
 class EtcdMembers {
  public:
-  static constexpr int kMembers = 3;
+  static constexpr int kMembers = EtcdCluster::kMembers;
 
   // Starts the members under `dir` and waits (30 s at most) until they answer a write.
   Status Start(const std::filesystem::path& dir) {
     dir_ = dir;
-    std::string cluster;
     for (int i = 0; i < kMembers; ++i) {
-      client_ports_[i] = FreePort();
-      peer_ports_[i] = FreePort();
-      cluster += (i ? "," : "") + Name(i) + "=http://127.0.0.1:" + std::to_string(peer_ports_[i]);
+      ports_.client_ports[i] = FreePort();
+      ports_.peer_ports[i] = FreePort();
     }
-    cluster_ = cluster;
     for (int i = 0; i < kMembers; ++i) StartMember(i, "new");
     auto c = coordinator::EtcdClient::Create(Endpoints(), 5);
     if (!c.ok()) return c.status();
@@ -47,20 +44,11 @@ class EtcdMembers {
     return st;
   }
   static std::string Name(int i) { return EtcdMemberName(i); }
-  std::vector<std::string> Endpoints() const {
-    std::vector<std::string> e;
-    for (int p : client_ports_) e.push_back("127.0.0.1:" + std::to_string(p));
-    return e;
-  }
-  // "[a, b, c]": the endpoints as a YAML flow list.
-  std::string YamlList() const {
-    std::string eps;
-    for (const auto& e : Endpoints()) eps += (eps.empty() ? "" : ", ") + e;
-    return "[" + eps + "]";
-  }
+  std::vector<std::string> Endpoints() const { return ports_.Endpoints(); }
+  std::string YamlList() const { return ports_.YamlList(); }
   // Starts member i: "new" with the others at first, "existing" when it comes back.
   void StartMember(int i, const std::string& state) {
-    members_[i] = std::make_unique<Child>(EtcdMemberArgv(i, dir_, client_ports_[i], peer_ports_[i], cluster_, state));
+    members_[i] = std::make_unique<Child>(ports_.MemberArgv(i, dir_, state));
   }
   void Kill(int i) {
     members_[i]->Kill(SIGKILL);
@@ -70,8 +58,7 @@ class EtcdMembers {
 
  private:
   std::filesystem::path dir_;
-  int client_ports_[kMembers] = {}, peer_ports_[kMembers] = {};
-  std::string cluster_;
+  EtcdCluster ports_;
   std::unique_ptr<Child> members_[kMembers];
 };
 

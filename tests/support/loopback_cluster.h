@@ -106,7 +106,6 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
       testing::WriteAll(dir / StandbyConfig(k), cluster_yaml(standby_ports[k], "coord-standby-" + std::to_string(k),
                                                              http_ports.empty() ? 0 : http_ports[k + 1]));
     }
-    standby_port = standby_ports.empty() ? 0 : standby_ports[0];
     ASSERT_NO_FATAL_FAILURE(StartCoordinator());
     standbys.resize(standby_ports.size());
     for (size_t k = 0; k < standby_ports.size(); ++k) ASSERT_NO_FATAL_FAILURE(StartStandby(k));
@@ -185,7 +184,6 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
     standbys[k] = std::make_unique<testing::Child>(
         std::vector<std::string>{ToolPath("modelcast-coordinator"), "--config", (dir / StandbyConfig(k)).string()});
     ASSERT_TRUE(standbys[k]->WaitForError("standing by", 30s)) << standbys[k]->Wait(1s).err;
-    if (k == 0) standby = standbys[0].get();
   }
   // GET /metrics from the process whose stdout announced "metrics on ADDRESS:PORT".
   static std::string Metrics(testing::Child& process) {
@@ -256,11 +254,9 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
   ClusterOptions options;
   testing::TempDir dir;
   std::unique_ptr<testing::Child> coordinator;
-  // options.etcd: the head's other coordinators, their Thrift ports; standby is standbys[0].
+  // options.etcd: the head's other coordinators, their Thrift ports.
   std::vector<std::unique_ptr<testing::Child>> standbys;
   std::vector<int> standby_ports, http_ports;  // http_ports: with serving, every coordinator's
-  testing::Child* standby = nullptr;
-  int standby_port = 0;
   std::vector<std::unique_ptr<testing::Child>> agents;
   int port = 0;
   uint32_t nslices = 0;

@@ -75,10 +75,15 @@ void Child::Kill(int signal) {
   if (!reaped_) ::kill(pid_, signal);
 }
 
-std::string Child::Stdout() const {
-  std::ifstream in(out_path_);
+namespace {
+// What the child has written to `path` so far (nothing yet when it has not created it).
+std::string WrittenSoFar(const std::string& path) {
+  std::ifstream in(path);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
+}  // namespace
+
+std::string Child::Stdout() const { return WrittenSoFar(out_path_); }
 
 bool Child::WaitForOutput(const std::string& text, std::chrono::milliseconds deadline) {
   return WaitFor(out_path_, text, deadline);
@@ -88,19 +93,12 @@ bool Child::WaitForError(const std::string& text, std::chrono::milliseconds dead
   return WaitFor(err_path_, text, deadline);
 }
 
-std::string Child::Stderr() const {
-  std::ifstream in(err_path_);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+std::string Child::Stderr() const { return WrittenSoFar(err_path_); }
 
 bool Child::WaitFor(const std::string& path, const std::string& text, std::chrono::milliseconds deadline) {
   const auto until = std::chrono::steady_clock::now() + deadline;
   for (;;) {
-    std::ifstream in(path);  // the child creates it: not there at first
-    if (std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()).find(text) !=
-        std::string::npos) {
-      return true;
-    }
+    if (WrittenSoFar(path).find(text) != std::string::npos) return true;
     if (!Running() || std::chrono::steady_clock::now() > until) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
