@@ -101,7 +101,15 @@ Result<ScaleOutResult> ClusterState::ScaleOut(const ScaleOutArgs& args) {
       if (!members_.Has(t)) return InvalidArgument("scaleOut: target '" + t + "' is not a node of the cluster");
       allowed.insert(t);
     }
+    // A node serving a full local instance holds every slice, verified: an operation that just
+    // completed it knows so before the node's next heartbeat reports its inventory (an
+    // autoscaler that scales out again at once must find it a source).
+    const auto* serving = instances_.Of(args.model);
     auto whole = [&](const std::string& name) {
+      if (serving) {
+        auto it = serving->find(name);
+        if (it != serving->end() && it->second.state == InstanceState::kLocal) return true;
+      }
       return CompleteTier(members_.at(name).inventory, args.model, nslices) != Tier::kNone;
     };
     std::vector<std::string> holders;

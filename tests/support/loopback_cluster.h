@@ -68,6 +68,7 @@ struct ClusterOptions {
   std::string etcd;
   int standbys = 1;  // with etcd: coordinators besides the first
   std::string lease = "2s";  // with etcd: the coordinators' lease
+  std::string heartbeat_interval = "100ms", heartbeat_deadline = "1s";  // the agents'
 };
 
 // A coordinator and agents as processes on loopback, the models on node-0's SSD.
@@ -92,7 +93,8 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
       for (int i = 0; i < o.nodes; ++i) cluster += "  - {name: node-" + std::to_string(i) + "}\n";
       cluster += "coordinator:\n  address: 127.0.0.1\n  port: " + std::to_string(coordinator_port) +
                  "\n  state_dir: " + (dir / state_dir).string() +
-                 "\n  heartbeat_interval: 100ms\n  heartbeat_deadline: 1s\n  security: {token: " + kToken +
+                 "\n  heartbeat_interval: " + o.heartbeat_interval + "\n  heartbeat_deadline: " +
+                 o.heartbeat_deadline + "\n  security: {token: " + kToken +
                  "}\n  metrics: {address: 127.0.0.1, port: 0}\n" + o.coordinator_extra;
       if (!o.etcd.empty()) cluster += "  state: {etcd: {endpoints: " + o.etcd + ", prefix: /mc/loop, lease: " + o.lease + "}}\n";
       if (o.serving) {
