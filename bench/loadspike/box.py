@@ -181,7 +181,8 @@ def drive(args, c, model, mode, reqs, vocab, workers):
     mean_o = sum(r.output for r in reqs) / len(reqs)
     service = (mean_o + 1) * step + (mean_p + mean_o) * token
     scaler = policy.Autoscaler(min_replicas=args.min_nodes, max_replicas=len(workers),
-                               per_replica=args.batch * 0.75, service_s=service, keep_alive=args.keep_alive)
+                               per_replica=args.batch * getattr(args, "util", 0.75), service_s=service,
+                               keep_alive=args.keep_alive)
     out = [None] * len(reqs)
     outstanding = [0]
     lock = threading.Lock()
@@ -242,13 +243,25 @@ def drive(args, c, model, mode, reqs, vocab, workers):
             "decisions": scaler.decisions, "unit": "replicas (nodes)", "drain_s": end - args.duration}
 
 
+class Setup:
+    """What a box run starts from: its folder, the prepared model and the workload."""
+
+    def __init__(self, args):
+        self.work = args.work or tempfile.mkdtemp(prefix="loadspike-")
+        os.makedirs(self.work, exist_ok=True)
+        self.model = prepare_model(self.work, args.preset, args.blocks)
+        self.vocab = json.load(open(os.path.join(self.work, "hf", "config.json")))["vocab_size"]
+        self.reqs, self.source = workload.build(args.workload, args.duration, args.rate, args.max_prompt,
+                                                args.max_output, args.prompt_div, args.output_div, args.seed,
+                                                window=args.window)
+
+    def run_mode(self, args, mode):
+        return run_mode(args, self.work, self.model, mode, self.reqs, self.vocab)
+
+
 def run(args, modes, write_outputs):
-    work = args.work or tempfile.mkdtemp(prefix="loadspike-")
-    os.makedirs(work, exist_ok=True)
-    model = prepare_model(work, args.preset, args.blocks)
-    vocab = json.load(open(os.path.join(work, "hf", "config.json")))["vocab_size"]
-    reqs, source = workload.build(args.workload, args.duration, args.rate, args.max_prompt, args.max_output,
-                                  args.prompt_div, args.output_div, args.seed, window=args.window)
+    setup = Setup(args)
+    work, model, reqs, source, vocab = setup.work, setup.model, setup.reqs, setup.source, setup.vocab
     results = []
     os.makedirs(args.out, exist_ok=True)
     for mode in modes:
@@ -260,3 +273,22 @@ def run(args, modes, write_outputs):
     write_outputs(args, results, reqs, source, title,
                   {"nodes": args.nodes, "link": args.link, "ssd_rate": args.ssd_rate, "step": args.step,
                    "token": args.token, "batch": args.batch, "rate_rps": args.rate})
+
+
+def evaluate(setup, args, mode, policy, out_dir=None):
+    """One box run of `mode` under an autoscaler policy (warm, keep, util; cost.py's): its p90
+    TTFT, failed requests and GPU-s, as cost.evaluate gives them for the simulator."""
+    import copy
+    import report
+    a = copy.copy(args)
+    a.min_nodes, a.keep_alive, a.util = policy["warm"], policy["keep"], policy["util"]
+    r = setup.run_mode(a, mode)
+    if out_dir:
+        with open(os.path.join(out_dir, "box-%s-w%d-k%g-u%g.json" % (mode, policy["warm"], policy["keep"],
+                                                                        policy["util"])), "w") as f:
+            json.dump(r, f)
+    s = report.summarize(r)
+    print("  %-11s warm %d, keep %gs, util %g: p90 TTFT %.3f s, %d failed, %.0f GPU-s" % (
+        mode, policy["warm"], policy["keep"], policy["util"], s["ttft_p90"], s["failed"], s["gpu_s"]), flush=True)
+    return {"policy": policy, "ttft_p90": s["ttft_p90"], "failed": s["failed"], "gpu_s": s["gpu_s"],
+            "peak_gpus": s["peak_gpus"], "scale_outs": s["scale_outs"]}

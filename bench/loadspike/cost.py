@@ -59,6 +59,41 @@ def search(modes, reqs, duration, nodes, model, service_s, slots_per_node, warm,
     return out
 
 
+def search_smallest_warm(modes, evaluate_policy, warm, keeps, utils, slos, progress=None):
+    """For a search where each evaluation is dear (the cluster in a box: a real run each): per mode,
+    keep-alive, headroom and SLO, the smallest warm minimum that holds the SLO, found by bisection
+    over `warm` (sorted), assuming more warm replicas never serve worse; runs are shared between
+    the SLOs and all kept, so the cheapest holding policy is then chosen as in the simulator's
+    full search. `evaluate_policy(mode, policy)` -> an evaluation as `evaluate` returns it."""
+    out = {}
+    for mode in modes:
+        evals = []
+        for k in keeps:
+            for u in utils:
+                done = {}
+
+                def ev(i):
+                    if i not in done:
+                        done[i] = evaluate_policy(mode, {"warm": warm[i], "keep": k, "util": u})
+                        evals.append(done[i])
+                        if progress:
+                            progress(mode, evals)
+                    return done[i]
+
+                for slo in slos:
+                    lo, hi = 0, len(warm) - 1
+                    if not holds(ev(hi), slo):
+                        continue  # not even the most warm replicas hold it
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if holds(ev(mid), slo):
+                            hi = mid
+                        else:
+                            lo = mid + 1
+        out[mode] = evals
+    return out
+
+
 def holds(e, slo):
     return e["failed"] == 0 and e["ttft_p90"] == e["ttft_p90"] and e["ttft_p90"] <= slo
 

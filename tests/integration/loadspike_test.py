@@ -162,6 +162,66 @@ class CostTest(unittest.TestCase):
                 self.assertLessEqual(row["ratios"]["modelcast_over_local"], 1.0 + 1e-9)
         self.assertIsNotNone(table[-1]["modes"]["modelcast"])
 
+    def test_the_box_search_bisects_to_the_smallest_warm_minimum_that_holds(self):
+        """cost --box: each evaluation is a real run, so per (keep, util) and SLO the warm minimum
+        is bisected; the runs are shared between SLOs and the cheapest holding one is chosen."""
+        runs = []
+
+        def fake(mode, policy):  # p90 TTFT falls as replicas are kept warm; keep-alive helps a little
+            runs.append((mode, policy["warm"], policy["keep"]))
+            p90 = 8.0 / policy["warm"] - (0.5 if policy["keep"] else 0)
+            return self.ev(100 * policy["warm"] + policy["keep"], p90, warm=policy["warm"], keep=policy["keep"],
+                           util=policy["util"])
+
+        evals = cost.search_smallest_warm(["modelcast"], fake, [1, 2, 3, 4, 5, 6, 7], [0, 15], [0.75], [2.0, 1.2])
+        # keep 0: holds 2 s from warm 4, 1.2 s from warm 7; keep 15: from warm 4 and 5.
+        table = cost.costs(evals, [2.0, 1.2])
+        self.assertEqual(table[0]["modes"]["modelcast"]["policy"], {"warm": 4, "keep": 0, "util": 0.75})
+        self.assertEqual(table[1]["modes"]["modelcast"]["policy"], {"warm": 5, "keep": 15, "util": 0.75})
+        self.assertEqual(len(runs), len(set(runs)))  # no policy run twice
+        self.assertLess(len(runs), 2 * 7)  # fewer than every policy
+        # A mode no warm minimum helps: one run per (keep, util), "not held".
+        evals = cost.search_smallest_warm(["local"], lambda m, p: self.ev(1, 99.0, warm=p["warm"]), [1, 2, 3], [0],
+                                          [1.0], [2.0])
+        self.assertEqual(len(evals["local"]), 1)
+        self.assertIsNone(cost.costs(evals, [2.0])[0]["modes"]["local"])
+
+
+class CheckTest(unittest.TestCase):
+    """loadspike.py check: its scale-out shapes, and the simulator's side of the comparison."""
+
+    def test_shapes_are_parsed_and_bad_ones_named(self):
+        import check
+        self.assertEqual(check.parse_shapes("lambdapipe:1:6,chain:2:3", 8), [("lambdapipe", 1, 6), ("chain", 2, 3)])
+        for bad, why in (("lambdapipe:1", "not algorithm:sources:targets"), ("x:1:2", "unknown algorithm"),
+                         ("chain:0:2", "at least one source"), ("chain:2:6", "needs 8 workers; the box has 7"),
+                         ("", "no scale-out"), ("chain:1:2:3", "not algorithm"), ("chain:a:2", "not algorithm")):
+            with self.assertRaisesRegex(ValueError, why):
+                check.parse_shapes(bad, 8)
+
+    def test_predictions_for_operations_measured_in_a_box(self):
+        """Two operations as the box reports them, compared with modelcast-sim on the box's YAML."""
+        import tempfile
+        import check
+        with tempfile.TemporaryDirectory() as d:
+            yaml = os.path.join(d, "box.yaml")
+            with open(yaml, "w") as f:
+                f.write(check.cluster_yaml(8, 25e6))
+            rows = [{"algorithm": a, "sources": ["node-2"], "targets": ["node-%d" % i for i in range(3, 3 + n)],
+                     "created_unix": 100.0, "first_byte_unix": 100.05, "last_landed_unix": 100.05 + t,
+                     "finished_unix": 100.06 + t, "first_pipeline_blocks_s": None}
+                    for a, n, t in (("lambdapipe", 3, 4.5), ("binary-tree", 6, 9.0))]
+            over = check.predict(rows, "1GB", yaml, 4, SIM_BIN)
+        self.assertAlmostEqual(over["dispatch_s"], 0.05, places=6)
+        self.assertAlmostEqual(over["report_lag_s"], 0.01, places=6)
+        for r in rows:
+            self.assertGreater(r["sim_completion_s"], 0)
+            self.assertAlmostEqual(r["transfer_over_sim"], r["transfer_s"] / r["sim_completion_s"])
+            self.assertAlmostEqual(r["sim_operation_s"], 0.06 + r["sim_completion_s"])
+        # A binary tree of 6 moves the model twice as deep as a pipeline: the simulator says so too.
+        self.assertGreater(rows[1]["sim_completion_s"], 1.5 * rows[0]["sim_completion_s"])
+        self.assertIn("| binary-tree | 1 | 6 |", check.table(rows))
+
 
 if __name__ == "__main__":
     if not os.path.exists(os.path.join(workload.TRACES, workload.AZURE)):
