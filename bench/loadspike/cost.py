@@ -155,6 +155,21 @@ def plot(table, modes, path, title):
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
+    if len(table) == 1:  # one SLO: a bar per mode
+        row = table[0]
+        held = [m for m in modes if row["modes"].get(m)]
+        ax.bar(held, [row["modes"][m]["gpu_s"] for m in held], color=["C%d" % modes.index(m) for m in held])
+        for i, m in enumerate(held):
+            p = row["modes"][m]["policy"]
+            ax.annotate("warm %d, keep %gs" % (p["warm"], p["keep"]), (i, row["modes"][m]["gpu_s"]), ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_xlabel("mode (p90 TTFT <= %g s, 0 failed requests)" % row["slo_s"])
+        ax.set_ylabel("GPU-seconds to hold it")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return True
     for m in modes:
         pts = [(row["slo_s"], row["modes"][m]["gpu_s"]) for row in table if row["modes"].get(m)]
         if pts:
