@@ -143,27 +143,43 @@ def wait_holders(coord, model, holders, timeout=60):
         sorted(want), timeout, sorted(held), sorted(serving)))
 
 
-def measure(coord, agents, model, algo, sources, targets, timeout):
+class Ops:
+    """The scale-outs and releases of one box, each waited for to its end."""
+
+    def __init__(self, coord, agents, model, timeout):
+        self.coord, self.agents, self.model, self.timeout = coord, agents, model, timeout
+
+    def scale_out(self, nodes, algorithm=None):
+        """New replicas on `nodes` (indexes): (the response, the finished operation's status)."""
+        t = self.coord.ttypes
+        with self.coord.lock:
+            r = self.coord.client.scaleOut(t.ScaleOutRequest(
+                header=self.coord.header, model=self.model, replicas=len(nodes),
+                options=t.ScaleOptions(algorithm=algorithm, targets=["node-%d" % i for i in nodes])))
+        return r, wait_op(self.coord, r.operation_id, self.timeout)
+
+    def release(self, nodes):
+        """The replicas on `nodes` released and their copies removed."""
+        t = self.coord.ttypes
+        with self.coord.lock:
+            op = self.coord.client.scaleIn(t.ScaleInRequest(header=self.coord.header, model=self.model,
+                                                             replicas=len(nodes),
+                                                             nodes=["node-%d" % i for i in nodes]))
+        wait_op(self.coord, op, self.timeout)
+        for i in nodes:
+            self.agents.evict(i, self.model)
+
+
+def measure(ops, algo, sources, targets):
     """One timed scale-out onto `targets` (node indexes) from the copies on `sources`; then back."""
-    names = ["node-%d" % i for i in targets]
-    t = coord.ttypes
-    with coord.lock:
-        r = coord.client.scaleOut(t.ScaleOutRequest(header=coord.header, model=model, replicas=len(targets),
-                                                    options=t.ScaleOptions(algorithm=algo, targets=names)))
-    st = wait_op(coord, r.operation_id, timeout)
+    r, st = ops.scale_out(targets, algo)
     done = [n.complete_unix for n in st.nodes if n.complete_unix]
     row = {"algorithm": algo, "sources": sorted(r.sources), "targets": sorted(r.targets), "operation": r.operation_id,
            "created_unix": st.created_unix, "first_byte_unix": st.first_byte_unix, "finished_unix": st.finished_unix,
            "last_landed_unix": max(done) if done else None, "first_pipeline_s": st.first_pipeline_s,
            "first_pipeline_blocks_s": st.first_pipeline_blocks_s}
-    # Back to the sources only: release the new replicas, remove their copies.
-    with coord.lock:
-        op = coord.client.scaleIn(t.ScaleInRequest(header=coord.header, model=model, replicas=len(targets),
-                                                   nodes=names))
-    wait_op(coord, op, timeout)
-    for i in targets:
-        agents.evict(i, model)
-    wait_holders(coord, model, ["node-%d" % i for i in sources])
+    ops.release(targets)  # back to the sources only
+    wait_holders(ops.coord, ops.model, ["node-%d" % i for i in sources])
     return row
 
 
@@ -234,47 +250,29 @@ def cmd_check(args):
         c.mc(["models", "--register", pkg])
         c.wait_held(model, 1)
         with Netns("mlc-n1"):
-            coord = Coordinator(c.ip(1), 7300)
-            agents = Agents(c)
+            ops = Ops(Coordinator(c.ip(1), 7300), Agents(c), model, args.timeout)
             most = max(s for _, s, _ in shapes)
             # The sources: node-2.. loaded from the head (untimed); then the head's copy removed,
             # so that every timed operation is fed by those sources only.
-            for k in range(1, most + 1):
-                with coord.lock:
-                    t = coord.ttypes
-                    r = coord.client.scaleOut(t.ScaleOutRequest(header=coord.header, model=model, replicas=1,
-                                                                options=t.ScaleOptions(targets=["node-%d" % (1 + k)])))
-                wait_op(coord, r.operation_id, args.timeout)
-            agents.evict(1, model)
+            for k in range(2, 2 + most):
+                ops.scale_out([k])
+            ops.agents.evict(1, model)
             for rep in range(args.reps):
                 for algo, s, n in shapes:
                     # Sources beyond this shape's are released for it and loaded again after.
                     sources = list(range(2, 2 + s))
                     extra = list(range(2 + s, 2 + most))
                     if extra:
-                        with coord.lock:
-                            op = coord.client.scaleIn(coord.ttypes.ScaleInRequest(
-                                header=coord.header, model=model, replicas=len(extra),
-                                nodes=["node-%d" % i for i in extra]))
-                        wait_op(coord, op, args.timeout)
-                        for i in extra:
-                            agents.evict(i, model)
-                    wait_holders(coord, model, ["node-%d" % i for i in sources])
-                    targets = list(range(2 + s, 2 + s + n))
-                    row = measure(coord, agents, model, algo, sources, targets, args.timeout)
+                        ops.release(extra)
+                    wait_holders(ops.coord, model, ["node-%d" % i for i in sources])
+                    row = measure(ops, algo, sources, list(range(2 + s, 2 + s + n)))
                     row["rep"] = rep + 1
                     rows.append(row)
                     print("  %-11s %d -> %d: %.2f s (first byte after %.2f s)" % (
                         algo, s, n, row["last_landed_unix"] - row["first_byte_unix"],
                         row["first_byte_unix"] - row["created_unix"]), flush=True)
-                    if extra:  # the sources back for the next shape
-                        for i in extra:
-                            with coord.lock:
-                                t = coord.ttypes
-                                r = coord.client.scaleOut(t.ScaleOutRequest(
-                                    header=coord.header, model=model, replicas=1,
-                                    options=t.ScaleOptions(targets=["node-%d" % i])))
-                            wait_op(coord, r.operation_id, args.timeout)
+                    for i in extra:  # the sources back for the next shape
+                        ops.scale_out([i])
     finally:
         c.down()
     yaml_path = os.path.join(work, "box-sim.yaml")
