@@ -615,14 +615,17 @@ int Run(int argc, char** argv) {
   std::printf("  %-34s %8s %8s %8s\n", "", "p50 ms", "p99 ms", "max ms");
 
   // The idle phase: `reps` scale-outs after a warm-up; (first byte, whole) in ms.
+  // One idle scale-out: its first byte and its end (ms) added to `out`.
+  using Times = std::pair<std::vector<double>, std::vector<double>>;
+  auto one = [](ControlCluster& cluster, Times& out) {
+    auto [f, t] = cluster.Scale();
+    out.first.push_back(f * 1e3);
+    out.second.push_back(t * 1e3);
+  };
   auto idle_phase = [&](ControlCluster& cluster) {
-    std::pair<std::vector<double>, std::vector<double>> out;
+    Times out;
     cluster.Scale();  // warm-up: connections, page cache, first-touch
-    for (int64_t r = 0; r < reps; ++r) {
-      auto [f, t] = cluster.Scale();
-      out.first.push_back(f * 1e3);
-      out.second.push_back(t * 1e3);
-    }
+    for (int64_t r = 0; r < reps; ++r) one(cluster, out);
     return out;
   };
 
@@ -721,7 +724,7 @@ int Run(int argc, char** argv) {
     // Both heads up at once, their scale-outs interleaved (ABBA...): a drift of the machine
     // during the run (page cache, another process, the VM's disk) weighs on both alike, where
     // one phase after the other put it all on one side.
-    std::pair<std::vector<double>, std::vector<double>> journal, etcd;
+    Times journal, etcd;
     ClusterOptions jo = co, eo = co;
     jo.etcd = false;
     eo.etcd = true;
@@ -729,11 +732,6 @@ int Run(int argc, char** argv) {
     ControlCluster ec(eo, bin, w / "etcd", w / "pkg");
     jc.Scale();  // warm-up: connections, page cache, first-touch
     ec.Scale();
-    auto one = [&](ControlCluster& cluster, std::pair<std::vector<double>, std::vector<double>>& out) {
-      auto [f, t] = cluster.Scale();
-      out.first.push_back(f * 1e3);
-      out.second.push_back(t * 1e3);
-    };
     for (int64_t r = 0; r < reps; ++r) {
       if (r % 2 == 0) {
         one(jc, journal);

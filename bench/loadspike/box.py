@@ -78,6 +78,19 @@ class Coordinator:
         s = self.operation(op)
         return self.ttypes.OperationState._VALUES_TO_NAMES[s.state] in ("PENDING", "PLANNING", "RUNNING")
 
+    def wait(self, op, timeout, what):
+        """The operation's status once it has ended; exits naming `what` if it failed or ran past
+        `timeout` seconds."""
+        end = time.time() + timeout
+        while self.running(op):
+            if time.time() > end:
+                sys.exit("loadspike: %s (%s) still running after %.0f s" % (what, op, timeout))
+            time.sleep(0.1)
+        st = self.operation(op)
+        if self.ttypes.OperationState._VALUES_TO_NAMES[st.state] != "SUCCEEDED":
+            sys.exit("loadspike: %s (%s) failed: %s" % (what, op, st.error))
+        return st
+
 
 class Netns:
     """Moves this thread (and the threads it starts from now on) into a network namespace, and
@@ -168,12 +181,7 @@ def drive(args, c, model, mode, reqs, vocab, workers):
     coord = Coordinator(c.ip(1), 7300)
     initial = len(workers) if mode == "ideal" else args.min_nodes
     # The replicas serving before the workload (not timed): multicast from the head in every mode.
-    op = coord.scale_out(model, initial, "lambdapipe", workers)
-    while coord.running(op):
-        time.sleep(0.2)
-    st = coord.operation(op)
-    if coord.ttypes.OperationState._VALUES_TO_NAMES[st.state] != "SUCCEEDED":
-        sys.exit("loadspike: loading the first %d replicas failed: %s" % (initial, st.error))
+    coord.wait(coord.scale_out(model, initial, "lambdapipe", workers), 900, "loading the first %d replicas" % initial)
     print("%s: %d replicas serving; replaying %d requests" % (mode, initial, len(reqs)), flush=True)
     step = duration_s(args.step)
     token = duration_s(args.token)
@@ -261,11 +269,11 @@ class Setup:
 
 def run(args, modes, write_outputs):
     setup = Setup(args)
-    work, model, reqs, source, vocab = setup.work, setup.model, setup.reqs, setup.source, setup.vocab
+    model, reqs, source = setup.model, setup.reqs, setup.source
     results = []
     os.makedirs(args.out, exist_ok=True)
     for mode in modes:
-        results.append(run_mode(args, work, model, mode, reqs, vocab))
+        results.append(setup.run_mode(args, mode))
         with open(os.path.join(args.out, "mode-%s.json" % mode), "w") as f:  # kept if a later mode fails
             json.dump(results[-1], f)
     where = "loopback" if args.loopback else "netns, %s links" % args.link
@@ -279,6 +287,7 @@ def evaluate(setup, args, mode, policy, out_dir=None):
     """One box run of `mode` under an autoscaler policy (warm, keep, util; cost.py's): its p90
     TTFT, failed requests and GPU-s, as cost.evaluate gives them for the simulator."""
     import copy
+    import cost
     import report
     a = copy.copy(args)
     a.min_nodes, a.keep_alive, a.util = policy["warm"], policy["keep"], policy["util"]
@@ -287,8 +296,7 @@ def evaluate(setup, args, mode, policy, out_dir=None):
         with open(os.path.join(out_dir, "box-%s-w%d-k%g-u%g.json" % (mode, policy["warm"], policy["keep"],
                                                                         policy["util"])), "w") as f:
             json.dump(r, f)
-    s = report.summarize(r)
+    e = cost.figures(policy, report.summarize(r))
     print("  %-11s warm %d, keep %gs, util %g: p90 TTFT %.3f s, %d failed, %.0f GPU-s" % (
-        mode, policy["warm"], policy["keep"], policy["util"], s["ttft_p90"], s["failed"], s["gpu_s"]), flush=True)
-    return {"policy": policy, "ttft_p90": s["ttft_p90"], "failed": s["failed"], "gpu_s": s["gpu_s"],
-            "peak_gpus": s["peak_gpus"], "scale_outs": s["scale_outs"]}
+        mode, policy["warm"], policy["keep"], policy["util"], e["ttft_p90"], e["failed"], e["gpu_s"]), flush=True)
+    return e

@@ -69,8 +69,15 @@ def goodput(c, seconds):
         server = subprocess.Popen(c.in_ns(1, ["iperf3", "-s", "-1", "-p", "15211"]), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         try:
-            time.sleep(0.5)
-            r = run(c.in_ns(2, ["iperf3", "-c", c.ip(1), "-p", "15211", "-t", str(seconds), "-J"]), timeout=60)
+            end = time.time() + 10  # until the server listens
+            while True:
+                r = run(c.in_ns(2, ["iperf3", "-c", c.ip(1), "-p", "15211", "-t", str(seconds), "-J"]), check=False,
+                        timeout=60)
+                if r.returncode == 0 or time.time() > end or server.poll() is not None:
+                    break
+                time.sleep(0.1)
+            if r.returncode != 0:
+                sys.exit("loadspike check: iperf3 between node-2 and node-1 failed: %s" % r.stdout[-300:])
             runs.append(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8)
         finally:
             if server.poll() is None:
@@ -116,18 +123,6 @@ class Agents:
             time.sleep(0.1)
 
 
-def wait_op(coord, op, timeout):
-    end = time.time() + timeout
-    while coord.running(op):
-        if time.time() > end:
-            sys.exit("loadspike check: operation %s still running after %.0f s" % (op, timeout))
-        time.sleep(0.1)
-    st = coord.operation(op)
-    if coord.ttypes.OperationState._VALUES_TO_NAMES[st.state] != "SUCCEEDED":
-        sys.exit("loadspike check: operation %s failed: %s" % (op, st.error))
-    return st
-
-
 def wait_holders(coord, model, holders, timeout=60):
     """Until exactly `holders` hold the model (any tier) and serve it."""
     end = time.time() + timeout
@@ -156,7 +151,7 @@ class Ops:
             r = self.coord.client.scaleOut(t.ScaleOutRequest(
                 header=self.coord.header, model=self.model, replicas=len(nodes),
                 options=t.ScaleOptions(algorithm=algorithm, targets=["node-%d" % i for i in nodes])))
-        return r, wait_op(self.coord, r.operation_id, self.timeout)
+        return r, self.coord.wait(r.operation_id, self.timeout, "the scale-out onto %s" % nodes)
 
     def release(self, nodes):
         """The replicas on `nodes` released and their copies removed."""
@@ -165,7 +160,7 @@ class Ops:
             op = self.coord.client.scaleIn(t.ScaleInRequest(header=self.coord.header, model=self.model,
                                                              replicas=len(nodes),
                                                              nodes=["node-%d" % i for i in nodes]))
-        wait_op(self.coord, op, self.timeout)
+        self.coord.wait(op, self.timeout, "the release of %s" % nodes)
         for i in nodes:
             self.agents.evict(i, self.model)
 

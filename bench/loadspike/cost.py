@@ -38,9 +38,13 @@ def evaluate(mode, reqs, duration, nodes, model, service_s, slots_per_node, poli
     scaler = {"min_replicas": policy["warm"], "max_replicas": nodes, "per_replica": slots_per_node * policy["util"],
               "service_s": service_s, "keep_alive": policy["keep"]}
     r = sim.simulate(mode, reqs, duration, nodes, policy["warm"], scaler, model)
-    s = report.summarize(r)
-    return {"policy": policy, "ttft_p90": s["ttft_p90"], "failed": s["failed"], "gpu_s": s["gpu_s"],
-            "peak_gpus": s["peak_gpus"], "scale_outs": s["scale_outs"]}
+    return figures(policy, report.summarize(r))
+
+
+def figures(policy, summary):
+    """An evaluation: the policy and what a run under it measured (report.summarize's)."""
+    return {"policy": policy, "ttft_p90": summary["ttft_p90"], "failed": summary["failed"], "gpu_s": summary["gpu_s"],
+            "peak_gpus": summary["peak_gpus"], "scale_outs": summary["scale_outs"]}
 
 
 def search(modes, reqs, duration, nodes, model, service_s, slots_per_node, warm, keeps, utils, progress=None):
@@ -147,7 +151,8 @@ def markdown(table, modes):
 
 
 def plot(table, modes, path, title):
-    """cost.png: GPU-s against the SLO, one line per mode. False without matplotlib."""
+    """cost.png: GPU-s against the SLO, one line per mode (one SLO: a bar per mode). False without
+    matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -164,12 +169,18 @@ def plot(table, modes, path, title):
             ax.annotate("warm %d, keep %gs" % (p["warm"], p["keep"]), (i, row["modes"][m]["gpu_s"]), ha="center",
                         va="bottom", fontsize=8)
         ax.set_xlabel("mode (p90 TTFT <= %g s, 0 failed requests)" % row["slo_s"])
-        ax.set_ylabel("GPU-seconds to hold it")
-        ax.set_title(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return True
+    else:
+        lines(ax, table, modes)
+    ax.set_ylabel("GPU-seconds to hold it")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def lines(ax, table, modes):
+    """GPU-s against the SLO (log scale), a line per mode."""
     for m in modes:
         pts = [(row["slo_s"], row["modes"][m]["gpu_s"]) for row in table if row["modes"].get(m)]
         if pts:
@@ -180,13 +191,7 @@ def plot(table, modes, path, title):
     ax.set_xticklabels(["%g" % x for x in slos])
     ax.minorticks_off()
     ax.set_xlabel("p90 TTFT SLO (s), 0 failed requests")
-    ax.set_ylabel("GPU-seconds to hold it")
-    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def slo_list(text):

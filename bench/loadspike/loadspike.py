@@ -230,10 +230,6 @@ def cmd_report(args):
     write_outputs(args, results, reqs, j.pop("workload"), title, j)
 
 
-def cmd_check(args):
-    check.cmd_check(args)
-
-
 def cmd_box(args):
     import box
     box.run(args, parse_modes(args.modes), write_outputs)
@@ -332,7 +328,7 @@ def main():
     k.add_argument("--sim-bin", default=os.path.join(ROOT, "build", "bin", "modelcast-sim"))
     k.add_argument("--work", default="")
     k.add_argument("--out", default="")
-    k.set_defaults(fn=cmd_check)
+    k.set_defaults(fn=check.cmd_check)
 
     r = sub.add_parser("report", help="tables and pictures again from a run's results.json")
     r.add_argument("results")
