@@ -69,16 +69,18 @@ def goodput(c, seconds):
         server = subprocess.Popen(c.in_ns(1, ["iperf3", "-s", "-1", "-p", "15211"]), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         try:
-            end = time.time() + 10  # until the server listens
+            end = time.time() + 10  # until the server listens (a client too early gets an "error")
             while True:
                 r = run(c.in_ns(2, ["iperf3", "-c", c.ip(1), "-p", "15211", "-t", str(seconds), "-J"]), check=False,
                         timeout=60)
-                if r.returncode == 0 or time.time() > end or server.poll() is not None:
+                try:
+                    got = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8
                     break
+                except (ValueError, KeyError):
+                    if time.time() > end or server.poll() is not None:
+                        sys.exit("loadspike check: iperf3 between node-2 and node-1 failed: %s" % r.stdout[-300:])
                 time.sleep(0.1)
-            if r.returncode != 0:
-                sys.exit("loadspike check: iperf3 between node-2 and node-1 failed: %s" % r.stdout[-300:])
-            runs.append(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 8)
+            runs.append(got)
         finally:
             if server.poll() is None:
                 server.kill()
