@@ -372,20 +372,20 @@ Status ServingPlane::StartHttp(const std::string& address, int port) {
     return b;
   };
   // The registered models, as OpenAI's clients list them.
-  auto model_object = [](const ModelReport& m) {
-    return Json{{"id", m.name}, {"object", "model"}, {"created", 0}, {"owned_by", "modelcast"}};
+  auto model_object = [](const std::string& name) {
+    return Json{{"id", name}, {"object", "model"}, {"created", 0}, {"owned_by", "modelcast"}};
   };
   http_->Get("/v1/models", [=, this](const httplib::Request& hreq, httplib::Response& res) {
     if (!authorized(hreq, res, "/v1/models")) return;
     Json data = Json::array();
-    for (const auto& m : state_->ListModels()) data.push_back(model_object(m));
+    for (const auto& m : ModelNames()) data.push_back(model_object(m));
     res.set_content(Dump(Json{{"object", "list"}, {"data", data}}), "application/json");
   });
   http_->Get(R"(/v1/models/(.+))", [=, this](const httplib::Request& hreq, httplib::Response& res) {
     if (!authorized(hreq, res, "/v1/models")) return;
     const std::string name = hreq.matches[1];
-    for (const auto& m : state_->ListModels()) {
-      if (m.name == name) return res.set_content(Dump(model_object(m)), "application/json");
+    for (const auto& m : ModelNames()) {
+      if (m == name) return res.set_content(Dump(model_object(m)), "application/json");
     }
     Error(res, 404, NotFound("model '" + name + "' is not registered"));
   });

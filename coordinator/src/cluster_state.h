@@ -89,6 +89,10 @@ class ClusterState {
   // A registered model's text files (null when it has none, or they could not be read back).
   std::shared_ptr<const TextFiles> FindTextFiles(const std::string& model) const;
   std::vector<ModelReport> ListModels() const;
+  // The text files a replayed registration record carries, checked against the manifest (also
+  // how a standby's serving plane reads them from the state in etcd).
+  static Result<std::shared_ptr<const TextFiles>> RecordedTextFiles(const nlohmann::json& record,
+                                                                    const std::string& name, const model::Manifest& m);
 
   // Membership. A node must be in the cluster config; joining replaces what it said before.
   Status Join(const JoinArgs& args);
@@ -147,9 +151,6 @@ class ClusterState {
   // (base64), so that whichever coordinator leads next has the tokenizer; with the journal they
   // are files in state_dir.
   nlohmann::json RegisterRecordLocked(const std::string& name, const Model& m) const;
-  // The text files a replayed registration record carries, checked against the manifest.
-  Result<std::shared_ptr<const TextFiles>> RecordedTextFiles(const nlohmann::json& record, const std::string& name,
-                                                             const model::Manifest& m) const;
   // A fragment to send to one node's agent.
   struct Dispatch {
     std::string node, rpc_address;

@@ -48,6 +48,16 @@ std::vector<EtcdCompare> EtcdLog::FenceCompare() const {
 
 Result<std::unique_ptr<EtcdLog>> EtcdLog::Open(std::shared_ptr<EtcdClient> client, const std::string& prefix,
                                                const Replay& replay, JournalOpenReport* report, size_t part_bytes) {
+  return Load(std::move(client), prefix, replay, report, part_bytes, /*write=*/true);
+}
+
+Status EtcdLog::Read(std::shared_ptr<EtcdClient> client, const std::string& prefix, const Replay& replay) {
+  return Load(std::move(client), prefix, replay, nullptr, 1024, /*write=*/false).status();
+}
+
+Result<std::unique_ptr<EtcdLog>> EtcdLog::Load(std::shared_ptr<EtcdClient> client, const std::string& prefix,
+                                               const Replay& replay, JournalOpenReport* report, size_t part_bytes,
+                                               bool write) {
   if (prefix.empty() || prefix.back() == '/') {
     return InvalidArgument("etcd state: the prefix must be a non-empty key without a trailing '/', not '" + prefix + "'");
   }
@@ -60,16 +70,20 @@ Result<std::unique_ptr<EtcdLog>> EtcdLog::Open(std::shared_ptr<EtcdClient> clien
   int64_t revision = 0;
   MC_ASSIGN_OR_RETURN(auto kvs, log->client_->Range(all, EtcdClient::PrefixEnd(all), &revision));
   const std::string where = "etcd state under '" + prefix + "/'";
-  // The election's keys live beside the log (who leads, and where its HTTP API is): not a sign
-  // of a foreign prefix.
-  std::erase_if(kvs, [&](const EtcdKv& kv) { return kv.key == prefix + "/leader" || kv.key == prefix + "/serving"; });
+  // The election's key and the serving routes live beside the log (and, from coordinators before
+  // the routes, where the leader's HTTP API was): not a sign of a foreign prefix.
+  const std::string routes = prefix + "/routes/";
+  std::erase_if(kvs, [&](const EtcdKv& kv) {
+    return kv.key == prefix + "/leader" || kv.key == prefix + "/serving" || kv.key.compare(0, routes.size(), routes) == 0;
+  });
+  if (kvs.empty() && !write) return log;  // nothing written yet: nothing to replay
   if (kvs.empty()) {
     // A fresh prefix: marked as ours, unless another coordinator marked it first.
     const nlohmann::json format = {{"format", kFormat}, {"version", kFormatVersion}};
     MC_ASSIGN_OR_RETURN(auto t, log->client_->Txn(
                                     {{prefix + "/format", EtcdCompare::Target::kCreate, EtcdCompare::Op::kEqual, 0, ""}},
                                     {EtcdOp::Put(prefix + "/format", format.dump()), EtcdOp::Put(prefix + "/gen", "0")}));
-    if (!t.succeeded) return Open(log->client_, prefix, replay, report, part_bytes);
+    if (!t.succeeded) return Load(log->client_, prefix, replay, report, part_bytes, write);
     log->revision_ = t.revision;
     return log;
   }

@@ -4,6 +4,8 @@
 //
 //   <prefix>/format                       {"format": "modelcast-coordinator-state", "version": 1}
 //   <prefix>/leader                       the coordinators' election key (LeaderElection)
+//   <prefix>/routes/<engine>              the leader's serving engines, which every coordinator
+//                                         routes requests through (ServingPlane)
 //   <prefix>/gen                          G, the generation: every compaction starts a new one
 //   <prefix>/g/<G>/snap/<n>/<part>        the snapshot's n-th record, in parts
 //   <prefix>/g/<G>/log/<seq>/<part>       records appended since, in parts
@@ -38,6 +40,10 @@ class EtcdLog final : public RecordLog {
                                                const Replay& replay, JournalOpenReport* report = nullptr,
                                                size_t part_bytes = 512 << 10);
 
+  // Replays the log under `prefix` as Open does, writing nothing (what a standby's serving
+  // plane reads the registered models from); an empty prefix replays nothing.
+  static Status Read(std::shared_ptr<EtcdClient> client, const std::string& prefix, const Replay& replay);
+
   // From now on every write requires `key` to exist with `create_revision`.
   void Fence(const std::string& key, int64_t create_revision);
 
@@ -50,6 +56,9 @@ class EtcdLog final : public RecordLog {
 
  private:
   EtcdLog() = default;
+  static Result<std::unique_ptr<EtcdLog>> Load(std::shared_ptr<EtcdClient> client, const std::string& prefix,
+                                               const Replay& replay, JournalOpenReport* report, size_t part_bytes,
+                                               bool write);
   std::string GenKey(uint64_t gen) const;
   // Writes `record` as the parts of `<base>/<part>` and then `<base>/end`, each write fenced.
   // The refusal of a write fenced out: another coordinator leads now.

@@ -6,7 +6,9 @@
 #include <glog/logging.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <thread>
 
 #include "Coordinator.h"
@@ -14,7 +16,6 @@
 #include "Router.h"
 #include "cluster_state.h"
 #include "election.h"
-#include "forwarder.h"
 #include "modelcast/coordinator/daemon.h"
 #include "modelcast/coordinator/serving.h"
 #include "modelcast/rpc/errors.h"
@@ -128,6 +129,14 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
                                                                     const std::function<bool()>& stop_requested) {
   auto d = std::make_unique<CoordinatorDaemon>();
   EtcdFence fence;
+  ServingConfig serving = config.serving;
+  if (!config.etcd_endpoints.empty()) {
+    // Every coordinator of a replicated head routes through the same agents: each under a name
+    // of its own, which the stages send its results back to.
+    char name[32];
+    std::snprintf(name, sizeof name, "router-%08x", std::random_device{}());
+    serving.fabric.name = name;
+  }
   if (!config.etcd_endpoints.empty()) {
     // Coordinators that share the state elect one to lead; the others stand by until it goes.
     MC_ASSIGN_OR_RETURN(std::shared_ptr<EtcdClient> etcd, EtcdClient::Create(config.etcd_endpoints, config.etcd_timeout));
@@ -150,13 +159,10 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
     };
     MC_ASSIGN_OR_RETURN(d->election_, LeaderElection::Start(etcd, o));
     LOG(INFO) << "coordinator: standing by for the leadership of '" << config.etcd_prefix << "/'";
-    // Standing by, it answers the HTTP API by forwarding to the leader's (published under
-    // <prefix>/serving); it gives the port up the moment it leads.
-    std::unique_ptr<ServingForwarder> forwarder;
-    if (config.serving.enabled && config.serving.http_port >= 0 && !d->election_->leading()) {
-      MC_ASSIGN_OR_RETURN(forwarder, ServingForwarder::Start(config.serving.http_address, config.serving.http_port,
-                                                             config.serving.http_threads, etcd,
-                                                             config.etcd_prefix + "/serving"));
+    // Standing by, it serves requests through the leader's engines (their routes in etcd); its
+    // plane leads, unchanged, once it does.
+    if (config.serving.enabled && !d->election_->leading()) {
+      MC_ASSIGN_OR_RETURN(d->serving_, ServingPlane::Follow(serving, config.security, {etcd, config.etcd_prefix}));
     }
     while (!d->election_->leading()) {
       if (stop_requested && stop_requested()) {
@@ -165,7 +171,6 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the election's thread decides
     }
-    forwarder.reset();
     fence = {o.key, d->election_->fence_revision()};
     d->etcd_ = etcd;
   }
@@ -178,13 +183,14 @@ Result<std::unique_ptr<CoordinatorDaemon>> CoordinatorDaemon::Start(const Cluste
                          std::make_shared<rpc::MembershipProcessor>(
                              std::make_shared<MembershipHandler>(d->state_.get(), config.security, config)));
   if (config.serving.enabled) {
-    MC_ASSIGN_OR_RETURN(d->serving_, ServingPlane::Start(config.serving, config.security, d->state_.get()));
-    mux->registerProcessor(kRouterService, std::make_shared<rpc::RouterProcessor>(MakeRouterHandler(d->serving_.get())));
-    if (d->etcd_ && d->serving_->http_port() > 0) {
-      // Where the standbys forward the HTTP API to: on the leader's lease, so it goes with it.
-      const std::string at = config.serving.http_address + ":" + std::to_string(d->serving_->http_port());
-      MC_RETURN_IF_ERROR(d->etcd_->Put(config.etcd_prefix + "/serving", at, d->election_->lease()).status());
+    if (d->serving_) {
+      MC_RETURN_IF_ERROR(d->serving_->Lead(d->state_.get(), fence));
+    } else {
+      ServingShare share;
+      if (d->etcd_) share = {d->etcd_, config.etcd_prefix};
+      MC_ASSIGN_OR_RETURN(d->serving_, ServingPlane::Start(serving, config.security, d->state_.get(), share, &fence));
     }
+    mux->registerProcessor(kRouterService, std::make_shared<rpc::RouterProcessor>(MakeRouterHandler(d->serving_.get())));
   }
   MC_ASSIGN_OR_RETURN(d->server_, rpc::RpcServer::Start(mux, config.address, config.port, config.security));
   LOG(INFO) << "coordinator for cluster '" << cluster.name << "' listening on " << config.address << ":" << d->port();

@@ -1,5 +1,4 @@
-// The HTTP API's error answers, shaped as OpenAI's ({"error": {message, type, code}}), shared by
-// the leader's API (api.cc) and a standby's forwarder (forwarder.cc).
+// The HTTP API's error answers, shaped as OpenAI's ({"error": {message, type, code}}) (api.cc).
 #pragma once
 
 #include <httplib.h>

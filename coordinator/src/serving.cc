@@ -10,6 +10,8 @@
 
 #include "Agent.h"
 #include "cluster_state.h"
+#include "etcd_client.h"
+#include "etcd_log.h"
 #include "inventory.h"
 #include "modelcast/planner/pipelines.h"
 
@@ -40,27 +42,30 @@ SliceSet CompleteBlocks(const ModelShape& shape, const std::set<int32_t>& slices
 
 }  // namespace
 
-Result<std::unique_ptr<ServingPlane>> ServingPlane::Start(const ServingConfig& config,
-                                                          const rpc::SecurityConfig& security, ClusterState* state) {
-  auto p = std::unique_ptr<ServingPlane>(new ServingPlane());
-  p->config_ = config;
-  p->security_ = security;
-  p->state_ = state;
-  MC_ASSIGN_OR_RETURN(p->transport_, fabric::MakeUcxTransport(config.fabric));
-  MC_RETURN_IF_ERROR(p->transport_->Start());
-  MC_ASSIGN_OR_RETURN(p->node_, pipeline::PipelineNode::Create(*p->transport_));
+Status ServingPlane::Init(const ServingConfig& config, const rpc::SecurityConfig& security) {
+  config_ = config;
+  security_ = security;
+  MC_ASSIGN_OR_RETURN(transport_, fabric::MakeUcxTransport(config.fabric));
+  MC_RETURN_IF_ERROR(transport_->Start());
+  MC_ASSIGN_OR_RETURN(node_, pipeline::PipelineNode::Create(*transport_));
   pipeline::RouterOptions ro;
   ro.max_batch = config.max_batch;
   ro.queue_timeout = config.queue_timeout;
   ro.emulated_step = config.emulated_step;
   ro.emulated_token = config.emulated_token;
-  p->router_ = std::make_unique<pipeline::Router>(ro);
-  if (config.http_port >= 0) MC_RETURN_IF_ERROR(p->StartHttp(config.http_address, config.http_port));
-  state->SetServingWatcher([raw = p.get()] {
-    std::lock_guard<std::mutex> lock(raw->mu_);
-    raw->poked_ = true;
-    raw->cv_.notify_all();
-  });
+  router_ = std::make_unique<pipeline::Router>(ro);
+  if (config.http_port >= 0) MC_RETURN_IF_ERROR(StartHttp(config.http_address, config.http_port));
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<ServingPlane>> ServingPlane::Start(const ServingConfig& config,
+                                                          const rpc::SecurityConfig& security, ClusterState* state,
+                                                          const ServingShare& share, const EtcdFence* fence) {
+  auto p = std::unique_ptr<ServingPlane>(new ServingPlane());
+  p->share_ = share;
+  MC_RETURN_IF_ERROR(p->Init(config, security));
+  MC_RETURN_IF_ERROR(p->Lead(state, fence ? *fence : EtcdFence{}));
+  p->led_ = false;  // nothing followed to drain
   p->thread_ = std::thread([raw = p.get()] { raw->Loop(); });
   LOG(INFO) << "serving: router on fabric " << p->transport_->address()
             << (config.http_port >= 0 ? ", HTTP on " + config.http_address + ":" + std::to_string(p->http_port_)
@@ -68,8 +73,50 @@ Result<std::unique_ptr<ServingPlane>> ServingPlane::Start(const ServingConfig& c
   return p;
 }
 
+Result<std::unique_ptr<ServingPlane>> ServingPlane::Follow(const ServingConfig& config,
+                                                           const rpc::SecurityConfig& security,
+                                                           const ServingShare& share) {
+  if (share.etcd == nullptr) return InvalidArgument("serving: a standby's plane follows routes in etcd, and has none");
+  auto p = std::unique_ptr<ServingPlane>(new ServingPlane());
+  p->share_ = share;
+  MC_RETURN_IF_ERROR(p->Init(config, security));
+  p->thread_ = std::thread([raw = p.get()] { raw->Loop(); });
+  LOG(INFO) << "serving: standing by, routing through the leader's engines; router on fabric "
+            << p->transport_->address()
+            << (config.http_port >= 0 ? ", HTTP on " + config.http_address + ":" + std::to_string(p->http_port_)
+                                      : std::string());
+  return p;
+}
+
+Status ServingPlane::Lead(ClusterState* state, const EtcdFence& fence) {
+  if (share_.etcd) {
+    // What an earlier leader published: replaced by this one's engines, or deleted, at its first
+    // publication.
+    const std::string routes = share_.prefix + "/routes/";
+    MC_ASSIGN_OR_RETURN(auto kvs, share_.etcd->Range(routes, EtcdClient::PrefixEnd(routes)));
+    std::lock_guard<std::mutex> lock(mu_);
+    published_.clear();
+    for (const auto& kv : kvs) published_[kv.key.substr(routes.size())] = kv.value;
+    fence_key_ = fence.key;
+    fence_revision_ = fence.create_revision;
+  }
+  state->SetServingWatcher([this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    poked_ = true;
+    cv_.notify_all();
+  });
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    led_ = true;
+    state_ = state;
+    poked_ = true;
+  }
+  cv_.notify_all();
+  return Status::Ok();
+}
+
 ServingPlane::~ServingPlane() {
-  state_->SetServingWatcher(nullptr);
+  if (ClusterState* state = state_.load()) state->SetServingWatcher(nullptr);
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -90,22 +137,226 @@ void ServingPlane::Loop() {
     cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return poked_ || stopping_; });
     if (stopping_) break;
     poked_ = false;
+    const bool leading = state_.load() != nullptr;
+    const bool drain_followed = leading && led_;
+    led_ = false;
     lock.unlock();
-    Reconcile();
+    if (drain_followed) retry_after_.clear();  // the routes' retries, not the leader's launches
+    if (!leading) {
+      Follow();
+    } else {
+      Reconcile();
+      if (drain_followed) {
+        // Elected: its own engines are in the router now; those it followed drain (their
+        // requests finish), and their stages are the leader's to keep or stop.
+        std::map<std::string, std::pair<std::string, std::string>> followed;
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          followed.swap(followed_);
+        }
+        for (const auto& [route, f] : followed) (void)router_->DrainEngine(f.second);  // NotFound: gone already
+      }
+      PublishRoutes();
+    }
     lock.lock();
   }
 }
 
+namespace {
+
+nlohmann::json RouteJson(const std::string& model, bool local, const std::vector<pipeline::Hop>& hops) {
+  nlohmann::json h = nlohmann::json::array();
+  for (const auto& hop : hops) h.push_back({hop.node, hop.address, hop.stage});
+  return {{"model", model}, {"local", local}, {"hops", h}};
+}
+
+}  // namespace
+
+void ServingPlane::PublishRoutes() {
+  if (share_.etcd == nullptr) return;
+  std::map<std::string, std::string> want, published;
+  std::string fence_key;
+  int64_t fence_revision = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, e] : engines_) {
+      if (!e.draining) want[id] = RouteJson(e.model, e.local, e.hops).dump();
+    }
+    published = published_;
+    fence_key = fence_key_;
+    fence_revision = fence_revision_;
+  }
+  const std::string routes = share_.prefix + "/routes/";
+  std::vector<EtcdOp> ops;
+  for (const auto& [id, text] : want) {
+    auto it = published.find(id);
+    if (it == published.end() || it->second != text) ops.push_back(EtcdOp::Put(routes + id, text));
+  }
+  for (const auto& [id, text] : published) {
+    if (!want.count(id)) ops.push_back(EtcdOp::Delete(routes + id));
+  }
+  if (ops.empty()) return;
+  std::vector<EtcdCompare> fence;
+  if (!fence_key.empty()) fence.push_back({fence_key, EtcdCompare::Target::kCreate, EtcdCompare::Op::kEqual, fence_revision, ""});
+  auto t = share_.etcd->Txn(fence, ops);
+  if (!t.ok() || !t->succeeded) {
+    // Tried again at the next pass (every 200 ms); a leader fenced out exits on its own.
+    LOG(WARNING) << "serving: publishing the routes: "
+                 << (t.ok() ? "this coordinator no longer leads" : t.status().message());
+    std::lock_guard<std::mutex> lock(mu_);
+    poked_ = true;
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  published_ = std::move(want);
+}
+
+void ServingPlane::Follow() {
+  const std::string prefix = share_.prefix + "/routes/";
+  auto kvs = share_.etcd->Range(prefix, EtcdClient::PrefixEnd(prefix));
+  if (!kvs.ok()) {
+    // etcd out of reach: the engines followed so far go on serving.
+    LOG_EVERY_N(WARNING, 25) << "serving: reading the routes: " << kvs.status().message();
+    return;
+  }
+  std::map<std::string, std::string> routes;
+  for (const auto& kv : *kvs) routes[kv.key.substr(prefix.size())] = kv.value;
+  // Engines that left the router (a stage failed): followed again once the route is retried.
+  std::map<std::string, bool> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    gone.swap(gone_);
+  }
+  const double now = SteadyNow();
+  for (auto it = followed_.begin(); it != followed_.end();) {
+    const auto r = routes.find(it->first);
+    const bool failed = gone.count(it->second.second) > 0;
+    if (r != routes.end() && r->second == it->second.first && !failed) {
+      ++it;
+      continue;
+    }
+    if (failed) {
+      retry_after_[it->first] = now + 1;
+    } else {
+      LOG(INFO) << "serving: " << it->first << (r == routes.end() ? " is no longer routed" : " moved")
+                << "; draining it here";
+      (void)router_->DrainEngine(it->second.second);  // NotFound: it failed meanwhile
+    }
+    it = followed_.erase(it);
+  }
+  for (const auto& [id, text] : routes) {
+    if (followed_.count(id) || (retry_after_.count(id) && retry_after_[id] > now)) continue;
+    const auto j = nlohmann::json::parse(text, nullptr, false);
+    std::vector<pipeline::Hop> hops;
+    std::string model;
+    bool local = false;
+    try {
+      model = j.at("model").get<std::string>();
+      local = j.at("local").get<bool>();
+      for (const auto& h : j.at("hops")) hops.push_back({h.at(0), h.at(1), h.at(2)});
+    } catch (const std::exception& e) {
+      LOG_EVERY_N(WARNING, 25) << "serving: route " << id << " is malformed (" << text << "): " << e.what();
+      continue;
+    }
+    retry_after_[id] = now + 1;  // unless it joins the router below
+    auto manifest = FindManifest(model);
+    if (manifest == nullptr || hops.empty()) continue;
+    auto p = node_->Connect(hops, manifest->config, config_.step_timeout);
+    if (!p.ok()) {
+      LOG(WARNING) << "serving: following " << id << ": " << p.status().message() << " (retrying in 1 s)";
+      continue;
+    }
+    const std::string engine = id + "~" + std::to_string(next_followed_++);
+    Status st = router_->AddEngine(engine, model, local ? pipeline::EngineKind::kLocal : pipeline::EngineKind::kPipeline,
+                                   std::move(*p), [this, engine](const Status& s) {
+                                     if (s.ok()) return;  // drained
+                                     std::lock_guard<std::mutex> lock(mu_);
+                                     gone_[engine] = false;
+                                     poked_ = true;
+                                     cv_.notify_all();
+                                   });
+    if (!st.ok()) {
+      LOG(WARNING) << "serving: following " << id << ": " << st.message();
+      continue;
+    }
+    retry_after_.erase(id);
+    followed_[id] = {text, engine};
+    LOG(INFO) << "serving: following " << id << " (" << model << " on " << hops.size() << " stage(s))";
+  }
+}
+
+std::shared_ptr<const model::Manifest> ServingPlane::FindManifest(const std::string& model) const {
+  if (ClusterState* state = state_.load()) return state->FindManifest(model);
+  {
+    std::lock_guard<std::mutex> lock(models_mu_);
+    if (auto it = models_.find(model); it != models_.end()) return it->second.first;
+  }
+  ReadModels();
+  std::lock_guard<std::mutex> lock(models_mu_);
+  auto it = models_.find(model);
+  return it == models_.end() ? nullptr : it->second.first;
+}
+
+std::shared_ptr<const ServingPlane::TextFiles> ServingPlane::FindTextFiles(const std::string& model) const {
+  if (ClusterState* state = state_.load()) return state->FindTextFiles(model);
+  if (FindManifest(model) == nullptr) return nullptr;
+  std::lock_guard<std::mutex> lock(models_mu_);
+  return models_.at(model).second;
+}
+
+std::vector<std::string> ServingPlane::ModelNames() const {
+  std::vector<std::string> names;
+  if (ClusterState* state = state_.load()) {
+    for (const auto& m : state->ListModels()) names.push_back(m.name);
+    return names;
+  }
+  ReadModels();
+  std::lock_guard<std::mutex> lock(models_mu_);
+  for (const auto& [name, m] : models_) names.push_back(name);
+  return names;
+}
+
+void ServingPlane::ReadModels() const {
+  {
+    std::lock_guard<std::mutex> lock(models_mu_);
+    if (models_read_ >= 0 && SteadyNow() - models_read_ < 1) return;
+    models_read_ = SteadyNow();
+  }
+  decltype(models_) read;  // read without the lock: lookups of the models known go on meanwhile
+  Status st = EtcdLog::Read(share_.etcd, share_.prefix, [&](const nlohmann::json& r) -> Status {
+    if (r.value("op", "") != "register_model") return Status::Ok();
+    try {
+      const std::string name = r.at("name").get<std::string>();
+      MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(r.at("manifest").get<std::string>(),
+                                                                    "model '" + name + "''s manifest in etcd"));
+      std::shared_ptr<const TextFiles> files;
+      if (r.contains("text_files")) {
+        MC_ASSIGN_OR_RETURN(files, ClusterState::RecordedTextFiles(r, name, m));
+      }
+      read[name] = {std::make_shared<const model::Manifest>(std::move(m)), files};
+    } catch (const nlohmann::json::exception& e) {
+      return Corruption(std::string("a model's registration record: ") + e.what());
+    }
+    return Status::Ok();
+  });
+  if (!st.ok()) {
+    LOG(WARNING) << "serving: reading the models from etcd: " << st.message();
+    return;
+  }
+  std::lock_guard<std::mutex> lock(models_mu_);
+  models_ = std::move(read);
+}
+
 Result<model::LlamaConfig> ServingPlane::ModelConfig(const std::string& model) const {
-  auto manifest = state_->FindManifest(model);
+  auto manifest = FindManifest(model);
   if (manifest == nullptr) return NotFound("model '" + model + "' is not registered");
   return manifest->config;
 }
 
 Result<std::shared_ptr<const text::Tokenizer>> ServingPlane::ModelTokenizer(const std::string& model) const {
-  auto files = state_->FindTextFiles(model);
+  auto files = FindTextFiles(model);
   if (files == nullptr) {
-    if (state_->FindManifest(model) == nullptr) return NotFound("model '" + model + "' is not registered");
+    if (FindManifest(model) == nullptr) return NotFound("model '" + model + "' is not registered");
     return std::shared_ptr<const text::Tokenizer>();
   }
   std::lock_guard<std::mutex> lock(tokenizers_mu_);
@@ -121,9 +372,9 @@ Result<std::shared_ptr<const text::Tokenizer>> ServingPlane::ModelTokenizer(cons
 }
 
 Result<std::shared_ptr<const text::ChatSetup>> ServingPlane::ModelChat(const std::string& model) const {
-  auto files = state_->FindTextFiles(model);
+  auto files = FindTextFiles(model);
   if (files == nullptr || !files->count("tokenizer_config.json")) {
-    if (state_->FindManifest(model) == nullptr) return NotFound("model '" + model + "' is not registered");
+    if (FindManifest(model) == nullptr) return NotFound("model '" + model + "' is not registered");
     return FailedPrecondition("model '" + model + "' has no chat template (its package carries no tokenizer_config.json)");
   }
   std::lock_guard<std::mutex> lock(tokenizers_mu_);
@@ -136,12 +387,12 @@ Result<std::shared_ptr<const text::ChatSetup>> ServingPlane::ModelChat(const std
 }
 
 Result<std::vector<int32_t>> ServingPlane::ModelEosIds(const std::string& model) const {
-  auto manifest = state_->FindManifest(model);
+  auto manifest = FindManifest(model);
   if (manifest == nullptr) return NotFound("model '" + model + "' is not registered");
   std::lock_guard<std::mutex> lock(tokenizers_mu_);  // worked out once per model, not per request
   if (auto it = eos_ids_.find(model); it != eos_ids_.end()) return it->second;
   nlohmann::json eos = manifest->hf_config.value("eos_token_id", nlohmann::json());
-  if (auto files = state_->FindTextFiles(model); files != nullptr && files->count("generation_config.json")) {
+  if (auto files = FindTextFiles(model); files != nullptr && files->count("generation_config.json")) {
     const auto g = nlohmann::json::parse(files->at("generation_config.json"), nullptr, false);
     if (g.is_object() && g.contains("eos_token_id")) eos = g["eos_token_id"];
   }
@@ -180,7 +431,7 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
     }
     hops.push_back({node, nv.serving_address, pipeline::StageKey(engine.model, req.first_block, req.end_block)});
     threads.emplace_back([this, &started, i, req, addr = nv.rpc_address, node = node] {
-      Status s = state_->CallAgent(addr, 60000, [&](rpc::AgentClient& a) { a.startServing(req); });
+      Status s = state_.load()->CallAgent(addr, 60000, [&](rpc::AgentClient& a) { a.startServing(req); });
       if (s.code() == StatusCode::kAlreadyExists) s = Status::Ok();  // a stage of an earlier round
       if (!s.ok()) {
         s = s.WithContext("serving: " + node + " cannot serve " +
@@ -207,6 +458,7 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
     Release(id, engine, view);  // stops what did start (NotFound from the others is ignored)
     return st;
   }
+  engine.hops = hops;
   if (!engine.waiting.empty()) {
     // Prepared ahead of its blocks: its agents build their stages as the blocks land, and it
     // joins the router once they have all landed (Admit), not before: a prediction that was
@@ -233,7 +485,7 @@ Status ServingPlane::Admit(const std::string& id, Engine engine, std::unique_ptr
     nodes.push_back(node);
     stages.emplace_back(node, stage.first_block, stage.end_block);
   }
-  if (!engine.local) state_->SetPipeline(engine.model, nodes, id, stages);
+  if (!engine.local) state_.load()->SetPipeline(engine.model, nodes, id, stages);
   std::string route;
   for (const auto& [node, stage] : engine.stages) {
     route += (route.empty() ? "" : " -> ") + node + "[" + std::to_string(stage.first_block) + "," +
@@ -258,16 +510,16 @@ void ServingPlane::Release(const std::string& id, const Engine& engine, const Se
     req.model = engine.model;
     req.first_block = static_cast<int32_t>(stage.first_block);
     req.end_block = static_cast<int32_t>(stage.end_block);
-    Status st = state_->CallAgent(nv->second.rpc_address, 5000, [&](rpc::AgentClient& a) { a.stopServing(req); });
+    Status st = state_.load()->CallAgent(nv->second.rpc_address, 5000, [&](rpc::AgentClient& a) { a.stopServing(req); });
     if (!st.ok() && st.code() != StatusCode::kNotFound) {
       LOG(WARNING) << "serving: " << id << ": stopping its stage on " << node << ": " << st.message();
     }
   }
-  if (!engine.local) state_->SetPipeline(engine.model, nodes, "");
+  if (!engine.local) state_.load()->SetPipeline(engine.model, nodes, "");
 }
 
 void ServingPlane::Reconcile() {
-  const ServingView view = state_->ServingSnapshot(config_.pipelines ? config_.lookahead : 0);
+  const ServingView view = state_.load()->ServingSnapshot(config_.pipelines ? config_.lookahead : 0);
   // Engines that left the router (drained, or failed with a stage's node): stop their stages.
   std::map<std::string, bool> gone;
   {

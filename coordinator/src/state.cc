@@ -388,7 +388,7 @@ json ClusterState::RegisterRecordLocked(const std::string& name, const Model& m)
 
 Result<std::shared_ptr<const ClusterState::TextFiles>> ClusterState::RecordedTextFiles(const json& r,
                                                                                      const std::string& name,
-                                                                                     const model::Manifest& m) const {
+                                                                                     const model::Manifest& m) {
   if (m.text_files.empty()) return std::shared_ptr<const TextFiles>();
   auto files = std::make_shared<TextFiles>();
   for (const auto& f : m.text_files) {

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <map>
+#include <random>
 #include <mutex>
 #include <thread>
 
@@ -82,6 +83,9 @@ struct Router::Impl {
   std::map<std::string, std::deque<RequestPtr>> queues;
   std::map<std::string, std::shared_ptr<Engine>> engines;
   std::vector<std::shared_ptr<Engine>> gone;  // left; their threads to join
+  // KV cache ids start at a random point of a 2^32-wide space of this router's own: stages may
+  // serve the requests of several routers at once (every coordinator of a replicated head
+  // routes), and one router's ids must not name another's caches.
   std::atomic<uint64_t> next_cache_id{1};
   bool closing = false;
   std::thread dispatcher;
@@ -285,6 +289,7 @@ struct Router::Impl {
 
 Router::Router(RouterOptions options) : impl_(std::make_shared<Impl>()) {
   impl_->options = options;
+  impl_->next_cache_id = (static_cast<uint64_t>(std::random_device{}()) << 32) | 1;
   impl_->dispatcher = std::thread([i = impl_.get()] { i->Dispatch(); });
 }
 

@@ -219,6 +219,13 @@ TEST_F(EtcdClientTest, TheStateLogReplaysInOrderAndRefusesADeposedLeader) {
         4096);
   };
   std::vector<nlohmann::json> none;
+  // Read (a standby's serving plane) writes nothing, not even the format marker.
+  ASSERT_TRUE(EtcdLog::Read(shared, "/mc/state", [&](const nlohmann::json& r) {
+                none.push_back(r);
+                return Status::Ok();
+              }).ok());
+  EXPECT_TRUE(none.empty());
+  EXPECT_TRUE(shared->Range("/mc/state/", EtcdClient::PrefixEnd("/mc/state/"))->empty());
   auto log = open(&none);
   ASSERT_TRUE(log.ok()) << log.status().ToString();
   EXPECT_TRUE(none.empty());
@@ -244,6 +251,14 @@ TEST_F(EtcdClientTest, TheStateLogReplaysInOrderAndRefusesADeposedLeader) {
   seen.clear();
   ASSERT_TRUE(open(&seen).ok());
   EXPECT_EQ(seen, (std::vector<nlohmann::json>{want[0], want[5], {{"op", "after"}}}));
+  // Read replays the same; the serving routes beside the log are not foreign keys.
+  ASSERT_TRUE(shared->Put("/mc/state/routes/m@n1", "{}").ok());
+  std::vector<nlohmann::json> read;
+  ASSERT_TRUE(EtcdLog::Read(shared, "/mc/state", [&](const nlohmann::json& r) {
+                read.push_back(r);
+                return Status::Ok();
+              }).ok());
+  EXPECT_EQ(read, seen);
   // A record whose end never got written (its writer died) is not replayed.
   auto gen = shared->Range("/mc/state/gen");
   ASSERT_TRUE(gen.ok() && gen->size() == 1);
@@ -272,6 +287,8 @@ TEST_F(EtcdClientTest, TheStateLogReplaysInOrderAndRefusesADeposedLeader) {
   ASSERT_FALSE(foreign.ok());
   EXPECT_NE(foreign.status().message().find("not a modelcast coordinator's state"), std::string::npos)
       << foreign.status().ToString();
+  Status foreign_read = EtcdLog::Read(shared, "/app", [](const nlohmann::json&) { return Status::Ok(); });
+  EXPECT_EQ(foreign_read.code(), StatusCode::kFailedPrecondition) << foreign_read.ToString();
   ASSERT_TRUE(shared->Put("/newer/format", R"({"format": "modelcast-coordinator-state", "version": 9})").ok());
   auto newer = EtcdLog::Open(shared, "/newer", [](const nlohmann::json&) { return Status::Ok(); });
   ASSERT_FALSE(newer.ok());

@@ -9,9 +9,21 @@
 // requests through them; a pipeline
 // dissolves (drains: requests in flight finish) once its members are all full local instances,
 // and a released instance's engine drains before its agent stops serving.
+//
+// With the state in etcd (a replicated head), every coordinator serves. The leader's plane does
+// all of the above and publishes its engines' routes under <prefix>/routes/<engine> (fenced
+// writes, as the state's). A standby's plane follows them (Follow): it connects a pipeline of
+// its own over each route's stages and routes the requests it is sent through them; the models'
+// configs and text files it reads from the state's log in etcd. Stages serve the steps of every
+// router (each names its origin, and the KV cache ids of different routers do not meet). So a
+// request sent to any coordinator is served by the agents directly, and the standbys go on
+// serving while the leader is gone. A standby elected leader keeps its plane (Lead): it starts
+// reconciling, its HTTP endpoint and requests in flight are untouched, and the engines it
+// followed drain once it runs its own.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -34,10 +46,27 @@ class Server;
 
 namespace modelcast::coordinator {
 
+class EtcdClient;
+struct EtcdFence;
+
+// Where a replicated head's serving planes share their routes: etcd, under the state's prefix.
+struct ServingShare {
+  std::shared_ptr<EtcdClient> etcd;
+  std::string prefix;
+};
+
 class ServingPlane {
  public:
+  // The leader's plane (or a single head's, with no `share`).
   static Result<std::unique_ptr<ServingPlane>> Start(const ServingConfig& config, const rpc::SecurityConfig& security,
-                                                     ClusterState* state);
+                                                     ClusterState* state, const ServingShare& share = {},
+                                                     const EtcdFence* fence = nullptr);
+  // A standby's plane: routes through the engines the leader publishes.
+  static Result<std::unique_ptr<ServingPlane>> Follow(const ServingConfig& config, const rpc::SecurityConfig& security,
+                                                      const ServingShare& share);
+  // The standby's plane leads from now on (this coordinator was elected): it reconciles
+  // `state`, publishes its own routes under `fence`, and drains the engines it followed.
+  Status Lead(ClusterState* state, const EtcdFence& fence);
   ~ServingPlane();
 
   pipeline::Router& router() { return *router_; }
@@ -61,13 +90,28 @@ class ServingPlane {
   struct Engine {
     std::string model;
     std::vector<std::pair<std::string, planner::Stage>> stages;  // node, blocks
+    std::vector<pipeline::Hop> hops;  // where its stages are hosted, once launched
     bool local = false;
     bool draining = false;
     std::set<std::string> waiting;  // nodes whose stage's blocks were still landing when it formed
   };
+  using TextFiles = std::map<std::string, std::string>;
   ServingPlane() = default;
+  Status Init(const ServingConfig& config, const rpc::SecurityConfig& security);
   void Loop();
   void Reconcile();
+  // The leader's engines, as routes in etcd: what changed since the last publication written
+  // (fenced), the engines gone or draining deleted.
+  void PublishRoutes();
+  // A standby's router in step with the routes in etcd: new ones connected and added, those
+  // gone or changed drained.
+  void Follow();
+  // The registered models: the cluster's state when leading, else what the log in etcd holds
+  // (read again, at most once a second, when a model is asked for that it lacks).
+  std::shared_ptr<const model::Manifest> FindManifest(const std::string& model) const;
+  std::shared_ptr<const TextFiles> FindTextFiles(const std::string& model) const;
+  std::vector<std::string> ModelNames() const;
+  void ReadModels() const;
   // Starts the stages on their agents and adds the engine (or, when some of its blocks are
   // still landing, keeps it prepared); stops what it started on failure.
   Status Launch(const std::string& id, Engine engine, const ServingView& view);
@@ -80,7 +124,20 @@ class ServingPlane {
 
   ServingConfig config_;
   rpc::SecurityConfig security_;
-  ClusterState* state_ = nullptr;
+  std::atomic<ClusterState*> state_{nullptr};  // null while following
+  ServingShare share_;
+  std::string fence_key_;      // what the leader's writes require: this key, with this create revision
+  int64_t fence_revision_ = 0;
+  std::map<std::string, std::string> published_;  // engine id -> its route as written in etcd
+  bool led_ = false;  // Lead() was called: the followed engines drain after the first reconcile
+
+  // Following: route id -> (its route's text, the id of its engine in the router).
+  std::map<std::string, std::pair<std::string, std::string>> followed_;
+  uint64_t next_followed_ = 1;
+  mutable std::mutex models_mu_;
+  mutable std::map<std::string, std::pair<std::shared_ptr<const model::Manifest>, std::shared_ptr<const TextFiles>>>
+      models_;
+  mutable double models_read_ = -1;  // SteadyNow() of the last read
   std::unique_ptr<fabric::Transport> transport_;
   std::unique_ptr<pipeline::PipelineNode> node_;
   std::unique_ptr<pipeline::Router> router_;
