@@ -291,7 +291,7 @@ std::shared_ptr<const model::Manifest> ServingPlane::FindManifest(const std::str
     std::lock_guard<std::mutex> lock(models_mu_);
     if (auto it = models_.find(model); it != models_.end()) return it->second.first;
   }
-  ReadModels();
+  ReadModels(model);
   std::lock_guard<std::mutex> lock(models_mu_);
   auto it = models_.find(model);
   return it == models_.end() ? nullptr : it->second.first;
@@ -316,13 +316,17 @@ std::vector<std::string> ServingPlane::ModelNames() const {
   return names;
 }
 
-void ServingPlane::ReadModels() const {
+void ServingPlane::ReadModels(const std::string& wanted) const {
+  // One read at a time: a caller that missed while another read waits for it, then reads again
+  // itself only if that read did not bring the model.
+  std::lock_guard<std::mutex> reading(read_mu_);
   {
     std::lock_guard<std::mutex> lock(models_mu_);
-    if (models_read_ >= 0 && SteadyNow() - models_read_ < 1) return;
+    if (!wanted.empty() && models_.count(wanted)) return;
+    if (models_read_ >= 0 && SteadyNow() - models_read_ < 0.25) return;
     models_read_ = SteadyNow();
   }
-  decltype(models_) read;  // read without the lock: lookups of the models known go on meanwhile
+  decltype(models_) read;  // read without models_mu_: lookups of the models known go on meanwhile
   Status st = EtcdLog::Read(share_.etcd, share_.prefix, [&](const nlohmann::json& r) -> Status {
     if (r.value("op", "") != "register_model") return Status::Ok();
     try {

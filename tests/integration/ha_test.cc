@@ -132,7 +132,7 @@ TEST_F(HaTest, TheLeaderKilledTheStandbysServeThroughoutWithoutRetries) {
     testing::WaitUntil([&] { return standbys[k - 1]->Stderr().find("following tiny-llm@node-1") != std::string::npos; },
                        20s, 50ms);
     ASSERT_NE(standbys[k - 1]->Stderr().find("following tiny-llm@node-1"), std::string::npos) << standbys[k - 1]->Stderr();
-    // The models listed from the state in etcd (read again at most once a second).
+    // The models listed from the state in etcd (read again at most every 0.25 s).
     httplib::Client http("127.0.0.1", http_ports[k]);
     std::string listed;
     testing::WaitUntil([&] {

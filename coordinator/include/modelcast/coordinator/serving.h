@@ -107,11 +107,11 @@ class ServingPlane {
   // gone or changed drained.
   void Follow();
   // The registered models: the cluster's state when leading, else what the log in etcd holds
-  // (read again, at most once a second, when a model is asked for that it lacks).
+  // (read again when a model is asked for that it lacks, or the list, at most every 0.25 s).
   std::shared_ptr<const model::Manifest> FindManifest(const std::string& model) const;
   std::shared_ptr<const TextFiles> FindTextFiles(const std::string& model) const;
   std::vector<std::string> ModelNames() const;
-  void ReadModels() const;
+  void ReadModels(const std::string& wanted = "") const;
   // Starts the stages on their agents and adds the engine (or, when some of its blocks are
   // still landing, keeps it prepared); stops what it started on failure.
   Status Launch(const std::string& id, Engine engine, const ServingView& view);
@@ -134,6 +134,7 @@ class ServingPlane {
   // Following: route id -> (its route's text, the id of its engine in the router).
   std::map<std::string, std::pair<std::string, std::string>> followed_;
   uint64_t next_followed_ = 1;
+  mutable std::mutex read_mu_;  // one read of the models at a time
   mutable std::mutex models_mu_;
   mutable std::map<std::string, std::pair<std::shared_ptr<const model::Manifest>, std::shared_ptr<const TextFiles>>>
       models_;
