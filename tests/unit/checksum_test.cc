@@ -1,7 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <random>
 #include <vector>
+
+#include <xxhash.h>
 
 #include "modelcast/common/checksum.h"
 
@@ -31,6 +34,35 @@ TEST(ChecksumTest, StreamEqualsOneShotForAnySplit) {
     s.Reset();
     s.Update(data.data(), 10);
     EXPECT_EQ(s.Digest(), Xxh3(data.data(), 10));
+  }
+}
+
+// Whichever build of XXH3 runs here (the AVX2 one where the CPU has it), its values are the
+// shared libxxhash's: every length up to a few stripes, unaligned starts, a whole slice, and
+// streamed in pieces.
+TEST(ChecksumTest, EqualsTheSharedLibraryAtEveryLengthAndAlignment) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && std::getenv("MODELCAST_XXH3") == nullptr) {
+    EXPECT_STREQ(Xxh3Implementation(), "avx2");
+  }
+#endif
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> data((16 << 20) + 64);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  for (size_t len = 0; len <= 4096; ++len) {
+    const size_t at = len % 61;
+    ASSERT_EQ(Xxh3(data.data() + at, len), XXH3_64bits(data.data() + at, len)) << "length " << len << " at " << at;
+  }
+  for (size_t len : {size_t{65536}, size_t{1} << 20, (size_t{16} << 20) + 3}) {
+    EXPECT_EQ(Xxh3(data.data() + 1, len), XXH3_64bits(data.data() + 1, len)) << "length " << len;
+    Xxh3Stream s;
+    for (size_t pos = 0; pos < len;) {
+      const size_t n = std::min<size_t>(len - pos, 1 + rng() % 300000);
+      s.Update(data.data() + 1 + pos, n);
+      pos += n;
+    }
+    EXPECT_EQ(s.Digest(), XXH3_64bits(data.data() + 1, len)) << "length " << len << ", streamed";
   }
 }
 

@@ -12,6 +12,9 @@
 namespace modelcast {
 
 uint64_t Xxh3(const void* data, size_t size);
+// Which build of XXH3 this process runs: "avx2" (where the CPU has it) or "library" (the shared
+// libxxhash's; also with MODELCAST_XXH3=library in the environment). The values are the same.
+const char* Xxh3Implementation();
 
 // 16 lowercase hex digits, zero-padded.
 std::string ChecksumToHex(uint64_t checksum);
