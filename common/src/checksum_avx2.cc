@@ -6,20 +6,35 @@
 // The values are XXH3's, whichever vector unit computes them (checksum_test compares them).
 #if defined(__x86_64__)
 #define XXH_INLINE_ALL
+#include <immintrin.h>
 #include <xxhash.h>
 
 #include "checksum_impl.h"
 
 namespace modelcast::checksum_internal {
+namespace {
 
-uint64_t Xxh3Avx2(const void* data, size_t size) { return XXH3_64bits(data, size); }
+// Clears the vector registers' upper halves before returning to code built for SSE: GCC leaves
+// out the vzeroupper of XXH3's long-input path here, and SSE code run after it with the upper
+// halves dirty ran 3.5x slower (the shared libxxhash: 3.8 against 13 GB/s, checksum_bench).
+template <typename T>
+T Clean(T value) {
+  _mm256_zeroupper();
+  return value;
+}
+
+}  // namespace
+
+uint64_t Xxh3Avx2(const void* data, size_t size) { return Clean(XXH3_64bits(data, size)); }
 void* Xxh3Avx2New() { return XXH3_createState(); }
 void Xxh3Avx2Free(void* state) { XXH3_freeState(static_cast<XXH3_state_t*>(state)); }
-void Xxh3Avx2Reset(void* state) { XXH3_64bits_reset(static_cast<XXH3_state_t*>(state)); }
+void Xxh3Avx2Reset(void* state) { Clean(XXH3_64bits_reset(static_cast<XXH3_state_t*>(state))); }
 void Xxh3Avx2Update(void* state, const void* data, size_t size) {
-  XXH3_64bits_update(static_cast<XXH3_state_t*>(state), data, size);
+  Clean(XXH3_64bits_update(static_cast<XXH3_state_t*>(state), data, size));
 }
-uint64_t Xxh3Avx2Digest(const void* state) { return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state)); }
+uint64_t Xxh3Avx2Digest(const void* state) {
+  return Clean(XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state)));
+}
 
 }  // namespace modelcast::checksum_internal
 #endif
