@@ -1,8 +1,9 @@
 // XXH3-64 built for AVX2 from xxHash's own header (Debian's libxxhash-dev, XXH_INLINE_ALL: every
 // function static to this file, so nothing here clashes with the shared library's symbols or
-// leaks AVX2 code into other files). Debian's shared libxxhash is built for the x86-64 baseline
-// and hashes with SSE2: 13-15 GB/s on this project's dev VM, against 31-44 GB/s here, over a
-// 16 MiB slice or a cached 256 KiB piece. checksum.cc calls these only where the CPU has AVX2.
+// leaks AVX2 code into other files). Debian's shared libxxhash picks its vector path at run time
+// (AVX-512 on this project's dev VM) and hashes at 13-15 GB/s there, against 40-46 GB/s here, over
+// a 16 MiB slice or a cached 256 KiB piece (checksum_bench). checksum.cc calls these only where
+// the CPU has AVX2.
 // The values are XXH3's, whichever vector unit computes them (checksum_test compares them).
 #if defined(__x86_64__)
 #define XXH_INLINE_ALL
