@@ -11,7 +11,7 @@
 namespace modelcast {
 namespace {
 
-// Where the CPU has AVX2, XXH3 runs on it (checksum_avx2.cc, ~3x the shared library's SSE2
+// Where the CPU has AVX2, XXH3 runs on it (checksum_avx2.cc, ~3x the shared library's own
 // build); MODELCAST_XXH3=library keeps the library's (how benchmarks compare the two).
 bool UseAvx2() {
 #if defined(__x86_64__)
