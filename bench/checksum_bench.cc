@@ -20,6 +20,10 @@ using namespace modelcast;
 using bench::Die;
 using bench::Now;
 
+namespace {
+volatile uint64_t g_sink;
+}  // namespace
+
 int main(int argc, char** argv) {
   bench::ProgramName() = "checksum_bench";
   InitLogging(argv[0], 1);
@@ -55,7 +59,7 @@ int main(int argc, char** argv) {
         bytes += size;
         t = Now();
       }
-      if (sink == 42) std::printf(" ");  // keeps the calls
+      g_sink = sink;  // the calls are kept
       return static_cast<double>(bytes) / (t - t0) / 1e9;
     };
     std::vector<double> ours, lib;

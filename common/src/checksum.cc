@@ -11,32 +11,40 @@
 namespace modelcast {
 namespace {
 
+using checksum_internal::Xxh3Build;
+
+const Xxh3Build kXxh3Library = {
+    "library",
+    [](const void* data, size_t size) { return XXH3_64bits(data, size); },
+    []() -> void* { return XXH3_createState(); },
+    [](void* state) { XXH3_freeState(static_cast<XXH3_state_t*>(state)); },
+    [](void* state) { XXH3_64bits_reset(static_cast<XXH3_state_t*>(state)); },
+    [](void* state, const void* data, size_t size) { XXH3_64bits_update(static_cast<XXH3_state_t*>(state), data, size); },
+    [](const void* state) { return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state)); },
+};
+
 // Where the CPU has AVX2, XXH3 runs on it (checksum_avx2.cc, ~3x the shared library's own
-// build); MODELCAST_XXH3=library keeps the library's (how benchmarks compare the two).
-bool UseAvx2() {
+// build); MODELCAST_XXH3=library keeps the library's (how benchmarks compare the two). Chosen
+// once per process.
+const Xxh3Build& Build() {
+  static const Xxh3Build& build = []() -> const Xxh3Build& {
 #if defined(__x86_64__)
-  static const bool use = [] {
     const char* choice = std::getenv("MODELCAST_XXH3");
-    if (choice != nullptr && std::strcmp(choice, "library") == 0) return false;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
-  return use;
-#else
-  return false;
+    if ((choice == nullptr || std::strcmp(choice, "library") != 0) && __builtin_cpu_supports("avx2")) {
+      return checksum_internal::kXxh3Avx2;
+    }
 #endif
+    return kXxh3Library;
+  }();
+  return build;
 }
 
 }  // namespace
 
-const char* Xxh3Implementation() { return UseAvx2() ? "avx2" : "library"; }
+const char* Xxh3Implementation() { return Build().name; }
 
-uint64_t Xxh3(const void* data, size_t size) {
-#if defined(__x86_64__)
-  if (UseAvx2()) return checksum_internal::Xxh3Avx2(data, size);
-#endif
-  return XXH3_64bits(data, size);
-}
+uint64_t Xxh3(const void* data, size_t size) { return Build().hash(data, size); }
 
 std::string ChecksumToHex(uint64_t checksum) {
   static constexpr char kDigits[] = "0123456789abcdef";
@@ -69,52 +77,19 @@ Result<uint64_t> ChecksumFromHex(std::string_view hex) {
 }
 
 struct Xxh3Stream::State {
-  State() : avx2(UseAvx2()) {
-#if defined(__x86_64__)
-    if (avx2) s = checksum_internal::Xxh3Avx2New();
-#endif
-    if (!avx2) s = XXH3_createState();
+  State() : build(Build()), s(build.create()) {
     if (s == nullptr) throw std::bad_alloc();
   }
-  ~State() {
-#if defined(__x86_64__)
-    if (avx2) {
-      checksum_internal::Xxh3Avx2Free(s);
-      return;
-    }
-#endif
-    XXH3_freeState(static_cast<XXH3_state_t*>(s));
-  }
-  bool avx2;
-  void* s = nullptr;
+  ~State() { build.free(s); }
+  const Xxh3Build& build;
+  void* s;
 };
 
 Xxh3Stream::Xxh3Stream() : state_(std::make_unique<State>()) { Reset(); }
 Xxh3Stream::~Xxh3Stream() = default;
 
-void Xxh3Stream::Reset() {
-#if defined(__x86_64__)
-  if (state_->avx2) {
-    checksum_internal::Xxh3Avx2Reset(state_->s);
-    return;
-  }
-#endif
-  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_->s));
-}
-void Xxh3Stream::Update(const void* data, size_t size) {
-#if defined(__x86_64__)
-  if (state_->avx2) {
-    checksum_internal::Xxh3Avx2Update(state_->s, data, size);
-    return;
-  }
-#endif
-  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_->s), data, size);
-}
-uint64_t Xxh3Stream::Digest() const {
-#if defined(__x86_64__)
-  if (state_->avx2) return checksum_internal::Xxh3Avx2Digest(state_->s);
-#endif
-  return XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state_->s));
-}
+void Xxh3Stream::Reset() { state_->build.reset(state_->s); }
+void Xxh3Stream::Update(const void* data, size_t size) { state_->build.update(state_->s, data, size); }
+uint64_t Xxh3Stream::Digest() const { return state_->build.digest(state_->s); }
 
 }  // namespace modelcast

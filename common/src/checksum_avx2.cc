@@ -26,16 +26,17 @@ T Clean(T value) {
 
 }  // namespace
 
-uint64_t Xxh3Avx2(const void* data, size_t size) { return Clean(XXH3_64bits(data, size)); }
-void* Xxh3Avx2New() { return XXH3_createState(); }
-void Xxh3Avx2Free(void* state) { XXH3_freeState(static_cast<XXH3_state_t*>(state)); }
-void Xxh3Avx2Reset(void* state) { Clean(XXH3_64bits_reset(static_cast<XXH3_state_t*>(state))); }
-void Xxh3Avx2Update(void* state, const void* data, size_t size) {
-  Clean(XXH3_64bits_update(static_cast<XXH3_state_t*>(state), data, size));
-}
-uint64_t Xxh3Avx2Digest(const void* state) {
-  return Clean(XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state)));
-}
+const Xxh3Build kXxh3Avx2 = {
+    "avx2",
+    [](const void* data, size_t size) { return Clean(XXH3_64bits(data, size)); },
+    []() -> void* { return XXH3_createState(); },
+    [](void* state) { XXH3_freeState(static_cast<XXH3_state_t*>(state)); },
+    [](void* state) { Clean(XXH3_64bits_reset(static_cast<XXH3_state_t*>(state))); },
+    [](void* state, const void* data, size_t size) {
+      Clean(XXH3_64bits_update(static_cast<XXH3_state_t*>(state), data, size));
+    },
+    [](const void* state) { return Clean(XXH3_64bits_digest(static_cast<const XXH3_state_t*>(state))); },
+};
 
 }  // namespace modelcast::checksum_internal
 #endif

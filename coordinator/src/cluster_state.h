@@ -89,10 +89,17 @@ class ClusterState {
   // A registered model's text files (null when it has none, or they could not be read back).
   std::shared_ptr<const TextFiles> FindTextFiles(const std::string& model) const;
   std::vector<ModelReport> ListModels() const;
-  // The text files a replayed registration record carries, checked against the manifest (also
-  // how a standby's serving plane reads them from the state in etcd).
-  static Result<std::shared_ptr<const TextFiles>> RecordedTextFiles(const nlohmann::json& record,
-                                                                    const std::string& name, const model::Manifest& m);
+  // A model's registration record (RegisterRecordLocked's) read back: how the state is replayed,
+  // and how a standby's serving plane reads the models from the state in etcd. `text_files`:
+  // those the record carries (with etcd state), checked against the manifest; null when it
+  // carries none (with the journal they are files in state_dir).
+  struct Registration {
+    std::string name, manifest_json;
+    model::Manifest manifest;
+    double keep_alive = 300;
+    std::shared_ptr<const TextFiles> text_files;
+  };
+  static Result<Registration> ParseRegistration(const nlohmann::json& record);
 
   // Membership. A node must be in the cluster config; joining replaces what it said before.
   Status Join(const JoinArgs& args);

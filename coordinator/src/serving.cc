@@ -65,7 +65,6 @@ Result<std::unique_ptr<ServingPlane>> ServingPlane::Start(const ServingConfig& c
   p->share_ = share;
   MC_RETURN_IF_ERROR(p->Init(config, security));
   MC_RETURN_IF_ERROR(p->Lead(state, fence ? *fence : EtcdFence{}));
-  p->led_ = false;  // nothing followed to drain
   p->thread_ = std::thread([raw = p.get()] { raw->Loop(); });
   LOG(INFO) << "serving: router on fabric " << p->transport_->address()
             << (config.http_port >= 0 ? ", HTTP on " + config.http_address + ":" + std::to_string(p->http_port_)
@@ -329,18 +328,8 @@ void ServingPlane::ReadModels(const std::string& wanted) const {
   decltype(models_) read;  // read without models_mu_: lookups of the models known go on meanwhile
   Status st = EtcdLog::Read(share_.etcd, share_.prefix, [&](const nlohmann::json& r) -> Status {
     if (r.value("op", "") != "register_model") return Status::Ok();
-    try {
-      const std::string name = r.at("name").get<std::string>();
-      MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(r.at("manifest").get<std::string>(),
-                                                                    "model '" + name + "''s manifest in etcd"));
-      std::shared_ptr<const TextFiles> files;
-      if (r.contains("text_files")) {
-        MC_ASSIGN_OR_RETURN(files, ClusterState::RecordedTextFiles(r, name, m));
-      }
-      read[name] = {std::make_shared<const model::Manifest>(std::move(m)), files};
-    } catch (const nlohmann::json::exception& e) {
-      return Corruption(std::string("a model's registration record: ") + e.what());
-    }
+    MC_ASSIGN_OR_RETURN(ClusterState::Registration reg, ClusterState::ParseRegistration(r));
+    read[reg.name] = {std::make_shared<const model::Manifest>(std::move(reg.manifest)), reg.text_files};
     return Status::Ok();
   });
   if (!st.ok()) {

@@ -234,17 +234,10 @@ Status ClusterState::Replay(const json& r) {
     return Status::Ok();
   }
   if (op == "register_model") {
-    const std::string text = r.at("manifest").get<std::string>();
-    MC_ASSIGN_OR_RETURN(model::Manifest m, model::Manifest::Parse(text, "journaled manifest"));
-    const std::string name = r.at("name").get<std::string>();
-    std::shared_ptr<const TextFiles> files;
-    if (r.contains("text_files")) {
-      MC_ASSIGN_OR_RETURN(files, RecordedTextFiles(r, name, m));
-    } else {
-      files = LoadTextFilesLocked(name, m);
-    }
-    models_[name] =
-        Model{std::make_shared<const model::Manifest>(std::move(m)), text, r.at("keep_alive").get<double>(), files};
+    MC_ASSIGN_OR_RETURN(Registration reg, ParseRegistration(r));
+    auto files = r.contains("text_files") ? reg.text_files : LoadTextFilesLocked(reg.name, reg.manifest);
+    models_[reg.name] = Model{std::make_shared<const model::Manifest>(std::move(reg.manifest)), reg.manifest_json,
+                              reg.keep_alive, files};
     return Status::Ok();
   }
   const OperationTable::ReplayContext ctx{
@@ -386,22 +379,30 @@ json ClusterState::RegisterRecordLocked(const std::string& name, const Model& m)
   return r;
 }
 
-Result<std::shared_ptr<const ClusterState::TextFiles>> ClusterState::RecordedTextFiles(const json& r,
-                                                                                     const std::string& name,
-                                                                                     const model::Manifest& m) {
-  if (m.text_files.empty()) return std::shared_ptr<const TextFiles>();
+Result<ClusterState::Registration> ClusterState::ParseRegistration(const json& r) {
+  Registration reg;
+  try {
+    reg.name = r.at("name").get<std::string>();
+    reg.manifest_json = r.at("manifest").get<std::string>();
+    reg.keep_alive = r.at("keep_alive").get<double>();
+  } catch (const json::exception& e) {
+    return Corruption(std::string("a model's registration record: ") + e.what());
+  }
+  MC_ASSIGN_OR_RETURN(reg.manifest, model::Manifest::Parse(reg.manifest_json, "journaled manifest"));
+  if (!r.contains("text_files") || reg.manifest.text_files.empty()) return reg;
+  const auto& recorded = r.at("text_files");
   auto files = std::make_shared<TextFiles>();
-  for (const auto& f : m.text_files) {
-    const auto& recorded = r.at("text_files");
-    if (!recorded.contains(f.name) || !recorded.at(f.name).is_string()) {
-      return Corruption("model '" + name + "''s registration record lacks its text file " + f.name);
+  for (const auto& f : reg.manifest.text_files) {
+    if (!recorded.is_object() || !recorded.contains(f.name) || !recorded.at(f.name).is_string()) {
+      return Corruption("model '" + reg.name + "''s registration record lacks its text file " + f.name);
     }
     auto bytes = Base64Decode(recorded.at(f.name).get<std::string>());
-    if (!bytes.ok()) return Corruption("model '" + name + "''s text file " + f.name + ": " + bytes.status().message());
-    MC_RETURN_IF_ERROR(CheckTextFile(f, *bytes, name));
+    if (!bytes.ok()) return Corruption("model '" + reg.name + "''s text file " + f.name + ": " + bytes.status().message());
+    MC_RETURN_IF_ERROR(CheckTextFile(f, *bytes, reg.name));
     (*files)[f.name] = std::move(*bytes);
   }
-  return std::shared_ptr<const TextFiles>(files);
+  reg.text_files = files;
+  return reg;
 }
 
 std::shared_ptr<const ClusterState::TextFiles> ClusterState::FindTextFiles(const std::string& model) const {
