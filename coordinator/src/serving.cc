@@ -453,24 +453,37 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
   }
   engine.hops = hops;
   if (!engine.waiting.empty()) {
-    // Prepared ahead of its blocks: its agents build their stages as the blocks land, and it
-    // joins the router once they have all landed (Admit), not before: a prediction that was
-    // late then costs no request a wait.
+    // Prepared ahead of its blocks: its agents build their stages as the blocks land. It joins
+    // the router at once, warming: it takes only the requests no ready engine has room for,
+    // whose first step then waits in its stages and runs the moment the last block lands. It is
+    // made ready once the agents report every block landed (Admit).
+    if (Status added = AddToRouter(id, engine, std::move(p), /*warming=*/true); !added.ok()) {
+      Release(id, engine, view);
+      return added;
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    prepared_[id] = {std::move(engine), std::move(p), t0};
+    prepared_[id] = {std::move(engine), t0};
     return Status::Ok();
   }
   return Admit(id, std::move(engine), std::move(p), t0);
 }
 
+Status ServingPlane::AddToRouter(const std::string& id, const Engine& engine, std::unique_ptr<pipeline::Pipeline> p,
+                                 bool warming) {
+  return router_->AddEngine(
+      id, engine.model, engine.local ? pipeline::EngineKind::kLocal : pipeline::EngineKind::kPipeline, std::move(p),
+      [this, id](const Status& s) {
+        std::lock_guard<std::mutex> lock(mu_);
+        gone_[id] = s.ok();
+        poked_ = true;
+        cv_.notify_all();
+      },
+      warming);
+}
+
 Status ServingPlane::Admit(const std::string& id, Engine engine, std::unique_ptr<pipeline::Pipeline> p, double t0) {
-  Status st = router_->AddEngine(id, engine.model, engine.local ? pipeline::EngineKind::kLocal : pipeline::EngineKind::kPipeline,
-                                 std::move(p), [this, id](const Status& s) {
-                                   std::lock_guard<std::mutex> lock(mu_);
-                                   gone_[id] = s.ok();
-                                   poked_ = true;
-                                   cv_.notify_all();
-                                 });
+  // A prepared engine is in the router already (warming, without `p`): it is made ready.
+  Status st = p != nullptr ? AddToRouter(id, engine, std::move(p), /*warming=*/false) : router_->ReadyEngine(id);
   if (!st.ok()) return st;
   std::vector<std::string> nodes;
   std::vector<std::tuple<std::string, uint32_t, uint32_t>> stages;
@@ -492,8 +505,17 @@ Status ServingPlane::Admit(const std::string& id, Engine engine, std::unique_ptr
   return Status::Ok();
 }
 
+void ServingPlane::LetGo(const std::string& id, const Engine& engine, const ServingView& view) {
+  // It takes nothing more; the steps its stages hold fail once they stop (its requests go back
+  // to the queue, no attempt counted), and it leaves the router. NotFound: it has left already.
+  (void)router_->DrainEngine(id);
+  Release(id, engine, view);
+}
+
 void ServingPlane::Release(const std::string& id, const Engine& engine, const ServingView& view) {
+  // Every stage at once: a pipeline formed in the same pass starts only after this.
   std::vector<std::string> nodes;
+  std::vector<std::thread> threads;
   for (const auto& [node, stage] : engine.stages) {
     nodes.push_back(node);
     auto nv = view.nodes.find(node);
@@ -503,11 +525,14 @@ void ServingPlane::Release(const std::string& id, const Engine& engine, const Se
     req.model = engine.model;
     req.first_block = static_cast<int32_t>(stage.first_block);
     req.end_block = static_cast<int32_t>(stage.end_block);
-    Status st = state_.load()->CallAgent(nv->second.rpc_address, 5000, [&](rpc::AgentClient& a) { a.stopServing(req); });
-    if (!st.ok() && st.code() != StatusCode::kNotFound) {
-      LOG(WARNING) << "serving: " << id << ": stopping its stage on " << node << ": " << st.message();
-    }
+    threads.emplace_back([this, &id, req, addr = nv->second.rpc_address, node = node] {
+      Status st = state_.load()->CallAgent(addr, 5000, [&](rpc::AgentClient& a) { a.stopServing(req); });
+      if (!st.ok() && st.code() != StatusCode::kNotFound) {
+        LOG(WARNING) << "serving: " << id << ": stopping its stage on " << node << ": " << st.message();
+      }
+    });
   }
+  for (auto& t : threads) t.join();
   if (!engine.local) state_.load()->SetPipeline(engine.model, nodes, "");
 }
 
@@ -612,7 +637,7 @@ void ServingPlane::Reconcile() {
         continue;
       }
       if (!gone && landed) {
-        if (Status st = Admit(id, pr.engine, std::move(pr.pipeline), pr.formed); st.ok()) {
+        if (Status st = Admit(id, pr.engine, nullptr, pr.formed); st.ok()) {
           for (const auto& [node, stage] : pr.engine.stages) busy.insert(node);
           continue;
         } else {
@@ -623,8 +648,7 @@ void ServingPlane::Reconcile() {
                                                 : ": its blocks are later than predicted")
                   << "; letting it go";
       }
-      pr.pipeline.reset();
-      Release(id, pr.engine, view);
+      LetGo(id, pr.engine, view);
     }
     // Execute-while-load: receivers not in a pipeline yet, grouped by what they hold.
     if (!config_.pipelines || mv.loading.empty()) continue;
@@ -677,6 +701,8 @@ void ServingPlane::Reconcile() {
       }
       launch(std::move(e));
     }
+    // All at once: the pipelines formed above start only once these have let their nodes go.
+    std::vector<std::thread> letting_go;
     for (const auto& id : let_go) {
       Prepared pr;
       {
@@ -687,9 +713,9 @@ void ServingPlane::Reconcile() {
         prepared_.erase(it);
       }
       LOG(INFO) << "serving: " << id << ": its members can serve in a pipeline now; letting it go";
-      pr.pipeline.reset();
-      Release(id, pr.engine, view);
+      letting_go.emplace_back([this, &view, id, engine = std::move(pr.engine)] { LetGo(id, engine, view); });
     }
+    for (auto& t : letting_go) t.join();
     // Then, with a lookahead, what the rest will hold soon.
     if (config_.lookahead > 0) {
       for (const auto& [node, id] : waiting_in) {

@@ -350,6 +350,7 @@ class RemotePipeline final : public Pipeline {
       }
       m.seq = st_->next_seq++;
       st_->pending[m.seq] = p;
+      current_ = m.seq;
     }
     m.origin = st_->self;
     m.route = hops_;
@@ -368,6 +369,7 @@ class RemotePipeline final : public Pipeline {
     std::unique_lock<std::mutex> lock(st_->mu);
     const bool done = st_->cv.wait_for(lock, std::chrono::duration<double>(timeout_), [&] { return p->done; });
     st_->pending.erase(m.seq);
+    current_ = 0;
     if (!done) {
       return DeadlineExceeded("a pipeline step through " + Describe() + " took longer than " +
                               std::to_string(timeout_) + " s");
@@ -392,6 +394,15 @@ class RemotePipeline final : public Pipeline {
     }
   }
 
+  void Interrupt() override {
+    std::lock_guard<std::mutex> lock(st_->mu);
+    auto it = st_->pending.find(current_);
+    if (current_ == 0 || it == st_->pending.end() || it->second->done) return;
+    it->second->done = true;
+    it->second->status = Cancelled("the step through " + Describe() + " was interrupted");
+    st_->cv.notify_all();
+  }
+
   int64_t vocab_size() const override { return vocab_; }
   int64_t max_positions() const override { return positions_; }
 
@@ -405,6 +416,7 @@ class RemotePipeline final : public Pipeline {
   std::vector<Hop> hops_;
   int64_t vocab_, positions_;
   double timeout_;
+  uint64_t current_ = 0;  // the seq of the step in progress (0: none); under st_->mu
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <random>
 #include <mutex>
 #include <thread>
+#include <tuple>
 
 namespace modelcast::pipeline {
 namespace {
@@ -70,6 +71,8 @@ struct Engine {
   std::deque<RequestPtr> inbox;  // dispatched here, not yet in the batch
   std::vector<RequestPtr> batch;
   bool draining = false, stop = false;
+  bool warming = false;  // its stages are being built: it takes only what no ready engine can
+  bool interrupted = false;  // its step was interrupted to give its requests to a ready engine
   uint64_t served = 0;
   std::condition_variable cv;
   std::thread thread;
@@ -108,8 +111,10 @@ struct Router::Impl {
           std::shared_ptr<Engine> best;
           for (auto& [id, e] : engines) {
             if (e->model != model || e->draining || e->load() >= static_cast<size_t>(options.max_batch)) continue;
-            if (!best || std::make_pair(e->kind != EngineKind::kLocal, e->load()) <
-                             std::make_pair(best->kind != EngineKind::kLocal, best->load())) {
+            // Ready engines first (full instances, then pipelines), the least loaded; a warming
+            // one only when no ready one has room.
+            if (!best || std::make_tuple(e->warming, e->kind != EngineKind::kLocal, e->load()) <
+                             std::make_tuple(best->warming, best->kind != EngineKind::kLocal, best->load())) {
               best = e;
             }
           }
@@ -125,6 +130,18 @@ struct Router::Impl {
           expired.push_back(q.front());
           q.pop_front();
         }
+      }
+      // Requests waiting in a warming engine's stages go to a ready engine as soon as one has
+      // room: the warming engine's step is interrupted, and they come back to the queue.
+      for (auto& [id, w] : engines) {
+        if (!w->warming || w->batch.empty()) continue;
+        const bool room = std::any_of(engines.begin(), engines.end(), [&](const auto& kv) {
+          const Engine& e = *kv.second;
+          return e.model == w->model && !e.warming && !e.draining && e.load() < static_cast<size_t>(options.max_batch);
+        });
+        if (!room) continue;
+        w->interrupted = true;
+        w->pipeline->Interrupt();  // again each pass while so: a step not yet begun misses it
       }
       if (!expired.empty()) {
         lock.unlock();
@@ -162,6 +179,7 @@ struct Router::Impl {
         std::unique_lock<std::mutex> lock(mu);
         e->cv.wait(lock, [&] { return e->stop || !e->inbox.empty() || !e->batch.empty() || e->draining; });
         if (e->stop) return;
+        e->interrupted = false;
         while (!e->inbox.empty()) {
           e->batch.push_back(std::move(e->inbox.front()));
           e->inbox.pop_front();
@@ -229,17 +247,45 @@ struct Router::Impl {
         std::this_thread::sleep_until(step_start + std::chrono::duration_cast<Clock::duration>(
                                                        std::chrono::duration<double>(floor)));
       }
-      if (!s.ok() && EngineFault(s)) {
-        std::vector<RequestPtr> failed;
-        {
-          std::lock_guard<std::mutex> lock(mu);
-          LOG(WARNING) << "router: engine " << e->id << " failed: " << s.ToString() << "; its " << e->load()
-                       << " requests go on elsewhere";
+      // A warming engine's failure is its own whatever the error (its stages were never all
+      // built), and costs its requests no attempt.
+      bool warming = false;
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        warming = e->warming;
+        if (e->interrupted && e->warming && !e->draining && !e->stop) {
+          // Given back: its requests go to the queue, no attempt counted; the engine stays.
           std::vector<RequestPtr> all(e->batch.begin(), e->batch.end());
           all.insert(all.end(), e->inbox.begin(), e->inbox.end());
           e->batch.clear();
           e->inbox.clear();
-          for (auto& req : all) p.Drop(req->cache_id);
+          e->interrupted = false;
+          std::vector<RequestPtr> none;
+          for (auto& req : all) {
+            p.Drop(req->cache_id);
+            req->attempts--;
+          }
+          RequeueLocked(*e, all, &none);
+          LOG(INFO) << "router: engine " << e->id << " (warming) gave its " << all.size()
+                    << " requests to a ready engine";
+          cv.notify_all();
+          continue;
+        }
+      }
+      if (!s.ok() && (EngineFault(s) || warming)) {
+        std::vector<RequestPtr> failed;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          LOG(WARNING) << "router: engine " << e->id << (warming ? " (warming)" : "") << " failed: " << s.ToString()
+                       << "; its " << e->load() << " requests go on elsewhere";
+          std::vector<RequestPtr> all(e->batch.begin(), e->batch.end());
+          all.insert(all.end(), e->inbox.begin(), e->inbox.end());
+          e->batch.clear();
+          e->inbox.clear();
+          for (auto& req : all) {
+            p.Drop(req->cache_id);
+            if (warming) req->attempts--;
+          }
           RequeueLocked(*e, all, &failed);
           engines.erase(e->id);
           gone.push_back(e);
@@ -248,6 +294,10 @@ struct Router::Impl {
         for (auto& req : failed) Finish(req, s.WithContext("after " + std::to_string(req->attempts) + " attempts"));
         if (e->on_gone) e->on_gone(s);
         return;
+      }
+      if (s.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        e->warming = false;  // a step went through: its stages are all built
       }
       std::vector<RequestPtr> finished;
       const auto now = Clock::now();
@@ -318,12 +368,13 @@ Router::~Router() {
 }
 
 Status Router::AddEngine(const std::string& id, const std::string& model, EngineKind kind,
-                         std::unique_ptr<Pipeline> pipeline, std::function<void(const Status&)> on_gone) {
+                         std::unique_ptr<Pipeline> pipeline, std::function<void(const Status&)> on_gone, bool warming) {
   if (pipeline == nullptr) return InvalidArgument("engine " + id + " has no pipeline");
   auto e = std::make_shared<Engine>();
   e->id = id;
   e->model = model;
   e->kind = kind;
+  e->warming = warming;
   e->pipeline = std::move(pipeline);
   e->on_gone = std::move(on_gone);
   {
@@ -334,7 +385,18 @@ Status Router::AddEngine(const std::string& id, const std::string& model, Engine
     e->thread = std::thread([i = impl_.get(), e] { i->Run(e); });
   }
   LOG(INFO) << "router: engine " << id << " (" << (kind == EngineKind::kLocal ? "local instance" : "pipeline")
-            << ") serves " << model;
+            << (warming ? ", warming" : "") << ") serves " << model;
+  impl_->cv.notify_all();
+  return Status::Ok();
+}
+
+Status Router::ReadyEngine(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->engines.find(id);
+    if (it == impl_->engines.end()) return NotFound("the router has no engine " + id);
+    it->second->warming = false;
+  }
   impl_->cv.notify_all();
   return Status::Ok();
 }
@@ -353,7 +415,7 @@ std::vector<EngineInfo> Router::Engines(const std::string& model) const {
   std::vector<EngineInfo> out;
   for (const auto& [id, e] : impl_->engines) {
     if (!model.empty() && e->model != model) continue;
-    out.push_back({id, e->model, e->kind, e->load(), e->draining, e->served});
+    out.push_back({id, e->model, e->kind, e->load(), e->draining, e->warming, e->served});
   }
   return out;
 }

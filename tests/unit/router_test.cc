@@ -40,6 +40,51 @@ class FaultyPipeline final : public Pipeline {
   std::atomic<int> steps_{0};
 };
 
+// Stages still being built: each step waits at the gate until it opens (the blocks landed) and
+// then runs, or fails with what `Fail` gave (the pipeline was let go).
+class GatedPipeline final : public Pipeline {
+ public:
+  explicit GatedPipeline(std::unique_ptr<Pipeline> inner) : inner_(std::move(inner)) {}
+  Status Step(const StepInput& in, StepOutput* out) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ++held_;
+      cv_.notify_all();
+      const int interrupts = interrupts_;
+      cv_.wait(lock, [&] { return open_ || interrupts_ != interrupts; });
+      if (!open_) return Cancelled("interrupted");
+      if (!failure_.ok()) return failure_;
+    }
+    return inner_->Step(in, out);
+  }
+  void Drop(uint64_t r) override { inner_->Drop(r); }
+  void Interrupt() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++interrupts_;
+    cv_.notify_all();
+  }
+  int64_t vocab_size() const override { return inner_->vocab_size(); }
+  int64_t max_positions() const override { return inner_->max_positions(); }
+  void Open(Status failure = Status::Ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    failure_ = std::move(failure);
+    cv_.notify_all();
+  }
+  bool WaitHeld(std::chrono::seconds limit = 10s) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, limit, [&] { return held_ > 0; });
+  }
+
+ private:
+  std::unique_ptr<Pipeline> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  int held_ = 0, interrupts_ = 0;
+  Status failure_;
+};
+
 struct Outcome {
   std::vector<int32_t> tokens;
   Status status;
@@ -252,6 +297,96 @@ TEST_F(RouterTest, RequestsOfAFailedEngineGoOnElsewhereWithoutRepeatingATokenOrD
     EXPECT_EQ(o.tokens, Alone(i, 10, SamplingParams{0.9, 0.95, 77})) << "request " << i;
     EXPECT_EQ(o.timing.attempts, 2);
     EXPECT_EQ(o.timing.served_by, "local");
+  }
+}
+
+// A pipeline prepared ahead of its blocks is in the router warming: it takes only what the
+// ready engines have no room for, those requests' first step waits in its stages and runs as
+// soon as they are built; ReadyEngine makes it an engine like any other.
+TEST_F(RouterTest, AWarmingEngineTakesOnlyWhatReadyEnginesHaveNoRoomFor) {
+  Router router(RouterOptions{.max_batch = 2});
+  ASSERT_TRUE(
+      router.AddEngine("local", "tiny", EngineKind::kLocal, std::make_unique<FaultyPipeline>(Local(), -1, 30ms)).ok());
+  auto gated = std::make_unique<GatedPipeline>(Local(2));
+  GatedPipeline* gate = gated.get();
+  ASSERT_TRUE(router.AddEngine("warm", "tiny", EngineKind::kPipeline, std::move(gated), nullptr, /*warming=*/true).ok());
+  ASSERT_EQ(router.Engines().size(), 2u);
+  for (const auto& e : router.Engines()) EXPECT_EQ(e.warming, e.id == "warm") << e.id;
+  Collector c;
+  // Two fit the local instance's batch: the warming pipeline gets none of them.
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 3)).ok());
+  ASSERT_TRUE(c.WaitAll(2));
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(c.Get(i).timing.served_by, "local") << "request " << i;
+  // Four at once: two overflow onto the warming pipeline and wait in its stages.
+  for (int i = 2; i < 6; ++i) ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 8)).ok());
+  ASSERT_TRUE(gate->WaitHeld());
+  ASSERT_TRUE(router.ReadyEngine("warm").ok());
+  gate->Open();  // its last block landed: the held step runs
+  ASSERT_TRUE(c.WaitAll(6));
+  int on_warm = 0;
+  for (int i = 2; i < 6; ++i) {
+    const Outcome o = c.Get(i);
+    ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+    EXPECT_EQ(o.tokens, Alone(i, 8)) << "request " << i;
+    on_warm += o.timing.served_by == "warm";
+  }
+  EXPECT_GE(on_warm, 1) << "the requests the local instance had no room for went to the warming pipeline";
+  for (const auto& e : router.Engines()) EXPECT_FALSE(e.warming) << e.id;
+  EXPECT_EQ(router.ReadyEngine("absent").code(), StatusCode::kNotFound);
+}
+
+// Requests waiting in a warming pipeline's stages are given to a ready engine as soon as one
+// has room (its step is interrupted); the warming pipeline stays, for what comes next.
+TEST_F(RouterTest, RequestsWaitingInAWarmingEngineGoToAReadyOneThatHasRoom) {
+  Router router(RouterOptions{.max_batch = 4, .max_attempts = 1});
+  auto gated = std::make_unique<GatedPipeline>(Local(2));
+  GatedPipeline* gate = gated.get();
+  ASSERT_TRUE(router.AddEngine("warm", "tiny", EngineKind::kPipeline, std::move(gated), nullptr, /*warming=*/true).ok());
+  Collector c;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 6)).ok());
+  ASSERT_TRUE(gate->WaitHeld());
+  ASSERT_TRUE(router.AddEngine("local", "tiny", EngineKind::kLocal, Local()).ok());
+  ASSERT_TRUE(c.WaitAll(3));
+  for (int i = 0; i < 3; ++i) {
+    const Outcome o = c.Get(i);
+    ASSERT_TRUE(o.status.ok()) << "request " << i << ": " << o.status.ToString();
+    EXPECT_EQ(o.tokens, Alone(i, 6)) << "request " << i;
+    EXPECT_EQ(o.timing.served_by, "local") << "request " << i;
+    EXPECT_EQ(o.timing.attempts, 1) << "request " << i << ": giving it back was counted";
+  }
+  ASSERT_EQ(router.Engines().size(), 2u) << "the warming pipeline stays";
+  gate->Open();
+}
+
+// A warming pipeline let go (its blocks were late): whatever its held steps fail with, its
+// requests go back to the queue without counting an attempt, and are served elsewhere.
+TEST_F(RouterTest, ARequestHeldByAWarmingEngineThatFailsCostsNoAttempt) {
+  Router router(RouterOptions{.max_batch = 4, .max_attempts = 1});
+  auto gated = std::make_unique<GatedPipeline>(Local(2));
+  GatedPipeline* gate = gated.get();
+  std::promise<Status> gone;
+  ASSERT_TRUE(router
+                  .AddEngine("warm", "tiny", EngineKind::kPipeline, std::move(gated),
+                             [&](const Status& s) { gone.set_value(s); }, /*warming=*/true)
+                  .ok());
+  Collector c;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(router.Submit(c.Make(i, Prompt(i), 5)).ok());
+  ASSERT_TRUE(gate->WaitHeld());
+  ASSERT_TRUE(router.DrainEngine("warm").ok());
+  // Not an error the router takes for an engine's (a ready engine's step failing so would fail
+  // its requests): a warming engine's failure is its own whatever the code.
+  gate->Open(FailedPrecondition("stopServing tiny[0,2) before its blocks landed"));
+  auto f = gone.get_future();
+  ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+  EXPECT_EQ(f.get().code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(router.AddEngine("local", "tiny", EngineKind::kLocal, Local()).ok());
+  ASSERT_TRUE(c.WaitAll(3));
+  for (int i = 0; i < 3; ++i) {
+    const Outcome o = c.Get(i);
+    ASSERT_TRUE(o.status.ok()) << "request " << i << ": " << o.status.ToString();
+    EXPECT_EQ(o.tokens, Alone(i, 5)) << "request " << i;
+    EXPECT_EQ(o.timing.served_by, "local");
+    EXPECT_EQ(o.timing.attempts, 1) << "the warming engine's failure was counted";
   }
 }
 

@@ -5,8 +5,9 @@
 // into pipelines (planner::FormPipelines on what the agents report, and, `serving.lookahead`
 // ahead, on what each target's plan sends it next at the rate it has been receiving), their
 // agents host the stages (a stage whose blocks are still landing is built by its agent the
-// moment its last block lands, holding the steps that reach it before) and the router sends
-// requests through them; a pipeline
+// moment its last block lands, holding the steps that reach it before: such a pipeline is in
+// the router at once, warming, and takes the requests no ready engine has room for) and the
+// router sends requests through them; a pipeline
 // dissolves (drains: requests in flight finish) once its members are all full local instances,
 // and a released instance's engine drains before its agent stops serving.
 //
@@ -113,10 +114,14 @@ class ServingPlane {
   std::vector<std::string> ModelNames() const;
   void ReadModels(const std::string& wanted = "") const;
   // Starts the stages on their agents and adds the engine (or, when some of its blocks are
-  // still landing, keeps it prepared); stops what it started on failure.
+  // still landing, adds it warming and keeps it prepared); stops what it started on failure.
   Status Launch(const std::string& id, Engine engine, const ServingView& view);
-  // Adds a started engine to the router; `formed`: when it was formed (SteadyNow).
+  Status AddToRouter(const std::string& id, const Engine& engine, std::unique_ptr<pipeline::Pipeline> p, bool warming);
+  // Adds a started engine to the router, or (`p` null) makes a prepared one ready; `formed`:
+  // when it was formed (SteadyNow).
   Status Admit(const std::string& id, Engine engine, std::unique_ptr<pipeline::Pipeline> p, double formed);
+  // A prepared engine given up: drained from the router, its stages stopped.
+  void LetGo(const std::string& id, const Engine& engine, const ServingView& view);
   // How long an agent holds a stage formed ahead of its blocks, and a prepared engine waits.
   double WaitForBlocks() const { return std::max(2.0, 4 * config_.lookahead); }
   void Release(const std::string& id, const Engine& engine, const ServingView& view);
@@ -157,10 +162,9 @@ class ServingPlane {
   std::map<std::string, Engine> engines_;        // id -> what it runs on
   struct Prepared {
     Engine engine;
-    std::unique_ptr<pipeline::Pipeline> pipeline;
     double formed = 0;  // SteadyNow()
   };
-  std::map<std::string, Prepared> prepared_;     // formed ahead of their blocks, not in the router yet
+  std::map<std::string, Prepared> prepared_;     // formed ahead of their blocks, warming in the router
   std::map<std::string, bool> gone_;             // engines that left the router (id -> drained ok)
   std::map<std::string, double> retry_after_;    // engine id -> when a failed launch may be retried
   uint64_t next_pipeline_ = 1;

@@ -20,6 +20,10 @@ class Pipeline {
   virtual Status Step(const StepInput& input, StepOutput* output) = 0;
   // Frees the request's KV caches on every stage.
   virtual void Drop(uint64_t request) = 0;
+  // Called from another thread: ends a Step in progress now with Cancelled (a step that waits
+  // in stages still being built, given back). The stages may still run it; what they return
+  // is dropped. The default does nothing: the step ends when it ends.
+  virtual void Interrupt() {}
   virtual int64_t vocab_size() const = 0;
   // The longest sequence (prompt and generated tokens) the model takes.
   virtual int64_t max_positions() const = 0;

@@ -4,6 +4,14 @@
 // requests' prompts, through the pipeline at once). Requests go to full instances first, then
 // to pipelines, the least loaded first.
 //
+// An engine added as warming (a pipeline prepared ahead of its blocks, whose stages are built
+// by their agents as the blocks land) takes only what no ready engine has room for: those
+// requests wait in its stages, and their first step runs the moment the last block lands, not
+// after the coordinator has heard of it. As soon as a ready engine has room, the waiting step
+// is interrupted (Pipeline::Interrupt) and its requests go there. Its failure (the blocks were
+// late and it was let go) sends them back to the queue; neither counts an attempt. It is ready
+// once a step has gone through it, or ReadyEngine says so.
+//
 // An engine can be drained (it takes nothing new, and goes once its requests have finished:
 // how pipelines dissolve) or fail (a stage's node is lost): its requests then go back to the
 // queue and continue on another engine from where they were (the prompt and the tokens
@@ -52,6 +60,7 @@ struct EngineInfo {
   EngineKind kind = EngineKind::kLocal;
   size_t running = 0;  // requests it holds (queued on it or in its batch)
   bool draining = false;
+  bool warming = false;  // added as warming, not made ready yet
   uint64_t served = 0;  // requests finished on it
 };
 
@@ -74,9 +83,13 @@ class Router {
   Router& operator=(const Router&) = delete;
 
   // Adds an engine of `model` (AlreadyExists for a taken id). `on_gone` runs once the engine
-  // has left: drained (OK) or failed (the error).
+  // has left: drained (OK) or failed (the error). `warming`: its stages are still being built
+  // (see above) until ReadyEngine.
   Status AddEngine(const std::string& id, const std::string& model, EngineKind kind, std::unique_ptr<Pipeline> pipeline,
-                   std::function<void(const Status&)> on_gone = nullptr);
+                   std::function<void(const Status&)> on_gone = nullptr, bool warming = false);
+  // A warming engine's stages are all built: it takes requests as any other. NotFound if absent
+  // (it failed meanwhile).
+  Status ReadyEngine(const std::string& id);
   // Stops dispatching to the engine; it leaves once its requests have finished. NotFound if absent.
   Status DrainEngine(const std::string& id);
   std::vector<EngineInfo> Engines(const std::string& model = "") const;
