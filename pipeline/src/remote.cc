@@ -396,8 +396,8 @@ class RemotePipeline final : public Pipeline {
 
   void Interrupt() override {
     std::lock_guard<std::mutex> lock(st_->mu);
-    auto it = st_->pending.find(current_);
-    if (current_ == 0 || it == st_->pending.end() || it->second->done) return;
+    auto it = st_->pending.find(current_);  // seqs start at 1: none for 0
+    if (it == st_->pending.end() || it->second->done) return;
     it->second->done = true;
     it->second->status = Cancelled("the step through " + Describe() + " was interrupted");
     st_->cv.notify_all();

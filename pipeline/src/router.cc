@@ -156,11 +156,19 @@ struct Router::Impl {
     }
   }
 
-  // Requests of a failed engine go back to the front of their queue, to continue elsewhere.
-  void RequeueLocked(Engine& e, std::vector<RequestPtr>& reqs, std::vector<RequestPtr>* failed) {
+  // Takes every request off the engine (its batch and inbox, their KV caches on it freed) back
+  // to the front of their queue, to continue elsewhere; `counted`: the attempt on it counts, and
+  // those out of attempts go to `failed` instead.
+  void GiveBackLocked(Engine& e, bool counted, std::vector<RequestPtr>* failed) {
+    std::vector<RequestPtr> all(e.batch.begin(), e.batch.end());
+    all.insert(all.end(), e.inbox.begin(), e.inbox.end());
+    e.batch.clear();
+    e.inbox.clear();
     auto& q = queues[e.model];
-    for (auto it = reqs.rbegin(); it != reqs.rend(); ++it) {
+    for (auto it = all.rbegin(); it != all.rend(); ++it) {
       RequestPtr req = *it;
+      e.pipeline->Drop(req->cache_id);
+      if (!counted) req->attempts--;
       if (req->attempts >= options.max_attempts) {
         failed->push_back(req);
         continue;
@@ -247,53 +255,38 @@ struct Router::Impl {
         std::this_thread::sleep_until(step_start + std::chrono::duration_cast<Clock::duration>(
                                                        std::chrono::duration<double>(floor)));
       }
-      // A warming engine's failure is its own whatever the error (its stages were never all
-      // built), and costs its requests no attempt.
-      bool warming = false;
       if (!s.ok()) {
-        std::lock_guard<std::mutex> lock(mu);
-        warming = e->warming;
-        if (e->interrupted && e->warming && !e->draining && !e->stop) {
-          // Given back: its requests go to the queue, no attempt counted; the engine stays.
-          std::vector<RequestPtr> all(e->batch.begin(), e->batch.end());
-          all.insert(all.end(), e->inbox.begin(), e->inbox.end());
-          e->batch.clear();
-          e->inbox.clear();
-          e->interrupted = false;
-          std::vector<RequestPtr> none;
-          for (auto& req : all) {
-            p.Drop(req->cache_id);
-            req->attempts--;
-          }
-          RequeueLocked(*e, all, &none);
-          LOG(INFO) << "router: engine " << e->id << " (warming) gave its " << all.size()
-                    << " requests to a ready engine";
-          cv.notify_all();
-          continue;
-        }
-      }
-      if (!s.ok() && (EngineFault(s) || warming)) {
+        // A warming engine's failure is its own whatever the error (its stages were never all
+        // built), and costs its requests no attempt. Interrupted (see Dispatch), it stays.
         std::vector<RequestPtr> failed;
+        bool given_back = false, left = false;
         {
           std::lock_guard<std::mutex> lock(mu);
-          LOG(WARNING) << "router: engine " << e->id << (warming ? " (warming)" : "") << " failed: " << s.ToString()
-                       << "; its " << e->load() << " requests go on elsewhere";
-          std::vector<RequestPtr> all(e->batch.begin(), e->batch.end());
-          all.insert(all.end(), e->inbox.begin(), e->inbox.end());
-          e->batch.clear();
-          e->inbox.clear();
-          for (auto& req : all) {
-            p.Drop(req->cache_id);
-            if (warming) req->attempts--;
+          const bool warming = e->warming;
+          if (warming && e->interrupted && !e->draining && !e->stop) {
+            LOG(INFO) << "router: engine " << e->id << " (warming) gives its " << e->load()
+                      << " requests to a ready engine";
+            GiveBackLocked(*e, /*counted=*/false, &failed);
+            e->interrupted = false;
+            given_back = true;
+          } else if (EngineFault(s) || warming) {
+            LOG(WARNING) << "router: engine " << e->id << (warming ? " (warming)" : "") << " failed: " << s.ToString()
+                         << "; its " << e->load() << " requests go on elsewhere";
+            GiveBackLocked(*e, /*counted=*/!warming, &failed);
+            engines.erase(e->id);
+            gone.push_back(e);
+            left = true;
           }
-          RequeueLocked(*e, all, &failed);
-          engines.erase(e->id);
-          gone.push_back(e);
         }
-        cv.notify_all();
-        for (auto& req : failed) Finish(req, s.WithContext("after " + std::to_string(req->attempts) + " attempts"));
-        if (e->on_gone) e->on_gone(s);
-        return;
+        if (given_back || left) {
+          cv.notify_all();
+          for (auto& req : failed) Finish(req, s.WithContext("after " + std::to_string(req->attempts) + " attempts"));
+          if (left) {
+            if (e->on_gone) e->on_gone(s);
+            return;
+          }
+          continue;
+        }
       }
       if (s.ok()) {
         std::lock_guard<std::mutex> lock(mu);
