@@ -18,8 +18,8 @@ std::string Membership::Describe() const {
 }
 
 bool Membership::Alive(const Node& n) const {
-  return n.joined && std::chrono::duration<double>(std::chrono::steady_clock::now() - n.last_heartbeat).count() <=
-                         heartbeat_deadline_;
+  const auto heard = std::chrono::steady_clock::now() - n.last_heartbeat - (deaf_ - n.deaf_at_heartbeat);
+  return n.joined && std::chrono::duration<double>(heard).count() <= heartbeat_deadline_;
 }
 
 Status Membership::Join(const JoinArgs& a) {
@@ -33,6 +33,7 @@ Status Membership::Join(const JoinArgs& a) {
   n.serving_address = a.serving_address.value_or(a.fabric_address);
   n.inventory = a.inventory;
   n.last_heartbeat = std::chrono::steady_clock::now();
+  n.deaf_at_heartbeat = deaf_;
   n.last_heartbeat_unix = UnixNow();
   LOG(INFO) << "coordinator: node '" << a.node << "' joined from " << a.rpc_address;
   return Status::Ok();
@@ -44,6 +45,7 @@ Result<bool> Membership::Heartbeat(const HeartbeatArgs& a, int64_t epoch) {
   Node& n = it->second;
   if (!n.joined || a.epoch != epoch) return false;
   n.last_heartbeat = std::chrono::steady_clock::now();
+  n.deaf_at_heartbeat = deaf_;
   n.last_heartbeat_unix = UnixNow();
   if (a.inventory) n.inventory = *a.inventory;
   return true;

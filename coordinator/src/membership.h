@@ -24,6 +24,7 @@ class Membership {
     std::string rpc_address, fabric_address, serving_address;
     std::chrono::steady_clock::time_point last_heartbeat;
     double last_heartbeat_unix = 0;
+    std::chrono::steady_clock::duration deaf_at_heartbeat{};  // deaf_ when it was last heard
     rpc::NodeInventory inventory;  // as its agent last reported it
     // > 0: a multicast measured this node's links well below the others' (a straggler, e.g. a
     // degraded NIC or a congested port): plans use this rate for it until one measures it back.
@@ -45,9 +46,15 @@ class Membership {
   const Node& at(const std::string& name) const { return nodes_.at(name); }
   const std::map<std::string, Node>& nodes() const { return nodes_; }
   size_t size() const { return nodes_.size(); }
-  // Joined, and heard from within the deadline.
+  // Joined, and heard from within the deadline, counting only the time the coordinator could
+  // hear it (see Deaf).
   bool Alive(const Node& n) const;
   bool Alive(const std::string& name) const { return Alive(nodes_.at(name)); }
+  // The coordinator could hear no heartbeat for `d` (it held its state's lock while a journal
+  // write waited on a disk or on etcd electing a leader): that time is not held against any
+  // node. Without it a coordinator stalled past the deadline would take every node for dead
+  // the moment it wakes, before the heartbeats that queued up meanwhile are handled.
+  void Deaf(std::chrono::steady_clock::duration d) { deaf_ += d; }
   // What an agent answered when asked directly (newer than its last heartbeat).
   void SetInventory(const std::string& name, const rpc::NodeInventory& inventory);
   // The link rate plans use for a node: its configured one, or what a multicast measured.
@@ -68,6 +75,7 @@ class Membership {
 
   std::string cluster_;
   double heartbeat_deadline_;
+  std::chrono::steady_clock::duration deaf_{};  // the sum of Deaf's
   std::map<std::string, Node> nodes_;
 };
 

@@ -15,6 +15,37 @@ using nlohmann::json;
 
 namespace {
 
+// The coordinator's record log, timed: every write is made while the state's lock is held, so no
+// heartbeat is heard meanwhile, and the nodes are not blamed for it (Membership::Deaf).
+class DeafWhileWriting final : public RecordLog {
+ public:
+  DeafWhileWriting(std::unique_ptr<RecordLog> log, Membership* members) : log_(std::move(log)), members_(members) {}
+  Status Append(const json& record) override {
+    return Timed([&] { return log_->Append(record); });
+  }
+  Status Compact(const std::vector<json>& records) override {
+    return Timed([&] { return log_->Compact(records); });
+  }
+  uint64_t records() const override { return log_->records(); }
+  uint64_t bytes() const override { return log_->bytes(); }
+
+ private:
+  template <typename F>
+  Status Timed(F&& write) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Status st = write();
+    const auto took = std::chrono::steady_clock::now() - t0;
+    members_->Deaf(took);
+    if (took > std::chrono::milliseconds(500)) {
+      LOG(WARNING) << "coordinator: a state write took " << std::chrono::duration<double>(took).count()
+                   << " s; no heartbeat was heard meanwhile, and none is missed for it";
+    }
+    return st;
+  }
+  std::unique_ptr<RecordLog> log_;
+  Membership* members_;
+};
+
 // Live nodes holding some of `model` in `tier` (0: SSD, 1: host memory, 2: GPU).
 std::vector<std::string> Holders(const Membership& members, const std::string& model, int tier) {
   std::vector<std::string> out;
@@ -152,10 +183,11 @@ Result<std::unique_ptr<ClusterState>> ClusterState::Open(const planner::ClusterC
     MC_ASSIGN_OR_RETURN(auto version, etcd->Version());
     MC_ASSIGN_OR_RETURN(auto log, EtcdLog::Open(etcd, config.etcd_prefix, replay, &report));
     if (!fence.key.empty()) log->Fence(fence.key, fence.create_revision);
-    s->journal_ = std::move(log);
+    s->journal_ = std::make_unique<DeafWhileWriting>(std::move(log), &s->members_);
     LOG(INFO) << "coordinator: state in etcd " << version << " under '" << config.etcd_prefix << "/'";
   } else {
-    MC_ASSIGN_OR_RETURN(s->journal_, Journal::Open(config.state_dir / "coordinator.journal", replay, {}, &report));
+    MC_ASSIGN_OR_RETURN(auto journal, Journal::Open(config.state_dir / "coordinator.journal", replay, {}, &report));
+    s->journal_ = std::make_unique<DeafWhileWriting>(std::move(journal), &s->members_);
   }
   s->instances_.AttachJournal(s->journal_.get());
   s->epoch_++;

@@ -3,6 +3,8 @@
 // (The flows that combine them run against real daemons in the integration tests.)
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "instance_table.h"
@@ -244,6 +246,26 @@ TEST(MembershipTest, NodesJoinHeartbeatAndStragglersAreJudgedAgainstTheMedian) {
   // Two nodes are no majority: nothing is judged.
   m.JudgeLinks("op-1-3", {{"n0", 9e8}, {"n3", 1e6}});
   EXPECT_DOUBLE_EQ(m.Nic("n3"), 1e9);
+}
+
+// A coordinator that could not hear (its journal write waited on etcd with the state's lock
+// held) does not blame the nodes for it: only the time it could hear counts against the
+// deadline, and only the deaf time since a node was last heard counts for that node.
+TEST(MembershipTest, TimeTheCoordinatorCouldNotHearIsNotHeldAgainstANode) {
+  using namespace std::chrono_literals;
+  Membership m(Cluster(2), 1.0);
+  ASSERT_TRUE(m.Join({"n0", "127.0.0.1:1", "", std::nullopt, {}}).ok());
+  std::this_thread::sleep_for(1200ms);
+  EXPECT_FALSE(m.Alive("n0")) << "silent past the deadline";
+  m.Deaf(1100ms);
+  EXPECT_TRUE(m.Alive("n0")) << "heard about 0.1 s of the 1.2 s";
+  ASSERT_TRUE(m.Join({"n1", "127.0.0.1:2", "", std::nullopt, {}}).ok());
+  std::this_thread::sleep_for(500ms);
+  EXPECT_TRUE(m.Alive("n0"));
+  EXPECT_TRUE(m.Alive("n1"));
+  std::this_thread::sleep_for(700ms);
+  EXPECT_FALSE(m.Alive("n0")) << "heard for 1.3 s without a word";
+  EXPECT_FALSE(m.Alive("n1")) << "the deaf time before it joined is not its";
 }
 
 TEST(CoordinatorWireTest, NamesAndOptionalFieldsCrossTheMappingIntact) {
