@@ -261,6 +261,13 @@ Status CheckStep(const Stage& stage, const StepInput& input, int64_t max_request
     if (!seen.insert(item.request).second) return InvalidArgument(who + " appears twice in one step");
     if (item.num_tokens <= 0) return InvalidArgument(who + " has no tokens in this step");
     const int64_t have = held(item.request);
+    if (have == 0 && item.position > 0) {
+      // Nothing of it here: the stage was started again since its earlier steps (a pipeline's
+      // stage stopped, and another engine's started under the same key). The engine's fault:
+      // the router goes on with the request elsewhere.
+      return NotFound(who + " arrives at position " + std::to_string(item.position) + " but " +
+                      stage.layers().ToString() + " holds none of its tokens (started again since its earlier steps)");
+    }
     if (item.position != have) {
       return FailedPrecondition(who + " arrives at position " + std::to_string(item.position) + " but " +
                                 stage.layers().ToString() + " holds " + std::to_string(have) + " of its tokens");

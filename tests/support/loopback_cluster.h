@@ -53,6 +53,16 @@ int AnnouncedPort(testing::Child& process, const std::string& what) {
   return std::stoi(line.substr(line.rfind(':') + 1));
 }
 
+// The last `n` lines of `text` (all of it for npos).
+[[maybe_unused]] std::string LastLines(const std::string& text, size_t n) {
+  size_t at = text.size();
+  for (size_t k = 0; k < n && at > 0; ++k) {
+    at = text.rfind('\n', at - 1);
+    if (at == std::string::npos) return text;
+  }
+  return text.substr(at == text.size() ? at : at + 1);
+}
+
 struct ClusterOptions {
   int nodes = 3;
   std::string fault;                               // the agents' fabric fault spec
@@ -206,12 +216,14 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
   }
   void TearDown() override {
     Disconnect();
-    // MODELCAST_TEST_LOGS=1 prints the daemons' logs.
+    // MODELCAST_TEST_LOGS=1 prints the daemons' logs; a failed test prints their last lines
+    // (what CI shows of a failure it cannot rerun).
     const bool logs = getenv("MODELCAST_TEST_LOGS") != nullptr;
+    const size_t tail = logs ? std::string::npos : HasFailure() ? 40 : 0;
     for (size_t i = 0; i < agents.size(); ++i) {
       if (agents[i]->Running()) agents[i]->Kill(SIGTERM);
       auto r = agents[i]->Wait(30s);
-      if (logs) std::cerr << "---- node-" << i << "\n" << r.err;
+      if (tail) std::cerr << "---- node-" << i << "\n" << LastLines(r.err, tail);
     }
     std::vector<testing::Child*> head = {coordinator.get()};
     for (auto& c : standbys) head.push_back(c.get());
@@ -223,7 +235,7 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
       if (running) {
         EXPECT_EQ(r.exit_code, 0) << r.err;
       }
-      if (logs) std::cerr << "---- coordinator " << k << "\n" << r.err;
+      if (tail) std::cerr << "---- coordinator " << k << "\n" << LastLines(r.err, tail);
     }
   }
   // Waits until `node` has received a slice of operation `id` (the operation still running).

@@ -153,6 +153,12 @@ TEST(StageTest, BadStepsAreRefusedAndChangeNothing) {
   };
   StepInput wrong_pos = ok;  // request 1 again from 0: a repeated step
   expect(wrong_pos, StatusCode::kFailedPrecondition, "arrives at position 0 but layers 0-1 holds 2");
+  // A request this stage never saw, mid-generation: its earlier steps went to a stage since
+  // stopped (NotFound: the router takes it for the engine's fault and goes on elsewhere).
+  StepInput unknown;
+  unknown.items = {{7, 5, 1}};
+  unknown.tokens = {3};
+  expect(unknown, StatusCode::kNotFound, "request 7 arrives at position 5 but layers 0-1 holds none of its tokens");
   StepInput bad_token;
   bad_token.items = {{1, 2, 1}};
   bad_token.tokens = {static_cast<int32_t>(m->config.vocab_size)};
