@@ -56,17 +56,33 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
     pipelines_->Warm(req.next_stage, req.next_stage_address);
   }
   const bool wait = req.__isset.wait_for_blocks_s && req.wait_for_blocks_s > 0 && !Resident(req.model, blocks);
+  const std::string owner = req.__isset.pipeline_id ? req.pipeline_id : "";
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (serving_.count(key)) return AlreadyExists("startServing: " + node_ + " already serves " + key);
+    if (auto it = serving_.find(key); it != serving_.end()) {
+      Serving& s = it->second;
+      if (s.owners.count(owner)) {
+        return AlreadyExists("startServing: " + node_ + " already serves " + key + " for " + Owners({owner}));
+      }
+      if (!s.built) {
+        return Unavailable("startServing: " + node_ + " is still waiting for the blocks of " + key + " for " +
+                           Owners(s.owners) + "; ask again once it is built");
+      }
+      s.owners.insert(owner);
+      Describe(s);
+      LOG(INFO) << "agent " << node_ << ": serves " << key << " for " << Owners({owner}) << " too (now for "
+                << Owners(s.owners) << ")";
+      return Status::Ok();
+    }
     if (stopping_) return Unavailable("startServing: " + node_ + " is stopping");
     if (wait) {
       MC_RETURN_IF_ERROR(pipelines_->ExpectStage(key).WithContext("startServing"));
       Serving& s = serving_[key];
       s.instance.model = req.model;
       s.instance.node = node_;
-      s.instance.state = rpc::InstanceState::PIPELINE;
-      if (req.__isset.pipeline_id) s.instance.__set_pipeline_id(req.pipeline_id);
+      s.whole = req.first_block == 0 && req.end_block == nblocks;
+      s.owners = {owner};
+      Describe(s);
       s.instance.since_unix = UnixNow();
       // Waiters that have ended are joined here, so that finished ones hold no thread.
       for (auto w = waiters_.begin(); w != waiters_.end();) {
@@ -201,9 +217,9 @@ Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, 
   MC_RETURN_IF_ERROR(pipelines_->AddStage(key, std::move(*stage)));
   s.instance.model = req.model;
   s.instance.node = node_;
-  const bool whole = req.first_block == 0 && req.end_block == nblocks;
-  s.instance.state = whole && !req.__isset.pipeline_id ? rpc::InstanceState::LOCAL : rpc::InstanceState::PIPELINE;
-  if (req.__isset.pipeline_id) s.instance.__set_pipeline_id(req.pipeline_id);
+  s.whole = req.first_block == 0 && req.end_block == nblocks;
+  s.owners = {req.__isset.pipeline_id ? req.pipeline_id : ""};
+  Describe(s);
   s.instance.since_unix = UnixNow();
   s.built = true;
   LOG(INFO) << "agent " << node_ << ": serving " << key << " (" << layers.ToString() << ")"
@@ -224,9 +240,22 @@ Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, 
 
 Status ServingHost::Stop(const rpc::ServeRequest& req) {
   const std::string key = pipeline::StageKey(req.model, req.first_block, req.end_block);
+  const std::string owner = req.__isset.pipeline_id ? req.pipeline_id : "";
   std::lock_guard<std::mutex> lock(mu_);
   auto it = serving_.find(key);
   if (it == serving_.end()) return NotFound("stopServing: " + node_ + " does not serve " + key);
+  if (!it->second.owners.count(owner)) {
+    return NotFound("stopServing: " + node_ + " serves " + key + " for " + Owners(it->second.owners) + ", not for " +
+                    Owners({owner}));
+  }
+  if (it->second.owners.size() > 1) {
+    // Another engine shares it: the stage, and the requests it holds, stay.
+    it->second.owners.erase(owner);
+    Describe(it->second);
+    LOG(INFO) << "agent " << node_ << ": " << key << " no longer serves " << Owners({owner}) << "; it stays for "
+              << Owners(it->second.owners);
+    return Status::Ok();
+  }
   if (!it->second.built) {
     // Still waiting for its blocks: the waiter gives up (and fails the held steps) now.
     it->second.cancelled = true;
@@ -240,6 +269,23 @@ Status ServingHost::Stop(const rpc::ServeRequest& req) {
   serving_.erase(it);  // the stage goes, and with it its leases: the blocks may be evicted again
   LOG(INFO) << "agent " << node_ << ": stopped serving " << key;
   return Status::Ok();
+}
+
+void ServingHost::Describe(Serving& s) {
+  if (s.owners.count("")) {
+    s.instance.state = s.whole ? rpc::InstanceState::LOCAL : rpc::InstanceState::PIPELINE;
+    s.instance.__isset.pipeline_id = false;
+    s.instance.pipeline_id.clear();
+    return;
+  }
+  s.instance.state = rpc::InstanceState::PIPELINE;
+  if (!s.owners.empty()) s.instance.__set_pipeline_id(*s.owners.begin());
+}
+
+std::string ServingHost::Owners(const std::set<std::string>& owners) {
+  std::string out;
+  for (const auto& o : owners) out += (out.empty() ? "" : ", ") + (o.empty() ? "the local instance" : "pipeline " + o);
+  return out.empty() ? "nobody" : out;
 }
 
 std::vector<rpc::Instance> ServingHost::List() const {

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,7 +30,15 @@ class ServingHost {
   // With wait_for_blocks_s, blocks still landing are waited for instead: the stage is expected
   // at once (steps for it are held), built the moment its last block lands, and given up on
   // (its held steps failed, naming why) if they take longer than that.
+  //
+  // A stage is shared by the engines that asked for it: its owners, each named by the request's
+  // pipeline_id (none: the full local instance). Another engine's Start of a built stage of the
+  // same blocks adds it as an owner (the stage, its weights and the requests it holds stay, so a
+  // pipeline that drains into the local instance of the same node loses nothing); Stop removes
+  // the one it names, and the stage goes with its last owner. AlreadyExists: the same owner
+  // asked again; Unavailable: the stage is still waiting for its blocks for another engine.
   Status Start(const rpc::ServeRequest& req);
+  // NotFound when the stage is not hosted, or not for the request's owner.
   Status Stop(const rpc::ServeRequest& req);
   std::vector<rpc::Instance> List() const;
   // A slice of `model` landed in the store (the fragment runner says so): stages waiting for
@@ -43,7 +52,12 @@ class ServingHost {
     rpc::Instance instance;
     bool built = false;
     bool cancelled = false;  // stopped while waiting for its blocks
+    bool whole = false;      // every block of the model
+    std::set<std::string> owners;  // pipeline ids; "" is the full local instance
   };
+  // instance's state and pipeline_id from the owners: LOCAL while the local instance is one.
+  static void Describe(Serving& s);
+  static std::string Owners(const std::set<std::string>& owners);
   ServingHost() = default;
   bool Resident(const std::string& model, const std::vector<uint32_t>& blocks) const;
   // Makes the blocks resident in the tier the stage runs from, builds it and hosts it.

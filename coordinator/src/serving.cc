@@ -506,10 +506,22 @@ Status ServingPlane::Admit(const std::string& id, Engine engine, std::unique_ptr
 }
 
 void ServingPlane::LetGo(const std::string& id, const Engine& engine, const ServingView& view) {
-  // It takes nothing more; the steps its stages hold fail once they stop (its requests go back
-  // to the queue, no attempt counted), and it leaves the router. NotFound: it has left already.
-  (void)router_->DrainEngine(id);
-  Release(id, engine, view);
+  bool ready = false;  // a step has gone through it: its stages hold its requests' KV caches
+  for (const auto& e : router_->Engines(engine.model)) ready = ready || (e.id == id && !e.warming);
+  // It takes nothing more. NotFound: it has left already.
+  if (!router_->DrainEngine(id).ok() || !ready) {
+    // Warming: the steps its stages hold fail once they stop (its requests go back to the
+    // queue, no attempt counted).
+    Release(id, engine, view);
+    return;
+  }
+  // Serving: it finishes its requests first, as an admitted engine that drains does, and its
+  // stages are stopped once it has left (Reconcile). An engine started meanwhile on a node of
+  // it with the same blocks (the local instance its member became) shares the stage.
+  std::lock_guard<std::mutex> lock(mu_);
+  Engine& kept = engines_[id];
+  kept = engine;
+  kept.draining = true;
 }
 
 void ServingPlane::Release(const std::string& id, const Engine& engine, const ServingView& view) {
@@ -523,6 +535,7 @@ void ServingPlane::Release(const std::string& id, const Engine& engine, const Se
     rpc::ServeRequest req;
     req.header = rpc::MakeHeader(security_, "coordinator");
     req.model = engine.model;
+    if (!engine.local) req.__set_pipeline_id(id);  // the owner whose share of the stage ends
     req.first_block = static_cast<int32_t>(stage.first_block);
     req.end_block = static_cast<int32_t>(stage.end_block);
     threads.emplace_back([this, &id, req, addr = nv->second.rpc_address, node = node] {

@@ -64,14 +64,17 @@ class ServingHostTest : public ::testing::Test {
       }
     }
   }
-  Status StepThrough(pipeline::StepOutput* out) {
+  Status StepThrough(pipeline::StepOutput* out, pipeline::StepInput in = {{{1, 0, 4}}, {1, 17, 300, 42}}) {
     const std::string key = pipeline::StageKey(manifest().name, 0, static_cast<int>(manifest().blocks.size()));
     auto p = driver_->Connect({{"node-1", serving_transport_->address(), key}}, manifest().config, 20);
     if (!p.ok()) return p.status();
-    pipeline::StepInput in;
-    in.items = {{1, 0, 4}};
-    in.tokens = {1, 17, 300, 42};
     return (*p)->Step(in, out);
+  }
+  rpc::ServeRequest Local() {
+    rpc::ServeRequest r = Serve(0);
+    r.__isset.pipeline_id = false;
+    r.pipeline_id.clear();
+    return r;
   }
 
   testing::TempDir dir_;
@@ -130,6 +133,46 @@ TEST_F(ServingHostTest, BlocksThatDoNotLandInTimeFailTheHeldStepNamingWhy) {
   Status bad = host_->Start(Serve(1e9));
   EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad.message().find("wait_for_blocks_s"), std::string::npos) << bad.ToString();
+}
+
+// A pipeline whose member became the node's local instance: the local instance shares the
+// pipeline's stage of the same blocks instead of building another, the pipeline's requests keep
+// their KV caches while it drains, and the stage stops with its last owner. A stage still
+// waiting for its blocks is not shared; stopping it for an engine that does not own it is
+// NotFound, naming who does.
+TEST_F(ServingHostTest, AStageSharedByTwoEnginesStaysUntilTheLastLetsGoAndKeepsItsRequests) {
+  ASSERT_TRUE(host_->Start(Serve(10)).ok());
+  Status waiting = host_->Start(Local());
+  EXPECT_EQ(waiting.code(), StatusCode::kUnavailable) << waiting.ToString();
+  EXPECT_NE(waiting.message().find("still waiting for the blocks"), std::string::npos) << waiting.ToString();
+  EXPECT_NE(waiting.message().find("pipeline p1"), std::string::npos) << waiting.ToString();
+  LandAll();
+  EXPECT_TRUE(testing::WaitUntil([&] { return host_->Start(Local()).ok(); }, 10s)) << "built, it is shared";
+  auto listed = host_->List();
+  ASSERT_EQ(listed.size(), 1u) << "one stage for both";
+  EXPECT_EQ(listed[0].state, rpc::InstanceState::LOCAL);
+  EXPECT_FALSE(listed[0].__isset.pipeline_id);
+  EXPECT_EQ(host_->Start(Local()).code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(host_->Start(Serve(0)).code(), StatusCode::kAlreadyExists);
+
+  // Request 1's prefill through the stage, as the pipeline's.
+  pipeline::StepOutput out;
+  ASSERT_TRUE(StepThrough(&out).ok());
+  rpc::ServeRequest other = Serve(0);
+  other.__set_pipeline_id("p2");
+  Status st = host_->Stop(other);
+  EXPECT_EQ(st.code(), StatusCode::kNotFound);
+  EXPECT_NE(st.message().find("not for pipeline p2"), std::string::npos) << st.ToString();
+  // The pipeline lets go; the stage stays for the local instance, request 1's cache with it.
+  ASSERT_TRUE(host_->Stop(Serve(0)).ok());
+  listed = host_->List();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].state, rpc::InstanceState::LOCAL);
+  Status decode = StepThrough(&out, {{{1, 4, 1}}, {7}});
+  EXPECT_TRUE(decode.ok()) << decode.ToString();
+  ASSERT_TRUE(host_->Stop(Local()).ok());
+  EXPECT_TRUE(host_->List().empty());
+  EXPECT_EQ(host_->Stop(Local()).code(), StatusCode::kNotFound);
 }
 
 }  // namespace
