@@ -48,6 +48,9 @@ struct Operation {
   int channel = 0;  // the fabric channel of the current attempt
   bool repairing = false;  // a repair is queued or running: done reports only count
   bool adopt = false;      // found running after a restart: follow what still runs
+  // While adopting: nodes whose fragment reported its end (true: done, false: failed) before the
+  // survey's answers were taken; an answer "running" from before that end is out of date.
+  std::map<std::string, bool> ended_while_adopting;
   std::string request_id;  // the caller's idempotency key, if any
   // (sender, receiver) -> what each end measured of the link (bytes, busy seconds): [0] the
   // sender, [1] the receiver.

@@ -405,6 +405,7 @@ Status ClusterState::Progress(const ProgressUpdate& r) {
   // The end of a fragment counts only for the current attempt; older ones were cancelled.
   if (!r.done || r.operation_id != op.FragmentId() || !op.running()) return Status::Ok();
   op.pending.erase(r.node);
+  if (op.adopt) op.ended_while_adopting[r.node] = !r.error;
   if (r.corrupt_slices > 0) np.corrupt_slices = np.corrupt_slices.value_or(0) + r.corrupt_slices;
   if (r.error) {
     if (op.repairing) return Status::Ok();  // cancelled by the repair under way

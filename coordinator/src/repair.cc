@@ -215,6 +215,16 @@ bool ClusterState::TakeAnswersLocked(Operation& op, RepairRound& r) {
       continue;
     }
     auto& np = op.progress(node);
+    if (auto ended = op.ended_while_adopting.find(node); r.adopt && ended != op.ended_while_adopting.end()) {
+      // Its fragment's end came after its answer: a node that answered "running" is not
+      // waited for again (its report will not come twice), and one that failed is replanned.
+      if (ended->second) {
+        op.pending.erase(node);
+      } else {
+        all_running_or_done = false;
+      }
+      continue;
+    }
     if (np.role == NodeRole::kTarget && CompleteTier(a.inventory, r.model, r.nslices) != Tier::kNone) {
       np.state = NodeState::kComplete;
       np.slices_received = np.slices_total;
@@ -230,6 +240,7 @@ bool ClusterState::TakeAnswersLocked(Operation& op, RepairRound& r) {
       op.pending.erase(node);  // a source whose fragment ended
     }
   }
+  if (r.adopt) op.ended_while_adopting.clear();
   return all_running_or_done;
 }
 
