@@ -56,7 +56,7 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
     pipelines_->Warm(req.next_stage, req.next_stage_address);
   }
   const bool wait = req.__isset.wait_for_blocks_s && req.wait_for_blocks_s > 0 && !Resident(req.model, blocks);
-  const std::string owner = req.__isset.pipeline_id ? req.pipeline_id : "";
+  const std::string owner = OwnerOf(req);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (auto it = serving_.find(key); it != serving_.end()) {
@@ -218,7 +218,7 @@ Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, 
   s.instance.model = req.model;
   s.instance.node = node_;
   s.whole = req.first_block == 0 && req.end_block == nblocks;
-  s.owners = {req.__isset.pipeline_id ? req.pipeline_id : ""};
+  s.owners = {OwnerOf(req)};
   Describe(s);
   s.instance.since_unix = UnixNow();
   s.built = true;
@@ -240,7 +240,7 @@ Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, 
 
 Status ServingHost::Stop(const rpc::ServeRequest& req) {
   const std::string key = pipeline::StageKey(req.model, req.first_block, req.end_block);
-  const std::string owner = req.__isset.pipeline_id ? req.pipeline_id : "";
+  const std::string owner = OwnerOf(req);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = serving_.find(key);
   if (it == serving_.end()) return NotFound("stopServing: " + node_ + " does not serve " + key);
@@ -269,6 +269,10 @@ Status ServingHost::Stop(const rpc::ServeRequest& req) {
   serving_.erase(it);  // the stage goes, and with it its leases: the blocks may be evicted again
   LOG(INFO) << "agent " << node_ << ": stopped serving " << key;
   return Status::Ok();
+}
+
+std::string ServingHost::OwnerOf(const rpc::ServeRequest& req) {
+  return req.__isset.pipeline_id ? req.pipeline_id : "";
 }
 
 void ServingHost::Describe(Serving& s) {

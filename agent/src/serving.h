@@ -58,6 +58,8 @@ class ServingHost {
   // instance's state and pipeline_id from the owners: LOCAL while the local instance is one.
   static void Describe(Serving& s);
   static std::string Owners(const std::set<std::string>& owners);
+  // The engine a request is for: its pipeline_id, or "" (the local instance).
+  static std::string OwnerOf(const rpc::ServeRequest& req);
   ServingHost() = default;
   bool Resident(const std::string& model, const std::vector<uint32_t>& blocks) const;
   // Makes the blocks resident in the tier the stage runs from, builds it and hosts it.
