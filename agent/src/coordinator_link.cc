@@ -58,10 +58,13 @@ Status CoordinatorLink::Join() {
   req.inventory = inventory_();
   rpc::JoinResponse resp;
   MC_RETURN_IF_ERROR(WithCoordinator([&](rpc::MembershipClient& c) { c.join(resp, req); }));
-  std::lock_guard lock(mu_);
-  epoch_ = resp.epoch;
-  heartbeat_ms_ = std::max(10, resp.heartbeat_interval_ms);
+  {
+    std::lock_guard lock(mu_);
+    epoch_ = resp.epoch;
+    heartbeat_ms_ = std::max(10, resp.heartbeat_interval_ms);
+  }
   LOG(INFO) << "agent " << config_.node << ": joined cluster '" << resp.cluster << "' (epoch " << resp.epoch << ")";
+  if (joined_hook_) joined_hook_(resp.epoch);
   return Status::Ok();
 }
 

@@ -30,6 +30,9 @@ class CoordinatorLink {
   // Joins with `identity` (its addresses and version; header, node and inventory are filled
   // here), then heartbeats at the interval the coordinator gives, rejoining when it asks.
   void Start(rpc::JoinRequest identity);
+  // Called (from the loop's thread) with the coordinator's epoch each time the agent has
+  // joined. Set before Start.
+  void SetJoinedHook(std::function<void(int64_t epoch)> hook) { joined_hook_ = std::move(hook); }
   // Ends the loop and joins its thread. Idempotent.
   void Stop();
 
@@ -47,6 +50,7 @@ class CoordinatorLink {
   const AgentConfig& config_;
   const std::function<rpc::NodeInventory()> inventory_;
   rpc::JoinRequest identity_;
+  std::function<void(int64_t)> joined_hook_;
 
   std::mutex mu_;  // the loop's state
   std::condition_variable cv_;

@@ -13,6 +13,11 @@ double UnixNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+Status Stale(const char* call, int64_t asked, int64_t leads) {
+  return FailedPrecondition(std::string(call) + ": asked by the coordinator of epoch " + std::to_string(asked) +
+                            ", but one of epoch " + std::to_string(leads) + " leads now");
+}
+
 }  // namespace
 
 Result<std::unique_ptr<ServingHost>> ServingHost::Create(tiers::Store& store, fabric::Transport& channel,
@@ -33,7 +38,21 @@ ServingHost::~ServingHost() {
   for (auto& w : waiters_) w.thread.join();
 }
 
-Status ServingHost::Start(const rpc::ServeRequest& req) {
+Status ServingHost::Start(const rpc::ServeRequest& asked) {
+  rpc::ServeRequest req = asked;
+  if (req.__isset.epoch && req.epoch <= 0) {
+    return InvalidArgument("startServing: epoch must be positive, not " + std::to_string(req.epoch));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!req.__isset.epoch) {
+      req.__set_epoch(epoch_);
+    } else if (req.epoch < epoch_) {
+      return Stale("startServing", req.epoch, epoch_);
+    } else {
+      EpochLocked(req.epoch);
+    }
+  }
   auto manifest = store_->FindModel(req.model);
   if (manifest == nullptr) return NotFound("startServing: model '" + req.model + "' is not known on " + node_);
   const int nblocks = static_cast<int>(manifest->blocks.size());
@@ -59,6 +78,7 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
   const std::string owner = OwnerOf(req);
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (req.epoch < epoch_) return Stale("startServing", req.epoch, epoch_);  // a later one spoke meanwhile
     if (auto it = serving_.find(key); it != serving_.end()) {
       Serving& s = it->second;
       if (s.owners.count(owner)) {
@@ -69,6 +89,7 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
                            Owners(s.owners) + "; ask again once it is built");
       }
       s.owners.insert(owner);
+      s.epochs[owner] = req.epoch;
       Describe(s);
       LOG(INFO) << "agent " << node_ << ": serves " << key << " for " << Owners({owner}) << " too (now for "
                 << Owners(s.owners) << ")";
@@ -82,6 +103,8 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
       s.instance.node = node_;
       s.whole = req.first_block == 0 && req.end_block == nblocks;
       s.owners = {owner};
+      s.epochs = {{owner, req.epoch}};
+      s.generation = ++generations_;
       Describe(s);
       s.instance.since_unix = UnixNow();
       // Waiters that have ended are joined here, so that finished ones hold no thread.
@@ -94,8 +117,8 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
         w = waiters_.erase(w);
       }
       auto done = std::make_shared<std::atomic<bool>>(false);
-      waiters_.push_back({std::thread([this, req, key, blocks, done] {
-                            Await(req, key, blocks);
+      waiters_.push_back({std::thread([this, req, key, blocks, done, generation = s.generation] {
+                            Await(req, key, blocks, generation);
                             *done = true;
                           }),
                           done});
@@ -105,7 +128,7 @@ Status ServingHost::Start(const rpc::ServeRequest& req) {
       return Status::Ok();
     }
   }
-  return Build(req, key, blocks, /*expected=*/false);
+  return Build(req, key, blocks, /*expected=*/0);
 }
 
 bool ServingHost::Resident(const std::string& model, const std::vector<uint32_t>& blocks) const {
@@ -120,7 +143,7 @@ void ServingHost::Landed(const std::string& model) {
   landed_.notify_all();
 }
 
-void ServingHost::Await(rpc::ServeRequest req, std::string key, std::vector<uint32_t> blocks) {
+void ServingHost::Await(rpc::ServeRequest req, std::string key, std::vector<uint32_t> blocks, uint64_t generation) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto until = t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                               std::chrono::duration<double>(req.wait_for_blocks_s));
@@ -142,7 +165,7 @@ void ServingHost::Await(rpc::ServeRequest req, std::string key, std::vector<uint
     if (Resident(req.model, blocks)) break;
     std::unique_lock<std::mutex> lock(mu_);
     auto it = serving_.find(key);
-    if (stopping_ || it == serving_.end() || it->second.cancelled) {
+    if (stopping_ || it == serving_.end() || it->second.cancelled || it->second.generation != generation) {
       st = Cancelled("stopped before its blocks landed");
       break;
     }
@@ -160,7 +183,7 @@ void ServingHost::Await(rpc::ServeRequest req, std::string key, std::vector<uint
     if (Status w = up->Wait(std::chrono::minutes(10)); !w.ok() && st.ok()) st = w.WithContext("moving a block to the GPU");
   }
   if (st.ok()) {
-    st = Build(req, key, blocks, /*expected=*/true);
+    st = Build(req, key, blocks, generation);
     if (st.ok()) {
       LOG(INFO) << "agent " << node_ << ": " << key << ": its blocks landed " << static_cast<int>(waited_ms)
                 << " ms after the stage was asked for";
@@ -168,13 +191,17 @@ void ServingHost::Await(rpc::ServeRequest req, std::string key, std::vector<uint
     }
   }
   LOG(WARNING) << "agent " << node_ << ": " << key << ": gave up serving it: " << st.message();
-  pipelines_->FailExpected(key, st.WithContext("startServing " + key));
   std::lock_guard<std::mutex> lock(mu_);
-  if (auto it = serving_.find(key); it != serving_.end() && !it->second.built) serving_.erase(it);
+  auto it = serving_.find(key);
+  // Stopped (or swept) already, and perhaps asked for again since: what is there is not this
+  // waiter's to fail. Its own held steps were failed when it was stopped.
+  if (it == serving_.end() || it->second.generation != generation) return;
+  pipelines_->FailExpected(key, st.WithContext("startServing " + key));
+  if (!it->second.built) serving_.erase(it);
 }
 
 Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, const std::vector<uint32_t>& blocks,
-                          bool expected) {
+                          uint64_t expected) {
   auto manifest = store_->FindModel(req.model);
   if (manifest == nullptr) return NotFound("startServing: model '" + req.model + "' is not known on " + node_);
   const int nblocks = static_cast<int>(manifest->blocks.size());
@@ -219,6 +246,7 @@ Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, 
   s.instance.node = node_;
   s.whole = req.first_block == 0 && req.end_block == nblocks;
   s.owners = {OwnerOf(req)};
+  s.epochs = {{OwnerOf(req), req.epoch}};
   Describe(s);
   s.instance.since_unix = UnixNow();
   s.built = true;
@@ -227,12 +255,16 @@ Status ServingHost::Build(const rpc::ServeRequest& req, const std::string& key, 
             << (gpu ? "GPU" : "CPU") << ": blocks resident in "
             << resident_ms << " ms, stage built in " << ms() - resident_ms << " ms";
   std::lock_guard<std::mutex> lock(mu_);
-  if (expected) {
+  if (expected != 0) {
     auto it = serving_.find(key);
-    if (it == serving_.end() || it->second.cancelled) {
+    if (it == serving_.end() || it->second.cancelled || it->second.generation != expected) {
       (void)pipelines_->RemoveStage(key);  // stopped while it was being built
       return Cancelled("stopped while it was being built");
     }
+    s.generation = expected;
+  } else if (!OwnerOf(req).empty() && req.epoch < epoch_) {
+    (void)pipelines_->RemoveStage(key);  // its coordinator was succeeded while it was being built
+    return Stale("startServing", req.epoch, epoch_);
   }
   serving_[key] = std::move(s);
   return Status::Ok();
@@ -242,6 +274,10 @@ Status ServingHost::Stop(const rpc::ServeRequest& req) {
   const std::string key = pipeline::StageKey(req.model, req.first_block, req.end_block);
   const std::string owner = OwnerOf(req);
   std::lock_guard<std::mutex> lock(mu_);
+  if (req.__isset.epoch) {
+    if (req.epoch < epoch_) return Stale("stopServing", req.epoch, epoch_);
+    EpochLocked(req.epoch);
+  }
   auto it = serving_.find(key);
   if (it == serving_.end()) return NotFound("stopServing: " + node_ + " does not serve " + key);
   if (!it->second.owners.count(owner)) {
@@ -256,19 +292,66 @@ Status ServingHost::Stop(const rpc::ServeRequest& req) {
               << Owners(it->second.owners);
     return Status::Ok();
   }
+  EndLocked(it, "stopServing " + key + " before its blocks landed");
+  return Status::Ok();
+}
+
+void ServingHost::EndLocked(std::map<std::string, Serving>::iterator it, const std::string& why) {
+  const std::string key = it->first;
   if (!it->second.built) {
     // Still waiting for its blocks: the waiter gives up (and fails the held steps) now.
     it->second.cancelled = true;
     landed_.notify_all();
-    pipelines_->FailExpected(key, Cancelled("stopServing " + key + " before its blocks landed"));
+    pipelines_->FailExpected(key, Cancelled(why));
     serving_.erase(it);
     LOG(INFO) << "agent " << node_ << ": stopped waiting to serve " << key;
-    return Status::Ok();
+    return;
   }
-  MC_RETURN_IF_ERROR(pipelines_->RemoveStage(key));
+  if (Status st = pipelines_->RemoveStage(key); !st.ok()) {
+    LOG(WARNING) << "agent " << node_ << ": stopping " << key << ": " << st.message();
+  }
   serving_.erase(it);  // the stage goes, and with it its leases: the blocks may be evicted again
   LOG(INFO) << "agent " << node_ << ": stopped serving " << key;
-  return Status::Ok();
+}
+
+void ServingHost::Epoch(int64_t epoch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  EpochLocked(epoch);
+}
+
+void ServingHost::EpochLocked(int64_t epoch) {
+  if (epoch <= epoch_) return;
+  const int64_t before = epoch_;
+  epoch_ = epoch;
+  if (before == 0) return;  // the first coordinator heard from: nothing earlier can be here
+  for (auto it = serving_.begin(); it != serving_.end();) {
+    Serving& s = it->second;
+    std::set<std::string> left;
+    for (auto o = s.owners.begin(); o != s.owners.end();) {
+      auto e = s.epochs.find(*o);
+      if (o->empty() || (e != s.epochs.end() && e->second >= epoch)) {
+        ++o;
+        continue;
+      }
+      left.insert(*o);
+      s.epochs.erase(*o);
+      o = s.owners.erase(o);
+    }
+    if (left.empty()) {
+      ++it;
+      continue;
+    }
+    LOG(INFO) << "agent " << node_ << ": the coordinator of epoch " << epoch << " leads: " << it->first
+              << " no longer serves " << Owners(left) << " (asked for by an earlier one)"
+              << (s.owners.empty() ? std::string() : "; it stays for " + Owners(s.owners));
+    if (!s.owners.empty()) {
+      Describe(s);
+      ++it;
+      continue;
+    }
+    auto gone = it++;
+    EndLocked(gone, "the pipeline's coordinator (before epoch " + std::to_string(epoch) + ") no longer leads");
+  }
 }
 
 std::string ServingHost::OwnerOf(const rpc::ServeRequest& req) {

@@ -41,6 +41,12 @@ class ServingHost {
   // NotFound when the stage is not hosted, or not for the request's owner.
   Status Stop(const rpc::ServeRequest& req);
   std::vector<rpc::Instance> List() const;
+  // A coordinator of incarnation `epoch` leads (the agent joined it, or it asked for a stage):
+  // the pipelines that earlier coordinators asked for died with their routers, so their
+  // ownership of stages ends here and a stage left without owners stops (one still waiting
+  // for its blocks fails its held steps). Local instances stay: the node's, whoever leads.
+  // Start refuses requests from an earlier epoch. An epoch not above the last is nothing new.
+  void Epoch(int64_t epoch);
   // A slice of `model` landed in the store (the fragment runner says so): stages waiting for
   // their blocks look again.
   void Landed(const std::string& model);
@@ -53,8 +59,15 @@ class ServingHost {
     bool built = false;
     bool cancelled = false;  // stopped while waiting for its blocks
     bool whole = false;      // every block of the model
+    uint64_t generation = 0;  // of a stage asked for before its blocks landed: its waiter's
     std::set<std::string> owners;  // pipeline ids; "" is the full local instance
+    std::map<std::string, int64_t> epochs;  // owner -> the coordinator epoch that asked
   };
+  // Epoch's work, with mu_ held.
+  void EpochLocked(int64_t epoch);
+  // Ends a stage that has no owner left (mu_ held): a built one is removed from the node, one
+  // waiting for its blocks gives up and fails its held steps with `why`.
+  void EndLocked(std::map<std::string, Serving>::iterator it, const std::string& why);
   // instance's state and pipeline_id from the owners: LOCAL while the local instance is one.
   static void Describe(Serving& s);
   static std::string Owners(const std::set<std::string>& owners);
@@ -63,11 +76,12 @@ class ServingHost {
   ServingHost() = default;
   bool Resident(const std::string& model, const std::vector<uint32_t>& blocks) const;
   // Makes the blocks resident in the tier the stage runs from, builds it and hosts it.
-  // `expected`: it was waited for (Await), and is given up if stopped meanwhile.
+  // `expected`: the generation of the stage it was waited for as (Await), given up if that
+  // stage was stopped meanwhile; 0 when asked for with its blocks resident. `req.epoch` is set.
   Status Build(const rpc::ServeRequest& req, const std::string& key, const std::vector<uint32_t>& blocks,
-               bool expected);
+               uint64_t expected);
   // Waits for the blocks of an expected stage, then builds it (or gives up on it).
-  void Await(rpc::ServeRequest req, std::string key, std::vector<uint32_t> blocks);
+  void Await(rpc::ServeRequest req, std::string key, std::vector<uint32_t> blocks, uint64_t generation);
 
   tiers::Store* store_ = nullptr;
   std::string node_;
@@ -75,6 +89,8 @@ class ServingHost {
   mutable std::mutex mu_;
   std::condition_variable landed_;  // with mu_
   bool stopping_ = false;
+  int64_t epoch_ = 0;  // the latest coordinator incarnation heard from
+  uint64_t generations_ = 0;
   std::map<std::string, Serving> serving_;
   struct Waiter {
     std::thread thread;

@@ -413,6 +413,7 @@ Status ServingPlane::Launch(const std::string& id, Engine engine, const ServingV
     req.header = rpc::MakeHeader(security_, "coordinator");
     req.model = engine.model;
     if (!engine.local) req.__set_pipeline_id(id);
+    req.__set_epoch(state_.load()->epoch());  // a later leader's agents stop this one's pipelines
     req.first_block = static_cast<int32_t>(stage.first_block);
     req.end_block = static_cast<int32_t>(stage.end_block);
     if (engine.waiting.count(node)) req.__set_wait_for_blocks_s(WaitForBlocks());
@@ -536,6 +537,7 @@ void ServingPlane::Release(const std::string& id, const Engine& engine, const Se
     req.header = rpc::MakeHeader(security_, "coordinator");
     req.model = engine.model;
     if (!engine.local) req.__set_pipeline_id(id);  // the owner whose share of the stage ends
+    req.__set_epoch(state_.load()->epoch());
     req.first_block = static_cast<int32_t>(stage.first_block);
     req.end_block = static_cast<int32_t>(stage.end_block);
     threads.emplace_back([this, &id, req, addr = nv->second.rpc_address, node = node] {
@@ -701,7 +703,9 @@ void ServingPlane::Reconcile() {
     };
     auto launch = [&](Engine e) {
       std::lock_guard<std::mutex> lock(mu_);
-      launches.emplace_back(model + "/p" + std::to_string(next_pipeline_++), std::move(e));
+      // Named by this coordinator's epoch too: no pipeline of an earlier leader has its name.
+      launches.emplace_back(model + "/p" + std::to_string(state_.load()->epoch()) + "-" + std::to_string(next_pipeline_++),
+                            std::move(e));
     };
     // First what the landed blocks allow now, members of prepared pipelines included: serving
     // now beats serving soon, so a prepared pipeline that shares a node with one is let go.

@@ -89,6 +89,43 @@ TEST_F(HaTest, TheLeaderKilledMidScaleOutAStandbyFinishesIt) {
   std::fflush(stdout);
 }
 
+// The leader killed while pipelines of its scale-out are formed: they died with its router, and
+// their stages serve nobody. The standby that leads finishes the scale-out, and each agent ends
+// the dead leader's pipelines' share of its stages once it joins the new one. Before, a stage
+// that the node's local instance came to share stayed owned by the dead pipeline, so a scale-in
+// left it serving, with the blocks it pins, for as long as the agent ran.
+TEST_F(HaTest, TheStagesOfADeadLeadersPipelinesStopOnceAStandbyLeads) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartCluster({.nodes = 4, .fault = "delay=100ms", .serving = true, .etcd = etcd.YamlList()}));
+  const std::string id = ScaleOut("tiny-llm", 3);
+  std::vector<std::string> before;
+  testing::WaitUntil([&] { return !(before = Stages(/*pipelines=*/true)).empty(); }, 30s, 20ms);
+  ASSERT_FALSE(before.empty()) << "no pipeline formed during the scale-out";
+  ASSERT_EQ(Operation(id).state, rpc::OperationState::RUNNING) << "the scale-out ended before the leader was killed";
+  Disconnect();
+  coordinator->Kill(SIGKILL);
+  coordinator->Wait(10s);
+  ASSERT_TRUE(standbys[0]->WaitForOutput("listening on", 15s)) << standbys[0]->Wait(1s).err;
+  std::string error;
+  ASSERT_TRUE(Connect("127.0.0.1", standby_ports[0], kToken, &error)) << error;
+  const rpc::OperationStatus op = WaitForEnd(id, 90s);
+  ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
+  EXPECT_EQ(InstanceNodes(), (std::vector<std::string>{"node-1:LOCAL", "node-2:LOCAL", "node-3:LOCAL"}));
+  std::vector<std::string> stages;
+  testing::WaitUntil([&] { return (stages = Stages(/*pipelines=*/true)).empty(); }, 15s, 50ms);
+  EXPECT_TRUE(stages.empty()) << stages.size() << " pipeline stage(s) left, the first: " << stages.front();
+  int swept = 0;  // agents that ended a dead leader's share of a stage
+  for (const auto& a : agents) swept += a->Stderr().find("leads: tiny-llm") != std::string::npos;
+  // Every copy released through the new leader: nothing is served anywhere.
+  ASSERT_EQ(WaitForEnd(ScaleIn("tiny-llm", 3)).state, rpc::OperationState::SUCCEEDED);
+  testing::WaitUntil([&] { return (stages = Stages()).empty(); }, 15s, 50ms);
+  EXPECT_TRUE(stages.empty()) << stages.size() << " stage(s) still served, the first: " << stages.front();
+  std::printf("figure: leader killed with %zu pipeline stage(s) built (%s...); %d agent(s) ended the dead leader's "
+              "share once the standby led; %zu stage(s) left after the scale-in\n",
+              before.size(), before.front().c_str(), swept, stages.size());
+  std::fflush(stdout);
+}
+
 // One etcd member of three killed while a scale-out runs, and started again with its data while
 // the next one runs: no operation notices, and the leader keeps its lease throughout.
 TEST_F(HaTest, AnEtcdMemberKilledAndRestartedDuringOperations) {

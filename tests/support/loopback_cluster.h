@@ -214,6 +214,30 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
     agent.getStatus(st, header);
     return st.running_operations;
   }
+  // The stages agent i serves ("node-i: model STATE [pipeline_id]"; a stage shared with the
+  // node's local instance is listed as the local instance's); `pipelines`: only those listed
+  // as a pipeline's.
+  std::vector<std::string> Stages(int i, bool pipelines = false) {
+    auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*agents[i], "listening on "), security);
+    if (!c.ok()) return {"node-" + std::to_string(i) + " unreachable: " + c.status().message()};
+    rpc::AgentClient agent((*c)->protocol);
+    rpc::AgentStatus st;
+    agent.getStatus(st, header);
+    std::vector<std::string> out;
+    for (const auto& s : st.serving) {
+      if (pipelines && !s.__isset.pipeline_id) continue;
+      out.push_back(st.node + ": " + s.model + " " + rpc::to_string(s.state) +
+                    (s.__isset.pipeline_id ? " " + s.pipeline_id : std::string()));
+    }
+    return out;
+  }
+  std::vector<std::string> Stages(bool pipelines = false) {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < agents.size(); ++i) {
+      for (auto& s : Stages(static_cast<int>(i), pipelines)) out.push_back(std::move(s));
+    }
+    return out;
+  }
   void TearDown() override {
     Disconnect();
     // MODELCAST_TEST_LOGS=1 prints the daemons' logs; a failed test prints their last lines

@@ -175,5 +175,74 @@ TEST_F(ServingHostTest, AStageSharedByTwoEnginesStaysUntilTheLastLetsGoAndKeepsI
   EXPECT_EQ(host_->Stop(Local()).code(), StatusCode::kNotFound);
 }
 
+// A coordinator that dies takes its router, and the pipelines in it, along: the stages it asked
+// for on this node serve nobody. Once a later coordinator speaks (the agent joins it, or it asks
+// for a stage), the earlier ones' pipelines lose their share of every stage: a stage left with
+// no owner stops (one still waiting for its blocks too, and is not built when they land), while
+// the node's local instance stays, with the requests it holds. What an earlier coordinator asks
+// afterwards is refused, naming both epochs.
+TEST_F(ServingHostTest, PipelinesOfACoordinatorThatNoLongerLeadsStopWhenALaterOneSpeaks) {
+  const int32_t n = static_cast<int32_t>(manifest().blocks.size());
+  ASSERT_GE(n, 2);
+  auto ask = [&](const std::string& pipeline, int64_t epoch, int32_t first, int32_t end, double wait_s = 0) {
+    rpc::ServeRequest r = pipeline.empty() ? Local() : Serve(wait_s);
+    if (!pipeline.empty()) r.__set_pipeline_id(pipeline);
+    if (epoch != 0) r.__set_epoch(epoch);  // 0: none given
+    r.first_block = first;
+    r.end_block = end;
+    return r;
+  };
+  auto keys = [&] { return host_->List().size(); };  // stages served
+  host_->Epoch(1);  // joined the first coordinator
+  // Epoch 1 asks for a stage ahead of its blocks; epoch 2 leads before they land.
+  ASSERT_TRUE(host_->Start(ask("m/p1-0", 1, 1, n, 10)).ok());
+  ASSERT_EQ(keys(), 1u);
+  host_->Epoch(2);
+  EXPECT_EQ(keys(), 0u) << "the waiting stage of epoch 1's pipeline stops";
+  LandAll();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(keys(), 0u) << "and is not built when its blocks land";
+
+  // Epoch 2: the local instance (asked without an epoch: the one joined), a pipeline sharing its
+  // stage, and a pipeline's stage of block 0 alone.
+  ASSERT_TRUE(host_->Start(ask("", 0, 0, n)).ok());
+  ASSERT_TRUE(host_->Start(ask("m/p2-0", 2, 0, n)).ok());
+  ASSERT_TRUE(host_->Start(ask("m/p2-1", 2, 0, 1)).ok());
+  ASSERT_EQ(keys(), 2u);
+  pipeline::StepOutput out;
+  ASSERT_TRUE(StepThrough(&out).ok());  // request 1's prefill, held in the whole stage
+
+  // Epoch 3 asks for a stage: before it is served, epoch 2's pipelines end.
+  ASSERT_TRUE(host_->Start(ask("m/p3-0", 3, 1, n)).ok());
+  auto listed = host_->List();
+  ASSERT_EQ(listed.size(), 2u) << "block 0's stage is gone, the local instance and epoch 3's stay";
+  for (const auto& i : listed) {
+    if (i.state == rpc::InstanceState::LOCAL) {
+      EXPECT_FALSE(i.__isset.pipeline_id) << "epoch 2's pipeline no longer shares it";
+    } else {
+      EXPECT_EQ(i.pipeline_id, "m/p3-0");
+    }
+  }
+  Status decode = StepThrough(&out, {{{1, 4, 1}}, {7}});
+  EXPECT_TRUE(decode.ok()) << "the local instance kept request 1's cache: " << decode.ToString();
+
+  // Epoch 2 again (a leader that does not know it was succeeded): refused, naming both.
+  for (Status st : {host_->Start(ask("m/p2-9", 2, 0, 1)), host_->Stop(ask("m/p2-0", 2, 0, n))}) {
+    EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
+    EXPECT_NE(st.message().find("epoch 2"), std::string::npos) << st.ToString();
+    EXPECT_NE(st.message().find("epoch 3 leads"), std::string::npos) << st.ToString();
+  }
+  EXPECT_EQ(host_->Start(ask("m/p3-1", -1, 0, 1)).code(), StatusCode::kInvalidArgument);
+  // Joining the same coordinator again is nothing new: epoch 3's pipeline stays.
+  host_->Epoch(3);
+  EXPECT_EQ(keys(), 2u);
+  host_->Epoch(4);
+  listed = host_->List();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].state, rpc::InstanceState::LOCAL);
+  ASSERT_TRUE(host_->Stop(ask("", 4, 0, n)).ok());
+  EXPECT_TRUE(host_->List().empty());
+}
+
 }  // namespace
 }  // namespace modelcast::agent
