@@ -4,6 +4,7 @@
 // moment the last slice lands; blocks that never land fail the held step, naming why.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -242,6 +243,42 @@ TEST_F(ServingHostTest, PipelinesOfACoordinatorThatNoLongerLeadsStopWhenALaterOn
   EXPECT_EQ(listed[0].state, rpc::InstanceState::LOCAL);
   ASSERT_TRUE(host_->Stop(ask("", 4, 0, n)).ok());
   EXPECT_TRUE(host_->List().empty());
+}
+
+// Epochs rising (the agent joining coordinator after coordinator) while stages are asked for,
+// built and stopped on three other threads: once the last epoch is heard and its
+// requests are done, no stage is left for a pipeline of an earlier one, whatever the
+// interleaving. (Run under TSan by hand: `sanitize tsan` runs the fabric's and store's tests.)
+TEST_F(ServingHostTest, EpochsRisingWhileStagesComeAndGoLeaveNoEarlierPipeline) {
+  const int32_t n = static_cast<int32_t>(manifest().blocks.size());
+  LandAll();
+  std::atomic<int64_t> epoch{1};
+  host_->Epoch(1);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; !stop; ++i) {
+        rpc::ServeRequest r = Serve(0);
+        r.__set_pipeline_id("m/p" + std::to_string(t) + "-" + std::to_string(i));
+        r.__set_epoch(epoch.load());
+        r.first_block = (t + i) % n;
+        r.end_block = r.first_block + 1;
+        (void)host_->Start(r);
+        if (i % 2) (void)host_->Stop(r);
+      }
+    });
+  }
+  for (int e = 2; e <= 40; ++e) {
+    std::this_thread::sleep_for(5ms);
+    epoch = e;
+    host_->Epoch(e);
+  }
+  stop = true;
+  for (auto& t : threads) t.join();
+  host_->Epoch(41);
+  EXPECT_TRUE(testing::WaitUntil([&] { return host_->List().empty(); }, 5s));
+  for (const auto& i : host_->List()) ADD_FAILURE() << "left: " << i.pipeline_id;
 }
 
 }  // namespace
