@@ -391,9 +391,10 @@ struct ServeRequest {
   7: optional double wait_for_blocks_s,
   8: optional string next_stage_address, // next_stage's serving address: connected to at once, not on the first step
   // The incarnation of the coordinator that asks (JoinResponse.epoch). A pipeline's stage is
-  // its leader's: once a later coordinator speaks (it asks, or the agent joins it), the stages
-  // earlier ones asked for are stopped, and they are refused what they ask afterwards. A full
-  // local instance is the node's, and stays. Absent: the epoch the agent joined last.
+  // its leader's: once the agent joins another coordinator, or one of a later epoch asks, the
+  // other coordinators' pipelines lose their stages, and an earlier epoch is refused what it
+  // asks afterwards. A full local instance is the node's, and stays. Absent: the epoch the
+  // agent joined last.
   9: optional i64 epoch,
 }
 

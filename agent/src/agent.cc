@@ -157,7 +157,7 @@ Result<std::unique_ptr<AgentDaemon>> AgentDaemon::Start(const AgentConfig& confi
   impl.fragments = std::make_unique<FragmentRunner>(impl.config, *impl.store, *impl.transport, *impl.mux, *impl.link);
   // Pipelines of a coordinator that no longer leads end with it: joined to a later one, their
   // stages stop. Stages waiting for their blocks look again whenever a slice lands.
-  impl.link->SetJoinedHook([serving = impl.serving.get()](int64_t epoch) { serving->Epoch(epoch); });
+  impl.link->SetJoinedHook([serving = impl.serving.get()](int64_t epoch) { serving->Joined(epoch); });
   impl.fragments->SetLandedHook([serving = impl.serving.get()](const std::string& model) { serving->Landed(model); });
   MC_ASSIGN_OR_RETURN(
       d->server_, rpc::RpcServer::Start(std::make_shared<rpc::AgentProcessor>(std::make_shared<AgentHandler>(d->impl_)),

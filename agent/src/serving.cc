@@ -50,7 +50,7 @@ Status ServingHost::Start(const rpc::ServeRequest& asked) {
     } else if (req.epoch < epoch_) {
       return Stale("startServing", req.epoch, epoch_);
     } else {
-      EpochLocked(req.epoch);
+      EpochLocked(req.epoch, /*joined=*/false);
     }
   }
   auto manifest = store_->FindModel(req.model);
@@ -276,7 +276,7 @@ Status ServingHost::Stop(const rpc::ServeRequest& req) {
   std::lock_guard<std::mutex> lock(mu_);
   if (req.__isset.epoch) {
     if (req.epoch < epoch_) return Stale("stopServing", req.epoch, epoch_);
-    EpochLocked(req.epoch);
+    EpochLocked(req.epoch, /*joined=*/false);
   }
   auto it = serving_.find(key);
   if (it == serving_.end()) return NotFound("stopServing: " + node_ + " does not serve " + key);
@@ -314,13 +314,15 @@ void ServingHost::EndLocked(std::map<std::string, Serving>::iterator it, const s
   LOG(INFO) << "agent " << node_ << ": stopped serving " << key;
 }
 
-void ServingHost::Epoch(int64_t epoch) {
+void ServingHost::Joined(int64_t epoch) {
   std::lock_guard<std::mutex> lock(mu_);
-  EpochLocked(epoch);
+  EpochLocked(epoch, /*joined=*/true);
 }
 
-void ServingHost::EpochLocked(int64_t epoch) {
-  if (epoch <= epoch_) return;
+void ServingHost::EpochLocked(int64_t epoch, bool joined) {
+  // A coordinator that asks is later if its epoch is higher. The one the agent joined leads,
+  // even with a lower epoch (its state started over): every other epoch's pipelines are dead.
+  if (joined ? epoch == epoch_ : epoch <= epoch_) return;
   const int64_t before = epoch_;
   epoch_ = epoch;
   if (before == 0) return;  // the first coordinator heard from: nothing earlier can be here
@@ -329,7 +331,7 @@ void ServingHost::EpochLocked(int64_t epoch) {
     std::set<std::string> left;
     for (auto o = s.owners.begin(); o != s.owners.end();) {
       auto e = s.epochs.find(*o);
-      if (o->empty() || (e != s.epochs.end() && e->second >= epoch)) {
+      if (o->empty() || (e != s.epochs.end() && (joined ? e->second == epoch : e->second >= epoch))) {
         ++o;
         continue;
       }
@@ -342,7 +344,7 @@ void ServingHost::EpochLocked(int64_t epoch) {
       continue;
     }
     LOG(INFO) << "agent " << node_ << ": the coordinator of epoch " << epoch << " leads: " << it->first
-              << " no longer serves " << Owners(left) << " (asked for by an earlier one)"
+              << " no longer serves " << Owners(left) << " (asked for by another)"
               << (s.owners.empty() ? std::string() : "; it stays for " + Owners(s.owners));
     if (!s.owners.empty()) {
       Describe(s);
@@ -350,7 +352,7 @@ void ServingHost::EpochLocked(int64_t epoch) {
       continue;
     }
     auto gone = it++;
-    EndLocked(gone, "the pipeline's coordinator (before epoch " + std::to_string(epoch) + ") no longer leads");
+    EndLocked(gone, "the pipeline's coordinator no longer leads (epoch " + std::to_string(epoch) + " does)");
   }
 }
 

@@ -41,12 +41,14 @@ class ServingHost {
   // NotFound when the stage is not hosted, or not for the request's owner.
   Status Stop(const rpc::ServeRequest& req);
   std::vector<rpc::Instance> List() const;
-  // A coordinator of incarnation `epoch` leads (the agent joined it, or it asked for a stage):
-  // the pipelines that earlier coordinators asked for died with their routers, so their
-  // ownership of stages ends here and a stage left without owners stops (one still waiting
-  // for its blocks fails its held steps). Local instances stay: the node's, whoever leads.
-  // Start refuses requests from an earlier epoch. An epoch not above the last is nothing new.
-  void Epoch(int64_t epoch);
+  // The agent joined the coordinator of incarnation `epoch`: it leads. The pipelines other
+  // coordinators asked for died with their routers, so their shares of stages end here and a
+  // stage left without owners stops (one still waiting for its blocks fails its held steps).
+  // Local instances stay: the node's, whoever leads. A Start or Stop with a later epoch than
+  // the last heard does the same for the earlier ones; one with an earlier epoch is refused.
+  // Joining the same coordinator again changes nothing; one whose epoch is lower (its state
+  // started over) is followed all the same.
+  void Joined(int64_t epoch);
   // A slice of `model` landed in the store (the fragment runner says so): stages waiting for
   // their blocks look again.
   void Landed(const std::string& model);
@@ -63,8 +65,8 @@ class ServingHost {
     std::set<std::string> owners;  // pipeline ids; "" is the full local instance
     std::map<std::string, int64_t> epochs;  // owner -> the coordinator epoch that asked
   };
-  // Epoch's work, with mu_ held.
-  void EpochLocked(int64_t epoch);
+  // Joined's work (`joined`), or a later epoch's that asks (not `joined`), with mu_ held.
+  void EpochLocked(int64_t epoch, bool joined);
   // Ends a stage that has no owner left (mu_ held): a built one is removed from the node, one
   // waiting for its blocks gives up and fails its held steps with `why`.
   void EndLocked(std::map<std::string, Serving>::iterator it, const std::string& why);

@@ -194,11 +194,11 @@ TEST_F(ServingHostTest, PipelinesOfACoordinatorThatNoLongerLeadsStopWhenALaterOn
     return r;
   };
   auto keys = [&] { return host_->List().size(); };  // stages served
-  host_->Epoch(1);  // joined the first coordinator
+  host_->Joined(1);  // joined the first coordinator
   // Epoch 1 asks for a stage ahead of its blocks; epoch 2 leads before they land.
   ASSERT_TRUE(host_->Start(ask("m/p1-0", 1, 1, n, 10)).ok());
   ASSERT_EQ(keys(), 1u);
-  host_->Epoch(2);
+  host_->Joined(2);
   EXPECT_EQ(keys(), 0u) << "the waiting stage of epoch 1's pipeline stops";
   LandAll();
   std::this_thread::sleep_for(200ms);
@@ -234,14 +234,22 @@ TEST_F(ServingHostTest, PipelinesOfACoordinatorThatNoLongerLeadsStopWhenALaterOn
     EXPECT_NE(st.message().find("epoch 3 leads"), std::string::npos) << st.ToString();
   }
   EXPECT_EQ(host_->Start(ask("m/p3-1", -1, 0, 1)).code(), StatusCode::kInvalidArgument);
-  // Joining the same coordinator again is nothing new: epoch 3's pipeline stays.
-  host_->Epoch(3);
+  // Joining the same coordinator again changes nothing: epoch 3's pipeline stays.
+  host_->Joined(3);
   EXPECT_EQ(keys(), 2u);
-  host_->Epoch(4);
+  host_->Joined(4);
   listed = host_->List();
   ASSERT_EQ(listed.size(), 1u);
   EXPECT_EQ(listed[0].state, rpc::InstanceState::LOCAL);
-  ASSERT_TRUE(host_->Stop(ask("", 4, 0, n)).ok());
+  // Epoch 4 forms a pipeline; then the agent joins a coordinator whose state started over
+  // (epoch 1): it leads, so it is heard, and epoch 4's pipeline ends.
+  ASSERT_TRUE(host_->Start(ask("m/p4-0", 4, 0, 1)).ok());
+  host_->Joined(1);
+  ASSERT_EQ(keys(), 1u);
+  ASSERT_TRUE(host_->Start(ask("m/p1-0", 1, 0, 1)).ok());
+  ASSERT_EQ(keys(), 2u);
+  ASSERT_TRUE(host_->Stop(ask("m/p1-0", 1, 0, 1)).ok());
+  ASSERT_TRUE(host_->Stop(ask("", 1, 0, n)).ok());
   EXPECT_TRUE(host_->List().empty());
 }
 
@@ -253,7 +261,7 @@ TEST_F(ServingHostTest, EpochsRisingWhileStagesComeAndGoLeaveNoEarlierPipeline) 
   const int32_t n = static_cast<int32_t>(manifest().blocks.size());
   LandAll();
   std::atomic<int64_t> epoch{1};
-  host_->Epoch(1);
+  host_->Joined(1);
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
   for (int t = 0; t < 3; ++t) {
@@ -272,11 +280,11 @@ TEST_F(ServingHostTest, EpochsRisingWhileStagesComeAndGoLeaveNoEarlierPipeline) 
   for (int e = 2; e <= 40; ++e) {
     std::this_thread::sleep_for(5ms);
     epoch = e;
-    host_->Epoch(e);
+    host_->Joined(e);
   }
   stop = true;
   for (auto& t : threads) t.join();
-  host_->Epoch(41);
+  host_->Joined(41);
   EXPECT_TRUE(testing::WaitUntil([&] { return host_->List().empty(); }, 5s));
   for (const auto& i : host_->List()) ADD_FAILURE() << "left: " << i.pipeline_id;
 }
