@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
   InitLogging(argv[0], 2);
   std::string rate = "250mbit", receivers = "4,8", algorithms = "lambdapipe,chain,binary-tree,unicast", package, work,
               prefix = "mcb", slice = "2MiB";
-  int64_t layers = 44, blocks = 11, window = 4;
+  int64_t layers = 44, blocks = 11, window = 4, recv_window = 2, lookahead = 8;
   ArgParser p("fabric_multicast", "Multicasts in the netns cluster against the simulator (see the file's header).");
   p.Flag("rate", &rate, "each node's link rate, as tc takes it [250mbit: 9 nodes at 1gbit need more than 2 cores]");
   p.Flag("receivers", &receivers, "receiver counts to run [4,8]");
@@ -139,6 +139,8 @@ int main(int argc, char** argv) {
   p.Flag("blocks", &blocks, "blocks of the synthesized package [11]");
   p.Flag("slice", &slice, "slice size of the synthesized package [2MiB]");
   p.Flag("window", &window, "slices in flight from each node [4]");
+  p.Flag("recv-window", &recv_window, "slices landing at each node at once [2]");
+  p.Flag("lookahead", &lookahead, "how far down its plan order a node goes for a ready send or receive [8]");
   p.Flag("work", &work, "working directory (default: a fresh one under /tmp, removed after)");
   p.Flag("prefix", &prefix, "namespace prefix [mcb]");
   bool timeline = false;
@@ -251,6 +253,10 @@ int main(int argc, char** argv) {
                                          "eth0",
                                          "--window",
                                          std::to_string(window),
+                                         "--recv-window",
+                                         std::to_string(recv_window),
+                                         "--lookahead",
+                                         std::to_string(lookahead),
                                          "--deadline",
                                          std::to_string(deadline - UnixNow()),
                                          "--start-at",
