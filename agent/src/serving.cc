@@ -292,11 +292,10 @@ Status ServingHost::Stop(const rpc::ServeRequest& req) {
               << Owners(it->second.owners);
     return Status::Ok();
   }
-  EndLocked(it, "stopServing " + key + " before its blocks landed");
-  return Status::Ok();
+  return EndLocked(it, "stopServing " + key + " before its blocks landed");
 }
 
-void ServingHost::EndLocked(std::map<std::string, Serving>::iterator it, const std::string& why) {
+Status ServingHost::EndLocked(std::map<std::string, Serving>::iterator it, const std::string& why) {
   const std::string key = it->first;
   if (!it->second.built) {
     // Still waiting for its blocks: the waiter gives up (and fails the held steps) now.
@@ -305,13 +304,12 @@ void ServingHost::EndLocked(std::map<std::string, Serving>::iterator it, const s
     pipelines_->FailExpected(key, Cancelled(why));
     serving_.erase(it);
     LOG(INFO) << "agent " << node_ << ": stopped waiting to serve " << key;
-    return;
+    return Status::Ok();
   }
-  if (Status st = pipelines_->RemoveStage(key); !st.ok()) {
-    LOG(WARNING) << "agent " << node_ << ": stopping " << key << ": " << st.message();
-  }
+  MC_RETURN_IF_ERROR(pipelines_->RemoveStage(key));
   serving_.erase(it);  // the stage goes, and with it its leases: the blocks may be evicted again
   LOG(INFO) << "agent " << node_ << ": stopped serving " << key;
+  return Status::Ok();
 }
 
 void ServingHost::Joined(int64_t epoch) {
@@ -352,7 +350,12 @@ void ServingHost::EpochLocked(int64_t epoch, bool joined) {
       continue;
     }
     auto gone = it++;
-    EndLocked(gone, "the pipeline's coordinator no longer leads (epoch " + std::to_string(epoch) + " does)");
+    if (Status st = EndLocked(gone, "the pipeline's coordinator no longer leads (epoch " + std::to_string(epoch) + " does)");
+        !st.ok()) {
+      // Nobody serves through it any more: it is not kept, whatever the node says of it.
+      LOG(WARNING) << "agent " << node_ << ": stopping " << gone->first << ": " << st.message();
+      serving_.erase(gone);
+    }
   }
 }
 

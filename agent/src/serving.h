@@ -38,7 +38,8 @@ class ServingHost {
   // the one it names, and the stage goes with its last owner. AlreadyExists: the same owner
   // asked again; Unavailable: the stage is still waiting for its blocks for another engine.
   Status Start(const rpc::ServeRequest& req);
-  // NotFound when the stage is not hosted, or not for the request's owner.
+  // NotFound when the stage is not hosted, or not for the request's owner. Both refuse a
+  // request of an earlier coordinator epoch than the last heard (FailedPrecondition; see Joined).
   Status Stop(const rpc::ServeRequest& req);
   std::vector<rpc::Instance> List() const;
   // The agent joined the coordinator of incarnation `epoch`: it leads. The pipelines other
@@ -67,9 +68,10 @@ class ServingHost {
   };
   // Joined's work (`joined`), or a later epoch's that asks (not `joined`), with mu_ held.
   void EpochLocked(int64_t epoch, bool joined);
-  // Ends a stage that has no owner left (mu_ held): a built one is removed from the node, one
-  // waiting for its blocks gives up and fails its held steps with `why`.
-  void EndLocked(std::map<std::string, Serving>::iterator it, const std::string& why);
+  // Ends a stage that has no owner left (mu_ held): a built one is removed from the node (an
+  // error leaves it listed), one waiting for its blocks gives up and fails its held steps with
+  // `why`.
+  Status EndLocked(std::map<std::string, Serving>::iterator it, const std::string& why);
   // instance's state and pipeline_id from the owners: LOCAL while the local instance is one.
   static void Describe(Serving& s);
   static std::string Owners(const std::set<std::string>& owners);
