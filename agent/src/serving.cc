@@ -43,16 +43,6 @@ Status ServingHost::Start(const rpc::ServeRequest& asked) {
   if (req.__isset.epoch && req.epoch <= 0) {
     return InvalidArgument("startServing: epoch must be positive, not " + std::to_string(req.epoch));
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!req.__isset.epoch) {
-      req.__set_epoch(epoch_);
-    } else if (req.epoch < epoch_) {
-      return Stale("startServing", req.epoch, epoch_);
-    } else {
-      EpochLocked(req.epoch, /*joined=*/false);
-    }
-  }
   auto manifest = store_->FindModel(req.model);
   if (manifest == nullptr) return NotFound("startServing: model '" + req.model + "' is not known on " + node_);
   const int nblocks = static_cast<int>(manifest->blocks.size());
@@ -78,7 +68,13 @@ Status ServingHost::Start(const rpc::ServeRequest& asked) {
   const std::string owner = OwnerOf(req);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (req.epoch < epoch_) return Stale("startServing", req.epoch, epoch_);  // a later one spoke meanwhile
+    if (!req.__isset.epoch) {
+      req.__set_epoch(epoch_);  // the coordinator joined last
+    } else if (req.epoch < epoch_) {
+      return Stale("startServing", req.epoch, epoch_);
+    } else {
+      EpochLocked(req.epoch, /*joined=*/false);  // a later one asks: earlier pipelines end first
+    }
     if (auto it = serving_.find(key); it != serving_.end()) {
       Serving& s = it->second;
       if (s.owners.count(owner)) {

@@ -205,28 +205,31 @@ class ScaleOutTest : public ::testing::Test, public testing::CoordinatorProbe {
     auto res = http.Get("/metrics");
     return res && res->status == 200 ? res->body : "";
   }
-  // What agent i says it is running.
-  std::vector<std::string> Running(int i) {
+  // What agent i says of itself (getStatus).
+  Result<rpc::AgentStatus> StatusOf(int i) {
     auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*agents[i], "listening on "), security);
-    if (!c.ok()) return {"unreachable: " + c.status().message()};
+    if (!c.ok()) return c.status();
     rpc::AgentClient agent((*c)->protocol);
     rpc::AgentStatus st;
     agent.getStatus(st, header);
-    return st.running_operations;
+    return st;
+  }
+  // What agent i says it is running.
+  std::vector<std::string> Running(int i) {
+    auto st = StatusOf(i);
+    if (!st.ok()) return {"unreachable: " + st.status().message()};
+    return st->running_operations;
   }
   // The stages agent i serves ("node-i: model STATE [pipeline_id]"; a stage shared with the
   // node's local instance is listed as the local instance's); `pipelines`: only those listed
   // as a pipeline's.
   std::vector<std::string> Stages(int i, bool pipelines = false) {
-    auto c = rpc::Connect("127.0.0.1", AnnouncedPort(*agents[i], "listening on "), security);
-    if (!c.ok()) return {"node-" + std::to_string(i) + " unreachable: " + c.status().message()};
-    rpc::AgentClient agent((*c)->protocol);
-    rpc::AgentStatus st;
-    agent.getStatus(st, header);
+    auto st = StatusOf(i);
+    if (!st.ok()) return {"node-" + std::to_string(i) + " unreachable: " + st.status().message()};
     std::vector<std::string> out;
-    for (const auto& s : st.serving) {
+    for (const auto& s : st->serving) {
       if (pipelines && !s.__isset.pipeline_id) continue;
-      out.push_back(st.node + ": " + s.model + " " + rpc::to_string(s.state) +
+      out.push_back(st->node + ": " + s.model + " " + rpc::to_string(s.state) +
                     (s.__isset.pipeline_id ? " " + s.pipeline_id : std::string()));
     }
     return out;
