@@ -191,18 +191,45 @@ class Run : public std::enable_shared_from_this<Run> {
   }
 
  private:
+  // One attempt at receiving a slice: the pieces announced (offset -> length, and whether it
+  // has landed), what has landed, and how far from its start it has landed without a gap
+  // (what a relay may forward already).
+  struct Landing {
+    uint64_t length = 0;
+    bool landed = false;
+  };
   struct Expected {
     std::string peer;
     int retries = 0;
     bool verified = false;
+    std::map<uint64_t, Landing> pieces;
+    uint64_t landed = 0;
+    uint64_t prefix = 0;
+    bool admitted = false;   // let in (its first piece taken) in this attempt
+    bool in_window = false;  // counted in landing_ until it has landed
+    double started = 0;      // when its first piece was announced
   };
-  struct Waiting {  // a slice message whose payload has not been let in yet
+  struct Waiting {  // a piece message whose payload has not been let in yet
     std::string peer;
     AcceptPayload accept;
   };
+  // A slice on its way to one receiver, piece by piece: the next offset to post, and the pieces
+  // handed to the transport and not yet done.
+  struct Stream {
+    std::string peer;
+    uint32_t slice = 0;
+    bool write = false;
+    uint64_t next = 0;
+    size_t posted = 0;
+    bool marked = false;  // its first piece has been posted (the timeline's kPosted)
+  };
+  struct Unflushed {  // a piece written to a peer, waiting for a flush
+    uint64_t stream;
+    Piece piece;
+  };
   struct Flushing {
-    bool busy = false;                // a flush is in flight
-    std::vector<uint32_t> unflushed;  // slices written since it started
+    bool busy = false;                 // a flush is in flight
+    std::vector<Unflushed> unflushed;  // pieces written since it started
   };
   struct Busy {  // sends to one receiver
     int in_flight = 0;
@@ -240,7 +267,7 @@ class Run : public std::enable_shared_from_this<Run> {
     if (o_.timeline) report_.timeline.push_back({slice, peer, stage, Monotonic(std::chrono::steady_clock::now())});
   }
 
-  bool Done() const { return verified_ == expected_.size() && unfinished_receivers_.empty() && in_flight_total_ == 0; }
+  bool Done() const { return verified_ == expected_.size() && unfinished_receivers_.empty() && streams_.empty(); }
 
   Result<ExecutorReport> Report(bool finished) {
     if (!error_.ok()) return error_;
@@ -289,69 +316,117 @@ class Run : public std::enable_shared_from_this<Run> {
     return !ended_;
   }
 
-  // Starts sends in plan order, within the node's window: among the next `lookahead` sends,
-  // those whose slice is held (and whose receiver has said how it takes slices). The
-  // lookahead keeps the link busy when a slice arrives later than the plan expected.
-  // With a send budget (o_.pacer), a send it has no room for yet waits for WaitAndEnd to pump
-  // again when there is.
+  // The bytes of one piece of `s` (the last may be shorter).
+  uint64_t PieceBytes(const SliceInfo& s) const {
+    return o_.piece_bytes == 0 ? s.length : std::min<uint64_t>(o_.piece_bytes, s.length);
+  }
+
+  // How much of `slice` this node can send from: all of it once held, else what has landed of
+  // it from its start without a gap (a relay forwards a slice while it is still arriving).
+  uint64_t Available(uint32_t slice) const {
+    if (held_[slice]) return layout_.slices[slice].length;
+    const auto it = expected_.find(slice);
+    return it == expected_.end() ? 0 : it->second.prefix;
+  }
+
+  // Keeps the sends under way fed, then starts new ones in plan order, within the node's
+  // window: among the next `lookahead` sends, those of which something is here to send (and
+  // whose receiver has said how it takes slices). The lookahead keeps the link busy when a
+  // slice arrives later than the plan expected. With a send budget (o_.pacer), a piece it has
+  // no room for yet waits for WaitAndEnd to pump again when there is.
   void Pump() {
-    for (size_t i = 0; i < order_.size() && i < o_.lookahead && in_flight_total_ < o_.window;) {
+    for (auto& [id, stream] : streams_) {
+      if (!Feed(id, stream)) return;
+    }
+    for (size_t i = 0; i < order_.size() && i < o_.lookahead && streams_.size() < o_.window && error_.ok();) {
       const FragmentStep next = order_[i];
-      if (!held_[next.slice] || !offers_.count(next.peer)) {
+      if (Available(next.slice) == 0 || !offers_.count(next.peer)) {
         ++i;
         continue;
       }
+      order_.erase(order_.begin() + static_cast<std::ptrdiff_t>(i));
+      if (!Feed(StartStream(next.peer, next.slice))) return;
+    }
+  }
+
+  // A send of `slice` to `peer` begins (in plan order, or asked for again).
+  uint64_t StartStream(const std::string& peer, uint32_t slice) {
+    const SliceInfo& s = layout_.slices[slice];
+    const Offered& offer = offers_.at(peer);
+    const bool write = writes_ && offer.writes;
+    if (write && (!offer.blocks.count(s.block) || local_[s.block].region == nullptr)) {
+      Fail(InvalidArgument("'" + peer + "' offered no region for block " + std::to_string(s.block) + " of '" +
+                           layout_.model + "', which slice " + std::to_string(slice) +
+                           " it is to receive from node '" + f_.node + "' belongs to"));
+    }
+    const uint64_t id = ++streams_started_;
+    streams_[id] = {peer, slice, write};
+    Busy& b = busy_[peer];
+    if (b.in_flight++ == 0) b.since = Now();
+    return id;
+  }
+  bool Feed(uint64_t id) { return Feed(id, streams_.at(id)); }
+
+  // Posts what it can of a send: whole pieces of what is here, at most pieces_in_flight at
+  // once. False: the send budget has no room (nothing more is to be posted for now).
+  bool Feed(uint64_t id, Stream& st) {
+    if (!error_.ok()) return false;
+    const SliceInfo& s = layout_.slices[st.slice];
+    const uint64_t available = Available(st.slice);
+    while (st.posted < o_.pieces_in_flight && st.next < s.length) {
+      const Piece piece{st.slice, st.next, std::min(PieceBytes(s), s.length - st.next)};
+      if (piece.offset + piece.length > available) break;
       if (o_.pacer) {
-        if (const double wait = o_.pacer->Take(layout_.slices[next.slice].length); wait > 0) {
+        if (const double wait = o_.pacer->Take(piece.length); wait > 0) {
           const auto due = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                                   std::chrono::duration<double>(wait));
           if (!pace_due_ || due < *pace_due_) pace_due_ = due;
           cv_.notify_all();
-          return;
+          return false;
         }
       }
-      order_.erase(order_.begin() + static_cast<std::ptrdiff_t>(i));
-      SendSlice(next.peer, next.slice);
+      st.next += piece.length;
+      PostPiece(id, st, piece);
     }
+    return true;
   }
 
-  void SendSlice(const std::string& peer, uint32_t slice) {
-    const SliceInfo& s = layout_.slices[slice];
-    const Offered& offer = offers_.at(peer);
-    const bool write = writes_ && offer.writes;
-    VLOG(1) << f_.node << ": " << (write ? "write" : "send") << " slice " << slice << " to " << peer;
-    const auto remote = write ? offer.blocks.find(s.block) : offer.blocks.end();
-    if (write && (remote == offer.blocks.end() || local_[s.block].region == nullptr)) {
-      return Fail(InvalidArgument("'" + peer + "' offered no region for block " + std::to_string(s.block) + " of '" +
-                                  layout_.model + "', which slice " + std::to_string(slice) +
-                                  " it is to receive from node '" + f_.node + "' belongs to"));
+  void PostPiece(uint64_t id, Stream& st, const Piece& piece) {
+    const SliceInfo& s = layout_.slices[piece.slice];
+    const std::string& peer = st.peer;
+    VLOG(2) << f_.node << ": " << (st.write ? "write" : "send") << " slice " << piece.slice << " bytes " << piece.offset
+            << "+" << piece.length << " to " << peer;
+    if (!st.marked) {
+      st.marked = true;
+      if (report_.first_send < 0) report_.first_send = Now();
+      Mark(piece.slice, peer, SliceStage::kPosted);
     }
-    if (report_.first_send < 0) report_.first_send = Now();
-    Mark(slice, peer, SliceStage::kPosted);
-    ++in_flight_total_;
-    Busy& b = busy_[peer];
-    if (b.in_flight++ == 0) b.since = Now();
+    ++st.posted;
     Hold(peer);
     auto self = shared_from_this();
-    if (!write) {
-      t_.Send(peer, kSliceMessage, EncodeU32(slice), {buffer_ + s.offset, s.length},
-              [self, peer, slice](Status st) { self->Sent(peer, slice, false, st); });
+    if (!st.write) {
+      t_.Send(peer, kSliceMessage, EncodePieceHeader(piece, false), {buffer_ + s.offset + piece.offset, piece.length},
+              [self, id, peer, piece](Status done) { self->PieceSent(id, peer, piece, false, done); });
       return;
     }
     // Write; a flush (every earlier write to the peer has landed) then says so, for every
-    // slice written before it. One flush at a time per peer: a flush waits for all writes
-    // in flight, so one per slice would only make the notifications come in bursts.
+    // piece written before it. One flush at a time per peer: a flush waits for all writes
+    // in flight, so one per piece would only make the notifications come in bursts.
     // Each node has the block somewhere of its own: the slice is at the same place within it.
-    const uint64_t within = s.offset - layout_.block_offsets[s.block];
+    const auto& remote = offers_.at(peer).blocks.at(s.block);
+    const uint64_t within = s.offset - layout_.block_offsets[s.block] + piece.offset;
+    const bool last = piece.offset + piece.length == s.length;
     Hold(peer);
-    t_.Write(peer, *local_[s.block].region, local_[s.block].base + within, remote->second.region,
-             remote->second.base + within, s.length, [self, peer, slice](Status st) {
+    t_.Write(peer, *local_[s.block].region, local_[s.block].base + within, remote.region, remote.base + within,
+             piece.length, [self, peer, piece, last](Status done) {
                std::lock_guard lock(self->mu_);
-               self->Mark(slice, peer, SliceStage::kSent);
-               if (self->Completed(peer) && !st.ok()) self->Fail(st.WithContext(self->What("writing", slice, peer)));
+               if (last) self->Mark(piece.slice, peer, SliceStage::kSent);
+               if (self->Completed(peer) && !done.ok()) {
+                 self->Fail(done.WithContext(self->What("writing", piece.slice, peer)));
+               }
              });
     Flushing& f = flushing_[peer];
-    f.unflushed.push_back(slice);
+    f.unflushed.push_back({id, piece});
     if (!f.busy) StartFlush(peer);
   }
 
@@ -364,29 +439,31 @@ class Run : public std::enable_shared_from_this<Run> {
     });
   }
 
-  // Every slice of `batch` was written to `peer` and flushed (or the flush failed): each
-  // still holds the run up until the peer is told it landed. Slices written since wait for
+  // Every piece of `batch` was written to `peer` and flushed (or the flush failed): each
+  // still holds the run up until the peer is told it landed. Pieces written since wait for
   // the next flush; when there is none (the run has ended, or the link failed), they are
   // given up here, or they would hold the run up forever.
-  void Flushed(const std::string& peer, const std::vector<uint32_t>& batch, const Status& st) {
+  void Flushed(const std::string& peer, const std::vector<Unflushed>& batch, const Status& st) {
     Flushing& f = flushing_[peer];
     f.busy = false;
     cv_.notify_all();
     const bool go_on = !ended_ && st.ok();
-    std::vector<uint32_t> given_up;
+    std::vector<Unflushed> given_up;
     if (!go_on) given_up = std::exchange(f.unflushed, {});
-    for (uint32_t slice : batch) {
+    for (const Unflushed& u : batch) {
       if (!go_on) {
-        given_up.push_back(slice);
+        given_up.push_back(u);
         continue;
       }
-      Mark(slice, peer, SliceStage::kFlushed);
-      t_.Send(peer, kLandedMessage, EncodeU32(slice), {},
-              [self = shared_from_this(), peer, slice](Status st) { self->Sent(peer, slice, true, st); });
+      if (u.piece.offset + u.piece.length == layout_.slices[u.piece.slice].length) {
+        Mark(u.piece.slice, peer, SliceStage::kFlushed);
+      }
+      t_.Send(peer, kLandedMessage, EncodePieceHeader(u.piece, true), {},
+              [self = shared_from_this(), peer, u](Status done) { self->PieceSent(u.stream, peer, u.piece, true, done); });
     }
-    for (uint32_t slice : given_up) {
+    for (const Unflushed& u : given_up) {
       Drop(peer);
-      if (!ended_) Fail(st.WithContext(What("flushing", slice, peer)));
+      if (!ended_) Fail(st.WithContext(What("flushing", u.piece.slice, peer)));
     }
     if (go_on && !f.unflushed.empty()) StartFlush(peer);
   }
@@ -395,21 +472,30 @@ class Run : public std::enable_shared_from_this<Run> {
     return std::string(verb) + " slice " + std::to_string(slice) + " of '" + layout_.model + "' to '" + peer + "'";
   }
 
-  // A slice has gone to `peer` (for a write: landed there, and the peer told).
-  void Sent(const std::string& peer, uint32_t slice, bool written, const Status& st) {
+  // A piece has gone to `peer` (for a write: landed there, and the peer told). Once every
+  // piece of its slice has, the send is over and leaves the window.
+  void PieceSent(uint64_t id, const std::string& peer, const Piece& piece, bool written, const Status& st) {
     std::lock_guard lock(mu_);
-    VLOG(1) << f_.node << ": sent slice " << slice << " to " << peer << ": " << st.ToString();
+    VLOG(2) << f_.node << ": sent slice " << piece.slice << " bytes " << piece.offset << "+" << piece.length << " to "
+            << peer << ": " << st.ToString();
     if (!Completed(peer)) return;
-    if (!written) Mark(slice, peer, SliceStage::kSent);
-    Mark(slice, peer, SliceStage::kConfirmed);
-    --in_flight_total_;
+    if (!st.ok()) return Fail(st.WithContext(What("sending", piece.slice, peer)));
+    const auto it = streams_.find(id);
+    if (it == streams_.end()) return;
+    Stream& stream = it->second;
+    --stream.posted;
     Busy& b = busy_[peer];
-    if (st.ok()) b.bytes += layout_.slices[slice].length;
-    if (--b.in_flight == 0) b.seconds += Now() - b.since;
-    if (!st.ok()) return Fail(st.WithContext(What("sending", slice, peer)));
-    report_.bytes_sent += layout_.slices[slice].length;
-    ++report_.slices_sent;
-    if (written) ++report_.slices_written;
+    b.bytes += piece.length;
+    const SliceInfo& s = layout_.slices[piece.slice];
+    if (stream.next == s.length && stream.posted == 0) {
+      if (!written) Mark(piece.slice, peer, SliceStage::kSent);
+      Mark(piece.slice, peer, SliceStage::kConfirmed);
+      if (--b.in_flight == 0) b.seconds += Now() - b.since;
+      report_.bytes_sent += s.length;
+      ++report_.slices_sent;
+      if (written) ++report_.slices_written;
+      streams_.erase(it);
+    }
     Pump();
   }
 
@@ -470,100 +556,131 @@ class Run : public std::enable_shared_from_this<Run> {
   // On the transport's thread.
   void OnMessage(const IncomingMessage& m, AcceptPayload accept) {
     std::lock_guard lock(mu_);
-    VLOG(1) << f_.node << ": message type " << m.type << " from " << m.peer << " (" << m.payload_size << " bytes)";
+    VLOG(2) << f_.node << ": message type " << m.type << " from " << m.peer << " (" << m.payload_size << " bytes)";
     if (ended_) {  // the tail of a run that is over: its payload is nobody's
       if (m.payload_size > 0) accept(nullptr, [](Status) {});
       return;
     }
+    const bool piece = m.type == kSliceMessage || m.type == kLandedMessage;
     uint32_t value = 0;
-    if (!DecodeU32(m.header, &value)) {
-      accept(nullptr, [](Status) {});
+    Piece p;
+    if (piece ? !DecodePieceHeader(m.header, m.type == kLandedMessage, &p) : !DecodeU32(m.header, &value)) {
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
       return Fail(InvalidArgument("malformed message (type " + std::to_string(m.type) + ") from '" + m.peer + "'"));
     }
+    if (piece) return OnPiece(m, p, std::move(accept));
     if (m.type == kResendMessage) {
-      if (value >= held_.size() || !held_[value]) {
-        return Fail(InvalidArgument("'" + m.peer + "' asked node '" + f_.node + "' again for slice " +
-                                    std::to_string(value) + ", which it does not hold"));
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      if (value < held_.size() && held_[value]) {
+        StartStream(m.peer, value);
+        return Pump();
       }
-      SendSlice(m.peer, value);
-      return;
+      const auto e = expected_.find(value);
+      if (e != expected_.end() && !e->second.verified) {  // it is still on its way here: sent once it is
+        deferred_resends_[value].push_back(m.peer);
+        return;
+      }
+      return Fail(InvalidArgument("'" + m.peer + "' asked node '" + f_.node + "' again for slice " +
+                                  std::to_string(value) + ", which it does not hold"));
     }
     if (m.type == kFinishedMessage) {
+      if (m.payload_size > 0) accept(nullptr, [](Status) {});
       unfinished_receivers_.erase(m.peer);
       cv_.notify_all();
       return;
     }
     if (m.type == kOfferMessage) return OnOffer(m, value, std::move(accept));
-    if (m.type != kSliceMessage && m.type != kLandedMessage) {
-      accept(nullptr, [](Status) {});
-      return Fail(InvalidArgument("unknown message type " + std::to_string(m.type) + " from '" + m.peer + "'"));
-    }
-    // A slice: it must be one we expect from this peer, of exactly its length, not yet held.
-    auto it = expected_.find(value);
-    if (it == expected_.end() || it->second.peer != m.peer || it->second.verified || value >= layout_.slices.size()) {
+    if (m.payload_size > 0) accept(nullptr, [](Status) {});
+    return Fail(InvalidArgument("unknown message type " + std::to_string(m.type) + " from '" + m.peer + "'"));
+  }
+
+  // A piece of a slice: a message carrying it, or a notice that the sender wrote it here. It
+  // must be of a slice this node expects from that peer and does not hold yet, lie within the
+  // slice, and not overlap a piece already announced in this attempt.
+  void OnPiece(const IncomingMessage& m, Piece p, AcceptPayload accept) {
+    const bool written = m.type == kLandedMessage;
+    auto refuse = [&](const std::string& why) {
       if (m.payload_size > 0) accept(nullptr, [](Status) {});
-      return Fail(InvalidArgument("unexpected slice " + std::to_string(value) + " of '" + layout_.model + "' from '" +
-                                  m.peer + "' at node '" + f_.node + "' (not in its plan fragment)"));
+      Fail(InvalidArgument(why));
+    };
+    auto it = expected_.find(p.slice);
+    if (p.slice >= layout_.slices.size() || it == expected_.end() || it->second.peer != m.peer ||
+        it->second.verified) {
+      return refuse("unexpected slice " + std::to_string(p.slice) + " of '" + layout_.model + "' from '" + m.peer +
+                    "' at node '" + f_.node + "' (not in its plan fragment)");
     }
-    if (m.type == kLandedMessage) {  // written into our buffer and flushed by the sender
-      if (!writes_ || m.payload_size > 0) {
-        if (m.payload_size > 0) accept(nullptr, [](Status) {});
-        return Fail(InvalidArgument("'" + m.peer + "' says it wrote slice " + std::to_string(value) + " into node '" +
-                                    f_.node + "', which offered no region"));
-      }
-      Mark(value, m.peer, SliceStage::kAnnounced);
-      const auto last = last_landed_.find(m.peer);
-      return LandedLocked(value, m.peer, last == last_landed_.end() ? 0 : last->second, Status::Ok());
+    if (written && (!writes_ || m.payload_size > 0)) {
+      return refuse("'" + m.peer + "' says it wrote slice " + std::to_string(p.slice) + " into node '" + f_.node +
+                    "', which offered no region");
     }
-    const SliceInfo& s = layout_.slices[value];
-    if (m.payload_size != s.length) {
-      accept(nullptr, [](Status) {});
-      return Fail(InvalidArgument("slice " + std::to_string(value) + " from '" + m.peer + "' is " +
-                                  std::to_string(m.payload_size) + " bytes, the layout says " +
-                                  std::to_string(s.length)));
+    if (!written) p.length = m.payload_size;
+    const SliceInfo& s = layout_.slices[p.slice];
+    const std::string bytes = "bytes " + std::to_string(p.offset) + "-" + std::to_string(p.offset + p.length);
+    if (p.length == 0 || p.offset >= s.length || p.length > s.length - p.offset) {
+      return refuse("'" + m.peer + "' sent " + bytes + " of slice " + std::to_string(p.slice) + ", which the layout says is " +
+                    std::to_string(s.length) + " bytes");
     }
-    if (waiting_.count(value)) {
-      accept(nullptr, [](Status) {});
-      return Fail(InvalidArgument("'" + m.peer + "' sent slice " + std::to_string(value) + " twice"));
+    Expected& e = it->second;
+    const auto after = e.pieces.lower_bound(p.offset);
+    const bool overlaps = (after != e.pieces.end() && after->first < p.offset + p.length) ||
+                          (after != e.pieces.begin() && std::prev(after)->first + std::prev(after)->second.length > p.offset);
+    if (overlaps) return refuse("'" + m.peer + "' sent " + bytes + " of slice " + std::to_string(p.slice) + " twice");
+    if (e.pieces.empty()) {
+      e.started = Now();
+      Mark(p.slice, m.peer, SliceStage::kAnnounced);
     }
-    Mark(value, m.peer, SliceStage::kAnnounced);
+    e.pieces[p.offset] = {p.length, false};
+    if (written) return PieceLanded(p, m.peer);  // written into our buffer and flushed by the sender
     Arrivals& a = arrivals_[m.peer];
     const double now = Now();
-    if (a.last >= 0 && now > a.last) a.rates.push_back(static_cast<double>(s.length) / (now - a.last));
+    if (a.last >= 0 && now > a.last) a.rates.push_back(static_cast<double>(p.length) / (now - a.last));
     a.last = now;
-    a.bytes += s.length;
-    waiting_.emplace(value, Waiting{m.peer, std::move(accept)});
+    a.bytes += p.length;
+    waiting_.emplace(std::make_pair(p.slice, p.offset), Waiting{m.peer, std::move(accept)});
     Admit();
   }
 
-  // Lets the waiting slices land, at most recv_window at a time, in plan order among the next
-  // `lookahead`: a node takes its slices about in the order the plan has them arrive, so that
-  // early senders do not crowd its link and delay the slices it must forward first. (Only
-  // messages wait: their payload moves when accepted. A slice sent again after a bad checksum
-  // lands at once.)
+  // Lets the waiting pieces land. A slice is let in in plan order among the next `lookahead`,
+  // at most recv_window at a time, and its later pieces as they come: a node takes its slices
+  // about in the order the plan has them arrive, so that early senders do not crowd its link
+  // and delay the slices it must forward first. (Only messages wait: their payload moves when
+  // accepted. A slice sent again after a bad checksum lands at once.)
   void Admit() {
-    auto take = [&](uint32_t slice) {
-      auto w = waiting_.extract(slice);
-      const double started = Now();
+    auto take = [&](std::map<std::pair<uint32_t, uint64_t>, Waiting>::iterator at) {
+      const auto [slice, offset] = at->first;
+      auto w = waiting_.extract(at);
+      Expected& e = expected_[slice];
+      if (!e.admitted) {
+        e.admitted = true;
+        Mark(slice, w.mapped().peer, SliceStage::kAdmitted);
+      }
       Hold(w.mapped().peer);
-      Mark(slice, w.mapped().peer, SliceStage::kAdmitted);
-      ++landing_;
-      w.mapped().accept(buffer_ + layout_.slices[slice].offset,
-                        [self = shared_from_this(), slice, started, peer = w.mapped().peer](Status st) {
-                          self->Landed(slice, peer, started, st);
+      w.mapped().accept(buffer_ + layout_.slices[slice].offset + offset,
+                        [self = shared_from_this(), slice, offset, peer = w.mapped().peer](Status st) {
+                          self->Landed(slice, offset, peer, st);
                         });
     };
-    for (auto it = waiting_.begin(); it != waiting_.end();) {
-      const uint32_t slice = (it++)->first;
-      if (admitted_.count(slice)) take(slice);
+    auto take_all = [&](uint32_t slice) {
+      for (auto at = waiting_.lower_bound({slice, 0}); at != waiting_.end() && at->first.first == slice;) take(at++);
+    };
+    for (auto at = waiting_.begin(); at != waiting_.end();) {
+      const uint32_t slice = at->first.first;
+      ++at;
+      if (admitted_.count(slice)) take_all(slice);
+      while (at != waiting_.end() && at->first.first == slice) ++at;
     }
     for (size_t i = 0; i < admit_order_.size() && i < o_.lookahead && landing_ < o_.recv_window;) {
       const uint32_t slice = admit_order_[i];
-      if (expected_[slice].verified || waiting_.count(slice)) {
+      const auto first = waiting_.lower_bound({slice, 0});
+      const bool arrived = first != waiting_.end() && first->first.first == slice;
+      Expected& e = expected_[slice];
+      if (e.verified || arrived) {
         admit_order_.erase(admit_order_.begin() + static_cast<std::ptrdiff_t>(i));
-        if (expected_[slice].verified) continue;  // it was written into the buffer
+        if (e.verified) continue;  // it was written into the buffer
         admitted_.insert(slice);
-        take(slice);
+        e.in_window = true;
+        ++landing_;
+        take_all(slice);
       } else {
         ++i;
       }
@@ -572,29 +689,44 @@ class Run : public std::enable_shared_from_this<Run> {
 
   // Discards what still waits (the run is over).
   void DropWaiting() {
-    for (auto& [slice, w] : waiting_) w.accept(nullptr, [](Status) {});
+    for (auto& [key, w] : waiting_) w.accept(nullptr, [](Status) {});
     waiting_.clear();
   }
 
-  void Landed(uint32_t slice, const std::string& peer, double started, const Status& st) {
+  // On the transport's thread: a piece's payload is in the buffer (or failed to get there).
+  void Landed(uint32_t slice, uint64_t offset, const std::string& peer, const Status& st) {
     std::lock_guard lock(mu_);
-    --landing_;
     if (!Completed(peer)) return;
-    Mark(slice, peer, SliceStage::kLanded);
-    LandedLocked(slice, peer, started, st);
+    if (!st.ok()) return Fail(st.WithContext("receiving slice " + std::to_string(slice) + " from '" + peer + "'"));
+    PieceLanded({slice, offset, 0}, peer);
     if (error_.ok()) Admit();
   }
 
-  // A slice is in the buffer: the verifier thread checks it (off the transport's thread, which
-  // goes on moving bytes meanwhile).
-  void LandedLocked(uint32_t slice, const std::string& peer, double started, const Status& st) {
-    VLOG(1) << f_.node << ": slice " << slice << " from " << peer << " landed: " << st.ToString();
+  // A piece is in the buffer. What a relay forwards of the slice may go on at once; once the
+  // whole slice is here, the verifier thread checks it (off the transport's thread, which goes on
+  // moving bytes meanwhile).
+  void PieceLanded(const Piece& p, const std::string& peer) {
+    Expected& e = expected_[p.slice];
+    Landing& piece = e.pieces.at(p.offset);
+    piece.landed = true;
+    e.landed += piece.length;
+    for (auto at = e.pieces.find(e.prefix); at != e.pieces.end() && at->second.landed; at = e.pieces.find(e.prefix)) {
+      e.prefix += at->second.length;
+    }
     cv_.notify_all();
-    if (!st.ok()) return Fail(st.WithContext("receiving slice " + std::to_string(slice) + " from '" + peer + "'"));
-    Hold(kVerifying);
-    to_verify_.push_back({slice, peer, started});
-    if (!verifier_.joinable()) verifier_ = std::thread([this] { Verifier(); });
-    verify_cv_.notify_one();
+    if (e.landed == layout_.slices[p.slice].length) {
+      VLOG(1) << f_.node << ": slice " << p.slice << " from " << peer << " landed";
+      if (e.in_window) {
+        e.in_window = false;
+        --landing_;
+      }
+      Mark(p.slice, peer, SliceStage::kLanded);
+      Hold(kVerifying);
+      to_verify_.push_back({p.slice, peer, e.started});
+      if (!verifier_.joinable()) verifier_ = std::thread([this] { Verifier(); });
+      verify_cv_.notify_one();
+    }
+    Pump();
   }
 
   // The verifier thread: the caller's StopVerifier joins it before the run's last reference
@@ -635,6 +767,11 @@ class Run : public std::enable_shared_from_this<Run> {
         return Fail(Corruption("slice " + std::to_string(slice) + " of '" + layout_.model + "' from '" + peer +
                                "' failed its checksum " + std::to_string(e.retries) + " times"));
       }
+      // The next attempt starts from nothing; what a relay forwarded of this one fails its own
+      // receivers' checksums, and they ask again once this node holds the slice.
+      e.pieces.clear();
+      e.landed = e.prefix = 0;
+      e.admitted = false;
       Control(peer, kResendMessage, slice);
       return;
     }
@@ -653,10 +790,13 @@ class Run : public std::enable_shared_from_this<Run> {
     e.verified = true;
     held_[slice] = true;
     ++verified_;
-    report_.last_receive = last_landed_[peer] = now;
+    report_.last_receive = now;
     report_.bytes_received += s.length;
     ++report_.slices_received;
     if (--expected_from_[peer] == 0) FinishedWith(peer);
+    if (auto again = deferred_resends_.extract(slice)) {
+      for (const auto& to : again.mapped()) StartStream(to, slice);
+    }
     Pump();
     Admit();
   }
@@ -717,7 +857,6 @@ class Run : public std::enable_shared_from_this<Run> {
   Status error_;
   std::vector<bool> held_;
   std::map<std::string, Offered> offers_;
-  std::map<std::string, double> last_landed_;
   std::map<std::string, Flushing> flushing_;
   std::map<std::string, Busy> busy_;
   std::map<std::string, Arrivals> arrivals_;
@@ -728,11 +867,13 @@ class Run : public std::enable_shared_from_this<Run> {
   std::deque<FragmentStep> order_;    // sends not yet started, in plan order
   std::optional<std::chrono::steady_clock::time_point> pace_due_;  // when the send budget has room again
   std::deque<uint32_t> admit_order_;  // receives not yet let in, in plan order
-  std::set<uint32_t> admitted_;       // receives let in once (a resend lands at once)
-  std::map<uint32_t, Waiting> waiting_;
+  std::set<uint32_t> admitted_;       // receives let in once (the rest of their pieces, and a resend, land at once)
+  std::map<std::pair<uint32_t, uint64_t>, Waiting> waiting_;  // by slice and offset
   size_t landing_ = 0;  // receives let in and not yet landed
   std::set<std::string> receivers_;
-  size_t in_flight_total_ = 0;
+  std::map<uint64_t, Stream> streams_;  // sends under way, by when they started
+  uint64_t streams_started_ = 0;
+  std::map<uint32_t, std::vector<std::string>> deferred_resends_;  // asked for again before this node held them
   size_t outstanding_ = 0;                             // transport callbacks not yet run, and slices not yet verified
   std::map<std::string, size_t> outstanding_by_peer_;  // the same by peer (kVerifying: the verifier's)
   static constexpr const char* kVerifying = "";

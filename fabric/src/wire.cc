@@ -15,6 +15,33 @@ bool DecodeU32(const std::vector<uint8_t>& h, uint32_t* v) {
   return true;
 }
 
+namespace {
+void PutLe(std::vector<uint8_t>& out, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+uint64_t GetLe(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+}  // namespace
+
+std::vector<uint8_t> EncodePieceHeader(const Piece& piece, bool with_length) {
+  std::vector<uint8_t> h;
+  PutLe(h, piece.slice, 4);
+  PutLe(h, piece.offset, 8);
+  if (with_length) PutLe(h, piece.length, 8);
+  return h;
+}
+
+bool DecodePieceHeader(const std::vector<uint8_t>& h, bool with_length, Piece* piece) {
+  if (h.size() != (with_length ? 20u : 12u)) return false;
+  piece->slice = static_cast<uint32_t>(GetLe(h.data(), 4));
+  piece->offset = GetLe(h.data() + 4, 8);
+  if (with_length) piece->length = GetLe(h.data() + 12, 8);
+  return true;
+}
+
 std::string EncodeOffer(const std::map<uint32_t, OfferedBlock>& blocks) {
   nlohmann::json offer = nlohmann::json::array();
   for (const auto& [b, o] : blocks) offer.push_back({{"block", b}, {"base", o.base}, {"region", o.region.Serialize()}});

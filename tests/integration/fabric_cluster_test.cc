@@ -118,9 +118,15 @@ TEST_F(FabricClusterTest, CorruptSliceIsFetchedAgain) {
     nodes[0].args.insert(nodes[0].args.end(), {"--fault", std::string("corrupt=2,5,9") +
                                                               (method == std::string("writes") ? ";drop=12" : "")});
     RunAndVerify(nodes, "lambdapipe");
+    // Each bad copy is caught where it first lands, and again at every receiver a relay
+    // forwarded it to (cut-through) before its own check failed: at least once per fault, at
+    // most once per receiver and fault, and once more where a relay was still forwarding the
+    // slice when it started over.
     int refetched = 0;
     for (int i = 1; i < 4; ++i) refetched += Report("agent-" + std::to_string(i))["corrupt_refetched"].get<int>();
-    EXPECT_EQ(refetched, method == std::string("writes") ? 4 : 3);
+    const int faults = method == std::string("writes") ? 4 : 3;
+    EXPECT_GE(refetched, faults);
+    EXPECT_LE(refetched, 2 * 3 * faults);
   }
 }
 

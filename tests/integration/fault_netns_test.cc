@@ -381,14 +381,18 @@ TEST_F(FaultNetnsTest, AStragglerIsFoundAndRoutedAround) {
 }
 
 // The source's fabric corrupts three of the slices it sends: each receiver's checksum catches
-// them, asks again, and every copy ends verified; the operation counts what was caught.
+// them, asks again, and every copy ends verified; the operation counts what was caught. Relays
+// forward a slice while it arrives (cut-through), so a bad copy may reach every receiver before
+// the first one's check fails: each is caught at least once, and at most about once per
+// receiver (twice where a relay was still forwarding it when it started over).
 TEST_F(FaultNetnsTest, SlicesCorruptedInFlightNeverLand) {
   ASSERT_NO_FATAL_FAILURE(Up({1}, false, {{1, ", fault: 'corrupt=3,17,40'"}}));
   const auto op = WaitForEnd(ScaleOut("hf", 7), 120s);
   ASSERT_EQ(op.state, rpc::OperationState::SUCCEEDED) << (op.__isset.error ? op.error : "still running");
   int caught = 0;
   for (const auto& n : op.nodes) caught += n.__isset.corrupt_slices ? n.corrupt_slices : 0;
-  EXPECT_EQ(caught, 3);
+  EXPECT_GE(caught, 3);
+  EXPECT_LE(caught, 2 * 7 * 3);
   for (int i = 2; i <= kNodes; ++i) ExpectVerifiedCopy(i);
   std::printf("figure: 3 slices corrupted in flight, %d caught by checksums, 0 corrupted bytes in any tier\n", caught);
 }

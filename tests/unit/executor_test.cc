@@ -17,6 +17,7 @@
 #include "modelcast/common/thread_placement.h"
 #include "modelcast/fabric/channel_mux.h"
 #include "modelcast/fabric/executor.h"
+#include "modelcast/fabric/fault_transport.h"
 #include "modelcast/fabric/wire.h"
 #include "support/transports.h"
 
@@ -153,9 +154,9 @@ TEST_P(ExecutorTest, TimelinesRecordEveryStageInOrder) {
       writes ? std::vector<SliceStage>{SliceStage::kPosted, SliceStage::kSent, SliceStage::kFlushed,
                                        SliceStage::kConfirmed}
              : std::vector<SliceStage>{SliceStage::kPosted, SliceStage::kSent, SliceStage::kConfirmed};
-  // A write is announced by its landed notice, when it has landed: no admission, no landing.
+  // A write is announced by its first piece's landed notice: no admission.
   const std::vector<SliceStage> receive_stages =
-      writes ? std::vector<SliceStage>{SliceStage::kAnnounced, SliceStage::kVerified}
+      writes ? std::vector<SliceStage>{SliceStage::kAnnounced, SliceStage::kLanded, SliceStage::kVerified}
              : std::vector<SliceStage>{SliceStage::kAnnounced, SliceStage::kAdmitted, SliceStage::kLanded,
                                        SliceStage::kVerified};
   std::map<uint32_t, std::vector<std::pair<SliceStage, double>>> at_a, at_b;
@@ -362,6 +363,121 @@ TEST(ExecutorBlockRegions, WritesLandInTheReceiversOwnBlocks) {
       << bad.status().message();
 }
 
+// "a" holds a model and sends every slice to "b", which relays it to "c", each over real
+// transports ("a"'s possibly behind a fault injector), by the given method, in pieces.
+struct Chain {
+  explicit Chain(SliceMethod method, const std::string& faults_at_a = "") : m(8, 256 << 10) {
+    if (faults_at_a.empty()) {
+      a = Make("a");
+    } else {
+      UcxOptions uo;
+      uo.name = "a";
+      uo.tls = "tcp";
+      uo.listen_address = testing::Host() + ":0";
+      auto inner = MakeTransport(std::string(testing::kBackend), uo);
+      auto faults = FaultOptions::Parse(faults_at_a);
+      EXPECT_TRUE(inner.ok() && faults.ok());
+      a = MakeFaultTransport(std::move(*inner), *faults);
+      EXPECT_TRUE(a->Start().ok());
+    }
+    b = Make("b");
+    c = Make("c");
+    EXPECT_TRUE(Wait([&](Done d) { a->Connect("b", b->address(), d); }).ok());
+    EXPECT_TRUE(Wait([&](Done d) { b->Connect("c", c->address(), d); }).ok());
+    std::memset(at_b.data(), 0, at_b.size());
+    std::memset(at_c.data(), 0, at_c.size());
+    auto r1 = a->Register(m.source.data(), m.source.size(), MemoryKind::kHost);
+    auto r2 = b->Register(at_b.data(), at_b.size(), MemoryKind::kHost);
+    auto r3 = c->Register(at_c.data(), at_c.size(), MemoryKind::kHost);
+    EXPECT_TRUE(r1.ok() && r2.ok() && r3.ok());
+    ra = std::move(*r1);
+    rb = std::move(*r2);
+    rc = std::move(*r3);
+    for (uint32_t i = 0; i < 8; ++i) {
+      fa.sends.push_back({i, "b", i});
+      fb.receives.push_back({i, "a", i});
+      fb.sends.push_back({i + 1, "c", i});
+      fc.receives.push_back({i + 1, "b", i});
+    }
+    for (auto* o : {&oa, &ob, &oc}) {
+      o->method = method;
+      o->piece_bytes = 16 << 10;  // 16 pieces a slice
+      o->window = 8;
+      o->timeline = true;
+      o->deadline = 20;
+    }
+    oa.region = ra.get();
+    ob.region = rb.get();
+    oc.region = rc.get();
+  }
+
+  void Run() {
+    auto from_a = std::async(std::launch::async, [&] {
+      return ExecuteFragment(*a, m.layout, m.source.data(), std::vector<bool>(8, true), fa, oa);
+    });
+    auto to_c = std::async(std::launch::async, [&] {
+      return ExecuteFragment(*c, m.layout, at_c.data(), std::vector<bool>(8, false), fc, oc);
+    });
+    relayed = ExecuteFragment(*b, m.layout, at_b.data(), std::vector<bool>(8, false), fb, ob);
+    sent = from_a.get();
+    received = to_c.get();
+  }
+
+  Model m;
+  std::unique_ptr<Transport> a, b, c;
+  AlignedBuffer at_b{m.layout.buffer_bytes}, at_c{m.layout.buffer_bytes};
+  std::unique_ptr<MemoryRegion> ra, rb, rc;  // after the transports: unregistered first
+  PlanFragment fa{"a", {}, {}}, fb{"b", {}, {}}, fc{"c", {}, {}};
+  ExecutorOptions oa, ob, oc;
+  Result<ExecutorReport> sent = Internal("not run"), relayed = Internal("not run"), received = Internal("not run");
+};
+
+// Slices move in pieces, and a relay forwards each piece as soon as it has landed (cut-through):
+// "b" starts sending every slice on to "c" before the slice has all reached it, and "c" still
+// gets every byte, each slice checked whole. Store-and-forward would post each slice onward only
+// once all of it had landed at "b".
+TEST_P(ExecutorTest, ARelayForwardsASliceWhileItIsStillArriving) {
+  MODELCAST_SKIP_WITHOUT_BACKEND();
+  Chain chain(GetParam());
+  chain.Run();
+  ASSERT_TRUE(chain.relayed.ok()) << chain.relayed.status().ToString();
+  ASSERT_TRUE(chain.sent.ok()) << chain.sent.status().ToString();
+  ASSERT_TRUE(chain.received.ok()) << chain.received.status().ToString();
+  EXPECT_EQ(std::memcmp(chain.at_c.data(), chain.m.source.data(), chain.at_c.size()), 0);
+  EXPECT_EQ(chain.received->slices_received, 8u);
+  EXPECT_EQ(chain.received->corrupt, 0u);
+  EXPECT_EQ(chain.relayed->slices_sent, 8u);
+  std::map<uint32_t, double> posted_on, landed_at_b;
+  for (const auto& mark : chain.relayed->timeline) {
+    if (mark.stage == SliceStage::kPosted && mark.peer == "c") posted_on[mark.slice] = mark.at;
+    if (mark.stage == SliceStage::kLanded && mark.peer == "a") landed_at_b[mark.slice] = mark.at;
+  }
+  ASSERT_EQ(posted_on.size(), 8u);
+  ASSERT_EQ(landed_at_b.size(), 8u);
+  for (uint32_t i = 0; i < 8; ++i) {
+    EXPECT_LT(posted_on[i], landed_at_b[i]) << "slice " << i << " went on to 'c' only once it had all reached 'b'";
+  }
+}
+
+// What a relay forwards before checking can be corrupt: here "a" flips a byte of slice 0's first
+// piece, and "b" has passed the bad piece on before its own check fails. "c" finds slice 0 bad
+// too and asks "b" again, while "b" is still waiting for its own good copy ("a" delays everything
+// by 30 ms): "b" sends it once it holds it, rather than refusing a slice it does not hold yet.
+TEST_P(ExecutorTest, ARelayAskedAgainForWhatItForwardedBadSendsItOnceItHoldsIt) {
+  MODELCAST_SKIP_WITHOUT_BACKEND();
+  Chain chain(GetParam(), "corrupt=1;delay=30ms");
+  chain.Run();
+  ASSERT_TRUE(chain.relayed.ok()) << chain.relayed.status().ToString();
+  ASSERT_TRUE(chain.sent.ok()) << chain.sent.status().ToString();
+  ASSERT_TRUE(chain.received.ok()) << chain.received.status().ToString();
+  EXPECT_EQ(std::memcmp(chain.at_b.data(), chain.m.source.data(), chain.at_b.size()), 0);
+  EXPECT_EQ(std::memcmp(chain.at_c.data(), chain.m.source.data(), chain.at_c.size()), 0);
+  EXPECT_EQ(chain.relayed->corrupt, 1u);
+  EXPECT_GE(chain.received->corrupt, 1u);
+  EXPECT_EQ(chain.received->slices_received, 8u);
+  EXPECT_EQ(chain.relayed->slices_sent, 8u + chain.received->corrupt);  // sent again once per bad copy
+}
+
 INSTANTIATE_TEST_SUITE_P(Methods, ExecutorTest, ::testing::Values(SliceMethod::kMessages, SliceMethod::kWrites),
                          [](const auto& info) { return std::string(SliceMethodName(info.param)); });
 
@@ -521,6 +637,9 @@ class Misbehaving : public ::testing::Test {
     return run.get().status();
   }
 
+  // Runs "a"'s part receiving 8 slices from "b", by message, while `act` plays "b".
+  Status RunReceiver(const std::function<void()>& act);
+
   Status Offer(const std::string& text) {
     const std::vector<uint8_t> one = {1, 0, 0, 0};
     return Wait([&](Done d) {
@@ -573,11 +692,53 @@ TEST_F(Misbehaving, NoWriteOutsideTheOfferedBlocks) {
   EXPECT_NE(s.message().find("'b' offered no region for block 1 of 'm'"), std::string::npos) << s.message();
 }
 
+Status Misbehaving::RunReceiver(const std::function<void()>& act) {
+  ExecutorOptions o;
+  o.method = SliceMethod::kMessages;
+  o.deadline = 10;
+  auto [fb, fa] = OneHop(8);
+  for (auto& r : fa.receives) r.peer = "b";
+  fa.node = "a";
+  auto run = std::async(std::launch::async, [&] {
+    return ExecuteFragment(*a_, model_.layout, model_.source.data(), std::vector<bool>(8, false), fa, o);
+  });
+  act();
+  return run.get().status();
+}
+
+// Pieces that overrun their slice, overlap one already sent, or come with a header of the wrong
+// size are refused, naming the sender, the slice and the bytes.
+TEST_F(Misbehaving, PiecesOutsideTheirSliceOrSentTwiceAreRefused) {
+  auto piece = [&](uint32_t slice, uint64_t offset, uint64_t length) {
+    std::vector<uint8_t> bytes(length, 7);
+    ASSERT_TRUE(Wait([&](Done d) {
+                  b_->Send("a", kSliceMessage, EncodePieceHeader({slice, offset, 0}, false), bytes, d);
+                }).ok());
+  };
+  Status s = RunReceiver([&] { piece(2, 4000, 200); });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'b' sent bytes 4000-4200 of slice 2, which the layout says is 4096 bytes"),
+            std::string::npos)
+      << s.message();
+  s = RunReceiver([&] {
+    piece(1, 0, 2048);
+    piece(1, 1024, 2048);
+  });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'b' sent bytes 1024-3072 of slice 1 twice"), std::string::npos) << s.message();
+  s = RunReceiver([&] {
+    const std::vector<uint8_t> bytes(4096, 7);
+    ASSERT_TRUE(Wait([&](Done d) { b_->Send("a", kSliceMessage, EncodeU32(0), bytes, d); }).ok());
+  });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("malformed message (type 1) from 'b'"), std::string::npos) << s.message();
+}
+
 TEST_F(Misbehaving, SlicesNotInThePlanAreRefused) {
   // "b" claims to have written a slice into "a", which expects nothing from it.
   Status s = RunSender([&] {
-    const std::vector<uint8_t> slice = {3, 0, 0, 0};
-    ASSERT_TRUE(Wait([&](Done d) { b_->Send("a", kLandedMessage, slice, {}, d); }).ok());
+    const auto piece = EncodePieceHeader({3, 0, 4096}, true);
+    ASSERT_TRUE(Wait([&](Done d) { b_->Send("a", kLandedMessage, piece, {}, d); }).ok());
   });
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("unexpected slice 3 of 'm' from 'b'"), std::string::npos) << s.message();

@@ -19,6 +19,7 @@
 #include "modelcast/common/args.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
+#include "modelcast/common/units.h"
 #include "modelcast/planner/cluster.h"
 #include "modelcast/planner/plan.h"
 #include "modelcast/fabric/executor.h"
@@ -66,7 +67,8 @@ int main(int argc, char** argv) {
   std::string name, listen = "127.0.0.1:0", cluster_path, rendezvous, plan_path, package, out, tls, devices, seg = "1m",
                     fault, report_path, progress_path, timeline_path, method = "auto", transport_name = "auto";
   bool source = false, verbose = false;
-  int64_t window = 4, recv_window = 2, lookahead = 8;
+  int64_t window = 4, recv_window = 2, lookahead = 8, pieces_in_flight = 2;
+  std::string piece = "1MiB";
   double deadline = 60, start_at = 0;
   ArgParser p("modelcast-fabric-node",
               "Runs one node's share of a multicast plan over UCX or raw verbs (see the file's header).");
@@ -89,6 +91,8 @@ int main(int argc, char** argv) {
   p.Flag("window", &window, "slices in flight from this node, started in plan order [4]");
   p.Flag("recv-window", &recv_window, "slices landing here at once, let in in plan order [2]");
   p.Flag("lookahead", &lookahead, "how far down its plan order a node goes for a ready send or receive [8]");
+  p.Flag("piece", &piece, "slices move in pieces of this size, forwarded as they land; 0: whole slices [1MiB]");
+  p.Flag("pieces-in-flight", &pieces_in_flight, "pieces of one slice handed to the transport at once [2]");
   p.Flag("deadline", &deadline, "seconds for the whole run [60]");
   p.Flag("start-at", &start_at,
          "once connected, wait until this Unix time (seconds) to start: a common start for benchmarks");
@@ -192,8 +196,12 @@ int main(int argc, char** argv) {
     }
   }
   fabric::ExecutorOptions eo;
-  if (window < 1 || recv_window < 1 || lookahead < 1)
-    return Fail(InvalidArgument("--window, --recv-window and --lookahead must be at least 1"));
+  if (window < 1 || recv_window < 1 || lookahead < 1 || pieces_in_flight < 1)
+    return Fail(InvalidArgument("--window, --recv-window, --lookahead and --pieces-in-flight must be at least 1"));
+  auto piece_bytes = ParseByteSize(piece);
+  if (!piece_bytes.ok()) return Fail(piece_bytes.status().WithContext("--piece"));
+  eo.piece_bytes = *piece_bytes;
+  eo.pieces_in_flight = static_cast<size_t>(pieces_in_flight);
   eo.window = static_cast<size_t>(window);
   eo.recv_window = static_cast<size_t>(recv_window);
   eo.lookahead = static_cast<size_t>(lookahead);

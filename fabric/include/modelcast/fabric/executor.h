@@ -68,13 +68,13 @@ const char* SliceMethodName(SliceMethod m);
 // CLOCK_MONOTONIC seconds (steady_clock), the same clock in every process of a machine, so the
 // timelines of two ends on one host line up.
 enum class SliceStage : uint8_t {
-  kPosted,     // sender: the send (message or write) handed to the transport
-  kSent,       // sender: its completion (a message's payload left; a write's local completion)
+  kPosted,     // sender: its first piece (message or write) handed to the transport
+  kSent,       // sender: its last completion (a message's payload left; a write's local completion)
   kFlushed,    // sender, writes: the flush covering it completed (it has landed at the peer)
   kConfirmed,  // sender: it has gone and left the window (a write: its landed notice has been sent)
-  kAnnounced,  // receiver: its message's header (or landed notice) arrived
-  kAdmitted,   // receiver: its payload let in (AcceptPayload called)
-  kLanded,     // receiver: its payload in the buffer
+  kAnnounced,  // receiver: its first piece (a message header, or a landed notice) arrived
+  kAdmitted,   // receiver: its first piece let in (AcceptPayload called)
+  kLanded,     // receiver: all of it in the buffer (every piece landed)
   kVerified,   // receiver: its checksum passed and the caller kept it
 };
 const char* SliceStageName(SliceStage stage);
@@ -141,6 +141,12 @@ struct ExecutorOptions {
   size_t window = 4;                     // slices in flight from this node (to all peers), started in plan order
   size_t recv_window = 2;                // slices landing at once, let in in plan order (messages only)
   size_t lookahead = 8;                  // how far down its plan order a node goes for a send or receive that is ready
+  // A slice moves in pieces of this many bytes (its last piece may be shorter), each its own
+  // message or write; a relay forwards each piece of a slice it receives as soon as it has
+  // landed (cut-through), and every receiver still checks the whole slice before it counts. So
+  // a hop costs a piece's time, not a slice's. 0: whole slices.
+  uint64_t piece_bytes = 1 << 20;
+  size_t pieces_in_flight = 2;           // per slice being sent: pieces handed to the transport at once
   int max_retries = 3;                   // re-requests of one corrupt slice before giving up
   double deadline = 60;                  // seconds for the whole fragment
   // Called for every slice that arrived and passed its checksum, before the run counts it as
