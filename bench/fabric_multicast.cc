@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
   std::string rate = "250mbit", receivers = "4,8", algorithms = "lambdapipe,chain,binary-tree,unicast", package, work,
               prefix = "mcb", slice = "2MiB";
   int64_t layers = 44, blocks = 11, window = 4, recv_window = 2, lookahead = 8, pieces_in_flight = 2;
-  std::string piece = "1MiB";
+  int64_t pieces = 2;
   ArgParser p("fabric_multicast", "Multicasts in the netns cluster against the simulator (see the file's header).");
   p.Flag("rate", &rate, "each node's link rate, as tc takes it [250mbit: 9 nodes at 1gbit need more than 2 cores]");
   p.Flag("receivers", &receivers, "receiver counts to run [4,8]");
@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
   p.Flag("window", &window, "slices in flight from each node [4]");
   p.Flag("recv-window", &recv_window, "slices landing at each node at once [2]");
   p.Flag("lookahead", &lookahead, "how far down its plan order a node goes for a ready send or receive [8]");
-  p.Flag("piece", &piece, "slices move in pieces of this size, forwarded as they land; 0: whole slices [1MiB]");
+  p.Flag("pieces", &pieces, "slices move in this many pieces each, forwarded as they land; 1: whole slices [2]");
   p.Flag("pieces-in-flight", &pieces_in_flight, "pieces of one slice posted at once by each send [2]");
   p.Flag("work", &work, "working directory (default: a fresh one under /tmp, removed after)");
   p.Flag("prefix", &prefix, "namespace prefix [mcb]");
@@ -260,8 +260,8 @@ int main(int argc, char** argv) {
                                          std::to_string(recv_window),
                                          "--lookahead",
                                          std::to_string(lookahead),
-                                         "--piece",
-                                         piece,
+                                         "--pieces",
+                                         std::to_string(pieces),
                                          "--pieces-in-flight",
                                          std::to_string(pieces_in_flight),
                                          "--deadline",

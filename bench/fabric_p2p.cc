@@ -109,6 +109,9 @@ bool IsExec(const std::string& mode) { return mode.rfind("exec-", 0) == 0; }
 
 // The receiving executor's --recv-window (slices landing at once), set once from the flags.
 size_t g_recv_window = 2;
+// --pieces: how many pieces the executor cuts each slice into, set once from the flags.
+size_t g_pieces = 2;
+size_t g_pieces_in_flight = 2;
 // --timeline: where both ends write their slices' timelines (empty: not recorded).
 std::string g_timeline;
 
@@ -118,6 +121,8 @@ ExecutorOptions ExecOptions(const std::string& mode, const MemoryRegion* region,
   o.region = region;
   o.window = window;
   o.recv_window = g_recv_window;
+  o.pieces = g_pieces;
+  o.pieces_in_flight = g_pieces_in_flight;
   o.deadline = 120;
   o.timeline = !g_timeline.empty();
   return o;
@@ -289,6 +294,10 @@ double Receive(const std::string& self, const std::string& mode, const std::stri
                                    std::to_string(window),
                                    "--recv-window",
                                    std::to_string(g_recv_window),
+                                   "--pieces",
+                                   std::to_string(g_pieces),
+                                   "--pieces-in-flight",
+                                   std::to_string(g_pieces_in_flight),
                                    "--timeline",
                                    g_timeline};
   // The sender dies with the benchmark, however it ends (SpawnChild).
@@ -359,6 +368,8 @@ int main(int argc, char** argv) {
   std::string role = "receive", connect, mode = "am", seg = "256k", modes = "am,am-verify,put,exec-messages,exec-writes",
               segs = "64k,256k,1m", slices = "4,16,64";
   int64_t bytes = 1ll << 30, slice = 16 << 20, window = 4, recv_window = 2, reps = 2, baseline_runs = 3;
+  int64_t pieces = 2;
+  int64_t pieces_in_flight = 2;
   ArgParser p("fabric_p2p", "UCX between two processes on loopback against iperf3 (see the file's header).");
   p.Flag("role", &role, "receive (the benchmark) or send (started by it)");
   p.Flag("connect", &connect, "sender: the receiver's address");
@@ -368,6 +379,8 @@ int main(int argc, char** argv) {
   p.Flag("slice", &slice, "sender: slice bytes");
   p.Flag("window", &window, "slices in flight [4]");
   p.Flag("recv-window", &recv_window, "the receiving executor's slices landing at once [2]");
+  p.Flag("pieces", &pieces, "the executor's pieces a slice (1: whole slices) [2]");
+  p.Flag("pieces-in-flight", &pieces_in_flight, "the executor's pieces of one slice posted at once [2]");
   p.Flag("modes", &modes, "modes to measure [am,am-verify,put,exec-messages,exec-writes]");
   p.Flag("segs", &segs, "UCX TCP segment sizes to try [64k,256k,1m]");
   p.Flag("slices", &slices, "slice sizes in MiB to try [4,16,64]");
@@ -384,6 +397,10 @@ int main(int argc, char** argv) {
   }
   if (recv_window < 1) Die("--recv-window must be at least 1");
   g_recv_window = static_cast<size_t>(recv_window);
+  if (pieces < 1) Die("--pieces must be at least 1");
+  g_pieces = static_cast<size_t>(pieces);
+  if (pieces_in_flight < 1) Die("--pieces-in-flight must be at least 1");
+  g_pieces_in_flight = static_cast<size_t>(pieces_in_flight);
   if (role == "send")
     return Send(connect, mode, seg, static_cast<uint64_t>(bytes), static_cast<uint64_t>(slice), window);
 

@@ -11,9 +11,12 @@ Per link (sender -> receiver), per slice, the time between stages:
   admitted -> landed    the payload moving (messages)
   landed -> verified    the checksum (and the caller keeping it)
   posted -> confirmed   the sender's view of the whole send
-and per relay the forward delay: a slice verified until the same node posts it onward. The link's
-idle share is the part of its span (first post to last verified) with no payload moving to it.
+and per relay the forward delay: a slice verified until the same node posts it onward (negative
+where a relay forwards a slice while it still arrives, in pieces). The link's idle share is the
+part of its span (first post to last verified) with no payload moving to it.
 `--slices K` also prints the first K slices' stages, in ms from the first post of the run.
+`--tail K` follows the K slices verified last back to the source, hop by hop: where the end of a
+multicast waited.
 """
 import argparse
 import collections
@@ -58,6 +61,7 @@ def main():
     ap.add_argument("csv", nargs="+")
     ap.add_argument("--slices", type=int, default=0, help="print the first K slices' stages per link")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON line too")
+    ap.add_argument("--tail", type=int, default=0, help="follow the K slices verified last back to the source")
     args = ap.parse_args()
     marks = load(args.csv)
     t0 = min(at for (_, _, _, stage, at) in marks if stage == "posted")
@@ -128,6 +132,22 @@ def main():
             first_verified[node] = min(first_verified[node], at)
     for node, at in sorted(first_verified.items()):
         print(f"{node}: first slice verified {1e3 * (at - t0):.1f} ms after the run's first post")
+    if args.tail:
+        last = sorted(((at, node, sl) for node, sl, peer, stage, at in marks if stage == "verified"))[-args.tail:]
+        for at, node, sl in reversed(last):
+            print(f"slice {sl} at {node}, verified {1e3 * (at - t0):.1f} ms after the first post; its path "
+                  "(ms from the first post: posted, announced, landed, verified):")
+            hops, here = [], node
+            while True:
+                sender = next((s for (s, r, x) in link if r == here and x == sl and "verified" in link[(s, r, x)]), None)
+                if sender is None or len(hops) > 64:
+                    break
+                st = link[(sender, here, sl)]
+                cells = " ".join(f"{(st[x] - t0) * 1e3:9.1f}" if x in st else f"{'-':>9}"
+                                 for x in ("posted", "announced", "landed", "verified"))
+                hops.append(f"  {sender:>8} -> {here:<8} {cells}")
+                here = sender
+            print("\n".join(reversed(hops)))
     if args.json:
         import json
         print(json.dumps(summary))

@@ -83,7 +83,7 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
   c.fabric.thread.nice = kDefaultFabricNice;
   if (auto f = root.OptionalChild("fabric")) {
     MC_RETURN_IF_ERROR(f->CheckKeys(
-        {"listen", "serving_listen", "transport", "tls", "net_devices", "fault", "nice", "cpus", "max_send_rate"}));
+        {"listen", "serving_listen", "transport", "tls", "net_devices", "fault", "nice", "cpus", "max_send_rate", "pieces"}));
     MC_ASSIGN_OR_RETURN(int64_t nice, f->GetInt("nice", c.fabric.thread.nice));
     if (nice < 0 || nice > 19) return f->Child("nice")->Error("must be between 0 and 19 (0: as the agent's other threads)");
     c.fabric.thread.nice = static_cast<int>(nice);
@@ -100,6 +100,9 @@ Result<AgentConfig> AgentConfig::FromConfig(const ConfigNode& root) {
       if (!(bits > 0)) return rate.Error("must be more than 0 (leave it out for no bound)");
       c.max_send_rate = bits / 8;
     }
+    MC_ASSIGN_OR_RETURN(int64_t pieces, f->GetInt("pieces", static_cast<int64_t>(c.pieces)));
+    if (pieces < 1 || pieces > 1024) return f->Child("pieces")->Error("must be between 1 and 1024 (1: whole slices)");
+    c.pieces = static_cast<size_t>(pieces);
     MC_ASSIGN_OR_RETURN(c.fault, f->GetString("fault", ""));
     if (!c.fault.empty()) {
       auto parsed = fabric::FaultOptions::Parse(c.fault);

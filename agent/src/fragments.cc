@@ -311,6 +311,7 @@ Status FragmentRunner::Execute(const rpc::RunFragmentRequest& req, const fabric:
   };
   opts.supply = supply;
   opts.pacer = pacer_;
+  opts.pieces = config_.pieces;
   opts.verifier_thread = config_.fabric.thread;
   const auto run_t0 = std::chrono::steady_clock::now();
   auto executed = fabric::ExecuteFragment(*channel, layout, store_.host_pool_base(), held, fragment, opts);

@@ -147,7 +147,9 @@ Result<ExecutorReport> ExecuteFragment(Transport& transport, const ModelLayout& 
                                        const ExecutorOptions& options) {
   MC_RETURN_IF_ERROR(fragment.Validate(layout.model, static_cast<uint32_t>(layout.slices.size())));
   if (held.size() != layout.slices.size()) return InvalidArgument("executor: held has the wrong size");
-  if (options.pieces_in_flight == 0) return InvalidArgument("executor: pieces_in_flight must be at least 1");
+  if (options.pieces == 0 || options.pieces_in_flight == 0) {
+    return InvalidArgument("executor: pieces and pieces_in_flight must be at least 1");
+  }
   for (const auto& s : fragment.sends) {
     // A slice sent must be held at the start or received in this fragment.
     const bool received = std::any_of(fragment.receives.begin(), fragment.receives.end(),

@@ -231,10 +231,10 @@ class Run : public std::enable_shared_from_this<Run> {
     bool busy = false;                 // a flush is in flight
     std::vector<Unflushed> unflushed;  // pieces written since it started
   };
-  struct Busy {  // sends to one receiver
+  struct Busy {  // pieces sent to one receiver
     int in_flight = 0;
     double since = 0;    // when in_flight last left 0
-    double seconds = 0;  // time with a send in flight, up to `since`
+    double seconds = 0;  // time with a piece in flight, up to `since`
     uint64_t bytes = 0;
   };
   struct Arrivals {  // slice messages from one sender
@@ -318,7 +318,7 @@ class Run : public std::enable_shared_from_this<Run> {
 
   // The bytes of one piece of `s` (the last may be shorter).
   uint64_t PieceBytes(const SliceInfo& s) const {
-    return o_.piece_bytes == 0 ? s.length : std::min<uint64_t>(o_.piece_bytes, s.length);
+    return (s.length + o_.pieces - 1) / o_.pieces;
   }
 
   // How much of `slice` this node can send from: all of it once held, else what has landed of
@@ -361,8 +361,6 @@ class Run : public std::enable_shared_from_this<Run> {
     }
     const uint64_t id = ++streams_started_;
     streams_[id] = {peer, slice, write};
-    Busy& b = busy_[peer];
-    if (b.in_flight++ == 0) b.since = Now();
     return id;
   }
   bool Feed(uint64_t id) { return Feed(id, streams_.at(id)); }
@@ -402,6 +400,10 @@ class Run : public std::enable_shared_from_this<Run> {
       Mark(piece.slice, peer, SliceStage::kPosted);
     }
     ++st.posted;
+    // The link to the peer is busy while a piece is in flight to it (not while a relayed
+    // slice waits for its next piece to land here).
+    Busy& b = busy_[peer];
+    if (b.in_flight++ == 0) b.since = Now();
     Hold(peer);
     auto self = shared_from_this();
     if (!st.write) {
@@ -486,11 +488,11 @@ class Run : public std::enable_shared_from_this<Run> {
     --stream.posted;
     Busy& b = busy_[peer];
     b.bytes += piece.length;
+    if (--b.in_flight == 0) b.seconds += Now() - b.since;
     const SliceInfo& s = layout_.slices[piece.slice];
     if (stream.next == s.length && stream.posted == 0) {
       if (!written) Mark(piece.slice, peer, SliceStage::kSent);
       Mark(piece.slice, peer, SliceStage::kConfirmed);
-      if (--b.in_flight == 0) b.seconds += Now() - b.since;
       report_.bytes_sent += s.length;
       ++report_.slices_sent;
       if (written) ++report_.slices_written;
@@ -665,9 +667,8 @@ class Run : public std::enable_shared_from_this<Run> {
     };
     for (auto at = waiting_.begin(); at != waiting_.end();) {
       const uint32_t slice = at->first.first;
-      ++at;
+      while (at != waiting_.end() && at->first.first == slice) ++at;  // past its pieces, which take_all erases
       if (admitted_.count(slice)) take_all(slice);
-      while (at != waiting_.end() && at->first.first == slice) ++at;
     }
     for (size_t i = 0; i < admit_order_.size() && i < o_.lookahead && landing_ < o_.recv_window;) {
       const uint32_t slice = admit_order_[i];

@@ -26,6 +26,7 @@ TEST(AgentConfigTest, TheFabricYieldsToServingByDefault) {
   EXPECT_EQ(c->fabric.thread.nice, kDefaultFabricNice);
   EXPECT_TRUE(c->fabric.thread.cpus.empty());  // wherever the agent runs
   EXPECT_EQ(c->max_send_rate, 0);  // no bound on the link unless asked
+  EXPECT_EQ(c->pieces, 2u);  // relays forward slices in halves
 }
 
 TEST(AgentConfigTest, TheFabricsShareIsConfigured) {
@@ -34,9 +35,13 @@ TEST(AgentConfigTest, TheFabricsShareIsConfigured) {
   EXPECT_EQ(c->fabric.thread.nice, 0);
   EXPECT_EQ(c->fabric.thread.cpus, (std::vector<int>{2, 3, 6}));
   EXPECT_DOUBLE_EQ(c->max_send_rate, 5e9);  // bytes/s
-  c = Parse("fabric: {nice: 19}\n");
+  c = Parse("fabric: {nice: 19, pieces: 8}\n");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->fabric.thread.nice, 19);
+  EXPECT_EQ(c->pieces, 8u);
+  c = Parse("fabric: {pieces: 1}\n");  // whole slices
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->pieces, 1u);
 }
 
 TEST(AgentConfigTest, BadSharesAreRefusedNamingTheKey) {
@@ -54,6 +59,8 @@ TEST(AgentConfigTest, BadSharesAreRefusedNamingTheKey) {
   expect_error("fabric: {cpus: ''}\n", "fabric.cpus");
   expect_error("fabric: {max_send_rate: 0Gbit}\n", "fabric.max_send_rate: must be more than 0");
   expect_error("fabric: {max_send_rate: fast}\n", "fabric.max_send_rate");
+  expect_error("fabric: {pieces: 0}\n", "fabric.pieces: must be between 1 and 1024 (1: whole slices)");
+  expect_error("fabric: {pieces: many}\n", "fabric.pieces");
   expect_error("fabric: {nicee: 5}\n", "fabric.nicee: unknown key");
 }
 

@@ -93,7 +93,7 @@ class Iteration {
     std::atomic<bool> returned{false};
     Result<ExecutorReport> result = Internal("not run");
     double seconds = 0;
-    uint64_t piece_bytes = 0;  // how it cuts the slices it sends (nodes may differ)
+    size_t pieces = 1;  // how it cuts the slices it sends (nodes may differ)
     size_t pieces_in_flight = 1;
   };
 
@@ -156,10 +156,10 @@ class Iteration {
     for (size_t k = 0; k < nodes_.size(); ++k) {
       Node& node = *nodes_[k];
       node.buffer.assign(source_.size(), 0);
-      // Whole slices, or pieces of several sizes (one not dividing the slice), forwarded by
-      // relays as they land: a relay's pieces need not be those it received.
-      const uint64_t pieces[] = {0, 1024, 3000, 4096};
-      node.piece_bytes = pieces[Pick(4)];
+      // Whole slices, or pieces (some not dividing the slice), forwarded by relays as they
+      // land: a relay's pieces need not be those it received.
+      const size_t pieces[] = {1, 2, 3, 7};
+      node.pieces = pieces[Pick(4)];
       node.pieces_in_flight = 1 + Pick(3);
       if (node.source) std::memcpy(node.buffer.data(), source_.data(), source_.size());
       auto joined = net_->Join(node.name);
@@ -222,7 +222,7 @@ class Iteration {
     o.region = node.region.get();
     o.deadline = kDeadline;
     o.cancel = &node.cancel;
-    o.piece_bytes = node.piece_bytes;
+    o.pieces = node.pieces;
     o.pieces_in_flight = node.pieces_in_flight;
     o.on_slice = [this, &node](const SliceEvent& e) {
       // Never after the run returned, and only for a slice that is whole in the buffer.
@@ -327,7 +327,7 @@ class Iteration {
                     SliceMethodName(method_) + (through_mux_ ? ", through a channel mux" : "") + ", jitter " +
                     (jitter_ ? "on" : "off") + (write_notify_ ? ", write_notify" : "") + "; " + faults_ + "; " + blows_;
     for (const auto& node : nodes_) {
-      d += "\n  " + node->name + (node->source ? " (source)" : "") + ", pieces of " + std::to_string(node->piece_bytes) +
+      d += "\n  " + node->name + (node->source ? " (source)" : "") + ", " + std::to_string(node->pieces) + " pieces a slice" +
            " x" + std::to_string(node->pieces_in_flight) + ": " +
            std::to_string(node->fragment.sends.size()) + " sends, " + std::to_string(node->fragment.receives.size()) +
            " receives, " + (node->result.ok() ? std::string("OK") : node->result.status().ToString()) + " in " +

@@ -401,7 +401,7 @@ struct Chain {
     }
     for (auto* o : {&oa, &ob, &oc}) {
       o->method = method;
-      o->piece_bytes = 16 << 10;  // 16 pieces a slice
+      o->pieces = 16;  // of 16 KiB
       o->window = 8;
       o->timeline = true;
       o->deadline = 20;

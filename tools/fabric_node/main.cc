@@ -19,7 +19,6 @@
 #include "modelcast/common/args.h"
 #include "modelcast/common/file_util.h"
 #include "modelcast/common/logging.h"
-#include "modelcast/common/units.h"
 #include "modelcast/planner/cluster.h"
 #include "modelcast/planner/plan.h"
 #include "modelcast/fabric/executor.h"
@@ -68,7 +67,7 @@ int main(int argc, char** argv) {
                     fault, report_path, progress_path, timeline_path, method = "auto", transport_name = "auto";
   bool source = false, verbose = false;
   int64_t window = 4, recv_window = 2, lookahead = 8, pieces_in_flight = 2;
-  std::string piece = "1MiB";
+  int64_t pieces = 2;
   double deadline = 60, start_at = 0;
   ArgParser p("modelcast-fabric-node",
               "Runs one node's share of a multicast plan over UCX or raw verbs (see the file's header).");
@@ -91,7 +90,7 @@ int main(int argc, char** argv) {
   p.Flag("window", &window, "slices in flight from this node, started in plan order [4]");
   p.Flag("recv-window", &recv_window, "slices landing here at once, let in in plan order [2]");
   p.Flag("lookahead", &lookahead, "how far down its plan order a node goes for a ready send or receive [8]");
-  p.Flag("piece", &piece, "slices move in pieces of this size, forwarded as they land; 0: whole slices [1MiB]");
+  p.Flag("pieces", &pieces, "slices move in this many pieces each, forwarded as they land; 1: whole slices [2]");
   p.Flag("pieces-in-flight", &pieces_in_flight, "pieces of one slice handed to the transport at once [2]");
   p.Flag("deadline", &deadline, "seconds for the whole run [60]");
   p.Flag("start-at", &start_at,
@@ -196,11 +195,9 @@ int main(int argc, char** argv) {
     }
   }
   fabric::ExecutorOptions eo;
-  if (window < 1 || recv_window < 1 || lookahead < 1 || pieces_in_flight < 1)
-    return Fail(InvalidArgument("--window, --recv-window, --lookahead and --pieces-in-flight must be at least 1"));
-  auto piece_bytes = ParseByteSize(piece);
-  if (!piece_bytes.ok()) return Fail(piece_bytes.status().WithContext("--piece"));
-  eo.piece_bytes = *piece_bytes;
+  if (window < 1 || recv_window < 1 || lookahead < 1 || pieces < 1 || pieces_in_flight < 1)
+    return Fail(InvalidArgument("--window, --recv-window, --lookahead, --pieces and --pieces-in-flight must be at least 1"));
+  eo.pieces = static_cast<size_t>(pieces);
   eo.pieces_in_flight = static_cast<size_t>(pieces_in_flight);
   eo.window = static_cast<size_t>(window);
   eo.recv_window = static_cast<size_t>(recv_window);

@@ -54,6 +54,7 @@ struct AgentConfig {
   std::string fault;  // fabric.fault: the fault injector's spec (tests), e.g. "delay=50ms"
   fabric::UcxOptions fabric;  // fabric.thread: where every fabric thread runs (fabric.nice, fabric.cpus)
   double max_send_rate = 0;   // fabric.max_send_rate in bytes/s: the multicast's share of the uplink (0: all)
+  size_t pieces = 2;  // fabric.pieces: slices move, and relays forward them, in this many pieces each (1: whole)
   std::string serving_listen;  // fabric.serving_listen: the serving transport's ip:port (default: listen's ip, any port)
   tiers::StoreOptions store;
   rpc::SecurityConfig security;

@@ -141,11 +141,13 @@ struct ExecutorOptions {
   size_t window = 4;                     // slices in flight from this node (to all peers), started in plan order
   size_t recv_window = 2;                // slices landing at once, let in in plan order (messages only)
   size_t lookahead = 8;                  // how far down its plan order a node goes for a send or receive that is ready
-  // A slice moves in pieces of this many bytes (its last piece may be shorter), each its own
-  // message or write; a relay forwards each piece of a slice it receives as soon as it has
-  // landed (cut-through), and every receiver still checks the whole slice before it counts. So
-  // a hop costs a piece's time, not a slice's. 0: whole slices.
-  uint64_t piece_bytes = 1 << 20;
+  // A slice moves in this many pieces (equal, but for a shorter last one), each its own message
+  // or write; a relay forwards each piece of a slice it receives as soon as it has landed
+  // (cut-through), and every receiver still checks the whole slice before it counts. So a hop
+  // costs a piece's time, not a slice's. 1: whole slices. Each piece costs the sender and the
+  // receiver a message: two halves (1 MiB of the 2 MiB slices of bench/fabric_multicast) gave the
+  // multicast most of what cut-through gives without costing fabric_p2p (docs/BENCHMARKS.md).
+  size_t pieces = 2;
   size_t pieces_in_flight = 2;           // per slice being sent: pieces handed to the transport at once
   int max_retries = 3;                   // re-requests of one corrupt slice before giving up
   double deadline = 60;                  // seconds for the whole fragment

@@ -14,7 +14,7 @@
 namespace modelcast::fabric {
 
 // Message types (a channel mux adds the channel in the high byte).
-// A slice moves in pieces (ExecutorOptions::piece_bytes), each its own message or write, so that a
+// A slice moves in pieces (ExecutorOptions::pieces), each its own message or write, so that a
 // relay forwards the first piece while the rest are still on their way (cut-through); the
 // receiver checks the whole slice once every byte of it has landed.
 inline constexpr uint16_t kSliceMessage = 1;     // header: piece (slice u32, offset u64); payload: its bytes
