@@ -573,6 +573,10 @@ class Run : public std::enable_shared_from_this<Run> {
     if (piece) return OnPiece(m, p, std::move(accept));
     if (m.type == kResendMessage) {
       if (m.payload_size > 0) accept(nullptr, [](Status) {});
+      if (!offers_.count(m.peer)) {
+        return Fail(InvalidArgument("'" + m.peer + "' asked node '" + f_.node + "' again for slice " +
+                                    std::to_string(value) + ", but has not said how it takes slices (no offer)"));
+      }
       if (value < held_.size() && held_[value]) {
         StartStream(m.peer, value);
         return Pump();

@@ -734,6 +734,16 @@ TEST_F(Misbehaving, PiecesOutsideTheirSliceOrSentTwiceAreRefused) {
   EXPECT_NE(s.message().find("malformed message (type 1) from 'b'"), std::string::npos) << s.message();
 }
 
+// A peer that asks for a slice again without having offered to take slices is refused (it was
+// taken for a receiver whose offer had come: the run looked the offer up and threw).
+TEST_F(Misbehaving, AResendRequestBeforeAnOfferIsRefused) {
+  Status s = RunSender([&] { ASSERT_TRUE(Wait([&](Done d) { b_->Send("a", kResendMessage, EncodeU32(0), {}, d); }).ok()); });
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'b' asked node 'a' again for slice 0, but has not said how it takes slices (no offer)"),
+            std::string::npos)
+      << s.message();
+}
+
 TEST_F(Misbehaving, SlicesNotInThePlanAreRefused) {
   // "b" claims to have written a slice into "a", which expects nothing from it.
   Status s = RunSender([&] {
