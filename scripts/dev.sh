@@ -135,7 +135,7 @@ case "$cmd" in
     deps
     fuzz_build
     secs="${1:-600}"
-    for t in safetensors manifest cluster plan thrift; do
+    for t in safetensors manifest cluster plan thrift fabric_wire; do
       log "fuzzing $t for $secs s"
       "$FUZZ_BUILD/bin/${t}_fuzz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
         -artifact_prefix="$FUZZ_BUILD/tests/fuzz/artifacts/$t/" \

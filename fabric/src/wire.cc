@@ -42,6 +42,44 @@ bool DecodePieceHeader(const std::vector<uint8_t>& h, bool with_length, Piece* p
   return true;
 }
 
+// A region as it travels to the peers that may write into it: address:length:hex-key.
+std::string RemoteRegion::Serialize() const {
+  std::string out = std::to_string(address) + ":" + std::to_string(length) + ":";
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (unsigned char c : key) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+Result<RemoteRegion> RemoteRegion::Parse(std::string_view text) {
+  const auto a = text.find(':');
+  const auto b = a == std::string_view::npos ? a : text.find(':', a + 1);
+  if (b == std::string_view::npos)
+    return InvalidArgument("remote region '" + std::string(text.substr(0, 40)) + "' is not address:length:key");
+  RemoteRegion r;
+  try {
+    r.address = std::stoull(std::string(text.substr(0, a)));
+    r.length = std::stoull(std::string(text.substr(a + 1, b - a - 1)));
+  } catch (...) {
+    return InvalidArgument("remote region: bad address or length");
+  }
+  const std::string_view hex = text.substr(b + 1);
+  if (hex.size() % 2 != 0) return InvalidArgument("remote region: odd-length key");
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return InvalidArgument("remote region: key is not hex");
+    r.key.push_back(static_cast<char>(hi << 4 | lo));
+  }
+  return r;
+}
+
 std::string EncodeOffer(const std::map<uint32_t, OfferedBlock>& blocks) {
   nlohmann::json offer = nlohmann::json::array();
   for (const auto& [b, o] : blocks) offer.push_back({{"block", b}, {"base", o.base}, {"region", o.region.Serialize()}});
