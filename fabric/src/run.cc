@@ -237,7 +237,7 @@ class Run : public std::enable_shared_from_this<Run> {
     double seconds = 0;  // time with a piece in flight, up to `since`
     uint64_t bytes = 0;
   };
-  struct Arrivals {  // slice messages from one sender
+  struct Arrivals {  // piece messages from one sender
     double last = -1;
     uint64_t bytes = 0;
     std::vector<double> rates;  // bytes / time since the one before, per arrival after the first
@@ -345,7 +345,8 @@ class Run : public std::enable_shared_from_this<Run> {
         continue;
       }
       order_.erase(order_.begin() + static_cast<std::ptrdiff_t>(i));
-      if (!Feed(StartStream(next.peer, next.slice))) return;
+      const uint64_t id = StartStream(next.peer, next.slice);
+      if (!Feed(id, streams_.at(id))) return;
     }
   }
 
@@ -363,7 +364,6 @@ class Run : public std::enable_shared_from_this<Run> {
     streams_[id] = {peer, slice, write};
     return id;
   }
-  bool Feed(uint64_t id) { return Feed(id, streams_.at(id)); }
 
   // Posts what it can of a send: whole pieces of what is here, at most pieces_in_flight at
   // once. False: the send budget has no room (nothing more is to be posted for now).

@@ -4,17 +4,6 @@
 
 namespace modelcast::fabric {
 
-std::vector<uint8_t> EncodeU32(uint32_t v) {
-  return {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v >> 16),
-          static_cast<uint8_t>(v >> 24)};
-}
-
-bool DecodeU32(const std::vector<uint8_t>& h, uint32_t* v) {
-  if (h.size() != 4) return false;
-  *v = h[0] | (h[1] << 8) | (h[2] << 16) | (static_cast<uint32_t>(h[3]) << 24);
-  return true;
-}
-
 namespace {
 void PutLe(std::vector<uint8_t>& out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
@@ -25,6 +14,18 @@ uint64_t GetLe(const uint8_t* p, int bytes) {
   return v;
 }
 }  // namespace
+
+std::vector<uint8_t> EncodeU32(uint32_t v) {
+  std::vector<uint8_t> h;
+  PutLe(h, v, 4);
+  return h;
+}
+
+bool DecodeU32(const std::vector<uint8_t>& h, uint32_t* v) {
+  if (h.size() != 4) return false;
+  *v = static_cast<uint32_t>(GetLe(h.data(), 4));
+  return true;
+}
 
 std::vector<uint8_t> EncodePieceHeader(const Piece& piece, bool with_length) {
   std::vector<uint8_t> h;
