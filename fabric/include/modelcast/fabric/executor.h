@@ -146,7 +146,8 @@ struct ExecutorOptions {
   // (cut-through), and every receiver still checks the whole slice before it counts. So a hop
   // costs a piece's time, not a slice's. 1: whole slices. Each piece costs the sender and the
   // receiver a message: two halves (1 MiB of the 2 MiB slices of bench/fabric_multicast) gave the
-  // multicast most of what cut-through gives without costing fabric_p2p (docs/BENCHMARKS.md).
+  // multicast most of what cut-through gives, at up to a tenth of fabric_p2p's loopback
+  // throughput in some runs (docs/BENCHMARKS.md); 1 suits a node with nothing to relay.
   size_t pieces = 2;
   size_t pieces_in_flight = 2;           // per slice being sent: pieces handed to the transport at once
   int max_retries = 3;                   // re-requests of one corrupt slice before giving up
