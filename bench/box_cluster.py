@@ -69,12 +69,13 @@ class BoxCluster:
     text added to every agent's fabric section (e.g. "nice: 0"); `cpus`: process name (node-N,
     coordinator) -> the CPUs it may run on (taskset's list, e.g. "0"), `other_cpus` for the rest;
     `niceness`: process name -> the nice value it runs at;
-    `host_capacities`: node number -> its host_capacity, where it differs."""
+    `host_capacities`: node number -> its host_capacity, where it differs; `cc`: the nodes' TCP
+    congestion control (scripts/netns-cluster.sh --cc)."""
 
     def __init__(self, work, nodes, link="200mbit", loopback=False, serving="", ssd_copies=(), store_extra="",
                  prefix="mce", host_capacity="512MiB", store_extra_nodes=None, ssd="1GB/s",
                  metrics=False, packages=("pkg",), fabric_extra="", cpus=None, other_cpus=None,
-                 host_capacities=None, niceness=None):
+                 host_capacities=None, niceness=None, cc="cubic"):
         self.work, self.nodes, self.loopback, self.prefix = work, nodes, loopback, prefix
         self.cpus, self.other_cpus, self.niceness = cpus or {}, other_cpus, niceness or {}
         self.procs = []
@@ -82,8 +83,8 @@ class BoxCluster:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         os.makedirs(self.run_dir)
         if not loopback:
-            run([os.path.join(ROOT, "scripts", "netns-cluster.sh"), "up", str(nodes), "--rate", link, "--prefix",
-                 prefix])
+            run([os.path.join(ROOT, "scripts", "netns-cluster.sh"), "up", str(nodes), "--rate", link, "--cc", cc,
+                 "--prefix", prefix])
         self.token_file = os.path.join(self.run_dir, "token")
         with open(self.token_file, "w") as f:
             f.write(TOKEN)

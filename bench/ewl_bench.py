@@ -35,7 +35,7 @@ def Cluster(args, work, k, pipelines):
     c = BoxCluster(work, extra + k + args.targets, link=args.rate,
                    serving="max_batch: %d, pipelines: %s, lookahead: %gs" % (
                        args.max_batch, "true" if pipelines else "false", args.lookahead),
-                   ssd_copies=range(1, (1 if args.serve_copies else k) + 1))
+                   ssd_copies=range(1, (1 if args.serve_copies else k) + 1), cc=args.cc)
     c.extra = extra
     return c
 
@@ -118,6 +118,7 @@ def main():
     ap.add_argument("--ks", default="1,2")
     ap.add_argument("--targets", type=int, default=8)
     ap.add_argument("--rate", default="200mbit")
+    ap.add_argument("--cc", default="cubic", help="the nodes' TCP congestion control (scripts/netns-cluster.sh --cc)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--blocks", type=int, default=7)
     ap.add_argument("--clients", type=int, default=4)

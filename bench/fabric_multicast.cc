@@ -7,7 +7,8 @@
 // modelcast-fabric-node per node (every received slice checked against its XXH3), and
 // reports the completion time (the source's common start to the last slice verified
 // anywhere) over S/B, beside what the simulator predicts for the same plan on links of
-// speed B. Needs root (network namespaces); tears the cluster down whatever happens.
+// speed B. The nodes' TCP congestion control is --cc (cubic, Linux's default), whatever the host
+// uses. Needs root (network namespaces); tears the cluster down whatever happens.
 // Prints a table, then one JSON line.
 #include <fcntl.h>
 #include <signal.h>
@@ -59,9 +60,10 @@ double UnixNow() { return std::chrono::duration<double>(std::chrono::system_cloc
 // The cluster, up for the benchmark's lifetime.
 struct Cluster {
   std::string script, prefix;
-  Cluster(std::string s, std::string p, int nodes, const std::string& rate)
+  Cluster(std::string s, std::string p, int nodes, const std::string& rate, const std::string& cc)
       : script(std::move(s)), prefix(std::move(p)) {
-    const std::string cmd = script + " up " + std::to_string(nodes) + " --rate " + rate + " --prefix " + prefix;
+    const std::string cmd =
+        script + " up " + std::to_string(nodes) + " --rate " + rate + " --cc " + cc + " --prefix " + prefix;
     if (std::system(cmd.c_str()) != 0) Die("'" + cmd + "' failed");
   }
   ~Cluster() {
@@ -128,11 +130,12 @@ std::string ClusterYaml(int nodes, double bytes_per_s) {
 int main(int argc, char** argv) {
   InitLogging(argv[0], 2);
   std::string rate = "250mbit", receivers = "4,8", algorithms = "lambdapipe,chain,binary-tree,unicast", package, work,
-              prefix = "mcb", slice = "2MiB";
+              prefix = "mcb", slice = "2MiB", cc = "cubic";
   int64_t layers = 44, blocks = 11, window = 4, recv_window = 2, lookahead = 8, pieces_in_flight = 2;
   int64_t pieces = 2;
   ArgParser p("fabric_multicast", "Multicasts in the netns cluster against the simulator (see the file's header).");
   p.Flag("rate", &rate, "each node's link rate, as tc takes it [250mbit: 9 nodes at 1gbit need more than 2 cores]");
+  p.Flag("cc", &cc, "the nodes' TCP congestion control (scripts/netns-cluster.sh --cc) [cubic]");
   p.Flag("receivers", &receivers, "receiver counts to run [4,8]");
   p.Flag("algorithms", &algorithms, "planner algorithms [lambdapipe,chain,binary-tree,unicast]");
   p.Flag("package", &package, "a prepared package to move (default: synthesize 'small' with --layers)");
@@ -194,14 +197,14 @@ int main(int argc, char** argv) {
   int most = 0;
   for (const auto& c : counts) most = std::max(most, std::stoi(c));
 
-  Cluster cluster((source_dir / "scripts/netns-cluster.sh").string(), prefix, most + 1, rate);
+  Cluster cluster((source_dir / "scripts/netns-cluster.sh").string(), prefix, most + 1, rate, cc);
   std::vector<double> iperf;
   for (int i = 0; i < 3; ++i) iperf.push_back(Iperf3(cluster));
   std::sort(iperf.begin(), iperf.end());
   const double b = iperf[1];
   const double ideal = static_cast<double>(model_bytes) / b;
-  std::printf("links shaped to %s; iperf3 goodput B = %s (median of 3); model S = %s in %zu slices; S/B = %.2f s\n\n",
-              rate.c_str(), FormatRate(b).c_str(), FormatBytes(model_bytes).c_str(), opened.manifest().slices.size(),
+  std::printf("links shaped to %s (TCP congestion control %s); iperf3 goodput B = %s (median of 3); model S = %s in %zu slices; S/B = %.2f s\n\n",
+              rate.c_str(), cc.c_str(), FormatRate(b).c_str(), FormatBytes(model_bytes).c_str(), opened.manifest().slices.size(),
               ideal);
   std::printf("  %-3s %-12s %9s %9s %9s %9s %10s\n", "N", "algorithm", "measured", "/(S/B)", "simulated", "/(S/B)",
               "meas/sim");
@@ -212,6 +215,7 @@ int main(int argc, char** argv) {
   nlohmann::json out;
   out["bench"] = "fabric_multicast";
   out["rate"] = rate;
+  out["cc"] = cc;
   out["iperf3_bytes_per_s"] = b;
   out["model_bytes"] = model_bytes;
   out["slices"] = opened.manifest().slices.size();

@@ -4,17 +4,18 @@
 # (a ring: each uplink and each downlink carries one flow, as in a binomial pipeline's steady
 # state), against one pair alone in the same run. Prints each flow's goodput and the ratio.
 #
-#   bench/link_ring.sh [--nodes 9] [--rate 250mbit] [--secs 15]
+#   bench/link_ring.sh [--nodes 9] [--rate 250mbit] [--secs 15] [--cc cubic]
 #
 # Needs root, iproute2 and iperf3 (scripts/dev.sh installs it). Its namespaces are prefixed `rg`
 # and removed at the end; its iperf3 servers are one-off, and killed by PID if still there.
 set -euo pipefail
-nodes=9 rate=250mbit secs=15
+nodes=9 rate=250mbit secs=15 cc=cubic
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
     --secs) secs="$2"; shift 2 ;;
+    --cc) cc="$2"; shift 2 ;;
     *) echo "link_ring: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -29,7 +30,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-"$cluster" up "$nodes" --rate "$rate" --prefix rg >/dev/null
+"$cluster" up "$nodes" --rate "$rate" --cc "$cc" --prefix rg >/dev/null
 ip4() { echo "10.77.0.$((10 + $1))"; }
 server() {  # node, port: a one-off server
   ip netns exec "rg-n$1" iperf3 -s -1 -p "$2" >/dev/null 2>&1 &

@@ -161,7 +161,8 @@ def measure(args, work, config, model_a, model_b):
                    ssd_copies=[1], packages=["pkg-a", "pkg-b"], fabric_extra=fabric_extra(config),
                    host_capacity=args.host_capacity, host_capacities={1: args.source_capacity},
                    cpus={"node-1": "0"}, other_cpus="1-%d" % (os.cpu_count() - 1), prefix="mcv",
-                   niceness={"node-%d" % i: 19 for i in range(2, nodes + 1)} if args.quiet_targets else None)
+                   niceness={"node-%d" % i: 19 for i in range(2, nodes + 1)} if args.quiet_targets else None,
+                   cc=args.cc)
     clients = []
     try:
         if args.steer:
@@ -249,6 +250,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default="default,nice0")
     ap.add_argument("--rate", default="2gbit", help="every node's link (tc)")
+    ap.add_argument("--cc", default="cubic", help="the nodes' TCP congestion control (scripts/netns-cluster.sh --cc)")
     ap.add_argument("--preset", default="medium", help="both models' size (synthetic preset)")
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--targets", type=int, default=2, help="receivers of each multicast")

@@ -4,7 +4,7 @@
 # with tc: tbf for egress, ifb + tbf for ingress. Link bandwidth, not memory bandwidth, is
 # then the constraint, as in a real cluster.
 #
-#   scripts/netns-cluster.sh up N [--rate 1gbit] [--queue 50ms] [--prefix mc]
+#   scripts/netns-cluster.sh up N [--rate 1gbit] [--queue 50ms] [--cc cubic] [--prefix mc]
 #                                                                (re)create nodes 1..N
 #   scripts/netns-cluster.sh down [--prefix mc]                  remove everything it made
 #   scripts/netns-cluster.sh status [--prefix mc]
@@ -15,6 +15,13 @@
 # --queue is how long a packet may wait in a shaper's queue (tbf latency): shallow queues drop
 # packets when several senders converge on one node, and TCP's recovery then dominates.
 #
+# --cc is the nodes' TCP congestion control (net.ipv4.tcp_congestion_control, set in each node's
+# namespace; default cubic, Linux's own default). Set explicitly because a new namespace takes
+# the host's, which an image may have changed (this VM's is bbr): BBR paces each flow at its
+# estimate of the path's rate, and a node whose sends take turns among its peers, as a
+# multicast's do, then leaves a tbf-shaped link a tenth short (docs/BENCHMARKS.md, "Multicast:
+# the links' congestion control").
+#
 # Node I is namespace <prefix>-nI with eth0 = 10.77.0.(10+I)/24 (so N <= 200). Processes
 # inside must use UCX_TLS=tcp and UCX_NET_DEVICES=eth0: otherwise UCX takes shared memory,
 # which crosses namespaces, and skips the shaped link. Needs root and iproute2.
@@ -23,11 +30,13 @@ set -euo pipefail
 prefix=mc
 rate=""
 queue=50ms
+cc=cubic
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) rate="$2"; shift 2 ;;
     --queue) queue="$2"; shift 2 ;;
+    --cc) cc="$2"; shift 2 ;;
     --prefix) prefix="$2"; shift 2 ;;
     *) args+=("$1"); shift ;;
   esac
@@ -75,6 +84,11 @@ shape() {
 up() {
   local n="$1"
   [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "up needs a node count between 1 and 200, got '$n'"
+  local available
+  available=$(sysctl -n net.ipv4.tcp_available_congestion_control)
+  [[ " $available " == *" $cc "* ]] || modprobe "tcp_$cc" 2>/dev/null || true
+  available=$(sysctl -n net.ipv4.tcp_available_congestion_control)
+  [[ " $available " == *" $cc "* ]] || die "--cc '$cc' is not a TCP congestion control this kernel has (it has: $available)"
   down
   ip netns add "$bridge"
   ip -n "$bridge" link set lo up
@@ -84,6 +98,7 @@ up() {
     local ns="${prefix}-n$i"
     ip netns add "$ns"
     ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$cc"
     ip -n "$bridge" link add "v$i" type veth peer name eth0 netns "$ns"
     ip -n "$bridge" link set "v$i" master br0 up
     ip -n "$ns" addr add "10.77.0.$((10 + i))/24" dev eth0
@@ -95,7 +110,7 @@ up() {
     ip netns exec "${prefix}-n1" ping -c 1 -W 2 "10.77.0.$((10 + n))" >/dev/null || die "node 1 cannot reach node $n"
     ip netns exec "${prefix}-n$n" ping -c 1 -W 2 10.77.0.11 >/dev/null || die "node $n cannot reach node 1"
   fi
-  echo "netns-cluster: $n nodes up (${prefix}-n1..${prefix}-n$n, 10.77.0.11-$((10 + n)))${rate:+, links shaped to $rate}"
+  echo "netns-cluster: $n nodes up (${prefix}-n1..${prefix}-n$n, 10.77.0.11-$((10 + n)))${rate:+, links shaped to $rate}, TCP congestion control $cc"
 }
 
 case "$cmd" in
