@@ -28,7 +28,7 @@ PACKAGES=(
   liburing-dev nlohmann-json3-dev libyaml-cpp-dev libxxhash-dev libopenblas-dev
   clang libclang-rt-14-dev
   libpcre2-dev libutf8proc-dev libsentencepiece-dev python3-jinja2 python3-sentencepiece python3-protobuf
-  iproute2 iputils-ping iperf3 fio openssl nodejs npm etcd-server
+  iproute2 iputils-ping procps iperf3 fio openssl nodejs npm etcd-server
 )
 
 log() { printf '\033[1mdev.sh:\033[0m %s\n' "$*" >&2; }
