@@ -203,9 +203,11 @@ int main(int argc, char** argv) {
   std::sort(iperf.begin(), iperf.end());
   const double b = iperf[1];
   const double ideal = static_cast<double>(model_bytes) / b;
-  std::printf("links shaped to %s (TCP congestion control %s); iperf3 goodput B = %s (median of 3); model S = %s in %zu slices; S/B = %.2f s\n\n",
-              rate.c_str(), cc.c_str(), FormatRate(b).c_str(), FormatBytes(model_bytes).c_str(), opened.manifest().slices.size(),
-              ideal);
+  std::printf(
+      "links shaped to %s (TCP congestion control %s); iperf3 goodput B = %s (median of 3); model S = %s in %zu "
+      "slices; S/B = %.2f s\n\n",
+      rate.c_str(), cc.c_str(), FormatRate(b).c_str(), FormatBytes(model_bytes).c_str(),
+      opened.manifest().slices.size(), ideal);
   std::printf("  %-3s %-12s %9s %9s %9s %9s %10s\n", "N", "algorithm", "measured", "/(S/B)", "simulated", "/(S/B)",
               "meas/sim");
 
